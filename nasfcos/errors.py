@@ -1,0 +1,24 @@
+"""The toolkit's own exception types.
+
+Every error a user can cause (bad file, bad flag, corrupt cache, missing optional
+backend) is raised as a :class:`NasfcosError` subclass.  The command line turns
+these into a one-line message and a non-zero exit code; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class NasfcosError(Exception):
+    """Base class of every user-facing error in nasfcos."""
+
+
+class GenotypeError(NasfcosError, ValueError):
+    """A genotype document is malformed, invalid or unsafe."""
+
+
+class BackendUnavailable(NasfcosError):
+    """An optional backend (TensorRT, CUDA, Ray, ...) is not installed or not usable here."""
+
+
+class CacheError(NasfcosError):
+    """A feature cache, checkpoint or archive is missing, corrupt or mismatched."""
