@@ -1,0 +1,419 @@
+"""Genotype data model, strict validation, JSON I/O and the release's numeric list form.
+
+A genotype is data, never code: every string that can reach a code generator is checked
+against a whitelist here, and every integer against its exact range, before a
+:class:`Genotype` exists.  All problems are reported as :class:`GenotypeError` with the
+JSON path of the offending field, e.g.
+``fpn[3].inputs[1]: index 11 is not in the pool (0..6 available at block 4)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasfcos.errors import GenotypeError
+from nasfcos.genotypes.space import (
+    AGGS,
+    FCOS_HEAD_LAYERS,
+    FORMAT,
+    FPN_OPS,
+    HEAD_KINDS,
+    HEAD_OPS,
+    NUM_FPN_BLOCKS,
+    NUM_HEAD_BLOCKS,
+    NUM_LEVELS,
+    SEQUENTIAL_HEAD_LAYERS,
+    fpn_pool_size,
+    head_num_layers,
+    head_pool_size,
+)
+from nasfcos.io import atomic_write_text
+
+#: Genotype files larger than this are refused before parsing.
+MAX_FILE_BYTES = 1 << 20
+#: Deepest nesting accepted anywhere in a document (``meta`` included).
+MAX_DEPTH = 32
+#: Names are printed into generated code headers, so they are whitelisted.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+DEFAULT_NAME = "genotype"
+
+_TOP_KEYS = ("format", "name", "fpn", "head", "share", "meta")
+_BLOCK_KEYS = ("inputs", "ops", "agg")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One FPN block or DAG head block: two pool inputs, an op on each, an aggregation."""
+
+    inputs: tuple[int, int]
+    ops: tuple[str, str]
+    agg: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": list(self.inputs), "ops": list(self.ops), "agg": self.agg}
+
+
+@dataclass(frozen=True)
+class Head:
+    """The prediction head.
+
+    ``kind`` is ``fcos`` (standard 4-conv tower), ``sequential`` (``layers``: six head ops, the
+    released form) or ``dag`` (``first_op`` + five ``blocks``, the space of the paper).
+    """
+
+    kind: str
+    layers: tuple[str, ...] = ()
+    first_op: str | None = None
+    blocks: tuple[Block, ...] = ()
+
+    @property
+    def num_layers(self) -> int:
+        """Number of layers the sharing index counts."""
+        return head_num_layers(self.kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "fcos":
+            return {"kind": "fcos"}
+        if self.kind == "sequential":
+            return {"kind": "sequential", "layers": list(self.layers)}
+        return {
+            "kind": "dag",
+            "first_op": self.first_op,
+            "blocks": [b.to_dict() for b in self.blocks],
+        }
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A NAS-FCOS decoder architecture (Contract 1).
+
+    Equality and hashing consider the architecture only (``fpn``, ``head``, ``share``);
+    ``name`` and ``meta`` are provenance.
+    """
+
+    fpn: tuple[Block, ...]
+    head: Head
+    share: tuple[int, ...]
+    name: str = field(default=DEFAULT_NAME, compare=False)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self, *, with_meta: bool = True) -> dict[str, Any]:
+        """The JSON document (Contract 1 field names)."""
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "name": self.name,
+            "fpn": [b.to_dict() for b in self.fpn],
+            "head": self.head.to_dict(),
+            "share": list(self.share),
+        }
+        if with_meta and self.meta:
+            doc["meta"] = json.loads(json.dumps(self.meta))
+        return doc
+
+    def dumps(self) -> str:
+        """Readable JSON text of :meth:`to_dict` (stable field order, short lists on one line)."""
+        return _pretty(self.to_dict()) + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the genotype as JSON, atomically."""
+        return atomic_write_text(path, self.dumps())
+
+    def replace(self, **changes: Any) -> Genotype:
+        """A copy with fields replaced, re-validated."""
+        doc = self.to_dict()
+        for key, value in changes.items():
+            doc[key] = value.to_dict() if isinstance(value, Head) else value
+        return parse_genotype(doc)
+
+    # --- derived forms (implemented in analysis.py / paper.py) ----------------------------
+    def canonical(self) -> Genotype:
+        """Canonical form: unused paths removed, symmetric choices ordered."""
+        from nasfcos.genotypes.analysis import canonicalize
+
+        return canonicalize(self)
+
+    def hash(self) -> str:
+        """Stable content hash: sha256 (hex) of the canonical architecture JSON."""
+        from nasfcos.genotypes.analysis import content_hash
+
+        return content_hash(self)
+
+    def short_hash(self) -> str:
+        """First 12 hex digits of :meth:`hash`."""
+        return self.hash()[:12]
+
+    def to_paper_list(self) -> list[Any]:
+        """The release's numeric list form (see :func:`from_paper_list`)."""
+        from nasfcos.genotypes.paper import to_paper_list
+
+        return to_paper_list(self)
+
+
+def _pretty(value: Any, indent: int = 0) -> str:
+    """JSON with objects indented and lists of scalars (or of short lists) kept on one line."""
+    pad = "  " * (indent + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_pretty(v, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
+    if isinstance(value, list):
+        flat = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        if not any(isinstance(v, dict) for v in value) and len(flat) <= 80:
+            return flat
+        items = [f"{pad}{_pretty(v, indent + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+# ------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------
+def _describe(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True, default=repr) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GenotypeError(f"{path}: expected an integer, got {_type_name(value)} {_describe(value)}")
+    return value
+
+
+def _index(value: Any, path: str, pool: int, where: str) -> int:
+    v = _int(value, path)
+    if v < 0:
+        raise GenotypeError(f"{path}: index {_short_int(v)} is negative (0..{pool - 1} available at {where})")
+    if v >= pool:
+        raise GenotypeError(
+            f"{path}: index {_short_int(v)} is not in the pool (0..{pool - 1} available at {where})"
+        )
+    return v
+
+
+def _short_int(v: int) -> str:
+    s = str(v) if abs(v) < 10**30 else f"{'-' if v < 0 else ''}<{len(str(abs(v)))}-digit number>"
+    return s
+
+
+def _name(value: Any, path: str, table: tuple[str, ...], what: str) -> str:
+    if not isinstance(value, str):
+        raise GenotypeError(f"{path}: expected {what} name (a string), got {_type_name(value)} {_describe(value)}")
+    if value not in table:
+        raise GenotypeError(f"{path}: unknown {what} {_describe(value)} (expected one of: {', '.join(table)})")
+    return value
+
+
+def _list(value: Any, path: str, length: int | None = None) -> list[Any]:
+    if not isinstance(value, list):
+        raise GenotypeError(f"{path}: expected a list, got {_type_name(value)} {_describe(value)}")
+    if length is not None and len(value) != length:
+        raise GenotypeError(f"{path}: expected {length} entries, got {len(value)}")
+    return value
+
+
+def _object(value: Any, path: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise GenotypeError(f"{path}: expected an object, got {_type_name(value)} {_describe(value)}")
+    for key in value:
+        if key not in allowed:
+            raise GenotypeError(f"{path}: unknown field {_describe(key)} (allowed: {', '.join(allowed)})")
+    for key in required:
+        if key not in value:
+            raise GenotypeError(f"{path}: missing field '{key}'")
+    return value
+
+
+def _block(value: Any, path: str, pool: int, where: str, ops: tuple[str, ...], op_what: str) -> Block:
+    obj = _object(value, path, _BLOCK_KEYS, _BLOCK_KEYS)
+    inputs = _list(obj["inputs"], f"{path}.inputs", 2)
+    ops_ = _list(obj["ops"], f"{path}.ops", 2)
+    i0 = _index(inputs[0], f"{path}.inputs[0]", pool, where)
+    i1 = _index(inputs[1], f"{path}.inputs[1]", pool, where)
+    o0 = _name(ops_[0], f"{path}.ops[0]", ops, op_what)
+    o1 = _name(ops_[1], f"{path}.ops[1]", ops, op_what)
+    agg = _name(obj["agg"], f"{path}.agg", AGGS, "aggregation")
+    return Block((i0, i1), (o0, o1), agg)
+
+
+def _head(value: Any) -> Head:
+    if not isinstance(value, dict):
+        raise GenotypeError(f"head: expected an object, got {_type_name(value)} {_describe(value)}")
+    if "kind" not in value:
+        raise GenotypeError("head: missing field 'kind'")
+    kind = _name(value["kind"], "head.kind", HEAD_KINDS, "head kind")
+    if kind == "fcos":
+        _object(value, "head", ("kind",), ("kind",))
+        return Head("fcos")
+    if kind == "sequential":
+        obj = _object(value, "head", ("kind", "layers"), ("kind", "layers"))
+        layers = _list(obj["layers"], "head.layers", SEQUENTIAL_HEAD_LAYERS)
+        return Head(
+            "sequential",
+            layers=tuple(_name(v, f"head.layers[{i}]", HEAD_OPS, "head op") for i, v in enumerate(layers)),
+        )
+    obj = _object(value, "head", ("kind", "first_op", "blocks"), ("kind", "first_op", "blocks"))
+    first = _name(obj["first_op"], "head.first_op", HEAD_OPS, "head op")
+    blocks = _list(obj["blocks"], "head.blocks", NUM_HEAD_BLOCKS)
+    return Head(
+        "dag",
+        first_op=first,
+        blocks=tuple(
+            _block(b, f"head.blocks[{i}]", head_pool_size(i), f"head block {i + 1}", HEAD_OPS, "head op")
+            for i, b in enumerate(blocks)
+        ),
+    )
+
+
+def _share(value: Any, head: Head) -> tuple[int, ...]:
+    n = head.num_layers
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value] * NUM_LEVELS
+        paths = ["share"] * NUM_LEVELS
+    else:
+        _list(value, "share", NUM_LEVELS)
+        paths = [f"share[{i}]" for i in range(NUM_LEVELS)]
+    out = []
+    for v, path in zip(value, paths, strict=True):
+        s = _int(v, path)
+        if not 0 <= s <= n:
+            raise GenotypeError(
+                f"{path}: sharing index {_short_int(s)} is out of range (0..{n} for a '{head.kind}' head of {n} layers)"
+            )
+        out.append(s)
+    return tuple(out)
+
+
+def _check_depth(value: Any, path: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise GenotypeError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_depth(v, f"{path}.{k}" if len(path) < 200 else path, depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_depth(v, f"{path}[{i}]" if len(path) < 200 else path, depth + 1)
+    elif isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        raise GenotypeError(f"{path}: NaN and Infinity are not valid JSON")
+
+
+def parse_genotype(doc: Any) -> Genotype:
+    """Validate a decoded JSON document and build a :class:`Genotype`.
+
+    Raises :class:`GenotypeError` naming the first offending field.
+    """
+    obj = _object(doc, "genotype", _TOP_KEYS, ("format", "fpn", "head", "share"))
+    _check_depth(obj, "genotype")
+    fmt = obj["format"]
+    if fmt != FORMAT:
+        raise GenotypeError(f"format: expected {FORMAT!r}, got {_describe(fmt)}")
+    name = obj.get("name", DEFAULT_NAME)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise GenotypeError(
+            f"name: {_describe(name)} is not a valid name (1-64 characters: letters, digits, '.', '_', '+', '-')"
+        )
+    fpn_raw = _list(obj["fpn"], "fpn", NUM_FPN_BLOCKS)
+    fpn = tuple(
+        _block(b, f"fpn[{k}]", fpn_pool_size(k), f"block {k + 1}", FPN_OPS, "op")
+        for k, b in enumerate(fpn_raw)
+    )
+    head = _head(obj["head"])
+    share = _share(obj["share"], head)
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise GenotypeError(f"meta: expected an object, got {_type_name(meta)}")
+    return Genotype(fpn=fpn, head=head, share=share, name=name, meta=meta)
+
+
+# ------------------------------------------------------------------------------------------
+# JSON text and files
+# ------------------------------------------------------------------------------------------
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise GenotypeError(f"duplicate key {_describe(key)} in a JSON object")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise GenotypeError(f"{name} is not valid JSON")
+
+
+def loads_genotype(data: str | bytes, *, source: str = "<string>") -> Genotype:
+    """Parse genotype JSON text (bytes must be UTF-8). Raises :class:`GenotypeError`."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_FILE_BYTES:
+            raise GenotypeError(f"{source}: file is {len(data)} bytes, over the {MAX_FILE_BYTES}-byte limit")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GenotypeError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+    else:
+        text = data
+        if len(text) > MAX_FILE_BYTES:
+            raise GenotypeError(f"{source}: document is over the {MAX_FILE_BYTES}-byte limit")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except GenotypeError as exc:
+        raise GenotypeError(f"{source}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise GenotypeError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise GenotypeError(f"{source}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. integers with too many digits
+        raise GenotypeError(f"{source}: not valid JSON ({exc})") from None
+    try:
+        return parse_genotype(doc)
+    except GenotypeError as exc:
+        raise GenotypeError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise GenotypeError(f"{source}: JSON nested too deeply") from None
+
+
+def load_genotype(path: str | os.PathLike[str]) -> Genotype:
+    """Read and validate a genotype JSON file. Raises :class:`GenotypeError`."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise GenotypeError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise GenotypeError(f"{p}: cannot read ({exc.strerror})") from None
+    if p.is_dir():
+        raise GenotypeError(f"{p}: is a directory, not a genotype file")
+    if size > MAX_FILE_BYTES:
+        raise GenotypeError(f"{p}: file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise GenotypeError(f"{p}: cannot read ({exc.strerror})") from None
+    return loads_genotype(data, source=str(p))
