@@ -19,7 +19,6 @@ from typing import Any
 from nasfcos.errors import GenotypeError
 from nasfcos.genotypes.space import (
     AGGS,
-    FCOS_HEAD_LAYERS,
     FORMAT,
     FPN_OPS,
     HEAD_KINDS,

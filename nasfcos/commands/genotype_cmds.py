@@ -1,0 +1,102 @@
+"""``nasfcos validate`` and ``nasfcos draw``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nasfcos.errors import GenotypeError, NasfcosError
+from nasfcos.genotypes import (
+    PAPER_GENOTYPES,
+    Genotype,
+    fpn_graph,
+    load_genotype,
+    paper_genotype_path,
+)
+
+
+def resolve_genotype_arg(arg: str) -> Path:
+    """A genotype argument is a path, or the name of a shipped genotype (``nas_fcos_fpn_head``)."""
+    p = Path(arg)
+    if not p.exists() and arg.removesuffix(".json") in PAPER_GENOTYPES:
+        return paper_genotype_path(arg)
+    return p
+
+
+def load_genotype_arg(arg: str) -> Genotype:
+    """Load a genotype given as a path or a shipped name."""
+    return load_genotype(resolve_genotype_arg(arg))
+
+
+def _summary(g: Genotype) -> dict[str, object]:
+    graph = fpn_graph(g.fpn)
+    return {
+        "name": g.name,
+        "hash": g.hash(),
+        "head": g.head.kind,
+        "share": list(g.share),
+        "backbone_levels_read": [f"c{i + 2}" for i in graph.backbone_used],
+        "outputs": {"p3": graph.p3, "p4": graph.p4, "p5": graph.p5},
+        "dangling": list(graph.dangling),
+        "paper_list": g.to_paper_list(),
+    }
+
+
+def validate_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nasfcos validate",
+        description="Validate genotype JSON files (Contract 1). Exit 0 when all are valid; one line per bad file.",
+        epilog="example:\n  nasfcos validate genotypes/nas_fcos_fpn_head.json my_search/top/*.json --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("files", nargs="+", help="genotype JSON files (or shipped names: {})".format(", ".join(PAPER_GENOTYPES)))
+    parser.add_argument("--json", action="store_true", help="print one JSON document with a result per file")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    args = parser.parse_args(argv)
+    results = []
+    bad = 0
+    for f in args.files:
+        try:
+            g = load_genotype_arg(f)
+        except GenotypeError as exc:
+            bad += 1
+            msg = str(exc)
+            results.append({"file": f, "valid": False, "error": msg})
+            if not args.json:
+                print(f"{f}: invalid: {msg.removeprefix(str(resolve_genotype_arg(f)) + ': ')}", file=sys.stderr)
+            continue
+        info = _summary(g)
+        results.append({"file": f, "valid": True, **info})
+        if not args.json and not args.quiet:
+            print(f"{f}: ok  name={g.name} head={g.head.kind} hash={g.short_hash()}")
+    if args.json:
+        print(json.dumps({"valid": bad == 0, "files": results}, indent=2))
+    return 1 if bad else 0
+
+
+def draw_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nasfcos draw",
+        description="Draw a genotype's FPN and head graph (pool nodes, ops on edges, aggregations, "
+        "outputs p3..p7, dangling features; unused paths greyed).",
+        epilog="example:\n  nasfcos draw nas_fcos_fpn_head -o arch.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("genotype", help="genotype JSON file (or a shipped name)")
+    parser.add_argument("-o", "--output", default="arch.png", help="image file (.png, .svg or .pdf)")
+    parser.add_argument("--json", action="store_true", help="also print a JSON summary of the graph")
+    args = parser.parse_args(argv)
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise NasfcosError(f"{out}: output must end in .png, .svg or .pdf")
+    g = load_genotype_arg(args.genotype)
+    from nasfcos.genotypes.draw import draw_genotype
+
+    draw_genotype(g, out)
+    if args.json:
+        print(json.dumps({"output": str(out), **_summary(g)}, indent=2))
+    else:
+        print(f"wrote {out}")
+    return 0
