@@ -145,7 +145,11 @@ def make_runner(path: str | Path, backend: str | None = None, device: str = "cpu
         raise NasfcosError(f"{path}: no such model file")
     factory = _runtime_factory()
     if factory is not None:
-        return factory(path, backend, device)
+        runner = factory(path, backend, device)
+        if getattr(runner, "kind", "detector") == "decoder":
+            raise NasfcosError(f"{path}: a decoder-only model; eval needs a detector "
+                               "(compile and export with --detector)")
+        return runner
     if path.suffix == ".engine" or backend == "tensorrt":
         raise BackendUnavailable("TensorRT engines need nasfcos.runtime (not available in this build)")
     return OnnxRunner(path, device)

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -287,9 +288,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     optimizer = torch.optim.SGD(params, lr=base_lr(cfg), momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_multiplier(it, total, cfg))
-    use_scaler = cfg.amp and device.type == "cuda"
+    if cfg.amp and device.type != "cuda":
+        # CPU bf16 autocast gives non-finite GroupNorm gradients on tiny maps: not worth it
+        warnings.warn("--amp needs CUDA; training in float32 on this device", stacklevel=2)
+        cfg = replace(cfg, amp=False)
+    use_scaler = cfg.amp
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    amp_dtype = torch.float16
     model_sha = sha256_file(cfg.model)
     start = 0
     ckpt_path = out / "last.pt"
@@ -299,7 +304,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt.get("model_sha256") != model_sha or ckpt.get("num_classes") != ds.num_classes:
             raise CacheError(f"{ckpt_path}: checkpoint is for a different model file or data set")
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise CacheError(f"{ckpt_path}: checkpoint does not fit this model (other widths?)") from exc
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -333,6 +341,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.time()
     last: dict[str, float] = {}
     window: list[torch.Tensor] = []
+    skipped = skipped_run = 0
     for it, (images, targets) in zip(range(start, total), loader, strict=True):
         images = images.to(device, non_blocking=True)
         boxes = [t["boxes"].to(device) for t in targets]
@@ -348,7 +357,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         scaler.unscale_(optimizer)
         max_norm = cfg.clip_grad if cfg.clip_grad is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        scaler.step(optimizer)
+        if use_scaler or bool(torch.isfinite(grad_norm)):
+            scaler.step(optimizer)  # the scaler itself skips steps with inf/nan gradients
+            skipped_run = 0
+        else:  # non-finite gradients without a scaler (fp32, bf16): skip this step
+            skipped += 1
+            skipped_run += 1
+            if skipped_run > 20:
+                raise NasfcosError(f"gradients non-finite for 20 iterations in a row at {it} (lower --lr?)")
         scaler.update()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -359,14 +375,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             window = []
             last = dict(zip(("loss",) + LOSS_KEYS, vals, strict=True))
             rec = {"iter": done, "epoch": it // per_epoch, "lr": lr, **last,
-                   "grad_norm": float(grad_norm), "time": round(time.time() - t0, 3)}
+                   "grad_norm": float(grad_norm) if bool(torch.isfinite(grad_norm)) else None, "skipped": skipped, "time": round(time.time() - t0, 3)}
             if d.main:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix({k: f"{float(v):.3f}" for k, v in
-                             (("loss", loss), *((k, losses[k]) for k in LOSS_KEYS))}, refresh=False)
+            if last:  # the latest logged averages: no device sync per iteration
+                bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()}, refresh=False)
         if d.main and (done % ckpt_every == 0 or done == total):
             _save(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -380,7 +396,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         bar.close()
     elapsed = time.time() - t0
     summary: dict[str, Any] = {"iters": total, "start_iter": start, "time_s": round(elapsed, 2),
-                               "final": last, "backbone_weights": backbone_info,
+                               "final": last, "skipped_steps": skipped, "backbone_weights": backbone_info,
                                "out": str(out), "world": d.world}
     if d.main:
         meta = {"model": model.state_dict(), "num_classes": ds.num_classes, "cat_ids": ds.cat_ids,

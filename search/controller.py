@@ -27,6 +27,8 @@ entropies), in nats.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -47,6 +49,20 @@ class ControllerConfig:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run the block with ``n`` intra-op torch threads (the controller is tiny: on a busy
+    machine more threads make its updates ~10x slower, not faster)."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
 
 
 def decision_group(d: Decision) -> str:
@@ -126,8 +142,9 @@ class Controller(nn.Module):
     @staticmethod
     def _entropy(logp: Tensor) -> Tensor:
         """Entropy over the last axis of log-probabilities that may contain -inf."""
-        p = logp.exp()
-        return -torch.where(p > 0, p * logp, torch.zeros_like(logp)).sum(-1)
+        finite = torch.isfinite(logp)
+        safe = torch.where(finite, logp, torch.zeros_like(logp))  # keeps 0 * -inf out of backward
+        return -(safe.exp() * safe).masked_fill(~finite, 0.0).sum(-1)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Samples:

@@ -125,7 +125,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, nargs="+",
                         help="iterations where lr drops x0.1 (default: 2/3 and 8/9 of the run)")
     parser.add_argument("--clip-grad", type=float, help="max gradient norm, 0 = off (default 35)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 + GradScaler; CUDA only)")
     parser.add_argument("--min-size", type=int, help="resize short side to (default 800)")
     parser.add_argument("--max-size", type=int, help="cap long side at (default 1333)")
     parser.add_argument("--crop", type=_hw, help="random crop N or HxW after resizing (e.g. 384)")
@@ -233,6 +233,8 @@ def eval_main(argv: list[str]) -> int:
     metrics = evaluate(runner, data=args.data, split=args.split, ann=args.ann, images=args.images,
                        cfg=cfg, progress=sys.stderr.isatty(), max_images=args.max_images,
                        model_cat_ids=ckpt.get("cat_ids") if ckpt else None)
+    if hasattr(runner, "close"):
+        runner.close()
     metrics["model"] = str(path)
     if args.output:
         atomic_write_json(args.output, metrics)

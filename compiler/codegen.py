@@ -1,0 +1,109 @@
+"""Render a genotype into model.py source, and compile that source in memory."""
+
+from __future__ import annotations
+
+import functools
+import json
+import types
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from nasfcos.compiler.options import CompileOptions, resolve_options
+from nasfcos.compiler.plan import build_plan
+from nasfcos.errors import GenotypeError, NasfcosError
+from nasfcos.genotypes import Genotype, parse_genotype
+from nasfcos.genotypes.genotype import NAME_RE
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+MAIN_TEMPLATE = "model.py.j2"
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    """Jinja2 set up for Python output: no autoescape, strict undefined, exact newlines."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def validated_genotype(genotype: Any) -> Genotype:
+    """Re-validate ``genotype`` (a :class:`Genotype` or its JSON dict) through the validator.
+
+    A :class:`Genotype` is a plain dataclass anyone can construct, so its fields are checked
+    again here; only the result of :func:`parse_genotype` ever reaches code generation.
+    Raises :class:`GenotypeError`.
+    """
+    if isinstance(genotype, Genotype):
+        try:
+            doc = genotype.to_dict(with_meta=False)
+        except Exception as exc:  # a hand-built object with fields of the wrong shape
+            raise GenotypeError(f"genotype: malformed Genotype object ({type(exc).__name__})") from None
+    elif isinstance(genotype, dict):
+        doc = dict(genotype)
+        doc.pop("meta", None)
+    else:
+        raise GenotypeError(f"genotype: expected a Genotype or its JSON dict, got {type(genotype).__name__}")
+    # A JSON round trip turns str/int subclasses (custom __format__, __str__, ...) into plain
+    # values, so nothing but data reaches the validator and, after it, the templates.
+    try:
+        doc = json.loads(json.dumps(doc, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise GenotypeError(f"genotype: not plain JSON data ({type(exc).__name__})") from None
+    g = parse_genotype(doc)
+    if not NAME_RE.fullmatch(g.name):  # the name is printed into comments and docstrings
+        raise GenotypeError(f"name: {g.name[:40]!r} is not a valid name (letters, digits, '.', '_', '+', '-')")
+    return g
+
+
+@functools.lru_cache(maxsize=64)
+def _bytecode(source: str, filename: str) -> types.CodeType:
+    """Python's compile() of the source (~5 ms, the bulk of compile_to_module), memoised so that
+    genotypes the search samples again cost almost nothing."""
+    return compile(source, filename, "exec")
+
+
+def _render(genotype: Genotype | dict[str, Any], options: CompileOptions | None,
+            kw: dict[str, Any]) -> tuple[str, Genotype]:
+    opts = resolve_options(options, **kw)
+    g = validated_genotype(genotype)
+    plan = build_plan(g, opts)
+    source = _environment().get_template(MAIN_TEMPLATE).render(**plan.context())
+    if opts.detector and "class Detector" not in source:
+        raise NasfcosError("--detector: the detector template (compiler/templates/detector.py.j2) is not available")
+    return source, g
+
+
+def compile_genotype(genotype: Genotype | dict[str, Any], options: CompileOptions | None = None,
+                     **kw: Any) -> str:
+    """The source of a standalone model.py for ``genotype`` (Contract 2).
+
+    ``options`` (or keyword overrides such as ``fpn_channels=64``) set the compiled widths.
+    The same genotype and options always give byte-identical text.  Raises
+    :class:`GenotypeError` for an invalid genotype and :class:`NasfcosError` for bad options.
+    """
+    return _render(genotype, options, kw)[0]
+
+
+def compile_to_module(genotype: Genotype | dict[str, Any], options: CompileOptions | None = None,
+                      **kw: Any) -> types.ModuleType:
+    """Compile ``genotype`` and execute the source into a fresh module (no file, not in sys.modules).
+
+    Used by the search for every sample; the result has ``Decoder``, ``build`` and the constants
+    of a model.py, and its source as ``__source__``.  For ``torch.jit.script`` or pickling, write
+    the source to a file and import it (``nasfcos.modelfile.load_model_file``): TorchScript reads
+    class sources from disk.  ``torch.export`` works on the in-memory module.
+    """
+    source, g = _render(genotype, options, kw)
+    name = f"nasfcos_compiled_{g.short_hash()}"
+    module = types.ModuleType(name, f"in-memory model compiled by nasfcos ({name})")
+    module.__file__ = f"<{name}>"
+    module.__dict__["__source__"] = source
+    exec(_bytecode(source, module.__file__), module.__dict__)  # noqa: S102 - source generated from a validated genotype
+    return module

@@ -1,0 +1,108 @@
+"""Compile options: the widths and flags a genotype is compiled with, validated once.
+
+Every value here is printed into generated code, so each is checked to be a plain ``int``
+within sane bounds (or a name from :data:`BACKBONES`) before any template sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from nasfcos.errors import NasfcosError
+
+#: Backbones a ``--detector`` build may name (the detector template maps them to torchvision).
+BACKBONES: tuple[str, ...] = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+)
+#: Upper bounds (inclusive) of the width options.
+MIN_CHANNELS = 2
+MAX_CHANNELS = 4096
+MAX_IN_CHANNELS = 16384
+MAX_CLASSES = 10000
+
+
+def _check_int(value: Any, what: str, upper: int, lower: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NasfcosError(f"{what}: expected an integer, got {type(value).__name__} {str(value)[:40]!r}")
+    if not lower <= value <= upper:
+        raise NasfcosError(f"{what}: {value} is out of range ({lower}..{upper})")
+    return int(value)
+
+
+def parse_in_channels(value: str | Sequence[int]) -> tuple[int, int, int, int]:
+    """Four backbone widths (c2, c3, c4, c5) from ``"256,512,1024,2048"`` or a sequence of ints."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        try:
+            items: list[Any] = [int(p) for p in parts]
+        except ValueError:
+            raise NasfcosError(
+                f"in_channels: expected four comma-separated integers (c2,c3,c4,c5), got {value!r:.60}"
+            ) from None
+    elif isinstance(value, Sequence):
+        items = list(value)
+    else:
+        raise NasfcosError(f"in_channels: expected four integers, got {type(value).__name__}")
+    if len(items) != 4:
+        raise NasfcosError(f"in_channels: expected four widths (c2,c3,c4,c5), got {len(items)}")
+    c2, c3, c4, c5 = (_check_int(v, f"in_channels[{i}]", MAX_IN_CHANNELS) for i, v in enumerate(items))
+    return (c2, c3, c4, c5)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What a genotype is compiled with (Contract 2's compiled defaults).
+
+    ``fpn_channels``: FPN width C; ``head_channels``: head width (``None`` = same as the FPN;
+    when they differ a 1x1 conv bridges them); ``num_classes``: K logits; ``in_channels``: widths
+    of the backbone levels c2..c5; ``detector``/``backbone``: also emit ``class Detector``.
+    """
+
+    fpn_channels: int = 128
+    head_channels: int | None = None
+    num_classes: int = 80
+    in_channels: tuple[int, int, int, int] = (256, 512, 1024, 2048)
+    detector: bool = False
+    backbone: str = "resnet50"
+
+    def __post_init__(self) -> None:
+        _check_int(self.fpn_channels, "fpn_channels", MAX_CHANNELS, MIN_CHANNELS)
+        if self.head_channels is not None:
+            _check_int(self.head_channels, "head_channels", MAX_CHANNELS, MIN_CHANNELS)
+        _check_int(self.num_classes, "num_classes", MAX_CLASSES)
+        object.__setattr__(self, "in_channels", parse_in_channels(self.in_channels))
+        if not isinstance(self.detector, bool):
+            raise NasfcosError(f"detector: expected a boolean, got {type(self.detector).__name__}")
+        if not isinstance(self.backbone, str) or self.backbone not in BACKBONES:
+            raise NasfcosError(
+                f"backbone: unknown backbone {self.backbone!r:.40} (expected one of: {', '.join(BACKBONES)})"
+            )
+
+    @property
+    def resolved_head_channels(self) -> int:
+        """The head width as an int (``head_channels`` or, when ``None``, ``fpn_channels``)."""
+        return self.fpn_channels if self.head_channels is None else self.head_channels
+
+
+def resolve_options(options: CompileOptions | None = None, **kw: Any) -> CompileOptions:
+    """``options`` with keyword overrides applied (``CompileOptions(**kw)`` when ``options`` is None)."""
+    names = {f.name for f in fields(CompileOptions)}
+    unknown = sorted(set(kw) - names)
+    if unknown:
+        raise NasfcosError(f"unknown compile option(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    if options is None:
+        return CompileOptions(**kw)
+    if not isinstance(options, CompileOptions):
+        raise NasfcosError(f"options: expected CompileOptions, got {type(options).__name__}")
+    if not kw:
+        return options
+    current = {f.name: getattr(options, f.name) for f in fields(CompileOptions)}
+    current.update(kw)
+    return CompileOptions(**current)

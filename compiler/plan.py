@@ -1,0 +1,515 @@
+"""Genotype -> plain records for the templates: graph analysis, dead-path elimination, naming.
+
+Everything that decides *what* the generated file contains lives here; the templates only
+print the records.  Only values that passed :func:`nasfcos.genotypes.parse_genotype` reach a
+record: op and aggregation names are mapped through the emitter tables below (an unknown name
+is a :class:`GenotypeError`), pool indices and widths are re-checked to be plain ints, and the
+genotype constant is ``repr`` of a dict rebuilt from validated fields.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from nasfcos.compiler.options import CompileOptions
+from nasfcos.errors import GenotypeError
+from nasfcos.genotypes import (
+    BACKBONE_LEVELS,
+    BACKBONE_STRIDES,
+    OUTPUT_LEVELS,
+    OUTPUT_STRIDES,
+    Genotype,
+    fpn_graph,
+    head_live,
+    head_pool_names,
+)
+from nasfcos.genotypes.genotype import NAME_RE
+
+#: Version of the code generator, printed in every generated file's header.
+GENERATOR_VERSION = "1.0"
+
+# --- emitter tables: op name -> (layer class, constructor arguments); None = identity ------
+# ``{c}`` is the width variable of the constructor ("c" = FPN width, "h" = head width).
+_Emitter = tuple[str, str] | None
+
+FPN_OP_EMITTERS: dict[str, _Emitter] = {
+    "sep_conv_3x3": ("SepConv", '{c}, 3, dilation=1, norm="bn"'),
+    "sep_conv_3x3_dil3": ("SepConv", '{c}, 3, dilation=3, norm="bn"'),
+    "sep_conv_5x5_dil6": ("SepConv", '{c}, 5, dilation=6, norm="bn"'),
+    "skip": None,
+    "deform_conv_3x3": ("DeformConvNormReLU", '{c}, norm="bn"'),
+}
+HEAD_OP_EMITTERS: dict[str, _Emitter] = {
+    "conv_1x1": ("ConvNormReLU", '{c}, {c}, 1, norm="gn"'),
+    "conv_3x3": ("ConvNormReLU", '{c}, {c}, 3, norm="gn"'),
+    "sep_conv_3x3": ("SepConv", '{c}, 3, dilation=1, norm="gn"'),
+    "sep_conv_3x3_dil3": ("SepConv", '{c}, 3, dilation=3, norm="gn"'),
+    "skip": None,
+    "deform_conv_3x3": ("DeformConvNormReLU", '{c}, norm="gn"'),
+}
+#: FCOS's standard tower layer (kind ``fcos``): conv3x3 with bias -> GN -> ReLU.
+FCOS_TOWER_EMITTER: tuple[str, str] = ("ConvNormReLU", '{c}, {c}, 3, norm="gn", bias=True')
+FPN_AGG_EMITTERS: dict[str, tuple[str, str]] = {
+    "sum": ("WeightedSum", "{c}"),
+    "concat": ("ConcatReduce", '{c}, norm="bn"'),
+}
+HEAD_AGG_EMITTERS: dict[str, tuple[str, str]] = {
+    "sum": ("WeightedSum", "{c}"),
+    "concat": ("ConcatReduce", '{c}, norm="gn"'),
+}
+#: Layer classes that build their norm through ``make_norm``.
+_NORM_USERS = frozenset({"SepConv", "DeformConvNormReLU", "ConvNormReLU", "ConcatReduce"})
+BRANCHES: tuple[str, str] = ("cls", "reg")
+
+
+# --- records ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Part:
+    """One keyword of a ``Block(...)`` container: ``key=expr``."""
+
+    key: str
+    expr: str
+
+
+@dataclass(frozen=True)
+class ModuleDef:
+    """``self.<name> = <expr>`` or, with ``parts``, ``self.<name> = Block(k=v, ...)``."""
+
+    name: str
+    comment: str
+    expr: str = ""
+    parts: tuple[Part, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModuleGroup:
+    comment: str
+    modules: tuple[ModuleDef, ...]
+
+
+@dataclass(frozen=True)
+class Stmt:
+    """``<target> = <expr>  # <comment>``."""
+
+    target: str
+    expr: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A commented group of statements in ``Decoder.forward``."""
+
+    comment: str
+    stmts: tuple[Stmt, ...]
+
+
+@dataclass(frozen=True)
+class TowerMethod:
+    """A generated ``Decoder`` method computing one head branch at one or more levels."""
+
+    name: str
+    doc: str
+    arg: str
+    stmts: tuple[Stmt, ...]
+    result: str
+
+
+@dataclass(frozen=True)
+class LevelHead:
+    """Which tower methods level ``level`` (p3..p7, index 0..4) uses."""
+
+    level: str
+    index: int
+    cls_tower: str
+    reg_tower: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the model template prints."""
+
+    generator_version: str
+    name: str
+    genotype_hash: str
+    genotype_literal: str
+    head_kind: str
+    regenerate: str
+    fpn_channels: int
+    head_channels: int
+    head_default: str
+    num_classes: int
+    in_channels: tuple[int, int, int, int]
+    detector: bool
+    backbone: str
+    uses: frozenset[str]
+    module_groups: tuple[ModuleGroup, ...]
+    fcos_tower_convs: tuple[str, ...]
+    fpn_sections: tuple[Section, ...]
+    towers: tuple[TowerMethod, ...]
+    levels: tuple[LevelHead, ...]
+
+    def context(self) -> dict[str, Any]:
+        """The template context (plain values and records)."""
+        return {
+            "generator_version": self.generator_version,
+            "name": self.name,
+            "name_literal": json.dumps(self.name),
+            "genotype_hash": self.genotype_hash,
+            "genotype_literal": self.genotype_literal,
+            "head_kind": self.head_kind,
+            "regenerate": self.regenerate,
+            "fpn_channels": self.fpn_channels,
+            "head_channels": self.head_channels,
+            "head_default": self.head_default,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "in_channels_literal": repr(self.in_channels),
+            "detector": self.detector,
+            "backbone": self.backbone,
+            "uses": {n: (n in self.uses) for n in _ALL_USES},
+            "module_groups": self.module_groups,
+            "fcos_tower_convs": self.fcos_tower_convs,
+            "fpn_sections": self.fpn_sections,
+            "towers": self.towers,
+            "levels": self.levels,
+            "strides": OUTPUT_STRIDES,
+        }
+
+
+_ALL_USES = (
+    "Adapter", "SepConv", "DeformConvNormReLU", "ConvNormReLU", "WeightedSum", "ConcatReduce",
+    "Block", "make_norm",
+)
+
+
+# --- helpers -------------------------------------------------------------------------------
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GenotypeError(f"{what}: expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _emit(table: dict[str, Any], op: Any, width: str, what: str) -> tuple[str, str] | None:
+    try:
+        emitter = table[op]
+    except (KeyError, TypeError):
+        raise GenotypeError(f"{what}: no emitter for {op!r:.40}") from None
+    if emitter is None:
+        return None
+    cls, args = emitter
+    return cls, args.format(c=width)
+
+
+def _ctor(emitted: tuple[str, str], uses: set[str]) -> str:
+    cls, args = emitted
+    uses.add(cls)
+    return f"{cls}({args})"
+
+
+def _py_literal(value: Any, indent: int, prefix: int = 11) -> str:
+    """A Python literal of nested dicts/lists of ints and whitelisted strings, lines <= 100 chars.
+
+    JSON text of these values is valid Python (double-quoted ASCII strings, ints); ``prefix`` is
+    the width of what precedes the value on its line (``GENOTYPE = `` or a dict key).
+    """
+    flat = json.dumps(value, ensure_ascii=True, separators=(", ", ": "))
+    if 4 * indent + prefix + len(flat) + 1 <= 100 or not isinstance(value, (dict, list)) or not value:
+        return flat
+    pad = "    " * (indent + 1)
+    if isinstance(value, dict):
+        items = []
+        for k, v in value.items():
+            key = json.dumps(str(k)) + ": "
+            items.append(f"{pad}{key}{_py_literal(v, indent + 1, len(key))},")
+        return "{\n" + "\n".join(items) + "\n" + "    " * indent + "}"
+    items = [f"{pad}{_py_literal(v, indent + 1, 0)}," for v in value]
+    return "[\n" + "\n".join(items) + "\n" + "    " * indent + "]"
+
+
+def _literal(g: Genotype) -> str:
+    """The genotype as a Python literal, rebuilt from validated fields only (no meta)."""
+
+    def block(b: Any, where: str) -> dict[str, Any]:
+        return {
+            "inputs": [_int(b.inputs[0], f"{where}.inputs[0]"), _int(b.inputs[1], f"{where}.inputs[1]")],
+            "ops": [str(b.ops[0]), str(b.ops[1])],
+            "agg": str(b.agg),
+        }
+
+    head: dict[str, Any] = {"kind": str(g.head.kind)}
+    if g.head.kind == "sequential":
+        head["layers"] = [str(op) for op in g.head.layers]
+    elif g.head.kind == "dag":
+        head["first_op"] = str(g.head.first_op)
+        head["blocks"] = [block(b, f"head.blocks[{i}]") for i, b in enumerate(g.head.blocks)]
+    doc = {
+        "format": "nasfcos-genotype/1",
+        "name": str(g.name),
+        "fpn": [block(b, f"fpn[{k}]") for k, b in enumerate(g.fpn)],
+        "head": head,
+        "share": [_int(s, "share") for s in g.share],
+    }
+    return _py_literal(doc, 0)
+
+
+def regenerate_command(name: str, options: CompileOptions) -> str:
+    """The command line that regenerates the file (no paths, so byte-identical everywhere)."""
+    parts = [f"nasfcos compile {name}.json -o model.py", f"--fpn-channels {options.fpn_channels}"]
+    if options.head_channels is not None:
+        parts.append(f"--head-channels {options.head_channels}")
+    parts.append(f"--num-classes {options.num_classes}")
+    parts.append("--in-channels " + ",".join(str(c) for c in options.in_channels))
+    if options.detector:
+        parts.append(f"--detector --backbone {options.backbone}")
+    return " ".join(parts)
+
+
+# --- the FPN -------------------------------------------------------------------------------
+def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]:
+    graph = fpn_graph(g.fpn)
+    strides = graph.strides
+    adapters: list[ModuleDef] = []
+    adapt_stmts: list[Stmt] = []
+    for lvl in graph.backbone_used:
+        lvl = _int(lvl, "backbone level")
+        name = BACKBONE_LEVELS[lvl]
+        adapters.append(ModuleDef(f"adapt_{name}", f"{name}, stride {BACKBONE_STRIDES[lvl]}",
+                                  expr=f"Adapter(in_channels[{lvl}], c)"))
+        adapt_stmts.append(Stmt(f"x{lvl}", f"self.adapt_{name}(features[{lvl}])",
+                                f"pool {lvl}: {name}, stride {BACKBONE_STRIDES[lvl]}"))
+    uses.add("Adapter")
+    sections = [Section("backbone adapters: 1x1 conv + BN + ReLU to the FPN width", tuple(adapt_stmts))]
+    blocks: list[ModuleDef] = []
+    for k, blk in enumerate(g.fpn):
+        out = len(BACKBONE_LEVELS) + k
+        ins = (_int(blk.inputs[0], f"fpn[{k}].inputs[0]"), _int(blk.inputs[1], f"fpn[{k}].inputs[1]"))
+        s_out = min(strides[ins[0]], strides[ins[1]])
+        finer = ins[0] if strides[ins[0]] <= strides[ins[1]] else ins[1]
+        parts: list[Part] = []
+        stmts: list[Stmt] = []
+        args: list[str] = []
+        for j in (0, 1):
+            emitted = _emit(FPN_OP_EMITTERS, blk.ops[j], "c", f"fpn[{k}].ops[{j}]")
+            expr = f"x{ins[j]}"
+            if emitted is not None:
+                parts.append(Part(f"op{j}", _ctor(emitted, uses)))
+                expr = f"self.fpn_block{k}.op{j}({expr})"
+            if strides[ins[j]] != s_out:
+                expr = f"resize({expr}, like=x{finer})"
+            if expr == f"x{ins[j]}":
+                args.append(expr)
+            else:
+                stmts.append(Stmt(f"x{out}_{j}", expr))
+                args.append(f"x{out}_{j}")
+        agg = _emit(FPN_AGG_EMITTERS, blk.agg, "c", f"fpn[{k}].agg")
+        assert agg is not None
+        parts.append(Part("agg", _ctor(agg, uses)))
+        uses.add("Block")
+        stmts.append(Stmt(f"x{out}", f"self.fpn_block{k}.agg({args[0]}, {args[1]})"))
+        desc = f"{blk.agg}({blk.ops[0]}(x{ins[0]}), {blk.ops[1]}(x{ins[1]}))"
+        blocks.append(ModuleDef(f"fpn_block{k}", f"x{out} = {desc}", parts=tuple(parts)))
+        sections.append(Section(f"block {k} -> x{out}, stride {s_out}: {desc}", tuple(stmts)))
+
+    # outputs (Contract 1): p5, p4, p3 from the chosen entries, dangling added (paper eq. 1)
+    out_stmts: list[Stmt] = []
+    for level, idx, feat in (("p3", graph.p3, 1), ("p4", graph.p4, 2), ("p5", graph.p5, 3)):
+        idx = _int(idx, level)
+        terms = [f"x{idx}"]
+        for d in graph.dangling:
+            d = _int(d, "dangling output")
+            terms.append(f"x{d}" if strides[d] == strides[idx] else f"resize(x{d}, like=x{idx})")
+        expr = " + ".join(terms)
+        target_stride = BACKBONE_STRIDES[feat]
+        if strides[idx] == target_stride:
+            out_stmts.append(Stmt(level, expr))
+        elif len(terms) == 1:
+            out_stmts.append(Stmt(level, f"resize({expr}, like=features[{feat}])",
+                                  f"stride {strides[idx]} -> {target_stride}"))
+        else:
+            out_stmts.append(Stmt(level, expr))
+            out_stmts.append(Stmt(level, f"resize({level}, like=features[{feat}])",
+                                  f"stride {strides[idx]} -> {target_stride}"))
+    dangling = ", ".join(f"x{d}" for d in graph.dangling)
+    comment = f"outputs: p5 <- x{graph.p5}, p4 <- x{graph.p4}, p3 <- x{graph.p3}"
+    if dangling:
+        comment += f"; dangling {dangling} added to each (paper eq. 1)"
+    sections.append(Section(comment, tuple(out_stmts)))
+    groups = [
+        ModuleGroup("backbone adapters (only the levels the genotype reads)", tuple(adapters)),
+        ModuleGroup("FPN blocks: pool entry 4 + k is block k's output (skip ops hold no module)",
+                    tuple(blocks)),
+    ]
+    return groups, sections
+
+
+# --- the head ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Layer:
+    """One head layer (sharing-index position): a single op or a DAG block's live parts."""
+
+    op: tuple[str, str] | None = None          # (class, args) of a single-op layer
+    parts: tuple[tuple[str, tuple[str, str]], ...] = ()  # DAG block parts (key, (class, args))
+    desc: str = ""
+
+    @property
+    def has_module(self) -> bool:
+        return self.op is not None or bool(self.parts)
+
+
+def _head_layers(g: Genotype) -> tuple[list[_Layer], frozenset[int]]:
+    head = g.head
+    if head.kind == "fcos":
+        return [_Layer(op=(FCOS_TOWER_EMITTER[0], FCOS_TOWER_EMITTER[1].format(c="h")))] * 4, frozenset()
+    if head.kind == "sequential":
+        return [
+            _Layer(op=_emit(HEAD_OP_EMITTERS, op, "h", f"head.layers[{i}]")) for i, op in enumerate(head.layers)
+        ], frozenset()
+    if head.kind != "dag":
+        raise GenotypeError(f"head.kind: unknown head kind {head.kind!r:.40}")
+    live = head_live(head)
+    layers = [
+        _Layer(op=_emit(HEAD_OP_EMITTERS, head.first_op, "h", "head.first_op") if 1 in live else None,
+               desc="first op")
+    ]
+    for b, blk in enumerate(head.blocks):
+        parts: list[tuple[str, tuple[str, str]]] = []
+        for j in (0, 1):
+            if 2 + 3 * b + j in live:
+                emitted = _emit(HEAD_OP_EMITTERS, blk.ops[j], "h", f"head.blocks[{b}].ops[{j}]")
+                if emitted is not None:
+                    parts.append((f"op{j}", emitted))
+        if 4 + 3 * b in live:
+            agg = _emit(HEAD_AGG_EMITTERS, blk.agg, "h", f"head.blocks[{b}].agg")
+            assert agg is not None
+            parts.append(("agg", agg))
+        layers.append(_Layer(parts=tuple(parts), desc=f"block {b}"))
+    return layers, live
+
+
+def _owner(branch: str, level: str, j: int, share: int) -> str:
+    return f"{branch}_tower_{level}_{j}" if j < share else f"{branch}_tower_shared_{j}"
+
+
+def _tower_body(g: Genotype, layers: list[_Layer], live: frozenset[int], branch: str,
+                level: str, share: int) -> tuple[str, list[Stmt], str]:
+    """(argument name, statements, result variable) of one branch's tower at one level."""
+    head = g.head
+    if head.kind in ("fcos", "sequential"):
+        ops = head.layers if head.kind == "sequential" else ("conv_3x3",) * len(layers)
+        stmts = []
+        for j, layer in enumerate(layers):
+            if layer.op is not None:
+                stmts.append(Stmt("x", f"self.{_owner(branch, level, j, share)}(x)", str(ops[j])))
+        return "x", stmts, "x"
+    names = head_pool_names(len(head.blocks))
+    var: dict[int, str] = {0: "p"}
+    stmts = []
+    if 1 in live:
+        if layers[0].op is None:
+            var[1] = var[0]
+        else:
+            stmts.append(Stmt("first", f"self.{_owner(branch, level, 0, share)}(p)", str(head.first_op)))
+            var[1] = "first"
+    for b, blk in enumerate(head.blocks):
+        owner = _owner(branch, level, 1 + b, share)
+        for j in (0, 1):
+            slot = 2 + 3 * b + j
+            if slot not in live:
+                continue
+            src = var[_int(blk.inputs[j], f"head.blocks[{b}].inputs[{j}]")]
+            if blk.ops[j] == "skip":
+                var[slot] = src
+            else:
+                stmts.append(Stmt(names[slot], f"self.{owner}.op{j}({src})", str(blk.ops[j])))
+                var[slot] = names[slot]
+        slot = 4 + 3 * b
+        if slot in live:
+            stmts.append(Stmt(names[slot], f"self.{owner}.agg({var[slot - 2]}, {var[slot - 1]})",
+                              str(blk.agg)))
+            var[slot] = names[slot]
+    return "p", stmts, var[4 + 3 * (len(head.blocks) - 1)]
+
+
+def _head(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[TowerMethod], list[LevelHead], list[str]]:
+    layers, live = _head_layers(g)
+    share = [_int(s, f"share[{i}]") for i, s in enumerate(g.share)]
+    groups: list[ModuleGroup] = []
+    fcos_convs: list[str] = []
+    for branch in BRANCHES:
+        mods: list[ModuleDef] = []
+        for j, layer in enumerate(layers):
+            if not layer.has_module:
+                continue
+            owners = [(lvl, f"{branch}_tower_{lvl}_{j}") for lvl, s in zip(OUTPUT_LEVELS, share, strict=True) if j < s]
+            if any(j >= s for s in share):
+                owners.append(("shared", f"{branch}_tower_shared_{j}"))
+            for where, name in owners:
+                comment = f"layer {j}, {where}" + (f": {layer.desc}" if layer.desc else "")
+                if layer.op is not None:
+                    mods.append(ModuleDef(name, comment, expr=_ctor(layer.op, uses)))
+                    if g.head.kind == "fcos":
+                        fcos_convs.append(f"self.{name}.conv")
+                else:
+                    uses.add("Block")
+                    mods.append(ModuleDef(name, comment, parts=tuple(
+                        Part(key, _ctor(emitted, uses)) for key, emitted in layer.parts)))
+        what = "classification" if branch == "cls" else "box regression"
+        groups.append(ModuleGroup(
+            f"{what} tower ({g.head.kind} head): layers before share[l] are per level",
+            tuple(mods)))
+    towers: dict[str, TowerMethod] = {}
+    per_level: dict[str, dict[str, str]] = {}
+    for li, (level, s) in enumerate(zip(OUTPUT_LEVELS, share, strict=True)):
+        per_level[level] = {}
+        for branch in BRANCHES:
+            arg, stmts, result = _tower_body(g, layers, live, branch, level, s)
+            own = any(f"_tower_{level}_" in st.expr for st in stmts)
+            name = f"{branch}_tower_{level}" if own else f"{branch}_tower"
+            what = "Classification" if branch == "cls" else "Box regression"
+            if own:
+                doc = (f"{what} tower at {level} (stride {OUTPUT_STRIDES[li]}): "
+                       f"layers before {s} have weights of their own here, later ones are shared.")
+            else:
+                doc = f"{what} tower with shared weights."
+            if name not in towers:
+                towers[name] = TowerMethod(name, doc, arg, tuple(stmts), result)
+            per_level[level][branch] = name
+    ordered = sorted(towers.values(), key=lambda t: (t.name.split("_")[0] != "cls", t.name))
+    levels = [LevelHead(level, i, per_level[level]["cls"], per_level[level]["reg"])
+              for i, level in enumerate(OUTPUT_LEVELS)]
+    return groups, ordered, levels, fcos_convs
+
+
+def build_plan(g: Genotype, options: CompileOptions) -> Plan:
+    """The records of the file compiled from a *validated* genotype ``g`` with ``options``."""
+    if type(g.name) is not str or not NAME_RE.fullmatch(g.name):
+        raise GenotypeError("name: not a valid genotype name")
+    uses: set[str] = set()
+    fpn_groups, sections = _fpn(g, uses)
+    head_groups, towers, levels, fcos_convs = _head(g, uses)
+    if uses & _NORM_USERS:
+        uses.add("make_norm")
+    return Plan(
+        generator_version=GENERATOR_VERSION,
+        name=g.name,
+        genotype_hash=g.hash(),
+        genotype_literal=_literal(g),
+        head_kind=g.head.kind,
+        regenerate=regenerate_command(g.name, options),
+        fpn_channels=options.fpn_channels,
+        head_channels=options.resolved_head_channels,
+        head_default="None" if options.head_channels is None else str(int(options.head_channels)),
+        num_classes=options.num_classes,
+        in_channels=options.in_channels,
+        detector=options.detector,
+        backbone=options.backbone,
+        uses=frozenset(uses),
+        module_groups=tuple(fpn_groups + head_groups),
+        fcos_tower_convs=tuple(fcos_convs),
+        fpn_sections=tuple(sections),
+        towers=tuple(towers),
+        levels=tuple(levels),
+    )

@@ -1,0 +1,122 @@
+"""``nasfcos compile``: genotype JSON -> standalone model.py (Contract 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nasfcos.compiler import (
+    BACKBONES,
+    GENERATOR_VERSION,
+    CompileOptions,
+    compile_genotype,
+    parse_in_channels,
+)
+from nasfcos.errors import GenotypeError, NasfcosError
+from nasfcos.genotypes import PAPER_GENOTYPES, Genotype, load_genotype, load_paper_genotype
+from nasfcos.io import atomic_write_text, sha256_bytes
+
+EPILOG = """example:
+  nasfcos compile nas_fcos_fpn_head -o model.py
+  nasfcos compile my_genotype.json -o model.py --fpn-channels 128 --head-channels 256 --num-classes 20
+  nasfcos compile nas_fcos_fpn_head -o detector.py --detector --backbone resnet50
+
+GENOTYPE is a genotype JSON file or the name of a shipped genotype
+({}).  The file written imports only torch and torchvision;
+load it with `build()` (see its header).  --json prints a machine-readable summary.
+""".format(", ".join(PAPER_GENOTYPES))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nasfcos compile",
+        description="Compile a genotype into a standalone, readable PyTorch model.py.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("genotype", nargs="?", metavar="GENOTYPE", help="genotype JSON file or shipped genotype name")
+    p.add_argument("--genotype", dest="genotype_opt", metavar="GENOTYPE", help="same as the positional argument")
+    p.add_argument("-o", "--output", default="model.py", help="output file ('-' for stdout; default: model.py)")
+    p.add_argument("--fpn-channels", type=int, default=128, help="FPN width (default: 128)")
+    p.add_argument("--head-channels", type=int, default=None,
+                   help="head width (default: the FPN width; a 1x1 conv bridges different widths)")
+    p.add_argument("--num-classes", type=int, default=80, help="number of classes K (default: 80)")
+    p.add_argument("--in-channels", default="256,512,1024,2048",
+                   help="backbone widths of c2,c3,c4,c5 (default: 256,512,1024,2048, ResNet-50)")
+    p.add_argument("--detector", action="store_true",
+                   help="also emit class Detector (backbone + decoder + FCOS post-processing)")
+    p.add_argument("--backbone", default=None, choices=BACKBONES,
+                   help="backbone of the detector (with --detector; default: resnet50)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    return p
+
+
+def resolve_genotype(arg: str) -> Genotype:
+    """Load ``arg`` as a genotype file, or as a shipped genotype name when no such file exists."""
+    path = Path(arg)
+    if path.exists():
+        return load_genotype(path)
+    if arg.removesuffix(".json") in PAPER_GENOTYPES:
+        return load_paper_genotype(arg)
+    raise GenotypeError(f"{arg}: no such file, and not a shipped genotype ({', '.join(PAPER_GENOTYPES)})")
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``nasfcos compile``."""
+    args = _parser().parse_args(argv)
+    if args.genotype and args.genotype_opt:
+        raise NasfcosError("give the genotype once (positional or --genotype)")
+    source_arg = args.genotype or args.genotype_opt
+    if not source_arg:
+        raise NasfcosError("missing GENOTYPE (a genotype JSON file or a shipped name; see --help)")
+    if args.backbone is not None and not args.detector:
+        raise NasfcosError("--backbone only applies with --detector")
+    genotype = resolve_genotype(source_arg)
+    options = CompileOptions(
+        fpn_channels=args.fpn_channels,
+        head_channels=args.head_channels,
+        num_classes=args.num_classes,
+        in_channels=parse_in_channels(args.in_channels),
+        detector=args.detector,
+        backbone=args.backbone or "resnet50",
+    )
+    source = compile_genotype(genotype, options)
+    data = source.encode("utf-8")
+    if args.output == "-":
+        sys.stdout.write(source)
+        written = "-"
+    else:
+        out = Path(args.output)
+        if out.is_dir():
+            raise NasfcosError(f"{out}: is a directory (give a file name such as {out / 'model.py'})")
+        try:
+            atomic_write_text(out, source)
+        except OSError as exc:
+            raise NasfcosError(f"{out}: cannot write ({exc.strerror})") from None
+        written = str(out)
+    summary = {
+        "output": written,
+        "genotype": genotype.name,
+        "genotype_hash": genotype.hash(),
+        "generator_version": GENERATOR_VERSION,
+        "bytes": len(data),
+        "sha256": sha256_bytes(data),
+        "options": {
+            "fpn_channels": options.fpn_channels,
+            "head_channels": options.resolved_head_channels,
+            "num_classes": options.num_classes,
+            "in_channels": list(options.in_channels),
+            "detector": options.detector,
+            "backbone": options.backbone if options.detector else None,
+        },
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True), file=sys.stderr if written == "-" else sys.stdout)
+    elif written != "-":
+        print(f"wrote {written}: genotype {genotype.name} (sha256 {genotype.short_hash()}), "
+              f"fpn {options.fpn_channels}, head {options.resolved_head_channels}, "
+              f"{options.num_classes} classes, {len(data)} bytes")
+        print("load it with: nasfcos.modelfile.load_model_file(path).build()  (or import it directly)")
+    return 0

@@ -1,0 +1,477 @@
+"""Latency benchmark across backends and input sizes, the way a deployment engineer measures.
+
+Protocol (:func:`run_benchmark`): one runner per backend; per input size the same seeded
+inputs for every backend (staged once, outside the timed region); ``warmup`` runs
+excluded; then ``runs`` timed runs, each one forward pass with outputs ready:
+``time.perf_counter_ns`` around run + synchronize on CPU, CUDA events recorded on the
+runner's stream on GPU.  Statistics: median, mean, p90, p99, min, max, std (ms) and FPS
+(``batch / median``).  The report also holds the machine, library versions, the model's
+FLOPs per size and a fp32 matmul peak measured in the same run, so achieved GFLOP/s can be
+read against what this machine can do.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nasfcos.runtime.machine import describe, machine_info
+from nasfcos.runtime.models import make_inputs
+from nasfcos.runtime.runners import BACKENDS, Runner, make_runner
+
+REPORT_FORMAT = "nasfcos-bench/1"
+DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((600, 600), (800, 800), (1000, 1000))
+
+
+@dataclass
+class BenchConfig:
+    """Benchmark settings (see the module docstring for the protocol).
+
+    ``max_seconds``: optional time budget per (backend, size) cell for the timed runs; the
+    cell stops early once it is spent, after at least ``min_runs`` runs (the report says
+    how many runs were made).  ``onnx_static``: export one static-shape ONNX per size for
+    a ``model.py`` (instead of one dynamic-shape file).
+    """
+
+    backends: list[str] | None = None
+    sizes: list[tuple[int, int]] = field(default_factory=lambda: list(DEFAULT_SIZES))
+    batch: int = 1
+    warmup: int = 10
+    runs: int = 100
+    threads: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    kind: str | None = None
+    max_seconds: float | None = None
+    min_runs: int = 3
+    matmul_peak: bool = True
+    flops: bool = True
+    onnx_static: bool = False
+    ort_opt_level: str = "all"
+    trt_fp16: bool = False
+    #: For a model.py: an already exported ONNX file for onnxruntime/tensorrt (no re-export).
+    onnx_path: Path | None = None
+
+
+def latency_stats(times_ms: Sequence[float], batch: int = 1) -> dict[str, float]:
+    """median, mean, p90, p99, min, max, std (ms) and fps of per-run latencies."""
+    a = np.asarray(times_ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no timings")
+    median = float(np.median(a))
+    return {"median_ms": median, "mean_ms": float(a.mean()),
+            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
+            "min_ms": float(a.min()), "max_ms": float(a.max()), "std_ms": float(a.std()),
+            "fps": batch * 1000.0 / median if median > 0 else math.inf}
+
+
+def matmul_peak_gflops(threads: int | None = None, n: int = 2048,
+                       seconds: float = 1.5) -> dict[str, float]:
+    """fp32 matmul throughput of this machine (torch, ``threads`` threads): median GFLOP/s."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        a = torch.randn(n, n)
+        b = torch.randn(n, n)
+        c = torch.empty(n, n)
+        for _ in range(2):
+            torch.mm(a, b, out=c)
+        times = []
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end or len(times) < 5:
+            t0 = time.perf_counter_ns()
+            torch.mm(a, b, out=c)
+            times.append((time.perf_counter_ns() - t0) / 1e9)
+        flop = 2.0 * n**3
+        return {"gflops": flop / float(np.median(times)) / 1e9,
+                "best_gflops": flop / min(times) / 1e9, "n": n, "runs": len(times),
+                "threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(old)
+
+
+def _deform_conv_flops(x_shape: Sequence[int], w_shape: Sequence[int], *args: Any,
+                       out_shape: Sequence[int] | None = None, **kwargs: Any) -> int:
+    """2 * MACs of ``torchvision::deform_conv2d`` (the bilinear sampling is not counted)."""
+    assert out_shape is not None
+    return 2 * math.prod(out_shape) * w_shape[1] * w_shape[2] * w_shape[3]
+
+
+class _RawDetector:
+    """Callable running a Detector's backbone + decoder only (no post-processing)."""
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+
+    def __call__(self, images: Any) -> Any:
+        return self.detector.forward_raw(images)
+
+
+def count_flops(lm: Any, size: tuple[int, int], batch: int = 1) -> float:
+    """FLOPs (2 x multiply-accumulates) of one forward pass of a :class:`LoadedModel`.
+
+    Counted by ``torch.utils.flop_counter`` on the ``meta`` device (no arithmetic):
+    convolutions, matmuls and deformable convolutions (their convolution MACs, as
+    ``nasfcos profile`` does); element-wise ops, resizes and a detector's post-processing
+    are not counted.  Divide by 2 for the MACs that ``nasfcos profile`` reports.
+    """
+    import copy
+
+    import torch
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nasfcos.runtime.models import input_shapes
+
+    mapping = {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}
+    net = copy.deepcopy(lm.net).to("meta")
+    fn = _RawDetector(net.detector) if lm.kind == "detector" else net
+    tensors = [torch.empty(s, device="meta")
+               for s in input_shapes(lm.kind, size, batch, lm.in_channels)]
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
+        fn(*tensors)
+    return float(fc.get_total_flops())
+
+
+def _time_cell(runner: Runner, inputs: list[np.ndarray], cfg: BenchConfig,
+               tick: Callable[[], None] | None = None) -> tuple[list[float], dict[str, Any]]:
+    """Warm up, then time runs; returns per-run milliseconds and notes."""
+    runner.bind(*inputs)
+    notes: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    runner.run()  # first run: compilation / allocation happen here
+    runner.synchronize()
+    notes["first_run_ms"] = (time.perf_counter() - t0) * 1000
+    for _ in range(max(cfg.warmup - 1, 0)):
+        runner.run()
+        runner.synchronize()
+    stream = runner.cuda_stream()
+    times: list[float] = []
+    budget_end = time.perf_counter() + cfg.max_seconds if cfg.max_seconds else math.inf
+    if stream is not None:
+        import torch
+
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        notes["timer"] = "cuda-events"
+    else:
+        notes["timer"] = "perf_counter_ns"
+    for i in range(cfg.runs):
+        if stream is not None:
+            start.record(stream)
+            runner.run()
+            end.record(stream)
+            end.synchronize()
+            times.append(float(start.elapsed_time(end)))
+        else:
+            t = time.perf_counter_ns()
+            runner.run()
+            runner.synchronize()
+            times.append((time.perf_counter_ns() - t) / 1e6)
+        if tick is not None:
+            tick()
+        if i + 1 >= cfg.min_runs and time.perf_counter() > budget_end:
+            notes["stopped_early"] = f"time budget {cfg.max_seconds}s after {i + 1} runs"
+            break
+    return times, notes
+
+
+def default_backends(path: Path, device: str = "cpu") -> list[str]:
+    """Backends that make sense for an artifact: .py -> torch + onnxruntime (+ tensorrt on a
+    GPU machine with TensorRT), .onnx -> onnxruntime (+ tensorrt), .engine -> tensorrt."""
+    from nasfcos.runtime.trt import tensorrt_status
+
+    trt_ok = device.startswith("cuda") and tensorrt_status() is None
+    if path.suffix == ".py":
+        return ["torch", "onnxruntime"] + (["tensorrt"] if trt_ok else [])
+    if path.suffix == ".onnx":
+        return ["onnxruntime"] + (["tensorrt"] if trt_ok else [])
+    return ["tensorrt"]
+
+
+def _make(path: Path, backend: str, cfg: BenchConfig, size: tuple[int, int] | None,
+          kind: str | None, in_channels: Sequence[int] | None) -> Runner:
+    """Build one runner (for a per-size static ONNX export when ``size`` is given)."""
+    device = cfg.device
+    if backend in ("torch", "torch-compile"):
+        return make_runner(path, backend, device, kind=cfg.kind, seed=cfg.seed,
+                           threads=cfg.threads)
+    if cfg.onnx_path is not None and path.suffix == ".py" and backend in ("onnxruntime",
+                                                                          "tensorrt"):
+        path = Path(cfg.onnx_path)
+    if backend == "onnxruntime":
+        export = None
+        if path.suffix == ".py":
+            export = {"kind": cfg.kind, "seed": cfg.seed}
+            # dynamic: trace at the largest size (small traces specialise, e.g. 1x1 levels)
+            largest = max(cfg.sizes, key=lambda s: s[0] * s[1])
+            export.update({"dynamic": False, "size": size, "batch": cfg.batch} if size else
+                          {"dynamic": True, "size": tuple(largest), "batch": cfg.batch})
+        return make_runner(path, backend, device, threads=cfg.threads,
+                           opt_level=cfg.ort_opt_level, export=export)
+    # tensorrt: profile spanning the benchmark sizes
+    from nasfcos.runtime.trt import profile_shapes
+
+    shapes = None
+    export = None
+    if path.suffix in (".py", ".onnx"):
+        sizes = sorted(cfg.sizes, key=lambda s: s[0] * s[1])
+        if path.suffix == ".py":
+            export = {"kind": cfg.kind, "seed": cfg.seed, "dynamic": True,
+                      "size": tuple(sizes[len(sizes) // 2]),
+                      "batch": cfg.batch}
+        if kind is not None and (kind == "detector" or in_channels is not None):
+            shapes = profile_shapes(kind, [sizes[0], sizes[len(sizes) // 2], sizes[-1]],
+                                    cfg.batch, in_channels)
+    return make_runner(path, "tensorrt", device, fp16=cfg.trt_fp16 or None, shapes=shapes,
+                       export=export)
+
+
+def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
+                  progress: bool = False) -> dict[str, Any]:
+    """Benchmark ``model`` (model.py / .onnx / .engine) per ``cfg``; returns the report dict.
+
+    A backend that is unavailable (no TensorRT, no GPU, compile failure) is recorded as
+    ``skipped`` with its one-line reason; other backends still run.
+    """
+    import torch
+
+    cfg = cfg or BenchConfig()
+    path = Path(model)
+    if not path.is_file():
+        raise NasfcosError(f"{path}: no such file")
+    backends = cfg.backends or default_backends(path, cfg.device)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise NasfcosError(f"unknown backend(s) {', '.join(unknown)} (have {', '.join(BACKENDS)})")
+    if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
+        raise NasfcosError("runs must be >= 1, warmup >= 0 and batch >= 1")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+
+    # What the model is: kind, channels, FLOPs (from the PyTorch source when we have it).
+    kind, in_channels, model_info = cfg.kind, None, {"path": str(path), "suffix": path.suffix}
+    flops: dict[str, float] = {}
+    if path.suffix == ".py":
+        from nasfcos.runtime.models import load_model
+
+        lm = load_model(path, cfg.kind, seed=cfg.seed)
+        kind, in_channels = lm.kind, lm.in_channels
+        model_info.update({"kind": kind, **{k: v for k, v in lm.info.items()
+                                            if k != "state_dict_sha256"}})
+        if cfg.flops:
+            for size in cfg.sizes:
+                try:
+                    flops[f"{size[0]}x{size[1]}"] = count_flops(lm, size, cfg.batch)
+                except Exception as exc:  # FLOPs are informative only: never fail the bench
+                    model_info["flops_error"] = f"{type(exc).__name__}: {exc}"[:200]
+                    break
+        del lm
+    else:
+        from nasfcos.runtime.export import load_manifest
+
+        try:
+            man = load_manifest(path)
+            model_info.update({"genotype": man.get("genotype"), "widths": man.get("widths"),
+                               "sha256": man["artifact"]["sha256"]})
+            kind = kind or (man.get("source", {}) or {}).get("kind")
+            in_channels = (man.get("widths") or {}).get("in_channels")
+        except NasfcosError:
+            pass
+
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "model": model_info,
+        "config": {**asdict(cfg), "backends": backends,
+                   "onnx_path": str(cfg.onnx_path) if cfg.onnx_path else None,
+                   "sizes": [list(s) for s in cfg.sizes]},
+        "machine": machine_info(),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "results": [],
+    }
+    if cfg.matmul_peak and cfg.device == "cpu":
+        report["matmul_peak"] = matmul_peak_gflops(cfg.threads)
+
+    total = len(backends) * len(cfg.sizes) * cfg.runs
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc="bench", unit="run", leave=False)
+
+    def tick() -> None:
+        if bar is not None:
+            bar.update(1)
+
+    peak = (report.get("matmul_peak") or {}).get("gflops")
+    for backend in backends:
+        runner: Runner | None = None
+        per_size = (backend == "onnxruntime" and cfg.onnx_static and path.suffix == ".py"
+                    and cfg.onnx_path is None)
+        skip_reason: str | None = None
+        for size in cfg.sizes:
+            key = f"{size[0]}x{size[1]}"
+            row: dict[str, Any] = {"backend": backend, "size": list(size), "batch": cfg.batch}
+            if bar is not None:
+                bar.set_postfix_str(f"{backend} {key}")
+            if skip_reason is not None:
+                report["results"].append({**row, "status": "skipped", "reason": skip_reason})
+                if bar is not None:
+                    bar.update(cfg.runs)
+                continue
+            try:
+                if runner is None or per_size:
+                    if runner is not None:
+                        runner.close()
+                    runner = _make(path, backend, cfg, size if per_size else None, kind,
+                                   in_channels)
+                    row["setup_seconds"] = round(runner.setup_seconds, 2)
+                k = kind or runner.kind
+                if k is None:
+                    raise NasfcosError("cannot tell the model kind (decoder/detector)")
+                chans = in_channels or runner.in_channels
+                inputs = make_inputs(k, size, cfg.batch, cfg.seed, chans)
+                times, notes = _time_cell(runner, inputs, cfg, tick)
+            except BackendUnavailable as exc:
+                skip_reason = str(exc)
+                report["results"].append({**row, "status": "skipped", "reason": skip_reason})
+                if bar is not None:
+                    bar.update(cfg.runs)
+                continue
+            except NasfcosError as exc:
+                report["results"].append({**row, "status": "failed", "reason": str(exc)})
+                if bar is not None:
+                    bar.update(cfg.runs)
+                continue
+            if bar is not None and len(times) < cfg.runs:
+                bar.update(cfg.runs - len(times))
+            stats = latency_stats(times, cfg.batch)
+            row.update({"status": "ok", "runs": len(times), "warmup": cfg.warmup, **notes,
+                        **{k2: round(v, 3) for k2, v in stats.items()},
+                        "info": runner.info()})
+            if key in flops:
+                gflop = flops[key] / 1e9
+                row["gflop"] = round(gflop, 2)
+                row["gflops_per_s"] = round(gflop / (stats["median_ms"] / 1000), 1)
+                if peak:
+                    row["peak_fraction"] = round(row["gflops_per_s"] / peak, 3)
+            row["times_ms"] = [round(t, 3) for t in times]
+            report["results"].append(row)
+        if runner is not None:
+            runner.close()
+    if bar is not None:
+        bar.close()
+    report["flops"] = flops
+    return report
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report as Markdown: a median-latency table (backend x size) and a details table."""
+    sizes = [f"{h}x{w}" for h, w in report["config"]["sizes"]]
+    backends = list(dict.fromkeys(r["backend"] for r in report["results"]))
+    cell: dict[tuple[str, str], dict[str, Any]] = {
+        (r["backend"], f"{r['size'][0]}x{r['size'][1]}"): r for r in report["results"]}
+    m = report["machine"]
+    lines = [f"# Latency: {Path(report['model']['path']).name}", "",
+             f"Machine: {describe(m)}; threads {report['config']['threads'] or 'default'}; "
+             f"batch {report['config']['batch']}; device {report['config']['device']}.",
+             ""]
+    if report.get("matmul_peak"):
+        lines += [f"fp32 matmul peak (same run): {report['matmul_peak']['gflops']:.0f} GFLOP/s.",
+                  ""]
+    lines += ["Median latency in ms (p90 in brackets):", "",
+              "| backend | " + " | ".join(sizes) + " |",
+              "|---|" + "---:|" * len(sizes)]
+    for b in backends:
+        vals = []
+        for s in sizes:
+            r = cell.get((b, s))
+            if r is None:
+                vals.append("")
+            elif r["status"] != "ok":
+                vals.append(r["status"])
+            else:
+                vals.append(f"{r['median_ms']:.1f} ({r['p90_ms']:.1f})")
+        lines.append(f"| {b} | " + " | ".join(vals) + " |")
+    lines += ["", "| backend | size | runs | median | mean | p90 | p99 | min | std | FPS | "
+              "GFLOP | GFLOP/s | of peak |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        s = f"{r['size'][0]}x{r['size'][1]}"
+        if r["status"] != "ok":
+            lines.append(f"| {r['backend']} | {s} | {r['status']}: {r.get('reason', '')} |"
+                         + " |" * 10)
+            continue
+        frac = f"{100 * r['peak_fraction']:.0f}%" if "peak_fraction" in r else ""
+        lines.append(f"| {r['backend']} | {s} | {r['runs']} | {r['median_ms']:.1f} | "
+                     f"{r['mean_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['min_ms']:.1f} | {r['std_ms']:.1f} | {r['fps']:.2f} | "
+                     f"{r.get('gflop', '')} | {r.get('gflops_per_s', '')} | {frac} |")
+    lines += ["", "Times are per forward pass with inputs already staged, warm-up excluded "
+              "(CPU: perf_counter_ns; GPU: CUDA events).", ""]
+    libs = m.get("libraries", {})
+    lines.append("Libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if v) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(report: dict[str, Any]) -> bytes:
+    """PNG bytes: median latency vs input size per backend (bars: min..p90)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    backends = list(dict.fromkeys(r["backend"] for r in report["results"]))
+    for b in backends:
+        rows = [r for r in report["results"] if r["backend"] == b and r["status"] == "ok"]
+        if not rows:
+            continue
+        x = [math.sqrt(r["size"][0] * r["size"][1]) for r in rows]
+        y = [r["median_ms"] for r in rows]
+        lo = [r["median_ms"] - r["min_ms"] for r in rows]
+        hi = [r["p90_ms"] - r["median_ms"] for r in rows]
+        ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=b)
+    ax.set_xlabel("input size (px, sqrt(H*W))")
+    ax.set_ylabel("latency, ms (median; bars min..p90)")
+    ax.set_title(f"{Path(report['model']['path']).name} - batch {report['config']['batch']}, "
+                 f"{report['config']['device']}")
+    ax.grid(True, alpha=0.3)
+    if backends:
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    """Write ``<out>.json``, ``<out>.md`` and ``<out>.png`` (``out`` without suffix)."""
+    out = Path(out)
+    if out.suffix in (".json", ".md", ".png"):
+        out = out.with_suffix("")
+    paths = {"json": out.with_name(out.name + ".json"), "md": out.with_name(out.name + ".md"),
+             "png": out.with_name(out.name + ".png")}
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["md"], markdown_table(report))
+    atomic_write_bytes(paths["png"], plot_report(report))
+    return paths
+
+
+__all__ = ["DEFAULT_SIZES", "BenchConfig", "count_flops", "default_backends", "latency_stats",
+           "markdown_table", "matmul_peak_gflops", "plot_report", "run_benchmark",
+           "write_report"]

@@ -1,0 +1,274 @@
+"""Parity checks: does an exported artifact compute what the PyTorch model computes?
+
+Both sides get the same seeded inputs (:func:`~nasfcos.runtime.models.make_inputs`).  Per
+output we report ``max_abs = max |got - ref|`` and ``max_rel = max_abs / max |ref|`` (error
+relative to the output's largest magnitude, which is stable where ``ref`` is near zero), and
+pass when ``max_abs <= atol + rtol * max |ref|``.
+
+Detector outputs go through NMS and a top-k, whose order can legitimately swap between
+near-equal scores; when the element-wise comparison fails, detections are matched per
+image (same label, closest box) and boxes/scores are compared on matched pairs; a
+detection without a partner fails the check unless it is among the lowest-scored ones at
+the tail of the list (where a 1e-6 score change moves it past the cut-off).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasfcos.errors import NasfcosError
+from nasfcos.runtime.models import DETECTOR_OUTPUTS, make_inputs
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|got - ref| <= atol + rtol * max|ref|`` per output tensor."""
+
+    atol: float
+    rtol: float
+
+
+#: Defaults by precision of the artifact under test.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
+    "fp16": Tolerance(atol=1e-2, rtol=2e-2),
+    "int8": Tolerance(atol=1e-1, rtol=1e-1),
+}
+
+
+@dataclass
+class OutputCheck:
+    """Comparison of one output tensor."""
+
+    name: str
+    shape: list[int]
+    max_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+    ok: bool
+    note: str = ""
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_artifact`; ``ok`` is True when every output passed."""
+
+    artifact: str
+    reference: str
+    backend: str
+    reference_backend: str
+    kind: str | None
+    sizes: list[list[int]]
+    seed: int
+    outputs: list[OutputCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    def failures(self) -> list[OutputCheck]:
+        return [o for o in self.outputs if not o.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+    def table(self) -> str:
+        """Plain-text table, one row per output (and size)."""
+        rows = [f"{'output':<22} {'shape':<20} {'max abs':>10} {'max rel':>10} {'tol':>16}  ok"]
+        for o in self.outputs:
+            tol = f"{o.atol:.0e}+{o.rtol:.0e}*|r|"
+            rows.append(f"{o.name:<22} {'x'.join(map(str, o.shape)):<20} {o.max_abs:>10.3g} "
+                        f"{o.max_rel:>10.3g} {tol:>16}  {'yes' if o.ok else 'NO'}"
+                        + (f"  ({o.note})" if o.note else ""))
+        return "\n".join(rows)
+
+
+def compare_tensor(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance) -> OutputCheck:
+    """Element-wise comparison of one output (shape, NaN and tolerance checks)."""
+    shape = list(ref.shape)
+    if ref.shape != got.shape:
+        return OutputCheck(name, shape, math.inf, math.inf, tol.atol, tol.rtol, False,
+                           f"shape {list(got.shape)} != {shape}")
+    if ref.size == 0:
+        return OutputCheck(name, shape, 0.0, 0.0, tol.atol, tol.rtol, True)
+    r = ref.astype(np.float64)
+    g = got.astype(np.float64)
+    if not np.isfinite(g).all() and not np.array_equal(np.isfinite(g), np.isfinite(r)):
+        return OutputCheck(name, shape, math.inf, math.inf, tol.atol, tol.rtol, False,
+                           "non-finite values")
+    finite = np.isfinite(r) & np.isfinite(g)
+    diff = np.abs(g - r)[finite]
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(r[finite]).max()) if diff.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    ok = max_abs <= tol.atol + tol.rtol * scale
+    return OutputCheck(name, shape, max_abs, max_rel, tol.atol, tol.rtol, bool(ok))
+
+
+def _match_detections(ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
+                      tol: Tolerance) -> list[OutputCheck]:
+    """Order-insensitive comparison of (boxes [N,D,4], scores [N,D], labels [N,D])."""
+    rb, rs, rl = ref
+    gb, gs, gl = got
+    box_scale = max(float(np.abs(rb).max()) if rb.size else 0.0, 1.0)
+    score_tol = tol.atol + tol.rtol * max(float(np.abs(rs).max()) if rs.size else 0.0, 1e-12)
+    box_tol = tol.atol + tol.rtol * box_scale
+    box_err = score_err = 0.0
+    unmatched = bad_unmatched = 0
+    for i in range(rb.shape[0]):
+        r_idx = np.flatnonzero(rs[i] > 0)
+        g_idx = list(np.flatnonzero(gs[i] > 0))
+        tail_r = float(rs[i][r_idx].min()) if r_idx.size else 0.0
+        tail_g = float(gs[i][g_idx].min()) if g_idx else 0.0
+        for j in r_idx:
+            best, best_err = None, math.inf
+            for k in g_idx:
+                if gl[i, k] != rl[i, j] or abs(float(gs[i, k]) - float(rs[i, j])) > score_tol:
+                    continue
+                err = float(np.abs(gb[i, k].astype(np.float64) - rb[i, j]).max())
+                if err < best_err:
+                    best, best_err = k, err
+            if best is None or best_err > box_tol:
+                unmatched += 1
+                if float(rs[i, j]) > tail_r + 10 * score_tol:
+                    bad_unmatched += 1
+                continue
+            g_idx.remove(best)
+            box_err = max(box_err, best_err)
+            score_err = max(score_err, abs(float(gs[i, best]) - float(rs[i, j])))
+        for k in g_idx:  # detections only the artifact produced
+            unmatched += 1
+            if float(gs[i, k]) > tail_g + 10 * score_tol:
+                bad_unmatched += 1
+    note = f"matched by label and box; {unmatched} unmatched at the tail" if unmatched else \
+        "matched by label and box (order differs)"
+    ok = bad_unmatched == 0
+    if bad_unmatched:
+        note = f"{bad_unmatched} detection(s) without a partner above the tail"
+    return [
+        OutputCheck("boxes", list(rb.shape), box_err, box_err / box_scale, tol.atol, tol.rtol,
+                    ok and box_err <= box_tol, note),
+        OutputCheck("scores", list(rs.shape), score_err, score_err / max(float(rs.max()), 1e-12),
+                    tol.atol, tol.rtol, ok and score_err <= score_tol, note),
+        OutputCheck("labels", list(rl.shape), 0.0 if ok else float(bad_unmatched), 0.0, 0.0, 0.0,
+                    ok, note),
+    ]
+
+
+def compare_outputs(names: Sequence[str], ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
+                    tol: Tolerance) -> list[OutputCheck]:
+    """Compare two lists of outputs; detector triples fall back to detection matching."""
+    if len(ref) != len(got):
+        raise NasfcosError(f"output count differs: reference {len(ref)}, artifact {len(got)}")
+    checks = [compare_tensor(n, r, g, tol) for n, r, g in zip(names, ref, got, strict=True)]
+    if tuple(names) == DETECTOR_OUTPUTS and not all(c.ok for c in checks) and all(
+            r.shape == g.shape for r, g in zip(ref, got, strict=True)):
+        checks = _match_detections(ref, got, tol)
+    return checks
+
+
+def _manifest_or_none(path: Path) -> dict[str, Any] | None:
+    from nasfcos.runtime.export import load_manifest
+
+    try:
+        return load_manifest(path)
+    except NasfcosError:
+        return None
+
+
+def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
+                   backend: str | None = None, device: str = "cpu",
+                   sizes: Sequence[tuple[int, int]] | None = None, batch: int | None = None,
+                   seed: int = 0, tol: Tolerance | None = None, kind: str | None = None,
+                   threads: int | None = None) -> CheckReport:
+    """Run ``artifact`` (.onnx / .engine) and its PyTorch source on the same inputs.
+
+    ``against`` defaults to the ``model.py`` recorded in the artifact's manifest; the
+    PyTorch side is rebuilt with the manifest's kind, weight seed and weights file, and its
+    weights are verified against the manifest's ``state_dict_sha256``.  ``sizes`` defaults
+    to the export size (plus a second size for dynamic exports).
+    """
+    from nasfcos.runtime.models import state_dict_hash
+    from nasfcos.runtime.runners import make_runner
+
+    artifact = Path(artifact)
+    man = _manifest_or_none(artifact)
+    src = (man or {}).get("source", {})
+    if "model" in src and isinstance(src["model"], dict):  # engine manifest: ONNX's source
+        src = src["model"]
+    if against is None:
+        if not src.get("model"):
+            raise NasfcosError(f"{artifact}: no manifest naming its model.py; pass --against")
+        against = src["model"]
+    against = Path(against)
+    precision = "fp32"
+    if man and man.get("artifact", {}).get("type") == "tensorrt":
+        prec = man.get("build", {}).get("precision", [])
+        precision = "int8" if "int8" in prec else "fp16" if "fp16" in prec else "fp32"
+    tol = tol or TOLERANCES[precision]
+
+    runner = make_runner(artifact, backend, device, threads=threads)
+    try:
+        kind = kind or runner.kind or src.get("kind")
+        ref_opts: dict[str, Any] = {}
+        if against.suffix == ".py":
+            ref_opts = {"kind": kind, "seed": int(src.get("seed", 0)),
+                        "weights": src.get("weights"), "threads": threads}
+        elif against.suffix == ".onnx":
+            ref_opts = {"threads": threads}
+        ref = make_runner(against, None, "cpu", **ref_opts)
+        try:
+            if against.suffix == ".py" and src.get("state_dict_sha256"):
+                actual = state_dict_hash(ref.model.net.detector if kind == "detector"
+                                         else ref.model.net.decoder)
+                if actual != src["state_dict_sha256"]:
+                    raise NasfcosError(f"{against}: its weights differ from those exported into "
+                                       f"{artifact.name} (changed model file, seed or weights?)")
+            if runner.input_names != ref.input_names:
+                raise NasfcosError(f"input names differ: {runner.input_names} vs "
+                                   f"{ref.input_names}")
+            if runner.output_names != ref.output_names:
+                raise NasfcosError(f"output names differ: {runner.output_names} vs "
+                                   f"{ref.output_names}")
+            kind = kind or ref.kind
+            if kind is None:
+                raise NasfcosError("cannot tell the model kind from the tensor names")
+            in_channels = ref.in_channels or runner.in_channels
+            exp = (man or {}).get("export", {})
+            if sizes is None:
+                base = tuple(exp.get("size", (256, 256)))
+                sizes = [base]
+                if exp.get("dynamic"):
+                    sizes.append((max(64, base[0] - 64), max(64, base[1] + 32)))
+            if batch is None:
+                batch = int(exp.get("batch", 1))
+            report = CheckReport(artifact=str(artifact), reference=str(against),
+                                 backend=runner.backend, reference_backend=ref.backend,
+                                 kind=kind, sizes=[list(s) for s in sizes], seed=seed)
+            for size in sizes:
+                inputs = make_inputs(kind, size, batch, seed, in_channels)
+                got = runner(*inputs)
+                want = ref(*inputs)
+                checks = compare_outputs(runner.output_names, want, got, tol)
+                if len(sizes) > 1:
+                    for c in checks:
+                        c.name = f"{c.name}@{size[0]}x{size[1]}"
+                report.outputs.extend(checks)
+            return report
+        finally:
+            ref.close()
+    finally:
+        runner.close()
+
+
+__all__ = ["TOLERANCES", "CheckReport", "OutputCheck", "Tolerance", "check_artifact",
+           "compare_outputs", "compare_tensor"]

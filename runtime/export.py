@@ -1,0 +1,368 @@
+"""Export a compiled ``model.py`` to ONNX, check the graph, and write a sidecar manifest.
+
+Pipeline (:func:`export_onnx`): build the module (seeded random or given weights) ->
+``torch.onnx.export(dynamo=True, opset >= 19)`` (``torchvision::deform_conv2d`` becomes ONNX
+``DeformConv``; batch norm in eval mode becomes ``BatchNormalization``, which ONNX Runtime
+and TensorRT fold into the preceding convolution) -> optional ``onnxslim`` pass (constant
+folding, dead-node removal, Conv+BN fusion) -> ``onnx.checker`` (full check) and strict shape
+inference -> atomic write -> manifest ``<file>.json`` (see :func:`manifest_path_for`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io
+import platform
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasfcos.errors import NasfcosError
+from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from nasfcos.runtime.models import LoadedModel, load_model
+
+#: ONNX opset: 19 is the first with ``DeformConv``.
+MIN_OPSET = 19
+DEFAULT_OPSET = 19
+MANIFEST_FORMAT = "nasfcos-export/1"
+
+
+@dataclass
+class ExportOptions:
+    """How to export.  ``size`` is the example (and, when static, the only) image size (H, W).
+
+    ``dynamic``: spatial sizes (and the decoder's batch) become symbolic dimensions.
+    """
+
+    kind: str | None = None
+    size: tuple[int, int] = (800, 800)
+    batch: int = 1
+    dynamic: bool = False
+    opset: int = DEFAULT_OPSET
+    simplify: bool = True
+    seed: int = 0
+    weights: Path | None = None
+
+
+@dataclass
+class ExportResult:
+    """Paths of the written ONNX file and its manifest, and the manifest itself."""
+
+    onnx_path: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def manifest_path_for(path: str | Path) -> Path:
+    """Sidecar manifest of an artifact: ``model.onnx`` -> ``model.onnx.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of the libraries an artifact depends on (None where not installed)."""
+    import importlib.metadata as md
+
+    from nasfcos import __version__
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "nasfcos": __version__}
+    for dist in ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
+                 "onnxslim", "numpy", "tensorrt"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[io.StringIO]:
+    """Capture the exporter's stdout chatter and silence its warnings; yields the captured log."""
+    buf = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+        warnings.simplefilter("ignore")
+        yield buf
+
+
+def _dynamic_shapes(lm: LoadedModel) -> tuple[dict[int, Any], ...]:
+    dyn = torch.export.Dim.DYNAMIC
+    if lm.kind == "detector":  # post-processing loops over the batch: batch stays static
+        return ({2: dyn, 3: dyn},)
+    return tuple({0: dyn, 2: dyn, 3: dyn} for _ in lm.input_names)
+
+
+def _finite_int(v: Any) -> int | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None
+    return int(f) if f == f and abs(f) != float("inf") else None
+
+
+def _dynamic_ranges(program: Any, names: tuple[str, ...]) -> dict[str, dict[str, list[Any]]]:
+    """Valid ranges of each dynamic input dimension, from torch.export's range constraints.
+
+    The trace specialises on branches of the model (e.g. ``min(top_n, h * w * k)``), so a
+    dynamic export is only valid within these ranges: ``{input: {axis: [lo, hi or None]}}``.
+    """
+    try:
+        ep = program.exported_program
+        ranges = {str(k): v for k, v in ep.range_constraints.items()}
+        placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"
+                        and n.name not in ep.graph_signature.inputs_to_parameters
+                        and n.name not in ep.graph_signature.inputs_to_buffers
+                        and n.name not in ep.graph_signature.inputs_to_lifted_tensor_constants]
+    except AttributeError:
+        return {}
+    out: dict[str, dict[str, list[Any]]] = {}
+    for name, node in zip(names, placeholders, strict=False):
+        val = node.meta.get("val")
+        if val is None:
+            continue
+        for axis, dim in enumerate(val.shape):
+            if isinstance(dim, int):
+                continue
+            vr = ranges.get(str(dim))
+            if vr is None:
+                continue
+            out.setdefault(name, {})[str(axis)] = [_finite_int(vr.lower), _finite_int(vr.upper)]
+    return out
+
+
+def _value_info(vi: Any) -> dict[str, Any]:
+    import onnx
+
+    t = vi.type.tensor_type
+    shape: list[int | str] = []
+    for d in t.shape.dim:
+        shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return {"name": vi.name, "shape": shape,
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+
+def graph_io(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(inputs, outputs) of an ONNX model as ``{"name", "shape", "dtype"}`` (dims int or str)."""
+    inits = {i.name for i in model.graph.initializer}
+    ins = [_value_info(v) for v in model.graph.input if v.name not in inits]
+    outs = [_value_info(v) for v in model.graph.output]
+    return ins, outs
+
+
+def check_onnx(model: Any) -> None:
+    """``onnx.checker`` full check plus strict, type-checked shape inference.
+
+    Raises :class:`NasfcosError` with the checker's first line on failure.
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NasfcosError(f"ONNX check failed: {first}") from exc
+
+
+def simplify_onnx(model: Any) -> Any:
+    """Run ``onnxslim`` (constant folding, dead code, Conv+BN fusion); returns a new model."""
+    import onnxslim
+
+    with _quiet():
+        slim = onnxslim.slim(model)
+    # onnxslim drops graph inputs that nothing reads (a decoder whose genotype never reads c2);
+    # the contract keeps every input, so put them back in their original order (an unused
+    # input is valid ONNX and costs nothing at run time).
+    kept = {i.name: i for i in slim.graph.input}
+    if [i.name for i in model.graph.input] != list(kept):
+        inputs = [kept.get(i.name, i) for i in model.graph.input]
+        del slim.graph.input[:]
+        slim.graph.input.extend(inputs)
+    return slim
+
+
+def export_onnx(model: str | Path | LoadedModel, out: str | Path,
+                opts: ExportOptions | None = None, *, progress: bool = False) -> ExportResult:
+    """Export ``model`` (a ``model.py`` path or a :class:`LoadedModel`) to ``out`` (``.onnx``).
+
+    Returns the written paths and the manifest; raises :class:`NasfcosError` on failure.
+    """
+    import time
+
+    opts = opts or ExportOptions()
+    if opts.opset < MIN_OPSET:
+        raise NasfcosError(f"opset {opts.opset} too old: DeformConv needs opset >= {MIN_OPSET}")
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise NasfcosError(f"{out}: the output file must end in .onnx")
+    steps = ["load", "export", "simplify", "check", "write"]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(steps), desc="export", unit="step", leave=False)
+
+    def step(name: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lm = model if isinstance(model, LoadedModel) else load_model(
+        model, opts.kind, seed=opts.seed, weights=opts.weights)
+    seconds["load"] = time.perf_counter() - t0
+    step("load")
+    batch = opts.batch
+    if opts.dynamic and lm.kind == "decoder" and batch == 1:
+        batch = 2  # an example batch of 1 would be specialised to a constant
+    size = tuple(opts.size)
+    if opts.dynamic and size[0] == size[1]:
+        # torch.export gives input dims with equal example values one symbol ("duck
+        # sizing"), which would tie height to width: trace a non-square example instead.
+        size = (size[0], size[1] + 32)
+    args = tuple(torch.from_numpy(a) for a in lm.inputs(size, batch, seed=opts.seed))
+    t0 = time.perf_counter()
+    with _quiet() as log:
+        try:
+            program = torch.onnx.export(
+                lm.net, args, dynamo=True, opset_version=opts.opset,
+                input_names=list(lm.input_names), output_names=list(lm.output_names),
+                dynamic_shapes=_dynamic_shapes(lm) if opts.dynamic else None,
+                optimize=True, external_data=False, verbose=False)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            detail = next((m for m in msg if "Error" in m or "error" in m), msg[0] if msg else "")
+            raise NasfcosError(f"torch.onnx.export failed for {lm.path}: {type(exc).__name__}: "
+                               f"{detail[:300]} (set NASFCOS_DEBUG=1 for the traceback)") from exc
+    del log
+    ranges = _dynamic_ranges(program, lm.input_names) if opts.dynamic else {}
+    seconds["export"] = time.perf_counter() - t0
+    step("export")
+    proto = program.model_proto
+    simplified = False
+    if opts.simplify:
+        t0 = time.perf_counter()
+        try:
+            proto = simplify_onnx(proto)
+            simplified = True
+        except Exception as exc:  # a simplifier failure must not lose the export
+            warnings.warn(f"onnxslim failed, keeping the unsimplified graph: {exc}", stacklevel=2)
+        seconds["simplify"] = time.perf_counter() - t0
+    step("simplify")
+    t0 = time.perf_counter()
+    check_onnx(proto)
+    seconds["check"] = time.perf_counter() - t0
+    step("check")
+    data = proto.SerializeToString()
+    if len(data) >= 2**31:
+        raise NasfcosError("the ONNX model is over 2 GB, which needs external data (unsupported)")
+    atomic_write_bytes(out, data)
+    ins, outs = graph_io(proto)
+    if [i["name"] for i in ins] != list(lm.input_names) or [
+            o["name"] for o in outs] != list(lm.output_names):
+        raise NasfcosError("exported graph has unexpected input/output names "
+                           f"{[i['name'] for i in ins]} -> {[o['name'] for o in outs]}")
+    ops = Counter(n.op_type for n in proto.graph.node)
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "artifact": {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
+                     "bytes": len(data)},
+        "source": {"model": str(lm.path), "model_sha256": lm.info["model_sha256"],
+                   "kind": lm.kind, "seed": lm.seed,
+                   "weights": str(lm.weights) if lm.weights else None,
+                   "weights_sha256": sha256_file(lm.weights) if lm.weights else None,
+                   "state_dict_sha256": lm.info["state_dict_sha256"]},
+        "genotype": {"name": lm.info["genotype_name"], "hash": lm.info["genotype_hash"]},
+        "widths": {k: lm.info[k] for k in ("fpn_channels", "head_channels", "num_classes",
+                                           "in_channels", "backbone")},
+        "inputs": ins,
+        "outputs": outs,
+        "export": {"opset": opts.opset, "size": list(size), "batch": batch,
+                   "dynamic": opts.dynamic, "dynamic_ranges": ranges,
+                   "simplified": simplified,
+                   "exporter": "torch.onnx.export(dynamo=True)",
+                   "ir_version": proto.ir_version,
+                   "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node)},
+        "tools": tool_versions(),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    manifest_path = atomic_write_json(manifest_path_for(out), manifest)
+    seconds["write"] = 0.0
+    step("write")
+    if bar is not None:
+        bar.close()
+    return ExportResult(onnx_path=out, manifest_path=manifest_path, manifest=manifest,
+                        seconds=seconds)
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of an artifact (``path`` is the artifact or the manifest itself)."""
+    import json
+
+    path = Path(path)
+    mpath = path if path.name.endswith(".json") else manifest_path_for(path)
+    if not mpath.is_file():
+        raise NasfcosError(f"{mpath}: no manifest next to {path.name}")
+    try:
+        data = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise NasfcosError(f"{mpath}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise NasfcosError(f"{mpath}: not a nasfcos export manifest")
+    return data
+
+
+def verify_manifest(path: str | Path) -> list[str]:
+    """Problems found comparing an artifact with its manifest ([] when they match).
+
+    Checks the sha256 and size, and for ONNX files the input/output names and shapes.
+    """
+    path = Path(path)
+    man = load_manifest(path)
+    problems = []
+    art = man.get("artifact", {})
+    if not path.is_file():
+        return [f"{path}: missing"]
+    if art.get("file") != path.name:
+        problems.append(f"manifest names {art.get('file')!r}, not {path.name!r}")
+    digest = sha256_file(path)
+    if art.get("sha256") != digest:
+        problems.append(f"sha256 differs (file {digest[:12]}, manifest {str(art.get('sha256'))[:12]})")
+    if art.get("bytes") != path.stat().st_size:
+        problems.append(f"size differs (file {path.stat().st_size}, manifest {art.get('bytes')})")
+    if art.get("type") == "onnx":
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            return [*problems, f"cannot read ONNX ({type(exc).__name__})"]
+        ins, outs = graph_io(model)
+        if ins != man.get("inputs"):
+            problems.append("inputs differ from the manifest")
+        if outs != man.get("outputs"):
+            problems.append("outputs differ from the manifest")
+    return problems
+
+
+def export_summary(result: ExportResult) -> dict[str, Any]:
+    """JSON-friendly summary of an export (for the command line)."""
+    m = result.manifest
+    return {"onnx": str(result.onnx_path), "manifest": str(result.manifest_path),
+            "sha256": m["artifact"]["sha256"], "bytes": m["artifact"]["bytes"],
+            "kind": m["source"]["kind"], "opset": m["export"]["opset"],
+            "dynamic": m["export"]["dynamic"], "simplified": m["export"]["simplified"],
+            "deform_convs": m["export"]["ops"].get("DeformConv", 0),
+            "inputs": m["inputs"], "outputs": m["outputs"],
+            "seconds": {k: round(v, 2) for k, v in result.seconds.items()}}
+
+
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "check_onnx",
+           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_path_for",
+           "simplify_onnx", "tool_versions", "verify_manifest"]

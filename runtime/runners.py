@@ -1,0 +1,459 @@
+"""One interface over every backend: numpy arrays in, numpy arrays out.
+
+>>> runner = make_runner("model.onnx")                    # doctest: +SKIP
+>>> outs = runner(*make_inputs(runner.kind, (800, 800), in_channels=runner.in_channels))
+>>> runner.close()
+
+Backends: ``torch`` (eager), ``torch-compile`` (``torch.compile`` with Inductor, weights
+frozen), ``onnxruntime`` and ``tensorrt`` (see :mod:`nasfcos.runtime.trt`).  ``backend=None``
+picks one from the file suffix: ``.py`` -> torch, ``.onnx`` -> onnxruntime,
+``.engine``/``.plan`` -> tensorrt.  A ``model.py`` given to ``onnxruntime`` or ``tensorrt`` is
+exported on the fly (dynamic shapes) into a temporary folder.
+
+Besides ``__call__``, runners split a call into ``bind`` (stage inputs, on the device for GPU
+backends), ``run`` (launch on the staged inputs; asynchronous on GPU), ``synchronize`` and
+``fetch`` (outputs as numpy), so the benchmark can time the computation alone.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.runtime.models import (
+    DECODER_INPUTS,
+    DETECTOR_INPUTS,
+    LoadedModel,
+    load_model,
+)
+
+BACKENDS: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime", "tensorrt")
+SUFFIX_BACKENDS: dict[str, str] = {".py": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt",
+                                   ".plan": "tensorrt"}
+
+
+def kind_from_inputs(names: Sequence[str]) -> str | None:
+    """Model kind from tensor names: ``images`` -> detector, ``c2..c5`` -> decoder, else None."""
+    if tuple(names) == DETECTOR_INPUTS:
+        return "detector"
+    if tuple(names) == DECODER_INPUTS:
+        return "decoder"
+    return None
+
+
+class Runner:
+    """Base class: see the module docstring.  Subclasses implement bind/run/fetch."""
+
+    backend: str = ""
+
+    def __init__(self) -> None:
+        self.device = "cpu"
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+        #: ``decoder`` / ``detector`` when the tensor names say so, else None.
+        self.kind: str | None = None
+        #: Channels of c2..c5 for decoders, when known.
+        self.in_channels: tuple[int, ...] | None = None
+        #: Seconds spent preparing (export, session or engine creation).
+        self.setup_seconds = 0.0
+
+    # -- the simple interface -------------------------------------------------------------
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Run once on ``arrays`` (one per input, in ``input_names`` order); outputs as numpy."""
+        self.bind(*arrays)
+        self.run()
+        self.synchronize()
+        return self.fetch()
+
+    # -- the split interface used by the benchmark ----------------------------------------
+    def bind(self, *arrays: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for the device (no-op on CPU)."""
+
+    def fetch(self) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory."""
+
+    def cuda_stream(self) -> Any:
+        """The torch CUDA stream the work runs on (CUDA-event timing), or None (wall clock)."""
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """Backend details for reports (provider, threads, precision, ...)."""
+        return {"backend": self.backend, "device": self.device}
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_arity(self, arrays: Sequence[np.ndarray]) -> None:
+        if len(arrays) != len(self.input_names):
+            raise NasfcosError(f"{self.backend}: expected {len(self.input_names)} inputs "
+                               f"({', '.join(self.input_names)}), got {len(arrays)}")
+
+
+def _cuda_or_raise(backend: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable(f"{backend}: no CUDA GPU available (torch.cuda.is_available() "
+                                 "is False)")
+
+
+class TorchRunner(Runner):
+    """Eager PyTorch on a compiled ``model.py`` (or a :class:`LoadedModel`)."""
+
+    backend = "torch"
+
+    def __init__(self, model: str | Path | LoadedModel, device: str = "cpu", *,
+                 kind: str | None = None, seed: int = 0, weights: str | Path | None = None,
+                 threads: int | None = None) -> None:
+        super().__init__()
+        import torch
+
+        t0 = time.perf_counter()
+        if device.startswith("cuda"):
+            _cuda_or_raise(self.backend)
+        elif device != "cpu":
+            raise NasfcosError(f"unknown device {device!r} (expected cpu or cuda)")
+        self.device = device
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.threads = torch.get_num_threads()
+        self.model = model if isinstance(model, LoadedModel) else load_model(
+            model, kind, seed=seed, weights=weights)
+        self.net = self.model.net.to(device)
+        self.kind = self.model.kind
+        self.in_channels = self.model.in_channels
+        self.input_names = list(self.model.input_names)
+        self.output_names = list(self.model.output_names)
+        self._inputs: list[Any] = []
+        self._outputs: Sequence[Any] = ()
+        self.setup_seconds = time.perf_counter() - t0
+
+    def bind(self, *arrays: np.ndarray) -> None:
+        import torch
+
+        self._check_arity(arrays)
+        self._inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+
+    def _forward(self) -> Sequence[Any]:
+        return self.net(*self._inputs)
+
+    def run(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            self._outputs = self._forward()
+
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def fetch(self) -> list[np.ndarray]:
+        return [o.detach().cpu().numpy() for o in self._outputs]
+
+    def cuda_stream(self) -> Any:
+        if self.device.startswith("cuda"):
+            import torch
+
+            return torch.cuda.current_stream(self.device)
+        return None
+
+    def close(self) -> None:
+        self._inputs, self._outputs = [], ()
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "threads": self.threads}
+
+
+class TorchCompileRunner(TorchRunner):
+    """``torch.compile`` (Inductor) with frozen weights; compiles on the first run per shape.
+
+    A failed compilation raises :class:`BackendUnavailable` (so a benchmark can skip it).
+    """
+
+    backend = "torch-compile"
+
+    def __init__(self, model: str | Path | LoadedModel, device: str = "cpu", *,
+                 mode: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model, device, **kwargs)
+        import torch
+
+        self.mode = mode
+        self.compiled = torch.compile(self.net, mode=mode, dynamic=False)
+        self.compile_seconds: dict[str, float] = {}
+
+    def _forward(self) -> Sequence[Any]:
+        import torch
+        from torch._inductor import config as inductor_config
+
+        key = "x".join(str(d) for d in self._inputs[0].shape)
+        first = key not in self.compile_seconds
+        t0 = time.perf_counter()
+        try:
+            with inductor_config.patch(freezing=True):
+                out = self.compiled(*self._inputs)
+        except Exception as exc:
+            if not first:
+                raise
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise BackendUnavailable(f"torch-compile: compilation failed ({line})") from exc
+        if first:
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize(self.device)
+            self.compile_seconds[key] = time.perf_counter() - t0
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "mode": self.mode or "default", "freezing": True,
+                "compile_seconds": {k: round(v, 1) for k, v in self.compile_seconds.items()}}
+
+
+def ort_session_options(threads: int | None = None, *, opt_level: str = "all",
+                        optimized_path: str | Path | None = None) -> Any:
+    """ONNX Runtime session options tuned for latency.
+
+    Graph optimisations at ``opt_level`` (``basic``, ``extended``, ``all`` = layout
+    optimisations incl. NCHWc convolutions on x86), sequential execution, one inter-op thread,
+    ``threads`` intra-op threads (None = ORT's default, one per physical core).
+    """
+    import onnxruntime as ort
+
+    levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    if opt_level not in levels:
+        raise NasfcosError(f"unknown ORT optimisation level {opt_level!r} ({', '.join(levels)})")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[opt_level]
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 4  # errors surface as exceptions (one line, see run())
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    return so
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime session (CPU, or CUDA with ``onnxruntime-gpu``)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, model: str | Path, device: str = "cpu", *, threads: int | None = None,
+                 opt_level: str = "all", optimized_path: str | Path | None = None,
+                 export: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        t0 = time.perf_counter()
+        path = Path(model)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if path.suffix == ".py":
+            path, self._tmp = _export_temp(path, export or {})
+        if not path.is_file():
+            raise NasfcosError(f"{path}: no such ONNX file")
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable("onnxruntime: CUDAExecutionProvider not available "
+                                         "(install onnxruntime-gpu)")
+            dev_id = int(device.split(":")[1]) if ":" in device else 0
+            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": dev_id}),
+                                    "CPUExecutionProvider"]
+        elif device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise NasfcosError(f"unknown device {device!r} (expected cpu or cuda)")
+        self.device = device
+        self.path = path
+        self.threads = threads
+        self.opt_level = opt_level
+        try:
+            self.session = ort.InferenceSession(
+                str(path), ort_session_options(threads, opt_level=opt_level,
+                                               optimized_path=optimized_path),
+                providers=providers)
+        except Exception as exc:
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise NasfcosError(f"{path}: ONNX Runtime cannot load it ({line})") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.kind = kind_from_inputs(self.input_names)
+        if self.kind == "decoder":
+            chans = [i.shape[1] for i in self.session.get_inputs()]
+            if all(isinstance(c, int) for c in chans):
+                self.in_channels = tuple(chans)
+        self._feed: dict[str, Any] = {}
+        self._outputs: list[Any] = []
+        self._binding: Any = None
+        self._ranges = _manifest_ranges(path)
+        self.setup_seconds = time.perf_counter() - t0
+
+    def _check_ranges(self, arrays: Sequence[np.ndarray]) -> None:
+        """Reject inputs outside the ranges a dynamic export is valid for (its manifest)."""
+        for name, a in zip(self.input_names, arrays, strict=True):
+            for axis, (lo, hi) in self._ranges.get(name, {}).items():
+                d = a.shape[int(axis)] if int(axis) < a.ndim else None
+                if d is None:
+                    continue
+                if (lo is not None and d < lo) or (hi is not None and d > hi):
+                    raise NasfcosError(
+                        f"onnxruntime: input {name} dim {axis} = {d} is outside the range "
+                        f"[{lo}, {hi if hi is not None else 'inf'}] this dynamic export is "
+                        "valid for; re-export with --size near the sizes you run")
+
+    def bind(self, *arrays: np.ndarray) -> None:
+        self._check_arity(arrays)
+        self._check_ranges(arrays)
+        arrays = tuple(np.ascontiguousarray(a) for a in arrays)
+        if self.device.startswith("cuda"):
+            import onnxruntime as ort
+
+            dev_id = int(self.device.split(":")[1]) if ":" in self.device else 0
+            binding = self.session.io_binding()
+            for name, a in zip(self.input_names, arrays, strict=True):
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(a, "cuda", dev_id))
+            for name in self.output_names:
+                binding.bind_output(name, "cuda", dev_id)
+            self._binding = binding
+        else:
+            self._feed = dict(zip(self.input_names, arrays, strict=True))
+
+    def run(self) -> None:
+        if self._binding is not None:
+            try:
+                self.session.run_with_iobinding(self._binding)
+            except Exception as exc:
+                raise NasfcosError(f"onnxruntime: {_ort_message(exc)}") from exc
+        else:
+            try:
+                self._outputs = self.session.run(self.output_names, self._feed)
+            except Exception as exc:
+                raise NasfcosError(f"onnxruntime: {_ort_message(exc)}") from exc
+
+    def synchronize(self) -> None:
+        if self._binding is not None:
+            self._binding.synchronize_outputs()
+
+    def fetch(self) -> list[np.ndarray]:
+        if self._binding is not None:
+            return list(self._binding.copy_outputs_to_cpu())
+        return list(self._outputs)
+
+    def close(self) -> None:
+        self._feed, self._outputs, self._binding = {}, [], None
+        self.session = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def info(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {**super().info(), "threads": self.threads, "opt_level": self.opt_level,
+                "providers": self.session.get_providers() if self.session else [],
+                "onnxruntime": ort.__version__}
+
+
+def _manifest_ranges(path: Path) -> dict[str, dict[str, list[Any]]]:
+    """Dynamic input ranges recorded in an ONNX file's manifest ({} when none)."""
+    from nasfcos.runtime.export import load_manifest
+
+    try:
+        return dict(load_manifest(path).get("export", {}).get("dynamic_ranges") or {})
+    except NasfcosError:
+        return {}
+
+
+def _ort_message(exc: Exception) -> str:
+    """The informative part of an ONNX Runtime error, on one line."""
+    text = " ".join(str(exc).split())
+    if "Status Message:" in text:
+        node = text.split("while running ", 1)[-1].split(" Status Message:", 1)[0]
+        text = node + ": " + text.split("Status Message:", 1)[1].split(" : ", 2)[-1]
+    return text[:300]
+
+
+def _export_temp(path: Path, export: dict[str, Any]) -> tuple[Path, tempfile.TemporaryDirectory[str]]:
+    """Export a model.py to a temporary dynamic-shape ONNX file (for runners given a .py)."""
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+
+    tmp = tempfile.TemporaryDirectory(prefix="nasfcos-onnx-")
+    opts = ExportOptions(**{"dynamic": True, "size": (256, 256), **export})
+    out = Path(tmp.name) / (path.stem + ".onnx")
+    export_onnx(path, out, opts)
+    return out, tmp
+
+
+_OPTS: dict[str, set[str]] = {
+    "torch": {"kind", "seed", "weights", "threads"},
+    "torch-compile": {"kind", "seed", "weights", "threads", "mode"},
+    "onnxruntime": {"threads", "opt_level", "optimized_path", "export"},
+    "tensorrt": {"fp16", "int8_calib", "workspace_gb", "shapes", "timing_cache", "export",
+                 "engine_dir"},
+}
+
+
+def make_runner(path: str | Path, backend: str | None = None, device: str = "cpu",
+                **opts: Any) -> Runner:
+    """A runner for ``path`` on ``backend`` (None: from the suffix) and ``device``.
+
+    ``opts`` by backend: torch/torch-compile ``kind`` (``decoder``/``detector``), ``seed``,
+    ``weights``, ``threads`` (torch-compile also ``mode``); onnxruntime ``threads``,
+    ``opt_level``, ``optimized_path``, ``export`` (ExportOptions fields for a .py);
+    tensorrt ``fp16``, ``int8_calib``, ``workspace_gb``, ``shapes``, ``timing_cache`` (for a
+    .onnx or .py source, which is built into an engine first).  Options that a backend
+    does not take are ignored only when None, else rejected.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NasfcosError(f"{path}: no such file")
+    if backend is None:
+        if path.suffix not in SUFFIX_BACKENDS:
+            raise NasfcosError(f"{path}: cannot tell the backend from the suffix "
+                               f"(expected {', '.join(SUFFIX_BACKENDS)})")
+        backend = SUFFIX_BACKENDS[path.suffix]
+    if backend not in BACKENDS:
+        raise NasfcosError(f"unknown backend {backend!r} (expected {', '.join(BACKENDS)})")
+    extra = {k for k, v in opts.items() if v is not None} - _OPTS[backend]
+    if extra:
+        raise NasfcosError(f"{backend}: unknown option(s) {', '.join(sorted(extra))}")
+    opts = {k: v for k, v in opts.items() if v is not None and k in _OPTS[backend]}
+    if backend in ("torch", "torch-compile"):
+        if path.suffix != ".py":
+            raise NasfcosError(f"{path}: the {backend} backend needs a compiled model.py")
+        cls = TorchRunner if backend == "torch" else TorchCompileRunner
+        return cls(path, device, **opts)
+    if backend == "onnxruntime":
+        if path.suffix not in (".onnx", ".py"):
+            raise NasfcosError(f"{path}: the onnxruntime backend needs a .onnx (or model.py)")
+        return OrtRunner(path, device, **opts)
+    from nasfcos.runtime.trt import TrtRunner  # lazy: tensorrt is an optional extra
+
+    if device == "cpu":
+        device = "cuda"  # TensorRT only runs on GPUs; 'cpu' is the generic default
+    return TrtRunner(path, device, **opts)
+
+
+__all__ = ["BACKENDS", "OrtRunner", "Runner", "TorchCompileRunner", "TorchRunner",
+           "kind_from_inputs", "make_runner", "ort_session_options"]

@@ -1,0 +1,215 @@
+"""The search's durable state: ``archive.jsonl`` (every evaluation) and the checkpoint.
+
+``archive.jsonl`` holds one JSON object per sampled architecture (see :data:`ROW_KEYS`).
+Each line is appended with a single ``os.write`` on an ``O_APPEND`` descriptor and
+``fsync``'ed before the search goes on, so a crash (``kill -9``, power loss) loses at
+most the line being written; :meth:`Archive.open` drops such a torn last line (no trailing
+newline, or not JSON) and truncates the file to the last complete line.  Rows are appended
+as evaluations finish and, at the end of every step, the file is rewritten atomically in
+sample order ``(step, index)`` so that its bytes do not depend on the executor.
+
+The checkpoint (``checkpoint.pt``: controller, optimiser, baseline, replay buffer, RNG
+states, the number of completed steps) is written atomically (temp file + fsync + rename)
+after every step, and read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from nasfcos.errors import CacheError
+from nasfcos.io import atomic_write_bytes
+
+ARCHIVE_NAME = "archive.jsonl"
+CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "search.json"
+ROW_FORMAT = "nasfcos-search-row/1"
+
+#: Fields of an archive row.  ``status`` is ``ok`` (evaluated), ``reused`` (genotype seen
+#: before: reward copied from ``reused_from`` = [step, index]) or ``failed`` (``reward`` null,
+#: ``errors`` says why).  ``seed`` is the evaluation seed, ``choices`` / ``log_prob`` the
+#: controller's decision sequence and its log-probability (nats) when sampled.
+ROW_KEYS: tuple[str, ...] = (
+    "format", "step", "index", "trial", "seed", "hash", "genotype", "choices", "log_prob",
+    "status", "reward", "losses", "time_s", "params", "worker", "attempts", "errors",
+    "reused_from", "extra", "recorded_at",
+)
+#: Row fields that depend on where and when an evaluation ran (not on the search itself).
+VOLATILE_KEYS: tuple[str, ...] = ("time_s", "worker", "recorded_at")
+
+
+def encode_row(row: dict[str, Any]) -> bytes:
+    """One archive line: compact, key-sorted JSON + newline (NaN refused)."""
+    return (json.dumps(row, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+
+
+def _parse_lines(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Rows of an archive and the byte length of its valid prefix (torn tail excluded)."""
+    rows: list[dict[str, Any]] = []
+    end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn write
+    pos = 0
+    lines = data[:end].split(b"\n")[:-1]
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if n == len(lines):  # a last line made of garbage (e.g. zero-filled block): torn
+                return rows, pos
+            raise CacheError(f"{path}: line {n} is not a valid archive row") from None
+        rows.append(row)
+        pos += len(line) + 1
+    return rows, end
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read an archive without modifying it (torn tail ignored), sorted by (step, index)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise CacheError(f"{p}: no such archive") from None
+    rows, _ = _parse_lines(data, p)
+    return sort_rows(rows)
+
+
+def sort_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (int(r.get("step", 0)), int(r.get("index", 0))))
+
+
+class Archive:
+    """Append-only archive file of one search (single writer: the search driver)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        self.repaired_bytes = 0
+        self._fd: int | None = None
+        self._sorted = True
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Archive:
+        """Open (creating it if needed), read existing rows, repair a torn last line."""
+        a = cls(path)
+        a.path.parent.mkdir(parents=True, exist_ok=True)
+        if a.path.exists():
+            data = a.path.read_bytes()
+            rows, valid = _parse_lines(data, a.path)
+            if valid < len(data):
+                with open(a.path, "r+b") as fh:
+                    fh.truncate(valid)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                a.repaired_bytes = len(data) - valid
+            a.rows = rows
+            a._sorted = rows == sort_rows(rows)
+        a._fd = os.open(a.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return a
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one row durably (single write on an O_APPEND descriptor, then fsync)."""
+        if self._fd is None:
+            raise CacheError(f"{self.path}: archive is closed")
+        data = encode_row(row)
+        view = memoryview(data)
+        while view:  # a regular-file write is whole unless interrupted; finish it if not
+            n = os.write(self._fd, view)
+            view = view[n:]
+        os.fsync(self._fd)
+        if self.rows and (row["step"], row["index"]) < (self.rows[-1]["step"], self.rows[-1]["index"]):
+            self._sorted = False
+        self.rows.append(row)
+
+    def sort(self) -> bool:
+        """Rewrite the file atomically in (step, index) order if it is not; True if rewritten."""
+        if self._sorted:
+            return False
+        self.rows = sort_rows(self.rows)
+        atomic_write_bytes(self.path, b"".join(encode_row(r) for r in self.rows))
+        self.close()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._sorted = True
+        return True
+
+    def keyed(self) -> dict[tuple[int, int], dict[str, Any]]:
+        """Rows by (step, index)."""
+        return {(int(r["step"]), int(r["index"])): r for r in self.rows}
+
+    def rewarded(self) -> dict[str, dict[str, Any]]:
+        """First evaluated (``ok``) row per genotype hash: the reward cache."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in sort_rows(self.rows):
+            if r.get("status") == "ok" and r["hash"] not in out:
+                out[r["hash"]] = r
+        return out
+
+
+def best_rows(rows: Iterable[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The ``k`` best distinct genotypes (by hash): highest reward, earliest on ties."""
+    seen: set[str] = set()
+    cand = [r for r in sort_rows(rows) if r.get("reward") is not None and r.get("status") in ("ok", "reused")]
+    cand.sort(key=lambda r: -float(r["reward"]))  # stable: earliest first among equals
+    out = []
+    for r in cand:
+        if r["hash"] in seen:
+            continue
+        seen.add(r["hash"])
+        out.append(r)
+        if len(out) >= k:
+            break
+    return out
+
+
+def strip_volatile(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without the fields that depend on where/when it ran (for comparisons)."""
+    return {k: v for k, v in row.items() if k not in VOLATILE_KEYS}
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoint
+# ------------------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (``torch.save`` into memory, then temp file + rename)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; :class:`CacheError` if unreadable."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CacheError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # corrupt file: unpickling errors of many kinds
+        raise CacheError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CacheError(f"{path}: not a search checkpoint")
+    return state

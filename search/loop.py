@@ -1,0 +1,490 @@
+"""The search driver: sample a batch, evaluate it, archive it, update the controller, repeat.
+
+One *step* samples ``batch_size`` architectures from the controller, evaluates those whose
+canonical hash was never evaluated (a genotype seen before reuses its archived reward),
+appends one archive row per sample, runs one PPO update on the batch and checkpoints.
+Everything random is derived from the search seed: the controller's initial weights, the
+sampling and minibatch generators (saved in the checkpoint) and each evaluation's seed
+(:func:`eval_seed` of (seed, step, index)) -- so the local and Ray executors, and a search
+resumed after ``kill -9``, write the same archive.
+
+Resume: the checkpoint says how many steps are complete; the archive may also hold rows of
+the step that was running.  The controller re-samples that step exactly (same state, same
+generator), keeps the archived rows and evaluates only the missing samples.
+
+Outputs in ``out``: ``archive.jsonl``, ``checkpoint.pt``, ``search.json`` (the settings a
+resume must match), ``summary.json``, ``top/rankNN-<hash>.json`` (genotypes ``nasfcos
+compile`` takes), ``search.png`` (reward per step + moving average), ``best.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasfcos.errors import CacheError, NasfcosError
+from nasfcos.genotypes import Genotype, parse_genotype
+from nasfcos.io import atomic_write_json
+from nasfcos.search.archive import (
+    ARCHIVE_NAME,
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    ROW_FORMAT,
+    Archive,
+    best_rows,
+    load_checkpoint,
+    save_checkpoint,
+)
+from nasfcos.search.controller import Controller, ControllerConfig, torch_threads
+from nasfcos.search.evaluators import Evaluator, ProxyEvaluator, ToyEvaluator
+from nasfcos.search.executors import Executor, Task, TaskResult, make_executor
+from nasfcos.search.ppo import PPO, PPOConfig
+
+PRESETS: tuple[str, ...] = ("toy", "tiny", "paper")
+SUMMARY_NAME = "summary.json"
+TOP_DIR = "top"
+PLOT_NAME = "search.png"
+BEST_DRAWING = "best.png"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What defines a search (stored in ``search.json``; a resume must match it).
+
+    ``trials`` is a target, not part of the identity: a resumed search may raise it.  It is
+    rounded up to whole steps of ``batch_size`` samples.
+    """
+
+    preset: str = "toy"
+    trials: int = 64
+    batch_size: int = 8
+    seed: int = 0
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    retries: int = 1  # extra attempts of a failed evaluation before it is skipped
+    data: str | None = None  # dataset folder (proxy presets)
+    cache: str | None = None  # feature cache folder (proxy presets; shared storage for Ray)
+    toy_noise: float = 0.0  # toy preset: reward noise (std), drawn from the evaluation seed
+    toy_delay: float = 0.0  # toy preset: seconds each evaluation pretends to take
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.trials / self.batch_size)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a resume must not change."""
+        d = asdict(self)
+        for k in ("trials", "retries"):
+            d.pop(k)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        d = dict(d)
+        d["controller"] = ControllerConfig(**d.get("controller", {}))
+        d["ppo"] = PPOConfig(**d.get("ppo", {}))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise CacheError(f"{CONFIG_NAME}: unknown settings {sorted(unknown)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise NasfcosError(f"unknown preset {self.preset!r} (expected one of: {', '.join(PRESETS)})")
+        if self.trials < 1:
+            raise NasfcosError(f"--trials must be at least 1, got {self.trials}")
+        if self.batch_size < 1:
+            raise NasfcosError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.retries < 0:
+            raise NasfcosError(f"retries must be >= 0, got {self.retries}")
+
+
+def eval_seed(seed: int, step: int, index: int) -> int:
+    """Evaluation seed of sample ``index`` of ``step`` (31-bit, stable across platforms)."""
+    h = hashlib.sha256(f"nasfcos-search:{seed}:{step}:{index}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def make_evaluator(cfg: SearchConfig) -> Evaluator:
+    """The evaluator of a preset: the toy task or the proxy task."""
+    if cfg.preset == "toy":
+        return ToyEvaluator(noise=cfg.toy_noise, delay_s=cfg.toy_delay)
+    return ProxyEvaluator(preset=cfg.preset, cache_dir=cfg.cache, data_dir=cfg.data)
+
+
+@dataclass
+class StepLog:
+    """What happened in one step (returned by :meth:`Search.run` via ``Search.history``)."""
+
+    step: int
+    rewards: list[float]
+    evaluated: int
+    reused: int
+    failed: int
+    ppo: dict[str, Any]
+
+
+class Search:
+    """A search in folder ``out`` (see the module docstring).
+
+    ``evaluator`` and ``executor`` default to the preset's evaluator and a local executor of
+    ``workers`` processes (0: in this process).  ``search.png`` and ``best.png`` are redrawn
+    at most every ``plot_every_s`` seconds and at the end (``None``: never).  ``on_step`` is
+    called after each completed step.
+    """
+
+    def __init__(self, out: str | Path, cfg: SearchConfig, *, resume: bool = False,
+                 evaluator: Evaluator | None = None, executor: Executor | None = None,
+                 executor_kind: str = "local", workers: int | None = None, address: str | None = None,
+                 top_k: int = 5, progress: bool = True, plot_every_s: float | None = 60.0,
+                 on_step: Callable[[StepLog], None] | None = None) -> None:
+        cfg.validate()
+        self.out = Path(out)
+        self.resume = resume
+        self.top_k = top_k
+        self.progress = progress
+        self.plot_every_s = plot_every_s
+        self.on_step = on_step
+        self.history: list[StepLog] = []
+        self.cfg = self._settle_config(cfg)
+        self.evaluator = evaluator or make_evaluator(self.cfg)
+        self._executor = executor
+        self._executor_args = (executor_kind, workers, address)
+        self.controller = Controller(self.cfg.controller, seed=self.cfg.seed)
+        self.ppo = PPO(self.controller, self.cfg.ppo, seed=self.cfg.seed + 1)
+        self.sample_gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.step = 0
+        self.wall_before = 0.0  # wall seconds of earlier sessions (from the checkpoint)
+
+    # ------------------------------------------------------------------------------------
+    def _settle_config(self, cfg: SearchConfig) -> SearchConfig:
+        path = self.out / CONFIG_NAME
+        has_state = (self.out / ARCHIVE_NAME).exists() and (self.out / ARCHIVE_NAME).stat().st_size > 0
+        has_state = has_state or (self.out / CHECKPOINT_NAME).exists()
+        if not self.resume:
+            if has_state:
+                raise NasfcosError(f"{self.out} already holds a search; pass --resume to continue it "
+                                   "or choose another --out")
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, cfg.to_dict())
+            return cfg
+        if not path.exists():
+            if has_state:
+                raise CacheError(f"{path}: missing; cannot resume this search")
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, cfg.to_dict())
+            return cfg
+        try:
+            stored = SearchConfig.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise CacheError(f"{path}: unreadable search settings ({exc})") from None
+        if stored.identity() != cfg.identity():
+            a, b = stored.identity(), cfg.identity()
+            diff = sorted(k for k in a if a[k] != b.get(k))
+            raise NasfcosError(f"--resume: settings differ from the stored search ({', '.join(diff)}); "
+                               f"see {path}")
+        merged = dataclasses.replace(stored, trials=cfg.trials, retries=cfg.retries)
+        atomic_write_json(path, merged.to_dict())
+        return merged
+
+    def _load_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT_NAME
+        if not path.exists():
+            return
+        state = load_checkpoint(path)
+        self.ppo.load_state_dict(state["ppo"])
+        self.sample_gen.set_state(state["sample_generator"])
+        self.step = int(state["step"])
+        self.wall_before = float(state.get("wall_s", 0.0))
+
+    def _save_checkpoint(self, wall_s: float) -> None:
+        save_checkpoint(self.out / CHECKPOINT_NAME, {
+            "step": self.step,
+            "ppo": self.ppo.state_dict(),
+            "sample_generator": self.sample_gen.get_state(),
+            "wall_s": wall_s,
+            "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
+        })
+
+    # ------------------------------------------------------------------------------------
+    def _row(self, step: int, index: int, g: Genotype, h: str, choices: list[int], log_prob: float,
+             **fields: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "format": ROW_FORMAT, "step": step, "index": index,
+            "trial": step * self.cfg.batch_size + index, "seed": eval_seed(self.cfg.seed, step, index),
+            "hash": h, "genotype": g.to_dict(with_meta=False), "choices": choices,
+            "log_prob": log_prob, "status": "ok", "reward": None, "losses": {}, "time_s": 0.0,
+            "params": None, "worker": "", "attempts": 0, "errors": [], "reused_from": None,
+            "extra": {}, "recorded_at": round(time.time(), 3),
+        }
+        row.update(fields)
+        return row
+
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) the search to ``cfg.steps`` steps; return the summary dict."""
+        archive = Archive.open(self.out / ARCHIVE_NAME)
+        if archive.repaired_bytes:
+            print(f"nasfcos search: dropped a torn last archive line ({archive.repaired_bytes} bytes)",
+                  file=sys.stderr)
+        if self.resume:
+            self._load_checkpoint()
+        executor = self._executor
+        own_executor = executor is None
+        t_start = time.time()
+        self._evals_session = 0
+        self._last_plot = t_start
+        self._best_drawn: str | None = None
+        bar = None
+        try:
+            if executor is None:
+                kind, workers, address = self._executor_args
+                executor = make_executor(kind, self.evaluator, workers=workers, address=address)
+            bar = self._progress_bar(len(archive))
+            while self.step < self.cfg.steps:
+                log = self._run_step(archive, executor, bar, t_start)
+                self.history.append(log)
+                self.step += 1
+                self._save_checkpoint(self.wall_before + time.time() - t_start)
+                self._outputs(archive, t_start, final=False)
+                if self.on_step is not None:
+                    self.on_step(log)
+            return self._outputs(archive, t_start, final=True)
+        finally:
+            if bar is not None:
+                bar.close()
+            if own_executor and executor is not None:
+                executor.close()
+            archive.close()
+
+    def _progress_bar(self, done: int) -> Any:
+        from tqdm import tqdm
+
+        total = self.cfg.steps * self.cfg.batch_size
+        return tqdm(total=total, initial=min(done, total), unit="arch", desc="search",
+                    disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
+
+    def _run_step(self, archive: Archive, executor: Executor, bar: Any, t_start: float) -> StepLog:
+        step, n = self.step, self.cfg.batch_size
+        with torch_threads(1):
+            samples = self.controller.sample(n, self.sample_gen)
+        existing = archive.keyed()
+        cache = archive.rewarded()
+        choices = [list(map(int, c)) for c in samples.choices.tolist()]
+        log_probs = [float(x) for x in samples.log_probs.tolist()]
+        rows: dict[int, dict[str, Any]] = {}
+        genos: dict[int, tuple[Genotype, str]] = {}
+        for i in range(n):
+            old = existing.get((step, i))
+            if old is not None:  # resumed: keep what was recorded (and its sample, if it differs)
+                rows[i] = old
+                choices[i], log_probs[i] = list(map(int, old["choices"])), float(old["log_prob"])
+                continue
+            g = self.controller.genotype(choices[i], name=f"search-s{step}-i{i}")
+            genos[i] = (g, g.hash())
+        # evaluate each new hash once; later samples of it reuse the reward
+        first_of: dict[str, int] = {}
+        for i, (_, h) in genos.items():
+            if h not in cache:
+                first_of.setdefault(h, i)
+        for i, (g, h) in sorted(genos.items()):
+            if h in cache:
+                rows[i] = self._reused_row(step, i, g, h, choices[i], log_probs[i], cache[h])
+                archive.append(rows[i])
+                bar.update(1)
+            elif first_of[h] == i:
+                executor.submit(Task(step, i, eval_seed(self.cfg.seed, step, i), g.to_dict(with_meta=False)))
+        errors: dict[int, list[str]] = {}
+        while executor.pending():
+            res = executor.wait_one()
+            i = res.task.index
+            if not res.ok:
+                errors.setdefault(i, []).append(str(res.error))
+                if res.task.attempt <= self.cfg.retries:
+                    executor.submit(dataclasses.replace(res.task, attempt=res.task.attempt + 1))
+                    continue
+            g, h = genos[i]
+            rows[i] = self._evaluated_row(step, i, g, h, choices[i], log_probs[i], res, errors.get(i, []))
+            archive.append(rows[i])
+            if rows[i]["status"] == "ok":
+                cache[h] = rows[i]
+                self._evals_session += 1
+            bar.update(1)
+            self._postfix(bar, archive, t_start)
+        for i, (g, h) in sorted(genos.items()):
+            if i in rows:
+                continue
+            src = rows[first_of[h]]
+            if src["status"] == "ok":
+                rows[i] = self._reused_row(step, i, g, h, choices[i], log_probs[i], src)
+            else:
+                rows[i] = self._row(step, i, g, h, choices[i], log_probs[i], status="failed",
+                                    errors=[f"same genotype as failed sample {first_of[h]}"],
+                                    worker="driver")
+            archive.append(rows[i])
+            bar.update(1)
+        archive.sort()
+        use = [i for i in range(n) if rows[i]["status"] in ("ok", "reused")]
+        with torch_threads(1):
+            stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use],
+                                    [float(rows[i]["reward"]) for i in use])
+        self._postfix(bar, archive, t_start)
+        return StepLog(
+            step=step,
+            rewards=[float(rows[i]["reward"]) for i in use],
+            evaluated=sum(rows[i]["status"] == "ok" for i in range(n)),
+            reused=sum(rows[i]["status"] == "reused" for i in range(n)),
+            failed=sum(rows[i]["status"] == "failed" for i in range(n)),
+            ppo=stats.to_dict(),
+        )
+
+    def _reused_row(self, step: int, i: int, g: Genotype, h: str, choices: list[int], log_prob: float,
+                    src: dict[str, Any]) -> dict[str, Any]:
+        return self._row(step, i, g, h, choices, log_prob, status="reused", reward=src["reward"],
+                         losses=src.get("losses", {}), params=src.get("params"),
+                         extra=src.get("extra", {}), worker="driver",
+                         reused_from=[int(src["step"]), int(src["index"])])
+
+    def _evaluated_row(self, step: int, i: int, g: Genotype, h: str, choices: list[int], log_prob: float,
+                       res: TaskResult, errors: list[str]) -> dict[str, Any]:
+        if res.ok and res.result is not None:
+            r = res.result
+            return self._row(step, i, g, h, choices, log_prob, status="ok", reward=float(r["reward"]),
+                             losses={k: float(v) for k, v in dict(r.get("losses") or {}).items()},
+                             time_s=float(r.get("time_s") or res.wall_s), params=r.get("params"),
+                             extra=dict(r.get("extra") or {}), worker=res.worker,
+                             attempts=res.task.attempt, errors=errors)
+        return self._row(step, i, g, h, choices, log_prob, status="failed", time_s=res.wall_s,
+                         worker=res.worker, attempts=res.task.attempt, errors=errors)
+
+    def _postfix(self, bar: Any, archive: Archive, t_start: float) -> None:
+        best = max((r["reward"] for r in archive if r.get("reward") is not None), default=None)
+        hours = max(time.time() - t_start, 1e-9) / 3600.0
+        bar.set_postfix(step=self.step, best=None if best is None else f"{best:.4g}",
+                        evals_h=f"{self._evals_session / hours:.0f}", refresh=False)
+
+    # ------------------------------------------------------------------------------------
+    def _outputs(self, archive: Archive, t_start: float, *, final: bool) -> dict[str, Any]:
+        rows = archive.rows
+        top = best_rows(rows, self.top_k)
+        write_top(top, self.out / TOP_DIR)
+        session_s = time.time() - t_start
+        summary = summarize(rows, self.cfg, wall_s=self.wall_before + session_s,
+                            session_s=session_s, session_evals=self._evals_session, out=self.out)
+        now = time.time()
+        every = self.plot_every_s
+        if every is not None and (final or now - self._last_plot >= every):
+            self._last_plot = now
+            from nasfcos.search.plots import plot_rewards
+
+            try:
+                plot_rewards(rows, self.out / PLOT_NAME)
+                summary["plot"] = str(self.out / PLOT_NAME)
+            except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
+                print(f"nasfcos search: warning: could not plot ({exc})", file=sys.stderr)
+            if top and top[0]["hash"] != self._best_drawn:
+                drawn = draw_best(top[0], self.out / BEST_DRAWING)
+                if drawn is not None:
+                    self._best_drawn = top[0]["hash"]
+        if (self.out / BEST_DRAWING).exists():
+            summary["best_drawing"] = str(self.out / BEST_DRAWING)
+        atomic_write_json(self.out / SUMMARY_NAME, summary)
+        return summary
+
+
+# ------------------------------------------------------------------------------------------
+# outputs shared by the driver and `nasfcos search top`
+# ------------------------------------------------------------------------------------------
+def genotype_of_row(row: dict[str, Any], rank: int | None = None) -> Genotype:
+    """The genotype of an archive row, named ``search-<hash12>``, with provenance in ``meta``."""
+    doc = dict(row["genotype"])
+    doc["name"] = f"search-{row['hash'][:12]}"
+    meta: dict[str, Any] = {
+        "source": "nasfcos search", "reward": row["reward"], "step": row["step"],
+        "index": row["index"], "hash": row["hash"], "losses": row.get("losses", {}),
+    }
+    if rank is not None:
+        meta["rank"] = rank
+    doc["meta"] = meta
+    return parse_genotype(doc)
+
+
+def write_top(top: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write ``rankNN-<hash12>.json`` for each row; remove stale rank files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, row in enumerate(top, 1):
+        p = out_dir / f"rank{k:02d}-{row['hash'][:12]}.json"
+        genotype_of_row(row, rank=k).save(p)
+        paths.append(p)
+    keep = {p.name for p in paths}
+    for old in out_dir.glob("rank*-*.json"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+    return paths
+
+
+def draw_best(row: dict[str, Any], path: Path) -> Path | None:
+    """Draw a row's genotype with ``nasfcos.genotypes.draw`` when that module exists."""
+    try:
+        from nasfcos.genotypes.draw import draw_genotype
+    except ImportError:
+        return None
+    try:
+        return Path(draw_genotype(genotype_of_row(row), path))
+    except Exception as exc:  # noqa: BLE001 - drawing is a convenience
+        print(f"nasfcos search: warning: could not draw the best genotype ({exc})", file=sys.stderr)
+        return None
+
+
+def summarize(rows: list[dict[str, Any]], cfg: SearchConfig | None = None, *, wall_s: float | None = None,
+              session_s: float | None = None, session_evals: int | None = None,
+              out: Path | None = None) -> dict[str, Any]:
+    """Machine-readable summary of an archive."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    best = best_rows(rows, 1)
+    steps = sorted({int(r["step"]) for r in rows})
+    d: dict[str, Any] = {
+        "trials": len(rows),
+        "evaluated": len(ok),
+        "reused": sum(r.get("status") == "reused" for r in rows),
+        "failed": sum(r.get("status") == "failed" for r in rows),
+        "unique_genotypes": len({r["hash"] for r in rows}),
+        "steps": len(steps),
+        "eval_time_s": round(sum(float(r.get("time_s") or 0.0) for r in ok), 3),
+        "best": None,
+    }
+    if best:
+        b = best[0]
+        d["best"] = {"reward": b["reward"], "hash": b["hash"], "step": b["step"], "index": b["index"],
+                     "losses": b.get("losses", {})}
+    if cfg is not None:
+        d["config"] = cfg.to_dict()
+    if wall_s is not None:
+        d["wall_s"] = round(wall_s, 3)
+    if session_s is not None and session_evals is not None:
+        d["session_wall_s"] = round(session_s, 3)
+        d["session_evaluations"] = session_evals
+        d["evaluations_per_hour"] = round(session_evals / max(session_s, 1e-9) * 3600.0, 1)
+    if out is not None:
+        d["out"] = str(out)
+        d["top_dir"] = str(out / TOP_DIR)
+    return d
+
+
+def run_search(out: str | Path, cfg: SearchConfig, **kwargs: Any) -> dict[str, Any]:
+    """Convenience: ``Search(out, cfg, **kwargs).run()``."""
+    return Search(out, cfg, **kwargs).run()

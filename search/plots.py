@@ -1,0 +1,76 @@
+"""``search.png``: reward of every sampled architecture and its moving average (paper Fig. 8)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nasfcos.io import atomic_write_bytes
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (shorter at the start)."""
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def default_window(n: int) -> int:
+    """Moving-average window for ``n`` samples: 10 % of them, between 8 and 100."""
+    return max(8, min(100, n // 10))
+
+
+def plot_rewards(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
+                 window: int | None = None, title: str | None = None) -> Path:
+    """Plot reward against sample number (and step) with its moving average; write a PNG atomically.
+
+    Samples are taken in archive order (step, index); failed ones are skipped and counted in
+    the title; reused rewards are plotted like evaluated ones (hollow markers).
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    rows = sorted(rows, key=lambda r: (int(r["step"]), int(r["index"])))
+    pts = [(int(r.get("trial", i)), float(r["reward"]), r.get("status") == "reused")
+           for i, r in enumerate(rows) if r.get("reward") is not None]
+    failed = sum(r.get("status") == "failed" for r in rows)
+    fig = Figure(figsize=(7.0, 4.0), dpi=120)
+    ax = fig.add_subplot(1, 1, 1)
+    if pts:
+        xs = [p[0] for p in pts]
+        ys = [p[1] for p in pts]
+        w = window or default_window(len(ys))
+        ev = [(x, y) for x, y, reused in pts if not reused]
+        ru = [(x, y) for x, y, reused in pts if reused]
+        if ev:
+            ax.scatter([p[0] for p in ev], [p[1] for p in ev], s=8, alpha=0.45, color="#4C72B0",
+                       label="evaluated")
+        if ru:
+            ax.scatter([p[0] for p in ru], [p[1] for p in ru], s=10, alpha=0.5, facecolors="none",
+                       edgecolors="#4C72B0", linewidths=0.6, label="reused (seen before)")
+        ax.plot(xs, moving_average(ys, w), color="#C44E52", lw=2.0, label=f"moving average ({w})")
+        best = max(ys)
+        ax.axhline(best, color="#55A868", lw=0.8, ls="--", label=f"best {best:.4g}")
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no rewards yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("sampled architecture (trial)")
+    ax.set_ylabel("reward")
+    n_steps = len({int(r["step"]) for r in rows})
+    ax.set_title(title or f"search: {len(rows)} samples, {n_steps} steps"
+                 + (f", {failed} failed" if failed else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,538 @@
+"""The search's proxy task: score a decoder genotype by a short training on cached features.
+
+NAS-FCOS (paper 3.3, 4.1) evaluates each sampled decoder (FPN + head) on a fast proxy
+task: the backbone is frozen and its features are cached once (:mod:`.cache`); the
+decoder is compiled from the genotype with the deployment compiler (in memory, no
+second implementation), trained on meta-train with Adam (lr 8e-4) and Polyak weight
+averaging (decay 0.9), and rewarded with minus the sum of the three FCOS losses
+(focal, IoU, centerness) of the *averaged* weights on meta-val.
+
+>>> from nasfcos.search.proxy import PRESETS, build_cache, open_cache, evaluate
+>>> path = build_cache(None, "cache_tiny", PRESETS["tiny"])          # doctest: +SKIP
+>>> result = evaluate(genotype, open_cache(path), PRESETS["tiny"])   # doctest: +SKIP
+>>> result.reward, result.losses                                     # doctest: +SKIP
+
+Determinism: on CPU, one evaluation is a pure function of (genotype, cache, settings,
+seed) at a fixed thread count: it seeds torch and numpy, fixes the thread count, turns
+on torch's deterministic algorithms for its duration and restores all of it afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nasfcos.errors import CacheError, NasfcosError
+from nasfcos.fcos import FcosConfig, FcosTargets, losses_from_targets
+from nasfcos.genotypes import Genotype, parse_genotype
+from nasfcos.search.backbones import BACKBONES
+from nasfcos.search.cache import FeatureCache, build_cache, open_cache
+
+__all__ = [
+    "PRESETS", "CACHE_KEY_FIELDS", "DecoderFactory", "EvalResult", "PolyakAverage", "ProxyEvaluator",
+    "ProxySettings", "build_cache", "compiled_decoder", "evaluate", "get_preset", "make_evaluator",
+    "meta_val_losses", "open_cache", "settings_from_cache", "train_decoder",
+]
+
+LOSS_TERMS: tuple[str, ...] = ("cls", "box", "ctr")
+
+
+# ------------------------------------------------------------------------------------------
+# settings and presets
+# ------------------------------------------------------------------------------------------
+#: Fields that decide what the cache holds; the rest only affect training.
+CACHE_KEY_FIELDS: tuple[str, ...] = (
+    "backbone", "tiny_channels", "short_side", "max_size", "crop", "crops_per_image",
+    "source_split", "meta_val_fraction", "meta_train_images", "meta_val_images", "split_seed",
+    "crop_seed", "size_range_scale", "center_sampling_radius",
+)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Everything the proxy task depends on (defaults: the ``tiny`` preset's values).
+
+    Sizes in pixels; ``epochs`` over meta-train, optionally capped by ``max_steps``;
+    ``num_threads`` torch threads per evaluation (0: leave torch's setting alone).
+    """
+
+    name: str = "custom"
+    # --- feature cache (CACHE_KEY_FIELDS) ---
+    backbone: str = "tiny"  # tiny | resnet50
+    tiny_channels: tuple[int, int, int, int] = (16, 24, 32, 48)
+    short_side: int = 96  # images are resized so their short side is this
+    max_size: int = 96  # ... and their long side at most this
+    crop: int = 64  # then randomly cropped to crop x crop (zero-padded if smaller)
+    crops_per_image: int = 1
+    source_split: str = "train"  # annotation file of the data folder that is split
+    meta_val_fraction: float = 0.3
+    meta_train_images: int | None = None
+    meta_val_images: int | None = None
+    split_seed: int = 0
+    crop_seed: int = 0
+    size_range_scale: float = 0.25  # FCOS's per-level size ranges (64, 128, ...) times this
+    center_sampling_radius: float = 1.5
+    # --- cache building (not part of the key) ---
+    chunk_size: int = 64  # images per backbone batch / resumable unit
+    synth_images: int = 0  # > 0: with no --data, build on a synthetic set of this many images
+    synth_size: int = 128
+    synth_seed: int = 0
+    # --- decoder and training ---
+    fpn_channels: int = 16
+    head_channels: int = 16
+    batch_size: int = 16
+    epochs: int = 2
+    max_steps: int | None = None
+    lr: float = 8e-4
+    weight_decay: float = 0.0
+    polyak_decay: float = 0.9
+    box_loss: str = "iou"  # "iou" (-log IoU, the paper's) or "giou"
+    grad_clip: float | None = None  # max gradient norm, None: no clipping
+    eval_batch_size: int = 64
+    num_threads: int = 1
+    device: str = "cpu"
+    failure_reward: float = -100.0  # reward of a decoder whose meta-val loss is not finite
+    seed: int = 0  # evaluation seed used when evaluate() is given none
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tiny_channels", tuple(int(c) for c in self.tiny_channels))
+
+    def validate(self) -> ProxySettings:
+        """Raise :class:`NasfcosError` (one line) on an impossible setting; returns self."""
+        if self.backbone not in BACKBONES:
+            raise NasfcosError(f"backbone must be one of {', '.join(BACKBONES)}, not {self.backbone!r}")
+        positive = ("short_side", "max_size", "crop", "crops_per_image", "chunk_size", "fpn_channels",
+                    "head_channels", "batch_size", "epochs", "eval_batch_size")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise NasfcosError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if len(self.tiny_channels) != 4 or min(self.tiny_channels) < 1:
+            raise NasfcosError("tiny_channels must be four positive widths (c2..c5)")
+        if self.crop % 32:
+            raise NasfcosError(f"crop must be a multiple of 32 (the coarsest backbone stride), got {self.crop}")
+        if not 0.0 < self.meta_val_fraction < 1.0:
+            raise NasfcosError("meta_val_fraction must be in (0, 1)")
+        if not 0.0 <= self.polyak_decay < 1.0:
+            raise NasfcosError("polyak_decay must be in [0, 1)")
+        if not self.lr > 0:
+            raise NasfcosError("lr must be positive")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise NasfcosError("max_steps must be at least 1")
+        if self.box_loss not in ("iou", "giou"):
+            raise NasfcosError(f"box_loss must be 'iou' or 'giou', not {self.box_loss!r}")
+        if self.num_threads < 0:
+            raise NasfcosError("num_threads must be >= 0")
+        if self.size_range_scale <= 0:
+            raise NasfcosError("size_range_scale must be positive")
+        return self
+
+    def cache_key(self) -> dict[str, Any]:
+        """The fields that decide the cache's content, JSON-normalised (tuples as lists)."""
+        key = {k: getattr(self, k) for k in CACHE_KEY_FIELDS}
+        if self.backbone != "tiny":
+            key["tiny_channels"] = None
+        return json.loads(json.dumps(key))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ProxySettings:
+        names = {f.name for f in dataclasses.fields(ProxySettings)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise NasfcosError(f"unknown proxy setting {unknown[0]!r}")
+        return ProxySettings(**d)
+
+    def replace(self, **changes: Any) -> ProxySettings:
+        return dataclasses.replace(self, **changes)
+
+    def steps_for(self, num_train: int) -> tuple[int, int]:
+        """(batch size, number of steps) for a meta-train set of ``num_train`` rows."""
+        bs = max(1, min(self.batch_size, num_train))
+        steps = self.epochs * (num_train // bs)  # full batches only (batch norm needs > 1 sample)
+        if self.max_steps is not None:
+            steps = min(steps, self.max_steps)
+        return bs, steps
+
+
+PRESETS: dict[str, ProxySettings] = {
+    # The embedded default: synthetic shapes (400 images, 128 px; 320 in train.json, split
+    # 224 / 96), a small random-weight CNN, images resized to 96 px and cropped to 64 px,
+    # 16-wide decoders, 2 epochs of batch 16 (28 steps).  One evaluation of the paper's
+    # genotype takes a few CPU-seconds; it outscores a crippled decoder over seeds
+    # (tests/search/test_proxy.py, benchmarks/proxy_speed.py).
+    "tiny": ProxySettings(
+        name="tiny", backbone="tiny", tiny_channels=(16, 24, 32, 48), short_side=96, max_size=96,
+        crop=64, meta_val_fraction=0.3, size_range_scale=0.25, chunk_size=64, synth_images=400,
+        synth_size=128, fpn_channels=16, head_channels=16, batch_size=16, epochs=2, lr=8e-4,
+        polyak_decay=0.9, eval_batch_size=64, num_threads=1,
+    ),
+    # The paper's numbers (NAS-FCOS 4.1): VOC split 4000 / 1715, short side 384, random
+    # 384x384 crops, frozen ResNet-50, batch 200, 15 epochs, Adam 8e-4, Polyak 0.9.  Widths
+    # follow the authors' release (AGG_SIZE 256; FCOS head width 256).
+    "paper": ProxySettings(
+        name="paper", backbone="resnet50", short_side=384, max_size=640, crop=384,
+        meta_val_fraction=0.3, meta_train_images=4000, meta_val_images=1715, size_range_scale=1.0,
+        chunk_size=32, synth_images=0, fpn_channels=256, head_channels=256, batch_size=200,
+        epochs=15, lr=8e-4, polyak_decay=0.9, eval_batch_size=50, num_threads=0,
+    ),
+}
+
+
+def get_preset(name: str | ProxySettings) -> ProxySettings:
+    """A preset by name (``tiny``, ``paper``), or the settings themselves."""
+    if isinstance(name, ProxySettings):
+        return name
+    if name not in PRESETS:
+        raise NasfcosError(f"unknown proxy preset {name!r} (have: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def settings_from_cache(cache: FeatureCache) -> ProxySettings:
+    """The settings recorded in a cache's manifest (the ones it was built with)."""
+    return ProxySettings.from_dict(dict(cache.manifest["settings"]))
+
+
+# ------------------------------------------------------------------------------------------
+# decoder construction (the deployment compiler, in memory)
+# ------------------------------------------------------------------------------------------
+#: (genotype, fpn_channels, head_channels, num_classes, in_channels) -> Decoder module.
+DecoderFactory = Callable[[Genotype, int, int, int, tuple[int, ...]], nn.Module]
+
+
+def compiled_decoder(genotype: Genotype, fpn_channels: int, head_channels: int, num_classes: int,
+                     in_channels: tuple[int, ...]) -> nn.Module:
+    """Compile ``genotype`` with :mod:`nasfcos.compiler` (in memory) and build its ``Decoder``."""
+    from nasfcos.compiler import CompileOptions, compile_to_module
+
+    options = CompileOptions(fpn_channels=fpn_channels, head_channels=head_channels,
+                             num_classes=num_classes, in_channels=tuple(in_channels))
+    module = compile_to_module(genotype, options)
+    return module.Decoder(fpn_channels=fpn_channels, head_channels=head_channels,
+                          num_classes=num_classes, in_channels=tuple(in_channels))
+
+
+# ------------------------------------------------------------------------------------------
+# Polyak averaging
+# ------------------------------------------------------------------------------------------
+class PolyakAverage:
+    """Exponential moving average of a model's parameters (Polyak averaging).
+
+    Starts from the model's current weights; after every optimiser step
+    ``avg <- decay * avg + (1 - decay) * w`` for every parameter.  Buffers (e.g. batch
+    norm statistics) are copied from the model, not averaged.  ``self.model`` is the
+    averaged copy (no gradients).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for p_avg, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            p_avg.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+        for b_avg, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            b_avg.copy_(b)
+        self.updates += 1
+
+
+# ------------------------------------------------------------------------------------------
+# training and scoring
+# ------------------------------------------------------------------------------------------
+@contextmanager
+def deterministic(seed: int, num_threads: int) -> Iterator[None]:
+    """Seed torch / numpy, fix the thread count and use deterministic algorithms for the
+    duration; the caller's RNG states, thread count and flags are restored afterwards."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            if num_threads > 0:
+                torch.set_num_threads(num_threads)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            yield
+        finally:
+            torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+            if num_threads > 0:
+                torch.set_num_threads(old_threads)
+            np.random.set_state(np_state)
+
+
+#: A source of meta-train batches: row indices -> (features [c2..c5], targets).
+BatchSource = Callable[[np.ndarray], tuple[list[Tensor], FcosTargets]]
+
+
+def _fcos_config(settings: ProxySettings) -> FcosConfig:
+    return FcosConfig(box_loss=settings.box_loss, center_sampling_radius=settings.center_sampling_radius)
+
+
+def _check_sizes(cls: list[Tensor], targets: FcosTargets) -> None:
+    sizes = tuple((int(c.shape[2]), int(c.shape[3])) for c in cls)
+    if sizes != targets.level_sizes:
+        raise NasfcosError(f"decoder output sizes {sizes} do not match the cached targets' "
+                           f"{targets.level_sizes} (decoder and cache disagree on p3..p7)")
+
+
+@dataclass
+class TrainOutcome:
+    """What :func:`train_decoder` returns: the averaged model and training statistics."""
+
+    averaged: nn.Module
+    steps: int
+    skipped_steps: int
+    train_loss: float  # mean total loss over the last (up to) 10 steps, online weights
+
+
+def train_decoder(decoder: nn.Module, cache: FeatureCache, settings: ProxySettings, seed: int = 0,
+                  *, source: BatchSource | None = None) -> TrainOutcome:
+    """Train ``decoder`` in place on meta-train with Adam + Polyak averaging.
+
+    Batches: each epoch a permutation of the meta-train rows from a generator seeded by
+    ``seed``, cut into full batches (a short tail is dropped).  ``source`` replaces the cached features (the speed benchmark runs the
+    backbone there).  A step whose loss is not finite is skipped (no update).
+    """
+    device = torch.device(settings.device)
+    num_train = len(cache.train)
+    bs, steps = settings.steps_for(num_train)
+    get = source or (lambda idx: cache.train.batch(idx, device))
+    cfg = _fcos_config(settings)
+    decoder.to(device).train()
+    optim = torch.optim.Adam(decoder.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    avg = PolyakAverage(decoder, settings.polyak_decay)
+    gen = torch.Generator().manual_seed(int(seed))
+    order = np.empty(0, dtype=np.int64)
+    pos = 0
+    recent: list[float] = []
+    skipped = 0
+    for _ in range(steps):
+        if pos + bs > len(order):  # new epoch; a short tail is dropped
+            order, pos = torch.randperm(num_train, generator=gen).numpy(), 0
+        idx, pos = order[pos : pos + bs], pos + bs
+        feats, targets = get(idx)
+        cls, reg, ctr = decoder(feats)
+        _check_sizes(cls, targets)
+        losses = losses_from_targets(cls, reg, ctr, targets, cfg)
+        total = losses["cls"] + losses["box"] + losses["ctr"]
+        if not bool(torch.isfinite(total)):
+            skipped += 1
+            optim.zero_grad(set_to_none=True)
+            continue
+        optim.zero_grad(set_to_none=True)
+        total.backward()
+        if settings.grad_clip is not None:
+            nn.utils.clip_grad_norm_(decoder.parameters(), settings.grad_clip)
+        optim.step()
+        avg.update(decoder)
+        recent = (recent + [float(total.detach())])[-10:]
+    train_loss = float(np.mean(recent)) if recent else float("nan")
+    return TrainOutcome(avg.model, steps, skipped, train_loss)
+
+
+@torch.no_grad()
+def meta_val_losses(model: nn.Module, cache: FeatureCache, settings: ProxySettings) -> dict[str, float]:
+    """FCOS loss terms of ``model`` on all of meta-val, as if it were one batch.
+
+    Evaluated in batches of ``eval_batch_size``; each term's numerator and normaliser
+    (positives, or the centerness sum for the box loss) are summed over batches, so
+    the result equals :func:`~nasfcos.fcos.losses_from_targets` on the whole set.
+    """
+    device = torch.device(settings.device)
+    cfg = _fcos_config(settings)
+    was_training = model.training
+    model.to(device).eval()
+    num = {k: 0.0 for k in LOSS_TERMS}
+    n_pos = 0.0
+    ctr_sum = 0.0
+    n_val = len(cache.val)
+    for start in range(0, n_val, settings.eval_batch_size):
+        idx = np.arange(start, min(n_val, start + settings.eval_batch_size))
+        feats, targets = cache.val.batch(idx, device)
+        cls, reg, ctr = model(feats)
+        _check_sizes(cls, targets)
+        losses = losses_from_targets(cls, reg, ctr, targets, cfg)
+        pos = targets.labels >= 0
+        p = float(pos.sum())
+        c = float(targets.ctr[pos].double().sum()) if p > 0 else 0.0
+        num["cls"] += float(losses["cls"]) * max(p, 1.0)
+        num["ctr"] += float(losses["ctr"]) * max(p, 1.0)
+        num["box"] += float(losses["box"]) * max(c, 1e-6) if p > 0 else 0.0
+        n_pos += p
+        ctr_sum += c
+    model.train(was_training)
+    out = {"cls": num["cls"] / max(n_pos, 1.0), "ctr": num["ctr"] / max(n_pos, 1.0),
+           "box": num["box"] / max(ctr_sum, 1e-6) if n_pos > 0 else 0.0}
+    return out
+
+
+@dataclass
+class EvalResult:
+    """One proxy evaluation.  ``reward = -(cls + box + ctr)`` on meta-val (averaged weights)."""
+
+    reward: float
+    losses: dict[str, float]
+    time_s: float
+    params: int
+    genotype_hash: str
+    steps: int
+    seed: int = 0
+    preset: str = "custom"
+    train_loss: float = float("nan")
+    skipped_steps: int = 0
+    status: str = "ok"  # "ok" | "diverged" (non-finite meta-val loss: reward = failure_reward)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (non-finite numbers become ``None``)."""
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            return v
+
+        return clean(asdict(self))
+
+
+def _as_genotype(genotype: Genotype | dict[str, Any]) -> Genotype:
+    if isinstance(genotype, Genotype):
+        return genotype
+    if isinstance(genotype, dict):
+        return parse_genotype(genotype)
+    raise TypeError(f"expected a Genotype or its dict, got {type(genotype).__name__}")
+
+
+def evaluate(genotype: Genotype | dict[str, Any], cache: FeatureCache, settings: ProxySettings | None = None,
+             seed: int | None = None, *, decoder_factory: DecoderFactory | None = None,
+             source: BatchSource | None = None) -> EvalResult:
+    """Score ``genotype`` on the proxy task.
+
+    Compiles it (``decoder_factory``, default :func:`compiled_decoder`), trains the
+    decoder on meta-train (:func:`train_decoder`), and rewards minus the sum of the three
+    FCOS losses of the Polyak-averaged weights on meta-val (:func:`meta_val_losses`).
+    ``settings`` default to those the cache was built with; their cache fields must match
+    the cache's.  ``seed`` (default ``settings.seed``) seeds the decoder's initialisation
+    and the batch order; deterministic per seed on CPU (:func:`deterministic`).
+    """
+    t0 = time.perf_counter()
+    g = _as_genotype(genotype)
+    settings = (settings or settings_from_cache(cache)).validate()
+    seed = settings.seed if seed is None else int(seed)
+    diff = [k for k, v in settings.cache_key().items() if json.dumps(v) != json.dumps(cache.key.get(k))]
+    if diff:
+        raise CacheError(f"{cache.path}: cache was built with other settings (field {diff[0]})")
+    factory = decoder_factory or compiled_decoder
+    timings: dict[str, float] = {}
+    with deterministic(seed, settings.num_threads):
+        t = time.perf_counter()
+        decoder = factory(g, settings.fpn_channels, settings.head_channels, cache.num_classes, cache.in_channels)
+        timings["compile_s"] = time.perf_counter() - t
+        params = sum(p.numel() for p in decoder.parameters() if p.requires_grad)
+        t = time.perf_counter()
+        outcome = train_decoder(decoder, cache, settings, seed, source=source)
+        timings["train_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        losses = meta_val_losses(outcome.averaged, cache, settings)
+        timings["val_s"] = time.perf_counter() - t
+    total = sum(losses.values())
+    status = "ok" if math.isfinite(total) else "diverged"
+    reward = -total if status == "ok" else settings.failure_reward
+    return EvalResult(reward=reward, losses=losses, time_s=time.perf_counter() - t0, params=params,
+                      genotype_hash=g.hash(), steps=outcome.steps, seed=seed, preset=settings.name,
+                      train_loss=outcome.train_loss, skipped_steps=outcome.skipped_steps, status=status,
+                      timings=timings)
+
+
+# ------------------------------------------------------------------------------------------
+# picklable evaluator for process pools and Ray
+# ------------------------------------------------------------------------------------------
+#: Caches opened in this process: (resolved path, manifest mtime) -> FeatureCache.  A
+#: worker verifies a cache's checksums once, however many evaluator copies it unpickles.
+_OPENED: dict[tuple[str, int], FeatureCache] = {}
+
+
+def _open_once(cache_dir: str, settings: ProxySettings | None) -> FeatureCache:
+    path = Path(cache_dir).resolve()
+    try:
+        mtime = (path / "manifest.json").stat().st_mtime_ns
+    except OSError:
+        mtime = -1
+    key = (str(path), mtime)
+    cache = _OPENED.get(key)
+    if cache is None:
+        cache = open_cache(path, settings)
+        _OPENED.clear()  # one cache per worker is the normal case; do not hoard memory
+        _OPENED[key] = cache
+    elif settings is not None:
+        open_cache(path, settings, verify="size")  # cheap settings check, same error on mismatch
+    return cache
+
+
+@dataclass
+class ProxyEvaluator:
+    """``evaluator(genotype, seed) -> EvalResult.to_dict()``; picklable (process pools, Ray).
+
+    Holds only the cache path and the settings; the cache is opened (and verified) lazily,
+    once per worker process.  ``preset`` ``None`` uses the cache's own settings.
+    """
+
+    cache_dir: str
+    preset: str | None = None
+    settings: ProxySettings | None = None
+
+    def resolved_settings(self) -> ProxySettings | None:
+        if self.settings is not None:
+            return self.settings
+        return get_preset(self.preset) if self.preset is not None else None
+
+    def cache(self) -> FeatureCache:
+        return _open_once(self.cache_dir, self.resolved_settings())
+
+    def __call__(self, genotype: Genotype | dict[str, Any], seed: int = 0) -> dict[str, Any]:
+        return evaluate(genotype, self.cache(), self.resolved_settings(), seed).to_dict()
+
+
+def make_evaluator(cache_dir: str | os.PathLike[str], preset: str | ProxySettings | None = None,
+                   **overrides: Any) -> ProxyEvaluator:
+    """A picklable evaluator for the cache in ``cache_dir`` with a preset (or settings),
+    optionally overriding training fields (e.g. ``max_steps=5``, ``num_threads=1``)."""
+    if isinstance(preset, ProxySettings):
+        base: ProxySettings | None = preset
+        name = preset.name
+    elif preset is not None:
+        base, name = get_preset(preset), preset
+    else:
+        base, name = None, None
+    if overrides:
+        if base is None:
+            base = settings_from_cache(open_cache(cache_dir, verify="size"))
+        bad = sorted(set(overrides) & set(CACHE_KEY_FIELDS))
+        if bad:
+            raise NasfcosError(f"cannot override cache setting {bad[0]!r} at evaluation time")
+        base = base.replace(**overrides)
+    if base is not None:
+        base.validate()
+    return ProxyEvaluator(str(Path(cache_dir)), name, base if (overrides or isinstance(preset, ProxySettings)) else None)

@@ -1,0 +1,95 @@
+"""Shared fixtures of the runtime tests: tiny compiled models (real compiler output).
+
+Widths are tiny (8 channels) and images 96-128 px, so every export takes a second or two.
+The detector uses the compiler's ``tiny`` test backbone when the compiler offers it, and the
+hand-written stand-in ``fixtures/standin_model.py`` (Contract 2, with a DCNv2 layer and
+export-friendly post-processing) otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nasfcos.genotypes import load_paper_genotype, sample_genotype
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STANDIN = FIXTURES / "standin_model.py"
+TINY_IN_CHANNELS = (8, 12, 16, 24)
+
+
+def _compile(path: Path, genotype, *, detector: bool = False) -> Path:
+    from nasfcos.compiler import BACKBONES, CompileOptions, compile_genotype
+
+    if detector:
+        if "tiny" not in BACKBONES:
+            return STANDIN
+        opts = CompileOptions(fpn_channels=8, num_classes=3, detector=True, backbone="tiny",
+                              in_channels=(16, 24, 32, 48))
+    else:
+        opts = CompileOptions(fpn_channels=8, num_classes=3, in_channels=TINY_IN_CHANNELS)
+    path.write_text(compile_genotype(genotype, opts))
+    return path
+
+
+def has_deform(genotype) -> bool:
+    """Whether a genotype has a live deformable convolution anywhere."""
+    d = genotype.to_dict()
+    ops = [op for b in d["fpn"] for op in b["ops"]]
+    head = d["head"]
+    ops += head.get("layers", []) + [head.get("first_op", "")]
+    ops += [op for b in head.get("blocks", []) for op in b["ops"]]
+    return "deform_conv_3x3" in ops
+
+
+def deform_genotypes(n: int) -> list:
+    """The first ``n`` sampled genotypes (seeds 0, 1, ...) with a deformable conv."""
+    out, seed = [], 0
+    while len(out) < n:
+        g = sample_genotype(seed)
+        if has_deform(g):
+            out.append(g)
+        seed += 1
+    return out
+
+
+@pytest.fixture(scope="session")
+def compile_tiny():
+    """``compile_tiny(path, genotype, detector=False) -> Path`` (tiny widths)."""
+    return _compile
+
+
+@pytest.fixture(scope="session")
+def standin_path() -> Path:
+    """The hand-written stand-in model file (a Detector with DCNv2 layers)."""
+    return STANDIN
+
+
+@pytest.fixture(scope="session")
+def deform_genotype_list() -> list:
+    """Two sampled genotypes with deformable convolutions."""
+    return deform_genotypes(2)
+
+
+@pytest.fixture(scope="session")
+def paper_decoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The paper genotype compiled as a Decoder @8 channels, 3 classes."""
+    return _compile(tmp_path_factory.mktemp("paper") / "model.py", load_paper_genotype())
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Detector file (compiled with the tiny backbone, or the stand-in)."""
+    return _compile(tmp_path_factory.mktemp("det") / "model.py", load_paper_genotype(),
+                    detector=True)
+
+
+@pytest.fixture(scope="session")
+def paper_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, paper_decoder: Path) -> Path:
+    """Static ONNX export of ``paper_decoder`` at 128x128 (shared by several tests)."""
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("paper_onnx") / "decoder.onnx"
+    export_onnx(paper_decoder, out, ExportOptions(size=(128, 128)))
+    return out

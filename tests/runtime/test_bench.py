@@ -1,0 +1,71 @@
+"""The latency benchmark: statistics, a complete report on a tiny model, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nasfcos.errors import NasfcosError
+from nasfcos.runtime.bench import BenchConfig, latency_stats, run_benchmark, write_report
+
+STAT_KEYS = ("median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "fps")
+
+
+def test_latency_stats() -> None:
+    s = latency_stats([1.0, 2.0, 3.0, 4.0, 100.0], batch=2)
+    assert s["median_ms"] == 3.0 and s["min_ms"] == 1.0 and s["max_ms"] == 100.0
+    assert s["mean_ms"] == 22.0
+    assert s["p90_ms"] == pytest.approx(np.percentile([1, 2, 3, 4, 100], 90))
+    assert s["fps"] == pytest.approx(2 * 1000 / 3.0)
+    with pytest.raises(ValueError):
+        latency_stats([])
+
+
+def test_bench_complete_report(paper_decoder, tmp_path) -> None:
+    cfg = BenchConfig(backends=["torch", "onnxruntime", "tensorrt"], sizes=[(96, 96), (128, 128)],
+                      warmup=1, runs=3, threads=1)
+    report = run_benchmark(paper_decoder, cfg)
+    rows = {(r["backend"], tuple(r["size"])): r for r in report["results"]}
+    assert len(rows) == 6
+    for backend in ("torch", "onnxruntime"):
+        for size in ((96, 96), (128, 128)):
+            r = rows[(backend, size)]
+            assert r["status"] == "ok", r
+            assert r["runs"] == 3 and len(r["times_ms"]) == 3
+            assert all(k in r for k in STAT_KEYS)
+            assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+            assert r["gflop"] > 0 and r["gflops_per_s"] > 0
+    trt = rows[("tensorrt", (96, 96))]
+    if trt["status"] == "skipped":  # no TensorRT / GPU here: a one-line reason
+        assert trt["reason"].startswith("tensorrt:") and "\n" not in trt["reason"]
+    assert report["matmul_peak"]["gflops"] > 0
+    assert report["machine"]["cpu"] and report["machine"]["libraries"]["torch"]
+    assert set(report["flops"]) == {"96x96", "128x128"}
+
+    paths = write_report(report, tmp_path / "report")
+    data = json.loads(paths["json"].read_text())
+    assert data["format"] == "nasfcos-bench/1" and len(data["results"]) == 6
+    md = paths["md"].read_text()
+    assert "| torch |" in md and "| onnxruntime |" in md and "96x96" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_bad_config(paper_decoder) -> None:
+    with pytest.raises(NasfcosError, match="unknown backend"):
+        run_benchmark(paper_decoder, BenchConfig(backends=["tvm"], sizes=[(64, 64)]))
+    with pytest.raises(NasfcosError):
+        run_benchmark(paper_decoder, BenchConfig(backends=["torch"], runs=0))
+
+
+def test_bench_cli_on_onnx(paper_decoder_onnx, tmp_path, capsys) -> None:
+    from nasfcos.cli import main
+
+    out = tmp_path / "r"
+    code = main(["bench", str(paper_decoder_onnx), "--sizes", "128", "--runs", "2",
+                 "--warmup", "1", "--threads", "1", "--no-matmul-peak", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "| onnxruntime |" in text
+    assert (tmp_path / "r.json").is_file() and (tmp_path / "r.png").is_file()

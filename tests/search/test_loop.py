@@ -1,0 +1,256 @@
+"""The search driver: learning on the toy reward, dedup, failures, outputs, resume, kill -9."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from nasfcos.commands.search_cmds import main as search_main
+from nasfcos.errors import NasfcosError
+from nasfcos.genotypes import Genotype, load_genotype
+from nasfcos.search.archive import read_rows, strip_volatile
+from nasfcos.search.evaluators import ToyEvaluator
+from nasfcos.search.loop import Search, SearchConfig, eval_seed
+from nasfcos.search.ppo import PPOConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_helpers import FlakyEvaluator  # noqa: E402
+
+FAST_PPO = PPOConfig(lr=1e-3, minibatch_size=8, epochs=2)
+
+
+def _cfg(**kw: Any) -> SearchConfig:
+    base = {"preset": "toy", "trials": 24, "batch_size": 8, "seed": 3, "ppo": FAST_PPO}
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _archive(d: Path) -> list[dict[str, Any]]:
+    return [strip_volatile(r) for r in read_rows(d / "archive.jsonl")]
+
+
+class Counting:
+    """In-process toy evaluator that records what it evaluated."""
+
+    def __init__(self, inner: Any = None) -> None:
+        self.inner = inner or ToyEvaluator(noise=0.2)
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, g: Genotype, seed: int) -> dict[str, Any]:
+        self.calls.append((g.hash(), seed))
+        return self.inner(g, seed)
+
+
+def test_toy_search_clearly_improves(tmp_path: Path) -> None:
+    cfg = _cfg(trials=96, batch_size=8, seed=0, ppo=PPOConfig(lr=1e-3, minibatch_size=8, epochs=3))
+    s = Search(tmp_path, cfg, workers=0, progress=False, plot_every_s=1e9)  # plot once, at the end
+    summary = s.run()
+    first = [r for log in s.history[:2] for r in log.rewards]
+    last = [r for log in s.history[-2:] for r in log.rewards]
+    mean_first, mean_last = sum(first) / len(first), sum(last) / len(last)
+    # uniform sampling averages ~4 deformable ops; the trained controller far more
+    assert mean_last > mean_first + 3.0, (mean_first, mean_last)
+    assert summary["trials"] == 96 and summary["best"]["reward"] >= max(last)
+    # outputs: plot, top genotypes that load, summary, best drawing when drawing exists
+    assert (tmp_path / "search.png").stat().st_size > 1000
+    tops = sorted((tmp_path / "top").glob("rank*.json"))
+    assert len(tops) == 5
+    rewards = [load_genotype(p).meta["reward"] for p in tops]
+    assert rewards == sorted(rewards, reverse=True) and rewards[0] == summary["best"]["reward"]
+    assert json.loads((tmp_path / "summary.json").read_text())["trials"] == 96
+
+
+def test_rows_carry_seeds_choices_and_matching_log_probs(tmp_path: Path) -> None:
+    s = Search(tmp_path, _cfg(trials=8), workers=0, progress=False, plot_every_s=None)
+    s.run()
+    rows = read_rows(tmp_path / "archive.jsonl")
+    assert [(r["step"], r["index"], r["trial"]) for r in rows] == [(0, i, i) for i in range(8)]
+    for r in rows:
+        assert r["seed"] == eval_seed(3, r["step"], r["index"])
+        assert r["status"] == "ok" and r["reward"] == -sum(r["losses"].values())
+        assert s.controller.genotype(r["choices"]).hash() == r["hash"]
+    # the log-probs recorded at sampling time are those of the initial controller
+    fresh = Search(tmp_path / "again", _cfg(trials=8), workers=0, progress=False)
+    lp, _ = fresh.controller.evaluate(torch.tensor([r["choices"] for r in rows]))
+    torch.testing.assert_close(lp.detach(), torch.tensor([r["log_prob"] for r in rows]), atol=1e-4, rtol=0)
+
+
+def test_a_genotype_seen_before_is_not_retrained(tmp_path: Path) -> None:
+    ev = Counting()
+    s = Search(tmp_path, _cfg(trials=16, ppo=PPOConfig(lr=0.0)), evaluator=ev, workers=0, progress=False,
+               plot_every_s=None)
+    with torch.no_grad():  # a collapsed policy: always choice 0 -> the same genotype every time
+        for lin in s.controller.classify.values():
+            lin.weight.zero_()
+            lin.bias.fill_(-30.0)
+            lin.bias[0] = 30.0
+    s.run()
+    rows = read_rows(tmp_path / "archive.jsonl")
+    assert len(ev.calls) == 1
+    assert [r["status"] for r in rows] == ["ok"] + ["reused"] * 15
+    assert all(r["reward"] == rows[0]["reward"] and r["reused_from"] == [0, 0] for r in rows[1:])
+
+
+def test_failed_evaluations_are_retried_once_or_skipped(tmp_path: Path) -> None:
+    seeds = frozenset(eval_seed(3, 0, i) for i in (1, 4))
+    ev = FlakyEvaluator(str(tmp_path), flaky_seeds=seeds, always_fail_op="skip")
+    s = Search(tmp_path / "s", _cfg(trials=24), evaluator=ev, workers=0, progress=False, plot_every_s=None)
+    s.run()
+    rows = read_rows(tmp_path / "s" / "archive.jsonl")
+    assert len(rows) == 24 and s.step == 3
+    by = {(r["step"], r["index"]): r for r in rows}
+    for i in (1, 4):
+        r = by[(0, i)]
+        if r["genotype"]["fpn"][0]["ops"][0] != "skip":
+            assert r["status"] == "ok" and r["attempts"] == 2 and r["errors"][0].startswith("MemoryError")
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed, "some sample should start with a skip op"
+    for r in failed:
+        assert r["reward"] is None and r["genotype"]["fpn"][0]["ops"][0] == "skip"
+        assert r["attempts"] in (0, 2) and (r["attempts"] == 0 or "out of memory" in r["errors"][-1])
+    ok = [r for r in rows if r["status"] in ("ok", "reused")]
+    assert sum(len(log.rewards) for log in s.history) == len(ok)
+
+
+class Crash(BaseException):
+    """Not an Exception: escapes run_task like a KeyboardInterrupt would."""
+
+
+class CrashAfter:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls = 0
+
+    def __call__(self, g: Genotype, seed: int) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls > self.n:
+            raise Crash()
+        return ToyEvaluator(noise=0.2)(g, seed)
+
+
+@pytest.mark.parametrize("crash_after", [13, 16])  # mid-step, and right at a step boundary
+def test_resume_continues_at_the_right_step(tmp_path: Path, crash_after: int) -> None:
+    cfg = _cfg(trials=32)
+    Search(tmp_path / "ref", cfg, evaluator=ToyEvaluator(noise=0.2), workers=0, progress=False,
+           plot_every_s=None).run()
+    crashing = Search(tmp_path / "run", cfg, evaluator=CrashAfter(crash_after), workers=0, progress=False,
+                      plot_every_s=None)
+    with pytest.raises(Crash):
+        crashing.run()
+    assert len(read_rows(tmp_path / "run" / "archive.jsonl")) == crash_after
+    again = Counting()
+    resumed = Search(tmp_path / "run", cfg, resume=True, evaluator=again, workers=0, progress=False,
+                     plot_every_s=None)
+    resumed.run()
+    assert len(again.calls) == 32 - crash_after  # nothing evaluated twice
+    assert resumed.step == 4
+    assert _archive(tmp_path / "run") == _archive(tmp_path / "ref")
+
+
+def test_resume_checks_settings_and_new_search_refuses_old_dir(tmp_path: Path) -> None:
+    Search(tmp_path, _cfg(trials=8), workers=0, progress=False, plot_every_s=None).run()
+    with pytest.raises(NasfcosError, match="--resume"):
+        Search(tmp_path, _cfg(trials=8), workers=0, progress=False)
+    with pytest.raises(NasfcosError, match="seed"):
+        Search(tmp_path, _cfg(trials=8, seed=4), resume=True, workers=0, progress=False)
+    # more trials on resume is allowed and continues from step 1
+    s = Search(tmp_path, _cfg(trials=16), resume=True, workers=0, progress=False, plot_every_s=None)
+    s.run()
+    assert [log.step for log in s.history] == [1]
+    assert len(read_rows(tmp_path / "archive.jsonl")) == 16
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nasfcos.cli", "search", *args]
+
+
+def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    common = ["--preset", "toy", "--trials", "48", "--batch-size", "8", "--seed", "5", "--toy-noise", "0.2",
+              "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(_cli(*common, "--toy-delay", "0.15", "--out", str(out)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    archive = out / "archive.jsonl"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if archive.exists() and archive.read_bytes().count(b"\n") >= 12:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    before = read_rows(archive)
+    assert 12 <= len(before) < 48
+    # resume in a fresh interpreter; also checks that Ray is never imported by a local search
+    code = (
+        "import sys\nfrom nasfcos.cli import main\n"
+        f"rc = main({['search', '--out', str(out), '--resume', '--quiet']!r})\n"
+        "print('RAY' if 'ray' in sys.modules else 'NO-RAY', rc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "NO-RAY 0"
+    after = read_rows(archive)
+    keys = [(r["step"], r["index"]) for r in after]
+    assert keys == [(s, i) for s in range(6) for i in range(8)]  # none lost, none repeated
+    assert [strip_volatile(r) for r in after[:len(before)]] == [strip_volatile(r) for r in before]
+    # identical to an uninterrupted run of the same search
+    ref = tmp_path / "ref"
+    cfg = dataclasses.replace(_cfg(), trials=48, batch_size=8, seed=5, toy_noise=0.2, ppo=PPOConfig())
+    Search(ref, cfg, workers=0, progress=False, plot_every_s=None).run()
+    assert _archive(out) == _archive(ref)
+
+
+def test_top_verb_exports_the_k_best(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Search(tmp_path / "s", _cfg(trials=16), workers=0, progress=False, plot_every_s=None).run()
+    assert search_main(["top", str(tmp_path / "s"), "-k", "3", "-o", str(tmp_path / "best")]) == 0
+    files = sorted((tmp_path / "best").glob("rank*.json"))
+    assert len(files) == 3
+    gs = [load_genotype(f) for f in files]
+    assert [g.meta["rank"] for g in gs] == [1, 2, 3]
+    assert gs[0].meta["reward"] >= gs[1].meta["reward"] >= gs[2].meta["reward"]
+    assert len({g.hash() for g in gs}) == 3 and gs[0].hash() == gs[0].meta["hash"]
+    listing = json.loads((tmp_path / "best" / "top.json").read_text())
+    assert [e["rank"] for e in listing["top"]] == [1, 2, 3]
+    assert "rank" in capsys.readouterr().out
+    with pytest.raises(NasfcosError):
+        search_main(["top", str(tmp_path / "nope")])
+
+
+def test_proxy_sub_verbs_are_forwarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    fake = types.ModuleType("nasfcos.search.cli_proxy")
+    seen: list[tuple[str, list[str]]] = []
+    fake.cache_main = lambda argv: seen.append(("cache", argv)) or 0  # type: ignore[attr-defined]
+    fake.eval_main = lambda argv: seen.append(("eval", argv)) or 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "nasfcos.search.cli_proxy", fake)
+    assert search_main(["cache", "--data", "d"]) == 0
+    assert search_main(["eval", "g.json"]) == 3
+    assert seen == [("cache", ["--data", "d"]), ("eval", ["g.json"])]
+    monkeypatch.setitem(sys.modules, "nasfcos.search.cli_proxy", None)
+    with pytest.raises(NasfcosError, match="not available"):
+        search_main(["cache"])
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(NasfcosError, match="--trials"):
+        search_main(["--preset", "toy", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):
+        search_main(["--preset", "nope", "--trials", "8", "--out", str(tmp_path / "y")])
