@@ -185,6 +185,19 @@ def _manifest_or_none(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _static_size(runner: Any, kind: str) -> tuple[int, int] | None:
+    """The image size a static ONNX graph was exported at, read off its first input's shape
+    (``images`` [N, 3, H, W], or ``c2`` [N, C, H/4, W/4] for a decoder); None if dynamic."""
+    session = getattr(runner, "session", None)
+    if session is None:
+        return None
+    shape = session.get_inputs()[0].shape
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    scale = 1 if kind == "detector" else 4
+    return int(shape[2]) * scale, int(shape[3]) * scale
+
+
 def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
                    backend: str | None = None, device: str = "cpu",
                    sizes: Sequence[tuple[int, int]] | None = None, batch: int | None = None,
@@ -245,7 +258,7 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
             in_channels = ref.in_channels or runner.in_channels
             exp = (man or {}).get("export", {})
             if sizes is None:
-                base = tuple(exp.get("size", (256, 256)))
+                base = tuple(exp.get("size") or _static_size(runner, kind) or (256, 256))
                 sizes = [base]
                 if exp.get("dynamic"):
                     sizes.append((max(64, base[0] - 64), max(64, base[1] + 32)))
