@@ -46,7 +46,7 @@ def test_local_pool_matches_inline_and_survives_failures(tmp_path: Path) -> None
             if r.ok:
                 assert r.result["reward"] == ref[key].result["reward"]
         # the pool is rebuilt: resubmitting the lost tasks works and gives the same results
-        for key, r in first.items():
+        for r in first.values():
             if not r.ok:
                 pool.submit(r.task)
         second = _drain(pool)
