@@ -10,17 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from nasfcos.compiler.backbones import backbone_names
 from nasfcos.errors import NasfcosError
 
-#: Backbones a ``--detector`` build may name (the detector template maps them to torchvision).
-BACKBONES: tuple[str, ...] = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-)
+#: Backbones a ``--detector`` build may name: every trunk of ``templates/backbone.py.j2``
+#: (``tiny`` is a small random-weight trunk for tests and smoke runs).
+BACKBONES: tuple[str, ...] = backbone_names()
 #: Upper bounds (inclusive) of the width options.
 MIN_CHANNELS = 2
 MAX_CHANNELS = 4096
