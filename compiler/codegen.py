@@ -5,32 +5,24 @@ from __future__ import annotations
 import functools
 import json
 import types
-from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from nasfcos.compiler.backbones import template_environment
 from nasfcos.compiler.options import CompileOptions, resolve_options
 from nasfcos.compiler.plan import build_plan
 from nasfcos.errors import GenotypeError, NasfcosError
 from nasfcos.genotypes import Genotype, parse_genotype
 from nasfcos.genotypes.genotype import NAME_RE
 
-TEMPLATE_DIR = Path(__file__).parent / "templates"
 MAIN_TEMPLATE = "model.py.j2"
 
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
-    """Jinja2 set up for Python output: no autoescape, strict undefined, exact newlines."""
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    """The compiler's Jinja2 environment (Python output: no autoescape, strict undefined)."""
+    return template_environment()
 
 
 def validated_genotype(genotype: Any) -> Genotype:

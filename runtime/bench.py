@@ -102,13 +102,6 @@ def matmul_peak_gflops(threads: int | None = None, n: int = 2048,
         torch.set_num_threads(old)
 
 
-def _deform_conv_flops(x_shape: Sequence[int], w_shape: Sequence[int], *args: Any,
-                       out_shape: Sequence[int] | None = None, **kwargs: Any) -> int:
-    """2 * MACs of ``torchvision::deform_conv2d`` (the bilinear sampling is not counted)."""
-    assert out_shape is not None
-    return 2 * math.prod(out_shape) * w_shape[1] * w_shape[2] * w_shape[3]
-
-
 class _RawDetector:
     """Callable running a Detector's backbone + decoder only (no post-processing)."""
 
@@ -133,9 +126,10 @@ def count_flops(lm: Any, size: tuple[int, int], batch: int = 1) -> float:
     import torchvision  # noqa: F401  (registers torch.ops.torchvision)
     from torch.utils.flop_counter import FlopCounterMode
 
+    from nasfcos.compiler.profile import deform_conv2d_flop
     from nasfcos.runtime.models import input_shapes
 
-    mapping = {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}
+    mapping = {torch.ops.torchvision.deform_conv2d: deform_conv2d_flop}
     net = copy.deepcopy(lm.net).to("meta")
     fn = _RawDetector(net.detector) if lm.kind == "detector" else net
     tensors = [torch.empty(s, device="meta")
