@@ -52,16 +52,30 @@ def test_matches_deform_conv2d_values_and_gradients(compiled: Any, n: int, c: in
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, msg=f"gradient of {name}")
 
 
-def test_layer_uses_sampled_path_eagerly_and_deform_conv2d_when_exported(compiled: Any) -> None:
+@pytest.mark.parametrize(("h", "w", "sampled"), [(5, 6, False), (16, 20, True)])
+def test_layer_uses_sampled_path_eagerly_and_deform_conv2d_when_exported(
+        compiled: Any, monkeypatch: pytest.MonkeyPatch, h: int, w: int, sampled: bool) -> None:
     layer = compiled.DeformConv3x3(4, 4).double().eval()
     torch.nn.init.normal_(layer.conv_offset_mask.weight, std=0.3)
-    x = torch.randn(1, 4, 5, 6, dtype=torch.float64)
+    x = torch.randn(1, 4, h, w, dtype=torch.float64)
+    assert (x[0].numel() >= layer.small_map) == sampled
+    calls = []
+    original = compiled.deform_conv_sampled
+
+    def spy(*args: Any) -> torch.Tensor:
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(compiled, "deform_conv_sampled", spy)
     with torch.no_grad():
         o1, o2, m = torch.chunk(layer.conv_offset_mask(x), 3, dim=1)
         want = torchvision.ops.deform_conv2d(x, torch.cat((o1, o2), 1), layer.weight, layer.bias,
                                              padding=(1, 1), mask=torch.sigmoid(m))
         torch.testing.assert_close(layer(x), want, rtol=1e-10, atol=1e-10)
+    assert len(calls) == int(sampled)
+    calls.clear()
     program = torch.export.export(layer.float(), (x.float(),))
     targets = {str(node.target) for node in program.graph.nodes}
     assert any("deform_conv2d" in t for t in targets), targets
     assert not any("grid_sampler" in t for t in targets), targets
+    assert not calls
