@@ -14,8 +14,9 @@ batch 1), on the same seeded image:
 * ``reference decoder`` / ``compiled decoder``: the two decoders alone, on the backbone
   features of that image (what the compiler generates, without the shared torchvision trunk).
 
-Timings alternate between the backends each round, so machine noise hits them alike; each
-figure is the median of ``--runs`` rounds.  FLOPs (2 x MACs of convolutions, matmuls and
+The PyTorch runs alternate each round, so machine noise hits them alike; ONNX Runtime is
+timed in a block of its own (the two libraries' spinning thread pools would otherwise slow each
+other down).  Each figure is the median of ``--runs`` rounds.  FLOPs (2 x MACs of convolutions, matmuls and
 deformable convolutions, backbone + decoder) come from the same counter as ``nasfcos bench``;
 the fp32 matmul peak is measured in this run with the same thread count.  Prints a table and
 one JSON document with the two target ratios:
@@ -120,17 +121,23 @@ def main() -> None:
         "reference decoder": lambda: run_decoder(reference.decoder),
         "compiled decoder": lambda: run_decoder(compiled.decoder),
     }
-    for _ in range(args.warmup):
-        for fn in backends.values():
-            fn()
     times: dict[str, list[float]] = {k: [] for k in backends}
-    for r in range(args.runs):
-        for name, fn in backends.items():
-            t0 = time.perf_counter_ns()
-            fn()
-            times[name].append((time.perf_counter_ns() - t0) / 1e6)
-        print(f"round {r + 1}/{args.runs}: " + ", ".join(
-            f"{k} {v[-1]:.0f} ms" for k, v in times.items()), file=sys.stderr)
+    # Two blocks: the PyTorch runs alternate among themselves; ONNX Runtime runs on its own,
+    # since each library's thread pool keeps spinning for a while after its work and would
+    # steal the cores from the other one if they alternated.
+    for block in (["reference eager", "compiled eager", "reference decoder", "compiled decoder"],
+                  ["onnxruntime"]):
+        time.sleep(1.0)
+        for _ in range(args.warmup):
+            for name in block:
+                backends[name]()
+        for r in range(args.runs):
+            for name in block:
+                t0 = time.perf_counter_ns()
+                backends[name]()
+                times[name].append((time.perf_counter_ns() - t0) / 1e6)
+            print(f"round {r + 1}/{args.runs}: " + ", ".join(
+                f"{k} {times[k][-1]:.0f} ms" for k in block), file=sys.stderr)
     ort.close()
 
     flops = count_flops(lm, size, 1)
