@@ -37,7 +37,7 @@ MANIFEST_FORMAT = "nasfcos-export/1"
 class ExportOptions:
     """How to export.  ``size`` is the example (and, when static, the only) image size (H, W).
 
-    ``dynamic``: spatial sizes (and the decoder's batch) become symbolic dimensions.
+    ``dynamic``: batch and spatial sizes become symbolic dimensions.
     """
 
     kind: str | None = None
@@ -91,11 +91,17 @@ def _quiet() -> Iterator[io.StringIO]:
         yield buf
 
 
-def _dynamic_shapes(lm: LoadedModel) -> tuple[dict[int, Any], ...]:
+def _dynamic_shapes(lm: LoadedModel, batch: bool = True) -> tuple[dict[int, Any], ...]:
+    """Symbolic dims of every input: height and width, and the batch when ``batch``."""
     dyn = torch.export.Dim.DYNAMIC
-    if lm.kind == "detector":  # post-processing loops over the batch: batch stays static
-        return ({2: dyn, 3: dyn},)
-    return tuple({0: dyn, 2: dyn, 3: dyn} for _ in lm.input_names)
+    axes = (0, 2, 3) if batch else (2, 3)
+    return tuple({a: dyn for a in axes} for _ in lm.input_names)
+
+
+def _batch_specialised(exc: BaseException) -> bool:
+    """Whether torch.export refused a dynamic batch because the model fixes it."""
+    text = str(exc)
+    return "static shape" in text and ".shape[0]" in text
 
 
 def _finite_int(v: Any) -> int | None:
@@ -219,28 +225,42 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
     seconds["load"] = time.perf_counter() - t0
     step("load")
     batch = opts.batch
-    if opts.dynamic and lm.kind == "decoder" and batch == 1:
+    if opts.dynamic and batch == 1:
         batch = 2  # an example batch of 1 would be specialised to a constant
     size = tuple(opts.size)
     if opts.dynamic and size[0] == size[1]:
         # torch.export gives input dims with equal example values one symbol ("duck
         # sizing"), which would tie height to width: trace a non-square example instead.
         size = (size[0], size[1] + 32)
-    args = tuple(torch.from_numpy(a) for a in lm.inputs(size, batch, seed=opts.seed))
     t0 = time.perf_counter()
+    dynamic_batch = opts.dynamic
+
+    def run_export(batch: int, dynamic_shapes: Any) -> Any:
+        return torch.onnx.export(
+            lm.net, tuple(torch.from_numpy(a) for a in lm.inputs(size, batch, seed=opts.seed)),
+            dynamo=True, opset_version=opts.opset,
+            input_names=list(lm.input_names), output_names=list(lm.output_names),
+            dynamic_shapes=dynamic_shapes, optimize=True, external_data=False, verbose=False)
+
     with _quiet() as log:
         try:
-            program = torch.onnx.export(
-                lm.net, args, dynamo=True, opset_version=opts.opset,
-                input_names=list(lm.input_names), output_names=list(lm.output_names),
-                dynamic_shapes=_dynamic_shapes(lm) if opts.dynamic else None,
-                optimize=True, external_data=False, verbose=False)
+            try:
+                program = run_export(batch, _dynamic_shapes(lm) if opts.dynamic else None)
+            except Exception as exc:
+                if not (opts.dynamic and _batch_specialised(exc)):
+                    raise
+                # the model fixes its batch (e.g. a per-image loop): keep H/W dynamic only
+                dynamic_batch, batch = False, opts.batch
+                program = run_export(batch, _dynamic_shapes(lm, batch=False))
         except Exception as exc:
             msg = str(exc).strip().splitlines()
             detail = next((m for m in msg if "Error" in m or "error" in m), msg[0] if msg else "")
             raise NasfcosError(f"torch.onnx.export failed for {lm.path}: {type(exc).__name__}: "
                                f"{detail[:300]} (set NASFCOS_DEBUG=1 for the traceback)") from exc
     del log
+    if opts.dynamic and not dynamic_batch:
+        warnings.warn(f"{lm.path.name}: the model specialises its batch; exported with a "
+                      f"static batch of {batch} (height and width stay dynamic)", stacklevel=2)
     ranges = _dynamic_ranges(program, lm.input_names) if opts.dynamic else {}
     seconds["export"] = time.perf_counter() - t0
     step("export")
@@ -284,7 +304,8 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
         "inputs": ins,
         "outputs": outs,
         "export": {"opset": opts.opset, "size": list(size), "batch": batch,
-                   "dynamic": opts.dynamic, "dynamic_ranges": ranges,
+                   "dynamic": opts.dynamic, "dynamic_batch": dynamic_batch,
+                   "dynamic_ranges": ranges,
                    "simplified": simplified,
                    "exporter": "torch.onnx.export(dynamo=True)",
                    "ir_version": proto.ir_version,

@@ -87,8 +87,12 @@ def test_detector_static_and_dynamic(tiny_detector, tmp_path) -> None:
     assert check_artifact(static.onnx_path).ok
     dyn = export_onnx(tiny_detector, tmp_path / "det_dyn.onnx",
                       ExportOptions(size=(160, 160), dynamic=True))
+    assert isinstance(dyn.manifest["inputs"][0]["shape"][0], str)  # batch is dynamic too
     report = check_artifact(dyn.onnx_path, sizes=[(160, 160), (192, 224)])
     assert report.ok, report.table()
+    for batch in (1, 3):
+        report = check_artifact(dyn.onnx_path, sizes=[(192, 160)], batch=batch)
+        assert report.ok, report.table()
 
 
 def _perturb(src, dst, node_prefix: str = "") -> str:
