@@ -102,11 +102,16 @@ def base_lr(cfg: TrainConfig) -> float:
 
 def lr_multiplier(it: int, total: int, cfg: TrainConfig) -> float:
     """Learning-rate factor at iteration ``it`` (0-based): linear warm-up from
-    ``warmup_factor`` over ``warmup_iters``, times ``gamma`` per passed step."""
+    ``warmup_factor`` over ``warmup_iters``, times ``gamma`` per passed step.
+
+    The warm-up is capped at half the iterations before the first step, so a short run
+    still reaches its base learning rate (500 warm-up iterations of the COCO schedule would
+    outlast a 360-iteration run)."""
     steps = cfg.steps if cfg.steps is not None else (int(total * 2 / 3), int(total * 8 / 9))
     factor = cfg.gamma ** sum(it >= s for s in steps)
-    if it < cfg.warmup_iters:
-        alpha = it / cfg.warmup_iters
+    warmup = min(cfg.warmup_iters, min(steps, default=total) // 2)
+    if it < warmup:
+        alpha = it / warmup
         factor *= cfg.warmup_factor * (1 - alpha) + alpha
     return factor
 

@@ -47,6 +47,11 @@ def test_lr_schedule_and_preset() -> None:
     default_steps = replace(coco, steps=None)
     assert lr_multiplier(59_999, 90_000, default_steps) == 1.0
     assert lr_multiplier(60_000, 90_000, default_steps) == pytest.approx(0.1)
+    # a short run: the warm-up ends halfway to the first step (240 // 2), not after 500
+    short = TrainConfig(model="m.py", out="o", warmup_iters=500)
+    assert lr_multiplier(60, 360, short) == pytest.approx(2 / 3)
+    assert lr_multiplier(120, 360, short) == 1.0
+    assert lr_multiplier(240, 360, short) == pytest.approx(0.1)
 
 
 def test_run_sampler_resumes_and_splits_ranks() -> None:
