@@ -1,6 +1,6 @@
 """``nasfcos demo``: the main job on the shipped paper genotype, end to end.
 
-compile (NAS-FCOS @128, ResNet-50 detector, random weights) -> export ONNX (dynamic
+compile (NAS-FCOS @128, ResNet-50 detector, random weights) -> export ONNX (dynamic batch,
 height/width) -> parity check (ONNX Runtime vs PyTorch) -> latency benchmark (torch vs
 ONNX Runtime on CPU at 600/800/1000 px, TensorRT too where a GPU and TensorRT exist) ->
 the table and the report paths.  Defaults are sized to finish in a few minutes on a
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     ordered = sorted(sizes, key=lambda s: s[0] * s[1])
     mid = ordered[len(ordered) // 2]
-    print(f"[2/4] exporting to ONNX (dynamic H/W, traced at {mid[0]}x{mid[1]}; "
+    print(f"[2/4] exporting to ONNX (dynamic batch/H/W, traced at {mid[0]}x{mid[1]}; "
           "takes a while for ResNet-50) ...", flush=True)
     res = export_onnx(model_py, out / "model.onnx", ExportOptions(size=mid, dynamic=True),
                       progress=sys.stderr.isatty())
