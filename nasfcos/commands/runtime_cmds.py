@@ -61,8 +61,8 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--size", default="800x800", help="example input size HxW (default 800x800)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--dynamic", action="store_true",
-                   help="symbolic height/width (and the decoder's batch); valid ranges go to "
-                        "the manifest")
+                   help="symbolic batch, height and width (batch stays static if the model "
+                        "fixes it); valid ranges go to the manifest")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 19, minimum 19)")
     p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim pass")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
