@@ -215,14 +215,9 @@ def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
         raise NasfcosError(f"{path}: cannot build the {kind} ({exc})") from exc
     weights_path = Path(weights) if weights is not None else None
     if weights_path is not None:
-        if not weights_path.is_file():
-            raise NasfcosError(f"{weights_path}: no such weights file")
-        try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise NasfcosError(f"{weights_path}: not a state_dict file ({exc})") from exc
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
+        from nasfcos.evaluate import load_weights_file
+
+        state = load_weights_file(weights_path)["model"]
         try:
             inner.load_state_dict(state, strict=True)
         except RuntimeError as exc:
