@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nasfcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
-from nasfcos.fcos import STRIDES, FcosTargets, compute_targets
+from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
+from nasfcos.fcos.losses import STRIDES, FcosTargets, compute_targets
 from nasfcos.genotypes import load_genotype, load_paper_genotype
 from nasfcos.search.backbones import build_backbone
 from nasfcos.search.cache import FeatureCache, scaled_size_ranges
@@ -48,7 +48,7 @@ from nasfcos.search.proxy import (
     evaluate,
     open_cache,
 )
-from nasfcos.synth import SynthConfig, write_synthetic
+from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
 
 def backbone_source(data_dir: Path, cache: FeatureCache, settings: ProxySettings):  # noqa: ANN201

@@ -1,6 +1,6 @@
 """Training-step and target-assignment speed of the FCOS library (run by hand).
 
-    .venv/bin/python benchmarks/train_speed.py [--model tests/nasfcos/fixtures/tiny_model.py]
+    .venv/bin/python benchmarks/train_speed.py [--model tests/fcos/fixtures/tiny_model.py]
         [--size 128] [--batch 8] [--steps 20] [--device cpu]
 
 Prints one JSON line: seconds per training step (forward_raw + FCOS losses + backward +
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from nasfcos.evaluate import build_detector
-from nasfcos.fcos import STRIDES, compute_targets, fcos_losses
+from nasfcos.fcos.evaluate import build_detector
+from nasfcos.fcos.losses import STRIDES, compute_targets, fcos_losses
 from nasfcos.modelfile import load_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "tests/nasfcos/fixtures/tiny_model.py"))
+    ap.add_argument("--model", default=str(ROOT / "tests/fcos/fixtures/tiny_model.py"))
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--classes", type=int, default=5)

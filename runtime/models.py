@@ -215,7 +215,7 @@ def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
         raise NasfcosError(f"{path}: cannot build the {kind} ({exc})") from exc
     weights_path = Path(weights) if weights is not None else None
     if weights_path is not None:
-        from nasfcos.evaluate import load_weights_file
+        from nasfcos.fcos.evaluate import load_weights_file
 
         state = load_weights_file(weights_path)["model"]
         try:

@@ -14,7 +14,7 @@ smaller), runs the frozen backbone and stores::
     CACHE/manifest.json                             written last: settings, sizes, hashes
 
 ``split`` is ``train`` (meta-train) or ``val`` (meta-val); ``L`` counts the locations of
-p3..p7 (FCOS order, :mod:`nasfcos.fcos`).  Arrays are plain ``.npy`` files, opened
+p3..p7 (FCOS order, :mod:`nasfcos.fcos.losses`).  Arrays are plain ``.npy`` files, opened
 memory-mapped.  While building, ``CACHE/progress.json`` records the finished chunks so
 an interrupted build resumes where it stopped; the manifest (with the sha256 of every
 array) is written atomically at the very end, so a cache without one is partial.
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from nasfcos.errors import CacheError, NasfcosError
-from nasfcos.fcos import STRIDES, FcosTargets, compute_targets, default_size_ranges
+from nasfcos.fcos.losses import STRIDES, FcosTargets, compute_targets, default_size_ranges
 from nasfcos.io import atomic_write_json, sha256_bytes, sha256_file
 from nasfcos.search.backbones import build_backbone
 
@@ -311,7 +311,7 @@ def _ensure_data(data_dir: str | Path | None, out: Path, settings: ProxySettings
         return Path(data_dir)
     if settings.synth_images <= 0:
         raise NasfcosError("no data folder given (--data DIR) and the preset has no synthetic default")
-    from nasfcos.synth import SynthConfig, write_synthetic
+    from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
     synth = out / "synth"
     cfg = SynthConfig(images=settings.synth_images, size=settings.synth_size, seed=settings.synth_seed)
@@ -340,7 +340,7 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
     ``overwrite``.  ``on_chunk(split, start, stop)`` is called after every stored chunk
     (progress hooks, tests).  Returns ``out_dir``.
     """
-    from nasfcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
+    from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
 
     say = log or (lambda msg: None)
     out = Path(out_dir)

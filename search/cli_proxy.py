@@ -1,6 +1,6 @@
 """``nasfcos search cache`` and ``nasfcos search eval``: build a feature cache, score one genotype.
 
-The search verb's dispatcher (``nasfcos.commands.search_cmds``) calls :func:`cache_main`
+The search verb's dispatcher (``nasfcos.cli.search_cmds``) calls :func:`cache_main`
 and :func:`eval_main` with the arguments after the sub-verb.
 """
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from nasfcos.errors import CacheError, NasfcosError
-from nasfcos.fcos import FcosConfig, FcosTargets, losses_from_targets
+from nasfcos.fcos.losses import FcosConfig, FcosTargets, losses_from_targets
 from nasfcos.genotypes import Genotype, parse_genotype
 from nasfcos.search.backbones import BACKBONES
 from nasfcos.search.cache import FeatureCache, build_cache, open_cache

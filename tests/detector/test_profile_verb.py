@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nasfcos.cli import main as cli_main
-from nasfcos.commands.profile_cmd import main
+from nasfcos.cli.main import main as cli_main
+from nasfcos.cli.profile_cmd import main
 
 
 def test_json_output_has_one_row_per_model_backbone_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nasfcos.cli import main
+from nasfcos.cli.main import main
 from nasfcos.genotypes import load_paper_genotype
 
 

@@ -60,7 +60,7 @@ def test_bench_rejects_bad_config(paper_decoder) -> None:
 
 
 def test_bench_cli_on_onnx(paper_decoder_onnx, tmp_path, capsys) -> None:
-    from nasfcos.cli import main
+    from nasfcos.cli.main import main
 
     out = tmp_path / "r"
     code = main(["bench", str(paper_decoder_onnx), "--sizes", "128", "--runs", "2",

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from nasfcos.cli import main
+from nasfcos.cli.main import main
 from nasfcos.errors import NasfcosError
 from nasfcos.runtime.models import make_inputs
 from nasfcos.runtime.runners import make_runner

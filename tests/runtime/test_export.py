@@ -119,7 +119,7 @@ def test_check_fails_loudly_on_perturbed_model(paper_decoder_onnx, paper_decoder
     assert failed and all(n.startswith("cls_") for n in failed)
     assert not any(n.startswith(("reg_", "ctr_")) for n in failed)
 
-    from nasfcos.cli import main
+    from nasfcos.cli.main import main
 
     code = main(["check", str(bad), "--against", str(paper_decoder)])
     err = capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_missing_tensorrt_one_line(monkeypatch, tmp_path) -> None:
 
 def test_missing_tensorrt_cli(monkeypatch, paper_decoder_onnx, tmp_path, capsys) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    from nasfcos.cli import main
+    from nasfcos.cli.main import main
 
     code = main(["export", str(paper_decoder_onnx), "--trt", str(tmp_path / "m.engine")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from nasfcos.commands.search_cmds import main as search_main
+from nasfcos.cli.search_cmds import main as search_main
 from nasfcos.errors import NasfcosError
 from nasfcos.genotypes import Genotype, load_genotype
 from nasfcos.search.archive import read_rows, strip_volatile
@@ -171,7 +171,7 @@ def test_resume_checks_settings_and_new_search_refuses_old_dir(tmp_path: Path) -
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "nasfcos.cli", "search", *args]
+    return [sys.executable, "-m", "nasfcos", "search", *args]
 
 
 def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
@@ -199,7 +199,7 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     assert 12 <= len(before) < 48
     # resume in a fresh interpreter; also checks that Ray is never imported by a local search
     code = (
-        "import sys\nfrom nasfcos.cli import main\n"
+        "import sys\nfrom nasfcos.cli.main import main\n"
         f"rc = main({['search', '--out', str(out), '--resume', '--quiet']!r})\n"
         "print('RAY' if 'ray' in sys.modules else 'NO-RAY', rc)\n"
     )

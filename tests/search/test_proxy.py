@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from nasfcos.errors import CacheError, NasfcosError
-from nasfcos.fcos import FcosConfig, losses_from_targets
+from nasfcos.fcos.losses import FcosConfig, losses_from_targets
 from nasfcos.genotypes import load_paper_genotype, paper_genotype_path
 from nasfcos.search.cli_proxy import cache_main, eval_main
 from nasfcos.search.proxy import (
@@ -30,7 +30,7 @@ from nasfcos.search.proxy import (
     open_cache,
     train_decoder,
 )
-from nasfcos.synth import SynthConfig, write_synthetic
+from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from standin_decoder import standin_factory  # noqa: E402

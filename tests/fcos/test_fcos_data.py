@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from nasfcos.cli import main as cli
-from nasfcos.data import (
+from nasfcos.cli.main import main as cli
+from nasfcos.fcos.data import (
     CocoDetection,
     TransformConfig,
     collate,
@@ -19,8 +19,8 @@ from nasfcos.data import (
     resolve_split,
 )
 from nasfcos.errors import NasfcosError
-from nasfcos.synth import CLASSES, SynthConfig, write_synthetic
-from nasfcos.voc import parse_voc_xml, voc_to_coco, write_voc_xml
+from nasfcos.fcos.synth import CLASSES, SynthConfig, write_synthetic
+from nasfcos.fcos.voc import parse_voc_xml, voc_to_coco, write_voc_xml
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasfcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
+from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
 from nasfcos.errors import BackendUnavailable, NasfcosError
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]

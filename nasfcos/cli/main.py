@@ -18,18 +18,18 @@ from nasfcos.errors import NasfcosError
 
 # verb -> (module, function, one-line help)
 VERBS: dict[str, tuple[str, str, str]] = {
-    "validate": ("nasfcos.commands.genotype_cmds", "validate_main", "check genotype JSON files"),
-    "draw": ("nasfcos.commands.genotype_cmds", "draw_main", "draw a genotype's FPN and head graph"),
-    "compile": ("nasfcos.commands.compile_cmd", "main", "compile a genotype into a standalone model.py"),
-    "profile": ("nasfcos.commands.profile_cmd", "main", "parameters and FLOPs of a model or genotype"),
-    "export": ("nasfcos.commands.runtime_cmds", "export_main", "export model.py to ONNX (and TensorRT)"),
-    "check": ("nasfcos.commands.runtime_cmds", "check_main", "compare an exported model with PyTorch"),
-    "bench": ("nasfcos.commands.runtime_cmds", "bench_main", "latency benchmark across backends"),
-    "data": ("nasfcos.commands.fcos_cmds", "data_main", "datasets: synthetic set, VOC conversion"),
-    "train": ("nasfcos.commands.fcos_cmds", "train_main", "train a compiled detector with FCOS losses"),
-    "eval": ("nasfcos.commands.fcos_cmds", "eval_main", "COCO mAP of any backend"),
-    "search": ("nasfcos.commands.search_cmds", "main", "NAS search (and: cache, eval, top)"),
-    "demo": ("nasfcos.commands.demo", "main", "the main job on the shipped paper genotype"),
+    "validate": ("nasfcos.cli.genotype_cmds", "validate_main", "check genotype JSON files"),
+    "draw": ("nasfcos.cli.genotype_cmds", "draw_main", "draw a genotype's FPN and head graph"),
+    "compile": ("nasfcos.cli.compile_cmd", "main", "compile a genotype into a standalone model.py"),
+    "profile": ("nasfcos.cli.profile_cmd", "main", "parameters and FLOPs of a model or genotype"),
+    "export": ("nasfcos.cli.runtime_cmds", "export_main", "export model.py to ONNX (and TensorRT)"),
+    "check": ("nasfcos.cli.runtime_cmds", "check_main", "compare an exported model with PyTorch"),
+    "bench": ("nasfcos.cli.runtime_cmds", "bench_main", "latency benchmark across backends"),
+    "data": ("nasfcos.cli.fcos_cmds", "data_main", "datasets: synthetic set, VOC conversion"),
+    "train": ("nasfcos.cli.fcos_cmds", "train_main", "train a compiled detector with FCOS losses"),
+    "eval": ("nasfcos.cli.fcos_cmds", "eval_main", "COCO mAP of any backend"),
+    "search": ("nasfcos.cli.search_cmds", "main", "NAS search (and: cache, eval, top)"),
+    "demo": ("nasfcos.cli.demo", "main", "the main job on the shipped paper genotype"),
 }
 
 

@@ -71,7 +71,7 @@ def data_main(argv: list[str]) -> int:
                    help="keep difficult objects (as iscrowd=1, ignored by COCO eval)")
     args = parser.parse_args(argv)
     if args.cmd == "synth":
-        from nasfcos.synth import SynthConfig, write_synthetic
+        from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
         cfg = SynthConfig(images=args.images, size=args.size, seed=args.seed,
                           val_fraction=args.val_fraction, max_objects=args.max_objects)
@@ -81,7 +81,7 @@ def data_main(argv: list[str]) -> int:
               f"{c['train']['annotations'] + c['val']['annotations']} boxes, "
               f"{len(manifest['classes'])} classes (manifest.json)")
         return 0
-    from nasfcos.voc import convert_voc
+    from nasfcos.fcos.voc import convert_voc
 
     summary = convert_voc(args.voc_dir, args.out, split=args.split,
                           include_difficult=args.include_difficult)
@@ -95,7 +95,7 @@ def data_main(argv: list[str]) -> int:
 
 def train_main(argv: list[str]) -> int:
     """``nasfcos train model.py --data DIR ... --out RUN``."""
-    from nasfcos.train import PRESETS, TrainConfig, apply_preset, train
+    from nasfcos.fcos.train import PRESETS, TrainConfig, apply_preset, train
 
     parser = _parser(
         "train",
@@ -104,7 +104,7 @@ def train_main(argv: list[str]) -> int:
         "loss.png, COCO mAP on the val split at the end.  Multi-GPU: launch with torchrun.",
         "nasfcos train model.py --data data/synth --iters 2000 --batch 8 --lr 0.01 "
         "--min-size 128 --max-size 128 --out runs/synth\n"
-        "  torchrun --nproc-per-node 8 -m nasfcos.cli train model.py --data coco --preset coco "
+        "  torchrun --nproc-per-node 8 -m nasfcos train model.py --data coco --preset coco "
         "--out runs/coco")
     parser.add_argument("model", help="compiled model.py (with --detector)")
     parser.add_argument("--data", help="data folder (train.json, val.json, images/)")
@@ -145,7 +145,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from nasfcos.fcos import FcosConfig
+    from nasfcos.fcos.losses import FcosConfig
 
     cfg = TrainConfig(model=args.model, out=args.out, data=args.data, ann=args.ann, images=args.images)
     if args.preset:
@@ -194,7 +194,7 @@ def train_main(argv: list[str]) -> int:
 
 def eval_main(argv: list[str]) -> int:
     """``nasfcos eval model.py|model.onnx|model.engine --data DIR [-o metrics.json]``."""
-    from nasfcos.evaluate import METRIC_NAMES, EvalConfig, evaluate, load_weights_file, make_runner
+    from nasfcos.fcos.evaluate import METRIC_NAMES, EvalConfig, evaluate, load_weights_file, make_runner
 
     parser = _parser(
         "eval",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nasfcos.fcos import (
+from nasfcos.fcos.losses import (
     FcosConfig,
     FcosTargets,
     compute_locations,

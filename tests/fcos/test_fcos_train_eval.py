@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from nasfcos.cli import main as cli
-from nasfcos.data import CocoDetection, TransformConfig
+from nasfcos.cli.main import main as cli
+from nasfcos.fcos.data import CocoDetection, TransformConfig
 from nasfcos.errors import NasfcosError
-from nasfcos.evaluate import EvalConfig, evaluate, make_runner
-from nasfcos.synth import SynthConfig, write_synthetic
-from nasfcos.train import PRESETS, RunSampler, TrainConfig, apply_preset, lr_multiplier, train
+from nasfcos.fcos.evaluate import EvalConfig, evaluate, make_runner
+from nasfcos.fcos.synth import SynthConfig, write_synthetic
+from nasfcos.fcos.train import PRESETS, RunSampler, TrainConfig, apply_preset, lr_multiplier, train
 
 TINY_MODEL = Path(__file__).parent / "fixtures" / "tiny_model.py"
 

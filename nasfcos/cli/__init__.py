@@ -1,0 +1,1 @@
+"""The ``nasfcos`` command line: :mod:`nasfcos.cli.main` picks the verb, one module per verb group."""
