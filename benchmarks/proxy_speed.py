@@ -37,6 +37,7 @@ import torch
 
 from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
 from nasfcos.fcos.losses import STRIDES, FcosTargets, compute_targets
+from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.genotypes import load_genotype, load_paper_genotype
 from nasfcos.search.backbones import build_backbone
 from nasfcos.search.cache import FeatureCache, scaled_size_ranges
@@ -48,7 +49,6 @@ from nasfcos.search.proxy import (
     evaluate,
     open_cache,
 )
-from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
 
 def backbone_source(data_dir: Path, cache: FeatureCache, settings: ProxySettings):  # noqa: ANN201

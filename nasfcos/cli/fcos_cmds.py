@@ -194,7 +194,13 @@ def train_main(argv: list[str]) -> int:
 
 def eval_main(argv: list[str]) -> int:
     """``nasfcos eval model.py|model.onnx|model.engine --data DIR [-o metrics.json]``."""
-    from nasfcos.fcos.evaluate import METRIC_NAMES, EvalConfig, evaluate, load_weights_file, make_runner
+    from nasfcos.fcos.evaluate import (
+        METRIC_NAMES,
+        EvalConfig,
+        evaluate,
+        load_weights_file,
+        make_runner,
+    )
 
     parser = _parser(
         "eval",

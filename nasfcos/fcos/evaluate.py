@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
 from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")

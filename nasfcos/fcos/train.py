@@ -33,9 +33,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, resolve_split
 from nasfcos.errors import CacheError, NasfcosError
-from nasfcos.fcos.evaluate import EvalConfig, TorchRunner, build_detector, evaluate, load_weights_file
+from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, resolve_split
+from nasfcos.fcos.evaluate import (
+    EvalConfig,
+    TorchRunner,
+    build_detector,
+    evaluate,
+    load_weights_file,
+)
 from nasfcos.fcos.losses import FcosConfig, fcos_losses
 from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from nasfcos.modelfile import load_model_file

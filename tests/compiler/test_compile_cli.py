@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nasfcos.cli.main import main as cli_main
 from nasfcos.cli.compile_cmd import main
+from nasfcos.cli.main import main as cli_main
 from nasfcos.compiler import CompileOptions, compile_genotype
 from nasfcos.errors import NasfcosError
 from nasfcos.genotypes import load_paper_genotype, sample_genotype

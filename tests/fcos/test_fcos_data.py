@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nasfcos.cli.main import main as cli
+from nasfcos.errors import NasfcosError
 from nasfcos.fcos.data import (
     CocoDetection,
     TransformConfig,
@@ -18,7 +19,6 @@ from nasfcos.fcos.data import (
     pad_batch,
     resolve_split,
 )
-from nasfcos.errors import NasfcosError
 from nasfcos.fcos.synth import CLASSES, SynthConfig, write_synthetic
 from nasfcos.fcos.voc import parse_voc_xml, voc_to_coco, write_voc_xml
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from nasfcos.cli.main import main as cli
-from nasfcos.fcos.data import CocoDetection, TransformConfig
 from nasfcos.errors import NasfcosError
+from nasfcos.fcos.data import CocoDetection, TransformConfig
 from nasfcos.fcos.evaluate import EvalConfig, evaluate, make_runner
 from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.fcos.train import PRESETS, RunSampler, TrainConfig, apply_preset, lr_multiplier, train

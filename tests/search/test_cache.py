@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch
 from nasfcos.errors import CacheError, NasfcosError
+from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch
 from nasfcos.fcos.losses import STRIDES, compute_targets
+from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.search.backbones import build_backbone
 from nasfcos.search.cache import (
     MANIFEST,
@@ -21,7 +22,6 @@ from nasfcos.search.cache import (
     split_indices,
 )
 from nasfcos.search.proxy import PRESETS, ProxySettings, build_cache, open_cache
-from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
 # 30 images of 64 px -> 24 in train.json -> meta-train 17 / meta-val 7; chunks of 5 rows
 SETTINGS = PRESETS["tiny"].replace(name="test", short_side=64, max_size=64, crop=64, chunk_size=5,

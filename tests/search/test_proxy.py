@@ -14,6 +14,7 @@ from torch import nn
 
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.losses import FcosConfig, losses_from_targets
+from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.genotypes import load_paper_genotype, paper_genotype_path
 from nasfcos.search.cli_proxy import cache_main, eval_main
 from nasfcos.search.proxy import (
@@ -30,7 +31,6 @@ from nasfcos.search.proxy import (
     open_cache,
     train_decoder,
 )
-from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from standin_decoder import standin_factory  # noqa: E402
