@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
+from nasfcos.genotypes.space import BACKBONE_STRIDES
 from nasfcos.modelfile import load_model_file
 from nasfcos.weights import load_state_dict_strict, load_weights_file
 
@@ -44,7 +45,7 @@ DECODER_OUTPUTS: tuple[str, ...] = tuple(
 DETECTOR_INPUTS: tuple[str, ...] = ("images",)
 DETECTOR_OUTPUTS: tuple[str, ...] = ("boxes", "scores", "labels")
 #: Strides of the backbone features c2..c5.
-FEATURE_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
+FEATURE_STRIDES: tuple[int, ...] = BACKBONE_STRIDES  # c2..c5
 
 
 def io_names(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -38,7 +38,7 @@ from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, resolve_s
 from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
 from nasfcos.fcos.losses import FcosConfig, fcos_losses
 from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from nasfcos.modelfile import load_model_file
+from nasfcos.modelfile import RawForward, load_model_file
 from nasfcos.weights import load_weights_file
 
 LOSS_KEYS = ("cls", "box", "ctr")
@@ -163,17 +163,6 @@ class _EpochAwareDataset(torch.utils.data.Dataset[Any]):
         index, epoch = key
         self.ds.set_epoch(epoch)
         return self.ds[index]
-
-
-class _Raw(nn.Module):
-    """``forward = detector.forward_raw`` so DDP's gradient hooks see the training path."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor) -> Any:
-        return self.detector.forward_raw(images)
 
 
 @dataclass
@@ -338,7 +327,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         atomic_write_json(out / "config.json", {**asdict(cfg), "total_iters": total, "world": d.world})
 
-    raw: nn.Module = _Raw(model)
+    raw: nn.Module = RawForward(model)
     if d.world > 1:
         raw = nn.parallel.DistributedDataParallel(
             raw, device_ids=[device.index] if device.type == "cuda" else None)
