@@ -112,4 +112,11 @@ def build_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
     return net
 
 
+def image_normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel that a detector subtracts / divides images in [0, 1] by
+    before its backbone (``IMAGE_MEAN``, ``IMAGE_STD`` of the template)."""
+    module = _module()
+    return tuple(module.IMAGE_MEAN), tuple(module.IMAGE_STD)
+
+
 BACKBONE_NAMES: tuple[str, ...] = backbone_names()

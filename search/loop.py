@@ -42,11 +42,12 @@ from nasfcos.search.archive import (
     ROW_FORMAT,
     Archive,
     best_rows,
+    check_progress,
     load_checkpoint,
     save_checkpoint,
 )
 from nasfcos.search.controller import Controller, ControllerConfig, torch_threads
-from nasfcos.search.evaluators import Evaluator, ProxyEvaluator, ToyEvaluator
+from nasfcos.search.evaluators import Evaluator, ToyEvaluator
 from nasfcos.search.executors import Executor, Task, TaskResult, make_executor
 from nasfcos.search.ppo import PPO, PPOConfig
 
@@ -55,6 +56,15 @@ SUMMARY_NAME = "summary.json"
 TOP_DIR = "top"
 PLOT_NAME = "search.png"
 BEST_DRAWING = "best.png"
+#: Feature cache of a proxy search that names none (``--cache``): built inside the search folder.
+CACHE_DIR = "cache"
+#: Keys of an evaluator's result that have their own archive field (the rest go to "extra").
+_RESULT_FIELDS = frozenset({"reward", "losses", "time_s", "params", "extra", "genotype_hash"})
+
+
+class SearchFailed(NasfcosError):
+    """Every trial of a step failed: a cause that will not go away by itself (data, cache,
+    code).  The folder stays resumable: fix the cause and run again with ``--resume``."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +82,8 @@ class SearchConfig:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     retries: int = 1  # extra attempts of a failed evaluation before it is skipped
-    data: str | None = None  # dataset folder (proxy presets)
-    cache: str | None = None  # feature cache folder (proxy presets; shared storage for Ray)
+    data: str | None = None  # dataset folder (proxy presets; None: the preset's synthetic set)
+    cache: str | None = None  # feature cache folder (proxy presets; None: OUT/cache, built on first use)
     toy_noise: float = 0.0  # toy preset: reward noise (std), drawn from the evaluation seed
     toy_delay: float = 0.0  # toy preset: seconds each evaluation pretends to take
 
@@ -111,6 +121,10 @@ class SearchConfig:
             raise NasfcosError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.retries < 0:
             raise NasfcosError(f"retries must be >= 0, got {self.retries}")
+        for name in ("toy_noise", "toy_delay"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
 
 
 def eval_seed(seed: int, step: int, index: int) -> int:
@@ -119,11 +133,15 @@ def eval_seed(seed: int, step: int, index: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def make_evaluator(cfg: SearchConfig) -> Evaluator:
-    """The evaluator of a preset: the toy task or the proxy task."""
+def make_evaluator(cfg: SearchConfig, cache_dir: str | Path) -> Evaluator:
+    """The evaluator of a preset: the toy task, or the proxy task's own evaluator
+    (:func:`nasfcos.search.proxy.make_evaluator`: opens and verifies ``cache_dir`` once
+    per process)."""
     if cfg.preset == "toy":
         return ToyEvaluator(noise=cfg.toy_noise, delay_s=cfg.toy_delay)
-    return ProxyEvaluator(preset=cfg.preset, cache_dir=cfg.cache, data_dir=cfg.data)
+    from nasfcos.search.proxy import make_evaluator as proxy_evaluator
+
+    return proxy_evaluator(cache_dir, cfg.preset)
 
 
 @dataclass
@@ -161,7 +179,9 @@ class Search:
         self.on_step = on_step
         self.history: list[StepLog] = []
         self.cfg = self._settle_config(cfg)
-        self.evaluator = evaluator or make_evaluator(self.cfg)
+        self.cache_dir = Path(self.cfg.cache) if self.cfg.cache else self.out / CACHE_DIR
+        self._own_evaluator = evaluator is None
+        self.evaluator = evaluator or make_evaluator(self.cfg, self.cache_dir)
         self._executor = executor
         self._executor_args = (executor_kind, workers, address)
         self.controller = Controller(self.cfg.controller, seed=self.cfg.seed)
@@ -206,6 +226,12 @@ class Search:
         if not path.exists():
             return
         state = load_checkpoint(path)
+        try:
+            stored = SearchConfig.from_dict(json.loads(state["config"])).identity()
+        except (KeyError, TypeError, ValueError, NasfcosError):
+            raise CacheError(f"{path}: checkpoint without readable search settings") from None
+        if stored != self.cfg.identity():
+            raise CacheError(f"{path}: checkpoint of another search (settings differ from {CONFIG_NAME})")
         self.ppo.load_state_dict(state["ppo"])
         self.sample_gen.set_state(state["sample_generator"])
         self.step = int(state["step"])
@@ -234,14 +260,51 @@ class Search:
         row.update(fields)
         return row
 
-    def run(self) -> dict[str, Any]:
-        """Run (or continue) the search to ``cfg.steps`` steps; return the summary dict."""
-        archive = Archive.open(self.out / ARCHIVE_NAME)
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            print(f"nasfcos search: {msg}", file=sys.stderr)
+
+    def prepare(self) -> None:
+        """Before the first trial: for a proxy preset, generate the synthetic set and build
+        the feature cache (or check the ones there), then open and verify it in this process,
+        so a configuration error stops the search before any evaluation."""
+        if self.cfg.preset == "toy" or not self._own_evaluator:
+            return
+        from nasfcos.search.proxy import build_cache, get_preset, open_verified
+
+        settings = get_preset(self.cfg.preset)
+        if self.cfg.data is not None and not Path(self.cfg.data).is_dir():
+            raise NasfcosError(f"--data {self.cfg.data}: no such folder")
+        self._say(f"feature cache {self.cache_dir} ({self.cfg.preset} preset"
+                  f"{', synthetic data' if self.cfg.data is None else ', data ' + self.cfg.data})")
+        build_cache(self.cfg.data, self.cache_dir, settings, progress=self.progress, log=self._say)
+        cache = open_verified(self.cache_dir, settings, checked=True)
+        self._say(f"feature cache ready: {len(cache.train)} meta-train, {len(cache.val)} meta-val crops")
+
+    def _open_archive(self) -> Archive:
+        """Open the archive; on resume, check it against the checkpoint first (nothing is
+        written when it does not match) and drop the failed rows of the unfinished step,
+        which are evaluated again."""
+        path = self.out / ARCHIVE_NAME
+
+        def check(rows: list[dict[str, Any]]) -> None:
+            check_progress(rows, self.step, self.cfg.batch_size, path)
+
+        archive = Archive.open(path, check=check)
         if archive.repaired_bytes:
             print(f"nasfcos search: dropped a torn last archive line ({archive.repaired_bytes} bytes)",
                   file=sys.stderr)
+        retry = {(int(r["step"]), int(r["index"])) for r in archive
+                 if int(r["step"]) >= self.step and r["status"] == "failed"}
+        if retry and archive.drop(retry):
+            self._say(f"evaluating {len(retry)} failed trial(s) of step {self.step} again")
+        return archive
+
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) the search to ``cfg.steps`` steps; return the summary dict."""
         if self.resume:
             self._load_checkpoint()
+        archive = self._open_archive()
         executor = self._executor
         own_executor = executor is None
         t_start = time.time()
@@ -250,6 +313,7 @@ class Search:
         self._best_drawn: str | None = None
         bar = None
         try:
+            self.prepare()
             if executor is None:
                 kind, workers, address = self._executor_args
                 executor = make_executor(kind, self.evaluator, workers=workers, address=address)
@@ -338,6 +402,8 @@ class Search:
             bar.update(1)
         archive.sort()
         use = [i for i in range(n) if rows[i]["status"] in ("ok", "reused")]
+        if not use:
+            raise SearchFailed(_all_failed_message(step, [rows[i] for i in range(n)], self.out))
         with torch_threads(1):
             stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use],
                                     [float(rows[i]["reward"]) for i in use])
@@ -362,10 +428,14 @@ class Search:
                        res: TaskResult, errors: list[str]) -> dict[str, Any]:
         if res.ok and res.result is not None:
             r = res.result
+            extra = dict(r.get("extra") or {})
+            extra.update({k: v for k, v in r.items() if k not in _RESULT_FIELDS
+                          and (v is None or isinstance(v, (int, float, str, bool)))})
             return self._row(step, i, g, h, choices, log_prob, status="ok", reward=float(r["reward"]),
-                             losses={k: float(v) for k, v in dict(r.get("losses") or {}).items()},
+                             losses={k: None if v is None else float(v)
+                                     for k, v in dict(r.get("losses") or {}).items()},
                              time_s=float(r.get("time_s") or res.wall_s), params=r.get("params"),
-                             extra=dict(r.get("extra") or {}), worker=res.worker,
+                             extra=extra, worker=res.worker,
                              attempts=res.task.attempt, errors=errors)
         return self._row(step, i, g, h, choices, log_prob, status="failed", time_s=res.wall_s,
                          worker=res.worker, attempts=res.task.attempt, errors=errors)
@@ -403,6 +473,14 @@ class Search:
             summary["best_drawing"] = str(self.out / BEST_DRAWING)
         atomic_write_json(self.out / SUMMARY_NAME, summary)
         return summary
+
+
+def _all_failed_message(step: int, rows: list[dict[str, Any]], out: Path) -> str:
+    """One line: which step failed entirely, the most frequent error, how to go on."""
+    errors = [str(e) for r in rows for e in (r.get("errors") or [])]
+    common = max(set(errors), key=errors.count) if errors else "no error recorded"
+    return (f"every trial of step {step} failed ({len(rows)} of {len(rows)}); most frequent error: "
+            f"{common.splitlines()[0][:300]} -- fix the cause, then 'nasfcos search --out {out} --resume'")
 
 
 # ------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -18,12 +17,17 @@ from nasfcos.errors import NasfcosError
 
 SEARCH_EPILOG = """\
 examples:
+  nasfcos search --trials 16 --out runs/tiny       # tiny proxy preset: synthetic data + cache in runs/tiny
   nasfcos search --preset toy --trials 64 --out runs/toy            # seconds, no training
-  nasfcos search --preset tiny --trials 50 --out runs/tiny --cache cache/tiny --workers 2
+  nasfcos search --preset tiny --trials 50 --out runs/t2 --cache cache/tiny --workers 2
   nasfcos search --out runs/tiny --resume                           # after a crash or kill -9
   nasfcos search --preset paper --trials 2000 --out runs/paper --cache /shared/cache \\
       --executor ray --address auto
   nasfcos search top runs/tiny -k 5 -o best/                        # export the 5 best genotypes
+
+a proxy search without --cache builds its feature cache (and, without --data, the preset's
+synthetic data set) in --out/cache first, or reuses the one there.  A search whose every
+trial of a step fails stops with exit status 2 and the reason; fix it and add --resume.
 
 outputs in --out: archive.jsonl (one row per sampled architecture), top/rankNN-HASH.json
 (genotypes 'nasfcos compile' takes), search.png (reward curve), best.png (best genotype),
@@ -61,9 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local: worker processes, 0 = evaluate in this process (default: 0 for "
                         "toy, 1 otherwise); ray: concurrent tasks hint")
-    p.add_argument("--data", default=None, metavar="DIR", help="dataset folder (proxy presets)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset folder (proxy presets; default: the preset's synthetic set)")
     p.add_argument("--cache", default=None, metavar="DIR",
-                   help="feature cache from 'nasfcos search cache' (proxy presets; shared storage for Ray)")
+                   help="feature cache folder, built there if absent (proxy presets; default: OUT/cache; "
+                        "on shared storage for Ray)")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="search seed (default 0)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="architectures per controller update (default 8)")
@@ -115,6 +121,7 @@ def search_main(argv: list[str]) -> int:
     from nasfcos.search.loop import Search
 
     cfg = _config(args)
+    cfg.validate()
     workers = args.workers
     if workers is None and args.executor == "local":
         workers = 0 if cfg.preset == "toy" else 1
@@ -191,26 +198,12 @@ def top_main(argv: list[str]) -> int:
     return 0
 
 
-def _proxy_verb(func: str, argv: list[str]) -> int:
-    try:
-        mod = importlib.import_module("nasfcos.search.cli_proxy")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("nasfcos.search.cli_proxy", "nasfcos.search"):
-            raise NasfcosError(f"'nasfcos search {func.removesuffix('_main')}' is not available in this "
-                               "build (nasfcos.search.cli_proxy is missing)") from None
-        raise
-    fn = getattr(mod, func, None)
-    if fn is None:
-        raise NasfcosError(f"'nasfcos search {func.removesuffix('_main')}' is not available in this build")
-    return int(fn(argv) or 0)
-
-
 def main(argv: list[str]) -> int:
     """``nasfcos search ...``: dispatch the sub-verbs, otherwise run a search."""
-    if argv and argv[0] == "cache":
-        return _proxy_verb("cache_main", argv[1:])
-    if argv and argv[0] == "eval":
-        return _proxy_verb("eval_main", argv[1:])
+    if argv and argv[0] in ("cache", "eval"):
+        from nasfcos.search import cli_proxy
+
+        return int((cli_proxy.cache_main if argv[0] == "cache" else cli_proxy.eval_main)(argv[1:]) or 0)
     if argv and argv[0] == "top":
         return top_main(argv[1:])
     return search_main(argv)
