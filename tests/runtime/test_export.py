@@ -138,8 +138,8 @@ def test_export_rejects_bad_options(paper_decoder, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_dynamic_ranges_reject_out_of_range_inputs(tmp_path, standin_path) -> None:
-    res = export_onnx(standin_path, tmp_path / "small.onnx",
+def test_dynamic_ranges_reject_out_of_range_inputs(tmp_path, tiny_detector) -> None:
+    res = export_onnx(tiny_detector, tmp_path / "small.onnx",
                       ExportOptions(kind="detector", size=(64, 64), dynamic=True))
     ranges = res.manifest["export"]["dynamic_ranges"]["images"]
     assert ranges["2"][1] is not None  # traced small: the export is bounded
