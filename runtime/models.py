@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
-from nasfcos.modelfile import load_model_file
+from nasfcos.modelfile import load_model_file, model_code_guard
 
 ModelKind = Literal["decoder", "detector"]
 MODEL_KINDS: tuple[str, ...] = ("decoder", "detector")
@@ -195,24 +195,26 @@ def state_dict_hash(net: nn.Module) -> str:
 
 
 def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
-               weights: str | Path | None = None, **overrides: Any) -> LoadedModel:
+               weights: str | Path | None = None, sha256: str | None = None,
+               **overrides: Any) -> LoadedModel:
     """Import a compiled ``model.py`` and build the chosen module in eval mode.
 
     Weights: random, seeded with ``torch.manual_seed(seed)`` before construction (so the
     same seed rebuilds the same weights), or a ``state_dict`` file (``torch.save``) in
-    ``weights``, loaded strictly.  ``overrides`` go to the constructor.
+    ``weights``, loaded strictly.  ``overrides`` go to the constructor.  ``sha256``: the
+    file must hash to it before it is imported (a manifest's ``model_sha256``).
     """
     path = Path(path)
-    module = load_model_file(path)
+    module = load_model_file(path, sha256=sha256)
     kind = detect_kind(module, kind)
     torch.manual_seed(seed)
     try:
-        if kind == "detector":
-            inner = module.Detector(**overrides)
-        else:
-            inner = module.Decoder(**overrides)
-    except TypeError as exc:
-        raise NasfcosError(f"{path}: cannot build the {kind} ({exc})") from exc
+        with model_code_guard(path):
+            inner = module.Detector(**overrides) if kind == "detector" else module.Decoder(**overrides)
+    except NasfcosError as exc:
+        if not isinstance(exc.__cause__, TypeError):
+            raise
+        raise NasfcosError(f"{path}: cannot build the {kind} ({exc.__cause__})") from exc
     weights_path = Path(weights) if weights is not None else None
     if weights_path is not None:
         from nasfcos.fcos.evaluate import load_weights_file
