@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import jinja2
 
 from nasfcos.errors import NasfcosError
+from nasfcos.modelfile import module_from_source
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,10 +69,8 @@ def backbone_source() -> str:
 
 @functools.cache
 def _module() -> ModuleType:
-    module = ModuleType("nasfcos_backbones")
-    module.__file__ = str(TEMPLATES_DIR / "backbone.py.j2")
-    exec(compile(backbone_source(), module.__file__, "exec"), module.__dict__)  # our own template
-    return module
+    return module_from_source(backbone_source(), "nasfcos_backbones",
+                              filename=str(TEMPLATES_DIR / "backbone.py.j2"))  # our own template
 
 
 @functools.cache

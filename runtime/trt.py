@@ -21,6 +21,7 @@ Without the ``tensorrt`` package or without a CUDA GPU every entry point raises
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import tempfile
 import time
@@ -270,7 +271,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
         "format": "nasfcos-export/1",
         "artifact": {"file": engine_path.name, "type": "tensorrt", "sha256": sha256_bytes(data),
                      "bytes": len(data)},
-        "source": {"onnx": str(onnx_path), "onnx_sha256": sha256_file(onnx_path)},
+        "source": {"onnx": os.path.relpath(Path(onnx_path).resolve(), Path(engine_path).resolve().parent),
+                   "onnx_sha256": sha256_file(onnx_path)},
         "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io if is_in],
         "outputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io
                     if not is_in],

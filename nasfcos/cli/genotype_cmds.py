@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from nasfcos.errors import GenotypeError, NasfcosError
+from nasfcos.cli import args as A
+from nasfcos.errors import NasfcosError
 from nasfcos.genotypes import (
     PAPER_GENOTYPES,
     Genotype,
@@ -52,7 +53,7 @@ def validate_main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("files", nargs="+", help="genotype JSON files (or shipped names: {})".format(", ".join(PAPER_GENOTYPES)))
-    parser.add_argument("--json", action="store_true", help="print one JSON document with a result per file")
+    A.add_json(parser, "print one JSON document with a result per file on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     args = parser.parse_args(argv)
     results = []
@@ -60,7 +61,7 @@ def validate_main(argv: list[str]) -> int:
     for f in args.files:
         try:
             g = load_genotype_arg(f)
-        except GenotypeError as exc:
+        except NasfcosError as exc:
             bad += 1
             msg = str(exc)
             results.append({"file": f, "valid": False, "error": msg})
@@ -84,9 +85,9 @@ def draw_main(argv: list[str]) -> int:
         epilog="example:\n  nasfcos draw nas_fcos_fpn_head -o arch.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("genotype", help="genotype JSON file (or a shipped name)")
-    parser.add_argument("-o", "--output", default="arch.png", help="image file (.png, .svg or .pdf)")
-    parser.add_argument("--json", action="store_true", help="also print a JSON summary of the graph")
+    parser.add_argument("genotype", type=A.genotype_arg, help="genotype JSON file (or a shipped name)")
+    A.add_output(parser, "image file (.png, .svg or .pdf; default arch.png)", default="arch.png")
+    A.add_json(parser, "print a JSON summary of the graph on stdout")
     args = parser.parse_args(argv)
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):

@@ -36,7 +36,8 @@ def test_paper_decoder_export_and_parity(paper_decoder_onnx) -> None:
 def test_manifest_matches_file(paper_decoder_onnx, paper_decoder) -> None:
     man = load_manifest(paper_decoder_onnx)
     assert verify_manifest(paper_decoder_onnx) == []
-    assert man["source"]["model"] == str(paper_decoder)
+    assert not man["source"]["model"].startswith("/")  # relative to the manifest
+    assert (paper_decoder_onnx.parent / man["source"]["model"]).resolve() == paper_decoder.resolve()
     assert man["export"]["opset"] == 19 and man["export"]["dynamic"] is False
     assert man["genotype"]["hash"] and len(man["genotype"]["hash"]) == 64
     assert man["widths"]["fpn_channels"] == 8 and man["widths"]["num_classes"] == 3
