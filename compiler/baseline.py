@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from nasfcos.compiler.backbones import backbone_channels, template_environment
+from nasfcos.compiler.options import options_context
 from nasfcos.compiler.plan import GENERATOR_VERSION
 
 if TYPE_CHECKING:  # the compiler's options type; imported lazily so this module stands alone
@@ -60,6 +61,7 @@ def _context(options: CompileOptions) -> dict[str, Any]:
         "in_channels": [int(c) for c in in_channels],
         "detector": bool(options.detector),
         "backbone": str(options.backbone),
+        **options_context(options),
     }
 
 
