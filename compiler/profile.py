@@ -218,11 +218,12 @@ def profile_detector(
 class ProfileRequest:
     """What to profile.
 
-    ``model``: a compiled ``model.py``, a genotype ``.json``, a shipped genotype name
+    ``model``: a compiled ``model.py``, a genotype ``.json`` (or list-form JSON, or a release
+    config ``.yaml``), a shipped genotype name
     (``nas_fcos_fpn``, ``nas_fcos_fpn_head``) or ``fpn-fcos`` (the FPN-FCOS baseline).
     ``backbone=None``: a model file's compiled ``BACKBONE``, else resnet50.  Widths left
-    ``None`` keep the model file's compiled values; genotypes and the baseline default to 128
-    and 256.  ``head_channels=None`` means the FPN width (for a model file:
+    ``None`` keep the model file's compiled values; genotypes and the baseline default to 256.
+    ``head_channels=None`` means the FPN width (for a model file:
     its compiled head width).  ``size`` is (height, width) in pixels.
     """
 
@@ -248,8 +249,11 @@ class _Composite(nn.Module):
 
 
 def _is_genotype_spec(spec: str) -> bool:
+    """Whether ``spec`` names a genotype (a .json / release .yaml file or a shipped name)."""
     from nasfcos.genotypes import PAPER_GENOTYPES
 
+    if spec.lower().endswith((".json", ".yaml", ".yml")):
+        return True
     return spec.removesuffix(".json") in PAPER_GENOTYPES and not Path(spec).exists()
 
 
@@ -270,11 +274,11 @@ def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
                               head_channels=req.head_channels, num_classes=req.num_classes,
                               detector=True)
         return baseline_module(opts), "fpn-fcos", {}
-    if spec.endswith(".json") or _is_genotype_spec(spec):
+    if _is_genotype_spec(spec):
         from nasfcos.compiler import compile_to_module
-        from nasfcos.genotypes import load_genotype, load_paper_genotype
+        from nasfcos.genotypes import resolve_genotype
 
-        g = load_paper_genotype(spec.removesuffix(".json")) if _is_genotype_spec(spec) else load_genotype(spec)
+        g = resolve_genotype(spec)
         opts = CompileOptions(fpn_channels=req.fpn_channels or CompileOptions.fpn_channels,
                               head_channels=req.head_channels, num_classes=req.num_classes,
                               detector=True)
@@ -285,8 +289,8 @@ def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
         module = load_model_file(spec)
         label = str(getattr(module, "GENOTYPE_NAME", "") or Path(spec).stem)
         return module, label, widths
-    raise NasfcosError(f"{spec}: expected a model.py, a genotype .json, a shipped genotype name "
-                       "(nas_fcos_fpn, nas_fcos_fpn_head) or fpn-fcos")
+    raise NasfcosError(f"{spec}: expected a model.py, a genotype .json, a release config .yaml, a shipped "
+                       "genotype name (nas_fcos_fpn, nas_fcos_fpn_head) or fpn-fcos")
 
 
 def _resolved_widths(module: ModuleType, req: ProfileRequest) -> tuple[int, int]:
