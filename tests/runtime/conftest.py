@@ -81,3 +81,37 @@ def paper_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, paper_decoder: 
     out = tmp_path_factory.mktemp("paper_onnx") / "decoder.onnx"
     export_onnx(paper_decoder, out, ExportOptions(size=(128, 128)))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_detector: Path) -> Path:
+    """Static fp32 ONNX export of ``tiny_detector`` at 128x128 (export tests check it, the
+    precision tests lower it)."""
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("tiny_onnx") / "det.onnx"
+    export_onnx(tiny_detector, out, ExportOptions(size=(128, 128)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def deform_detector_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first sampled genotype with deformable convs, compiled as a tiny Detector; static
+    fp32 ONNX export at 96x128."""
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+
+    folder = tmp_path_factory.mktemp("deform_det")
+    model = _compile(folder / "model.py", deform_genotypes(1)[0], detector=True)
+    out = folder / "det.onnx"
+    export_onnx(model, out, ExportOptions(size=(96, 128)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic COCO folder (12 images, 96 px): calibration images."""
+    from nasfcos.fcos.synth import SynthConfig, write_synthetic
+
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic(out, SynthConfig(images=12, size=96, seed=0))
+    return out
