@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from nasfcos.errors import NasfcosError
+from nasfcos.modelfile import RawForward
 
 #: Paper's input size for FLOPs, (width, height).
 PAPER_SIZE: tuple[int, int] = (1088, 800)
@@ -151,24 +152,20 @@ def _param_split(detector: nn.Module) -> dict[str, int]:
     return counts
 
 
-class _RawForward(nn.Module):
-    """Calls ``detector.forward_raw`` through ``__call__``, so FlopCounterMode's module
-    tracker names every submodule by its path: ``_RawForward.detector.decoder.<child>``."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor) -> Any:
-        return self.detector.forward_raw(images)
+def count_macs(fn: Any, *inputs: torch.Tensor) -> int:
+    """Multiply-adds of one call ``fn(*inputs)`` (any device, ``meta`` is fastest): the
+    convolutions, matrix products and deformable convolutions FlopCounterMode counts."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*inputs)
+    return int(counter.get_total_flops()) // 2
 
 
 def _mac_split(detector: nn.Module, width: int, height: int, device: torch.device) -> dict[str, int]:
     images = torch.zeros(1, 3, height, width, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        _RawForward(detector)(images)
+        RawForward(detector)(images)
     totals = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    root = f"{_RawForward.__name__}.detector"
+    root = f"{RawForward.__name__}.detector"
     counts = dict.fromkeys(COMPONENTS, 0)
     counts["backbone"] = totals.get(f"{root}.backbone", 0)
     # a module's count includes its submodules'; containers that are never called themselves
@@ -385,6 +382,6 @@ def mparams(profile: Profile) -> float:
 
 __all__ = [
     "COMPONENTS", "FPN_PREFIXES", "HEAD_PREFIXES", "PAPER_SIZE", "Profile", "component_of",
-    "deform_conv2d_flop", "format_table", "gmacs", "mparams", "profile_detector",
+    "count_macs", "deform_conv2d_flop", "format_table", "gmacs", "mparams", "profile_detector",
     "register_deform_conv_flops",
 ]

@@ -7,6 +7,9 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
 
@@ -38,3 +41,17 @@ def load_model_file(path: str | Path) -> ModuleType:
         if not hasattr(module, attr):
             raise NasfcosError(f"{path}: not a nasfcos model file (no '{attr}')")
     return module
+
+
+class RawForward(nn.Module):
+    """A Detector's training path as a module: ``forward(images) = detector.forward_raw(images)``
+    (backbone + decoder, no post-processing).  Used where the call must go through
+    ``nn.Module.__call__``: DDP's gradient hooks, FlopCounterMode's module names, meta-device
+    FLOP counts."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: Tensor) -> Any:
+        return self.detector.forward_raw(images)

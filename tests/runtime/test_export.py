@@ -79,6 +79,7 @@ def test_dynamic_decoder_two_sizes(paper_decoder, tmp_path) -> None:
     assert {tuple(s) for s in report.sizes} == {(128, 128), (96, 160)}
 
 
+@pytest.mark.slow
 def test_detector_static_and_dynamic(tiny_detector, tmp_path) -> None:
     static = export_onnx(tiny_detector, tmp_path / "det.onnx", ExportOptions(size=(128, 128)))
     assert [o["name"] for o in static.manifest["outputs"]] == list(DETECTOR_OUTPUTS)
@@ -136,8 +137,9 @@ def test_export_rejects_bad_options(paper_decoder, tmp_path) -> None:
         export_onnx(tmp_path / "missing.py", tmp_path / "a.onnx", ExportOptions())
 
 
-def test_dynamic_ranges_reject_out_of_range_inputs(tmp_path, standin_path) -> None:
-    res = export_onnx(standin_path, tmp_path / "small.onnx",
+@pytest.mark.slow
+def test_dynamic_ranges_reject_out_of_range_inputs(tmp_path, tiny_detector) -> None:
+    res = export_onnx(tiny_detector, tmp_path / "small.onnx",
                       ExportOptions(kind="detector", size=(64, 64), dynamic=True))
     ranges = res.manifest["export"]["dynamic_ranges"]["images"]
     assert ranges["2"][1] is not None  # traced small: the export is bounded
