@@ -261,6 +261,9 @@ def latency_table_main(argv: list[str]) -> int:
     p.add_argument("--device", default=None, help="cpu (default; tensorrt: cuda)")
     p.add_argument("--runs", type=int, default=30, metavar="N", help="timed runs per unit (default 30)")
     p.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up runs per unit (default 5)")
+    p.add_argument("--statistic", choices=("median", "min"), default="median",
+                   help="per-unit summary of the runs: median (quiet machine, default) or min "
+                        "(a shared machine: the uncontended time)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     a = p.parse_args(argv)
@@ -279,7 +282,7 @@ def latency_table_main(argv: list[str]) -> int:
     spec = TableSpec(backend=a.backend, size=parse_size(a.size), fpn_channels=a.fpn_channels,
                      head_channels=a.head_channels, num_classes=a.num_classes, backbone=a.backbone,
                      threads=a.threads, device=device).validate()
-    table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet)
+    table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.save(out)
     if a.json:
