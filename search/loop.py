@@ -49,12 +49,21 @@ from nasfcos.search.archive import (
 from nasfcos.search.controller import Controller, ControllerConfig, torch_threads
 from nasfcos.search.evaluators import Evaluator, ToyEvaluator
 from nasfcos.search.executors import Executor, Task, TaskResult, make_executor
+from nasfcos.search.latency import (
+    DEFAULT_LATENCY_WEIGHT,
+    LatencyTable,
+    latency_reward,
+    load_table,
+    pareto_front,
+    predict_ms,
+)
 from nasfcos.search.ppo import PPO, PPOConfig
 
 PRESETS: tuple[str, ...] = ("toy", "tiny", "paper")
 SUMMARY_NAME = "summary.json"
 TOP_DIR = "top"
 PLOT_NAME = "search.png"
+PARETO_PLOT = "pareto.png"
 BEST_DRAWING = "best.png"
 #: Feature cache of a proxy search that names none (``--cache``): built inside the search folder.
 CACHE_DIR = "cache"
@@ -86,6 +95,10 @@ class SearchConfig:
     cache: str | None = None  # feature cache folder (proxy presets; None: OUT/cache, built on first use)
     toy_noise: float = 0.0  # toy preset: reward noise (std), drawn from the evaluation seed
     toy_delay: float = 0.0  # toy preset: seconds each evaluation pretends to take
+    latency_table: str | None = None  # per-unit latency table (nasfcos search latency-table)
+    latency_target: float | None = None  # ms; folds predicted latency into the reward (needs a table)
+    latency_weight: float = DEFAULT_LATENCY_WEIGHT  # w of reward - w * log(latency / target)
+    latency_spec: dict[str, Any] | None = None  # what the table was measured for (set at the start)
 
     @property
     def steps(self) -> int:
@@ -121,10 +134,17 @@ class SearchConfig:
             raise NasfcosError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.retries < 0:
             raise NasfcosError(f"retries must be >= 0, got {self.retries}")
-        for name in ("toy_noise", "toy_delay"):
+        for name in ("toy_noise", "toy_delay", "latency_weight"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+        t = self.latency_target
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+                raise NasfcosError(f"--latency-target must be a positive number of milliseconds, got {t}")
+            if self.latency_table is None:
+                raise NasfcosError("--latency-target needs --latency-table FILE "
+                                   "(build one with 'nasfcos search latency-table')")
 
 
 def eval_seed(seed: int, step: int, index: int) -> int:
@@ -169,8 +189,20 @@ class Search:
                  evaluator: Evaluator | None = None, executor: Executor | None = None,
                  executor_kind: str = "local", workers: int | None = None, address: str | None = None,
                  top_k: int = 5, progress: bool = True, plot_every_s: float | None = 60.0,
-                 on_step: Callable[[StepLog], None] | None = None) -> None:
+                 on_step: Callable[[StepLog], None] | None = None,
+                 latency_check: dict[str, Any] | None = None) -> None:
         cfg.validate()
+        self.latency: LatencyTable | None = None
+        if cfg.latency_table is not None:
+            self.latency = load_table(cfg.latency_table)
+            self.latency.check_for(**(latency_check or {}), where=f"latency table {cfg.latency_table}")
+            have = self.latency.spec.key()
+            if cfg.latency_spec is None:
+                cfg = dataclasses.replace(cfg, latency_spec=have)
+            elif cfg.latency_spec != have:
+                diff = next(k for k in have if have[k] != cfg.latency_spec.get(k))
+                raise NasfcosError(f"latency table {cfg.latency_table} was measured for {diff} "
+                                   f"{have[diff]}, this search for {cfg.latency_spec.get(diff)}")
         self.out = Path(out)
         self.resume = resume
         self.top_k = top_k
@@ -434,7 +466,13 @@ class Search:
             extra = dict(r.get("extra") or {})
             extra.update({k: v for k, v in r.items() if k not in _RESULT_FIELDS
                           and (v is None or isinstance(v, (int, float, str, bool)))})
-            return self._row(step, i, g, h, choices, log_prob, status="ok", reward=float(r["reward"]),
+            reward = float(r["reward"])
+            if self.latency is not None:
+                lat = predict_ms(g, self.latency)
+                extra.update(latency_ms=round(lat, 5), proxy_reward=reward)
+                if self.cfg.latency_target is not None:
+                    reward = latency_reward(reward, lat, self.cfg.latency_target, self.cfg.latency_weight)
+            return self._row(step, i, g, h, choices, log_prob, status="ok", reward=reward,
                              losses={k: None if v is None else float(v)
                                      for k, v in dict(r.get("losses") or {}).items()},
                              time_s=float(r.get("time_s") or res.wall_s), params=r.get("params"),
@@ -468,6 +506,15 @@ class Search:
                 summary["plot"] = str(self.out / PLOT_NAME)
             except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
                 print(f"nasfcos search: warning: could not plot ({exc})", file=sys.stderr)
+            if "pareto" in summary:
+                from nasfcos.search.plots import plot_pareto
+
+                try:
+                    plot_pareto(pareto_points(rows), summary["pareto"]["front"], self.out / PARETO_PLOT,
+                                target_ms=self.cfg.latency_target)
+                    summary["pareto"]["plot"] = str(self.out / PARETO_PLOT)
+                except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
+                    print(f"nasfcos search: warning: could not plot the Pareto front ({exc})", file=sys.stderr)
             if top and top[0]["hash"] != self._best_drawn:
                 drawn = draw_best(top[0], self.out / BEST_DRAWING)
                 if drawn is not None:
@@ -531,6 +578,20 @@ def draw_best(row: dict[str, Any], path: Path) -> Path | None:
         return None
 
 
+def pareto_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per distinct evaluated genotype that has a predicted latency: hash, step,
+    index, proxy reward, predicted latency (ms) and the search's reward."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: (int(r["step"]), int(r["index"]))):
+        extra = r.get("extra") or {}
+        if r.get("status") != "ok" or "latency_ms" not in extra or r["hash"] in seen:
+            continue
+        seen[r["hash"]] = {"hash": r["hash"], "step": r["step"], "index": r["index"],
+                           "proxy_reward": float(extra.get("proxy_reward", r["reward"])),
+                           "latency_ms": float(extra["latency_ms"]), "reward": float(r["reward"])}
+    return list(seen.values())
+
+
 def summarize(rows: list[dict[str, Any]], cfg: SearchConfig | None = None, *, wall_s: float | None = None,
               session_s: float | None = None, session_evals: int | None = None,
               out: Path | None = None) -> dict[str, Any]:
@@ -552,6 +613,11 @@ def summarize(rows: list[dict[str, Any]], cfg: SearchConfig | None = None, *, wa
         b = best[0]
         d["best"] = {"reward": b["reward"], "hash": b["hash"], "step": b["step"], "index": b["index"],
                      "losses": b.get("losses", {})}
+    points = pareto_points(rows)
+    if points:
+        d["pareto"] = {"axes": ["proxy_reward (higher is better)", "latency_ms (predicted, lower is better)"],
+                       "points": len(points), "front": pareto_front(points),
+                       "target_ms": cfg.latency_target if cfg is not None else None}
     if cfg is not None:
         d["config"] = cfg.to_dict()
     if wall_s is not None:
