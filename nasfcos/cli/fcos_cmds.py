@@ -18,7 +18,7 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _parser(verb: str, description: str, example: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"nasfcos {verb}", description=description,
+    return A.Parser(prog=f"nasfcos {verb}", description=description,
                                    epilog=f"example:\n  {example}", formatter_class=_FMT)
 
 

@@ -37,7 +37,7 @@ def _widths(text: str) -> tuple[int, int | None]:
 def _parser() -> argparse.ArgumentParser:
     from nasfcos.compiler.backbones import BACKBONE_NAMES
 
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos profile",
         description="Parameters (total, backbone, FPN, head) and FLOPs (multiply-adds) of detectors.",
         epilog=EPILOG,

@@ -47,7 +47,7 @@ def _say(args: argparse.Namespace, *parts: Any) -> None:
 
 def export_main(argv: list[str]) -> int:
     """``nasfcos export``: model.py -> ONNX (+ manifest), optionally -> TensorRT engine."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos export", formatter_class=_FMT,
         description="Export a compiled model.py to ONNX (dynamo exporter, opset >= 19: deformable "
                     "convs become DeformConv), check the graph, simplify it with onnxslim and "
@@ -155,7 +155,7 @@ def export_main(argv: list[str]) -> int:
 
 def check_main(argv: list[str]) -> int:
     """``nasfcos check``: ONNX Runtime / TensorRT vs PyTorch on the same seeded inputs."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos check", formatter_class=_FMT,
         description="Run an exported model and its PyTorch source on the same seeded inputs and "
                     "report, per output, the max abs error and the max error relative to the "
@@ -218,7 +218,7 @@ def check_main(argv: list[str]) -> int:
 
 def bench_main(argv: list[str]) -> int:
     """``nasfcos bench``: latency across backends and sizes -> report.json/.md/.png."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos bench", formatter_class=_FMT,
         description="Latency benchmark: the same seeded inputs for every backend, warm-up "
                     "excluded, per-run wall clock (perf_counter_ns on CPU, CUDA events on GPU); "

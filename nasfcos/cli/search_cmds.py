@@ -42,7 +42,7 @@ writes best/rank01-HASH.json ... (the K best distinct genotypes, reward and prov
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos search",
         description="Search FCOS decoders (FPN + head) with an LSTM controller trained by PPO.",
         epilog=SEARCH_EPILOG,
@@ -145,7 +145,7 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos search top",
         description="Export the K best distinct genotypes of a search as genotype JSON files.",
         epilog=TOP_EPILOG,

@@ -9,6 +9,7 @@ import pytest
 
 from nasfcos.cli.main import main as cli_main
 from nasfcos.cli.profile_cmd import main
+from nasfcos.errors import NasfcosError
 
 
 def test_json_output_has_one_row_per_model_backbone_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,7 +43,7 @@ def test_bad_input_exits_with_a_one_line_message(capsys: pytest.CaptureFixture[s
     assert cli_main(["profile", "no_such_model.py", "--backbone", "tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nasfcos profile: error:") and "\n" not in err
-    with pytest.raises(SystemExit):
+    with pytest.raises(NasfcosError, match="--size"):
         main(["fpn-fcos", "--size", "big"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(NasfcosError, match="--backbone"):
         main(["fpn-fcos", "--backbone", "vgg16"])

@@ -71,13 +71,16 @@ def test_random_genotypes_with_deform_convs(tmp_path, index, compile_tiny,
 
 
 def test_dynamic_decoder_two_sizes(paper_decoder, tmp_path) -> None:
-    res = export_onnx(paper_decoder, tmp_path / "dyn.onnx",
-                      ExportOptions(size=(128, 128), dynamic=True))
+    with pytest.warns(UserWarning, match="traced at 192x192"):  # issue 16: <= 128 px
+        res = export_onnx(paper_decoder, tmp_path / "dyn.onnx",
+                          ExportOptions(size=(128, 128), dynamic=True))
     shape = res.manifest["inputs"][0]["shape"]
     assert isinstance(shape[0], str) and isinstance(shape[2], str)  # batch and height symbolic
-    report = check_artifact(res.onnx_path, sizes=[(128, 128), (96, 160)], batch=1)
+    ranges = res.manifest["export"]["dynamic_ranges"]["c2"]
+    assert ranges["2"][1] is None and ranges["3"][1] is None  # no upper bound on H, W
+    report = check_artifact(res.onnx_path, sizes=[(128, 128), (96, 160), (256, 256)], batch=1)
     assert report.ok, report.table()
-    assert {tuple(s) for s in report.sizes} == {(128, 128), (96, 160)}
+    assert {tuple(s) for s in report.sizes} == {(128, 128), (96, 160), (256, 256)}
 
 
 def test_detector_static_and_dynamic(tiny_detector, tmp_path) -> None:
