@@ -141,10 +141,14 @@ def test_export_rejects_bad_options(paper_decoder, tmp_path) -> None:
 
 
 def test_dynamic_ranges_reject_out_of_range_inputs(tmp_path, standin_path) -> None:
-    res = export_onnx(standin_path, tmp_path / "small.onnx",
-                      ExportOptions(kind="detector", size=(64, 64), dynamic=True))
+    with pytest.warns(UserWarning, match="traced at 192x192"):
+        res = export_onnx(standin_path, tmp_path / "small.onnx",
+                          ExportOptions(kind="detector", size=(64, 64), dynamic=True))
     ranges = res.manifest["export"]["dynamic_ranges"]["images"]
-    assert ranges["2"][1] is not None  # traced small: the export is bounded
+    assert ranges["2"][1] is None  # a small size no longer bounds the export (issue 16)
+    man = json.loads(res.manifest_path.read_text())
+    man["export"]["dynamic_ranges"]["images"]["2"] = [0, 128]  # a bounded export
+    res.manifest_path.write_text(json.dumps(man))
     with pytest.raises(NasfcosError, match="outside the range"):
         check_artifact(res.onnx_path, sizes=[(256, 256)])
     json.dumps(res.manifest)  # manifest is plain JSON

@@ -20,7 +20,7 @@ from nasfcos.runtime.export import manifest_path_for
 def _copy(onnx_path: Path, model: Path, where: Path) -> Path:
     """The artifact, its manifest (model named relative to it) and the model in ``where``."""
     where.mkdir(parents=True, exist_ok=True)
-    dst = where / "m.onnx"
+    dst = where / onnx_path.name
     shutil.copy(onnx_path, dst)
     shutil.copy(model, where / "model.py")
     man = json.loads(manifest_path_for(onnx_path).read_text())
