@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="toy preset: reward noise drawn from the evaluation seed (default 0)")
     p.add_argument("--toy-delay", type=A.non_negative_float, default=None, metavar="S",
                    help="toy preset: seconds each evaluation pretends to take (default 0)")
+    A.add_json(p, "print the summary as JSON on stdout")
     A.add_quiet(p)
     return p
 
@@ -128,6 +129,9 @@ def search_main(argv: list[str]) -> int:
     search = Search(args.out, cfg, resume=args.resume, executor_kind=args.executor, workers=workers,
                     address=args.address, top_k=args.top_k, progress=not args.quiet)
     summary = search.run()
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        return 0
     _print_summary(summary, Path(args.out))
     return 0
 
