@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from nasfcos.compiler.backbones import backbone_channels, template_environment
+from nasfcos.compiler.options import options_context
 from nasfcos.compiler.plan import GENERATOR_VERSION
 from nasfcos.modelfile import module_from_source
 
@@ -59,6 +60,7 @@ def _context(options: CompileOptions) -> dict[str, Any]:
         "in_channels": [int(c) for c in in_channels],
         "detector": bool(options.detector),
         "backbone": str(options.backbone),
+        **options_context(options),
     }
 
 

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from nasfcos.errors import NasfcosError
+from nasfcos.modelfile import RawForward
 
 #: Paper's input size for FLOPs, (height, width) like every size in nasfcos.
 PAPER_SIZE: tuple[int, int] = (800, 1088)
@@ -151,24 +152,20 @@ def _param_split(detector: nn.Module) -> dict[str, int]:
     return counts
 
 
-class _RawForward(nn.Module):
-    """Calls ``detector.forward_raw`` through ``__call__``, so FlopCounterMode's module
-    tracker names every submodule by its path: ``_RawForward.detector.decoder.<child>``."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor) -> Any:
-        return self.detector.forward_raw(images)
+def count_macs(fn: Any, *inputs: torch.Tensor) -> int:
+    """Multiply-adds of one call ``fn(*inputs)`` (any device, ``meta`` is fastest): the
+    convolutions, matrix products and deformable convolutions FlopCounterMode counts."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*inputs)
+    return int(counter.get_total_flops()) // 2
 
 
 def _mac_split(detector: nn.Module, width: int, height: int, device: torch.device) -> dict[str, int]:
     images = torch.zeros(1, 3, height, width, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        _RawForward(detector)(images)
+        RawForward(detector)(images)
     totals = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    root = f"{_RawForward.__name__}.detector"
+    root = f"{RawForward.__name__}.detector"
     counts = dict.fromkeys(COMPONENTS, 0)
     counts["backbone"] = totals.get(f"{root}.backbone", 0)
     # a module's count includes its submodules'; containers that are never called themselves
@@ -221,11 +218,12 @@ def profile_detector(
 class ProfileRequest:
     """What to profile.
 
-    ``model``: a compiled ``model.py``, a genotype ``.json``, a shipped genotype name
+    ``model``: a compiled ``model.py``, a genotype ``.json`` (or list-form JSON, or a release
+    config ``.yaml``), a shipped genotype name
     (``nas_fcos_fpn``, ``nas_fcos_fpn_head``) or ``fpn-fcos`` (the FPN-FCOS baseline).
     ``backbone=None``: a model file's compiled ``BACKBONE``, else resnet50.  Widths left
-    ``None`` keep the model file's compiled values; genotypes and the baseline default to 128
-    and 256.  ``head_channels=None`` means the FPN width (for a model file:
+    ``None`` keep the model file's compiled values; genotypes and the baseline default to 256.
+    ``head_channels=None`` means the FPN width (for a model file:
     its compiled head width).  ``size`` is (height, width) in pixels.
     """
 
@@ -251,8 +249,11 @@ class _Composite(nn.Module):
 
 
 def _is_genotype_spec(spec: str) -> bool:
+    """Whether ``spec`` names a genotype (a .json / release .yaml file or a shipped name)."""
     from nasfcos.genotypes import PAPER_GENOTYPES
 
+    if spec.lower().endswith((".json", ".yaml", ".yml")):
+        return True
     return spec.removesuffix(".json") in PAPER_GENOTYPES and not Path(spec).exists()
 
 
@@ -273,11 +274,11 @@ def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
                               head_channels=req.head_channels, num_classes=req.num_classes,
                               detector=True)
         return baseline_module(opts), "fpn-fcos", {}
-    if spec.endswith(".json") or _is_genotype_spec(spec):
+    if _is_genotype_spec(spec):
         from nasfcos.compiler import compile_to_module
-        from nasfcos.genotypes import load_genotype, load_paper_genotype
+        from nasfcos.genotypes import resolve_genotype
 
-        g = load_paper_genotype(spec.removesuffix(".json")) if _is_genotype_spec(spec) else load_genotype(spec)
+        g = resolve_genotype(spec)
         opts = CompileOptions(fpn_channels=req.fpn_channels or CompileOptions.fpn_channels,
                               head_channels=req.head_channels, num_classes=req.num_classes,
                               detector=True)
@@ -288,8 +289,8 @@ def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
         module = load_model_file(spec)
         label = str(getattr(module, "GENOTYPE_NAME", "") or Path(spec).stem)
         return module, label, widths
-    raise NasfcosError(f"{spec}: expected a model.py, a genotype .json, a shipped genotype name "
-                       "(nas_fcos_fpn, nas_fcos_fpn_head) or fpn-fcos")
+    raise NasfcosError(f"{spec}: expected a model.py, a genotype .json, a release config .yaml, a shipped "
+                       "genotype name (nas_fcos_fpn, nas_fcos_fpn_head) or fpn-fcos")
 
 
 def _resolved_widths(module: ModuleType, req: ProfileRequest) -> tuple[int, int]:
@@ -385,6 +386,6 @@ def mparams(profile: Profile) -> float:
 
 __all__ = [
     "COMPONENTS", "FPN_PREFIXES", "HEAD_PREFIXES", "PAPER_SIZE", "Profile", "component_of",
-    "deform_conv2d_flop", "format_table", "gmacs", "mparams", "profile_detector",
+    "count_macs", "deform_conv2d_flop", "format_table", "gmacs", "mparams", "profile_detector",
     "register_deform_conv_flops",
 ]

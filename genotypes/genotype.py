@@ -366,6 +366,18 @@ def _reject_constant(name: str) -> Any:
 
 def loads_genotype(data: str | bytes, *, source: str = "<string>") -> Genotype:
     """Parse genotype JSON text (bytes must be UTF-8). Raises :class:`GenotypeError`."""
+    doc = decode_json(data, source=source)
+    try:
+        return parse_genotype(doc)
+    except GenotypeError as exc:
+        raise GenotypeError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise GenotypeError(f"{source}: JSON nested too deeply") from None
+
+
+def decode_json(data: str | bytes, *, source: str = "<string>") -> Any:
+    """Strict JSON text (UTF-8, size-limited, no duplicate keys or NaN) -> its value.
+    Raises :class:`GenotypeError` naming ``source``."""
     if isinstance(data, bytes):
         if len(data) > MAX_FILE_BYTES:
             raise GenotypeError(f"{source}: file is {len(data)} bytes, over the {MAX_FILE_BYTES}-byte limit")
@@ -389,12 +401,7 @@ def loads_genotype(data: str | bytes, *, source: str = "<string>") -> Genotype:
         raise GenotypeError(f"{source}: JSON nested too deeply") from None
     except ValueError as exc:  # e.g. integers with too many digits
         raise GenotypeError(f"{source}: not valid JSON ({exc})") from None
-    try:
-        return parse_genotype(doc)
-    except GenotypeError as exc:
-        raise GenotypeError(f"{source}: {exc}") from None
-    except RecursionError:
-        raise GenotypeError(f"{source}: JSON nested too deeply") from None
+    return doc
 
 
 def load_genotype(path: str | os.PathLike[str]) -> Genotype:
@@ -412,9 +419,21 @@ def load_genotype(path: str | os.PathLike[str]) -> Genotype:
         raise GenotypeError(f"{p}: not a regular file (FIFO, socket or device)")
     if size > MAX_FILE_BYTES:
         raise GenotypeError(f"{p}: file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
+    return loads_genotype(read_limited(p), source=str(p))
+
+
+def read_limited(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a small text file (at most ``MAX_FILE_BYTES``). Raises :class:`GenotypeError`."""
+    p = Path(path)
     try:
+        if p.is_dir():
+            raise GenotypeError(f"{p}: is a directory, not a genotype file")
         with open(p, "rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise GenotypeError(f"{p}: no such file") from None
     except OSError as exc:
         raise GenotypeError(f"{p}: cannot read ({exc.strerror})") from None
-    return loads_genotype(data, source=str(p))
+    if len(data) > MAX_FILE_BYTES:
+        raise GenotypeError(f"{p}: file is over the {MAX_FILE_BYTES}-byte limit")
+    return data

@@ -23,6 +23,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import CodeType, ModuleType
+from typing import Any
+
+from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
 from nasfcos.io import regular_file
@@ -113,4 +116,18 @@ def load_model_file(path: str | Path, *, sha256: str | None = None) -> ModuleTyp
     return module
 
 
-__all__ = ["load_model_file", "model_code_guard", "module_from_source"]
+class RawForward(nn.Module):
+    """A Detector's training path as a module: ``forward(images) = detector.forward_raw(images)``
+    (backbone + decoder, no post-processing).  Used where the call must go through
+    ``nn.Module.__call__``: DDP's gradient hooks, FlopCounterMode's module names, meta-device
+    FLOP counts."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: Tensor) -> Any:
+        return self.detector.forward_raw(images)
+
+
+__all__ = ["RawForward", "load_model_file", "model_code_guard", "module_from_source"]

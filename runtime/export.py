@@ -27,6 +27,7 @@ import torch
 from nasfcos.errors import NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from nasfcos.runtime.models import LoadedModel, load_model
+from nasfcos.runtime.precision import PrecisionOptions, calibration_files, lower_precision
 
 #: ONNX opset: 19 is the first with ``DeformConv``.
 MIN_OPSET = 19
@@ -51,6 +52,8 @@ class ExportOptions:
     simplify: bool = True
     seed: int = 0
     weights: Path | None = None
+    #: Reduced precision built into the graph (:mod:`nasfcos.runtime.precision`).
+    precision: PrecisionOptions | None = None
 
 
 @dataclass
@@ -242,6 +245,10 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
     out = Path(out)
     if out.suffix != ".onnx":
         raise NasfcosError(f"{out}: the output file must end in .onnx")
+    prec = opts.precision or PrecisionOptions()
+    prec.validate()
+    if prec.precision == "int8":
+        calibration_files(prec)  # bad calibration input fails before any work
     steps = ["load", "export", "simplify", "check", "write"]
     bar = None
     if progress:  # a bar on a TTY, a line per step otherwise
@@ -258,6 +265,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
     lm = model if isinstance(model, LoadedModel) else load_model(
         model, opts.kind, seed=opts.seed, weights=opts.weights)
     seconds["load"] = time.perf_counter() - t0
+    prec.validate(lm.input_names)
     step("load")
     batch = opts.batch
     if opts.dynamic and batch == 1:
@@ -326,6 +334,10 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
     step("simplify")
     t0 = time.perf_counter()
     check_onnx(proto)
+    precision_record: dict[str, Any] = {"precision": "fp32"}
+    if prec.precision != "fp32":
+        proto, precision_record = lower_precision(proto, prec, size, batch)
+        check_onnx(proto)
     seconds["check"] = time.perf_counter() - t0
     step("check")
     classes = _classes(lm)
@@ -351,6 +363,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                    "weights_sha256": sha256_file(lm.weights) if lm.weights else None,
                    "state_dict_sha256": lm.info["state_dict_sha256"]},
         "genotype": {"name": lm.info["genotype_name"], "hash": lm.info["genotype_hash"]},
+        "precision": precision_record,
         "widths": {k: lm.info[k] for k in ("fpn_channels", "head_channels", "num_classes",
                                            "in_channels", "backbone")},
         "classes": classes,

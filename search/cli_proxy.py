@@ -83,14 +83,9 @@ def cache_main(argv: list[str]) -> int:
 
 
 def _load_genotype_arg(text: str) -> Any:
-    from nasfcos.genotypes import PAPER_GENOTYPES, load_genotype, load_paper_genotype
+    from nasfcos.genotypes import resolve_genotype
 
-    path = Path(text)
-    if path.is_file():
-        return load_genotype(path)
-    if text.removesuffix(".json") in PAPER_GENOTYPES:
-        return load_paper_genotype(text)
-    raise NasfcosError(f"{text}: no such genotype file (or shipped name: {', '.join(PAPER_GENOTYPES)})")
+    return resolve_genotype(text)
 
 
 def _seeds(text: str) -> list[int]:

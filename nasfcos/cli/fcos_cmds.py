@@ -192,13 +192,9 @@ def train_main(argv: list[str]) -> int:
 
 def eval_main(argv: list[str]) -> int:
     """``nasfcos eval model.py|model.onnx|model.engine --data DIR [-o metrics.json]``."""
-    from nasfcos.fcos.evaluate import (
-        METRIC_NAMES,
-        EvalConfig,
-        evaluate,
-        load_weights_file,
-        make_runner,
-    )
+    from nasfcos.fcos.evaluate import METRIC_NAMES, EvalConfig, evaluate
+    from nasfcos.runtime.runners import make_runner
+    from nasfcos.weights import load_weights_file
 
     parser = _parser(
         "eval",
@@ -233,8 +229,15 @@ def eval_main(argv: list[str]) -> int:
             warnings.warn("no --weights: evaluating an untrained model", stacklevel=1)
         else:
             ckpt = load_weights_file(args.weights)
-    runner = make_runner(path, args.backend, args.device, weights=args.weights,
-                         num_classes=args.num_classes)
+    opts: dict[str, Any] = {}
+    if path.suffix == ".py":
+        opts = {"kind": "detector", "weights": args.weights}
+        if args.num_classes is not None:
+            opts["overrides"] = {"num_classes": args.num_classes}
+    runner = make_runner(path, args.backend, args.device, **opts)
+    if runner.kind != "detector":
+        raise NasfcosError(f"{path}: not a detector (inputs {', '.join(runner.input_names)}); "
+                           "eval needs one: compile and export with --detector")
     cfg = EvalConfig(min_size=args.min_size, max_size=args.max_size, batch_size=args.batch,
                      input_size=args.input_size)
     metrics = evaluate(runner, data=args.data, split=args.split, ann=args.ann, images=args.images,

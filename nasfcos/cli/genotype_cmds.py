@@ -13,22 +13,13 @@ from nasfcos.genotypes import (
     PAPER_GENOTYPES,
     Genotype,
     fpn_graph,
-    load_genotype,
-    paper_genotype_path,
+    resolve_genotype,
 )
 
 
-def resolve_genotype_arg(arg: str) -> Path:
-    """A genotype argument is a path, or the name of a shipped genotype (``nas_fcos_fpn_head``)."""
-    p = Path(arg)
-    if not p.exists() and arg.removesuffix(".json") in PAPER_GENOTYPES:
-        return paper_genotype_path(arg)
-    return p
-
-
 def load_genotype_arg(arg: str) -> Genotype:
-    """Load a genotype given as a path or a shipped name."""
-    return load_genotype(resolve_genotype_arg(arg))
+    """Load a genotype argument (:func:`nasfcos.genotypes.resolve_genotype`)."""
+    return resolve_genotype(arg)
 
 
 def _summary(g: Genotype) -> dict[str, object]:
@@ -52,7 +43,7 @@ def validate_main(argv: list[str]) -> int:
         epilog="example:\n  nasfcos validate genotypes/nas_fcos_fpn_head.json my_search/top/*.json --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("files", nargs="+", help="genotype JSON files (or shipped names: {})".format(", ".join(PAPER_GENOTYPES)))
+    parser.add_argument("files", nargs="+", help="genotype files (JSON, list-form JSON, release config .yaml) or shipped names: {}".format(", ".join(PAPER_GENOTYPES)))
     A.add_json(parser, "print one JSON document with a result per file on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     args = parser.parse_args(argv)
@@ -66,7 +57,7 @@ def validate_main(argv: list[str]) -> int:
             msg = str(exc)
             results.append({"file": f, "valid": False, "error": msg})
             if not args.json:
-                print(f"{f}: invalid: {msg.removeprefix(str(resolve_genotype_arg(f)) + ': ')}", file=sys.stderr)
+                print(f"{f}: invalid: {msg.removeprefix(f + ': ')}", file=sys.stderr)
             continue
         info = _summary(g)
         results.append({"file": f, "valid": True, **info})

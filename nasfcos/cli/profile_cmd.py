@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"backbone(s): {', '.join(BACKBONE_NAMES)} "
                         "(default: a model file's compiled backbone, else resnet50)")
     p.add_argument("--fpn-channels", type=A.width, default=None,
-                   help="FPN width (default: the model file's; 128 for genotypes, 256 for fpn-fcos)")
+                   help="FPN width (default: the model file's; 256 for genotypes and fpn-fcos)")
     p.add_argument("--head-channels", type=A.width, default=None, help="head width (default: the FPN width)")
     p.add_argument("--widths", nargs="+", type=_widths, default=None, metavar="F[-H]",
                    help="several widths at once, e.g. 128 128-256 256 (overrides --fpn/--head-channels)")

@@ -26,6 +26,47 @@ def _kind_flags(p: argparse.ArgumentParser) -> None:
 _positive_int = A.positive_int
 
 
+def _precision_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("precision (built into the ONNX file; see the README)")
+    g.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
+                   help="fp32 (default), fp16 (float16 with float32 I/O) or int8 (Q/DQ)")
+    g.add_argument("--calib", metavar="DIR", help="int8: folder of calibration images")
+    g.add_argument("--data", metavar="DIR", help="int8: COCO data folder to calibrate on")
+    g.add_argument("--calib-images", type=A.positive_int, default=32, metavar="N",
+                   help="int8: calibration images (default 32)")
+    g.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
+                   default="minmax", help="int8: range estimator (default minmax)")
+    g.add_argument("--int8-target", choices=["tensorrt", "cpu"], default="tensorrt",
+                   help="int8: tensorrt (symmetric, per-channel) or cpu (U8S8 for ONNX "
+                        "Runtime on x86; TensorRT cannot build it)")
+
+
+def _precision_options(args: argparse.Namespace) -> Any:
+    """PrecisionOptions from the flags, the legacy --fp16/--int8-calib mapped onto them."""
+    from nasfcos.runtime.precision import PrecisionOptions
+
+    precision, calib = args.precision, args.calib
+    if args.fp16 and args.int8_calib:
+        raise NasfcosError("give one of --fp16 and --int8-calib")
+    legacy = "fp16" if args.fp16 else "int8" if args.int8_calib else None
+    if legacy and precision not in (None, legacy):
+        raise NasfcosError(f"--precision {precision} contradicts the legacy flag (= {legacy})")
+    precision = precision or legacy or "fp32"
+    if args.int8_calib:
+        if calib and calib != args.int8_calib:
+            raise NasfcosError("give the calibration folder once (--calib or --int8-calib)")
+        calib = args.int8_calib
+    opts = PrecisionOptions(precision=precision, calib=Path(calib) if calib else None,
+                            data=Path(args.data) if args.data else None,
+                            calib_images=args.calib_images, calib_method=args.calib_method,
+                            int8_target=args.int8_target)
+    opts.validate()
+    if args.trt and precision == "int8" and opts.int8_target != "tensorrt":
+        raise NasfcosError("TensorRT cannot build --int8-target cpu (uint8 activations; its "
+                           "INT8 is symmetric): use --int8-target tensorrt with --trt")
+    return opts
+
+
 def _emit_json(args: argparse.Namespace, obj: Any) -> None:
     """``--json``: the result on stdout; ``-o`` (check) also writes it to a file."""
     path = getattr(args, "output", None) if args.verb_writes_json else None
@@ -57,6 +98,8 @@ def export_main(argv: list[str]) -> int:
                     "file (Detector if it has one) unless --detector/--decoder says otherwise.",
         epilog="examples:\n  nasfcos export model.py -o model.onnx --size 800x800\n"
                "  nasfcos export model.py -o model.onnx --decoder --dynamic\n"
+               "  nasfcos export model.py -o m.int8.onnx --precision int8 --data data/synth\n"
+               "  nasfcos export model.onnx --precision fp16 -o model.fp16.onnx\n"
                "  nasfcos export model.onnx --trt model.engine --fp16 --min 512x512 "
                "--opt 800x800 --max 1344x1344")
     p.add_argument("model", type=A.input_file, help="compiled model.py (or a .onnx with --trt)")
@@ -74,12 +117,14 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=A.seed, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--weights", type=A.input_file,
                    help="state_dict file (torch.save) instead of random weights")
+    _precision_flags(p)
     t = p.add_argument_group("TensorRT")
     t.add_argument("--trt", type=A.output_file, metavar="ENGINE",
-                   help="also build a TensorRT engine here")
-    t.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
+                   help="also build a TensorRT engine here (strongly typed: the precision is "
+                        "the ONNX file's)")
+    t.add_argument("--fp16", action="store_true", help="same as --precision fp16")
     t.add_argument("--int8-calib", type=A.input_dir, metavar="DIR",
-                   help="INT8 with calibration images from DIR")
+                   help="same as --precision int8 --calib DIR --int8-target tensorrt")
     t.add_argument("--workspace", type=A.positive_float, default=4.0, metavar="GB",
                    help="builder workspace limit in GB (default 4)")
     t.add_argument("--min", dest="min_size", type=A.size_hw,
@@ -96,14 +141,26 @@ def export_main(argv: list[str]) -> int:
     from nasfcos.runtime.export import DEFAULT_OPSET, ExportOptions, export_onnx, export_summary
 
     src = Path(args.model)
+    prec = _precision_options(args)
     summary: dict[str, Any] = {}
+    if src.suffix == ".onnx" and prec.precision != "fp32":
+        from nasfcos.runtime.precision import convert_onnx
+
+        out = Path(args.output) if args.output else src.with_name(
+            f"{src.stem}.{prec.precision}.onnx")
+        man = convert_onnx(src, out, prec)
+        print(f"onnx: {out} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
+              f"sha256 {man['artifact']['sha256'][:12]})")
+        summary = {"onnx": str(out), "precision": man["precision"]}
+        src = out
     if src.suffix == ".py":
         out = Path(args.output) if args.output else (
             Path(args.trt).with_suffix(".onnx") if args.trt else src.with_suffix(".onnx"))
         opts = ExportOptions(kind=args.kind, size=args.size, batch=args.batch,
                              dynamic=args.dynamic, opset=args.opset or DEFAULT_OPSET,
                              simplify=not args.no_simplify, seed=args.seed,
-                             weights=Path(args.weights) if args.weights else None)
+                             weights=Path(args.weights) if args.weights else None,
+                             precision=prec)
         _say(args, f"exporting {src} -> {out} ({'dynamic' if opts.dynamic else 'static'} "
              f"{opts.size[0]}x{opts.size[1]}, opset {opts.opset}) ...")
         res = export_onnx(src, out, opts, progress=not args.quiet)
@@ -117,8 +174,9 @@ def export_main(argv: list[str]) -> int:
         _say(args, f"manifest: {res.manifest_path}")
         onnx_path = res.onnx_path
     elif src.suffix == ".onnx":
-        if not args.trt:
-            raise NasfcosError(f"{src}: already ONNX; pass --trt ENGINE to build an engine")
+        if not args.trt and not summary:
+            raise NasfcosError(f"{src}: already ONNX; pass --trt ENGINE to build an engine "
+                               "or --precision fp16|int8 to lower its precision")
         onnx_path = src
     else:
         raise NasfcosError(f"{src}: expected a model.py (or a .onnx with --trt)")
@@ -140,11 +198,10 @@ def export_main(argv: list[str]) -> int:
         engine = Path(args.trt)
         _say(args, f"building TensorRT engine {engine} ...")
         man = build_engine(onnx_path, engine, TrtBuildOptions(
-            fp16=args.fp16, int8_calib=Path(args.int8_calib) if args.int8_calib else None,
             workspace_gb=args.workspace, shapes=shapes,
             timing_cache=Path(args.timing_cache) if args.timing_cache else None))
         _say(args, f"engine: {engine} ({man['artifact']['bytes'] / 1e6:.1f} MB, "
-              f"{'/'.join(man['build']['precision'])}, {man['build']['seconds']} s)")
+             f"{man['build']['precision']}, {man['build']['seconds']} s)")
         summary["engine"] = {"path": str(engine), "sha256": man["artifact"]["sha256"],
                              "precision": man["build"]["precision"]}
     _emit_json(args, summary)
@@ -201,7 +258,7 @@ def check_main(argv: list[str]) -> int:
                             threads=args.threads)
     _say(args, f"{report.backend} ({report.artifact}) vs {report.reference_backend} "
          f"({report.reference}), sizes {', '.join('x'.join(map(str, s)) for s in report.sizes)}"
-         f", seed {report.seed}")
+         f", seed {report.seed}, {report.precision} tolerances")
     _say(args, report.table())
     _emit_json(args, report.to_dict())
     if not report.ok:

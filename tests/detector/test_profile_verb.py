@@ -31,7 +31,7 @@ def test_json_output_has_one_row_per_model_backbone_width(tmp_path: Path, capsys
 
 
 def test_table_output_through_the_dispatcher(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = cli_main(["profile", "fpn-fcos", "--backbone", "tiny", "--fpn-channels", "16", "--size", "160x160"])
+    rc = cli_main(["profile", "fpn-fcos", "--backbone", "tiny", "--fpn-channels", "32", "--size", "160x160"])
     assert rc == 0
     text = capsys.readouterr().out
     header = text.splitlines()[0].split()

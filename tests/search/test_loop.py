@@ -51,6 +51,7 @@ class Counting:
         return self.inner(g, seed)
 
 
+@pytest.mark.slow
 def test_toy_search_clearly_improves(tmp_path: Path) -> None:
     cfg = _cfg(trials=96, batch_size=8, seed=0, ppo=PPOConfig(lr=1e-3, minibatch_size=8, epochs=3))
     s = Search(tmp_path, cfg, workers=0, progress=False, plot_every_s=1e9)  # plot once, at the end
@@ -174,6 +175,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "nasfcos", "search", *args]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     common = ["--preset", "toy", "--trials", "48", "--batch-size", "8", "--seed", "5", "--toy-noise", "0.2",
