@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="target latency (ms, > 0): reward = proxy reward - W * log(latency / MS)")
     g.add_argument("--latency-weight", type=A.non_negative_float, default=None, metavar="W",
                    help="W above (default 0.07, MnasNet's |w|)")
-    g.add_argument("--latency-size", default=None, metavar="HxW",
+    g.add_argument("--latency-size", type=A.size_hw, default=None, metavar="HxW",
                    help="refuse a table measured at another image size")
     g.add_argument("--latency-backend", choices=("onnxruntime", "torch", "tensorrt"), default=None,
                    help="refuse a table measured on another backend")
@@ -255,21 +255,21 @@ and widths, median of --runs after --warmup, minus the per-call overhead (stored
 
 def latency_table_main(argv: list[str]) -> int:
     """``nasfcos search latency-table``: measure the per-unit latency table."""
-    p = argparse.ArgumentParser(prog="nasfcos search latency-table",
+    p = A.Parser(prog="nasfcos search latency-table",
                                 description="Measure a per-unit decoder latency table for latency-aware search.",
                                 epilog=LATENCY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
-    p.add_argument("--size", default="800x800", metavar="HxW", help="image size (default 800x800)")
+    p.add_argument("--size", type=A.size_hw, default="800x800", metavar="HxW", help="image size (default 800x800)")
     p.add_argument("-o", "--output", type=A.output_file, required=True, metavar="FILE",
                    help="table JSON to write")
-    p.add_argument("--fpn-channels", type=int, default=128, metavar="C", help="FPN width (default 128)")
-    p.add_argument("--head-channels", type=int, default=128, metavar="C", help="head width (default 128)")
-    p.add_argument("--num-classes", type=int, default=80, metavar="K", help="classes (default 80)")
+    p.add_argument("--fpn-channels", type=A.width, default=128, metavar="C", help="FPN width (default 128)")
+    p.add_argument("--head-channels", type=A.width, default=128, metavar="C", help="head width (default 128)")
+    p.add_argument("--num-classes", type=A.int_range(1, 100_000), default=80, metavar="K", help="classes (default 80)")
     p.add_argument("--backbone", default="resnet50", help="sets the adapters' input widths (default resnet50)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="intra-op threads (default 1)")
-    p.add_argument("--device", default=None, help="cpu (default; tensorrt: cuda)")
-    p.add_argument("--runs", type=int, default=30, metavar="N", help="timed runs per unit (default 30)")
-    p.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up runs per unit (default 5)")
+    p.add_argument("--threads", type=A.positive_int, default=1, metavar="N", help="intra-op threads (default 1)")
+    p.add_argument("--device", type=A.device, default=None, help="cpu (default; tensorrt: cuda)")
+    p.add_argument("--runs", type=A.positive_int, default=30, metavar="N", help="timed runs per unit (default 30)")
+    p.add_argument("--warmup", type=A.non_negative_int, default=5, metavar="N", help="warm-up runs per unit (default 5)")
     p.add_argument("--statistic", choices=("median", "min"), default="median",
                    help="per-unit summary of the runs: median (quiet machine, default) or min "
                         "(a shared machine: the uncontended time)")
