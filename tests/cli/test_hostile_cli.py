@@ -255,3 +255,23 @@ def test_python_dash_m_and_help_examples(capsys: pytest.CaptureFixture[str]) -> 
             main([verb, "--help"])
         assert info.value.code == 0
         assert "example" in capsys.readouterr().out, verb
+
+
+def test_model_constructor_cannot_exit_the_process(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A model file whose constructor calls sys.exit: one-line error in every verb family."""
+    from nasfcos.fcos.train import build_detector
+    from nasfcos.modelfile import load_model_file
+    from nasfcos.runtime.models import load_model
+
+    path = tmp_path / "model.py"
+    path.write_text("import sys\n"
+                    "class Decoder:\n    def __init__(self, **kw):\n        sys.exit(3)\n"
+                    "class Detector(Decoder):\n    pass\n"
+                    "def build(**kw):\n    return Detector(**kw)\n")
+    with pytest.raises(NasfcosError, match=r"sys\.exit\(3\)"):
+        load_model(path)
+    with pytest.raises(NasfcosError, match=r"sys\.exit\(3\)"):
+        build_detector(load_model_file(path), 3)
+    assert main(["profile", str(path), "--backbone", "tiny"]) == 2
+    one_line_error(capsys, "profile")
