@@ -121,3 +121,13 @@ def test_classes_go_into_the_manifest_and_the_onnx_metadata(paper_decoder: Path,
     assert json.loads(props["nasfcos.category_ids"]) == [1, 7, 9]
     assert props["nasfcos.kind"] == "decoder"
     assert check_artifact(res.onnx_path).ok  # weights found relative to the manifest
+
+
+def test_a_copied_source_section_is_rebased(tmp_path: Path) -> None:
+    from nasfcos.runtime.export import manifest_file, rebase_source
+
+    src = {"model": "model.py", "weights": "../w/final.pt", "seed": 0, "kind": "decoder"}
+    out = rebase_source(src, tmp_path / "a", tmp_path / "b" / "c")
+    assert out["model"] == "../../a/model.py" and out["weights"] == "../../w/final.pt"
+    assert manifest_file(tmp_path / "b" / "c", out["model"]).resolve() == (tmp_path / "a" / "model.py")
+    assert out["seed"] == 0 and src["model"] == "model.py"
