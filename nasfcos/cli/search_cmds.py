@@ -306,8 +306,9 @@ def latency_table_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """``nasfcos search ...``: dispatch the sub-verbs, otherwise run a search."""
     if argv and argv[0] in ("cache", "eval"):
-        from nasfcos.search import cli_proxy
+        import importlib
 
+        cli_proxy = importlib.import_module("nasfcos.search.cli_proxy")  # sys.modules first
         return int((cli_proxy.cache_main if argv[0] == "cache" else cli_proxy.eval_main)(argv[1:]) or 0)
     if argv and argv[0] == "top":
         return top_main(argv[1:])
