@@ -204,7 +204,7 @@ def _classes(lm: LoadedModel) -> dict[str, Any] | None:
     (``{"names": [K], "category_ids": [K]}``); None for random or bare state_dict weights."""
     if lm.weights is None:
         return None
-    from nasfcos.fcos.evaluate import load_weights_file
+    from nasfcos.weights import load_weights_file
 
     meta = load_weights_file(lm.weights)
     ids, names = meta.get("cat_ids"), meta.get("class_names")
@@ -456,6 +456,17 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def rebase_source(source: dict[str, Any], from_dir: str | Path, to_dir: str | Path) -> dict[str, Any]:
+    """A manifest ``source`` section copied next to another artifact: its relative file names
+    (``model``, ``weights``) rewritten relative to ``to_dir``."""
+    out = dict(source)
+    for key in ("model", "weights"):
+        if isinstance(out.get(key), str):
+            path = manifest_file(from_dir, out[key]).resolve()
+            out[key] = os.path.relpath(path, Path(to_dir).resolve())
+    return out
+
+
 def manifest_file(manifest_dir: str | Path, name: str) -> Path:
     """A file a manifest names: relative names are relative to the manifest's folder
     (never to the current directory); absolute names are kept."""
@@ -509,6 +520,6 @@ def export_summary(result: ExportResult) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "check_onnx",
-           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_file",
+           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_file", "rebase_source",
            "manifest_path_for",
            "simplify_onnx", "tool_versions", "verify_manifest"]

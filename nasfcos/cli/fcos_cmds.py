@@ -18,12 +18,12 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _parser(verb: str, description: str, example: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"nasfcos {verb}", description=description,
+    return A.Parser(prog=f"nasfcos {verb}", description=description,
                                    epilog=f"example:\n  {example}", formatter_class=_FMT)
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True))
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 # --------------------------------------------------------------------------- data
@@ -45,6 +45,7 @@ def data_main(argv: list[str]) -> int:
     s.add_argument("--size", type=A.int_range(32, A.MAX_SIDE), default=128, help="image side in pixels (default 128)")
     s.add_argument("--seed", type=A.seed, default=0, help="random seed (default 0)")
     s.add_argument("--val-fraction", type=A.float_range(0.0, 1.0), default=0.2, help="share of val images (default 0.2)")
+    A.add_json(s, "print the manifest as JSON on stdout")
     s.add_argument("--max-objects", type=A.int_range(1, 1000), default=6, help="objects per image at most (default 6)")
     v = sub.add_parser("voc2coco", help="convert a PASCAL VOC folder to COCO JSON",
                        description="Convert VOCDIR/Annotations/*.xml (optionally only the ids in "
@@ -64,6 +65,9 @@ def data_main(argv: list[str]) -> int:
         cfg = SynthConfig(images=args.images, size=args.size, seed=args.seed,
                           val_fraction=args.val_fraction, max_objects=args.max_objects)
         manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty())  # seconds
+        if args.json:
+            _print_json(manifest)
+            return 0
         c = manifest["counts"]
         print(f"wrote {args.out}: {c['train']['images']} train / {c['val']['images']} val images, "
               f"{c['train']['annotations'] + c['val']['annotations']} boxes, "
@@ -131,6 +135,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint-every", type=A.positive_int, help="iterations per checkpoint (default 10%%)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     parser.add_argument("--no-eval", action="store_true", help="skip the final COCO evaluation")
+    A.add_json(parser, "print the run summary as JSON on stdout")
     parser.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
                         help="no progress bar")
     args = parser.parse_args(argv)
@@ -168,6 +173,9 @@ def train_main(argv: list[str]) -> int:
 
         if dist.get_rank() != 0:
             return 0
+    if args.json:
+        _print_json(summary)
+        return 0
     f = summary["final"]
     print(f"trained {summary['iters']} iterations in {summary['time_s']:.1f} s: loss {f.get('loss', 0):.4f} "
           f"(cls {f.get('cls', 0):.4f}, box {f.get('box', 0):.4f}, ctr {f.get('ctr', 0):.4f})")

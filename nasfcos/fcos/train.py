@@ -38,7 +38,7 @@ from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, resolve_s
 from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
 from nasfcos.fcos.losses import FcosConfig, fcos_losses
 from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from nasfcos.modelfile import RawForward, load_model_file
+from nasfcos.modelfile import RawForward, load_model_file, model_code_guard
 from nasfcos.weights import load_weights_file
 
 LOSS_KEYS = ("cls", "box", "ctr")
@@ -210,7 +210,8 @@ def build_detector(module: Any, num_classes: int, **overrides: Any) -> nn.Module
     file's ``build`` factory; Contract 2)."""
     if not hasattr(module, "Detector"):
         raise NasfcosError("the model file has no Detector: compile it with --detector")
-    return module.build(num_classes=num_classes, **overrides)
+    with model_code_guard(getattr(module, "__file__", None) or "model file"):
+        return module.build(num_classes=num_classes, **overrides)
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> dict[str, int]:

@@ -74,13 +74,16 @@ def test_random_genotypes_with_deform_convs(tmp_path, compile_tiny, deform_genot
 
 
 def test_dynamic_decoder_two_sizes(paper_decoder, tmp_path) -> None:
-    res = export_onnx(paper_decoder, tmp_path / "dyn.onnx",
-                      ExportOptions(size=(128, 128), dynamic=True))
+    with pytest.warns(UserWarning, match="traced at 192x192"):  # issue 16: <= 128 px
+        res = export_onnx(paper_decoder, tmp_path / "dyn.onnx",
+                          ExportOptions(size=(128, 128), dynamic=True))
     shape = res.manifest["inputs"][0]["shape"]
     assert isinstance(shape[0], str) and isinstance(shape[2], str)  # batch and height symbolic
-    report = check_artifact(res.onnx_path, sizes=[(128, 128), (96, 160)], batch=1)
+    ranges = res.manifest["export"]["dynamic_ranges"]["c2"]
+    assert ranges["2"][1] is None and ranges["3"][1] is None  # no upper bound on H, W
+    report = check_artifact(res.onnx_path, sizes=[(128, 128), (96, 160), (256, 256)], batch=1)
     assert report.ok, report.table()
-    assert {tuple(s) for s in report.sizes} == {(128, 128), (96, 160)}
+    assert {tuple(s) for s in report.sizes} == {(128, 128), (96, 160), (256, 256)}
 
 
 @pytest.mark.slow
@@ -142,11 +145,15 @@ def test_export_rejects_bad_options(paper_decoder, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_small_dynamic_export_is_valid_beyond_its_size(tmp_path, tiny_detector) -> None:
-    """A dynamic export asked at 64 px is traced at a size that keeps every level's size
-    symbolic, so it runs at 256 px too (it used to be valid only up to the traced size)."""
-    with pytest.warns(UserWarning, match="traced at"):
+def test_dynamic_ranges_reject_out_of_range_inputs(tmp_path, tiny_detector) -> None:
+    with pytest.warns(UserWarning, match="traced at 192x192"):
         res = export_onnx(tiny_detector, tmp_path / "small.onnx",
                           ExportOptions(kind="detector", size=(64, 64), dynamic=True))
-    assert check_artifact(res.onnx_path, sizes=[(64, 64), (256, 256)]).ok
+    ranges = res.manifest["export"]["dynamic_ranges"]["images"]
+    assert ranges["2"][1] is None  # a small size no longer bounds the export (issue 16)
+    man = json.loads(res.manifest_path.read_text())
+    man["export"]["dynamic_ranges"]["images"]["2"] = [0, 128]  # a bounded export
+    res.manifest_path.write_text(json.dumps(man))
+    with pytest.raises(NasfcosError, match="outside the range"):
+        check_artifact(res.onnx_path, sizes=[(256, 256)])
     json.dumps(res.manifest)  # manifest is plain JSON
