@@ -25,10 +25,10 @@ def _compile(path: Path, genotype, *, detector: bool = False) -> Path:
     if detector:
         if "tiny" not in BACKBONES:
             return STANDIN
-        opts = CompileOptions(fpn_channels=8, num_classes=3, detector=True, backbone="tiny",
+        opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, detector=True, backbone="tiny",
                               in_channels=(16, 24, 32, 48))
     else:
-        opts = CompileOptions(fpn_channels=8, num_classes=3, in_channels=TINY_IN_CHANNELS)
+        opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, in_channels=TINY_IN_CHANNELS)
     path.write_text(compile_genotype(genotype, opts))
     return path
 

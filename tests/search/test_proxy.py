@@ -38,7 +38,7 @@ from standin_decoder import standin_factory  # noqa: E402
 # 30 synthetic images of 64 px -> meta-train 17 / meta-val 7; 8-wide decoders, 4 steps of 8.
 SMALL = PRESETS["tiny"].replace(
     name="small", short_side=64, max_size=64, crop=64, tiny_channels=(8, 8, 16, 16), fpn_channels=8,
-    head_channels=8, batch_size=8, epochs=2, eval_batch_size=3, num_threads=1,
+    head_channels=32, batch_size=8, epochs=2, eval_batch_size=3, num_threads=1,
 )
 
 
