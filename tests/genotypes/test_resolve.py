@@ -113,4 +113,8 @@ def test_every_verb_takes_the_release_yaml(tmp_path: Path, capsys: pytest.Captur
     assert cli_main(["compile", str(yaml_file), "-o", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["options"]["fpn_channels"] == 256  # AGG_SIZE
+    (tmp_path / "x101.yaml").write_text(X101_YAML)
+    assert cli_main(["compile", str(tmp_path / "x101.yaml"), "-o", str(out), "--detector", "--json"]) == 0
+    opts = json.loads(capsys.readouterr().out)["options"]
+    assert (opts["fpn_channels"], opts["backbone"], opts["preprocess"]) == (128, "resnext101_32x8d_c2", "caffe2")
     assert summary["genotype_hash"] == load_paper_genotype("nas_fcos_fpn_head").hash()
