@@ -90,7 +90,7 @@ class ProxySettings:
     synth_seed: int = 0
     # --- decoder and training ---
     fpn_channels: int = 16
-    head_channels: int = 16
+    head_channels: int = 32
     batch_size: int = 16
     epochs: int = 2
     max_steps: int | None = None
@@ -165,13 +165,14 @@ class ProxySettings:
 PRESETS: dict[str, ProxySettings] = {
     # The embedded default: synthetic shapes (400 images, 128 px; 320 in train.json, split
     # 224 / 96), a small random-weight CNN, images resized to 96 px and cropped to 64 px,
-    # 16-wide decoders, 2 epochs of batch 16 (28 steps).  One evaluation of the paper's
-    # genotype takes a few CPU-seconds; it outscores a crippled decoder over seeds
+    # 16-wide FPNs with 32-wide heads (GroupNorm(32, C)), 2 epochs of batch 16 (28 steps).
+    # One evaluation of the paper's genotype takes a few CPU-seconds; it outscores a crippled
+    # decoder over seeds
     # (tests/search/test_proxy.py, benchmarks/proxy_speed.py).
     "tiny": ProxySettings(
         name="tiny", backbone="tiny", short_side=96, max_size=96,
         crop=64, meta_val_fraction=0.3, size_range_scale=0.25, chunk_size=64, synth_images=400,
-        synth_size=128, fpn_channels=16, head_channels=16, batch_size=16, epochs=2, lr=8e-4,
+        synth_size=128, fpn_channels=16, head_channels=32, batch_size=16, epochs=2, lr=8e-4,
         polyak_decay=0.9, eval_batch_size=64, num_threads=1,
     ),
     # The paper's numbers (NAS-FCOS 4.1): VOC split 4000 / 1715, short side 384, random

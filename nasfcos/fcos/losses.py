@@ -54,6 +54,8 @@ class FcosConfig:
     box_loss: str = "giou"  # "giou" (1 - GIoU) or "iou" (-log IoU)
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    #: units of the model's ``reg`` (its model.py's BOX_REGRESSION): "pixels" or "stride"
+    box_regression: str = "pixels"
 
 
 @dataclass
@@ -240,8 +242,8 @@ def losses_from_targets(cls: Sequence[Tensor], reg: Sequence[Tensor], ctr: Seque
                         targets: FcosTargets, cfg: FcosConfig | None = None) -> dict[str, Tensor]:
     """The three FCOS loss terms ``{"cls", "box", "ctr"}`` (scalars; the total is their sum).
 
-    ``reg`` is in units of each level's stride (Contract 2); it is converted to pixels
-    with ``targets.strides`` before the box loss.
+    ``reg`` is in pixels, or with ``cfg.box_regression == "stride"`` in units of each level's
+    stride (converted to pixels with ``targets.strides`` before the box loss).
     """
     cfg = cfg or FcosConfig()
     cls_f, reg_f, ctr_f = flatten_outputs(cls, reg, ctr)
@@ -262,7 +264,7 @@ def losses_from_targets(cls: Sequence[Tensor], reg: Sequence[Tensor], ctr: Seque
         return {"cls": cls_loss, "box": reg_f.sum() * 0.0, "ctr": ctr_f.sum() * 0.0}
 
     strides = targets.strides.to(cls_f.device)
-    reg_px = (reg_f * strides[None, :, None])[pos]
+    reg_px = (reg_f if cfg.box_regression == "pixels" else reg_f * strides[None, :, None])[pos]
     reg_t = targets.reg.to(cls_f.device)[pos]
     ctr_t = targets.ctr.to(cls_f.device)[pos]
     ctr_norm = _world_mean(ctr_t.sum()).clamp(min=1e-6)

@@ -18,6 +18,7 @@ augmentation is seeded by ``(seed, epoch, index)``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -275,6 +276,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     module = load_model_file(cfg.model)
+    # the loss reads bbox_reg in the units the model file was compiled with (older files: stride)
+    fcos_cfg = dataclasses.replace(cfg.fcos, box_regression=str(getattr(module, "BOX_REGRESSION", "stride")))
     ann, img_dir = resolve_split(cfg.data, "train", cfg.ann, cfg.images)
     tcfg = TransformConfig(min_size=cfg.min_size, max_size=cfg.max_size, hflip=cfg.hflip, crop=cfg.crop)
     ds = CocoDetection(ann, img_dir, tcfg, train=True, seed=cfg.seed)
@@ -352,7 +355,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         labels = [t["labels"].to(device) for t in targets]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
             cls, reg, ctr = raw(images)
-        losses = fcos_losses(cls, reg, ctr, boxes, labels, cfg.fcos)
+        losses = fcos_losses(cls, reg, ctr, boxes, labels, fcos_cfg)
         loss = losses["cls"] + losses["box"] + losses["ctr"]
         if not torch.isfinite(loss):
             raise NasfcosError(f"loss became {float(loss)} at iteration {it} (lower --lr?)")

@@ -183,7 +183,7 @@ def _hand_losses(cls, reg, ctr, t: FcosTargets, stride: int, box_loss: str) -> d
 def test_losses_match_hand_computation(box_loss: str) -> None:
     sizes = [(4, 5)]
     cfg = FcosConfig(strides=(8,), size_ranges=((0, math.inf),), center_sampling_radius=0.0,
-                     box_loss=box_loss)
+                     box_loss=box_loss, box_regression="stride")
     boxes = [torch.tensor([[1.0, 2.0, 30.0, 25.0], [10.0, 8.0, 38.0, 31.0]]), torch.tensor([[0.0, 0.0, 17.0, 9.0]])]
     labels = [torch.tensor([0, 2]), torch.tensor([1])]
     t = compute_targets(boxes, labels, sizes, (8,), cfg.size_ranges, 0.0)
@@ -201,10 +201,13 @@ def test_losses_match_hand_computation(box_loss: str) -> None:
 
 def test_perfect_box_prediction_has_zero_box_loss() -> None:
     sizes = [(4, 4)]
-    cfg = FcosConfig(strides=(8,), size_ranges=((0, math.inf),), center_sampling_radius=0.0)
+    cfg = FcosConfig(strides=(8,), size_ranges=((0, math.inf),), center_sampling_radius=0.0,
+                     box_regression="stride")
     t = compute_targets([torch.tensor([[3.0, 5.0, 29.0, 27.0]])], [torch.tensor([0])], sizes, (8,),
                         cfg.size_ranges, 0.0)
     cls, _, ctr = _outputs(1, 2, sizes)
     reg = [t.reg[0].reshape(4, 4, 4).permute(2, 0, 1)[None] / 8]  # exact distances, stride units
     out = losses_from_targets(cls, reg, ctr, t, cfg)
     assert out["box"].item() == pytest.approx(0.0, abs=1e-6)
+    pixels = losses_from_targets(cls, [reg[0] * 8], ctr, t, FcosConfig(strides=(8,), box_regression="pixels"))
+    assert pixels["box"].item() == pytest.approx(0.0, abs=1e-6)  # the same boxes given in pixels
