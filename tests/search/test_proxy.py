@@ -200,3 +200,7 @@ def test_cli_cache_and_eval(data_dir: Path, tmp_path: Path, capsys: pytest.Captu
         eval_main([str(tmp_path / "absent.json"), "--cache", str(out)])
     with pytest.raises(CacheError):
         eval_main(["nas_fcos_fpn", "--cache", str(tmp_path)])
+    for bad, message in ((["--seeds", "5-1"], "names no seed"), (["--device", "bogus"], "cpu or cuda"),
+                         (["--steps", "0"], "max_steps")):
+        with pytest.raises(NasfcosError, match=message):
+            eval_main(["nas_fcos_fpn", "--cache", str(out), *bad])
