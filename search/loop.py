@@ -125,6 +125,16 @@ class SearchConfig:
             raise CacheError(f"{CONFIG_NAME}: unknown settings {sorted(unknown)}")
         return cls(**d)
 
+    @classmethod
+    def read(cls, path: Path) -> SearchConfig:
+        """The settings stored in ``search.json``; :class:`CacheError` (one line) if unreadable."""
+        if path.exists() and not path.is_file():
+            raise CacheError(f"{path}: is not a regular file")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise CacheError(f"{path}: unreadable search settings ({type(exc).__name__}: {exc})"[:300]) from None
+
     def validate(self) -> None:
         if self.preset not in PRESETS:
             raise NasfcosError(f"unknown preset {self.preset!r} (expected one of: {', '.join(PRESETS)})")
@@ -225,6 +235,10 @@ class Search:
     # ------------------------------------------------------------------------------------
     def _settle_config(self, cfg: SearchConfig) -> SearchConfig:
         path = self.out / CONFIG_NAME
+        if self.out.exists() and not self.out.is_dir():
+            raise NasfcosError(f"{self.out}: exists and is not a folder (--out names the search folder)")
+        if path.exists() and not path.is_file():
+            raise CacheError(f"{path}: is not a regular file")
         has_state = (self.out / ARCHIVE_NAME).exists() and (self.out / ARCHIVE_NAME).stat().st_size > 0
         has_state = has_state or (self.out / CHECKPOINT_NAME).exists()
         if not self.resume:
@@ -240,10 +254,7 @@ class Search:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, cfg.to_dict())
             return cfg
-        try:
-            stored = SearchConfig.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise CacheError(f"{path}: unreadable search settings ({exc})") from None
+        stored = SearchConfig.read(path)
         if stored.identity() != cfg.identity():
             a, b = stored.identity(), cfg.identity()
             diff = sorted(k for k in a if a[k] != b.get(k))

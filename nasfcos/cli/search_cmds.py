@@ -109,10 +109,7 @@ def _config(args: argparse.Namespace) -> Any:
 
     stored = Path(args.out) / CONFIG_NAME
     if args.resume and stored.exists():
-        try:
-            base = SearchConfig.from_dict(json.loads(stored.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise NasfcosError(f"{stored}: unreadable search settings ({exc})") from None
+        base = SearchConfig.read(stored)
     else:
         if args.trials is None:
             raise NasfcosError("--trials is required for a new search")

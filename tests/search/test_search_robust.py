@@ -122,6 +122,8 @@ def _tamper_cases(lines: list[bytes]) -> dict[str, bytes]:
         "not a finite number": b"".join(lines[:3] + [lines[3].replace(
             f'"reward":{json.dumps(row["reward"])}'.encode(), b'"reward":NaN')] + lines[4:]),
         "'reward' 'x'": b"".join(lines[:3] + [encode_row(dict(row, reward="x"))] + lines[4:]),
+        "'hash' is not a sha256": b"".join(lines[:3] + [encode_row(dict(row, hash="ab\ncd"))] + lines[4:]),
+        "another nasfcos version": b"".join(lines[:3] + [encode_row(dict(row, format="x/9"))] + lines[4:]),
         "lacks 8 row": b"\0" * 4096,  # all zero: nothing dropped, the checkpoint says step 0 is done
     }
 
@@ -153,6 +155,13 @@ def test_resume_verifies_archive_and_checkpoint(tmp_path: Path) -> None:
         Search(d, _toy(), resume=True, workers=0, progress=False, plot_every_s=None).run()
     with pytest.raises(NasfcosError, match="not a regular file"):
         read_rows(d / "archive.jsonl")
+    (d / "search.json").unlink()
+    (d / "search.json").mkdir()
+    with pytest.raises(CacheError, match="search.json: is not a regular file"):
+        Search(d, _toy(), resume=True, workers=0, progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NasfcosError, match="not a folder"):
+        Search(tmp_path / "file", _toy(), workers=0, progress=False)
 
 
 def _children(pid: int) -> list[int]:
@@ -206,3 +215,18 @@ def test_workers_die_with_the_driver(tmp_path: Path) -> None:
         for c in children:  # only what this test started
             if _alive(c):
                 os.kill(c, signal.SIGKILL)
+
+
+def test_the_search_defines_no_layers_of_its_own() -> None:
+    """Decoders (and the cache's backbone) come from the compiler: nothing in search/ builds
+    a convolution or a norm layer, so the search ranks exactly the ops that are deployed."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "search"
+    layers = {"Conv2d", "BatchNorm2d", "GroupNorm", "ConvTranspose2d", "conv2d", "deform_conv2d", "DeformConv2d"}
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in layers:
+                found.append(f"{path.name}:{node.lineno} {node.attr}")
+    assert not found, found
