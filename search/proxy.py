@@ -465,9 +465,9 @@ def evaluate(genotype: Genotype | dict[str, Any], cache: FeatureCache, settings:
 #: Caches opened in this process: (resolved path, manifest mtime) -> FeatureCache.  A
 #: worker verifies a cache's checksums once, however many evaluator copies it unpickles.
 _OPENED: dict[tuple[str, int], FeatureCache] = {}
-#: Full (checksum) verifications of a cache done by this process; reported with every
+#: Verifications of each cache (resolved path) done by this process; reported with every
 #: evaluation as ``cache_verifications`` (1 in a worker that evaluated many genotypes).
-_VERIFICATIONS = 0
+_VERIFICATIONS: dict[str, int] = {}
 
 
 def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "full") -> FeatureCache:
@@ -479,9 +479,8 @@ def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "fu
     key = (str(path), mtime)
     cache = _OPENED.get(key)
     if cache is None:
-        global _VERIFICATIONS
         cache = open_cache(path, settings, verify=verify)
-        _VERIFICATIONS += 1
+        _VERIFICATIONS[str(path)] = _VERIFICATIONS.get(str(path), 0) + 1
         _OPENED.clear()  # one cache per worker is the normal case; do not hoard memory
         _OPENED[key] = cache
     elif settings is not None:
@@ -521,7 +520,7 @@ class ProxyEvaluator:
 
     def __call__(self, genotype: Genotype | dict[str, Any], seed: int = 0) -> dict[str, Any]:
         result = evaluate(genotype, self.cache(), self.resolved_settings(), seed).to_dict()
-        result["cache_verifications"] = _VERIFICATIONS
+        result["cache_verifications"] = _VERIFICATIONS.get(str(Path(self.cache_dir).resolve()), 0)
         return result
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -261,6 +262,9 @@ def latency_table_main(argv: list[str]) -> int:
     p.add_argument("--statistic", choices=("median", "min"), default="median",
                    help="per-unit summary of the runs: median (quiet machine, default) or min "
                         "(a shared machine: the uncontended time)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time (default), or the CPU time of the calling thread (with --threads 1: "
+                        "immune to other processes on a shared machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     a = p.parse_args(argv)
@@ -279,7 +283,8 @@ def latency_table_main(argv: list[str]) -> int:
     spec = TableSpec(backend=a.backend, size=parse_size(a.size), fpn_channels=a.fpn_channels,
                      head_channels=a.head_channels, num_classes=a.num_classes, backbone=a.backbone,
                      threads=a.threads, device=device).validate()
-    table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic)
+    table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic,
+                        clock=a.clock)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.save(out)
     if a.json:
@@ -294,8 +299,7 @@ def latency_table_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """``nasfcos search ...``: dispatch the sub-verbs, otherwise run a search."""
     if argv and argv[0] in ("cache", "eval"):
-        from nasfcos.search import cli_proxy
-
+        cli_proxy = importlib.import_module("nasfcos.search.cli_proxy")
         return int((cli_proxy.cache_main if argv[0] == "cache" else cli_proxy.eval_main)(argv[1:]) or 0)
     if argv and argv[0] == "top":
         return top_main(argv[1:])
