@@ -79,14 +79,14 @@ def small_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("lat") / "table.json"
     rc = cli_main(["search", "latency-table", "--backend", "torch", "--size", "64", "--fpn-channels", "8",
                    "--head-channels", "8", "--num-classes", "3", "--backbone", "tiny", "--runs", "1",
-                   "--warmup", "0", "--quiet", "-o", str(path)])
+                   "--warmup", "0", "--clock", "cpu", "--quiet", "-o", str(path)])
     assert rc == 0
     return path
 
 
 def test_latency_table_verb_covers_every_genotype(small_table: Path) -> None:
     table = load_table(small_table)
-    assert table.spec.size == (64, 64) and table.spec.backend == "torch"
+    assert table.spec.size == (64, 64) and table.spec.backend == "torch" and "CPU time" in table.meta["clock"]
     doc = json.loads(small_table.read_text())
     assert doc["format"] == "nasfcos-latency-table/1" and len(doc["entries"]) >= 80
     for seed in range(6):
