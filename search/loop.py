@@ -93,6 +93,7 @@ class SearchConfig:
     retries: int = 1  # extra attempts of a failed evaluation before it is skipped
     data: str | None = None  # dataset folder (proxy presets; None: the preset's synthetic set)
     cache: str | None = None  # feature cache folder (proxy presets; None: OUT/cache, built on first use)
+    backbone_weights: str | None = None  # frozen backbone's state_dict for the cache (None: the preset's)
     toy_noise: float = 0.0  # toy preset: reward noise (std), drawn from the evaluation seed
     toy_delay: float = 0.0  # toy preset: seconds each evaluation pretends to take
     latency_table: str | None = None  # per-unit latency table (nasfcos search latency-table)
@@ -320,7 +321,8 @@ class Search:
             raise NasfcosError(f"--data {self.cfg.data}: no such folder")
         self._say(f"feature cache {self.cache_dir} ({self.cfg.preset} preset"
                   f"{', synthetic data' if self.cfg.data is None else ', data ' + self.cfg.data})")
-        build_cache(self.cfg.data, self.cache_dir, settings, progress=self.progress, log=self._say)
+        build_cache(self.cfg.data, self.cache_dir, settings, backbone_weights=self.cfg.backbone_weights,
+                    progress=self.progress, log=self._say)
         cache = open_verified(self.cache_dir, settings, checked=True)
         self._say(f"feature cache ready: {len(cache.train)} meta-train, {len(cache.val)} meta-val crops")
 

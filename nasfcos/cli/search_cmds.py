@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="feature cache folder, built there if absent (proxy presets; default: OUT/cache; "
                         "on shared storage for Ray)")
+    p.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="state_dict of the frozen backbone the feature cache is built with "
+                        "(torchvision format; default: the preset's)")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="search seed (default 0)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="architectures per controller update (default 8)")
@@ -120,14 +123,14 @@ def _config(args: argparse.Namespace) -> Any:
                        ("batch_size", "batch_size"), ("data", "data"), ("cache", "cache"),
                        ("toy_noise", "toy_noise"), ("toy_delay", "toy_delay"),
                        ("latency_table", "latency_table"), ("latency_target", "latency_target"),
-                       ("latency_weight", "latency_weight")):
+                       ("latency_weight", "latency_weight"), ("backbone_weights", "backbone_weights")):
         v = getattr(args, flag)
         if v is not None:
             changes[name] = v
     if args.head is not None:
         changes["controller"] = dataclasses.replace(base.controller or ControllerConfig(), head_kind=args.head)
     cfg = dataclasses.replace(base, **changes)
-    for name in ("data", "cache", "latency_table"):
+    for name in ("data", "cache", "latency_table", "backbone_weights"):
         v = getattr(cfg, name)
         if v is not None and v == getattr(args, name):
             cfg = dataclasses.replace(cfg, **{name: str(Path(v).resolve())})
