@@ -562,6 +562,8 @@ def genotype_of_row(row: dict[str, Any], rank: int | None = None) -> Genotype:
 
 def write_top(top: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write ``rankNN-<hash12>.json`` for each row; remove stale rank files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NasfcosError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, row in enumerate(top, 1):
