@@ -12,9 +12,20 @@ Resume: the checkpoint says how many steps are complete; the archive may also ho
 the step that was running.  The controller re-samples that step exactly (same state, same
 generator), keeps the archived rows and evaluates only the missing samples.
 
+Before the first trial a proxy search builds (or checks) its feature cache -- in ``out/cache``
+unless ``cache`` names one, from the preset's synthetic set unless ``data`` names a folder --
+and opens it here, so a configuration error stops it before any evaluation.  A step whose
+every trial failed raises :class:`SearchFailed` (no checkpoint for that step); a resume
+evaluates its failed trials again.  A resume checks the archive against the checkpoint
+first (:func:`~nasfcos.search.archive.check_progress`) and rewrites nothing if they differ.
+With a latency table every row records the predicted latency (``extra.latency_ms``) and
+its proxy reward (``extra.proxy_reward``); with a target the reward is
+:func:`~nasfcos.search.latency.latency_reward`.
+
 Outputs in ``out``: ``archive.jsonl``, ``checkpoint.pt``, ``search.json`` (the settings a
 resume must match), ``summary.json``, ``top/rankNN-<hash>.json`` (genotypes ``nasfcos
-compile`` takes), ``search.png`` (reward per step + moving average), ``best.png``.
+compile`` takes), ``search.png`` (reward per step + moving average), ``best.png``,
+``pareto.png`` (with a latency table), ``cache/`` (unless ``cache`` is given).
 """
 
 from __future__ import annotations
