@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/nasfcos demo --out demo_out
+	$(BIN)/nasfcos demo --out demo_out --fpn-channels 128
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

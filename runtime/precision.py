@@ -22,7 +22,8 @@ and INT8 are decided here, at export time, and the same file runs in ONNX Runtim
 
   Two targets: ``tensorrt`` (symmetric int8 activations, per-channel symmetric int8
   weights, no output or bias quantization: Q/DQ only on the inputs of each convolution,
-  where TensorRT fuses them into the int8 kernel) and ``cpu`` (uint8 activations with
+  where TensorRT fuses them into the int8 kernel; a ``DeformConv`` reading a tensor that a
+  quantized conv also reads gets the float tensor, not its Q/DQ copy) and ``cpu`` (uint8 activations with
   int8 per-channel weights, U8S8, the fast path of ONNX Runtime's x86 kernels; TensorRT
   cannot build it because its INT8 is symmetric-only).
 
@@ -194,6 +195,37 @@ _FP32_ONLY_OPS = frozenset({"Cast", "CastLike", "ConstantOfShape", "Constant", "
                             "RandomUniformLike", "EyeLike", "Range", "Resize", "Upsample"})
 
 
+def _unquantize_inputs(model: Any, op_type: str) -> int:
+    """Rewire ``op_type`` nodes that read ``DQ(Q(x))`` to read the float ``x`` (the
+    quantizer shares one Q/DQ pair among all readers of a tensor); drops Q/DQ left unused.
+    Returns the number of inputs rewired."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    rewired = 0
+    for node in model.graph.node:
+        if node.op_type != op_type:
+            continue
+        for i, t in enumerate(node.input):
+            dq = producer.get(t)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == \
+                "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                rewired += 1
+    used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+    changed = True
+    while changed:
+        keep = [n for n in model.graph.node
+                if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                or any(o in used for o in n.output)]
+        changed = len(keep) != len(model.graph.node)
+        if changed:
+            del model.graph.node[:]
+            model.graph.node.extend(keep)
+            used = {t for n in model.graph.node for t in n.input} | {
+                o.name for o in model.graph.output}
+    return rewired
+
+
 def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
     """fp32 ONNX -> mixed fp16: graph inputs/outputs stay float32, ``block_ops`` stay float32.
 
@@ -325,7 +357,8 @@ def quantize_int8(model: Any, files: Sequence[Path], opts: PrecisionOptions,
     trt = opts.int8_target == "tensorrt"
     extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": trt}
     if trt:
-        extra.update({"QuantizeBias": False, "OpTypesToExcludeOutputQuantization": ["Conv"]})
+        extra.update({"QuantizeBias": False, "OpTypesToExcludeOutputQuantization": ["Conv"],
+                      "DedicatedQDQPair": True})
     if opts.calib_method == "percentile":
         extra["CalibPercentile"] = 99.999
     import logging
@@ -366,6 +399,8 @@ def _quantize(model: Any, files: Sequence[Path], opts: PrecisionOptions, size: t
             line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise NasfcosError(f"int8 calibration failed: {type(exc).__name__}: {line}") from exc
         out = onnx.load(str(dst))
+    if trt:
+        _unquantize_inputs(out, "DeformConv")
     info = {"excluded_convs": len(offset_convs), "quantized_ops": list(INT8_OPS),
             "activations": "int8 symmetric" if trt else "uint8 asymmetric",
             "weights": "int8 symmetric per-channel", "bias": "float32" if trt else "int32",

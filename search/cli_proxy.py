@@ -83,14 +83,9 @@ def cache_main(argv: list[str]) -> int:
 
 
 def _load_genotype_arg(text: str) -> Any:
-    from nasfcos.genotypes import PAPER_GENOTYPES, load_genotype, load_paper_genotype
+    from nasfcos.genotypes import resolve_genotype
 
-    path = Path(text)
-    if path.is_file():
-        return load_genotype(path)
-    if text.removesuffix(".json") in PAPER_GENOTYPES:
-        return load_paper_genotype(text)
-    raise NasfcosError(f"{text}: no such genotype file (or shipped name: {', '.join(PAPER_GENOTYPES)})")
+    return resolve_genotype(text)
 
 
 def _seeds(text: str) -> list[int]:
@@ -102,8 +97,9 @@ def _seeds(text: str) -> list[int]:
             seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise NasfcosError(f"--seeds: expected e.g. '0,1,2' or '0-4', got {text!r}") from None
-    if not seeds:
-        raise NasfcosError(f"--seeds {text!r} names no seed (a range is low-high, e.g. 0-4)")
+    if not seeds or len(seeds) > 1000 or min(seeds) < 0:
+        raise NasfcosError(f"--seeds: expected 1..1000 non-negative seeds in increasing order "
+                           f"(e.g. '0,1,2' or '0-4'), got {text!r}")
     return seeds
 
 

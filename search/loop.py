@@ -393,9 +393,12 @@ class Search:
     def _progress_bar(self, done: int) -> Any:
         from tqdm import tqdm
 
+        from nasfcos.progress import progress_bar
+
         total = self.cfg.steps * self.cfg.batch_size
-        return tqdm(total=total, initial=min(done, total), unit="arch", desc="search",
-                    disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
+        if not self.progress:
+            return tqdm(total=total, disable=True)
+        return progress_bar(total, initial=min(done, total), unit="arch", desc="search")
 
     def _run_step(self, archive: Archive, executor: Executor, bar: Any, t_start: float) -> StepLog:
         step, n = self.step, self.cfg.batch_size

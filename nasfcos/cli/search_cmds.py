@@ -10,10 +10,12 @@ import argparse
 import dataclasses
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
 
 SEARCH_EPILOG = """\
@@ -24,7 +26,7 @@ examples:
   nasfcos search --out runs/tiny --resume                           # after a crash or kill -9
   nasfcos search --preset paper --trials 2000 --out runs/paper --cache /shared/cache \\
       --executor ray --address auto
-  nasfcos search top runs/tiny -k 5 -o best/                        # export the 5 best genotypes
+  nasfcos search top runs/tiny --top-k 5 -o best/                  # export the 5 best genotypes
 
 a proxy search without --cache builds its feature cache (and, without --data, the preset's
 synthetic data set) in --out/cache first, or reuses the one there.  A search whose every
@@ -45,7 +47,7 @@ sub-verbs: 'nasfcos search cache ...' (build the feature cache), 'nasfcos search
 
 TOP_EPILOG = """\
 example:
-  nasfcos search top runs/tiny -k 5 -o best/
+  nasfcos search top runs/tiny --top-k 5 -o best/
 writes best/rank01-HASH.json ... (the K best distinct genotypes, reward and provenance in
 "meta") and best/top.json (machine-readable list)."""
 
@@ -60,16 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("toy", "tiny", "paper"), default=None,
                    help="evaluation: 'toy' (no training, reward = deformable ops), or the proxy "
                         "task presets 'tiny' / 'paper' (default: tiny)")
-    p.add_argument("--trials", type=int, default=None,
+    p.add_argument("--trials", type=A.positive_int, default=None,
                    help="architectures to sample in total, rounded up to whole batches "
                         "(required for a new search; on --resume defaults to the stored target)")
-    p.add_argument("--out", required=True, metavar="DIR", help="search folder")
+    p.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, required=True,
+                   metavar="DIR", help="search folder")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local worker processes (default) or Ray tasks")
     p.add_argument("--address", default=None, metavar="A",
                    help="Ray cluster: 'auto' or HOST:PORT (default: start a local Ray instance)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=A.non_negative_int, default=None, metavar="N",
                    help="local: worker processes, 0 = evaluate in this process (default: 0 for "
                         "toy, 1 otherwise); ray: concurrent tasks hint")
     p.add_argument("--data", default=None, metavar="DIR",
@@ -80,15 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", default=None, metavar="FILE",
                    help="state_dict of the frozen backbone the feature cache is built with "
                         "(torchvision format; default: the preset's)")
-    p.add_argument("--seed", type=int, default=None, metavar="S", help="search seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+    p.add_argument("--seed", type=A.seed, default=None, metavar="S", help="search seed (default 0)")
+    p.add_argument("--batch-size", type=A.positive_int, default=None, metavar="B",
                    help="architectures per controller update (default 8)")
     p.add_argument("--head", choices=("dag", "sequential", "fcos"), default=None,
                    help="head search space (default dag: the paper's)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="genotypes kept in DIR/top (default 5)")
-    p.add_argument("--toy-noise", type=float, default=None, metavar="STD",
+    p.add_argument("-k", "--top-k", type=A.positive_int, default=5, metavar="K",
+                   help="genotypes kept in DIR/top (default 5)")
+    p.add_argument("--toy-noise", type=A.non_negative_float, default=None, metavar="STD",
                    help="toy preset: reward noise drawn from the evaluation seed (default 0)")
-    p.add_argument("--toy-delay", type=float, default=None, metavar="S",
+    p.add_argument("--toy-delay", type=A.non_negative_float, default=None, metavar="S",
                    help="toy preset: seconds each evaluation pretends to take (default 0)")
     g = p.add_argument_group("latency-aware search (MnasNet-style soft constraint)")
     g.add_argument("--latency-table", default=None, metavar="FILE",
@@ -102,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="refuse a table measured at another image size")
     g.add_argument("--latency-backend", choices=("onnxruntime", "torch", "tensorrt"), default=None,
                    help="refuse a table measured on another backend")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    A.add_quiet(p)
     return p
 
 
@@ -146,10 +150,6 @@ def search_main(argv: list[str]) -> int:
     workers = args.workers
     if workers is None and args.executor == "local":
         workers = 0 if cfg.preset == "toy" else 1
-    if workers is not None and workers < 0:
-        raise NasfcosError(f"--workers must be >= 0, got {workers}")
-    if args.top_k < 1:
-        raise NasfcosError(f"--top-k must be at least 1, got {args.top_k}")
     if cfg.trials % cfg.batch_size:
         print(f"nasfcos search: note: --trials {cfg.trials} rounded up to {cfg.steps * cfg.batch_size} "
               f"(whole batches of {cfg.batch_size})", file=sys.stderr)
@@ -196,9 +196,11 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dir", metavar="DIR", help="search folder (holds archive.jsonl)")
-    p.add_argument("-k", type=int, default=5, metavar="K", help="how many (default 5)")
-    p.add_argument("-o", "--out", default=None, metavar="OUTDIR", help="where to write (default DIR/top)")
-    p.add_argument("--json", action="store_true", help="print the machine-readable list instead of a table")
+    p.add_argument("-k", "--top-k", dest="k", type=A.positive_int, default=5, metavar="K",
+                   help="how many (default 5)")
+    p.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, default=None,
+                   metavar="OUTDIR", help="where to write (default DIR/top)")
+    A.add_json(p, "print the machine-readable list on stdout instead of a table")
     return p
 
 
@@ -208,8 +210,6 @@ def top_main(argv: list[str]) -> int:
     from nasfcos.search.archive import ARCHIVE_NAME, best_rows, read_rows
     from nasfcos.search.loop import write_top
 
-    if args.k < 1:
-        raise NasfcosError(f"-k must be at least 1, got {args.k}")
     src = Path(args.dir)
     if not src.is_dir():
         raise NasfcosError(f"{src}: no such search folder")
@@ -217,6 +217,10 @@ def top_main(argv: list[str]) -> int:
     top = best_rows(rows, args.k)
     if not top:
         raise NasfcosError(f"{src / ARCHIVE_NAME}: no evaluated architecture yet")
+    for r in top:  # the hash names a file: only 64 hex digits may reach it
+        if not isinstance(r.get("hash"), str) or not re.fullmatch(r"[0-9a-f]{64}", r["hash"]):
+            raise NasfcosError(f"{src / ARCHIVE_NAME}: row {r.get('index')!r} of step "
+                               f"{r.get('step')!r} has a malformed hash")
     out = Path(args.out) if args.out else src / "top"
     paths = write_top(top, out)
     listing = [{"rank": k, "reward": r["reward"], "hash": r["hash"], "step": r["step"], "index": r["index"],
@@ -253,7 +257,8 @@ def latency_table_main(argv: list[str]) -> int:
                                 epilog=LATENCY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
     p.add_argument("--size", default="800x800", metavar="HxW", help="image size (default 800x800)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="table JSON to write")
+    p.add_argument("-o", "--output", type=A.output_file, required=True, metavar="FILE",
+                   help="table JSON to write")
     p.add_argument("--fpn-channels", type=int, default=128, metavar="C", help="FPN width (default 128)")
     p.add_argument("--head-channels", type=int, default=128, metavar="C", help="head width (default 128)")
     p.add_argument("--num-classes", type=int, default=80, metavar="K", help="classes (default 80)")
@@ -268,8 +273,8 @@ def latency_table_main(argv: list[str]) -> int:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time (default), or the CPU time of the calling thread (with --threads 1: "
                         "immune to other processes on a shared machine)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    A.add_quiet(p)
+    A.add_json(p, "print the table as JSON on stdout")
     a = p.parse_args(argv)
     from nasfcos.runtime.models import parse_size
     from nasfcos.search.latency import TableSpec, build_table
