@@ -182,10 +182,10 @@ class TableSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise NasfcosError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        for name in ("fpn_channels", "head_channels"):
-            if getattr(self, name) % 2:
-                raise NasfcosError(f"--{name.replace('_', '-')} must be even (two deformable offset "
-                                   f"groups), got {getattr(self, name)}")
+        from nasfcos.compiler import CompileOptions
+
+        CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels,
+                       num_classes=self.num_classes)  # the compiler's rules for widths
         if min(self.size) < 32:
             raise NasfcosError(f"size {self.size[0]}x{self.size[1]} too small (at least 32x32)")
         return self

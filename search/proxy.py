@@ -111,6 +111,9 @@ class ProxySettings:
 
         if self.backbone not in BACKBONE_NAMES:
             raise NasfcosError(f"backbone must be one of {', '.join(BACKBONE_NAMES)}, not {self.backbone!r}")
+        if self.backbone.endswith("_c2"):
+            raise NasfcosError(f"backbone {self.backbone}: the feature cache feeds ImageNet-normalised RGB; "
+                               "Caffe2-input trunks (*_c2) are not supported there")
         positive = ("short_side", "max_size", "crop", "crops_per_image", "chunk_size", "fpn_channels",
                     "head_channels", "batch_size", "epochs", "eval_batch_size")
         for name in positive:
@@ -132,6 +135,9 @@ class ProxySettings:
             raise NasfcosError("num_threads must be >= 0")
         if self.size_range_scale <= 0:
             raise NasfcosError("size_range_scale must be positive")
+        from nasfcos.compiler import CompileOptions
+
+        CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels)  # the widths' rules
         return self
 
     def cache_key(self) -> dict[str, Any]:
@@ -165,13 +171,13 @@ class ProxySettings:
 PRESETS: dict[str, ProxySettings] = {
     # The embedded default: synthetic shapes (400 images, 128 px; 320 in train.json, split
     # 224 / 96), a small random-weight CNN, images resized to 96 px and cropped to 64 px,
-    # 16-wide decoders, 2 epochs of batch 16 (28 steps).  One evaluation of the paper's
+    # decoders 16 wide in the FPN and 32 in the head (GroupNorm's 32 groups, as released), 2 epochs of batch 16 (28 steps).  One evaluation of the paper's
     # genotype takes a few CPU-seconds; it outscores a crippled decoder over seeds
     # (tests/search/test_proxy.py, benchmarks/proxy_speed.py).
     "tiny": ProxySettings(
         name="tiny", backbone="tiny", short_side=96, max_size=96,
         crop=64, meta_val_fraction=0.3, size_range_scale=0.25, chunk_size=64, synth_images=400,
-        synth_size=128, fpn_channels=16, head_channels=16, batch_size=16, epochs=2, lr=8e-4,
+        synth_size=128, fpn_channels=16, head_channels=32, batch_size=16, epochs=2, lr=8e-4,
         polyak_decay=0.9, eval_batch_size=64, num_threads=1,
     ),
     # The paper's numbers (NAS-FCOS 4.1): VOC split 4000 / 1715, short side 384, random
