@@ -111,6 +111,9 @@ class ProxySettings:
 
         if self.backbone not in BACKBONE_NAMES:
             raise NasfcosError(f"backbone must be one of {', '.join(BACKBONE_NAMES)}, not {self.backbone!r}")
+        if self.backbone.endswith("_c2"):
+            raise NasfcosError(f"backbone {self.backbone}: the feature cache feeds ImageNet-normalised RGB; "
+                               "Caffe2-input trunks (*_c2) are not supported there")
         positive = ("short_side", "max_size", "crop", "crops_per_image", "chunk_size", "fpn_channels",
                     "head_channels", "batch_size", "epochs", "eval_batch_size")
         for name in positive:
@@ -132,6 +135,9 @@ class ProxySettings:
             raise NasfcosError("num_threads must be >= 0")
         if self.size_range_scale <= 0:
             raise NasfcosError("size_range_scale must be positive")
+        from nasfcos.compiler import CompileOptions
+
+        CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels)  # the widths' rules
         return self
 
     def cache_key(self) -> dict[str, Any]:
@@ -165,9 +171,8 @@ class ProxySettings:
 PRESETS: dict[str, ProxySettings] = {
     # The embedded default: synthetic shapes (400 images, 128 px; 320 in train.json, split
     # 224 / 96), a small random-weight CNN, images resized to 96 px and cropped to 64 px,
-    # 16-wide FPNs with 32-wide heads (GroupNorm(32, C)), 2 epochs of batch 16 (28 steps).
-    # One evaluation of the paper's genotype takes a few CPU-seconds; it outscores a crippled
-    # decoder over seeds
+    # decoders 16 wide in the FPN and 32 in the head (GroupNorm's 32 groups, as released), 2 epochs of batch 16 (28 steps).  One evaluation of the paper's
+    # genotype takes a few CPU-seconds; it outscores a crippled decoder over seeds
     # (tests/search/test_proxy.py, benchmarks/proxy_speed.py).
     "tiny": ProxySettings(
         name="tiny", backbone="tiny", short_side=96, max_size=96,
@@ -466,9 +471,9 @@ def evaluate(genotype: Genotype | dict[str, Any], cache: FeatureCache, settings:
 #: Caches opened in this process: (resolved path, manifest mtime) -> FeatureCache.  A
 #: worker verifies a cache's checksums once, however many evaluator copies it unpickles.
 _OPENED: dict[tuple[str, int], FeatureCache] = {}
-#: Full (checksum) verifications of a cache done by this process; reported with every
+#: Verifications of each cache (resolved path) done by this process; reported with every
 #: evaluation as ``cache_verifications`` (1 in a worker that evaluated many genotypes).
-_VERIFICATIONS = 0
+_VERIFICATIONS: dict[str, int] = {}
 
 
 def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "full") -> FeatureCache:
@@ -480,9 +485,8 @@ def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "fu
     key = (str(path), mtime)
     cache = _OPENED.get(key)
     if cache is None:
-        global _VERIFICATIONS
         cache = open_cache(path, settings, verify=verify)
-        _VERIFICATIONS += 1
+        _VERIFICATIONS[str(path)] = _VERIFICATIONS.get(str(path), 0) + 1
         _OPENED.clear()  # one cache per worker is the normal case; do not hoard memory
         _OPENED[key] = cache
     elif settings is not None:
@@ -522,7 +526,7 @@ class ProxyEvaluator:
 
     def __call__(self, genotype: Genotype | dict[str, Any], seed: int = 0) -> dict[str, Any]:
         result = evaluate(genotype, self.cache(), self.resolved_settings(), seed).to_dict()
-        result["cache_verifications"] = _VERIFICATIONS
+        result["cache_verifications"] = _VERIFICATIONS.get(str(Path(self.cache_dir).resolve()), 0)
         return result
 
 

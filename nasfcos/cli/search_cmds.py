@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import re
 import sys
@@ -79,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="feature cache folder, built there if absent (proxy presets; default: OUT/cache; "
                         "on shared storage for Ray)")
+    p.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="state_dict of the frozen backbone the feature cache is built with "
+                        "(torchvision format; default: the preset's)")
     p.add_argument("--seed", type=A.seed, default=None, metavar="S", help="search seed (default 0)")
     p.add_argument("--batch-size", type=A.positive_int, default=None, metavar="B",
                    help="architectures per controller update (default 8)")
@@ -114,10 +118,7 @@ def _config(args: argparse.Namespace) -> Any:
 
     stored = Path(args.out) / CONFIG_NAME
     if args.resume and stored.exists():
-        try:
-            base = SearchConfig.from_dict(json.loads(stored.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise NasfcosError(f"{stored}: unreadable search settings ({exc})") from None
+        base = SearchConfig.read(stored)
     else:
         if args.trials is None:
             raise NasfcosError("--trials is required for a new search")
@@ -127,14 +128,14 @@ def _config(args: argparse.Namespace) -> Any:
                        ("batch_size", "batch_size"), ("data", "data"), ("cache", "cache"),
                        ("toy_noise", "toy_noise"), ("toy_delay", "toy_delay"),
                        ("latency_table", "latency_table"), ("latency_target", "latency_target"),
-                       ("latency_weight", "latency_weight")):
+                       ("latency_weight", "latency_weight"), ("backbone_weights", "backbone_weights")):
         v = getattr(args, flag)
         if v is not None:
             changes[name] = v
     if args.head is not None:
         changes["controller"] = dataclasses.replace(base.controller or ControllerConfig(), head_kind=args.head)
     cfg = dataclasses.replace(base, **changes)
-    for name in ("data", "cache", "latency_table"):
+    for name in ("data", "cache", "latency_table", "backbone_weights"):
         v = getattr(cfg, name)
         if v is not None and v == getattr(args, name):
             cfg = dataclasses.replace(cfg, **{name: str(Path(v).resolve())})
@@ -273,6 +274,9 @@ def latency_table_main(argv: list[str]) -> int:
     p.add_argument("--statistic", choices=("median", "min"), default="median",
                    help="per-unit summary of the runs: median (quiet machine, default) or min "
                         "(a shared machine: the uncontended time)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time (default), or the CPU time of the calling thread (with --threads 1: "
+                        "immune to other processes on a shared machine)")
     A.add_quiet(p)
     A.add_json(p, "print the table as JSON on stdout")
     a = p.parse_args(argv)
@@ -291,7 +295,8 @@ def latency_table_main(argv: list[str]) -> int:
     spec = TableSpec(backend=a.backend, size=parse_size(a.size), fpn_channels=a.fpn_channels,
                      head_channels=a.head_channels, num_classes=a.num_classes, backbone=a.backbone,
                      threads=a.threads, device=device).validate()
-    table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic)
+    table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic,
+                        clock=a.clock)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.save(out)
     if a.json:
@@ -306,9 +311,7 @@ def latency_table_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """``nasfcos search ...``: dispatch the sub-verbs, otherwise run a search."""
     if argv and argv[0] in ("cache", "eval"):
-        import importlib
-
-        cli_proxy = importlib.import_module("nasfcos.search.cli_proxy")  # sys.modules first
+        cli_proxy = importlib.import_module("nasfcos.search.cli_proxy")
         return int((cli_proxy.cache_main if argv[0] == "cache" else cli_proxy.eval_main)(argv[1:]) or 0)
     if argv and argv[0] == "top":
         return top_main(argv[1:])
