@@ -60,6 +60,8 @@ class BenchConfig:
     trt_fp16: bool = False
     #: For a model.py: an already exported ONNX file for onnxruntime/tensorrt (no re-export).
     onnx_path: Path | None = None
+    #: For a detector model.py: add the route without nasfcos (:func:`baseline_runner`).
+    baseline: bool = False
 
 
 def latency_stats(times_ms: Sequence[float], batch: int = 1) -> dict[str, float]:
@@ -228,6 +230,26 @@ def plain_session(path: str | Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def baseline_runner(path: Path, size: tuple[int, int], cfg: BenchConfig) -> Runner:
+    """ONNX Runtime runner on :func:`export_baseline` of the detector ``path`` at ``size``
+    (static, or dynamic unless ``cfg.onnx_static``) with a :func:`plain_session`."""
+    import tempfile
+
+    from nasfcos.runtime.models import load_model
+    from nasfcos.runtime.runners import OrtRunner
+
+    t0 = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="nasfcos-baseline-")
+    onnx_path = export_baseline(load_model(path, "detector", seed=cfg.seed),
+                                Path(tmp.name) / "baseline.onnx", size,
+                                dynamic=not cfg.onnx_static, seed=cfg.seed)
+    runner = OrtRunner(onnx_path, threads=cfg.threads)
+    runner.session = plain_session(onnx_path, cfg.threads)
+    runner.backend, runner.opt_level, runner._tmp = BASELINE_BACKEND, "default options", tmp
+    runner.setup_seconds = time.perf_counter() - t0
+    return runner
+
+
 def ort_op_profile(session_or_path: Any, feed: dict[str, np.ndarray], runs: int = 3,
                    threads: int | None = None) -> dict[str, dict[str, float]]:
     """Per op type share of ONNX Runtime CPU kernel time: ``{op: {"share", "ms", "nodes"}}``.
@@ -284,6 +306,8 @@ def _make(path: Path, backend: str, cfg: BenchConfig, size: tuple[int, int] | No
     if backend in ("torch", "torch-compile"):
         return make_runner(path, backend, device, kind=cfg.kind, seed=cfg.seed,
                            threads=cfg.threads)
+    if backend == BASELINE_BACKEND:
+        return baseline_runner(path, size or cfg.sizes[0], cfg)
     if cfg.onnx_path is not None and path.suffix == ".py" and backend in ("onnxruntime",
                                                                           "tensorrt"):
         path = Path(cfg.onnx_path)
@@ -334,6 +358,10 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
         raise NasfcosError(f"unknown backend(s) {', '.join(unknown)} (have {', '.join(BACKENDS)})")
     if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
         raise NasfcosError("runs must be >= 1, warmup >= 0 and batch >= 1")
+    if cfg.baseline:
+        if path.suffix != ".py" or cfg.device != "cpu":
+            raise NasfcosError("--baseline needs a detector model.py on the cpu device")
+        backends = [*backends, BASELINE_BACKEND]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
@@ -393,8 +421,9 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     peak = (report.get("matmul_peak") or {}).get("gflops")
     for backend in backends:
         runner: Runner | None = None
-        per_size = (backend == "onnxruntime" and cfg.onnx_static and path.suffix == ".py"
-                    and cfg.onnx_path is None)
+        per_size = backend == BASELINE_BACKEND or (
+            backend == "onnxruntime" and cfg.onnx_static and path.suffix == ".py"
+            and cfg.onnx_path is None)
         skip_reason: str | None = None
         for size in cfg.sizes:
             key = f"{size[0]}x{size[1]}"
@@ -449,6 +478,13 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     if bar is not None:
         bar.close()
     report["flops"] = flops
+    if cfg.baseline:  # nasfcos / baseline median time per size
+        med = {(r["backend"], tuple(r["size"])): r["median_ms"] for r in report["results"]
+               if r["status"] == "ok"}
+        report["baseline_ratio"] = {
+            f"{h}x{w}": round(med[("onnxruntime", (h, w))] / med[(BASELINE_BACKEND, (h, w))], 3)
+            for h, w in cfg.sizes if ("onnxruntime", (h, w)) in med
+            and (BASELINE_BACKEND, (h, w)) in med}
     return report
 
 
@@ -480,6 +516,10 @@ def markdown_table(report: dict[str, Any]) -> str:
             else:
                 vals.append(f"{r['median_ms']:.1f} ({r['p90_ms']:.1f})")
         lines.append(f"| {b} | " + " | ".join(vals) + " |")
+    if report.get("baseline_ratio"):
+        lines += ["", "onnxruntime / onnxruntime-baseline (the reference interpreter's detector, "
+                  "plain export, default session options), median time: "
+                  + ", ".join(f"{k} {v:.2f}x" for k, v in report["baseline_ratio"].items())]
     lines += ["", "| backend | size | runs | median | mean | p90 | p99 | min | std | FPS | "
               "GFLOP | GFLOP/s | of peak |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
