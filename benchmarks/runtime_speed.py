@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/runtime_speed.py [--sizes 800] [--threads 2] [--blocks 5]
         [--genotypes nas_fcos_fpn,nas_fcos_fpn_head] [--fpn-channels 128]
-        [--backbone resnet50] [--eager nas_fcos_fpn_head] [--profile] [--json FILE]
+        [--backbone resnet50] [--eager nas_fcos_fpn_head] [--profile] [--split-options]
+        [--modes static,dynamic] [--work DIR] [--json FILE]
 
 Per genotype, compiled as a whole detector (random weights, seed 0, batch 1, the same seeded
 image for everything):
@@ -19,9 +20,11 @@ largest size; the baseline: traced per size, since its dynamic graph only runs a
 it was traced at).
 The two sessions of a cell alternate in blocks (order swapped every block), so machine noise
 hits them alike; a figure is the median over blocks, and the ratio nasfcos / baseline is
-the target (<= 0.85).  PyTorch eager (for the ``--eager`` genotypes): the compiled detector vs the
-reference interpreter's detector, with post-processing (target >= 1.6x), alternating too,
-and the compiled detector's post-processing alone.  ``--profile`` adds ONNX Runtime's per op
+the target (<= 0.85).  ``--split-options`` adds the baseline graph run with nasfcos's session
+options, which separates what the export brings from what the session options bring.
+PyTorch eager (for the ``--eager`` genotypes): the compiled detector vs the reference
+interpreter's detector, with post-processing (target >= 1.6x), alternating too, and the
+compiled detector's post-processing alone.  ``--profile`` adds ONNX Runtime's per op
 type share of kernel time at the first size for the static exports: baseline, nasfcos
 without its graph passes, nasfcos.  Prints tables and one JSON document.
 """
@@ -82,23 +85,33 @@ def _eager(lm: Any, base: Any, image: torch.Tensor, blocks: int) -> dict[str, An
 
 
 def _ort_cell(nasfcos_path: Path, base_path: Path, feed: np.ndarray, threads: int,
-              blocks: int, label: str) -> dict[str, Any]:
+              blocks: int, label: str, split: bool = False) -> dict[str, Any]:
     from nasfcos.runtime.bench import plain_session
     from nasfcos.runtime.runners import OrtRunner
 
     ours = OrtRunner(nasfcos_path, threads=threads)
     base = plain_session(base_path, threads)
-    ours.bind(feed)
+    fns = {"nasfcos": ours.run, "baseline": lambda: base.run(None, {"images": feed})}
+    tuned = None
+    if split:  # the baseline graph with nasfcos's session options: graph vs options
+        tuned = OrtRunner(base_path, threads=threads)
+        tuned.bind(feed)
+        fns["baseline, nasfcos options"] = tuned.run
     got = ours(feed)
     want = base.run(None, {"images": feed})
-    t = _blocks({"nasfcos": ours.run, "baseline": lambda: base.run(None, {"images": feed})},
-                blocks, warmup=0, label=label)
-    ours.close()
+    t = _blocks(fns, blocks, warmup=0, label=label)
+    for r in (ours, tuned):
+        if r is not None:
+            r.close()
     med = {k: _med(v) for k, v in t.items()}
-    return {"nasfcos_ms": med["nasfcos"], "baseline_ms": med["baseline"],
-            "ratio": round(med["nasfcos"] / med["baseline"], 3),
-            "scores_max_abs_diff": float(np.abs(got[1] - want[1]).max()),
-            "times_ms": {k: [round(x, 1) for x in v] for k, v in t.items()}}
+    out = {"nasfcos_ms": med["nasfcos"], "baseline_ms": med["baseline"],
+           "ratio": round(med["nasfcos"] / med["baseline"], 3),
+           "scores_max_abs_diff": float(np.abs(got[1] - want[1]).max()),
+           "times_ms": {k: [round(x, 1) for x in v] for k, v in t.items()}}
+    if tuned is not None:
+        out["baseline_nasfcos_options_ms"] = med["baseline, nasfcos options"]
+        out["ratio_same_options"] = round(med["nasfcos"] / med["baseline, nasfcos options"], 3)
+    return out
 
 
 def _genotype(name: str, args: argparse.Namespace, sizes: list[tuple[int, int]],
@@ -136,10 +149,11 @@ def _genotype(name: str, args: argparse.Namespace, sizes: list[tuple[int, int]],
 
     for size in sizes:
         feed = lm.inputs(size, 1, seed=0)[0]
-        for mode in ("static", "dynamic"):
+        for mode in args.modes.split(","):
             ours, base_path = export(mode, size)
             res["ort"][f"{mode} {size[0]}"] = _ort_cell(
-                ours, base_path, feed, args.threads, args.blocks, f"{name} {mode} {size[0]}")
+                ours, base_path, feed, args.threads, args.blocks, f"{name} {mode} {size[0]}",
+                split=args.split_options)
     if args.profile:
         size = sizes[0]
         prof_feed = {"images": lm.inputs(size, 1, seed=0)[0]}
@@ -164,12 +178,18 @@ def main() -> None:
     ap.add_argument("--eager", default="nas_fcos_fpn_head",
                     help="genotypes to compare in PyTorch eager too (default nas_fcos_fpn_head)")
     ap.add_argument("--profile", action="store_true", help="ORT per-op profiles (first size)")
+    ap.add_argument("--split-options", action="store_true",
+                    help="also time the baseline graph with nasfcos's session options")
+    ap.add_argument("--modes", default="static,dynamic", help="exports to time")
+    ap.add_argument("--work", help="folder for the model files and exports (reused when they "
+                                   "exist; default: a new temporary folder)")
     ap.add_argument("--json", help="also write the JSON document here")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     sizes = [(int(s), int(s)) for s in args.sizes.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="nasfcos-runtime-speed-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="nasfcos-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"sizes": [s[0] for s in sizes], "threads": args.threads,
                               "blocks": args.blocks, "fpn_channels": args.fpn_channels,
                               "backbone": args.backbone, "torch": torch.__version__,
@@ -187,10 +207,13 @@ def main() -> None:
                   f"{e['median_ms']['compiled']} ms -> {e['speedup']:.2f}x (target >= 1.6); "
                   f"without post-processing {e['speedup_raw']:.2f}x; post-processing "
                   f"{e['median_ms']['postprocess']} ms")
-        print(f"  {'ORT cell':<14} {'nasfcos ms':>10} {'baseline ms':>11} {'ratio':>6}")
+        print(f"  {'ORT cell':<14} {'nasfcos ms':>10} {'baseline ms':>11} {'ratio':>6}"
+              "   (same session options: baseline ms, ratio)")
         for cell, r in res["ort"].items():
+            same = (f"   {r['baseline_nasfcos_options_ms']:.1f}, {r['ratio_same_options']:.3f}"
+                    if "ratio_same_options" in r else "")
             print(f"  {cell:<14} {r['nasfcos_ms']:>10.1f} {r['baseline_ms']:>11.1f} "
-                  f"{r['ratio']:>6.3f}")
+                  f"{r['ratio']:>6.3f}{same}")
         for label, prof in res.get("profile", {}).items():
             top = ", ".join(f"{op} {v['share']:.1%}" for op, v in list(prof.items())[:8])
             print(f"  profile {label}: {top}")
