@@ -411,8 +411,8 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     total = len(backends) * len(cfg.sizes) * cfg.runs
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc="bench", unit="run", leave=False)
+        from nasfcos.progress import progress_bar
+        bar = progress_bar(total, desc="bench", unit="run")
 
     def tick() -> None:
         if bar is not None:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
 from nasfcos.genotypes.space import BACKBONE_STRIDES
-from nasfcos.modelfile import load_model_file
+from nasfcos.modelfile import load_model_file, model_code_guard
 from nasfcos.weights import load_state_dict_strict, load_weights_file
 
 ModelKind = Literal["decoder", "detector"]
@@ -197,15 +197,17 @@ def state_dict_hash(net: nn.Module) -> str:
 
 
 def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
-               weights: str | Path | None = None, **overrides: Any) -> LoadedModel:
+               weights: str | Path | None = None, sha256: str | None = None,
+               **overrides: Any) -> LoadedModel:
     """Import a compiled ``model.py`` and build the chosen module in eval mode.
 
     Weights: random, seeded with ``torch.manual_seed(seed)`` before construction (so the
     same seed rebuilds the same weights), or a ``state_dict`` file (``torch.save``) in
-    ``weights``, loaded strictly.  ``overrides`` go to the constructor.
+    ``weights``, loaded strictly.  ``overrides`` go to the constructor.  ``sha256``: the
+    file must hash to it before it is imported (a manifest's ``model_sha256``).
     """
     path = Path(path)
-    module = load_model_file(path)
+    module = load_model_file(path, sha256=sha256)
     kind = detect_kind(module, kind)
     weights_path = Path(weights) if weights is not None else None
     ckpt = load_weights_file(weights_path) if weights_path is not None else None
@@ -217,12 +219,12 @@ def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
             overrides.setdefault("num_classes", int(ckpt["num_classes"]))
     torch.manual_seed(seed)
     try:
-        if kind == "detector":
-            inner = module.Detector(**overrides)
-        else:
-            inner = module.Decoder(**overrides)
-    except TypeError as exc:
-        raise NasfcosError(f"{path}: cannot build the {kind} ({exc})") from exc
+        with model_code_guard(path):
+            inner = module.Detector(**overrides) if kind == "detector" else module.Decoder(**overrides)
+    except NasfcosError as exc:
+        if not isinstance(exc.__cause__, TypeError):
+            raise
+        raise NasfcosError(f"{path}: cannot build the {kind} ({exc.__cause__})") from exc
     if ckpt is not None:
         load_state_dict_strict(inner, ckpt["model"], str(weights_path))
     inner.eval()

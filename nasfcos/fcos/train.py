@@ -337,9 +337,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     ckpt_every = cfg.checkpoint_every or max(1, total // 10)
     bar = None
     if progress and d.main:
-        from tqdm import tqdm
+        from nasfcos.progress import progress_bar
 
-        bar = tqdm(total=total, initial=start, desc="train", unit="it", dynamic_ncols=True)
+        bar = progress_bar(total, initial=start, desc="train", unit="it")
     model.train()
     t0 = time.time()
     last: dict[str, float] = {}
