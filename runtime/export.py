@@ -27,6 +27,7 @@ import torch
 from nasfcos.errors import NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from nasfcos.runtime.models import LoadedModel, load_model
+from nasfcos.runtime.optimize import optimize_onnx
 from nasfcos.runtime.precision import PrecisionOptions, calibration_files, lower_precision
 
 #: ONNX opset: 19 is the first with ``DeformConv``.
@@ -50,6 +51,8 @@ class ExportOptions:
     dynamic: bool = False
     opset: int = DEFAULT_OPSET
     simplify: bool = True
+    #: nasfcos's graph passes (:mod:`nasfcos.runtime.optimize`) after the simplifier.
+    optimize: bool = True
     seed: int = 0
     weights: Path | None = None
     #: Reduced precision built into the graph (:mod:`nasfcos.runtime.precision`).
@@ -332,6 +335,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
             warnings.warn(f"onnxslim failed, keeping the unsimplified graph: {exc}", stacklevel=2)
         seconds["simplify"] = time.perf_counter() - t0
     step("simplify")
+    passes = optimize_onnx(proto) if opts.optimize else None
     t0 = time.perf_counter()
     check_onnx(proto)
     precision_record: dict[str, Any] = {"precision": "fp32"}
@@ -374,6 +378,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                    "dynamic": opts.dynamic, "dynamic_batch": dynamic_batch,
                    "dynamic_ranges": ranges,
                    "simplified": simplified,
+                   "graph_passes": passes,
                    "exporter": "torch.onnx.export(dynamo=True)",
                    "ir_version": proto.ir_version,
                    "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node)},

@@ -307,6 +307,9 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--onnx", type=A.input_file,
                    help="for a model.py: use this exported ONNX file for "
                                   "onnxruntime/tensorrt instead of exporting again")
+    p.add_argument("--baseline", action="store_true",
+                   help="detector model.py: also time the route without nasfcos (reference "
+                        "interpreter's detector, plain torch.onnx.export, default ORT options)")
     p.add_argument("--fp16", action="store_true", help="TensorRT: build with FP16")
     p.add_argument("--no-matmul-peak", action="store_true", help="skip the matmul peak")
     _kind_flags(p)
@@ -325,7 +328,7 @@ def bench_main(argv: list[str]) -> int:
         threads=args.threads, device=args.device, seed=args.seed, kind=args.kind,
         max_seconds=args.max_seconds, matmul_peak=not args.no_matmul_peak,
         onnx_static=args.onnx_static, ort_opt_level=args.ort_opt_level, trt_fp16=args.fp16,
-        onnx_path=Path(args.onnx) if args.onnx else None)
+        onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline)
     report = run_benchmark(args.model, cfg, progress=not args.quiet)
     paths = write_report(report, args.output)
     _say(args, markdown_table(report))
