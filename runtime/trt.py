@@ -55,7 +55,8 @@ MAX_TRT_MAJOR = 12
 TRT_API: tuple[str, ...] = (
     "__version__", "Logger", "Logger.WARNING", "Builder", "Builder.create_network",
     "Builder.create_builder_config", "Builder.create_optimization_profile",
-    "Builder.build_serialized_network", "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+    "Builder.build_serialized_network", "NetworkDefinitionCreationFlag",
+    "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "MemoryPoolType", "TensorIOMode",
     "INetworkDefinition.num_inputs", "INetworkDefinition.get_input", "ITensor.name",
     "ITensor.shape", "OnnxParser", "OnnxParser.parse_from_file", "OnnxParser.num_errors",
     "OnnxParser.get_error", "ParserError.node", "ParserError.node_name",
@@ -376,7 +377,7 @@ def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if onnx_manifest is not None:
-        for key in ("genotype", "widths", "precision"):
+        for key in ("genotype", "widths", "precision", "export"):
             if key in onnx_manifest:
                 manifest[key] = onnx_manifest[key]
         manifest["source"]["model"] = onnx_manifest.get("source", {})
