@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,dist
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint bench clean help
+.PHONY: venv demo test test-fast lint bench clean help
 
 help:
 	@echo "make venv   - create/update .venv with nasfcos[$(EXTRAS)] installed editable"
 	@echo "make demo   - compile, export, check and benchmark the shipped paper genotype"
-	@echo "make test   - run the test suite"
+	@echo "make test   - run the test suite (everything, slow end-to-end tests included)"
+	@echo "make test-fast - the edit loop: the suite without the tests marked slow"
 	@echo "make lint   - ruff check"
 	@echo "make bench  - run benchmarks/ (slow; by hand)"
 
@@ -24,10 +25,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/nasfcos demo --out demo_out
+	$(BIN)/nasfcos demo --out demo_out --fpn-channels 128
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from nasfcos.fcos.evaluate import build_detector
 from nasfcos.fcos.losses import STRIDES, compute_targets, fcos_losses
+from nasfcos.fcos.train import build_detector
 from nasfcos.modelfile import load_model_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -102,16 +102,6 @@ def matmul_peak_gflops(threads: int | None = None, n: int = 2048,
         torch.set_num_threads(old)
 
 
-class _RawDetector:
-    """Callable running a Detector's backbone + decoder only (no post-processing)."""
-
-    def __init__(self, detector: Any) -> None:
-        self.detector = detector
-
-    def __call__(self, images: Any) -> Any:
-        return self.detector.forward_raw(images)
-
-
 def count_flops(lm: Any, size: tuple[int, int], batch: int = 1) -> float:
     """FLOPs (2 x multiply-accumulates) of one forward pass of a :class:`LoadedModel`.
 
@@ -123,20 +113,16 @@ def count_flops(lm: Any, size: tuple[int, int], batch: int = 1) -> float:
     import copy
 
     import torch
-    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from nasfcos.compiler.profile import deform_conv2d_flop
+    from nasfcos.compiler.profile import count_macs
+    from nasfcos.modelfile import RawForward
     from nasfcos.runtime.models import input_shapes
 
-    mapping = {torch.ops.torchvision.deform_conv2d: deform_conv2d_flop}
     net = copy.deepcopy(lm.net).to("meta")
-    fn = _RawDetector(net.detector) if lm.kind == "detector" else net
+    fn = RawForward(net.detector) if lm.kind == "detector" else net
     tensors = [torch.empty(s, device="meta")
                for s in input_shapes(lm.kind, size, batch, lm.in_channels)]
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
-        fn(*tensors)
-    return float(fc.get_total_flops())
+    return 2.0 * count_macs(fn, *tensors)
 
 
 def _time_cell(runner: Runner, inputs: list[np.ndarray], cfg: BenchConfig,
@@ -301,8 +287,8 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     total = len(backends) * len(cfg.sizes) * cfg.runs
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc="bench", unit="run", leave=False)
+        from nasfcos.progress import progress_bar
+        bar = progress_bar(total, desc="bench", unit="run")
 
     def tick() -> None:
         if bar is not None:

@@ -256,12 +256,66 @@ def compare_outputs(names: Sequence[str], ref: Sequence[np.ndarray], got: Sequen
 
 
 def _manifest_or_none(path: Path) -> dict[str, Any] | None:
-    from nasfcos.runtime.export import load_manifest
+    """The artifact's manifest, verified against the artifact; None when there is none.
 
-    try:
-        return load_manifest(path)
-    except NasfcosError:
+    A manifest that exists but is malformed, or no longer matches the artifact (sha256,
+    size, I/O names), is a one-line error: nothing it names is trusted.
+    """
+    from nasfcos.runtime.export import load_manifest, manifest_path_for, verify_manifest
+
+    if not manifest_path_for(path).exists():
         return None
+    man = load_manifest(path)
+    problems = verify_manifest(path)
+    if problems:
+        raise NasfcosError(f"{path}: does not match its manifest: {'; '.join(problems)}")
+    return man
+
+
+def _manifest_source(artifact: Path, man: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The manifest's ``source`` section and the folder its paths are relative to.
+
+    An engine's manifest carries its ONNX file's source, whose paths are relative to that
+    ONNX file's folder.
+    """
+    from nasfcos.runtime.export import manifest_file
+
+    src = man.get("source", {})
+    base = artifact.parent
+    if isinstance(src.get("model"), dict):  # engine manifest: the ONNX's source
+        if isinstance(src.get("onnx"), str):
+            base = manifest_file(base, src["onnx"]).parent
+        src = src["model"]
+        for key, types in (("model", str), ("model_sha256", str), ("weights", str),
+                           ("weights_sha256", str), ("kind", str), ("seed", int)):
+            if src.get(key) is not None and not isinstance(src[key], types):
+                raise NasfcosError(f"{artifact}: manifest field source.model.{key} has the "
+                                   "wrong type")
+    return src, base
+
+
+def _trusted_reference(artifact: Path, src: dict[str, Any], base: Path, kind: str | None,
+                       threads: int | None) -> Any:
+    """A torch runner on the manifest's model.py, imported only if its sha256 (and the
+    weights') match what the manifest recorded."""
+    from nasfcos.io import regular_file, sha256_file
+    from nasfcos.runtime.export import manifest_file
+    from nasfcos.runtime.models import load_model
+    from nasfcos.runtime.runners import TorchRunner
+
+    model = manifest_file(base, src["model"])
+    if not src.get("model_sha256"):
+        raise NasfcosError(f"{artifact}: its manifest records no model_sha256 for {model}; "
+                           "pass --against to choose the reference yourself")
+    weights = None
+    if src.get("weights"):
+        weights = regular_file(manifest_file(base, src["weights"]), "weights file")
+        if src.get("weights_sha256") and sha256_file(weights) != src["weights_sha256"]:
+            raise NasfcosError(f"{weights}: sha256 differs from the manifest of {artifact.name}")
+    regular_file(model, "model file")
+    lm = load_model(model, kind, seed=int(src.get("seed", 0)), weights=weights,
+                    sha256=src["model_sha256"])
+    return TorchRunner(lm, "cpu", threads=threads)
 
 
 def _static_size(runner: Any, kind: str) -> tuple[int, int] | None:
@@ -289,18 +343,21 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
     weights are verified against the manifest's ``state_dict_sha256``.  ``sizes`` defaults
     to the export size (plus a second size for dynamic exports).
     """
+    from nasfcos.io import regular_file
+    from nasfcos.runtime.export import manifest_file
     from nasfcos.runtime.models import state_dict_hash
     from nasfcos.runtime.runners import make_runner
 
-    artifact = Path(artifact)
+    artifact = regular_file(artifact, "exported model")
     man = _manifest_or_none(artifact)
-    src = (man or {}).get("source", {})
-    if "model" in src and isinstance(src["model"], dict):  # engine manifest: ONNX's source
-        src = src["model"]
-    if against is None:
+    src, base = _manifest_source(artifact, man) if man else ({}, artifact.parent)
+    from_manifest = against is None
+    if from_manifest:
         if not src.get("model"):
             raise NasfcosError(f"{artifact}: no manifest naming its model.py; pass --against")
-        against = src["model"]
+        against = manifest_file(base, src["model"])
+    else:
+        regular_file(against, "reference model")
     against = Path(against)
     from nasfcos.runtime.precision import manifest_precision
 
@@ -312,11 +369,16 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
         kind = kind or runner.kind or src.get("kind")
         ref_opts: dict[str, Any] = {}
         if against.suffix == ".py":
+            weights = src.get("weights")
             ref_opts = {"kind": kind, "seed": int(src.get("seed", 0)),
-                        "weights": src.get("weights"), "threads": threads}
+                        "weights": str(manifest_file(base, weights)) if weights else None,
+                        "threads": threads}
         elif against.suffix == ".onnx":
             ref_opts = {"threads": threads}
-        ref = make_runner(against, None, "cpu", **ref_opts)
+        if from_manifest and against.suffix == ".py":
+            ref = _trusted_reference(artifact, src, base, kind, threads)
+        else:
+            ref = make_runner(against, None, "cpu", **ref_opts)
         try:
             if against.suffix == ".py" and src.get("state_dict_sha256"):
                 actual = state_dict_hash(ref.model.net.detector if kind == "detector"

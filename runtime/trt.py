@@ -32,6 +32,7 @@ it to the 10.x and 11.x Python APIs).
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import tempfile
 import time
@@ -363,7 +364,8 @@ def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
         "format": "nasfcos-export/1",
         "artifact": {"file": engine_path.name, "type": "tensorrt", "sha256": sha256_bytes(data),
                      "bytes": len(data)},
-        "source": {"onnx": str(onnx_path), "onnx_sha256": sha256_file(onnx_path)},
+        "source": {"onnx": os.path.relpath(Path(onnx_path).resolve(), Path(engine_path).resolve().parent),
+                   "onnx_sha256": sha256_file(onnx_path)},
         "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io if is_in],
         "outputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io
                     if not is_in],

@@ -83,24 +83,24 @@ def cache_main(argv: list[str]) -> int:
 
 
 def _load_genotype_arg(text: str) -> Any:
-    from nasfcos.genotypes import PAPER_GENOTYPES, load_genotype, load_paper_genotype
+    from nasfcos.genotypes import resolve_genotype
 
-    path = Path(text)
-    if path.is_file():
-        return load_genotype(path)
-    if text.removesuffix(".json") in PAPER_GENOTYPES:
-        return load_paper_genotype(text)
-    raise NasfcosError(f"{text}: no such genotype file (or shipped name: {', '.join(PAPER_GENOTYPES)})")
+    return resolve_genotype(text)
 
 
 def _seeds(text: str) -> list[int]:
     try:
         if "-" in text.strip("-"):
             lo, hi = text.split("-", 1)
-            return list(range(int(lo), int(hi) + 1))
-        return [int(s) for s in text.split(",") if s.strip()]
+            seeds = list(range(int(lo), int(hi) + 1))
+        else:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise NasfcosError(f"--seeds: expected e.g. '0,1,2' or '0-4', got {text!r}") from None
+    if not seeds or len(seeds) > 1000 or min(seeds) < 0:
+        raise NasfcosError(f"--seeds: expected 1..1000 non-negative seeds in increasing order "
+                           f"(e.g. '0,1,2' or '0-4'), got {text!r}")
+    return seeds
 
 
 def eval_main(argv: list[str]) -> int:

@@ -61,9 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, func_name, _ = VERBS[verb]
     debug = os.environ.get("NASFCOS_DEBUG", "") not in ("", "0")
+    func = getattr(importlib.import_module(module_name), func_name)
     try:
-        module = importlib.import_module(module_name)
-        func = getattr(module, func_name)
         return int(func(rest) or 0)
     except NasfcosError as exc:
         if debug:
@@ -73,13 +72,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nasfcos {verb}: interrupted", file=sys.stderr)
         return 130
-    except (ModuleNotFoundError, AttributeError) as exc:
-        if debug:
-            raise
-        if module_name in str(exc) or func_name in str(exc):
-            print(f"nasfcos {verb}: error: this verb is not available in this build", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
+from nasfcos.genotypes.space import OUTPUT_STRIDES
+
+STRIDES: tuple[int, ...] = OUTPUT_STRIDES  # p3..p7, defined once in the search space
 INF = math.inf
 
 

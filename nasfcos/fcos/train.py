@@ -35,16 +35,11 @@ from torch.utils.data import DataLoader, Sampler
 
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, resolve_split
-from nasfcos.fcos.evaluate import (
-    EvalConfig,
-    TorchRunner,
-    build_detector,
-    evaluate,
-    load_weights_file,
-)
+from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
 from nasfcos.fcos.losses import FcosConfig, fcos_losses
 from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from nasfcos.modelfile import load_model_file
+from nasfcos.modelfile import RawForward, load_model_file
+from nasfcos.weights import load_weights_file
 
 LOSS_KEYS = ("cls", "box", "ctr")
 
@@ -170,17 +165,6 @@ class _EpochAwareDataset(torch.utils.data.Dataset[Any]):
         return self.ds[index]
 
 
-class _Raw(nn.Module):
-    """``forward = detector.forward_raw`` so DDP's gradient hooks see the training path."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor) -> Any:
-        return self.detector.forward_raw(images)
-
-
 @dataclass
 class _Dist:
     rank: int = 0
@@ -219,6 +203,14 @@ def _mean_over_ranks(values: torch.Tensor, d: _Dist) -> torch.Tensor:
         dist.all_reduce(values)
         values /= d.world
     return values
+
+
+def build_detector(module: Any, num_classes: int, **overrides: Any) -> nn.Module:
+    """The ``Detector`` of a loaded model file with ``num_classes`` outputs (through the
+    file's ``build`` factory; Contract 2)."""
+    if not hasattr(module, "Detector"):
+        raise NasfcosError("the model file has no Detector: compile it with --detector")
+    return module.build(num_classes=num_classes, **overrides)
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
@@ -335,7 +327,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         atomic_write_json(out / "config.json", {**asdict(cfg), "total_iters": total, "world": d.world})
 
-    raw: nn.Module = _Raw(model)
+    raw: nn.Module = RawForward(model)
     if d.world > 1:
         raw = nn.parallel.DistributedDataParallel(
             raw, device_ids=[device.index] if device.type == "cuda" else None)
@@ -345,9 +337,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     ckpt_every = cfg.checkpoint_every or max(1, total // 10)
     bar = None
     if progress and d.main:
-        from tqdm import tqdm
+        from nasfcos.progress import progress_bar
 
-        bar = tqdm(total=total, initial=start, desc="train", unit="it", dynamic_ncols=True)
+        bar = progress_bar(total, initial=start, desc="train", unit="it")
     model.train()
     t0 = time.time()
     last: dict[str, float] = {}
@@ -417,7 +409,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         has_val = cfg.data is not None and (Path(cfg.data) / "val.json").is_file()
         if cfg.eval and has_val:
             ecfg = EvalConfig(min_size=cfg.min_size, max_size=cfg.max_size, batch_size=cfg.eval_batch)
-            metrics = evaluate(TorchRunner(model, device), data=cfg.data, split="val", cfg=ecfg,
+            model.eval()
+            metrics = evaluate(module_detections(model), data=cfg.data, split="val", cfg=ecfg,
                                progress=progress, model_cat_ids=ds.cat_ids)
             model.train()
             atomic_write_json(out / "eval.json", metrics)

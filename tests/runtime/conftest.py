@@ -1,9 +1,7 @@
 """Shared fixtures of the runtime tests: tiny compiled models (real compiler output).
 
-Widths are tiny (8 channels) and images 96-128 px, so every export takes a second or two.
-The detector uses the compiler's ``tiny`` test backbone when the compiler offers it, and the
-hand-written stand-in ``fixtures/standin_model.py`` (Contract 2, with a DCNv2 layer and
-export-friendly post-processing) otherwise.
+Widths are tiny (FPN 8, head 32: the head's GroupNorm has 32 groups) and images 96-128 px, so every export takes a second or two.
+The detector uses the compiler's ``tiny`` test backbone.
 """
 
 from __future__ import annotations
@@ -14,21 +12,17 @@ import pytest
 
 from nasfcos.genotypes import load_paper_genotype, sample_genotype
 
-FIXTURES = Path(__file__).parent / "fixtures"
-STANDIN = FIXTURES / "standin_model.py"
 TINY_IN_CHANNELS = (8, 12, 16, 24)
 
 
 def _compile(path: Path, genotype, *, detector: bool = False) -> Path:
-    from nasfcos.compiler import BACKBONES, CompileOptions, compile_genotype
+    from nasfcos.compiler import CompileOptions, compile_genotype
 
     if detector:
-        if "tiny" not in BACKBONES:
-            return STANDIN
-        opts = CompileOptions(fpn_channels=8, num_classes=3, detector=True, backbone="tiny",
+        opts = CompileOptions(fpn_channels=8, head_channels=32, num_classes=3, detector=True, backbone="tiny",
                               in_channels=(16, 24, 32, 48))
     else:
-        opts = CompileOptions(fpn_channels=8, num_classes=3, in_channels=TINY_IN_CHANNELS)
+        opts = CompileOptions(fpn_channels=8, head_channels=32, num_classes=3, in_channels=TINY_IN_CHANNELS)
     path.write_text(compile_genotype(genotype, opts))
     return path
 
@@ -58,12 +52,6 @@ def deform_genotypes(n: int) -> list:
 def compile_tiny():
     """``compile_tiny(path, genotype, detector=False) -> Path`` (tiny widths)."""
     return _compile
-
-
-@pytest.fixture(scope="session")
-def standin_path() -> Path:
-    """The hand-written stand-in model file (a Detector with DCNv2 layers)."""
-    return STANDIN
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ def test_latency_stats() -> None:
         latency_stats([])
 
 
+@pytest.mark.slow
 def test_bench_complete_report(paper_decoder, tmp_path) -> None:
     cfg = BenchConfig(backends=["torch", "onnxruntime", "tensorrt"], sizes=[(96, 96), (128, 128)],
                       warmup=1, runs=3, threads=1)
