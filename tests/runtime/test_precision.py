@@ -85,7 +85,7 @@ def test_export_writes_precision_and_calibration_from_a_folder(tiny_detector, sy
     shutil.copytree(synth_data / "images", images / "sub")
     opts = PrecisionOptions("int8", calib=images, calib_images=5, calib_method="entropy")
     out = tmp_path / "det.int8.onnx"
-    res = export_onnx(tiny_detector, out, ExportOptions(size=(64, 64), simplify=False,
+    res = export_onnx(tiny_detector, out, ExportOptions(size=(160, 160), simplify=False,
                                                         precision=opts))
     prec = res.manifest["precision"]
     files = sorted((images / "sub").glob("*.png"))[:5]

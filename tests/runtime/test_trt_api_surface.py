@@ -100,7 +100,7 @@ def test_build_and_run_on_the_api_surface(standin_trt, tiny_detector_onnx, synth
     assert load_manifest(engine)["genotype"] == load_manifest(tiny_detector_onnx)["genotype"]
 
     runner = make_runner(engine)
-    x = make_inputs("detector", (128, 128))
+    x = make_inputs("detector", (160, 160))
     got = runner(*x)
     ref = make_runner(tiny_detector_onnx)(*x)
     assert [g.shape for g in got] == [r.shape for r in ref]
@@ -132,7 +132,7 @@ def test_dynamic_outputs_use_the_output_allocator(standin_trt, tiny_detector_onn
     dyn = tmp_path / "dyn.onnx"
     onnx.save(model, str(dyn))
     runner = TrtRunner(dyn, "cuda")
-    x = make_inputs("detector", (128, 128))
+    x = make_inputs("detector", (160, 160))
     got = runner(*x)
     assert runner._allocator is not None and set(runner._allocator.shapes) == {
         "boxes", "scores", "labels"}
