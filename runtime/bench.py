@@ -385,6 +385,8 @@ class PrecisionTableConfig:
     threads: int | None = None
     device: str = "cpu"
     seed: int = 0
+    #: An existing static fp32 export of the model (with its manifest) instead of exporting.
+    onnx: Path | None = None
 
 
 class _Recorder:
@@ -445,8 +447,16 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = Path(cfg.weights) if cfg.weights else None
     fp32 = out_dir / f"{path.stem}.fp32.onnx"
-    export_onnx(path, fp32, ExportOptions(kind="detector", size=tuple(cfg.size), seed=cfg.seed,
-                                          weights=weights))
+    if cfg.onnx is not None:
+        from nasfcos.runtime.export import load_manifest
+
+        man = load_manifest(cfg.onnx)
+        if man.get("export", {}).get("dynamic") or list(man["export"]["size"]) != list(cfg.size):
+            raise NasfcosError(f"{cfg.onnx}: not a static {cfg.size[0]}x{cfg.size[1]} export")
+        fp32 = Path(cfg.onnx)
+    else:
+        export_onnx(path, fp32, ExportOptions(kind="detector", size=tuple(cfg.size),
+                                              seed=cfg.seed, weights=weights))
     variants: list[tuple[str, str | None, Path]] = []  # (precision, int8 target, onnx)
     for prec in cfg.precisions:
         if prec == "fp32":
@@ -525,7 +535,8 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
     return {"format": PRECISION_REPORT_FORMAT, "model": str(path),
             "weights": str(weights) if weights else None, "data": str(cfg.data),
             "config": {**asdict(cfg), "data": str(cfg.data), "weights": str(weights)
-                       if weights else None, "size": list(cfg.size)},
+                       if weights else None, "size": list(cfg.size),
+                       "onnx": str(cfg.onnx) if cfg.onnx else None},
             "machine": machine_info(),
             "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "rows": rows}
