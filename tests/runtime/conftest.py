@@ -85,25 +85,25 @@ def paper_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, paper_decoder: 
 
 @pytest.fixture(scope="session")
 def tiny_detector_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_detector: Path) -> Path:
-    """Static fp32 ONNX export of ``tiny_detector`` at 128x128 (export tests check it, the
+    """Static fp32 ONNX export of ``tiny_detector`` at 160x160 (export tests check it, the
     precision tests lower it)."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
     out = tmp_path_factory.mktemp("tiny_onnx") / "det.onnx"
-    export_onnx(tiny_detector, out, ExportOptions(size=(128, 128)))
+    export_onnx(tiny_detector, out, ExportOptions(size=(160, 160)))
     return out
 
 
 @pytest.fixture(scope="session")
 def deform_detector_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first sampled genotype with deformable convs, compiled as a tiny Detector; static
-    fp32 ONNX export at 96x128."""
+    fp32 ONNX export at 160x192 (the head's GroupNorm needs >= 2 values at stride 128)."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
     folder = tmp_path_factory.mktemp("deform_det")
     model = _compile(folder / "model.py", deform_genotypes(1)[0], detector=True)
     out = folder / "det.onnx"
-    export_onnx(model, out, ExportOptions(size=(96, 128)))
+    export_onnx(model, out, ExportOptions(size=(160, 192)))
     return out
 
 

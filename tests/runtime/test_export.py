@@ -88,7 +88,7 @@ def test_dynamic_decoder_two_sizes(paper_decoder, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_detector_static_and_dynamic(tiny_detector, tiny_detector_onnx, tmp_path) -> None:
-    static = load_manifest(tiny_detector_onnx)  # static 128x128 export (session fixture)
+    static = load_manifest(tiny_detector_onnx)  # static 160x160 export (session fixture)
     assert [o["name"] for o in static["outputs"]] == list(DETECTOR_OUTPUTS)
     assert static["outputs"][2]["dtype"] == "int64"
     assert static["export"]["ops"].get("DeformConv", 0) >= 1
