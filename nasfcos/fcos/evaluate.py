@@ -58,10 +58,21 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
     except Exception as exc:
         raise NasfcosError(f"{path}: not a readable PyTorch weights file ({exc})") from exc
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        return obj
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {"model": obj}
-    raise NasfcosError(f"{path}: unrecognised weights file layout")
+        out = obj
+    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        out = {"model": obj}
+    else:
+        raise NasfcosError(f"{path}: unrecognised weights file layout")
+    check_finite_state(out["model"], str(path))
+    return out
+
+
+def check_finite_state(state: dict[str, Any], what: str) -> None:
+    """One-line error when a floating tensor of ``state`` holds NaN or inf: refused at load,
+    because non-finite deformable offsets crash torchvision's deform_conv2d."""
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise NasfcosError(f"{what}: {k} holds non-finite values (NaN or inf)")
 
 
 class TorchRunner:
@@ -127,6 +138,7 @@ def make_runner(path: str | Path, backend: str | None = None, device: str = "cpu
         module = load_model_file(path)
         ckpt = load_weights_file(weights) if weights is not None else None
         k = num_classes or (int(ckpt["num_classes"]) if ckpt and "num_classes" in ckpt else None)
+        k = k or getattr(module, "NUM_CLASSES", None)  # the compiled class count
         if k is None:
             raise NasfcosError("give --num-classes (or --weights from 'nasfcos train')")
         kwargs = dict(ckpt.get("model_kwargs", {})) if ckpt else {}
@@ -218,8 +230,8 @@ def detections_to_coco(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
 def evaluate(runner: Runner, data: str | Path | None = None, split: str = "val",
              ann: str | Path | None = None, images: str | Path | None = None,
              cfg: EvalConfig | None = None, progress: bool = False,
-             max_images: int | None = None, model_cat_ids: list[int] | None = None
-             ) -> dict[str, Any]:
+             max_images: int | None = None, model_cat_ids: list[int] | None = None,
+             model_num_classes: int | None = None) -> dict[str, Any]:
     """Run ``runner`` over a COCO split and return COCO metrics plus counts.
 
     ``model_cat_ids``: the category ids the model was trained with (from its weights
@@ -236,6 +248,9 @@ def evaluate(runner: Runner, data: str | Path | None = None, split: str = "val",
     if model_cat_ids is not None and list(model_cat_ids) != ds.cat_ids:
         warnings.warn(f"the model was trained on category ids {list(model_cat_ids)}, "
                       f"the evaluation set has {ds.cat_ids}", stacklevel=2)
+    if model_num_classes is not None and model_num_classes != ds.num_classes:
+        warnings.warn(f"the model predicts {model_num_classes} classes, the evaluation set has "
+                      f"{ds.num_classes}", stacklevel=2)
     n = len(ds) if max_images is None else min(len(ds), max_images)
     fixed_batch = getattr(runner, "batch_size", None)
     bs = fixed_batch or cfg.batch_size
