@@ -237,7 +237,9 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--backbone-weights",
                         help="trunk weights: a torchvision state_dict file, or tiny_synth (the "
                              "shipped tiny trunk trained on the synthetic shapes)")
-    parser.add_argument("--freeze-backbone", action="store_true", help="train the decoder only")
+    parser.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
+                        help="train the decoder only (the synth preset does; --no-freeze-backbone "
+                             "fine-tunes the trunk too)")
     parser.add_argument("--save-backbone", action="store_true",
                         help="also write the trained trunk to RUN/backbone.pt (+ backbone.json)")
     parser.add_argument("--fpn-channels", type=int, help="override the compiled FPN width")
@@ -269,7 +271,7 @@ def train_main(argv: list[str]) -> int:
         "warmup_iters": args.warmup_iters, "min_size": args.min_size, "max_size": args.max_size,
         "crop": args.crop, "hflip": args.hflip, "backbone_weights": args.backbone_weights,
         "device": args.device, "optimizer": args.optimizer,
-        "freeze_backbone": True if args.freeze_backbone else None,
+        "freeze_backbone": args.freeze_backbone,
         "save_backbone": True if args.save_backbone else None,
         "steps": tuple(args.steps) if args.steps else None,
     }

@@ -305,3 +305,21 @@ def test_backbone_weights_torchvision_state_dict(compile_model, synth64: Path, t
     assert cli(_train_args(model, synth64, tmp_path / "s", "--backbone-weights",
                            str(tmp_path / "other.pth"))) == 2
     assert "other.pth" in _err(capsys)
+
+
+def test_shipped_tiny_trunk_loads_through_build(tiny_model: Path) -> None:
+    from nasfcos.fcos.train import resolve_backbone_weights
+    from nasfcos.fcos.weights import provenance, shipped_weights
+    from nasfcos.modelfile import load_model_file
+
+    path = shipped_weights("tiny_synth")
+    assert path is not None and path.stat().st_size < 4_000_000
+    record = provenance("tiny_synth")
+    assert record["data_seed"] == 1 and any("nasfcos train" in c for c in record["commands"])
+    assert resolve_backbone_weights("tiny_synth") == path
+    model = load_model_file(tiny_model).build(backbone_weights=str(path))
+    state = torch.load(path, weights_only=True)
+    for k, v in state.items():
+        assert torch.equal(model.backbone.body.state_dict()[k], v), k
+    with pytest.raises(NasfcosError, match="no such backbone weights"):
+        resolve_backbone_weights("tiny_synth_missing")
