@@ -79,7 +79,7 @@ class FcosConfig:
 
 #: Names a compiled model file may use for its box-regression units (first found wins):
 #: a string "pixels"/"stride", or a bool meaning stride-normalised regression.
-_UNIT_CONSTANTS: tuple[str, ...] = ("BOX_REGRESSION_UNITS", "REG_UNITS", "BBOX_REG_UNITS",
+_UNIT_CONSTANTS: tuple[str, ...] = ("BOX_REGRESSION", "BOX_REGRESSION_UNITS", "REG_UNITS", "BBOX_REG_UNITS",
                                     "NORM_REG_TARGETS", "STRIDE_NORMALISED_REGRESSION")
 
 
