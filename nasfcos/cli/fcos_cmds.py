@@ -256,6 +256,9 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
                         help="no progress bar")
     args = parser.parse_args(argv)
+    for key, value in vars(args).items():  # paths as given: the run records them in config.json
+        if isinstance(value, Path):
+            setattr(args, key, str(value))
     given = _given_dests(parser, argv)
 
     cfg = TrainConfig(model=args.model, out=args.out, data=args.data, ann=args.ann, images=args.images,
