@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import jinja2
 
 from nasfcos.errors import NasfcosError
+from nasfcos.modelfile import module_from_source
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,10 +73,8 @@ def backbone_source() -> str:
 
 @functools.cache
 def _module() -> ModuleType:
-    module = ModuleType("nasfcos_backbones")
-    module.__file__ = str(TEMPLATES_DIR / "backbone.py.j2")
-    exec(compile(backbone_source(), module.__file__, "exec"), module.__dict__)  # our own template
-    return module
+    return module_from_source(backbone_source(), "nasfcos_backbones",
+                              filename=str(TEMPLATES_DIR / "backbone.py.j2"))  # our own template
 
 
 @functools.cache
@@ -114,6 +113,13 @@ def build_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
         except ValueError as exc:
             raise NasfcosError(str(exc)) from None
     return net
+
+
+def image_normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel that a detector subtracts / divides images in [0, 1] by
+    before its backbone (``IMAGE_MEAN``, ``IMAGE_STD`` of the template)."""
+    module = _module()
+    return tuple(module.IMAGE_MEAN), tuple(module.IMAGE_STD)
 
 
 BACKBONE_NAMES: tuple[str, ...] = backbone_names()

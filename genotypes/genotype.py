@@ -38,7 +38,7 @@ MAX_FILE_BYTES = 1 << 20
 #: Deepest nesting accepted anywhere in a document (``meta`` included).
 MAX_DEPTH = 32
 #: Names are printed into generated code headers, so they are whitelisted.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")  # \Z: no trailing newline
 DEFAULT_NAME = "genotype"
 
 _TOP_KEYS = ("format", "name", "fpn", "head", "share", "meta")
@@ -331,7 +331,7 @@ def parse_genotype(doc: Any) -> Genotype:
     if fmt != FORMAT:
         raise GenotypeError(f"format: expected {FORMAT!r}, got {_describe(fmt)}")
     name = obj.get("name", DEFAULT_NAME)
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise GenotypeError(
             f"name: {_describe(name)} is not a valid name (1-64 characters: letters, digits, '.', '_', '+', '-')"
         )
@@ -426,6 +426,8 @@ def read_limited(path: str | os.PathLike[str]) -> bytes:
     try:
         if p.is_dir():
             raise GenotypeError(f"{p}: is a directory, not a genotype file")
+        if p.exists() and not p.is_file():  # FIFO, socket, device: reading could block forever
+            raise GenotypeError(f"{p}: not a regular file (FIFO, socket or device)")
         with open(p, "rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from nasfcos.cli import args as A
 from nasfcos.compiler import (
     BACKBONES,
     GENERATOR_VERSION,
@@ -36,21 +37,25 @@ load it with `build()` (see its header).  --json prints a machine-readable summa
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos compile",
         description="Compile a genotype into a standalone, readable PyTorch model.py.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("genotype", nargs="?", metavar="GENOTYPE", help="genotype JSON file or shipped genotype name")
-    p.add_argument("--genotype", dest="genotype_opt", metavar="GENOTYPE", help="same as the positional argument")
-    p.add_argument("-o", "--output", default="model.py", help="output file ('-' for stdout; default: model.py)")
-    p.add_argument("--fpn-channels", type=int, default=None,
+    p.add_argument("genotype", nargs="?", type=A.genotype_arg, metavar="GENOTYPE",
+                   help="genotype file (JSON, list-form JSON, release config .yaml) or shipped "
+                        "genotype name")
+    p.add_argument("--genotype", dest="genotype_opt", type=A.genotype_arg, metavar="GENOTYPE",
+                   help="same as the positional argument")
+    p.add_argument("-o", "--output", type=lambda t: t if t == "-" else str(A.output_file(t)),
+                   default="model.py", help="output file ('-' for stdout; default: model.py)")
+    p.add_argument("--fpn-channels", type=A.width, default=None,
                    help="FPN width (default: 256, the released models'; a release .yaml's AGG_SIZE)")
-    p.add_argument("--head-channels", type=int, default=None,
+    p.add_argument("--head-channels", type=A.width, default=None,
                    help="head width, a multiple of 32 (default: the FPN width; a 1x1 conv bridges "
                         "different widths)")
-    p.add_argument("--num-classes", type=int, default=80, help="number of classes K (default: 80)")
+    p.add_argument("--num-classes", type=A.int_range(1, 100_000), default=80, help="number of classes K (default: 80)")
     p.add_argument("--in-channels", default="256,512,1024,2048",
                    help="backbone widths of c2,c3,c4,c5 (default: 256,512,1024,2048, ResNet-50)")
     p.add_argument("--detector", action="store_true",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -15,13 +15,6 @@ TINY = {"fpn_channels": 8, "head_channels": 64, "num_classes": 3, "in_channels":
 SIZES = ((15, 17), (8, 9), (4, 5), (2, 3))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny ops on a shared 2-core machine: one thread is much faster than two fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_features(in_channels: tuple[int, ...], dtype: torch.dtype = torch.float64, seed: int = 0,

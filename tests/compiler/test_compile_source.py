@@ -222,12 +222,14 @@ def test_head_group_norm_always_has_32_groups() -> None:
     assert {m.num_groups for m in dec.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
 
 
-def test_in_memory_module_is_not_registered_anywhere(tmp_path: Path) -> None:
+def test_in_memory_module_is_not_registered_anywhere(tmp_path: Path, monkeypatch) -> None:
+    """Compiling in memory registers no module and writes no file (the cwd is an empty folder)."""
+    monkeypatch.chdir(tmp_path)
     before = set(sys.modules)
-    cwd_files = set(os.listdir(tmp_path))
+    cwd_files = set(os.listdir("."))
     mod = compile_to_module(sample_genotype(1, "sequential"))
     assert mod.__name__ not in sys.modules and set(sys.modules) - before == set()
-    assert set(os.listdir(tmp_path)) == cwd_files
+    assert set(os.listdir(".")) == cwd_files == set()
     assert mod.__source__ == compile_genotype(sample_genotype(1, "sequential"))
     assert json.loads(json.dumps(mod.GENOTYPE)) == mod.GENOTYPE
 

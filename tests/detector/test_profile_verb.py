@@ -9,12 +9,13 @@ import pytest
 
 from nasfcos.cli.main import main as cli_main
 from nasfcos.cli.profile_cmd import main
+from nasfcos.errors import NasfcosError
 
 
 def test_json_output_has_one_row_per_model_backbone_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "profile.json"
     rc = main(["nas_fcos_fpn_head", "--backbone", "tiny", "--widths", "32", "32-64", "--num-classes", "3",
-               "--size", "160x128", "--baseline", "--json", "-o", str(out)])
+               "--size", "128x160", "--baseline", "--json", "-o", str(out)])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == doc
@@ -22,7 +23,7 @@ def test_json_output_has_one_row_per_model_backbone_width(tmp_path: Path, capsys
     assert [(r["model"], r["widths"]) for r in rows] == [
         ("fpn-fcos", "@256"), ("nas-fcos-r50-fpn-head", "@32"), ("nas-fcos-r50-fpn-head", "@32-64")]
     for r in rows:
-        assert r["size"] == [160, 128] and r["backbone"] == "tiny"
+        assert r["size"] == [128, 160] and r["backbone"] == "tiny"
         for key in ("params", "macs"):
             assert r[key]["total"] == sum(r[key][c] for c in ("backbone", "fpn", "head", "other"))
     assert rows[2]["params"]["head"] > rows[1]["params"]["head"]
@@ -42,7 +43,7 @@ def test_bad_input_exits_with_a_one_line_message(capsys: pytest.CaptureFixture[s
     assert cli_main(["profile", "no_such_model.py", "--backbone", "tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nasfcos profile: error:") and "\n" not in err
-    with pytest.raises(SystemExit):
+    with pytest.raises(NasfcosError, match="--size"):
         main(["fpn-fcos", "--size", "big"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(NasfcosError, match="--backbone"):
         main(["fpn-fcos", "--backbone", "vgg16"])
