@@ -68,8 +68,6 @@ class FcosConfig:
     reg_units: str = "pixels"  # units of the model's box regression: "pixels" or "stride"
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    #: units of the model's ``reg`` (its model.py's BOX_REGRESSION): "pixels" or "stride"
-    box_regression: str = "pixels"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("box_loss", self.box_loss, BOX_LOSSES),

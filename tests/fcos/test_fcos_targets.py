@@ -238,5 +238,5 @@ def test_perfect_box_prediction_has_zero_box_loss() -> None:
     reg = [t.reg[0].reshape(4, 4, 4).permute(2, 0, 1)[None] / 8]  # exact distances, stride units
     out = losses_from_targets(cls, reg, ctr, t, cfg)
     assert out["box"].item() == pytest.approx(0.0, abs=1e-6)
-    pixels = losses_from_targets(cls, [reg[0] * 8], ctr, t, FcosConfig(strides=(8,), box_regression="pixels"))
+    pixels = losses_from_targets(cls, [reg[0] * 8], ctr, t, FcosConfig(strides=(8,), reg_units="pixels"))
     assert pixels["box"].item() == pytest.approx(0.0, abs=1e-6)  # the same boxes given in pixels
