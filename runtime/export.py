@@ -204,7 +204,7 @@ def _classes(lm: LoadedModel) -> dict[str, Any] | None:
     (``{"names": [K], "category_ids": [K]}``); None for random or bare state_dict weights."""
     if lm.weights is None:
         return None
-    from nasfcos.fcos.evaluate import load_weights_file
+    from nasfcos.weights import load_weights_file
 
     meta = load_weights_file(lm.weights)
     ids, names = meta.get("cat_ids"), meta.get("class_names")
