@@ -36,6 +36,7 @@ COCO data folder (``--data DIR``, its ``train`` split, else ``val``); the first
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -444,7 +445,13 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
     import onnx
 
     from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes
-    from nasfcos.runtime.export import check_onnx, graph_io, load_manifest, manifest_path_for
+    from nasfcos.runtime.export import (
+        check_onnx,
+        graph_io,
+        load_manifest,
+        manifest_path_for,
+        rebase_source,
+    )
 
     src, out = Path(src), Path(out)
     if out.suffix != ".onnx":
@@ -470,9 +477,17 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
     check_onnx(model)
     data = model.SerializeToString()
     new = copy.deepcopy(man)
+    new["source"] = rebase_source(new.get("source", {}), src.parent, out.parent)
     new["artifact"] = {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
                        "bytes": len(data)}
-    new["precision"] = {**record, "from": {"file": src.name, "sha256": man["artifact"]["sha256"]}}
+    new["precision"] = {**record, "from": {"file": os.path.relpath(src.resolve(),
+                                                                   out.resolve().parent),
+                                           "sha256": man["artifact"]["sha256"]}}
+    source = new.get("source") or {}
+    for key in ("model", "weights"):  # manifests name files relative to themselves
+        if isinstance(source.get(key), str) and not Path(source[key]).is_absolute():
+            source[key] = os.path.relpath((src.resolve().parent / source[key]).resolve(),
+                                          out.resolve().parent)
     new.setdefault("export", {}).update(
         {"ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
          "nodes": len(model.graph.node)})

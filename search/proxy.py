@@ -90,7 +90,7 @@ class ProxySettings:
     synth_seed: int = 0
     # --- decoder and training ---
     fpn_channels: int = 16
-    head_channels: int = 16
+    head_channels: int = 32
     batch_size: int = 16
     epochs: int = 2
     max_steps: int | None = None

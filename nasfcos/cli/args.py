@@ -226,6 +226,15 @@ def genotype_arg(text: str) -> str:
     return text
 
 
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are a :class:`NasfcosError` (the dispatcher
+    prints them as one line, ``nasfcos VERB: error: ...``, exit 2) instead of a usage block
+    and ``SystemExit``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise NasfcosError(f"{message} (see '{self.prog} --help')")
+
+
 # -- shared flags: the same spelling in every verb ------------------------------------------
 
 def add_output(p: argparse.ArgumentParser, help: str, *, default: str | None = None,
@@ -260,7 +269,7 @@ def add_device(p: argparse.ArgumentParser, default: str | None = "cpu",
                    help=help or f"cpu, cuda or cuda:N (default {default})")
 
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "add_device", "add_json", "add_output", "add_quiet",
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_device", "add_json", "add_output", "add_quiet",
            "add_threads", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int",
            "opset", "output_dir", "output_file", "positive_float", "positive_int", "seed",
