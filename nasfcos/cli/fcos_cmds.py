@@ -209,7 +209,7 @@ def train_main(argv: list[str]) -> int:
     g.add_argument("--epochs", type=A.positive_int, help="train for N epochs")
     g.add_argument("--iters", type=A.positive_int, help="train for N iterations")
     parser.add_argument("--batch", type=A.positive_int, help="total batch size over processes (default 16)")
-    parser.add_argument("--lr", type=A.positive_float, help="base learning rate (default 0.01 * batch / 16)")
+    parser.add_argument("--lr", type=A.float_range(0.0, 10.0, lo_open=True), help="base learning rate (default 0.01 * batch / 16)")
     parser.add_argument("--momentum", type=A.float_range(0.0, 1.0), help="SGD momentum (default 0.9)")
     parser.add_argument("--weight-decay", type=A.non_negative_float, help="weight decay (default 1e-4)")
     parser.add_argument("--warmup-iters", type=A.non_negative_int, help="linear warm-up iterations (default 500)")
