@@ -16,9 +16,8 @@ the paper genotype without deformable ops, an FPN that reads only c5).  Each is
 
 Reports, per architecture, the proxy reward per seed, AP/AP50 and the seconds of each,
 then Kendall tau between mean proxy reward and AP (and AP50), and between the two proxy
-seeds.  ``--backbone-weights`` (a torchvision-format state_dict of the tiny trunk) is used
-by both the cache and the training; without it the trunk has random weights (the ground
-truth is then weak: see the closing notes).  Results are appended to ``WORK/rows.jsonl``
+seeds.  The trunk of both the cache and the training is the tiny preset's (the shipped,
+trained ``tiny_synth``) unless ``--backbone-weights`` names another.  Results are appended to ``WORK/rows.jsonl``
 as they come, so a killed run continues where it stopped.
 """
 
@@ -83,7 +82,7 @@ def real_training(g: Genotype, data: Path, work: Path, a: argparse.Namespace) ->
     cfg = TrainConfig(model=str(model), out=str(work / f"run-{g.short_hash()}"), data=str(data), iters=a.iters,
                       batch=a.batch, lr=a.lr, warmup_iters=min(100, a.iters // 5), min_size=a.size,
                       max_size=a.size, workers=0, seed=0, log_every=max(1, a.iters // 10),
-                      backbone_weights=a.backbone_weights, eval_batch=16)
+                      backbone_weights=a.backbone_weights or PRESETS["tiny"].backbone_weights, eval_batch=16)
     t0 = time.perf_counter()
     summary = train(cfg, progress=False)
     ev = summary.get("eval") or {}
@@ -159,7 +158,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "benchmark": "proxy_fidelity", "architectures": len(rows), "seeds": seeds, "iters": a.iters,
         "batch": a.batch, "size": a.size, "images": a.images, "width": a.width,
-        "backbone_weights": a.backbone_weights or "random (seed 0)", "cache_s": round(cache_s, 1),
+        "backbone_weights": a.backbone_weights or settings.backbone_weights, "cache_s": round(cache_s, 1),
         "tau_seed_to_seed": round(kendall_tau([r["proxy"][0] for r in rows], [r["proxy"][1] for r in rows]), 3)
         if len(seeds) > 1 else None,
         "proxy_s_per_arch": round(statistics.mean(r["proxy_s_per_seed"] * len(seeds) for r in rows), 2),

@@ -82,12 +82,24 @@ class FrozenBackbone:
         return [f.float() for f in self.module((images - self.mean) / self.std)]
 
 
+def resolve_weights(weights: str | Path | None) -> Path | None:
+    """A backbone weights setting as a file: a name of :mod:`nasfcos.fcos.weights` (checked
+    against its sha256), a path, or ``None`` (random weights)."""
+    if weights is None:
+        return None
+    from nasfcos.fcos.weights import shipped_weights
+
+    shipped = shipped_weights(str(weights))
+    return shipped if shipped is not None else Path(weights)
+
+
 def build_backbone(name: str, weights: str | Path | None = None) -> FrozenBackbone:
     """The compiler's backbone ``name`` in eval mode without gradients: weights from a
     torchvision-format state_dict file, or random from :data:`RANDOM_INIT_SEED`."""
     from nasfcos.compiler.backbones import build_backbone as compiler_backbone
     from nasfcos.compiler.backbones import image_normalization
 
+    weights = resolve_weights(weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         module = compiler_backbone(name, weights)
@@ -383,6 +395,8 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
     from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
 
     say = log or (lambda msg: None)
+    if backbone_weights is not None:
+        settings = settings.replace(backbone_weights=str(backbone_weights))
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CacheError(f"{out}: exists and is not a folder")
@@ -401,8 +415,8 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
         raise NasfcosError(f"{ann}: too many categories ({dataset.num_classes})")
     names = [dataset.coco.imgs[i]["file_name"] for i in dataset.ids]
     fingerprint = dataset_fingerprint(ann, images, names)
-    backbone = build_backbone(settings.backbone, backbone_weights)
-    if backbone_weights is None and settings.backbone != "tiny":
+    backbone = build_backbone(settings.backbone, settings.backbone_weights)
+    if settings.backbone_weights is None and settings.backbone != "tiny":
         say(f"warning: no backbone weights given; {settings.backbone} has random weights "
             "(fine for speed tests, meaningless for a search)")
     index = split_indices(len(dataset), settings)

@@ -56,13 +56,15 @@ def cache_main(argv: list[str]) -> int:
         changes["crop"] = a.crop
     if a.images:
         changes["synth_images"] = a.images
+    if a.backbone_weights:
+        changes["backbone_weights"] = a.backbone_weights
     settings = settings.replace(**changes).validate()
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
     log = (lambda msg: None) if a.json else (lambda msg: print(msg, file=sys.stderr))
-    path = build_cache(a.data, a.out, settings, backbone_weights=a.backbone_weights, resume=not a.no_resume,
+    path = build_cache(a.data, a.out, settings, resume=not a.no_resume,
                        overwrite=a.overwrite, progress=not a.quiet, log=log)
     cache = open_cache(path, settings, verify="size")
     m = cache.manifest

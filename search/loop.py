@@ -175,6 +175,16 @@ def eval_seed(seed: int, step: int, index: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
+def proxy_settings(cfg: SearchConfig) -> Any:
+    """The proxy settings of a proxy search: its preset, with ``backbone_weights`` if given."""
+    from nasfcos.search.proxy import get_preset
+
+    settings = get_preset(cfg.preset)
+    if cfg.backbone_weights is not None:
+        settings = settings.replace(backbone_weights=cfg.backbone_weights)
+    return settings
+
+
 def make_evaluator(cfg: SearchConfig, cache_dir: str | Path) -> Evaluator:
     """The evaluator of a preset: the toy task, or the proxy task's own evaluator
     (:func:`nasfcos.search.proxy.make_evaluator`: opens and verifies ``cache_dir`` once
@@ -183,7 +193,7 @@ def make_evaluator(cfg: SearchConfig, cache_dir: str | Path) -> Evaluator:
         return ToyEvaluator(noise=cfg.toy_noise, delay_s=cfg.toy_delay)
     from nasfcos.search.proxy import make_evaluator as proxy_evaluator
 
-    return proxy_evaluator(cache_dir, cfg.preset)
+    return proxy_evaluator(cache_dir, proxy_settings(cfg))
 
 
 @dataclass
@@ -325,15 +335,14 @@ class Search:
         so a configuration error stops the search before any evaluation."""
         if self.cfg.preset == "toy" or not self._own_evaluator:
             return
-        from nasfcos.search.proxy import build_cache, get_preset, open_verified
+        from nasfcos.search.proxy import build_cache, open_verified
 
-        settings = get_preset(self.cfg.preset)
+        settings = proxy_settings(self.cfg)
         if self.cfg.data is not None and not Path(self.cfg.data).is_dir():
             raise NasfcosError(f"--data {self.cfg.data}: no such folder")
         self._say(f"feature cache {self.cache_dir} ({self.cfg.preset} preset"
                   f"{', synthetic data' if self.cfg.data is None else ', data ' + self.cfg.data})")
-        build_cache(self.cfg.data, self.cache_dir, settings, backbone_weights=self.cfg.backbone_weights,
-                    progress=self.progress, log=self._say)
+        build_cache(self.cfg.data, self.cache_dir, settings, progress=self.progress, log=self._say)
         cache = open_verified(self.cache_dir, settings, checked=True)
         self._say(f"feature cache ready: {len(cache.train)} meta-train, {len(cache.val)} meta-val crops")
 

@@ -54,7 +54,7 @@ LOSS_TERMS: tuple[str, ...] = ("cls", "box", "ctr")
 # ------------------------------------------------------------------------------------------
 #: Fields that decide what the cache holds; the rest only affect training.
 CACHE_KEY_FIELDS: tuple[str, ...] = (
-    "backbone", "short_side", "max_size", "crop", "crops_per_image",
+    "backbone", "backbone_weights", "short_side", "max_size", "crop", "crops_per_image",
     "source_split", "meta_val_fraction", "meta_train_images", "meta_val_images", "split_seed",
     "crop_seed", "size_range_scale", "center_sampling_radius",
 )
@@ -71,6 +71,7 @@ class ProxySettings:
     name: str = "custom"
     # --- feature cache (CACHE_KEY_FIELDS) ---
     backbone: str = "tiny"  # a backbone of nasfcos.compiler.backbones (tiny, resnet50, ...)
+    backbone_weights: str | None = None  # shipped weights name (nasfcos.fcos.weights) or a file; None: random
     short_side: int = 96  # images are resized so their short side is this
     max_size: int = 96  # ... and their long side at most this
     crop: int = 64  # then randomly cropped to crop x crop (zero-padded if smaller)
@@ -170,12 +171,12 @@ class ProxySettings:
 
 PRESETS: dict[str, ProxySettings] = {
     # The embedded default: synthetic shapes (400 images, 128 px; 320 in train.json, split
-    # 224 / 96), a small random-weight CNN, images resized to 96 px and cropped to 64 px,
+    # 224 / 96), the tiny trunk trained on other synthetic shapes (shipped: tiny_synth), images resized to 96 px and cropped to 64 px,
     # decoders 16 wide in the FPN and 32 in the head (GroupNorm's 32 groups, as released), 2 epochs of batch 16 (28 steps).  One evaluation of the paper's
     # genotype takes a few CPU-seconds; it outscores a crippled decoder over seeds
     # (tests/search/test_proxy.py, benchmarks/proxy_speed.py).
     "tiny": ProxySettings(
-        name="tiny", backbone="tiny", short_side=96, max_size=96,
+        name="tiny", backbone="tiny", backbone_weights="tiny_synth", short_side=96, max_size=96,
         crop=64, meta_val_fraction=0.3, size_range_scale=0.25, chunk_size=64, synth_images=400,
         synth_size=128, fpn_channels=16, head_channels=32, batch_size=16, epochs=2, lr=8e-4,
         polyak_decay=0.9, eval_batch_size=64, num_threads=1,
@@ -356,8 +357,9 @@ def meta_val_losses(model: nn.Module, cache: FeatureCache, settings: ProxySettin
     """FCOS loss terms of ``model`` on all of meta-val, as if it were one batch.
 
     Evaluated in batches of ``eval_batch_size``; each term's numerator and normaliser
-    (positives, or the centerness sum for the box loss) are summed over batches, so
-    the result equals :func:`~nasfcos.fcos.losses_from_targets` on the whole set.
+    (positives, positives + images for the classification loss under the release's
+    ``cls_norm``, or the centerness sum for the box loss) are summed over batches, so the
+    result equals :func:`~nasfcos.fcos.losses_from_targets` on the whole set.
     """
     device = torch.device(settings.device)
     cfg = _fcos_config(settings)
@@ -366,6 +368,8 @@ def meta_val_losses(model: nn.Module, cache: FeatureCache, settings: ProxySettin
     num = {k: 0.0 for k in LOSS_TERMS}
     n_pos = 0.0
     ctr_sum = 0.0
+    cls_den = 0.0
+    per_image = cfg.cls_norm == "positives+images"
     n_val = len(cache.val)
     bounds = list(range(0, n_val, settings.eval_batch_size)) + [n_val]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
@@ -379,13 +383,15 @@ def meta_val_losses(model: nn.Module, cache: FeatureCache, settings: ProxySettin
         pos = targets.labels >= 0
         p = float(pos.sum())
         c = float(targets.ctr[pos].double().sum()) if p > 0 else 0.0
-        num["cls"] += float(losses["cls"]) * max(p, 1.0)
+        den = p + len(idx) if per_image else max(p, 1.0)
+        num["cls"] += float(losses["cls"]) * den
+        cls_den += p + len(idx)
         num["ctr"] += float(losses["ctr"]) * max(p, 1.0)
         num["box"] += float(losses["box"]) * max(c, 1e-6) if p > 0 else 0.0
         n_pos += p
         ctr_sum += c
     model.train(was_training)
-    out = {"cls": num["cls"] / max(n_pos, 1.0), "ctr": num["ctr"] / max(n_pos, 1.0),
+    out = {"cls": num["cls"] / (cls_den if per_image else max(n_pos, 1.0)), "ctr": num["ctr"] / max(n_pos, 1.0),
            "box": num["box"] / max(ctr_sum, 1e-6) if n_pos > 0 else 0.0}
     return out
 

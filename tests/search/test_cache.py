@@ -66,7 +66,7 @@ def test_round_trip_features_and_targets(built: Path, data_dir: Path) -> None:
     assert cache.manifest["splits"]["val"]["image_ids"] == [ds.ids[i] for i in split["val"]]
     rows = [0, 5]
     samples = [ds[split["val"][r]] for r in rows]
-    feats_ref = build_backbone("tiny", None)(pad_batch([s[0] for s in samples], size=(64, 64)))
+    feats_ref = build_backbone("tiny", SETTINGS.backbone_weights)(pad_batch([s[0] for s in samples], size=(64, 64)))
     feats, targets = cache.val.batch(rows)
     for got, ref in zip(feats, feats_ref, strict=True):
         torch.testing.assert_close(got, ref.half().float())
@@ -84,7 +84,10 @@ def test_round_trip_features_and_targets(built: Path, data_dir: Path) -> None:
 
 def test_manifest_records_provenance(built: Path) -> None:
     m = _manifest(built)
-    assert m["backbone"] == "tiny" and m["backbone_weights"] == "random:0"
+    from nasfcos.fcos.weights import provenance
+
+    # the tiny preset's trunk: the shipped tiny_synth weights, named by their sha256
+    assert m["backbone"] == "tiny" and m["backbone_weights"] == f"sha256:{provenance('tiny_synth')['sha256']}"
     assert m["cache_key"] == SETTINGS.cache_key() and len(m["dataset_sha256"]) == 64
     assert m["feature_dtype"] == "float16"
     assert set(m["splits"]) == {"train", "val"}
