@@ -488,6 +488,221 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     return report
 
 
+PRECISION_REPORT_FORMAT = "nasfcos-precision-table/1"
+
+
+@dataclass
+class PrecisionTableConfig:
+    """One table of backend x precision: COCO AP / AP50, agreement with PyTorch fp32,
+    latency, model size (:func:`run_precision_table`).
+
+    ``data``: COCO folder; AP on its ``split`` (val), int8 calibrated on its train split
+    (``calib_images`` images, ``calib_method``).  ``int8`` rows: ONNX Runtime runs both the
+    ``cpu`` (U8S8) and the ``tensorrt`` (symmetric, what TensorRT will build) targets,
+    TensorRT the ``tensorrt`` target.  ``size``: the static export size (H, W).
+    """
+
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    size: tuple[int, int] = (800, 800)
+    data: Path | None = None
+    split: str = "val"
+    weights: Path | None = None
+    calib_images: int = 32
+    calib_method: str = "minmax"
+    max_images: int | None = None
+    warmup: int = 5
+    runs: int = 30
+    max_seconds: float | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    #: An existing static fp32 export of the model (with its manifest) instead of exporting.
+    onnx: Path | None = None
+
+
+class _Recorder:
+    """Wraps a runner for :func:`nasfcos.fcos.evaluate.evaluate`: keeps every output batch."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.batch_size = 1
+        self.outputs: list[list[np.ndarray]] = []
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        out = self.runner(images)
+        self.outputs.append([np.asarray(o) for o in out])
+        return out
+
+
+def _agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[str, Any]:
+    """Detection agreement over all evaluated images (see check.detection_agreement)."""
+    from nasfcos.runtime.check import detection_agreement
+
+    cat = [np.concatenate([b[k] for b in ref]) for k in range(3)]
+    gat = [np.concatenate([b[k] for b in got]) for k in range(3)]
+    a = detection_agreement(cat, gat)
+    return {"match_rate": round(a.match_rate, 4), "matched": a.matched,
+            "reference": a.reference, "mean_iou": round(a.mean_iou, 4),
+            "mean_score_diff": round(a.mean_score_diff, 5),
+            "max_score_diff": round(a.max_score_diff, 5)}
+
+
+def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: str | Path, *,
+                        progress: bool = False) -> dict[str, Any]:
+    """Export ``model`` (a Detector model.py) once at fp32, lower it per precision into
+    ``out_dir``, then per backend x precision: COCO AP / AP50 on ``cfg.data``, detection
+    agreement with PyTorch fp32 on the same images, latency (median, p90) on one image,
+    and the artifact's size.  Unavailable backends are recorded as skipped with a reason.
+    """
+    import torch
+
+    from nasfcos.fcos.evaluate import EvalConfig, evaluate
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+    from nasfcos.runtime.precision import PRECISIONS, PrecisionOptions, convert_onnx
+
+    path, out_dir = Path(model), Path(out_dir)
+    if path.suffix != ".py" or not path.is_file():
+        raise NasfcosError(f"{path}: the precision table needs a compiled model.py")
+    if cfg.data is None:
+        raise NasfcosError("the precision table needs --data DIR (COCO folder: AP, calibration)")
+    bad = [p for p in cfg.precisions if p not in PRECISIONS]
+    if bad or not cfg.precisions:
+        raise NasfcosError(f"unknown precision(s) {', '.join(bad) or '(none)'} (have "
+                           f"{', '.join(PRECISIONS)})")
+    unknown = [b for b in cfg.backends if b not in ("onnxruntime", "tensorrt")]
+    if unknown:
+        raise NasfcosError(f"precision table backends are onnxruntime and tensorrt, not "
+                           f"{', '.join(unknown)}")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = Path(cfg.weights) if cfg.weights else None
+    fp32 = out_dir / f"{path.stem}.fp32.onnx"
+    if cfg.onnx is not None:
+        from nasfcos.runtime.export import load_manifest
+
+        man = load_manifest(cfg.onnx)
+        if man.get("export", {}).get("dynamic") or list(man["export"]["size"]) != list(cfg.size):
+            raise NasfcosError(f"{cfg.onnx}: not a static {cfg.size[0]}x{cfg.size[1]} export")
+        fp32 = Path(cfg.onnx)
+    else:
+        export_onnx(path, fp32, ExportOptions(kind="detector", size=tuple(cfg.size),
+                                              seed=cfg.seed, weights=weights))
+    variants: list[tuple[str, str | None, Path]] = []  # (precision, int8 target, onnx)
+    for prec in cfg.precisions:
+        if prec == "fp32":
+            variants.append(("fp32", None, fp32))
+        elif prec == "fp16":
+            convert_onnx(fp32, out_dir / f"{path.stem}.fp16.onnx", PrecisionOptions("fp16"))
+            variants.append(("fp16", None, out_dir / f"{path.stem}.fp16.onnx"))
+        else:
+            for target in ("cpu", "tensorrt"):
+                f = out_dir / f"{path.stem}.int8-{target}.onnx"
+                convert_onnx(fp32, f, PrecisionOptions(
+                    "int8", data=Path(cfg.data), calib_images=cfg.calib_images,
+                    calib_method=cfg.calib_method, int8_target=target))
+                variants.append(("int8", target, f))
+    bcfg = BenchConfig(warmup=cfg.warmup, runs=cfg.runs, max_seconds=cfg.max_seconds,
+                       threads=cfg.threads, device=cfg.device, seed=cfg.seed, kind="detector")
+    ecfg = EvalConfig(batch_size=1, input_size=tuple(cfg.size))
+    image = make_inputs("detector", tuple(cfg.size), 1, cfg.seed)
+
+    def measure(runner: Runner) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
+        rec = _Recorder(runner)
+        metrics = evaluate(rec, data=cfg.data, split=cfg.split, cfg=ecfg,
+                           max_images=cfg.max_images, progress=progress)
+        times, notes = _time_cell(runner, image, bcfg)
+        stats = latency_stats(times)
+        return ({"AP": round(metrics["AP"], 4), "AP50": round(metrics["AP50"], 4),
+                 "images": metrics["images"], "runs": len(times),
+                 "median_ms": round(stats["median_ms"], 3), "p90_ms": round(stats["p90_ms"], 3),
+                 "timer": notes["timer"]}, rec.outputs)
+
+    rows: list[dict[str, Any]] = []
+    ref_runner = make_runner(path, "torch", cfg.device, kind="detector", seed=cfg.seed,
+                             weights=weights, threads=cfg.threads)
+    try:
+        row, ref_out = measure(ref_runner)
+        n_bytes = sum(p.numel() * p.element_size() for p in ref_runner.net.parameters())
+        rows.append({"backend": "torch", "precision": "fp32", "target": None,
+                     "status": "ok", "file": str(path), "bytes": int(n_bytes), **row,
+                     "agreement": _agreement(ref_out, ref_out)})
+    finally:
+        ref_runner.close()
+    for backend in cfg.backends:
+        for prec, target, onnx_path in variants:
+            base = {"backend": backend, "precision": prec, "target": target}
+            if backend == "tensorrt" and target == "cpu":
+                continue  # TensorRT builds the symmetric (tensorrt-target) file only
+            try:
+                if backend == "tensorrt":
+                    from nasfcos.runtime.trt import TrtBuildOptions, build_engine
+
+                    artifact = onnx_path.with_suffix(".engine")
+                    build_engine(onnx_path, artifact, TrtBuildOptions())
+                    runner = make_runner(artifact, "tensorrt", cfg.device)
+                else:
+                    artifact = onnx_path
+                    runner = make_runner(artifact, "onnxruntime", cfg.device,
+                                         threads=cfg.threads)
+            except BackendUnavailable as exc:
+                rows.append({**base, "status": "skipped", "reason": str(exc)})
+                continue
+            try:
+                row, out = measure(runner)
+            finally:
+                runner.close()
+            rows.append({**base, "status": "ok", "file": str(artifact),
+                         "bytes": artifact.stat().st_size, **row,
+                         "agreement": _agreement(ref_out, out)})
+    fp32_ap = {r["backend"]: r["AP"] for r in rows if r["status"] == "ok"
+               and r["precision"] == "fp32"}
+    fp32_ms = {r["backend"]: r["median_ms"] for r in rows if r["status"] == "ok"
+               and r["precision"] == "fp32"}
+    for r in rows:
+        if r["status"] == "ok" and r["backend"] in fp32_ap:
+            r["dAP"] = round(r["AP"] - fp32_ap[r["backend"]], 4)
+            r["latency_vs_fp32"] = round(r["median_ms"] / fp32_ms[r["backend"]], 3)
+    return {"format": PRECISION_REPORT_FORMAT, "model": str(path),
+            "weights": str(weights) if weights else None, "data": str(cfg.data),
+            "config": {**asdict(cfg), "data": str(cfg.data), "weights": str(weights)
+                       if weights else None, "size": list(cfg.size),
+                       "onnx": str(cfg.onnx) if cfg.onnx else None},
+            "machine": machine_info(),
+            "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "rows": rows}
+
+
+def precision_markdown(report: dict[str, Any]) -> str:
+    """The precision table as Markdown (one row per backend x precision)."""
+    c = report["config"]
+    lines = [f"# Precision: {Path(report['model']).name} @ {c['size'][0]}x{c['size'][1]}", "",
+             f"Data: {report['data']} ({c['split']}); weights: {report['weights'] or 'random'};"
+             f" machine: {describe(report['machine'])}; threads {c['threads'] or 'default'}.",
+             "AP on the split; agreement: reference detections (top 100 per image, PyTorch "
+             "fp32) matched at IoU >= 0.95 with the same label; latency: one image, warm-up "
+             "excluded, median (p90).", "",
+             "| backend | precision | AP | AP50 | dAP | agree@0.95 | score diff mean/max | "
+             "median ms (p90) | x fp32 | size MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        name = r["precision"] + (f" ({r['target']})" if r.get("target") else "")
+        if r["status"] != "ok":
+            lines.append(f"| {r['backend']} | {name} | {r['status']}: {r.get('reason', '')} |"
+                         + " |" * 7)
+            continue
+        a = r["agreement"]
+        lines.append(
+            f"| {r['backend']} | {name} | {100 * r['AP']:.2f} | {100 * r['AP50']:.2f} | "
+            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a['match_rate']:.1f}% "
+            f"({a['matched']}/{a['reference']}) | "
+            f"{a['mean_score_diff']:.4f}/{a['max_score_diff']:.4f} | "
+            f"{r['median_ms']:.1f} ({r['p90_ms']:.1f}) | {r.get('latency_vs_fp32', '')} | "
+            f"{r['bytes'] / 1e6:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The report as Markdown: a median-latency table (backend x size) and a details table."""
     sizes = [f"{h}x{w}" for h, w in report["config"]["sizes"]]
@@ -588,6 +803,7 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["DEFAULT_SIZES", "BenchConfig", "count_flops", "default_backends", "latency_stats",
+__all__ = ["DEFAULT_SIZES", "PrecisionTableConfig", "precision_markdown", "run_precision_table",
+           "BenchConfig", "count_flops", "default_backends", "latency_stats",
            "markdown_table", "matmul_peak_gflops", "plot_report", "run_benchmark",
            "write_report"]

@@ -207,7 +207,7 @@ def _classes(lm: LoadedModel) -> dict[str, Any] | None:
     (``{"names": [K], "category_ids": [K]}``); None for random or bare state_dict weights."""
     if lm.weights is None:
         return None
-    from nasfcos.fcos.evaluate import load_weights_file
+    from nasfcos.weights import load_weights_file
 
     meta = load_weights_file(lm.weights)
     ids, names = meta.get("cat_ids"), meta.get("class_names")
@@ -368,6 +368,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                    "state_dict_sha256": lm.info["state_dict_sha256"]},
         "genotype": {"name": lm.info["genotype_name"], "hash": lm.info["genotype_hash"]},
         "precision": precision_record,
+        "options": lm.info.get("options", {}),
         "widths": {k: lm.info[k] for k in ("fpn_channels", "head_channels", "num_classes",
                                            "in_channels", "backbone")},
         "classes": classes,
@@ -403,7 +404,8 @@ _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "export": {"opset": (int,), "size": (list,), "batch": (int,), "dynamic": (bool,),
                "dynamic_ranges": (dict,)},
     "widths": {"in_channels": (list, type(None))},
-    "build": {"precision": (list,)},
+    "build": {"precision": (str, list)},  # str: strongly typed engines; list: before
+    "precision": {"precision": (str,), "target": (str, type(None)), "method": (str,)},
 }
 
 
@@ -461,6 +463,17 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def rebase_source(source: dict[str, Any], from_dir: str | Path, to_dir: str | Path) -> dict[str, Any]:
+    """A manifest ``source`` section copied next to another artifact: its relative file names
+    (``model``, ``weights``) rewritten relative to ``to_dir``."""
+    out = dict(source)
+    for key in ("model", "weights"):
+        if isinstance(out.get(key), str):
+            path = manifest_file(from_dir, out[key]).resolve()
+            out[key] = os.path.relpath(path, Path(to_dir).resolve())
+    return out
+
+
 def manifest_file(manifest_dir: str | Path, name: str) -> Path:
     """A file a manifest names: relative names are relative to the manifest's folder
     (never to the current directory); absolute names are kept."""
@@ -514,6 +527,6 @@ def export_summary(result: ExportResult) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "check_onnx",
-           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_file",
+           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_file", "rebase_source",
            "manifest_path_for",
            "simplify_onnx", "tool_versions", "verify_manifest"]

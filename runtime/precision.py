@@ -36,6 +36,7 @@ COCO data folder (``--data DIR``, its ``train`` split, else ``val``); the first
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -295,8 +296,6 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
                 t = half_inits[t]
             elif is_float(t) and t in home and home[t] != want:
                 t = cast(t, want)
-            elif is_float(t) and t in inits and half:
-                t = cast(t, want)
             new_inputs.append(t)
         n.input[:] = new_inputs
         nodes.append(n)
@@ -307,9 +306,6 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
             for n in nodes:
                 n.output[:] = [low if x == vi.name else x for x in n.output]
                 n.input[:] = [low if x == vi.name else x for x in n.input]
-            for key, val in list(casts.items()):
-                if key[0] == vi.name:
-                    casts[(low, key[1])] = val
             nodes.append(helper.make_node("Cast", [low], [vi.name], to=FLOAT,
                                           name=f"cast_{vi.name}__to_fp32"))
     del g.node[:]
@@ -444,7 +440,13 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
     import onnx
 
     from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes
-    from nasfcos.runtime.export import check_onnx, graph_io, load_manifest, manifest_path_for
+    from nasfcos.runtime.export import (
+        check_onnx,
+        graph_io,
+        load_manifest,
+        manifest_path_for,
+        rebase_source,
+    )
 
     src, out = Path(src), Path(out)
     if out.suffix != ".onnx":
@@ -470,9 +472,17 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
     check_onnx(model)
     data = model.SerializeToString()
     new = copy.deepcopy(man)
+    new["source"] = rebase_source(new.get("source", {}), src.parent, out.parent)
     new["artifact"] = {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
                        "bytes": len(data)}
-    new["precision"] = {**record, "from": {"file": src.name, "sha256": man["artifact"]["sha256"]}}
+    new["precision"] = {**record, "from": {"file": os.path.relpath(src.resolve(),
+                                                                   out.resolve().parent),
+                                           "sha256": man["artifact"]["sha256"]}}
+    source = new.get("source") or {}
+    for key in ("model", "weights"):  # manifests name files relative to themselves
+        if isinstance(source.get(key), str) and not Path(source[key]).is_absolute():
+            source[key] = os.path.relpath((src.resolve().parent / source[key]).resolve(),
+                                          out.resolve().parent)
     new.setdefault("export", {}).update(
         {"ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
          "nodes": len(model.graph.node)})

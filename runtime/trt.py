@@ -56,7 +56,8 @@ MAX_TRT_MAJOR = 12
 TRT_API: tuple[str, ...] = (
     "__version__", "Logger", "Logger.WARNING", "Builder", "Builder.create_network",
     "Builder.create_builder_config", "Builder.create_optimization_profile",
-    "Builder.build_serialized_network", "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+    "Builder.build_serialized_network", "NetworkDefinitionCreationFlag",
+    "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "MemoryPoolType", "TensorIOMode",
     "INetworkDefinition.num_inputs", "INetworkDefinition.get_input", "ITensor.name",
     "ITensor.shape", "OnnxParser", "OnnxParser.parse_from_file", "OnnxParser.num_errors",
     "OnnxParser.get_error", "ParserError.node", "ParserError.node_name",
@@ -293,12 +294,15 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
         raise NasfcosError(f"{onnx_path}: no such ONNX file")
     with tempfile.TemporaryDirectory(prefix="nasfcos-trt-") as tmp:
         source = lower_for_trt(onnx_path, opts, Path(tmp))
-        return _build(trt, source, engine_path, opts)
+        return _build(trt, source, engine_path, opts, origin=onnx_path)
 
 
 def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
-           opts: TrtBuildOptions) -> dict[str, Any]:
-    precision, onnx_manifest = _onnx_precision(onnx_path)
+           opts: TrtBuildOptions, origin: Path) -> dict[str, Any]:
+    """Build ``onnx_path`` (``origin`` itself, or its lowered copy in a temporary folder);
+    the manifest names ``origin`` and carries its source, precision from ``onnx_path``."""
+    precision, lowered_manifest = _onnx_precision(onnx_path)
+    _, onnx_manifest = _onnx_precision(origin)
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -363,8 +367,8 @@ def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
         "format": "nasfcos-export/1",
         "artifact": {"file": engine_path.name, "type": "tensorrt", "sha256": sha256_bytes(data),
                      "bytes": len(data)},
-        "source": {"onnx": os.path.relpath(Path(onnx_path).resolve(), Path(engine_path).resolve().parent),
-                   "onnx_sha256": sha256_file(onnx_path)},
+        "source": {"onnx": os.path.relpath(origin.resolve(), engine_path.resolve().parent),
+                   "onnx_sha256": sha256_file(origin)},
         "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io if is_in],
         "outputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io
                     if not is_in],
@@ -378,10 +382,12 @@ def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if onnx_manifest is not None:
-        for key in ("genotype", "widths", "precision"):
+        for key in ("genotype", "widths", "classes", "export"):
             if key in onnx_manifest:
                 manifest[key] = onnx_manifest[key]
         manifest["source"]["model"] = onnx_manifest.get("source", {})
+    if lowered_manifest is not None and "precision" in lowered_manifest:
+        manifest["precision"] = lowered_manifest["precision"]
     atomic_write_bytes(engine_path, data)
     if opts.timing_cache is not None:
         atomic_write_bytes(opts.timing_cache, bytes(config.get_timing_cache().serialize()))

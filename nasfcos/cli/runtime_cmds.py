@@ -30,8 +30,8 @@ def _precision_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("precision (built into the ONNX file; see the README)")
     g.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
                    help="fp32 (default), fp16 (float16 with float32 I/O) or int8 (Q/DQ)")
-    g.add_argument("--calib", metavar="DIR", help="int8: folder of calibration images")
-    g.add_argument("--data", metavar="DIR", help="int8: COCO data folder to calibrate on")
+    g.add_argument("--calib", type=A.input_dir, metavar="DIR", help="int8: folder of calibration images")
+    g.add_argument("--data", type=A.input_dir, metavar="DIR", help="int8: COCO data folder to calibrate on")
     g.add_argument("--calib-images", type=A.positive_int, default=32, metavar="N",
                    help="int8: calibration images (default 32)")
     g.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
@@ -88,7 +88,7 @@ def _say(args: argparse.Namespace, *parts: Any) -> None:
 
 def export_main(argv: list[str]) -> int:
     """``nasfcos export``: model.py -> ONNX (+ manifest), optionally -> TensorRT engine."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos export", formatter_class=_FMT,
         description="Export a compiled model.py to ONNX (dynamo exporter, opset >= 19: deformable "
                     "convs become DeformConv), check the graph, simplify it with onnxslim and "
@@ -149,8 +149,8 @@ def export_main(argv: list[str]) -> int:
         out = Path(args.output) if args.output else src.with_name(
             f"{src.stem}.{prec.precision}.onnx")
         man = convert_onnx(src, out, prec)
-        print(f"onnx: {out} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
-              f"sha256 {man['artifact']['sha256'][:12]})")
+        _say(args, f"onnx: {out} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
+             f"sha256 {man['artifact']['sha256'][:12]})")
         summary = {"onnx": str(out), "precision": man["precision"]}
         src = out
     if src.suffix == ".py":
@@ -212,7 +212,7 @@ def export_main(argv: list[str]) -> int:
 
 def check_main(argv: list[str]) -> int:
     """``nasfcos check``: ONNX Runtime / TensorRT vs PyTorch on the same seeded inputs."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos check", formatter_class=_FMT,
         description="Run an exported model and its PyTorch source on the same seeded inputs and "
                     "report, per output, the max abs error and the max error relative to the "
@@ -248,7 +248,13 @@ def check_main(argv: list[str]) -> int:
 
     tol = None
     if args.atol is not None or args.rtol is not None:
-        base = TOLERANCES["fp32"]
+        from nasfcos.runtime.export import load_manifest
+        from nasfcos.runtime.precision import manifest_precision
+
+        try:  # the flag not given keeps the artifact's precision default
+            base = TOLERANCES[manifest_precision(load_manifest(args.artifact))]
+        except NasfcosError:
+            base = TOLERANCES["fp32"]
         tol = Tolerance(args.atol if args.atol is not None else base.atol,
                         args.rtol if args.rtol is not None else base.rtol)
     report = check_artifact(args.artifact, args.against, backend=args.backend,
@@ -275,7 +281,7 @@ def check_main(argv: list[str]) -> int:
 
 def bench_main(argv: list[str]) -> int:
     """``nasfcos bench``: latency across backends and sizes -> report.json/.md/.png."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos bench", formatter_class=_FMT,
         description="Latency benchmark: the same seeded inputs for every backend, warm-up "
                     "excluded, per-run wall clock (perf_counter_ns on CPU, CUDA events on GPU); "
@@ -285,7 +291,9 @@ def bench_main(argv: list[str]) -> int:
         epilog="examples:\n  nasfcos bench model.py --backends torch,onnxruntime "
                "--sizes 600,800,1000 -o report\n"
                "  nasfcos bench model.onnx --runs 20 --warmup 3 --threads 2\n"
-               "  nasfcos bench model.engine --device cuda")
+               "  nasfcos bench model.engine --device cuda\n"
+               "  nasfcos bench model.py --precisions fp32,fp16,int8 --data data/synth "
+               "--weights run/final.pt --sizes 128 -o precision")
     p.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
     p.add_argument("--backends", help="comma list of torch, torch-compile, onnxruntime, "
                                       "tensorrt (default: by file type)")
@@ -312,6 +320,18 @@ def bench_main(argv: list[str]) -> int:
                         "interpreter's detector, plain torch.onnx.export, default ORT options)")
     p.add_argument("--fp16", action="store_true", help="TensorRT: build with FP16")
     p.add_argument("--no-matmul-peak", action="store_true", help="skip the matmul peak")
+    g = p.add_argument_group("precision table (--precisions): one row per backend x precision")
+    g.add_argument("--precisions", help="comma list of fp32, fp16, int8: write the precision "
+                                        "table (AP, AP50, agreement with PyTorch fp32, latency, "
+                                        "size) for a model.py at the first --sizes entry")
+    g.add_argument("--data", type=A.input_dir, help="COCO folder: AP on --split, int8 "
+                                                     "calibrated on its train split")
+    g.add_argument("--split", default="val", help="split for AP (default val)")
+    g.add_argument("--weights", type=A.input_file, help="trained weights (nasfcos train)")
+    g.add_argument("--calib-images", type=_positive_int, default=32, help="int8 (default 32)")
+    g.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
+                   default="minmax", help="int8 range estimator (default minmax)")
+    g.add_argument("--max-images", type=_positive_int, help="evaluate the first N images")
     _kind_flags(p)
     A.add_output(p, "report path prefix: writes PREFIX.json/.md/.png (default report)",
                  default="report")
@@ -319,6 +339,8 @@ def bench_main(argv: list[str]) -> int:
     A.add_quiet(p)
     args = p.parse_args(argv)
 
+    if args.precisions:
+        return _precision_table(args)
     from nasfcos.runtime.bench import BenchConfig, markdown_table, run_benchmark, write_report
 
     cfg = BenchConfig(
@@ -340,6 +362,35 @@ def bench_main(argv: list[str]) -> int:
     for r in skipped:
         _say(args, f"note: {r['backend']} {r['size'][0]}x{r['size'][1]} {r['status']}: {r['reason']}")
     return 0 if any(r["status"] == "ok" for r in report["results"]) else 1
+
+
+def _precision_table(args: argparse.Namespace) -> int:
+    """``nasfcos bench --precisions``: the backend x precision table (PREFIX.json/.md)."""
+    from nasfcos.io import atomic_write_json, atomic_write_text
+    from nasfcos.runtime.bench import (
+        PrecisionTableConfig,
+        precision_markdown,
+        run_precision_table,
+    )
+
+    backends = [b.strip() for b in (args.backends or "onnxruntime").split(",") if b.strip()]
+    cfg = PrecisionTableConfig(
+        precisions=[q.strip() for q in args.precisions.split(",") if q.strip()],
+        backends=backends, size=tuple(args.sizes[0]), data=args.data, split=args.split,
+        weights=args.weights, calib_images=args.calib_images, calib_method=args.calib_method,
+        max_images=args.max_images, warmup=args.warmup, runs=args.runs,
+        max_seconds=args.max_seconds, threads=args.threads, device=args.device, seed=args.seed)
+    out = Path(args.output)
+    report = run_precision_table(args.model, cfg, out.with_name(out.name + "_artifacts"),
+                                 progress=not args.quiet)
+    table = precision_markdown(report)
+    atomic_write_json(out.with_name(out.name + ".json"), report)
+    atomic_write_text(out.with_name(out.name + ".md"), table)
+    _say(args, table)
+    _say(args, f"json: {out.with_name(out.name + '.json')}\nmd: {out.with_name(out.name + '.md')}")
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    return 0 if any(r["status"] == "ok" for r in report["rows"]) else 1
 
 
 def main(argv: list[str]) -> int:  # pragma: no cover - the dispatcher calls the verbs directly

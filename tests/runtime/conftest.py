@@ -1,6 +1,6 @@
 """Shared fixtures of the runtime tests: tiny compiled models (real compiler output).
 
-Widths are tiny (FPN 8, head 32: the head's GroupNorm has 32 groups) and images 96-128 px, so every export takes a second or two.
+Widths are tiny (FPN 8, head 64: the head's GroupNorm(32) needs 2 values per group on a 1x1 p7) and images 96-128 px, so every export takes a second or two.
 The detector uses the compiler's ``tiny`` test backbone.
 """
 
@@ -19,10 +19,10 @@ def _compile(path: Path, genotype, *, detector: bool = False) -> Path:
     from nasfcos.compiler import CompileOptions, compile_genotype
 
     if detector:
-        opts = CompileOptions(fpn_channels=8, head_channels=32, num_classes=3, detector=True, backbone="tiny",
+        opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, detector=True, backbone="tiny",
                               in_channels=(16, 24, 32, 48))
     else:
-        opts = CompileOptions(fpn_channels=8, head_channels=32, num_classes=3, in_channels=TINY_IN_CHANNELS)
+        opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, in_channels=TINY_IN_CHANNELS)
     path.write_text(compile_genotype(genotype, opts))
     return path
 
@@ -75,35 +75,36 @@ def tiny_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def paper_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, paper_decoder: Path) -> Path:
-    """Static ONNX export of ``paper_decoder`` at 128x128 (shared by several tests)."""
+    """Static ONNX export of ``paper_decoder`` at 160x160 (shared by several tests; the head's
+    GroupNorm(32) needs two values at stride 128)."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
     out = tmp_path_factory.mktemp("paper_onnx") / "decoder.onnx"
-    export_onnx(paper_decoder, out, ExportOptions(size=(128, 128)))
+    export_onnx(paper_decoder, out, ExportOptions(size=(160, 160)))
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_detector_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_detector: Path) -> Path:
-    """Static fp32 ONNX export of ``tiny_detector`` at 128x128 (export tests check it, the
+    """Static fp32 ONNX export of ``tiny_detector`` at 160x160 (export tests check it, the
     precision tests lower it)."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
     out = tmp_path_factory.mktemp("tiny_onnx") / "det.onnx"
-    export_onnx(tiny_detector, out, ExportOptions(size=(128, 128)))
+    export_onnx(tiny_detector, out, ExportOptions(size=(160, 160)))
     return out
 
 
 @pytest.fixture(scope="session")
 def deform_detector_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first sampled genotype with deformable convs, compiled as a tiny Detector; static
-    fp32 ONNX export at 96x128."""
+    fp32 ONNX export at 160x192 (the head's GroupNorm needs >= 2 values at stride 128)."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
     folder = tmp_path_factory.mktemp("deform_det")
     model = _compile(folder / "model.py", deform_genotypes(1)[0], detector=True)
     out = folder / "det.onnx"
-    export_onnx(model, out, ExportOptions(size=(96, 128)))
+    export_onnx(model, out, ExportOptions(size=(160, 192)))
     return out
 
 

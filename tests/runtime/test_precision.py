@@ -79,14 +79,14 @@ def test_fp16_and_int8_exports_pass_check(which, request, synth_data, tmp_path) 
         assert rep.agreement[0]["match_rate"] >= 0.8, rep.table()
 
 
-def test_export_writes_precision_and_calibration_from_a_folder(standin_path, synth_data,
+def test_export_writes_precision_and_calibration_from_a_folder(tiny_detector, synth_data,
                                                                tmp_path) -> None:
     images = tmp_path / "calib"
     shutil.copytree(synth_data / "images", images / "sub")
     opts = PrecisionOptions("int8", calib=images, calib_images=5, calib_method="entropy")
     out = tmp_path / "det.int8.onnx"
-    res = export_onnx(standin_path, out, ExportOptions(size=(64, 64), simplify=False,
-                                                       precision=opts))
+    res = export_onnx(tiny_detector, out, ExportOptions(size=(160, 160), simplify=False,
+                                                        precision=opts))
     prec = res.manifest["precision"]
     files = sorted((images / "sub").glob("*.png"))[:5]
     assert prec["precision"] == "int8" and prec["method"] == "entropy"
