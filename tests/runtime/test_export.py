@@ -67,7 +67,7 @@ def test_random_genotypes_with_deform_convs(tmp_path, compile_tiny, deform_genot
     report = check_artifact(deform_detector_onnx)
     assert report.ok, report.table()
     src = compile_tiny(tmp_path / "model.py", deform_genotype_list[1])
-    res = export_onnx(src, tmp_path / "m.onnx", ExportOptions(size=(96, 128)))
+    res = export_onnx(src, tmp_path / "m.onnx", ExportOptions(size=(96, 160)))
     assert res.manifest["export"]["ops"].get("DeformConv", 0) >= 1
     report = check_artifact(res.onnx_path)
     assert report.ok, report.table()
@@ -75,12 +75,12 @@ def test_random_genotypes_with_deform_convs(tmp_path, compile_tiny, deform_genot
 
 def test_dynamic_decoder_two_sizes(paper_decoder, tmp_path) -> None:
     res = export_onnx(paper_decoder, tmp_path / "dyn.onnx",
-                      ExportOptions(size=(128, 128), dynamic=True))
+                      ExportOptions(size=(160, 160), dynamic=True))
     shape = res.manifest["inputs"][0]["shape"]
     assert isinstance(shape[0], str) and isinstance(shape[2], str)  # batch and height symbolic
-    report = check_artifact(res.onnx_path, sizes=[(128, 128), (96, 160)], batch=1)
+    report = check_artifact(res.onnx_path, sizes=[(160, 160), (96, 160)], batch=1)
     assert report.ok, report.table()
-    assert {tuple(s) for s in report.sizes} == {(128, 128), (96, 160)}
+    assert {tuple(s) for s in report.sizes} == {(160, 160), (96, 160)}
 
 
 @pytest.mark.slow
