@@ -42,7 +42,7 @@ def test_manifest_matches_file(paper_decoder_onnx, paper_decoder) -> None:
     assert man["genotype"]["hash"] and len(man["genotype"]["hash"]) == 64
     assert man["widths"]["fpn_channels"] == 8 and man["widths"]["num_classes"] == 3
     assert [o["name"] for o in man["outputs"]] == list(DECODER_OUTPUTS)
-    assert man["outputs"][0]["shape"] == [1, 3, 16, 16]  # cls_p3 at 128 px, 3 classes
+    assert man["outputs"][0]["shape"] == [1, 3, 20, 20]  # cls_p3 at 160 px, 3 classes
     assert man["tools"]["torch"] and man["tools"]["onnx"] and man["tools"]["onnxruntime"]
     assert man["export"]["ops"]["DeformConv"] >= 10
 
