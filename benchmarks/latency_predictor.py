@@ -27,12 +27,12 @@ from nasfcos.genotypes import sample_genotype
 from nasfcos.runtime.export import ExportOptions, export_onnx
 from nasfcos.runtime.models import make_inputs, parse_size
 from nasfcos.runtime.runners import OrtRunner
-from nasfcos.search.latency import TableSpec, build_table, load_table, predict_ms
+from nasfcos.search.latency import CLOCKS, TableSpec, build_table, load_table, predict_ms
 from nasfcos.search.metrics import kendall_tau, mape
 
 
 def measure_decoder(source: str, work: Path, size: tuple[int, int], in_ch: tuple[int, ...], threads: int,
-                    runs: int, statistic: str) -> float:
+                    runs: int, statistic: str, clock: str) -> float:
     """Median (or min) ms of one decoder (model.py source) on ONNX Runtime CPU at ``size``."""
     model = work / "model.py"
     model.write_text(source)
@@ -44,11 +44,12 @@ def measure_decoder(source: str, work: Path, size: tuple[int, int], in_ch: tuple
         runner.bind(*make_inputs("decoder", size, in_channels=in_ch))
         for _ in range(5):
             runner.run()
+        tick = CLOCKS[clock]
         times = []
         for _ in range(runs):
-            t = time.perf_counter_ns()
+            t = tick()
             runner.run()
-            times.append((time.perf_counter_ns() - t) / 1e6)
+            times.append((tick() - t) / 1e6)
         return statistics.median(times) if statistic == "median" else min(times)
     finally:
         runner.close()
@@ -66,6 +67,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--statistic", default="median", choices=("median", "min"),
                     help="for the table's units and the decoders alike (min on a shared machine)")
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                    help="for both: wall time, or the calling thread's CPU time (a shared machine)")
     ap.add_argument("--table", default=None, help="reuse a table (must match size/widths/backend)")
     ap.add_argument("--save-table", default=None, help="write the table built here")
     ap.add_argument("--json", default=None)
@@ -79,7 +82,7 @@ def main() -> int:
         if table.spec != spec:
             raise SystemExit(f"{a.table}: measured for {table.spec}, not {spec}")
     else:
-        table = build_table(spec, progress=True, statistic=a.statistic)
+        table = build_table(spec, progress=True, statistic=a.statistic, clock=a.clock)
         if a.save_table:
             table.save(a.save_table)
     table_s = time.perf_counter() - t0
@@ -93,7 +96,7 @@ def main() -> int:
             g = sample_genotype(seed, a.head, name=f"random-{seed}")
             pred = predict_ms(g, table)
             meas = measure_decoder(compile_genotype(g, opts), Path(tmp), size, in_ch, a.threads, a.runs,
-                                   a.statistic)
+                                   a.statistic, a.clock)
             rows.append({"seed": seed, "hash": g.hash()[:12], "predicted_ms": round(pred, 3),
                          "measured_ms": round(meas, 3), "error_pct": round(100 * (pred - meas) / meas, 1)})
             print(f"{seed:>3}  {g.hash()[:12]}  predicted {pred:8.3f} ms  measured {meas:8.3f} ms  "
@@ -103,7 +106,7 @@ def main() -> int:
     result = {
         "benchmark": "latency_predictor", "backend": "onnxruntime (CPU)", "size": list(size),
         "channels": a.channels, "num_classes": a.num_classes, "backbone": a.backbone, "head": a.head,
-        "threads": a.threads, "statistic": a.statistic, "genotypes": len(rows), "mape_pct": round(mape(pred, meas), 2),
+        "threads": a.threads, "statistic": a.statistic, "clock": a.clock, "genotypes": len(rows), "mape_pct": round(mape(pred, meas), 2),
         "kendall_tau": round(kendall_tau(pred, meas), 3),
         "mean_signed_error_pct": round(statistics.mean(r["error_pct"] for r in rows), 2),
         "measured_ms_range": [min(meas), max(meas)], "table_units": len(table.entries),

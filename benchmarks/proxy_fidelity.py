@@ -103,6 +103,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=128, help="synthetic image size (default 128)")
     ap.add_argument("--backbone-weights", default=None, help="tiny trunk state_dict for cache and training")
     ap.add_argument("--skip-training", action="store_true", help="proxy scores only")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N architectures")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -129,20 +130,27 @@ def main() -> int:
     print(f"{len(archs)} architectures; proxy seeds {seeds}; real training {a.iters} iters x batch {a.batch} "
           f"@{a.size}px; work {work}", file=sys.stderr)
     rows = []
+    if a.limit is not None:
+        archs = archs[:a.limit]
     for g in archs:
         h = g.hash()
         if h in done and (a.skip_training or done[h].get("AP") is not None):
             rows.append(done[h])
             continue
         row: dict[str, Any] = {"name": g.name, "hash": h, "head": g.head.kind}
-        t = time.perf_counter()
-        rewards = [evaluate(g, cache, settings, s).reward for s in seeds]
-        row["proxy"] = [round(r, 5) for r in rewards]
-        row["proxy_mean"] = round(statistics.mean(rewards), 5)
-        row["proxy_s_per_seed"] = round((time.perf_counter() - t) / len(seeds), 2)
+        if h in done and done[h].get("seeds") == seeds:  # proxy part of an earlier (--skip-training) pass
+            row.update({k: done[h][k] for k in ("seeds", "proxy", "proxy_mean", "proxy_s_per_seed")})
+        else:
+            t = time.perf_counter()
+            rewards = [evaluate(g, cache, settings, s).reward for s in seeds]
+            row["seeds"] = seeds
+            row["proxy"] = [round(r, 5) for r in rewards]
+            row["proxy_mean"] = round(statistics.mean(rewards), 5)
+            row["proxy_s_per_seed"] = round((time.perf_counter() - t) / len(seeds), 2)
         if not a.skip_training:
             row.update(real_training(g, data, work, a))
         rows.append(row)
+        done[h] = row
         with rows_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{g.name:<28} proxy {row['proxy']}  AP {row.get('AP')}  AP50 {row.get('AP50')}  "

@@ -319,7 +319,7 @@ def build_for_profile(req: ProfileRequest) -> tuple[nn.Module, str, tuple[int, i
             else:
                 net = _Composite(build_backbone(backbone),
                                  module.Decoder(in_channels=widths, **overrides))
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError, SystemExit) as exc:  # SystemExit: model code
         raise NasfcosError(f"{req.model}: cannot build it for profiling ({type(exc).__name__}: {exc})") from None
     return net, label, _resolved_widths(module, req), backbone
 

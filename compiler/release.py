@@ -16,7 +16,9 @@ deliberately ignored (:data:`IGNORED_REASONS`), and any mismatch is a one-line
 from __future__ import annotations
 
 import io
+import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,62 +345,97 @@ def _load_checkpoint(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` with every failure as one line."""
     if not path.is_file():
         raise NasfcosError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"PK":
+        what = "a damaged or truncated torch.save archive"
+    elif magic[:1] == b"\x80":
+        what = "a damaged or truncated pickle"
+    else:
+        raise NasfcosError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, not a pickle, a pickle of code objects, ...
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise NasfcosError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {first})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. pickle protocol notes of the weights-only reader
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise NasfcosError(f"{path}: refused: it holds objects other than tensors and plain data "
+                               "(read with torch.load(weights_only=True))") from None
+        raise NasfcosError(f"{path}: {what} ({type(exc).__name__})") from None
+    except Exception as exc:  # truncated zip, broken pickle, ...
+        first = (str(exc).strip().splitlines() or [""])[0][:100]
+        raise NasfcosError(f"{path}: {what} ({type(exc).__name__}: {first})") from None
+
+
+@dataclass
+class ConvertedRelease:
+    """A release checkpoint converted in memory: the compiled source and module, the
+    Detector state_dict (loads strictly into ``module.build()``) and the mapping summary."""
+
+    target: ReleaseTarget
+    source: str
+    module: Any
+    state: dict[str, torch.Tensor]
+    summary: dict[str, Any]
+    other_entries: list[str]
+
+
+def convert_release(obj: Any, config: str, source: str = "checkpoint") -> ConvertedRelease:
+    """Convert a loaded release checkpoint ``obj`` for ``config`` (see :func:`release_target`)."""
+    target = release_target(config)
+    state, prefix, other = unwrap_checkpoint(obj, source)
+    code = compile_genotype(target.genotype, target.options)
+    module = compile_to_module(target.genotype, target.options)
+    with torch.device("meta"):
+        det = module.Detector()
+    kinds = {name: type(m).__name__ for name, m in det.named_modules()}
+    result = map_checkpoint(state, det.state_dict(), kinds, target.genotype, prefix=prefix,
+                            config=target.name, source=source)
+    return ConvertedRelease(target, code, module, result.state, result.summary, other)
 
 
 def import_release(checkpoint: str | Path, config: str, out_dir: str | Path) -> dict[str, Any]:
     """Import a release checkpoint: write ``out_dir/model.py``, ``weights.pt`` and
     ``import.json``; returns the import.json document.  Everything is checked (config,
     checkpoint, the total key map) before the first byte is written."""
-    target = release_target(config)
+    release_target(config)  # an unknown config fails before the checkpoint is read
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NasfcosError(f"{out}: already exists and is not an empty folder (give a new output folder)")
     ckpt_path = Path(checkpoint)
-    obj = _load_checkpoint(ckpt_path)
-    state, prefix, other = unwrap_checkpoint(obj, str(ckpt_path))
-    opts = target.options
-    source = compile_genotype(target.genotype, opts)
-    module = compile_to_module(target.genotype, opts)
-    with torch.device("meta"):
-        det = module.Detector()
-    kinds = {name: type(m).__name__ for name, m in det.named_modules()}
-    result = map_checkpoint(state, det.state_dict(), kinds, target.genotype, prefix=prefix,
-                            config=target.name, source=str(ckpt_path))
+    conv = convert_release(_load_checkpoint(ckpt_path), config, str(ckpt_path))
+    target, opts = conv.target, conv.target.options
     buf = io.BytesIO()
-    torch.save(result.state, buf)
+    torch.save(conv.state, buf)
     weights = buf.getvalue()
-    model_bytes = source.encode("utf-8")
+    model_bytes = conv.source.encode("utf-8")
+    coco = opts.num_classes == len(COCO_CLASSES)
     doc: dict[str, Any] = {
         "format": "nasfcos-import/1",
         "config": target.name,
         "config_file": target.config_file,
         "release": {"repository": "Lausannen/NAS-FCOS", "coco_ap_minival": target.coco_ap},
         "checkpoint": {"path": str(ckpt_path), "bytes": ckpt_path.stat().st_size,
-                       "sha256": sha256_file(ckpt_path), "other_entries": other},
+                       "sha256": sha256_file(ckpt_path), "other_entries": conv.other_entries},
         "model": {"file": "model.py", "sha256": sha256_bytes(model_bytes), "genotype": target.genotype.name,
                   "genotype_hash": target.genotype.hash(), "backbone": opts.backbone,
                   "fpn_channels": opts.fpn_channels, "head_channels": opts.resolved_head_channels,
                   "num_classes": opts.num_classes, "box_regression": opts.box_regression,
                   "scoring": opts.scoring, "preprocess": opts.resolved_preprocess},
-        "weights": {"file": "weights.pt", "sha256": sha256_bytes(weights), "entries": len(result.state),
+        "weights": {"file": "weights.pt", "sha256": sha256_bytes(weights), "entries": len(conv.state),
                     "loads_into": "build() (strict)"},
         "labels": {
             "convention": "Detector labels are 0-based contiguous class ids: label i is the release's "
                           "label i + 1 and COCO category category_ids[i]",
-            "class_names": [n for _, n in COCO_CLASSES] if opts.num_classes == len(COCO_CLASSES) else None,
-            "category_ids": [c for c, _ in COCO_CLASSES] if opts.num_classes == len(COCO_CLASSES) else None,
+            "class_names": [n for _, n in COCO_CLASSES] if coco else None,
+            "category_ids": [c for c, _ in COCO_CLASSES] if coco else None,
         },
         "input": "RGB float in [0, 1], any size; the Detector normalises (BGR x 255 - mean) and pads to "
-                 "a multiple of 32 itself; resize (shorter side 800, longer <= 1333) is the caller's",
-        "mapping": result.summary,
+                 "a multiple of 32 itself; resizing (shorter side 800, longer <= 1333) is the caller's",
+        "mapping": conv.summary,
     }
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "model.py", source)
+    atomic_write_text(out / "model.py", conv.source)
     atomic_write_bytes(out / "weights.pt", weights)
     atomic_write_json(out / "import.json", doc)
     return doc

@@ -415,8 +415,6 @@ def load_genotype(path: str | os.PathLike[str]) -> Genotype:
         raise GenotypeError(f"{p}: cannot read ({exc.strerror})") from None
     if p.is_dir():
         raise GenotypeError(f"{p}: is a directory, not a genotype file")
-    if not p.is_file():  # FIFO, socket, device: reading could block forever
-        raise GenotypeError(f"{p}: not a regular file (FIFO, socket or device)")
     if size > MAX_FILE_BYTES:
         raise GenotypeError(f"{p}: file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
     return loads_genotype(read_limited(p), source=str(p))
@@ -428,6 +426,8 @@ def read_limited(path: str | os.PathLike[str]) -> bytes:
     try:
         if p.is_dir():
             raise GenotypeError(f"{p}: is a directory, not a genotype file")
+        if p.exists() and not p.is_file():  # FIFO, socket, device: reading could block forever
+            raise GenotypeError(f"{p}: not a regular file (FIFO, socket or device)")
         with open(p, "rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:

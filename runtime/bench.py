@@ -60,6 +60,8 @@ class BenchConfig:
     trt_fp16: bool = False
     #: For a model.py: an already exported ONNX file for onnxruntime/tensorrt (no re-export).
     onnx_path: Path | None = None
+    #: For a detector model.py: add the route without nasfcos (:func:`baseline_runner`).
+    baseline: bool = False
 
 
 def latency_stats(times_ms: Sequence[float], batch: int = 1) -> dict[str, float]:
@@ -168,6 +170,122 @@ def _time_cell(runner: Runner, inputs: list[np.ndarray], cfg: BenchConfig,
     return times, notes
 
 
+#: Name of the ``--baseline`` row: the route a user would take without nasfcos.
+BASELINE_BACKEND = "onnxruntime-baseline"
+
+
+def baseline_detector(lm: Any) -> Any:
+    """The same detector without nasfcos's compiler: a flat ``images -> (boxes, scores, labels)``
+    module with the same backbone, weights and post-processing as ``lm`` (a detector
+    :class:`~nasfcos.runtime.models.LoadedModel`) whose decoder is the reference interpreter
+    (``compiler/reference.py``, ``deform_conv2d`` everywhere), in eval mode."""
+    import copy
+
+    from nasfcos.compiler import build_reference
+
+    if lm.kind != "detector":
+        raise NasfcosError("the baseline needs a detector model.py (compile it with --detector)")
+    det = copy.deepcopy(lm.net.detector)
+    ref = build_reference(lm.module.GENOTYPE, fpn_channels=lm.info["fpn_channels"],
+                          head_channels=lm.info["head_channels"],
+                          num_classes=lm.info["num_classes"],
+                          in_channels=lm.module.BACKBONE_CHANNELS[det.backbone_name])
+    ref.load_state_dict(det.decoder.state_dict(), strict=True)
+    det.decoder = ref.eval()
+    return type(lm.net)(det).eval()
+
+
+def export_baseline(lm: Any, out: str | Path, size: tuple[int, int], *, dynamic: bool = False,
+                    seed: int = 0) -> Path:
+    """Export :func:`baseline_detector` the plain way: ``torch.onnx.export(dynamo=True,
+    opset_version=19)`` with the exporter's defaults, no simplification, no graph passes.
+
+    Dynamic: batch, height and width declared ``Dim.DYNAMIC`` on a batch-1 example of
+    ``size``.  The interpreter's ``int()`` resize sizes are baked into such a graph, so it
+    runs at its traced spatial size only (nasfcos's dynamic export runs at any size in its
+    ranges).  Returns ``out``.
+    """
+    import torch
+
+    from nasfcos.runtime.export import _quiet
+
+    net = baseline_detector(lm)
+    image = torch.from_numpy(lm.inputs(size, 1, seed=seed)[0])
+    dyn = torch.export.Dim.DYNAMIC
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(net, (image,), str(out), dynamo=True, opset_version=19,
+                          input_names=list(lm.input_names), output_names=list(lm.output_names),
+                          dynamic_shapes=({0: dyn, 2: dyn, 3: dyn},) if dynamic else None)
+    return Path(out)
+
+
+def plain_session(path: str | Path, threads: int | None = None) -> Any:
+    """ONNX Runtime CPU session with default ``SessionOptions`` and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def baseline_runner(path: Path, size: tuple[int, int], cfg: BenchConfig) -> Runner:
+    """ONNX Runtime runner on :func:`export_baseline` of the detector ``path`` at ``size``
+    (static, or dynamic unless ``cfg.onnx_static``) with a :func:`plain_session`."""
+    import tempfile
+
+    from nasfcos.runtime.models import load_model
+    from nasfcos.runtime.runners import OrtRunner
+
+    t0 = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="nasfcos-baseline-")
+    onnx_path = export_baseline(load_model(path, "detector", seed=cfg.seed),
+                                Path(tmp.name) / "baseline.onnx", size,
+                                dynamic=not cfg.onnx_static, seed=cfg.seed)
+    runner = OrtRunner(onnx_path, threads=cfg.threads)
+    runner.session = plain_session(onnx_path, cfg.threads)
+    runner.backend, runner.opt_level, runner._tmp = BASELINE_BACKEND, "default options", tmp
+    runner.setup_seconds = time.perf_counter() - t0
+    return runner
+
+
+def ort_op_profile(session_or_path: Any, feed: dict[str, np.ndarray], runs: int = 3,
+                   threads: int | None = None) -> dict[str, dict[str, float]]:
+    """Per op type share of ONNX Runtime CPU kernel time: ``{op: {"share", "ms", "nodes"}}``.
+
+    A profiling session is made from the model file (``session_or_path``: a path or a
+    session whose ``_model_path`` is read) with the runner's options; ``ms`` is per run,
+    after one untimed run.  Sorted by share.
+    """
+    import json
+    import tempfile
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    from nasfcos.runtime.runners import ort_session_options
+
+    path = getattr(session_or_path, "_model_path", session_or_path)
+    so = ort_session_options(threads)
+    with tempfile.TemporaryDirectory(prefix="nasfcos-prof-") as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    dur: Counter[str] = Counter()
+    nodes: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            dur[e["args"]["op_name"]] += e["dur"]
+            nodes[e["args"]["op_name"]] += 1
+    total = sum(dur.values()) or 1
+    return {op: {"share": round(d / total, 4), "ms": round(d / 1e3 / (runs + 1), 2),
+                 "nodes": nodes[op] // (runs + 1)} for op, d in dur.most_common()}
+
+
 def default_backends(path: Path, device: str = "cpu") -> list[str]:
     """Backends that make sense for an artifact: .py -> torch + onnxruntime (+ tensorrt on a
     GPU machine with TensorRT), .onnx -> onnxruntime (+ tensorrt), .engine -> tensorrt."""
@@ -188,6 +306,8 @@ def _make(path: Path, backend: str, cfg: BenchConfig, size: tuple[int, int] | No
     if backend in ("torch", "torch-compile"):
         return make_runner(path, backend, device, kind=cfg.kind, seed=cfg.seed,
                            threads=cfg.threads)
+    if backend == BASELINE_BACKEND:
+        return baseline_runner(path, size or cfg.sizes[0], cfg)
     if cfg.onnx_path is not None and path.suffix == ".py" and backend in ("onnxruntime",
                                                                           "tensorrt"):
         path = Path(cfg.onnx_path)
@@ -238,6 +358,10 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
         raise NasfcosError(f"unknown backend(s) {', '.join(unknown)} (have {', '.join(BACKENDS)})")
     if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
         raise NasfcosError("runs must be >= 1, warmup >= 0 and batch >= 1")
+    if cfg.baseline:
+        if path.suffix != ".py" or cfg.device != "cpu":
+            raise NasfcosError("--baseline needs a detector model.py on the cpu device")
+        backends = [*backends, BASELINE_BACKEND]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
@@ -297,8 +421,9 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     peak = (report.get("matmul_peak") or {}).get("gflops")
     for backend in backends:
         runner: Runner | None = None
-        per_size = (backend == "onnxruntime" and cfg.onnx_static and path.suffix == ".py"
-                    and cfg.onnx_path is None)
+        per_size = backend == BASELINE_BACKEND or (
+            backend == "onnxruntime" and cfg.onnx_static and path.suffix == ".py"
+            and cfg.onnx_path is None)
         skip_reason: str | None = None
         for size in cfg.sizes:
             key = f"{size[0]}x{size[1]}"
@@ -353,6 +478,13 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     if bar is not None:
         bar.close()
     report["flops"] = flops
+    if cfg.baseline:  # nasfcos / baseline median time per size
+        med = {(r["backend"], tuple(r["size"])): r["median_ms"] for r in report["results"]
+               if r["status"] == "ok"}
+        report["baseline_ratio"] = {
+            f"{h}x{w}": round(med[("onnxruntime", (h, w))] / med[(BASELINE_BACKEND, (h, w))], 3)
+            for h, w in cfg.sizes if ("onnxruntime", (h, w)) in med
+            and (BASELINE_BACKEND, (h, w)) in med}
     return report
 
 
@@ -599,6 +731,10 @@ def markdown_table(report: dict[str, Any]) -> str:
             else:
                 vals.append(f"{r['median_ms']:.1f} ({r['p90_ms']:.1f})")
         lines.append(f"| {b} | " + " | ".join(vals) + " |")
+    if report.get("baseline_ratio"):
+        lines += ["", "onnxruntime / onnxruntime-baseline (the reference interpreter's detector, "
+                  "plain export, default session options), median time: "
+                  + ", ".join(f"{k} {v:.2f}x" for k, v in report["baseline_ratio"].items())]
     lines += ["", "| backend | size | runs | median | mean | p90 | p99 | min | std | FPS | "
               "GFLOP | GFLOP/s | of peak |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -27,6 +27,7 @@ import torch
 from nasfcos.errors import NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from nasfcos.runtime.models import LoadedModel, load_model
+from nasfcos.runtime.optimize import optimize_onnx
 from nasfcos.runtime.precision import PrecisionOptions, calibration_files, lower_precision
 
 #: ONNX opset: 19 is the first with ``DeformConv``.
@@ -50,6 +51,8 @@ class ExportOptions:
     dynamic: bool = False
     opset: int = DEFAULT_OPSET
     simplify: bool = True
+    #: nasfcos's graph passes (:mod:`nasfcos.runtime.optimize`) after the simplifier.
+    optimize: bool = True
     seed: int = 0
     weights: Path | None = None
     #: Reduced precision built into the graph (:mod:`nasfcos.runtime.precision`).
@@ -332,6 +335,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
             warnings.warn(f"onnxslim failed, keeping the unsimplified graph: {exc}", stacklevel=2)
         seconds["simplify"] = time.perf_counter() - t0
     step("simplify")
+    passes = optimize_onnx(proto) if opts.optimize else None
     t0 = time.perf_counter()
     check_onnx(proto)
     precision_record: dict[str, Any] = {"precision": "fp32"}
@@ -364,6 +368,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                    "state_dict_sha256": lm.info["state_dict_sha256"]},
         "genotype": {"name": lm.info["genotype_name"], "hash": lm.info["genotype_hash"]},
         "precision": precision_record,
+        "options": lm.info.get("options", {}),
         "widths": {k: lm.info[k] for k in ("fpn_channels", "head_channels", "num_classes",
                                            "in_channels", "backbone")},
         "classes": classes,
@@ -373,6 +378,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                    "dynamic": opts.dynamic, "dynamic_batch": dynamic_batch,
                    "dynamic_ranges": ranges,
                    "simplified": simplified,
+                   "graph_passes": passes,
                    "exporter": "torch.onnx.export(dynamo=True)",
                    "ir_version": proto.ir_version,
                    "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node)},
@@ -457,6 +463,17 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def rebase_source(source: dict[str, Any], from_dir: str | Path, to_dir: str | Path) -> dict[str, Any]:
+    """A manifest ``source`` section copied next to another artifact: its relative file names
+    (``model``, ``weights``) rewritten relative to ``to_dir``."""
+    out = dict(source)
+    for key in ("model", "weights"):
+        if isinstance(out.get(key), str):
+            path = manifest_file(from_dir, out[key]).resolve()
+            out[key] = os.path.relpath(path, Path(to_dir).resolve())
+    return out
+
+
 def manifest_file(manifest_dir: str | Path, name: str) -> Path:
     """A file a manifest names: relative names are relative to the manifest's folder
     (never to the current directory); absolute names are kept."""
@@ -510,6 +527,6 @@ def export_summary(result: ExportResult) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "check_onnx",
-           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_file",
+           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_file", "rebase_source",
            "manifest_path_for",
            "simplify_onnx", "tool_versions", "verify_manifest"]

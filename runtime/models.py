@@ -243,6 +243,9 @@ def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
         "backbone": getattr(module, "BACKBONE", None),
         "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "state_dict_sha256": state_dict_hash(inner),
+        # the compiled behaviour options (model.py constants; absent in older files)
+        "options": {k.lower(): getattr(module, k) for k in ("BOX_REGRESSION", "SCORING", "PREPROCESS")
+                    if isinstance(getattr(module, k, None), str)},
     }
     return LoadedModel(path=path, module=module, kind=kind, net=net, input_names=in_names,
                        output_names=out_names,

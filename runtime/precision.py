@@ -440,7 +440,13 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
     import onnx
 
     from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes
-    from nasfcos.runtime.export import check_onnx, graph_io, load_manifest, manifest_path_for
+    from nasfcos.runtime.export import (
+        check_onnx,
+        graph_io,
+        load_manifest,
+        manifest_path_for,
+        rebase_source,
+    )
 
     src, out = Path(src), Path(out)
     if out.suffix != ".onnx":
@@ -466,6 +472,7 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
     check_onnx(model)
     data = model.SerializeToString()
     new = copy.deepcopy(man)
+    new["source"] = rebase_source(new.get("source", {}), src.parent, out.parent)
     new["artifact"] = {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
                        "bytes": len(data)}
     new["precision"] = {**record, "from": {"file": os.path.relpath(src.resolve(),

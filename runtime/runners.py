@@ -236,7 +236,8 @@ def ort_session_options(threads: int | None = None, *, opt_level: str = "all",
 
     Graph optimisations at ``opt_level`` (``basic``, ``extended``, ``all`` = layout
     optimisations incl. NCHWc convolutions on x86), sequential execution, one inter-op thread,
-    ``threads`` intra-op threads (None = ORT's default, one per physical core).
+    ``threads`` intra-op threads (None = ORT's default, one per physical core) that do not
+    spin while idle.
     """
     import onnxruntime as ort
 
@@ -253,6 +254,9 @@ def ort_session_options(threads: int | None = None, *, opt_level: str = "all",
     if threads:
         so.intra_op_num_threads = int(threads)
     so.log_severity_level = 4  # errors surface as exceptions (one line, see run())
+    # idle pool threads sleep instead of spinning: they would take a core from the one thread
+    # still working (single-threaded kernels such as DeformConv) or from other processes
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     return so

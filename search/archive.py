@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ def encode_row(row: dict[str, Any]) -> bytes:
 
 
 STATUSES: tuple[str, ...] = ("ok", "reused", "failed")
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def check_row(row: Any, where: str) -> dict[str, Any]:
@@ -65,8 +67,12 @@ def check_row(row: Any, where: str) -> dict[str, Any]:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             what = "missing" if key not in row else f"{v!r:.40} is not a non-negative integer"
             raise CacheError(f"{where}: '{key}' {what}")
-    if not isinstance(row.get("hash"), str):
-        raise CacheError(f"{where}: 'hash' missing or not a string")
+    if "format" in row and row["format"] != ROW_FORMAT:
+        raise CacheError(f"{where}: row format {row['format']!r:.40} is not {ROW_FORMAT} "
+                         "(an archive of another nasfcos version)")
+    h = row.get("hash")
+    if not isinstance(h, str) or not _HASH_RE.fullmatch(h):
+        raise CacheError(f"{where}: 'hash' is not a sha256 hex digest")
     status = row.get("status")
     if status not in STATUSES:
         raise CacheError(f"{where}: 'status' {status!r:.40} is not one of {', '.join(STATUSES)}")

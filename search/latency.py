@@ -182,10 +182,10 @@ class TableSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise NasfcosError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        for name in ("fpn_channels", "head_channels"):
-            if getattr(self, name) % 2:
-                raise NasfcosError(f"--{name.replace('_', '-')} must be even (two deformable offset "
-                                   f"groups), got {getattr(self, name)}")
+        from nasfcos.compiler import CompileOptions
+
+        CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels,
+                       num_classes=self.num_classes)  # the compiler's rules for widths
         if min(self.size) < 32:
             raise NasfcosError(f"size {self.size[0]}x{self.size[1]} too small (at least 32x32)")
         return self
@@ -390,7 +390,12 @@ def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]
 Timer = Callable[[Any, list[Any]], list[float]]
 
 
-def _torch_timer(spec: TableSpec, warmup: int, runs: int) -> Timer:
+#: Clocks a table may be measured with: wall time, or the CPU time of the calling thread
+#: (one intra-op thread runs on the caller; immune to other processes on a shared machine).
+CLOCKS: dict[str, Callable[[], int]] = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}
+
+
+def _torch_timer(spec: TableSpec, warmup: int, runs: int, clock: Callable[[], int]) -> Timer:
     import torch
 
     def timer(module: Any, arrays: list[Any]) -> list[float]:
@@ -400,15 +405,15 @@ def _torch_timer(spec: TableSpec, warmup: int, runs: int) -> Timer:
                 module(*xs)
             out = []
             for _ in range(runs):
-                t = time.perf_counter_ns()
+                t = clock()
                 module(*xs)
-                out.append((time.perf_counter_ns() - t) / 1e6)
+                out.append((clock() - t) / 1e6)
         return out
 
     return timer
 
 
-def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path) -> Timer:
+def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path, clock: Callable[[], int]) -> Timer:
     import torch
 
     from nasfcos.runtime.export import DEFAULT_OPSET
@@ -440,10 +445,10 @@ def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path) -> Timer:
                 runner.synchronize()
             out = []
             for _ in range(runs):
-                t = time.perf_counter_ns()
+                t = clock()
                 runner.run()
                 runner.synchronize()
-                out.append((time.perf_counter_ns() - t) / 1e6)
+                out.append((clock() - t) / 1e6)
             return out
         finally:
             runner.close()
@@ -472,11 +477,14 @@ STATISTICS: tuple[str, ...] = ("median", "min")
 
 
 def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: bool = True,
-                only: Iterable[str] | None = None, statistic: str = "median") -> LatencyTable:
+                only: Iterable[str] | None = None, statistic: str = "median",
+                clock: str = "wall") -> LatencyTable:
     """Time every unit on ``spec.backend`` (``statistic`` of ``runs`` after ``warmup``: the
     median on a quiet machine, the minimum on a shared one, where it estimates the
     uncontended time) and the per-call overhead (a unit adding two 1-element tensors);
-    ``only``: a subset of keys."""
+    ``clock``: ``wall`` (default) or ``cpu``, the calling thread's CPU time (needs
+    ``threads == 1`` and a CPU backend: then the work runs on the caller); ``only``: a
+    subset of keys."""
     import numpy as np
     import torch
 
@@ -484,6 +492,10 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
     if statistic not in STATISTICS:
         raise NasfcosError(f"unknown statistic {statistic!r} (expected one of: {', '.join(STATISTICS)})")
     summarise = np.median if statistic == "median" else np.min
+    if clock not in CLOCKS:
+        raise NasfcosError(f"unknown clock {clock!r} (expected one of: {', '.join(CLOCKS)})")
+    if clock == "cpu" and (spec.threads != 1 or spec.backend == "tensorrt"):
+        raise NasfcosError("--clock cpu measures the calling thread: it needs --threads 1 and a CPU backend")
     if spec.backend == "torch" and spec.device != "cpu":
         raise NasfcosError("the torch latency table is measured on the CPU only")
     old_threads = torch.get_num_threads()
@@ -500,8 +512,9 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
                 return x + y
 
         with tempfile.TemporaryDirectory(prefix="nasfcos-latency-") as tmp:
-            timer = (_torch_timer(spec, warmup, runs) if spec.backend == "torch"
-                     else _onnx_timer(spec, warmup, runs, Path(tmp)))
+            tick = CLOCKS[clock]
+            timer = (_torch_timer(spec, warmup, runs, tick) if spec.backend == "torch"
+                     else _onnx_timer(spec, warmup, runs, Path(tmp), tick))
             tiny = [np.zeros((1,), np.float32)] * 2
             overhead = float(summarise(timer(Tiny().eval(), tiny)))
             bar = None
@@ -527,7 +540,8 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
         torch.set_num_threads(old_threads)
     meta = {"warmup": warmup, "runs": runs, "seconds": round(time.perf_counter() - t0, 1),
             "torch": torch.__version__, "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "statistic": f"{statistic} ms per unit over the runs, minus the per-call overhead"}
+            "statistic": f"{statistic} ms per unit over the runs, minus the per-call overhead",
+            "clock": "wall time" if clock == "wall" else "CPU time of the calling thread"}
     try:
         from nasfcos.runtime.machine import machine_info
 

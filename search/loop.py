@@ -12,9 +12,20 @@ Resume: the checkpoint says how many steps are complete; the archive may also ho
 the step that was running.  The controller re-samples that step exactly (same state, same
 generator), keeps the archived rows and evaluates only the missing samples.
 
+Before the first trial a proxy search builds (or checks) its feature cache -- in ``out/cache``
+unless ``cache`` names one, from the preset's synthetic set unless ``data`` names a folder --
+and opens it here, so a configuration error stops it before any evaluation.  A step whose
+every trial failed raises :class:`SearchFailed` (no checkpoint for that step); a resume
+evaluates its failed trials again.  A resume checks the archive against the checkpoint
+first (:func:`~nasfcos.search.archive.check_progress`) and rewrites nothing if they differ.
+With a latency table every row records the predicted latency (``extra.latency_ms``) and
+its proxy reward (``extra.proxy_reward``); with a target the reward is
+:func:`~nasfcos.search.latency.latency_reward`.
+
 Outputs in ``out``: ``archive.jsonl``, ``checkpoint.pt``, ``search.json`` (the settings a
 resume must match), ``summary.json``, ``top/rankNN-<hash>.json`` (genotypes ``nasfcos
-compile`` takes), ``search.png`` (reward per step + moving average), ``best.png``.
+compile`` takes), ``search.png`` (reward per step + moving average), ``best.png``,
+``pareto.png`` (with a latency table), ``cache/`` (unless ``cache`` is given).
 """
 
 from __future__ import annotations
@@ -93,6 +104,7 @@ class SearchConfig:
     retries: int = 1  # extra attempts of a failed evaluation before it is skipped
     data: str | None = None  # dataset folder (proxy presets; None: the preset's synthetic set)
     cache: str | None = None  # feature cache folder (proxy presets; None: OUT/cache, built on first use)
+    backbone_weights: str | None = None  # frozen backbone's state_dict for the cache (None: the preset's)
     toy_noise: float = 0.0  # toy preset: reward noise (std), drawn from the evaluation seed
     toy_delay: float = 0.0  # toy preset: seconds each evaluation pretends to take
     latency_table: str | None = None  # per-unit latency table (nasfcos search latency-table)
@@ -124,6 +136,16 @@ class SearchConfig:
         if unknown:
             raise CacheError(f"{CONFIG_NAME}: unknown settings {sorted(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def read(cls, path: Path) -> SearchConfig:
+        """The settings stored in ``search.json``; :class:`CacheError` (one line) if unreadable."""
+        if path.exists() and not path.is_file():
+            raise CacheError(f"{path}: is not a regular file")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise CacheError(f"{path}: unreadable search settings ({type(exc).__name__}: {exc})"[:300]) from None
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -225,6 +247,10 @@ class Search:
     # ------------------------------------------------------------------------------------
     def _settle_config(self, cfg: SearchConfig) -> SearchConfig:
         path = self.out / CONFIG_NAME
+        if self.out.exists() and not self.out.is_dir():
+            raise NasfcosError(f"{self.out}: exists and is not a folder (--out names the search folder)")
+        if path.exists() and not path.is_file():
+            raise CacheError(f"{path}: is not a regular file")
         has_state = (self.out / ARCHIVE_NAME).exists() and (self.out / ARCHIVE_NAME).stat().st_size > 0
         has_state = has_state or (self.out / CHECKPOINT_NAME).exists()
         if not self.resume:
@@ -240,10 +266,7 @@ class Search:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, cfg.to_dict())
             return cfg
-        try:
-            stored = SearchConfig.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise CacheError(f"{path}: unreadable search settings ({exc})") from None
+        stored = SearchConfig.read(path)
         if stored.identity() != cfg.identity():
             a, b = stored.identity(), cfg.identity()
             diff = sorted(k for k in a if a[k] != b.get(k))
@@ -309,7 +332,8 @@ class Search:
             raise NasfcosError(f"--data {self.cfg.data}: no such folder")
         self._say(f"feature cache {self.cache_dir} ({self.cfg.preset} preset"
                   f"{', synthetic data' if self.cfg.data is None else ', data ' + self.cfg.data})")
-        build_cache(self.cfg.data, self.cache_dir, settings, progress=self.progress, log=self._say)
+        build_cache(self.cfg.data, self.cache_dir, settings, backbone_weights=self.cfg.backbone_weights,
+                    progress=self.progress, log=self._say)
         cache = open_verified(self.cache_dir, settings, checked=True)
         self._say(f"feature cache ready: {len(cache.train)} meta-train, {len(cache.val)} meta-val crops")
 
@@ -552,6 +576,8 @@ def genotype_of_row(row: dict[str, Any], rank: int | None = None) -> Genotype:
 
 def write_top(top: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write ``rankNN-<hash12>.json`` for each row; remove stale rank files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NasfcosError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, row in enumerate(top, 1):

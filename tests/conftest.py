@@ -37,7 +37,7 @@ def tiny_detector_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nasfcos.genotypes import load_paper_genotype
 
     path = tmp_path_factory.mktemp("tiny_detector") / "model.py"
-    opts = CompileOptions(fpn_channels=8, head_channels=32, num_classes=3, detector=True,
+    opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, detector=True,
                           backbone="tiny")
     path.write_text(compile_genotype(load_paper_genotype(), opts))
     return path

@@ -16,8 +16,9 @@ from nasfcos.compiler import (
     parse_in_channels,
 )
 from nasfcos.compiler.options import BOX_REGRESSION, PREPROCESS, SCORING
+from nasfcos.compiler.release import release_target
 from nasfcos.errors import NasfcosError
-from nasfcos.genotypes import PAPER_GENOTYPES, read_release_config, resolve_genotype
+from nasfcos.genotypes import PAPER_GENOTYPES, resolve_genotype
 from nasfcos.genotypes.resolve import YAML_SUFFIXES
 from nasfcos.io import atomic_write_text, sha256_bytes
 
@@ -28,14 +29,15 @@ EPILOG = """example:
   nasfcos compile nas_fcos_fpn_head -o detector.py --detector --backbone resnet50
 
 GENOTYPE is a genotype JSON file, the release's list form as JSON, a release config
-(configs/search/*.yaml: its SEARCH.DECODER.CONFIG and AGG_SIZE) or the name of a
+(configs/search/*.yaml: its SEARCH.DECODER.CONFIG, AGG_SIZE and, with --detector, its
+backbone as the release's variant with Caffe2 preprocessing) or the name of a
 shipped genotype ({}).  The file written imports only torch and torchvision;
 load it with `build()` (see its header).  --json prints a machine-readable summary.
 """.format(", ".join(PAPER_GENOTYPES))
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos compile",
         description="Compile a genotype into a standalone, readable PyTorch model.py.",
         epilog=EPILOG,
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                         "genotype name")
     p.add_argument("--genotype", dest="genotype_opt", type=A.genotype_arg, metavar="GENOTYPE",
                    help="same as the positional argument")
-    p.add_argument("-o", "--output", type=lambda t: t if t == "-" else str(A.output_file(t)),
+    p.add_argument("-o", "--output", type=lambda t: t if t == "-" else A.output_file(t),
                    default="model.py", help="output file ('-' for stdout; default: model.py)")
     p.add_argument("--fpn-channels", type=A.width, default=None,
                    help="FPN width (default: 256, the released models'; a release .yaml's AGG_SIZE)")
@@ -86,20 +88,26 @@ def main(argv: list[str]) -> int:
     if (args.preprocess is not None or args.scoring != "product") and not args.detector:
         raise NasfcosError("--preprocess and --scoring only apply with --detector")
     genotype = resolve_genotype(source_arg)
-    fpn_channels = args.fpn_channels
-    if fpn_channels is None:
-        is_yaml = Path(source_arg).suffix.lower() in YAML_SUFFIXES and Path(source_arg).is_file()
-        fpn_channels = read_release_config(source_arg).agg_size if is_yaml else 256
+    # a release config also gives the width (AGG_SIZE) and, for a detector, the release's
+    # backbone variant and Caffe2 preprocessing, unless the flags say otherwise
+    fpn_channels, backbone, preprocess = args.fpn_channels, args.backbone, args.preprocess
+    if Path(source_arg).suffix.lower() in YAML_SUFFIXES and Path(source_arg).is_file():
+        target = release_target(source_arg)
+        fpn_channels = fpn_channels or target.options.fpn_channels
+        if args.detector:
+            backbone = backbone or target.options.backbone
+            preprocess = preprocess or "caffe2"
+    fpn_channels = fpn_channels or 256
     options = CompileOptions(
         fpn_channels=fpn_channels,
         head_channels=args.head_channels,
         num_classes=args.num_classes,
         in_channels=parse_in_channels(args.in_channels),
         detector=args.detector,
-        backbone=args.backbone or "resnet50",
+        backbone=backbone or "resnet50",
         box_regression=args.box_regression,
         scoring=args.scoring,
-        preprocess=args.preprocess,
+        preprocess=preprocess,
     )
     source = compile_genotype(genotype, options)
     data = source.encode("utf-8")

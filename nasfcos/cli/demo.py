@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     """Entry point of ``nasfcos demo``."""
     from nasfcos.compiler.backbones import BACKBONE_NAMES as BACKBONES
 
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos demo", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         epilog="examples:\n  nasfcos demo -o demo_out\n"

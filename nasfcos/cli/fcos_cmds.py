@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from dataclasses import replace
@@ -18,12 +19,12 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _parser(verb: str, description: str, example: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"nasfcos {verb}", description=description,
+    return A.Parser(prog=f"nasfcos {verb}", description=description,
                                    epilog=f"example:\n  {example}", formatter_class=_FMT)
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True))
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 # --------------------------------------------------------------------------- data
@@ -41,11 +42,24 @@ def data_main(argv: list[str]) -> int:
                        epilog="example:\n  nasfcos data synth -o data/synth --images 300 --size 128",
                        formatter_class=_FMT)
     s.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, required=True, help="output folder")
-    s.add_argument("--images", type=A.int_range(1, 10**6), default=200, help="number of images (default 200)")
-    s.add_argument("--size", type=A.int_range(32, A.MAX_SIDE), default=128, help="image side in pixels (default 128)")
+    s.add_argument("--preset", choices=("default", "easy"), default="default",
+                   help="option set: default (hard: 4-90%% scales, up to 6 objects, clutter) or "
+                        "easy (600 images, 15-60%% scales, 1-3 objects, no clutter: the "
+                        "yardstick set); flags given override it")
+    s.add_argument("--images", type=A.int_range(1, 10**6), help="number of images (default 200)")
+    s.add_argument("--size", type=A.int_range(32, A.MAX_SIDE), help="image side in pixels (default 128)")
     s.add_argument("--seed", type=A.seed, default=0, help="random seed (default 0)")
-    s.add_argument("--val-fraction", type=A.float_range(0.0, 1.0), default=0.2, help="share of val images (default 0.2)")
-    s.add_argument("--max-objects", type=A.int_range(1, 1000), default=6, help="objects per image at most (default 6)")
+    s.add_argument("--val-fraction", type=A.float_range(0.0, 1.0), help="share of val images (default 0.2)")
+    s.add_argument("--min-objects", type=A.int_range(1, 1000), help="objects per image at least (default 1)")
+    s.add_argument("--max-objects", type=A.int_range(1, 1000), help="objects per image at most (default 6)")
+    s.add_argument("--min-scale", type=A.float_range(0.0, 1.0, lo_open=True),
+                   help="smallest object side / image side (default 0.04)")
+    s.add_argument("--max-scale", type=A.float_range(0.0, 1.0, lo_open=True),
+                   help="largest object side / image side (default 0.9)")
+    s.add_argument("--no-clutter", action="store_true", help="no unannotated lines and specks")
+    s.add_argument("--force", action="store_true",
+                   help="replace a data set already in the folder (default: refuse)")
+    A.add_json(s, "print the manifest as JSON on stdout")
     v = sub.add_parser("voc2coco", help="convert a PASCAL VOC folder to COCO JSON",
                        description="Convert VOCDIR/Annotations/*.xml (optionally only the ids in "
                                    "ImageSets/Main/SPLIT.txt) to COCO JSON; image file names are "
@@ -59,11 +73,22 @@ def data_main(argv: list[str]) -> int:
                    help="keep difficult objects (as iscrowd=1, ignored by COCO eval)")
     args = parser.parse_args(argv)
     if args.cmd == "synth":
+        from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
         from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
-        cfg = SynthConfig(images=args.images, size=args.size, seed=args.seed,
-                          val_fraction=args.val_fraction, max_objects=args.max_objects)
-        manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty())  # seconds
+        cfg = replace(SynthConfig(seed=args.seed), **SYNTH_PRESETS[args.preset])
+        given = {"images": args.images, "size": args.size, "val_fraction": args.val_fraction,
+                 "min_objects": args.min_objects, "max_objects": args.max_objects,
+                 "min_scale": args.min_scale, "max_scale": args.max_scale,
+                 "clutter": False if args.no_clutter else None}
+        for name, value in given.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number")
+        cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+        manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty(), force=args.force)
+        if args.json:
+            _print_json(manifest)
+            return 0
         c = manifest["counts"]
         print(f"wrote {args.out}: {c['train']['images']} train / {c['val']['images']} val images, "
               f"{c['train']['annotations'] + c['val']['annotations']} boxes, "
@@ -81,8 +106,82 @@ def data_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- train
 
 
+def _given_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the options actually present on the command line."""
+    saved = {a.dest: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        ns = parser.parse_args(argv)
+    finally:
+        for a in parser._actions:
+            a.default = saved[a.dest]
+    return set(vars(ns))
+
+
+#: Flags of ``train`` and the TrainConfig fields they set (default: the same name).
+_FLAG_FIELDS: dict[str, tuple[str, ...]] = {
+    "no_eval": ("eval",), "fpn_channels": ("model_kwargs",), "head_channels": ("model_kwargs",),
+    "center_sampling": ("fcos.center_sampling_radius",), "box_loss": ("fcos.box_loss",),
+    "cls_norm": ("fcos.cls_norm",),
+}
+#: Flags that never change what a run computes: free to differ on resume.
+_FREE_ON_RESUME = {"model", "out", "resume", "override", "no_progress", "workers", "device"}
+
+
+def _field(cfg: Any, name: str) -> Any:
+    for part in name.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _resumed_config(flags_cfg: Any, given: set[str], args: argparse.Namespace) -> Any:
+    """The run's stored config.json with the flags given now: a flag that changes a stored
+    setting is an error unless ``--override``."""
+    from nasfcos.fcos.train import PRESETS, config_from_json
+
+    path = Path(args.out) / "config.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise NasfcosError(f"{path}: cannot read the run's configuration ({exc})") from None
+    if not isinstance(doc, dict):
+        raise NasfcosError(f"{path}: not a training configuration")
+    stored = config_from_json(doc)
+    touched: list[str] = []
+    for dest in sorted(given - _FREE_ON_RESUME):
+        if dest == "preset":
+            touched += [k for k in PRESETS[args.preset]]
+        else:
+            touched += list(_FLAG_FIELDS.get(dest, (dest,)))
+    differ = [f for f in dict.fromkeys(touched) if _field(flags_cfg, f) != _field(stored, f)]
+    if differ and not args.override:
+        shown = ", ".join(f"{f} {_field(stored, f)!r} -> {_field(flags_cfg, f)!r}" for f in differ[:3])
+        raise NasfcosError(f"--resume: flags differ from {path} ({shown}); drop them, or add "
+                           "--override")
+    top = {f.split(".")[0] for f in differ if "." not in f}
+    cfg = replace(stored, **{f: getattr(flags_cfg, f) for f in top})
+    fcos_changes = {f.split(".")[1]: _field(flags_cfg, f) for f in differ if f.startswith("fcos.")}
+    if fcos_changes:
+        cfg = replace(cfg, fcos=replace(cfg.fcos, **fcos_changes))
+    free = {"workers": flags_cfg.workers, "device": flags_cfg.device}
+    return replace(cfg, model=flags_cfg.model, out=flags_cfg.out, resume=True,
+                   **{k: v for k, v in free.items() if k in given})
+
+
+def _fcos_config(args: argparse.Namespace) -> Any:
+    from nasfcos.fcos.losses import FcosConfig
+
+    try:
+        return FcosConfig(center_sampling_radius=args.center_sampling, box_loss=args.box_loss,
+                          cls_norm=args.cls_norm)
+    except ValueError as exc:
+        raise NasfcosError(str(exc).replace("center_sampling_radius", "--center-sampling")) from None
+
+
 def train_main(argv: list[str]) -> int:
     """``nasfcos train model.py --data DIR ... --out RUN``."""
+    from nasfcos.fcos.losses import BOX_LOSSES, CLS_NORMS
     from nasfcos.fcos.train import PRESETS, TrainConfig, apply_preset, train
 
     parser = _parser(
@@ -102,12 +201,15 @@ def train_main(argv: list[str]) -> int:
                         help="run folder (checkpoints, logs, plots)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="schedule preset: coco = the paper's (90k iters at batch 16, lr 0.01, "
-                             "steps 60k/80k, warm-up 500 from 1/3); flags given override it")
+                             "steps 60k/80k, warm-up 500 from 1/3); synth = the yardstick recipe "
+                             "for 'data synth --preset easy' (128 px, shipped tiny trunk frozen, "
+                             "AdamW, 600 iters); synth-trunk = how that trunk was trained; flags "
+                             "given override it")
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=A.positive_int, help="train for N epochs")
     g.add_argument("--iters", type=A.positive_int, help="train for N iterations")
     parser.add_argument("--batch", type=A.positive_int, help="total batch size over processes (default 16)")
-    parser.add_argument("--lr", type=A.float_range(0.0, 10.0, lo_open=True), help="base learning rate (default 0.01 * batch / 16)")
+    parser.add_argument("--lr", type=A.positive_float, help="base learning rate (default 0.01 * batch / 16)")
     parser.add_argument("--momentum", type=A.float_range(0.0, 1.0), help="SGD momentum (default 0.9)")
     parser.add_argument("--weight-decay", type=A.non_negative_float, help="weight decay (default 1e-4)")
     parser.add_argument("--warmup-iters", type=A.non_negative_int, help="linear warm-up iterations (default 500)")
@@ -119,9 +221,22 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE), help="cap long side at (default 1333)")
     parser.add_argument("--crop", type=A.size_hw, help="random crop N or HxW after resizing (e.g. 384)")
     parser.add_argument("--hflip", type=A.float_range(0.0, 1.0), help="horizontal flip probability (default 0.5)")
-    parser.add_argument("--no-center-sampling", action="store_true", help="FCOS without center sampling")
-    parser.add_argument("--box-loss", choices=("giou", "iou"), default="giou", help="default giou")
-    parser.add_argument("--backbone-weights", type=A.input_file, help="state_dict file for Detector.backbone")
+    parser.add_argument("--center-sampling", type=A.non_negative_float, default=0.0, metavar="R",
+                        help="FCOS center sampling radius in strides, e.g. 1.5 (default 0: off, "
+                             "as the release)")
+    parser.add_argument("--box-loss", choices=BOX_LOSSES, default="iou",
+                        help="iou: -log((I+1)/(U+1)) (default, the release) or giou")
+    parser.add_argument("--cls-norm", choices=CLS_NORMS, default="positives+images",
+                        help="focal loss divisor (default positives+images, the release)")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), help="default sgd (FCOS)")
+    parser.add_argument("--backbone-weights",
+                        help="trunk weights: a torchvision state_dict file, or tiny_synth (the "
+                             "shipped tiny trunk trained on the synthetic shapes)")
+    parser.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
+                        help="train the decoder only (the synth preset does; --no-freeze-backbone "
+                             "fine-tunes the trunk too)")
+    parser.add_argument("--save-backbone", action="store_true",
+                        help="also write the trained trunk to RUN/backbone.pt (+ backbone.json)")
     parser.add_argument("--fpn-channels", type=A.width, help="override the compiled FPN width")
     parser.add_argument("--head-channels", type=A.width, help="override the compiled head width")
     parser.add_argument("--workers", type=A.int_range(0, 256), default=2, help="data loader workers (default 2)")
@@ -129,15 +244,25 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=A.seed, default=0, help="random seed (default 0)")
     parser.add_argument("--log-every", type=A.positive_int, default=20, help="iterations per metrics record")
     parser.add_argument("--checkpoint-every", type=A.positive_int, help="iterations per checkpoint (default 10%%)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    parser.add_argument("--val-ann", type=A.input_file,
+                        help="validation annotation JSON (with --ann; default: the val split of --data)")
+    parser.add_argument("--val-images", type=A.input_dir, help="validation image folder (with --val-ann)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from last.pt with its config.json")
+    parser.add_argument("--override", action="store_true",
+                        help="with --resume: let flags given now replace the run's settings")
     parser.add_argument("--no-eval", action="store_true", help="skip the final COCO evaluation")
+    A.add_json(parser, "print the run summary as JSON on stdout")
     parser.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
                         help="no progress bar")
     args = parser.parse_args(argv)
+    for key, value in vars(args).items():  # paths as given: the run records them in config.json
+        if isinstance(value, Path):
+            setattr(args, key, str(value))
+    given = _given_dests(parser, argv)
 
-    from nasfcos.fcos.losses import FcosConfig
-
-    cfg = TrainConfig(model=args.model, out=args.out, data=args.data, ann=args.ann, images=args.images)
+    cfg = TrainConfig(model=args.model, out=args.out, data=args.data, ann=args.ann, images=args.images,
+                      val_ann=args.val_ann, val_images=args.val_images)
     if args.preset:
         cfg = apply_preset(cfg, args.preset)
     overrides: dict[str, Any] = {
@@ -145,7 +270,9 @@ def train_main(argv: list[str]) -> int:
         "momentum": args.momentum, "weight_decay": args.weight_decay,
         "warmup_iters": args.warmup_iters, "min_size": args.min_size, "max_size": args.max_size,
         "crop": args.crop, "hflip": args.hflip, "backbone_weights": args.backbone_weights,
-        "device": args.device,
+        "device": args.device, "optimizer": args.optimizer,
+        "freeze_backbone": args.freeze_backbone,
+        "save_backbone": True if args.save_backbone else None,
         "steps": tuple(args.steps) if args.steps else None,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -158,8 +285,11 @@ def train_main(argv: list[str]) -> int:
     cfg = replace(cfg, amp=args.amp, workers=args.workers, seed=args.seed, log_every=args.log_every,
                   checkpoint_every=args.checkpoint_every, resume=args.resume, eval=not args.no_eval,
                   model_kwargs=kwargs,
-                  fcos=FcosConfig(center_sampling_radius=0.0 if args.no_center_sampling else 1.5,
-                                  box_loss=args.box_loss))
+                  fcos=_fcos_config(args))
+    if args.resume:
+        cfg = _resumed_config(cfg, given, args)
+    elif args.override:
+        raise NasfcosError("--override only goes with --resume")
     if cfg.epochs is None and cfg.iters is None:
         raise NasfcosError("give --epochs N or --iters N (or --preset coco)")
     summary = train(cfg, progress=not args.no_progress)
@@ -168,6 +298,9 @@ def train_main(argv: list[str]) -> int:
 
         if dist.get_rank() != 0:
             return 0
+    if args.json:
+        _print_json(summary)
+        return 0
     f = summary["final"]
     print(f"trained {summary['iters']} iterations in {summary['time_s']:.1f} s: loss {f.get('loss', 0):.4f} "
           f"(cls {f.get('cls', 0):.4f}, box {f.get('box', 0):.4f}, ctr {f.get('ctr', 0):.4f})")
@@ -180,6 +313,31 @@ def train_main(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- eval
+
+
+def _exported_meta(path: Path) -> dict[str, Any] | None:
+    """Training metadata of an exported model: its manifest's class count, and the size,
+    batch and category ids of the training run whose weights it was exported with."""
+    try:
+        from nasfcos.runtime.export import load_manifest
+
+        manifest = load_manifest(path)
+    except Exception:  # no manifest (or not a nasfcos export): nothing to read
+        return None
+    meta: dict[str, Any] = {}
+    k = (manifest.get("widths") or {}).get("num_classes")
+    if isinstance(k, int):
+        meta["num_classes"] = k
+    weights = (manifest.get("source") or {}).get("weights")
+    if isinstance(weights, str):
+        wpath = Path(weights) if Path(weights).is_absolute() else Path(path).parent / weights
+        if wpath.is_file():
+            from nasfcos.weights import load_weights_file
+
+            full = load_weights_file(wpath)
+            meta.update({k: full[k] for k in ("min_size", "max_size", "eval_batch", "cat_ids",
+                                              "num_classes") if k in full})
+    return meta or None
 
 
 def eval_main(argv: list[str]) -> int:
@@ -203,15 +361,23 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--num-classes", type=A.int_range(1, 100_000), help="classes, when --weights has no metadata")
     parser.add_argument("--backend", help="runner backend (torch, onnxruntime, tensorrt; default by file)")
     parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE), default=800, help="resize short side to (default 800)")
-    parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE), default=1333, help="cap long side at (default 1333)")
+    parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE),
+                        help="resize short side to (default: the training run's, else 800)")
+    parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE),
+                        help="cap long side at (default: the training run's, else 1333)")
     parser.add_argument("--input-size", type=A.size_hw, help="fixed input HxW (default: the model's, if static)")
-    parser.add_argument("--batch", type=A.positive_int, default=8, help="images per batch (default 8)")
+    parser.add_argument("--batch", type=A.positive_int,
+                        help="images per batch (default: the training run's eval batch, else 8)")
     parser.add_argument("--max-images", type=A.positive_int, help="evaluate only the first N images")
     parser.add_argument("-o", "--output", type=A.output_file, help="write the metrics as JSON here")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     A.add_quiet(parser)
     args = parser.parse_args(argv)
+    for flag, value, low in (("batch", args.batch, 1), ("max-images", args.max_images, 1),
+                             ("min-size", args.min_size, 32), ("max-size", args.max_size, 32),
+                             ("num-classes", args.num_classes, 1)):
+        if value is not None and value < low:
+            raise NasfcosError(f"--{flag} must be at least {low}, not {value}")
     path = Path(args.model)
     if not args.quiet and not sys.stderr.isatty():  # no bar in logs: one line per stage
         print(f"eval: {path} on {args.ann or args.data} ...", file=sys.stderr, flush=True)
@@ -221,6 +387,16 @@ def eval_main(argv: list[str]) -> int:
             warnings.warn("no --weights: evaluating an untrained model", stacklevel=1)
         else:
             ckpt = load_weights_file(args.weights)
+    elif args.weights is not None:
+        raise NasfcosError("--weights is for model.py; an exported model carries its weights")
+    else:
+        ckpt = _exported_meta(path)
+    meta = ckpt or {}
+    min_size = args.min_size or int(meta.get("min_size", 800))
+    max_size = args.max_size or int(meta.get("max_size", max(1333, min_size)))
+    if max_size < min_size:
+        raise NasfcosError(f"--max-size {max_size} is smaller than --min-size {min_size}")
+    batch = args.batch or int(meta.get("eval_batch", 8))
     opts: dict[str, Any] = {}
     if path.suffix == ".py":
         opts = {"kind": "detector", "weights": args.weights}
@@ -230,14 +406,20 @@ def eval_main(argv: list[str]) -> int:
     if runner.kind != "detector":
         raise NasfcosError(f"{path}: not a detector (inputs {', '.join(runner.input_names)}); "
                            "eval needs one: compile and export with --detector")
-    cfg = EvalConfig(min_size=args.min_size, max_size=args.max_size, batch_size=args.batch,
+    cfg = EvalConfig(min_size=min_size, max_size=max_size, batch_size=batch,
                      input_size=args.input_size)
+    model_k = args.num_classes or meta.get("num_classes")
+    if model_k is None and path.suffix == ".py":
+        from nasfcos.modelfile import load_model_file
+
+        model_k = getattr(load_model_file(path), "NUM_CLASSES", None)
     metrics = evaluate(runner, data=args.data, split=args.split, ann=args.ann, images=args.images,
-                       cfg=cfg, progress=sys.stderr.isatty() and not args.quiet, max_images=args.max_images,
-                       model_cat_ids=ckpt.get("cat_ids") if ckpt else None)
+                       cfg=cfg, progress=sys.stderr.isatty() and not args.quiet,
+                       max_images=args.max_images, model_cat_ids=meta.get("cat_ids"),
+                       model_num_classes=int(model_k) if model_k is not None else None)
     if hasattr(runner, "close"):
         runner.close()
-    metrics["model"] = str(path)
+    metrics.update({"model": str(path), "min_size": min_size, "max_size": max_size, "batch": batch})
     if args.output:
         atomic_write_json(args.output, metrics)
     if args.json:

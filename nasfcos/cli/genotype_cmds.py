@@ -37,7 +37,7 @@ def _summary(g: Genotype) -> dict[str, object]:
 
 
 def validate_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = A.Parser(
         prog="nasfcos validate",
         description="Validate genotype JSON files (Contract 1). Exit 0 when all are valid; one line per bad file.",
         epilog="example:\n  nasfcos validate genotypes/nas_fcos_fpn_head.json my_search/top/*.json --json",
@@ -69,7 +69,7 @@ def validate_main(argv: list[str]) -> int:
 
 
 def draw_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = A.Parser(
         prog="nasfcos draw",
         description="Draw a genotype's FPN and head graph (pool nodes, ops on edges, aggregations, "
         "outputs p3..p7, dangling features; unused paths greyed).",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from nasfcos.cli import args as A
@@ -26,6 +27,13 @@ the meta device (no weights are allocated).  --json prints JSON instead of the t
 """
 
 
+def _model_arg(text: str) -> str:
+    """A MODEL: ``fpn-fcos``, a shipped name, or a path that, if it exists, is a regular file."""
+    if text != "fpn-fcos" and Path(text).exists():
+        A.input_file(text)
+    return text
+
+
 def _widths(text: str) -> tuple[int, int | None]:
     parts = text.lstrip("@").split("-")
     if len(parts) not in (1, 2):
@@ -37,13 +45,13 @@ def _widths(text: str) -> tuple[int, int | None]:
 def _parser() -> argparse.ArgumentParser:
     from nasfcos.compiler.backbones import BACKBONE_NAMES
 
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos profile",
         description="Parameters (total, backbone, FPN, head) and FLOPs (multiply-adds) of detectors.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("models", nargs="+", metavar="MODEL",
+    p.add_argument("models", nargs="+", metavar="MODEL", type=_model_arg,
                    help="model.py, genotype .json, shipped genotype name, or fpn-fcos")
     p.add_argument("--backbone", nargs="+", default=[None], choices=BACKBONE_NAMES, metavar="NAME",
                    help=f"backbone(s): {', '.join(BACKBONE_NAMES)} "

@@ -30,8 +30,8 @@ def _precision_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("precision (built into the ONNX file; see the README)")
     g.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
                    help="fp32 (default), fp16 (float16 with float32 I/O) or int8 (Q/DQ)")
-    g.add_argument("--calib", metavar="DIR", help="int8: folder of calibration images")
-    g.add_argument("--data", metavar="DIR", help="int8: COCO data folder to calibrate on")
+    g.add_argument("--calib", type=A.input_dir, metavar="DIR", help="int8: folder of calibration images")
+    g.add_argument("--data", type=A.input_dir, metavar="DIR", help="int8: COCO data folder to calibrate on")
     g.add_argument("--calib-images", type=A.positive_int, default=32, metavar="N",
                    help="int8: calibration images (default 32)")
     g.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
@@ -88,7 +88,7 @@ def _say(args: argparse.Namespace, *parts: Any) -> None:
 
 def export_main(argv: list[str]) -> int:
     """``nasfcos export``: model.py -> ONNX (+ manifest), optionally -> TensorRT engine."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos export", formatter_class=_FMT,
         description="Export a compiled model.py to ONNX (dynamo exporter, opset >= 19: deformable "
                     "convs become DeformConv), check the graph, simplify it with onnxslim and "
@@ -149,8 +149,8 @@ def export_main(argv: list[str]) -> int:
         out = Path(args.output) if args.output else src.with_name(
             f"{src.stem}.{prec.precision}.onnx")
         man = convert_onnx(src, out, prec)
-        print(f"onnx: {out} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
-              f"sha256 {man['artifact']['sha256'][:12]})")
+        _say(args, f"onnx: {out} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
+             f"sha256 {man['artifact']['sha256'][:12]})")
         summary = {"onnx": str(out), "precision": man["precision"]}
         src = out
     if src.suffix == ".py":
@@ -212,7 +212,7 @@ def export_main(argv: list[str]) -> int:
 
 def check_main(argv: list[str]) -> int:
     """``nasfcos check``: ONNX Runtime / TensorRT vs PyTorch on the same seeded inputs."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos check", formatter_class=_FMT,
         description="Run an exported model and its PyTorch source on the same seeded inputs and "
                     "report, per output, the max abs error and the max error relative to the "
@@ -281,7 +281,7 @@ def check_main(argv: list[str]) -> int:
 
 def bench_main(argv: list[str]) -> int:
     """``nasfcos bench``: latency across backends and sizes -> report.json/.md/.png."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos bench", formatter_class=_FMT,
         description="Latency benchmark: the same seeded inputs for every backend, warm-up "
                     "excluded, per-run wall clock (perf_counter_ns on CPU, CUDA events on GPU); "
@@ -315,6 +315,9 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--onnx", type=A.input_file,
                    help="for a model.py: use this exported ONNX file for "
                                   "onnxruntime/tensorrt instead of exporting again")
+    p.add_argument("--baseline", action="store_true",
+                   help="detector model.py: also time the route without nasfcos (reference "
+                        "interpreter's detector, plain torch.onnx.export, default ORT options)")
     p.add_argument("--fp16", action="store_true", help="TensorRT: build with FP16")
     p.add_argument("--no-matmul-peak", action="store_true", help="skip the matmul peak")
     g = p.add_argument_group("precision table (--precisions): one row per backend x precision")
@@ -347,7 +350,7 @@ def bench_main(argv: list[str]) -> int:
         threads=args.threads, device=args.device, seed=args.seed, kind=args.kind,
         max_seconds=args.max_seconds, matmul_peak=not args.no_matmul_peak,
         onnx_static=args.onnx_static, ort_opt_level=args.ort_opt_level, trt_fp16=args.fp16,
-        onnx_path=Path(args.onnx) if args.onnx else None)
+        onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline)
     report = run_benchmark(args.model, cfg, progress=not args.quiet)
     paths = write_report(report, args.output)
     _say(args, markdown_table(report))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import re
 import sys
@@ -52,7 +53,7 @@ writes best/rank01-HASH.json ... (the K best distinct genotypes, reward and prov
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos search",
         description="Search FCOS decoders (FPN + head) with an LSTM controller trained by PPO.",
         epilog=SEARCH_EPILOG,
@@ -79,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="feature cache folder, built there if absent (proxy presets; default: OUT/cache; "
                         "on shared storage for Ray)")
+    p.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="state_dict of the frozen backbone the feature cache is built with "
+                        "(torchvision format; default: the preset's)")
     p.add_argument("--seed", type=A.seed, default=None, metavar="S", help="search seed (default 0)")
     p.add_argument("--batch-size", type=A.positive_int, default=None, metavar="B",
                    help="architectures per controller update (default 8)")
@@ -94,14 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--latency-table", default=None, metavar="FILE",
                    help="per-unit latency table ('nasfcos search latency-table'); every row then "
                         "records the predicted decoder latency, and the summary the Pareto front")
-    g.add_argument("--latency-target", type=float, default=None, metavar="MS",
+    g.add_argument("--latency-target", type=A.positive_float, default=None, metavar="MS",
                    help="target latency (ms, > 0): reward = proxy reward - W * log(latency / MS)")
-    g.add_argument("--latency-weight", type=float, default=None, metavar="W",
+    g.add_argument("--latency-weight", type=A.non_negative_float, default=None, metavar="W",
                    help="W above (default 0.07, MnasNet's |w|)")
-    g.add_argument("--latency-size", default=None, metavar="HxW",
+    g.add_argument("--latency-size", type=A.size_hw, default=None, metavar="HxW",
                    help="refuse a table measured at another image size")
     g.add_argument("--latency-backend", choices=("onnxruntime", "torch", "tensorrt"), default=None,
                    help="refuse a table measured on another backend")
+    A.add_json(p, "print the summary as JSON on stdout")
     A.add_quiet(p)
     return p
 
@@ -113,10 +118,7 @@ def _config(args: argparse.Namespace) -> Any:
 
     stored = Path(args.out) / CONFIG_NAME
     if args.resume and stored.exists():
-        try:
-            base = SearchConfig.from_dict(json.loads(stored.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise NasfcosError(f"{stored}: unreadable search settings ({exc})") from None
+        base = SearchConfig.read(stored)
     else:
         if args.trials is None:
             raise NasfcosError("--trials is required for a new search")
@@ -126,14 +128,14 @@ def _config(args: argparse.Namespace) -> Any:
                        ("batch_size", "batch_size"), ("data", "data"), ("cache", "cache"),
                        ("toy_noise", "toy_noise"), ("toy_delay", "toy_delay"),
                        ("latency_table", "latency_table"), ("latency_target", "latency_target"),
-                       ("latency_weight", "latency_weight")):
+                       ("latency_weight", "latency_weight"), ("backbone_weights", "backbone_weights")):
         v = getattr(args, flag)
         if v is not None:
             changes[name] = v
     if args.head is not None:
         changes["controller"] = dataclasses.replace(base.controller or ControllerConfig(), head_kind=args.head)
     cfg = dataclasses.replace(base, **changes)
-    for name in ("data", "cache", "latency_table"):
+    for name in ("data", "cache", "latency_table", "backbone_weights"):
         v = getattr(cfg, name)
         if v is not None and v == getattr(args, name):
             cfg = dataclasses.replace(cfg, **{name: str(Path(v).resolve())})
@@ -164,6 +166,9 @@ def search_main(argv: list[str]) -> int:
     search = Search(args.out, cfg, resume=args.resume, executor_kind=args.executor, workers=workers,
                     address=args.address, top_k=args.top_k, progress=not args.quiet, latency_check=check)
     summary = search.run()
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        return 0
     _print_summary(summary, Path(args.out))
     return 0
 
@@ -188,7 +193,7 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos search top",
         description="Export the K best distinct genotypes of a search as genotype JSON files.",
         epilog=TOP_EPILOG,
@@ -251,24 +256,27 @@ and widths, median of --runs after --warmup, minus the per-call overhead (stored
 
 def latency_table_main(argv: list[str]) -> int:
     """``nasfcos search latency-table``: measure the per-unit latency table."""
-    p = argparse.ArgumentParser(prog="nasfcos search latency-table",
+    p = A.Parser(prog="nasfcos search latency-table",
                                 description="Measure a per-unit decoder latency table for latency-aware search.",
                                 epilog=LATENCY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
-    p.add_argument("--size", default="800x800", metavar="HxW", help="image size (default 800x800)")
+    p.add_argument("--size", type=A.size_hw, default="800x800", metavar="HxW", help="image size (default 800x800)")
     p.add_argument("-o", "--output", type=A.output_file, required=True, metavar="FILE",
                    help="table JSON to write")
-    p.add_argument("--fpn-channels", type=int, default=128, metavar="C", help="FPN width (default 128)")
-    p.add_argument("--head-channels", type=int, default=128, metavar="C", help="head width (default 128)")
-    p.add_argument("--num-classes", type=int, default=80, metavar="K", help="classes (default 80)")
+    p.add_argument("--fpn-channels", type=A.width, default=128, metavar="C", help="FPN width (default 128)")
+    p.add_argument("--head-channels", type=A.width, default=128, metavar="C", help="head width (default 128)")
+    p.add_argument("--num-classes", type=A.int_range(1, 100_000), default=80, metavar="K", help="classes (default 80)")
     p.add_argument("--backbone", default="resnet50", help="sets the adapters' input widths (default resnet50)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="intra-op threads (default 1)")
-    p.add_argument("--device", default=None, help="cpu (default; tensorrt: cuda)")
-    p.add_argument("--runs", type=int, default=30, metavar="N", help="timed runs per unit (default 30)")
-    p.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up runs per unit (default 5)")
+    p.add_argument("--threads", type=A.positive_int, default=1, metavar="N", help="intra-op threads (default 1)")
+    p.add_argument("--device", type=A.device, default=None, help="cpu (default; tensorrt: cuda)")
+    p.add_argument("--runs", type=A.positive_int, default=30, metavar="N", help="timed runs per unit (default 30)")
+    p.add_argument("--warmup", type=A.non_negative_int, default=5, metavar="N", help="warm-up runs per unit (default 5)")
     p.add_argument("--statistic", choices=("median", "min"), default="median",
                    help="per-unit summary of the runs: median (quiet machine, default) or min "
                         "(a shared machine: the uncontended time)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time (default), or the CPU time of the calling thread (with --threads 1: "
+                        "immune to other processes on a shared machine)")
     A.add_quiet(p)
     A.add_json(p, "print the table as JSON on stdout")
     a = p.parse_args(argv)
@@ -287,7 +295,8 @@ def latency_table_main(argv: list[str]) -> int:
     spec = TableSpec(backend=a.backend, size=parse_size(a.size), fpn_channels=a.fpn_channels,
                      head_channels=a.head_channels, num_classes=a.num_classes, backbone=a.backbone,
                      threads=a.threads, device=device).validate()
-    table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic)
+    table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic,
+                        clock=a.clock)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.save(out)
     if a.json:
@@ -302,8 +311,7 @@ def latency_table_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """``nasfcos search ...``: dispatch the sub-verbs, otherwise run a search."""
     if argv and argv[0] in ("cache", "eval"):
-        from nasfcos.search import cli_proxy
-
+        cli_proxy = importlib.import_module("nasfcos.search.cli_proxy")
         return int((cli_proxy.cache_main if argv[0] == "cache" else cli_proxy.eval_main)(argv[1:]) or 0)
     if argv and argv[0] == "top":
         return top_main(argv[1:])

@@ -17,6 +17,7 @@ happen only at training time, after the resize).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,35 @@ class TransformConfig:
     min_box_size: float = 2.0  # boxes thinner than this after cropping are dropped
 
 
+def _coco_layout(data: Path, split: str) -> tuple[Path, Path] | None:
+    """The standard COCO layout: ``annotations/instances_{split}2017.json`` (or
+    ``instances_{split}.json``) with images in ``{split}2017/`` (or ``{split}/``)."""
+    names = [split] if split[-4:].isdigit() else [f"{split}2017", split]
+    for name in names:
+        ann = data / "annotations" / f"instances_{name}.json"
+        if ann.is_file():
+            for folder in (data / name, data / "images" / name, data / "images"):
+                if folder.is_dir():
+                    return ann, folder
+            return ann, data / name
+    return None
+
+
 def resolve_split(data: str | Path | None, split: str, ann: str | Path | None = None,
                   images: str | Path | None = None) -> tuple[Path, Path]:
-    """(annotation JSON, image folder) for ``split`` of a data folder, or the explicit paths."""
+    """(annotation JSON, image folder) for ``split`` of a data folder, or the explicit paths.
+
+    A data folder is either nasfcos's (``SPLIT.json`` + ``images/``) or the standard COCO
+    layout (``annotations/instances_SPLIT2017.json`` + ``SPLIT2017/``)."""
     if ann is not None:
         ann_p = Path(ann)
         img_p = Path(images) if images is not None else ann_p.parent / "images"
     elif data is not None:
         ann_p, img_p = Path(data) / f"{split}.json", Path(images or Path(data) / "images")
+        if not ann_p.is_file():
+            found = _coco_layout(Path(data), split)
+            if found is not None:
+                ann_p, img_p = found[0], Path(images) if images else found[1]
     else:
         raise NasfcosError("give --data DIR (or --ann FILE.json)")
     if not ann_p.is_file():
@@ -59,6 +81,13 @@ def resolve_split(data: str | Path | None, split: str, ann: str | Path | None = 
     if not img_p.is_dir():
         raise NasfcosError(f"{img_p}: no such image folder")
     return ann_p, img_p
+
+
+def has_split(data: str | Path | None, split: str) -> bool:
+    """Whether a data folder has ``split`` (either layout)."""
+    if data is None:
+        return False
+    return (Path(data) / f"{split}.json").is_file() or _coco_layout(Path(data), split) is not None
 
 
 def load_coco(ann_file: str | Path) -> Any:
@@ -70,14 +99,55 @@ def load_coco(ann_file: str | Path) -> Any:
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(ann_file))
+            coco = COCO(str(ann_file))
     except Exception as exc:
-        raise NasfcosError(f"{ann_file}: not a valid COCO annotation file ({exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NasfcosError(f"{ann_file}: not a valid COCO annotation file ({first})") from None
+    check_coco(coco, ann_file)
+    return coco
+
+
+def check_coco(coco: Any, ann_file: str | Path) -> None:
+    """One-line errors for annotations the rest of the code cannot use: a ``category_id``
+    not in ``categories``, a ``bbox`` that is not four finite numbers, an ``image_id``
+    without an image, an image without a usable ``file_name``."""
+    cats = coco.cats
+    for cid in cats:
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise NasfcosError(f"{ann_file}: category id {cid!r} is not an integer")
+    for img_id, info in coco.imgs.items():
+        if not isinstance(info.get("file_name"), str) or not info["file_name"]:
+            raise NasfcosError(f"{ann_file}: image {img_id!r} has no file_name")
+    for ann_id, a in coco.anns.items():
+        cid = a.get("category_id")
+        if cid not in cats:
+            raise NasfcosError(f"{ann_file}: annotation {ann_id!r}: category_id {cid!r} is not in "
+                               f"categories ({', '.join(map(str, sorted(cats))) or 'none'})")
+        box = a.get("bbox")
+        if (not isinstance(box, list) or len(box) != 4
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+                or not all(math.isfinite(v) for v in box)):
+            raise NasfcosError(f"{ann_file}: annotation {ann_id!r}: bbox {str(box)[:60]} is not "
+                               "[x, y, width, height] (four finite numbers)")
+        if a.get("image_id") not in coco.imgs:
+            raise NasfcosError(f"{ann_file}: annotation {ann_id!r}: image_id {a.get('image_id')!r} "
+                               "is not in images")
 
 
 def resize_scale(h: int, w: int, min_size: int, max_size: int) -> float:
     """Scale factor so the short side becomes ``min_size`` and the long side <= ``max_size``."""
     return min(min_size / min(h, w), max_size / max(h, w))
+
+
+def resize_image(img: Image.Image, min_size: int, max_size: int) -> tuple[np.ndarray, float]:
+    """RGB PIL image -> float32 ``[H, W, 3]`` in [0, 1] resized by :func:`resize_scale`
+    (bilinear), and the scale."""
+    w0, h0 = img.size
+    scale = resize_scale(h0, w0, min_size, max_size)
+    nw, nh = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+    if (nw, nh) != (w0, h0):
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    return np.asarray(img.convert("RGB"), np.float32) / 255.0, scale
 
 
 def pad_batch(images: list[torch.Tensor], size_divisor: int = 32,
@@ -127,7 +197,44 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
         if not self.cat_ids:
             raise NasfcosError(f"{ann_file}: no categories")
         self.label_of: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
-        self.class_names: list[str] = [self.coco.cats[c].get("name", str(c)) for c in self.cat_ids]
+        self.class_names: list[str] = [str(self.coco.cats[c].get("name", c)) for c in self.cat_ids]
+        if not self.ids:
+            raise NasfcosError(f"{ann_file}: the split has no images")
+        missing = [i for i in self.ids if not (self.image_dir / self.coco.imgs[i]["file_name"]).is_file()]
+        if missing:
+            first = self.image_dir / self.coco.imgs[missing[0]]["file_name"]
+            raise NasfcosError(f"{ann_file}: {len(missing)} of {len(self.ids)} images are missing "
+                               f"from {self.image_dir} (first: {first.name})")
+        self.box_report = self._audit_boxes()
+        bad, outside, usable = (self.box_report[k] for k in ("degenerate", "outside", "usable"))
+        if bad or outside:
+            warnings.warn(f"{ann_file}: {bad} boxes with zero or negative width/height are ignored, "
+                          f"{outside} boxes reaching outside their image are clipped to it "
+                          f"({usable} usable boxes)", stacklevel=2)
+        if train and usable == 0:
+            raise NasfcosError(f"{ann_file}: no usable box to train on (box loss would be 0)")
+
+    def _audit_boxes(self) -> dict[str, int]:
+        """Counts of non-crowd boxes: ``degenerate`` (width or height <= 0, or nothing left
+        inside the image), ``outside`` (reaching outside the image, clipped), ``usable``."""
+        degenerate = outside = usable = 0
+        for a in self.coco.anns.values():
+            if a.get("iscrowd", 0):
+                continue
+            info = self.coco.imgs[a["image_id"]]
+            x, y, w, h = (float(v) for v in a["bbox"])
+            width, height = info.get("width"), info.get("height")
+            if w <= 0 or h <= 0:
+                degenerate += 1
+                continue
+            if isinstance(width, int | float) and isinstance(height, int | float):
+                if x < 0 or y < 0 or x + w > width or y + h > height:
+                    outside += 1
+                    if min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0):
+                        degenerate += 1
+                        continue
+            usable += 1
+        return {"degenerate": degenerate, "outside": outside, "usable": usable}
 
     @property
     def num_classes(self) -> int:
@@ -148,10 +255,12 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
             with Image.open(path) as im:
                 img = im.convert("RGB")
         except OSError as exc:
-            raise NasfcosError(f"{path}: cannot read image ({exc})") from exc
+            raise NasfcosError(f"{path}: cannot read image ({str(exc).splitlines()[0]})") from None
         anns = [a for a in self.coco.imgToAnns.get(img_id, []) if not a.get("iscrowd", 0)]
         boxes = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, img.size[0])  # counted in box_report
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, img.size[1])
         labels = np.array([self.label_of[a["category_id"]] for a in anns], np.int64)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return img, boxes[keep], labels[keep], img_id
@@ -160,12 +269,9 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
         img, boxes, labels, img_id = self.load(index)
         t = self.transform
         w0, h0 = img.size
-        scale = resize_scale(h0, w0, t.min_size, t.max_size)
-        nw, nh = max(1, round(w0 * scale)), max(1, round(h0 * scale))
-        if (nw, nh) != (w0, h0):
-            img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        arr, scale = resize_image(img, t.min_size, t.max_size)
+        nh, nw = arr.shape[:2]
         boxes = boxes * np.array([nw / w0, nh / h0, nw / w0, nh / h0], np.float32)
-        arr = np.asarray(img, np.float32) / 255.0
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             if t.crop is not None:

@@ -116,8 +116,8 @@ def detections_to_coco(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
 def evaluate(runner: Detections, data: str | Path | None = None, split: str = "val",
              ann: str | Path | None = None, images: str | Path | None = None,
              cfg: EvalConfig | None = None, progress: bool = False,
-             max_images: int | None = None, model_cat_ids: list[int] | None = None
-             ) -> dict[str, Any]:
+             max_images: int | None = None, model_cat_ids: list[int] | None = None,
+             model_num_classes: int | None = None) -> dict[str, Any]:
     """Run ``runner`` over a COCO split and return COCO metrics plus counts.
 
     ``model_cat_ids``: the category ids the model was trained with (from its weights
@@ -134,6 +134,9 @@ def evaluate(runner: Detections, data: str | Path | None = None, split: str = "v
     if model_cat_ids is not None and list(model_cat_ids) != ds.cat_ids:
         warnings.warn(f"the model was trained on category ids {list(model_cat_ids)}, "
                       f"the evaluation set has {ds.cat_ids}", stacklevel=2)
+    if model_num_classes is not None and model_num_classes != ds.num_classes:
+        warnings.warn(f"the model predicts {model_num_classes} classes, the evaluation set has "
+                      f"{ds.num_classes}", stacklevel=2)
     n = len(ds) if max_images is None else min(len(ds), max_images)
     fixed_batch = getattr(runner, "batch_size", None)
     bs = fixed_batch or cfg.batch_size

@@ -2,18 +2,25 @@
 
 Layout conventions (Contract 2): the decoder returns lists over levels p3..p7 of
 ``cls [N, K, H, W]`` raw logits, ``reg [N, 4, H, W]`` non-negative (l, t, r, b)
-distances in units of the level's stride, and ``ctr [N, 1, H, W]`` logits.
-Locations are flattened level by level, row-major, into one axis of length ``L``.
+distances in pixels of the input image (the release's ``exp(scale * x)``) or, for
+models compiled with stride-normalised regression, in units of the level's stride
+(``FcosConfig.reg_units``; :func:`regression_units` reads a model file's choice), and
+``ctr [N, 1, H, W]`` logits.  Locations are flattened level by level, row-major, into
+one axis of length ``L``.
 
-Assignment (FCOS): a location is a positive of a ground-truth box when it lies
-inside the box (or, with center sampling, inside ``radius * stride`` of the box
-centre, clipped to the box) and the largest of its four distances falls within the
-level's size range; a location claimed by several boxes takes the smallest-area box.
+Defaults follow the authors' release (maskrcnn-benchmark FCOS, as NAS-FCOS trained):
+a location is a positive of a ground-truth box when it lies strictly inside the box and
+the largest of its four distances falls within the level's size range; a location
+claimed by several boxes takes the smallest-area box (ties: the first box).  Losses:
+sigmoid focal loss (alpha 0.25, gamma 2) summed and divided by (positives + images); IoU
+loss ``-log((I + 1) / (U + 1))`` weighted by the centerness targets and divided by their
+sum; centerness BCE averaged over the positives.
 
-Losses: sigmoid focal loss (alpha 0.25, gamma 2) over K sigmoid outputs normalised
-by the number of positives; GIoU (or IoU) box loss weighted and normalised by the
-centerness targets; centerness BCE normalised by the number of positives.  Under
-``torch.distributed`` the normalisers are averaged over ranks, as in FCOS.
+FCOS's later improvements are named options of :class:`FcosConfig`: center sampling
+(``center_sampling_radius`` > 0: inside ``radius * stride`` of the box centre, clipped to
+the box), GIoU (``box_loss="giou"``), focal loss over positives only
+(``cls_norm="positives"``), stride-normalised regression (``reg_units="stride"``).
+Under ``torch.distributed`` the normalisers are averaged over ranks, as in FCOS.
 
 The target step is separate (:func:`compute_targets`) so the search's proxy task can
 precompute targets once and cache them (:class:`FcosTargets` is a tensor bundle with
@@ -44,16 +51,57 @@ def default_size_ranges(num_levels: int) -> tuple[tuple[float, float], ...]:
     return tuple((edges[i], edges[i + 1]) for i in range(num_levels))
 
 
+BOX_LOSSES: tuple[str, ...] = ("iou", "giou")
+CLS_NORMS: tuple[str, ...] = ("positives+images", "positives")
+REG_UNITS: tuple[str, ...] = ("pixels", "stride")
+
+
 @dataclass(frozen=True)
 class FcosConfig:
-    """Assignment and loss options (FCOS defaults)."""
+    """Assignment and loss options; the defaults are the release's (module docstring)."""
 
     strides: tuple[int, ...] = STRIDES
     size_ranges: tuple[tuple[float, float], ...] | None = None  # None: default_size_ranges
-    center_sampling_radius: float = 1.5  # 0 disables center sampling
-    box_loss: str = "giou"  # "giou" (1 - GIoU) or "iou" (-log IoU)
+    center_sampling_radius: float = 0.0  # 0: off (release); FCOS's improvement uses 1.5
+    box_loss: str = "iou"  # "iou": -log((I+1)/(U+1)) (release); "giou": 1 - GIoU
+    cls_norm: str = "positives+images"  # focal loss divisor; or "positives"
+    reg_units: str = "pixels"  # units of the model's box regression: "pixels" or "stride"
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("box_loss", self.box_loss, BOX_LOSSES),
+                                     ("cls_norm", self.cls_norm, CLS_NORMS),
+                                     ("reg_units", self.reg_units, REG_UNITS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        if not (math.isfinite(self.center_sampling_radius) and self.center_sampling_radius >= 0):
+            raise ValueError(f"center_sampling_radius must be >= 0, not {self.center_sampling_radius}")
+
+
+#: Names a compiled model file may use for its box-regression units (first found wins):
+#: a string "pixels"/"stride", or a bool meaning stride-normalised regression.
+_UNIT_CONSTANTS: tuple[str, ...] = ("BOX_REGRESSION", "BOX_REGRESSION_UNITS", "REG_UNITS", "BBOX_REG_UNITS",
+                                    "NORM_REG_TARGETS", "STRIDE_NORMALISED_REGRESSION")
+
+
+def regression_units(module: object) -> str:
+    """Units of a compiled model file's box regression, read from its recorded constant
+    ("pixels" or "stride").  Files compiled before the constant existed regress in stride
+    units, so that is the answer when no constant is found."""
+    for name in _UNIT_CONSTANTS:
+        value = getattr(module, name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            return "stride" if value else "pixels"
+        text = str(value).lower()
+        if text in ("pixel", "pixels", "px", "input_pixels"):
+            return "pixels"
+        if text in ("stride", "strides", "stride_units"):
+            return "stride"
+        raise ValueError(f"model file: unknown box-regression units {name} = {value!r}")
+    return "stride"
 
 
 @dataclass
@@ -163,7 +211,7 @@ def compute_targets(boxes_list: Sequence[Tensor], labels_list: Sequence[Tensor],
                     feature_sizes: Sequence[tuple[int, int]],
                     strides: Sequence[int] = STRIDES,
                     size_ranges: Sequence[tuple[float, float]] | None = None,
-                    center_sampling_radius: float = 1.5,
+                    center_sampling_radius: float = 0.0,
                     device: torch.device | str | None = None) -> FcosTargets:
     """FCOS targets for a batch.
 
@@ -225,23 +273,24 @@ def _ltrb_to_boxes(d: Tensor) -> Tensor:
     return torch.stack([-d[:, 0], -d[:, 1], d[:, 2], d[:, 3]], dim=1)
 
 
-def iou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
-    """Element-wise -log(IoU) of ``[P, 4]`` (l, t, r, b) distances from the same points."""
+def iou_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Element-wise ``-log((I + 1) / (U + 1))`` (the release's IOULoss) of ``[P, 4]``
+    (l, t, r, b) pixel distances from the same points."""
     area_p = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
     area_t = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
     w = torch.minimum(pred[:, 0], target[:, 0]) + torch.minimum(pred[:, 2], target[:, 2])
     h = torch.minimum(pred[:, 1], target[:, 1]) + torch.minimum(pred[:, 3], target[:, 3])
     inter = w * h
     union = area_p + area_t - inter
-    return -torch.log((inter / union.clamp(min=eps)).clamp(min=eps))
+    return -torch.log((inter + 1.0) / (union + 1.0))
 
 
 def losses_from_targets(cls: Sequence[Tensor], reg: Sequence[Tensor], ctr: Sequence[Tensor],
                         targets: FcosTargets, cfg: FcosConfig | None = None) -> dict[str, Tensor]:
     """The three FCOS loss terms ``{"cls", "box", "ctr"}`` (scalars; the total is their sum).
 
-    ``reg`` is in units of each level's stride (Contract 2); it is converted to pixels
-    with ``targets.strides`` before the box loss.
+    ``reg`` is in ``cfg.reg_units``; stride units are converted to pixels with
+    ``targets.strides`` before the box loss.
     """
     cfg = cfg or FcosConfig()
     cls_f, reg_f, ctr_f = flatten_outputs(cls, reg, ctr)
@@ -250,28 +299,29 @@ def losses_from_targets(cls: Sequence[Tensor], reg: Sequence[Tensor], ctr: Seque
         raise ValueError(f"targets {tuple(targets.labels.shape)} do not match outputs {(n, n_loc)}")
     labels = targets.labels.to(cls_f.device)
     pos = labels >= 0
-    num_pos = _world_mean(pos.sum().float()).clamp(min=1.0)
+    n_pos = pos.sum().float()
+    num_pos = _world_mean(n_pos).clamp(min=1.0)
+    cls_den = _world_mean(n_pos + n) if cfg.cls_norm == "positives+images" else num_pos
 
     gt = torch.zeros_like(cls_f)
     gt[pos, labels[pos]] = 1.0
     cls_loss = sigmoid_focal_loss(cls_f, gt, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
-                                  reduction="sum") / num_pos
+                                  reduction="sum") / cls_den
 
     if not bool(pos.any()):  # keep the graph connected, no positives to learn from
         _world_mean(torch.zeros((), device=cls_f.device))  # the box normaliser's collective
         return {"cls": cls_loss, "box": reg_f.sum() * 0.0, "ctr": ctr_f.sum() * 0.0}
 
-    strides = targets.strides.to(cls_f.device)
-    reg_px = (reg_f * strides[None, :, None])[pos]
+    if cfg.reg_units == "stride":
+        reg_f = reg_f * targets.strides.to(cls_f.device)[None, :, None]
+    reg_px = reg_f[pos]
     reg_t = targets.reg.to(cls_f.device)[pos]
     ctr_t = targets.ctr.to(cls_f.device)[pos]
     ctr_norm = _world_mean(ctr_t.sum()).clamp(min=1e-6)
     if cfg.box_loss == "giou":
         per_box = generalized_box_iou_loss(_ltrb_to_boxes(reg_px), _ltrb_to_boxes(reg_t), reduction="none")
-    elif cfg.box_loss == "iou":
-        per_box = iou_loss(reg_px, reg_t)
     else:
-        raise ValueError(f"unknown box loss {cfg.box_loss!r} (giou, iou)")
+        per_box = iou_loss(reg_px, reg_t)
     box_loss = (per_box * ctr_t).sum() / ctr_norm
     ctr_loss = F.binary_cross_entropy_with_logits(ctr_f[pos], ctr_t, reduction="sum") / num_pos
     return {"cls": cls_loss, "box": box_loss, "ctr": ctr_loss}

@@ -25,7 +25,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from nasfcos.errors import CacheError, NasfcosError
-from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, resolve_split
+from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, has_split, resolve_split
 from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
-from nasfcos.fcos.losses import FcosConfig, fcos_losses
-from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from nasfcos.modelfile import RawForward, load_model_file
-from nasfcos.weights import load_weights_file
+from nasfcos.fcos.losses import FcosConfig, fcos_losses, regression_units
+from nasfcos.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_bytes,
+    sha256_file,
+)
+from nasfcos.modelfile import RawForward, load_model_file, model_code_guard
+from nasfcos.weights import check_finite_state
 
 LOSS_KEYS = ("cls", "box", "ctr")
 
@@ -81,13 +87,96 @@ class TrainConfig:
     eval_batch: int = 8
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     fcos: FcosConfig = field(default_factory=FcosConfig)
+    optimizer: str = "sgd"  # "sgd" (FCOS) or "adamw" (short runs on small sets)
+    freeze_backbone: bool = False  # train the decoder only (a pretrained trunk stays as is)
+    save_backbone: bool = False  # also write backbone.pt (+ backbone.json) to the run folder
+    val_ann: str | None = None  # validation split with --ann (default: DATA's val split)
+    val_images: str | None = None
+
+    def validate(self) -> TrainConfig:
+        """One-line :class:`NasfcosError` for a value no run can use; returns self."""
+        def need(ok: bool, flag: str, what: str, value: Any) -> None:
+            if not ok:
+                raise NasfcosError(f"--{flag} must be {what}, not {value}")
+
+        def finite(v: Any) -> bool:
+            return isinstance(v, int | float) and math.isfinite(v)
+
+        for name in ("iters", "epochs", "checkpoint_every"):
+            v = getattr(self, name)
+            if v is not None:
+                need(isinstance(v, int) and v >= 1, name.replace("_", "-"), "a positive integer", v)
+        for name in ("batch", "log_every", "eval_batch"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and v >= 1, name.replace("_", "-"), "a positive integer", v)
+        need(isinstance(self.workers, int) and self.workers >= 0, "workers", "0 or more", self.workers)
+        need(isinstance(self.warmup_iters, int) and self.warmup_iters >= 0, "warmup-iters", "0 or more",
+             self.warmup_iters)
+        if self.lr is not None:
+            need(finite(self.lr) and self.lr > 0, "lr", "a positive finite number", self.lr)
+        need(finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        need(finite(self.weight_decay) and self.weight_decay >= 0, "weight-decay", "finite and >= 0",
+             self.weight_decay)
+        need(finite(self.warmup_factor) and 0 < self.warmup_factor <= 1, "warmup-factor", "in (0, 1]",
+             self.warmup_factor)
+        need(finite(self.gamma) and 0 < self.gamma <= 1, "gamma", "in (0, 1]", self.gamma)
+        if self.clip_grad is not None:
+            need(finite(self.clip_grad) and self.clip_grad > 0, "clip-grad",
+                 "a positive finite norm (0 turns clipping off)", self.clip_grad)
+        need(isinstance(self.min_size, int) and self.min_size >= 32, "min-size", "at least 32 pixels",
+             self.min_size)
+        need(isinstance(self.max_size, int) and self.max_size >= self.min_size, "max-size",
+             f"at least --min-size ({self.min_size})", self.max_size)
+        need(finite(self.hflip) and 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]", self.hflip)
+        if self.crop is not None:
+            need(min(self.crop) >= 32, "crop", "at least 32 pixels", "x".join(map(str, self.crop)))
+        if self.steps is not None:
+            need(all(isinstance(v, int) and v >= 1 for v in self.steps), "steps",
+                 "positive iterations", list(self.steps))
+        need(self.optimizer in ("sgd", "adamw"), "optimizer", "sgd or adamw", self.optimizer)
+        return self
+
+
+def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's ``config.json`` record of ``cfg`` (JSON types only)."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def config_from_json(doc: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`config_to_json` (extra keys such as ``total_iters`` ignored)."""
+    names = {f.name for f in fields(TrainConfig)}
+    kw = {k: v for k, v in doc.items() if k in names}
+    try:
+        fcos = dict(kw.pop("fcos", {}) or {})
+        for key in ("strides",):
+            if fcos.get(key) is not None:
+                fcos[key] = tuple(fcos[key])
+        if fcos.get("size_ranges") is not None:
+            fcos["size_ranges"] = tuple(tuple(r) for r in fcos["size_ranges"])
+        for key in ("steps", "crop"):
+            if kw.get(key) is not None:
+                kw[key] = tuple(kw[key])
+        return TrainConfig(**kw, fcos=FcosConfig(**fcos))
+    except (TypeError, ValueError) as exc:
+        raise NasfcosError(f"config.json: not a training configuration ({exc})") from None
 
 
 # The paper's COCO schedule (FCOS 1x): lr 0.01 at batch 16, 90k iterations.
+# ``synth``: the yardstick recipe of issue 13 on ``nasfcos data synth --preset easy`` with
+# the shipped pretrained tiny trunk (frozen), 128 px, AdamW; minutes on 2 CPU cores.
+# ``synth-trunk``: how that trunk was trained (see nasfcos/fcos/weights/tiny_synth.json).
 PRESETS: dict[str, dict[str, Any]] = {
     "coco": {"iters": 90_000, "steps": (60_000, 80_000), "warmup_iters": 500,
              "warmup_factor": 1.0 / 3.0, "momentum": 0.9, "weight_decay": 1e-4, "batch": 16,
              "min_size": 800, "max_size": 1333, "hflip": 0.5},
+    "synth": {"iters": 600, "batch": 8, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
+              "warmup_iters": 50, "warmup_factor": 0.1, "min_size": 128, "max_size": 128,
+              "hflip": 0.5, "freeze_backbone": True, "backbone_weights": "tiny_synth",
+              "eval_batch": 16},
+    "synth-trunk": {"iters": 1500, "batch": 8, "optimizer": "adamw", "lr": 2e-3,
+                    "weight_decay": 1e-4, "warmup_iters": 100, "warmup_factor": 0.1,
+                    "min_size": 128, "max_size": 128, "hflip": 0.5, "save_backbone": True,
+                    "eval_batch": 16},
 }
 
 
@@ -210,25 +299,86 @@ def build_detector(module: Any, num_classes: int, **overrides: Any) -> nn.Module
     file's ``build`` factory; Contract 2)."""
     if not hasattr(module, "Detector"):
         raise NasfcosError("the model file has no Detector: compile it with --detector")
-    return module.build(num_classes=num_classes, **overrides)
+    with model_code_guard(getattr(module, "__file__", None) or "model file"):
+        return module.build(num_classes=num_classes, **overrides)
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
-    """Load a backbone state_dict into ``model.backbone`` (prefixes ``module.``,
-    ``backbone.``, ``body.`` stripped); returns counts of loaded / missing keys."""
-    ckpt = load_weights_file(path)["model"]
-    own = model.backbone.state_dict()  # type: ignore[union-attr]
-    state: dict[str, torch.Tensor] = {}
-    for k, v in ckpt.items():
-        for prefix in ("module.", "detector.", "backbone.", "body."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        if k in own and own[k].shape == v.shape:
-            state[k] = v
-    if not state:
-        raise NasfcosError(f"{path}: no tensor matches the model's backbone")
-    model.backbone.load_state_dict(state, strict=False)  # type: ignore[union-attr]
-    return {"loaded": len(state), "missing": len(own) - len(state)}
+def resolve_backbone_weights(name_or_path: str) -> Path:
+    """A backbone weights file: a path, or the name of a shipped trunk (``tiny_synth``)."""
+    from nasfcos.fcos.weights import shipped_weights
+
+    shipped = shipped_weights(name_or_path)
+    path = shipped if shipped is not None else Path(name_or_path)
+    if not path.is_file():
+        raise NasfcosError(f"{name_or_path}: no such backbone weights file")
+    return path
+
+
+def _regression_units(module: Any, path: str) -> str:
+    try:
+        return regression_units(module)
+    except ValueError as exc:
+        raise NasfcosError(f"{path}: {exc}") from None
+
+
+def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trunk's weights in the format ``build(backbone_weights=FILE)`` loads: the keys of
+    ``model.backbone.body`` (torchvision's names for torchvision trunks)."""
+    body = model.backbone.body  # type: ignore[union-attr]
+    return {k: v.detach().clone() for k, v in body.state_dict().items()}
+
+
+class NonFiniteError(NasfcosError):
+    """Non-finite values met in the forward pass (training diverged)."""
+
+
+def guard_deformable_convs(model: nn.Module) -> int:
+    """Hooks that stop a forward pass before NaN or inf reach a deformable convolution
+    (torchvision's ``deform_conv2d`` segfaults on non-finite offsets): the input of every
+    ``DeformConv*`` module and the output of its offset conv are checked.  Returns the number
+    of modules guarded."""
+    def check(name: str, t: torch.Tensor) -> None:
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"non-finite values reached the deformable conv {name} "
+                                 "(training diverged: lower --lr, or set --clip-grad)")
+
+    count = 0
+    for name, mod in model.named_modules():
+        if type(mod).__name__.startswith("DeformConv"):
+            mod.register_forward_pre_hook(lambda _m, args, name=name: check(name, args[0]))
+            for child_name, child in mod.named_children():
+                if "offset" in child_name:
+                    child.register_forward_hook(
+                        lambda _m, _a, out, name=name: check(name + " offsets", out))
+            count += 1
+    return count
+
+
+def _one_line_errors(loader: DataLoader[Any]) -> Iterator[Any]:
+    """Iterate ``loader``; an error raised in a worker process comes back as the worker's
+    own one-line message, not the traceback DataLoader wraps around it."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except NasfcosError as exc:
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            last = lines[-1] if lines else type(exc).__name__
+            prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+            raise NasfcosError(last.split(prefix, 1)[-1].split("NasfcosError: ", 1)[-1]) from None
+        yield batch
+
+
+def _data_manifest(data: str | None) -> dict[str, Any] | None:
+    """``manifest.json`` of a synthetic data folder (its seed and options), if any."""
+    if data is None or not (Path(data) / "manifest.json").is_file():
+        return None
+    try:
+        return json.loads((Path(data) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _save(path: Path, obj: dict[str, Any]) -> None:
@@ -238,9 +388,62 @@ def _save(path: Path, obj: dict[str, Any]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of ``metrics.jsonl``; a torn last line (a kill during a write) is skipped."""
     if not path.is_file():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    out = []
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    for n, ln in enumerate(lines):
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            if n == len(lines) - 1:
+                break  # torn last line
+            raise NasfcosError(f"{path}: line {n + 1} is not JSON") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("iter"), int):
+            raise NasfcosError(f"{path}: line {n + 1} is not a metrics record")
+        out.append(rec)
+    return out
+
+
+def _checksums_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".sha256")
+
+
+def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
+    """Write ``obj`` atomically with its sha256 in ``PATH.sha256`` (written first, keeping the
+    previous hash too, so a kill between the two writes still resumes)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    side = _checksums_path(path)
+    previous = sha256_file(path) if path.is_file() else None
+    hashes = [sha256_bytes(data)] + ([previous] if previous else [])
+    atomic_write_json(side, {"sha256": hashes})
+    atomic_write_bytes(path, data)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint`, after checking its sha256; loaded with
+    ``weights_only=True`` (no code runs from the file)."""
+    side = _checksums_path(path)
+    if not path.is_file():
+        raise CacheError(f"{path}: no checkpoint to resume from")
+    try:
+        hashes = json.loads(side.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CacheError(f"{path}: no readable checksum record {side.name}; cannot verify the "
+                         "checkpoint") from None
+    if sha256_file(path) not in hashes:
+        raise CacheError(f"{path}: checksum mismatch (the file is damaged, truncated or altered)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CacheError(f"{path}: not a readable checkpoint ({first[:160]})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CacheError(f"{path}: not a nasfcos training checkpoint")
+    return ckpt
 
 
 def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
@@ -270,6 +473,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the summary (also ``summary.json``)."""
     if (cfg.epochs is None) == (cfg.iters is None):
         raise NasfcosError("give exactly one of --epochs or --iters")
+    cfg.validate()
     d, device = _init_distributed(cfg.device)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
@@ -277,8 +481,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     ann, img_dir = resolve_split(cfg.data, "train", cfg.ann, cfg.images)
     tcfg = TransformConfig(min_size=cfg.min_size, max_size=cfg.max_size, hflip=cfg.hflip, crop=cfg.crop)
     ds = CocoDetection(ann, img_dir, tcfg, train=True, seed=cfg.seed)
-    model = build_detector(module, ds.num_classes, **cfg.model_kwargs)
-    backbone_info = load_backbone_weights(model, cfg.backbone_weights) if cfg.backbone_weights else None
+    compiled_k = getattr(module, "NUM_CLASSES", None)
+    if compiled_k is not None and int(compiled_k) != ds.num_classes:
+        raise NasfcosError(f"{cfg.model} is compiled for {compiled_k} classes but {ann.name} has "
+                           f"{ds.num_classes}: compile it with --num-classes {ds.num_classes}")
+    cfg = replace(cfg, fcos=replace(cfg.fcos, reg_units=_regression_units(module, cfg.model)))
+    kwargs = dict(cfg.model_kwargs)
+    backbone_info = None
+    if cfg.backbone_weights:
+        weights_path = resolve_backbone_weights(cfg.backbone_weights)
+        kwargs["backbone_weights"] = str(weights_path)
+        backbone_info = {"file": str(weights_path), "sha256": sha256_file(weights_path)}
+    try:
+        model = build_detector(module, ds.num_classes, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise NasfcosError(f"{cfg.model}: cannot build the detector ({str(exc).splitlines()[0]})") from None
+    if cfg.freeze_backbone:
+        for p in model.backbone.parameters():  # type: ignore[union-attr]
+            p.requires_grad_(False)
     model.to(device)
     if cfg.batch % d.world:
         raise NasfcosError(f"--batch {cfg.batch} is not divisible by {d.world} processes")
@@ -288,8 +508,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if total <= 0:
         raise NasfcosError("nothing to train: the run has 0 iterations")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=base_lr(cfg), momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=base_lr(cfg),
+                                                             weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=base_lr(cfg), momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+    else:
+        raise NasfcosError(f"unknown optimizer {cfg.optimizer!r} (sgd, adamw)")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_multiplier(it, total, cfg))
     if cfg.amp and device.type != "cuda":
         # CPU bf16 autocast gives non-finite GroupNorm gradients on tiny maps: not worth it
@@ -302,31 +528,34 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     start = 0
     ckpt_path = out / "last.pt"
     if cfg.resume:
-        if not ckpt_path.is_file():
-            raise CacheError(f"{ckpt_path}: no checkpoint to resume from")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(ckpt_path)
         if ckpt.get("model_sha256") != model_sha or ckpt.get("num_classes") != ds.num_classes:
             raise CacheError(f"{ckpt_path}: checkpoint is for a different model file or data set")
+        check_finite_state(ckpt["model"], str(ckpt_path))
         try:
             model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise CacheError(f"{ckpt_path}: checkpoint does not fit this model (other widths?)") from exc
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
-        start = int(ckpt["iter"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"])
+            start = int(ckpt["iter"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CacheError(f"{ckpt_path}: checkpoint does not fit this run ({first[:160]})") from None
         if start >= total:
             raise NasfcosError(f"{ckpt_path}: already at iteration {start} of {total}")
     elif ckpt_path.exists():
         raise NasfcosError(f"{out}: holds a run already (use --resume, or another --out)")
     metrics_path = out / "metrics.jsonl"
+    records: list[dict[str, Any]] = []
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in read_metrics(metrics_path) if r["iter"] <= start] if cfg.resume else []
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-        atomic_write_json(out / "config.json", {**asdict(cfg), "total_iters": total, "world": d.world})
+        records = [r for r in read_metrics(metrics_path) if r["iter"] <= start] if cfg.resume else []
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_json(out / "config.json", {**config_to_json(cfg), "total_iters": total,
+                                                "world": d.world})
 
+    guard_deformable_convs(model)
     raw: nn.Module = RawForward(model)
     if d.world > 1:
         raw = nn.parallel.DistributedDataParallel(
@@ -341,11 +570,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
         bar = progress_bar(total, initial=start, desc="train", unit="it")
     model.train()
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     last: dict[str, float] = {}
     window: list[torch.Tensor] = []
     skipped = skipped_run = 0
-    for it, (images, targets) in zip(range(start, total), loader, strict=True):
+    for it, (images, targets) in zip(range(start, total), _one_line_errors(loader), strict=True):
         images = images.to(device, non_blocking=True)
         boxes = [t["boxes"].to(device) for t in targets]
         labels = [t["labels"].to(device) for t in targets]
@@ -369,6 +598,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             if skipped_run > 20:
                 raise NasfcosError(f"gradients non-finite for 20 iterations in a row at {it} (lower --lr?)")
         scaler.update()
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise NasfcosError(f"weights became non-finite at iteration {it} (lower --lr, or "
+                               "set --clip-grad)")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         done = it + 1
@@ -379,42 +611,64 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             last = dict(zip(("loss",) + LOSS_KEYS, vals, strict=True))
             rec = {"iter": done, "epoch": it // per_epoch, "lr": lr, **last,
                    "grad_norm": float(grad_norm) if bool(torch.isfinite(grad_norm)) else None, "skipped": skipped, "time": round(time.time() - t0, 3)}
-            if d.main:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
+            if d.main:  # the whole file, atomically: a kill never leaves a torn line
+                records.append(rec)
+                atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
         if bar is not None:
             bar.update(1)
             if last:  # the latest logged averages: no device sync per iteration
                 bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()}, refresh=False)
         if d.main and (done % ckpt_every == 0 or done == total):
-            _save(ckpt_path, {
+            save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "rng": torch.get_rng_state(), "iter": done, "total": total,
                 "num_classes": ds.num_classes, "cat_ids": ds.cat_ids, "model_sha256": model_sha,
                 "model_kwargs": cfg.model_kwargs,
             })
-            plot_losses(read_metrics(metrics_path), out / "loss.png")
+            plot_losses(records, out / "loss.png")
     if bar is not None:
         bar.close()
     elapsed = time.time() - t0
+    # cpu_s: CPU time of this process (all threads) in the loop; on a shared machine
+    # cpu_s / threads is what the loop costs on idle cores, time_s what it took here
     summary: dict[str, Any] = {"iters": total, "start_iter": start, "time_s": round(elapsed, 2),
+                               "cpu_s": round(time.process_time() - c0, 2),
+                               "threads": torch.get_num_threads(),
                                "final": last, "skipped_steps": skipped, "backbone_weights": backbone_info,
                                "out": str(out), "world": d.world}
     if d.main:
         meta = {"model": model.state_dict(), "num_classes": ds.num_classes, "cat_ids": ds.cat_ids,
                 "class_names": ds.class_names, "model_sha256": model_sha,
-                "model_kwargs": cfg.model_kwargs}
+                "model_kwargs": cfg.model_kwargs, "min_size": cfg.min_size,
+                "max_size": cfg.max_size, "eval_batch": cfg.eval_batch}
         _save(out / "final.pt", meta)
-        has_val = cfg.data is not None and (Path(cfg.data) / "val.json").is_file()
-        if cfg.eval and has_val:
+        if cfg.save_backbone:
+            _save(out / "backbone.pt", backbone_state_dict(model))
+            atomic_write_json(out / "backbone.json", {
+                "backbone": getattr(module, "BACKBONE", None), "sha256": sha256_file(out / "backbone.pt"),
+                "model": Path(cfg.model).name, "model_sha256": model_sha, "data": cfg.data,
+                "data_manifest": _data_manifest(cfg.data), "iters": total, "config": asdict(cfg)})
+        if cfg.val_ann is not None:
+            val = {"ann": cfg.val_ann, "images": cfg.val_images or cfg.images}
+        elif cfg.data is not None and has_split(cfg.data, "val"):
+            val = {"data": cfg.data}
+        else:
+            val = None
+        if cfg.eval and val is None:
+            warnings.warn("no validation split (give --val-ann with --ann, or a data folder "
+                          "with a val split): the final evaluation is skipped", stacklevel=2)
+            summary["eval_skipped"] = "no validation split"
+        if cfg.eval and val is not None:
             ecfg = EvalConfig(min_size=cfg.min_size, max_size=cfg.max_size, batch_size=cfg.eval_batch)
             model.eval()
-            metrics = evaluate(module_detections(model), data=cfg.data, split="val", cfg=ecfg,
-                               progress=progress, model_cat_ids=ds.cat_ids)
+            metrics = evaluate(module_detections(model), split="val", cfg=ecfg,
+                               progress=progress, model_cat_ids=ds.cat_ids, **val)
             model.train()
             atomic_write_json(out / "eval.json", metrics)
             summary["eval"] = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+        summary["total_time_s"] = round(time.time() - t0, 2)  # loop + final evaluation
+        summary["total_cpu_s"] = round(time.process_time() - c0, 2)
         atomic_write_json(out / "summary.json", summary)
     if d.world > 1:
         import torch.distributed as dist

@@ -8,6 +8,7 @@ boxes are 0-based ``[x, y, w, h]``.  The conversion follows detectron2's VOC loa
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,17 @@ def _text(node: ET.Element, tag: str, path: Path) -> str:
     if child is None or child.text is None:
         raise NasfcosError(f"{path}: missing <{tag}>")
     return child.text.strip()
+
+
+def _number(node: ET.Element, tag: str, path: Path) -> float:
+    text = _text(node, tag, path)
+    try:
+        value = float(text)
+    except ValueError:
+        raise NasfcosError(f"{path}: <{tag}> is not a number ({text[:40]!r})") from None
+    if not math.isfinite(value):
+        raise NasfcosError(f"{path}: <{tag}> is not a finite number ({text[:40]!r})")
+    return value
 
 
 def parse_voc_xml(path: str | Path) -> dict[str, Any]:
@@ -51,13 +63,13 @@ def parse_voc_xml(path: str | Path) -> dict[str, Any]:
         diff = obj.find("difficult")
         objects.append({
             "name": _text(obj, "name", path),
-            "bbox_xyxy": [float(_text(bnd, t, path)) for t in ("xmin", "ymin", "xmax", "ymax")],
-            "difficult": bool(int(float(diff.text))) if diff is not None and diff.text else False,
+            "bbox_xyxy": [_number(bnd, t, path) for t in ("xmin", "ymin", "xmax", "ymax")],
+            "difficult": bool(_number(obj, "difficult", path)) if diff is not None and diff.text else False,
         })
     return {
         "file_name": _text(root, "filename", path),
-        "width": int(float(_text(size, "width", path))),
-        "height": int(float(_text(size, "height", path))),
+        "width": int(_number(size, "width", path)),
+        "height": int(_number(size, "height", path)),
         "objects": objects,
     }
 

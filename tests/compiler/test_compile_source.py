@@ -232,3 +232,25 @@ def test_in_memory_module_is_not_registered_anywhere(tmp_path: Path, monkeypatch
     assert set(os.listdir(".")) == cwd_files == set()
     assert mod.__source__ == compile_genotype(sample_genotype(1, "sequential"))
     assert json.loads(json.dumps(mod.GENOTYPE)) == mod.GENOTYPE
+
+
+def test_sep_conv_ops_have_the_release_parameter_count() -> None:
+    """One depthwise -> pointwise -> norm unit per op (the release's repeats=1), counted by hand."""
+    doc = PAPER.to_dict(with_meta=False)
+    doc["fpn"][0] = {"inputs": [3, 2], "ops": ["sep_conv_3x3", "sep_conv_5x5_dil6"], "agg": "sum"}
+    doc["head"] = {"kind": "sequential", "layers": ["sep_conv_3x3_dil3", "skip", "sep_conv_3x3", "skip", "skip", "skip"]}
+    c = 32
+    dec = compile_to_module(parse_genotype(doc), fpn_channels=c, in_channels=(2, 3, 4, 5)).build()
+
+    def count(m: torch.nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    # depthwise k x k (C k^2) + pointwise (C^2) + BN / GN affine (2C); no biases
+    assert count(dec.fpn_block0.op0) == c * 9 + c * c + 2 * c
+    assert count(dec.fpn_block0.op1) == c * 25 + c * c + 2 * c
+    assert dec.fpn_block0.op1.depthwise.dilation == (6, 6) and dec.fpn_block0.op1.depthwise.padding == (12, 12)
+    assert count(dec.cls_tower_shared_0) == count(dec.reg_tower_shared_2) == c * 9 + c * c + 2 * c
+    assert isinstance(dec.cls_tower_shared_0.norm, torch.nn.GroupNorm) and dec.cls_tower_shared_0.norm.num_groups == 32
+    assert sorted(dec.fpn_block0.op0.state_dict()) == [
+        "depthwise.weight", "norm.bias", "norm.num_batches_tracked", "norm.running_mean", "norm.running_var",
+        "norm.weight", "pointwise.weight"]

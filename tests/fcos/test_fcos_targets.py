@@ -140,10 +140,13 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
-def _hand_losses(cls, reg, ctr, t: FcosTargets, stride: int, box_loss: str) -> dict[str, float]:
-    """Straight-line Python implementation of the FCOS loss terms (one level)."""
+def _hand_losses(cls, reg, ctr, t: FcosTargets, stride: int, box_loss: str,
+                 cls_norm: str = "positives+images") -> dict[str, float]:
+    """Straight-line Python implementation of the FCOS loss terms (one level); ``stride``
+    converts ``reg`` to pixels (1 when it is in pixels already)."""
     n, k, h, w = cls.shape
     num_pos = max(int((t.labels >= 0).sum()), 1)
+    cls_den = int((t.labels >= 0).sum()) + n if cls_norm == "positives+images" else num_pos
     focal = 0.0
     box_sum, ctr_sum, bce = 0.0, 0.0, 0.0
     for b in range(n):
@@ -171,26 +174,52 @@ def _hand_losses(cls, reg, ctr, t: FcosTargets, stride: int, box_loss: str) -> d
                 giou = iou - (enclose - union) / enclose
                 cen = math.sqrt(min(tl, tr) / max(tl, tr) * min(tt, tb) / max(tt, tb))
                 assert float(t.ctr[b, loc]) == pytest.approx(cen, rel=1e-5)
-                per = (1 - giou) if box_loss == "giou" else -math.log(iou)
+                per = (1 - giou) if box_loss == "giou" else -math.log((inter + 1) / (union + 1))
                 box_sum += per * cen
                 ctr_sum += cen
                 z = float(ctr[b, 0, i, j])
                 bce += -(cen * math.log(_sigmoid(z)) + (1 - cen) * math.log(1 - _sigmoid(z)))
-    return {"cls": focal / num_pos, "box": box_sum / ctr_sum, "ctr": bce / num_pos}
+    return {"cls": focal / cls_den, "box": box_sum / ctr_sum, "ctr": bce / num_pos}
 
 
-@pytest.mark.parametrize("box_loss", ["giou", "iou"])
-def test_losses_match_hand_computation(box_loss: str) -> None:
+def test_defaults_are_the_release() -> None:
+    cfg = FcosConfig()
+    assert (cfg.center_sampling_radius, cfg.box_loss, cfg.cls_norm, cfg.reg_units) == (
+        0.0, "iou", "positives+images", "pixels")
+    with pytest.raises(ValueError, match="box_loss"):
+        FcosConfig(box_loss="l1")
+
+
+def test_assignment_count_small_case() -> None:
+    # 64 x 64 input, P3 8 x 8 cells at x, y in 4, 12, ..., 60; box (6, 6)-(38, 30):
+    # strictly inside: x in {12, 20, 28, 36} (4), y in {12, 20, 28} (3) -> 12 positives on P3
+    # (max distance <= 32 < 64 everywhere); center sampling 1.5 keeps |x - 22| < 12 and
+    # |y - 18| < 12: x in {12, 20, 28}, y in {12, 20, 28} -> 9
+    sizes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+    box = [[6.0, 6.0, 38.0, 30.0]]
+    assert _targets(box, [0], sizes=sizes).num_positive == 12
+    assert _targets(box, [0], radius=1.5, sizes=sizes).num_positive == 9
+
+
+@pytest.mark.parametrize(("box_loss", "cls_norm", "reg_units"), [
+    ("iou", "positives+images", "pixels"),  # the release
+    ("giou", "positives", "stride"),  # FCOS's later options
+    ("iou", "positives", "stride"),
+])
+def test_losses_match_hand_computation(box_loss: str, cls_norm: str, reg_units: str) -> None:
     sizes = [(4, 5)]
     cfg = FcosConfig(strides=(8,), size_ranges=((0, math.inf),), center_sampling_radius=0.0,
-                     box_loss=box_loss)
+                     box_loss=box_loss, cls_norm=cls_norm, reg_units=reg_units)
     boxes = [torch.tensor([[1.0, 2.0, 30.0, 25.0], [10.0, 8.0, 38.0, 31.0]]), torch.tensor([[0.0, 0.0, 17.0, 9.0]])]
     labels = [torch.tensor([0, 2]), torch.tensor([1])]
     t = compute_targets(boxes, labels, sizes, (8,), cfg.size_ranges, 0.0)
     assert t.num_positive > 3
     cls, reg, ctr = _outputs(2, 3, sizes, seed=3)
+    stride = 8
+    if reg_units == "pixels":
+        reg, stride = [r * 8 for r in reg], 1
     got = losses_from_targets(cls, reg, ctr, t, cfg)
-    want = _hand_losses(cls[0], reg[0], ctr[0], t, 8, box_loss)
+    want = _hand_losses(cls[0], reg[0], ctr[0], t, stride, box_loss, cls_norm)
     for key in ("cls", "box", "ctr"):
         assert got[key].item() == pytest.approx(want[key], rel=1e-4), key
     # the one-call form computes the same targets
@@ -201,10 +230,13 @@ def test_losses_match_hand_computation(box_loss: str) -> None:
 
 def test_perfect_box_prediction_has_zero_box_loss() -> None:
     sizes = [(4, 4)]
-    cfg = FcosConfig(strides=(8,), size_ranges=((0, math.inf),), center_sampling_radius=0.0)
+    cfg = FcosConfig(strides=(8,), size_ranges=((0, math.inf),), center_sampling_radius=0.0,
+                     box_loss="giou", reg_units="stride")
     t = compute_targets([torch.tensor([[3.0, 5.0, 29.0, 27.0]])], [torch.tensor([0])], sizes, (8,),
                         cfg.size_ranges, 0.0)
     cls, _, ctr = _outputs(1, 2, sizes)
     reg = [t.reg[0].reshape(4, 4, 4).permute(2, 0, 1)[None] / 8]  # exact distances, stride units
     out = losses_from_targets(cls, reg, ctr, t, cfg)
     assert out["box"].item() == pytest.approx(0.0, abs=1e-6)
+    pixels = losses_from_targets(cls, [reg[0] * 8], ctr, t, FcosConfig(strides=(8,), reg_units="pixels"))
+    assert pixels["box"].item() == pytest.approx(0.0, abs=1e-6)  # the same boxes given in pixels

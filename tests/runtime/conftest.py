@@ -1,6 +1,6 @@
 """Shared fixtures of the runtime tests: tiny compiled models (real compiler output).
 
-Widths are tiny (FPN 8, head 32: the head's GroupNorm has 32 groups) and images 96-128 px, so every export takes a second or two.
+Widths are tiny (FPN 8, head 64: the head's GroupNorm(32) needs 2 values per group on a 1x1 p7) and images 96-128 px, so every export takes a second or two.
 The detector uses the compiler's ``tiny`` test backbone.
 """
 
@@ -19,10 +19,10 @@ def _compile(path: Path, genotype, *, detector: bool = False) -> Path:
     from nasfcos.compiler import CompileOptions, compile_genotype
 
     if detector:
-        opts = CompileOptions(fpn_channels=8, head_channels=32, num_classes=3, detector=True, backbone="tiny",
+        opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, detector=True, backbone="tiny",
                               in_channels=(16, 24, 32, 48))
     else:
-        opts = CompileOptions(fpn_channels=8, head_channels=32, num_classes=3, in_channels=TINY_IN_CHANNELS)
+        opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, in_channels=TINY_IN_CHANNELS)
     path.write_text(compile_genotype(genotype, opts))
     return path
 

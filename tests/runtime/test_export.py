@@ -74,13 +74,16 @@ def test_random_genotypes_with_deform_convs(tmp_path, compile_tiny, deform_genot
 
 
 def test_dynamic_decoder_two_sizes(paper_decoder, tmp_path) -> None:
-    res = export_onnx(paper_decoder, tmp_path / "dyn.onnx",
-                      ExportOptions(size=(160, 160), dynamic=True))
+    with pytest.warns(UserWarning, match="traced at 192x192"):  # issue 16: <= 128 px
+        res = export_onnx(paper_decoder, tmp_path / "dyn.onnx",
+                          ExportOptions(size=(128, 128), dynamic=True))
     shape = res.manifest["inputs"][0]["shape"]
     assert isinstance(shape[0], str) and isinstance(shape[2], str)  # batch and height symbolic
-    report = check_artifact(res.onnx_path, sizes=[(160, 160), (96, 160)], batch=1)
+    ranges = res.manifest["export"]["dynamic_ranges"]["c2"]
+    assert ranges["2"][1] is None and ranges["3"][1] is None  # no upper bound on H, W
+    report = check_artifact(res.onnx_path, sizes=[(128, 128), (96, 160), (256, 256)], batch=1)
     assert report.ok, report.table()
-    assert {tuple(s) for s in report.sizes} == {(160, 160), (96, 160)}
+    assert {tuple(s) for s in report.sizes} == {(128, 128), (96, 160), (256, 256)}
 
 
 @pytest.mark.slow
@@ -143,10 +146,14 @@ def test_export_rejects_bad_options(paper_decoder, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_dynamic_ranges_reject_out_of_range_inputs(tmp_path, tiny_detector) -> None:
-    res = export_onnx(tiny_detector, tmp_path / "small.onnx",
-                      ExportOptions(kind="detector", size=(64, 64), dynamic=True))
+    with pytest.warns(UserWarning, match="traced at 192x192"):
+        res = export_onnx(tiny_detector, tmp_path / "small.onnx",
+                          ExportOptions(kind="detector", size=(64, 64), dynamic=True))
     ranges = res.manifest["export"]["dynamic_ranges"]["images"]
-    assert ranges["2"][1] is not None  # traced small: the export is bounded
+    assert ranges["2"][1] is None  # a small size no longer bounds the export (issue 16)
+    man = json.loads(res.manifest_path.read_text())
+    man["export"]["dynamic_ranges"]["images"]["2"] = [0, 128]  # a bounded export
+    res.manifest_path.write_text(json.dumps(man))
     with pytest.raises(NasfcosError, match="outside the range"):
         check_artifact(res.onnx_path, sizes=[(256, 256)])
     json.dumps(res.manifest)  # manifest is plain JSON

@@ -32,7 +32,7 @@ def test_the_proxy_evaluator_under_local_workers_and_ray(ray_local, tmp_path: Pa
     from nasfcos.search.proxy import PRESETS, build_cache, make_evaluator
 
     small = PRESETS["tiny"].replace(name="small", short_side=64, max_size=64, crop=64, fpn_channels=8,
-                                    head_channels=8, batch_size=8, eval_batch_size=8, num_threads=1)
+                                    head_channels=32, batch_size=8, eval_batch_size=8, num_threads=1)
     write_synthetic(tmp_path / "synth", SynthConfig(images=20, size=64, seed=1))
     cache = build_cache(tmp_path / "synth", tmp_path / "cache", small, progress=False)
     evaluator = make_evaluator(cache, small, max_steps=1)

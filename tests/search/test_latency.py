@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nasfcos.cli.main import main as cli_main
+from nasfcos.cli.main import main as _main
 from nasfcos.errors import NasfcosError
 from nasfcos.genotypes import load_paper_genotype, parse_genotype, sample_genotype
 from nasfcos.search.archive import read_rows
@@ -25,6 +25,15 @@ from nasfcos.search.latency import (
 from nasfcos.search.loop import Search, SearchConfig
 from nasfcos.search.metrics import kendall_tau, mape
 from nasfcos.search.ppo import PPOConfig
+
+
+def cli_main(argv: list[str]) -> int:
+    """The CLI's exit status (argparse's own errors exit 2 through SystemExit)."""
+    try:
+        return _main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
 
 #: Every FPN block reads c5 through skips and sums; the head is all skips.
 SKIPS = parse_genotype({
@@ -78,15 +87,15 @@ def test_reward_sign_pareto_and_statistics() -> None:
 def small_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("lat") / "table.json"
     rc = cli_main(["search", "latency-table", "--backend", "torch", "--size", "64", "--fpn-channels", "8",
-                   "--head-channels", "8", "--num-classes", "3", "--backbone", "tiny", "--runs", "1",
-                   "--warmup", "0", "--quiet", "-o", str(path)])
+                   "--head-channels", "64", "--num-classes", "3", "--backbone", "tiny", "--runs", "1",
+                   "--warmup", "0", "--clock", "cpu", "--quiet", "-o", str(path)])
     assert rc == 0
     return path
 
 
 def test_latency_table_verb_covers_every_genotype(small_table: Path) -> None:
     table = load_table(small_table)
-    assert table.spec.size == (64, 64) and table.spec.backend == "torch"
+    assert table.spec.size == (64, 64) and table.spec.backend == "torch" and "CPU time" in table.meta["clock"]
     doc = json.loads(small_table.read_text())
     assert doc["format"] == "nasfcos-latency-table/1" and len(doc["entries"]) >= 80
     for seed in range(6):

@@ -251,5 +251,5 @@ def test_proxy_sub_verbs_are_forwarded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(NasfcosError, match="--trials"):
         search_main(["--preset", "toy", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit):
+    with pytest.raises(NasfcosError, match="--preset"):
         search_main(["--preset", "nope", "--trials", "8", "--out", str(tmp_path / "y")])

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from nasfcos.cli.main import main as cli_main
+from nasfcos.cli.main import main as _main
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.genotypes import Genotype
@@ -24,6 +24,15 @@ from nasfcos.search.archive import CHECKPOINT_NAME, encode_row, read_rows
 from nasfcos.search.evaluators import ToyEvaluator
 from nasfcos.search.loop import Search, SearchConfig, SearchFailed
 from nasfcos.search.ppo import PPOConfig
+
+
+def cli_main(argv: list[str]) -> int:
+    """The CLI's exit status (argparse's own errors exit 2 through SystemExit)."""
+    try:
+        return _main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
 
 FAST_PPO = PPOConfig(lr=1e-3, minibatch_size=4, epochs=1)
 #: The tiny preset shrunk for tests: 40 synthetic images of 64 px, one training step.
@@ -71,8 +80,8 @@ def test_configuration_errors_stop_before_the_first_trial(tmp_path: Path, monkey
     for k, args in enumerate(cases):
         out = tmp_path / f"o{k}"
         assert cli_main(["search", *args, "--out", str(out), "--quiet"]) == 2, args
-        err = [line for line in capsys.readouterr().err.strip().splitlines() if "note:" not in line]
-        assert len(err) == 1 and "error:" in err[0], (args, err)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "error:" in err.strip().splitlines()[-1], (args, err)
         assert not (out / "archive.jsonl").exists() or (out / "archive.jsonl").stat().st_size == 0
     # a cache built with other settings is refused before any evaluation
     other = tmp_path / "other"
@@ -122,6 +131,8 @@ def _tamper_cases(lines: list[bytes]) -> dict[str, bytes]:
         "not a finite number": b"".join(lines[:3] + [lines[3].replace(
             f'"reward":{json.dumps(row["reward"])}'.encode(), b'"reward":NaN')] + lines[4:]),
         "'reward' 'x'": b"".join(lines[:3] + [encode_row(dict(row, reward="x"))] + lines[4:]),
+        "'hash' is not a sha256": b"".join(lines[:3] + [encode_row(dict(row, hash="ab\ncd"))] + lines[4:]),
+        "another nasfcos version": b"".join(lines[:3] + [encode_row(dict(row, format="x/9"))] + lines[4:]),
         "lacks 8 row": b"\0" * 4096,  # all zero: nothing dropped, the checkpoint says step 0 is done
     }
 
@@ -153,6 +164,13 @@ def test_resume_verifies_archive_and_checkpoint(tmp_path: Path) -> None:
         Search(d, _toy(), resume=True, workers=0, progress=False, plot_every_s=None).run()
     with pytest.raises(NasfcosError, match="not a regular file"):
         read_rows(d / "archive.jsonl")
+    (d / "search.json").unlink()
+    (d / "search.json").mkdir()
+    with pytest.raises(CacheError, match="search.json: is not a regular file"):
+        Search(d, _toy(), resume=True, workers=0, progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NasfcosError, match="not a folder"):
+        Search(tmp_path / "file", _toy(), workers=0, progress=False)
 
 
 def _children(pid: int) -> list[int]:
@@ -206,3 +224,18 @@ def test_workers_die_with_the_driver(tmp_path: Path) -> None:
         for c in children:  # only what this test started
             if _alive(c):
                 os.kill(c, signal.SIGKILL)
+
+
+def test_the_search_defines_no_layers_of_its_own() -> None:
+    """Decoders (and the cache's backbone) come from the compiler: nothing in search/ builds
+    a convolution or a norm layer, so the search ranks exactly the ops that are deployed."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "search"
+    layers = {"Conv2d", "BatchNorm2d", "GroupNorm", "ConvTranspose2d", "conv2d", "deform_conv2d", "DeformConv2d"}
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in layers:
+                found.append(f"{path.name}:{node.lineno} {node.attr}")
+    assert not found, found
