@@ -25,31 +25,31 @@ def test_latency_stats() -> None:
 
 @pytest.mark.slow
 def test_bench_complete_report(paper_decoder, tmp_path) -> None:
-    cfg = BenchConfig(backends=["torch", "onnxruntime", "tensorrt"], sizes=[(96, 96), (128, 128)],
+    cfg = BenchConfig(backends=["torch", "onnxruntime", "tensorrt"], sizes=[(96, 160), (160, 160)],
                       warmup=1, runs=3, threads=1)
     report = run_benchmark(paper_decoder, cfg)
     rows = {(r["backend"], tuple(r["size"])): r for r in report["results"]}
     assert len(rows) == 6
     for backend in ("torch", "onnxruntime"):
-        for size in ((96, 96), (128, 128)):
+        for size in ((96, 160), (160, 160)):
             r = rows[(backend, size)]
             assert r["status"] == "ok", r
             assert r["runs"] == 3 and len(r["times_ms"]) == 3
             assert all(k in r for k in STAT_KEYS)
             assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
             assert r["gflop"] > 0 and r["gflops_per_s"] > 0
-    trt = rows[("tensorrt", (96, 96))]
+    trt = rows[("tensorrt", (96, 160))]
     if trt["status"] == "skipped":  # no TensorRT / GPU here: a one-line reason
         assert trt["reason"].startswith("tensorrt:") and "\n" not in trt["reason"]
     assert report["matmul_peak"]["gflops"] > 0
     assert report["machine"]["cpu"] and report["machine"]["libraries"]["torch"]
-    assert set(report["flops"]) == {"96x96", "128x128"}
+    assert set(report["flops"]) == {"96x160", "160x160"}
 
     paths = write_report(report, tmp_path / "report")
     data = json.loads(paths["json"].read_text())
     assert data["format"] == "nasfcos-bench/1" and len(data["results"]) == 6
     md = paths["md"].read_text()
-    assert "| torch |" in md and "| onnxruntime |" in md and "96x96" in md
+    assert "| torch |" in md and "| onnxruntime |" in md and "96x160" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

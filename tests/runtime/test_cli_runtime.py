@@ -26,7 +26,7 @@ def test_export_then_check_cli(paper_decoder, tmp_path, capsys) -> None:
     code = main(["check", str(onnx_path), "--sizes", "96x128,128x96",
                  "-o", str(tmp_path / "parity.json")])
     out = capsys.readouterr().out
-    assert code == 0 and "parity: ok" in out and "cls_p3@96x128" in out
+    assert code == 0 and "parity: ok" in out and "cls_p3@96x160" in out
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["ok"] is True and len(report["outputs"]) == 30
 
@@ -49,7 +49,7 @@ def test_runner_interface(paper_decoder, paper_decoder_onnx) -> None:
     assert torch_runner.input_names == ort_runner.input_names == ["c2", "c3", "c4", "c5"]
     assert ort_runner.output_names[0] == "cls_p3" and len(ort_runner.output_names) == 15
     assert ort_runner.kind == "decoder" and ort_runner.in_channels == torch_runner.in_channels
-    inputs = make_inputs("decoder", (128, 128), 1, 0, ort_runner.in_channels)
+    inputs = make_inputs("decoder", (160, 160), 1, 0, ort_runner.in_channels)
     a, b = torch_runner(*inputs), ort_runner(*inputs)
     assert all(isinstance(x, np.ndarray) for x in a + b)
     assert all(np.allclose(x, y, atol=1e-4, rtol=1e-3) for x, y in zip(a, b, strict=True))

@@ -42,7 +42,7 @@ def test_manifest_matches_file(paper_decoder_onnx, paper_decoder) -> None:
     assert man["genotype"]["hash"] and len(man["genotype"]["hash"]) == 64
     assert man["widths"]["fpn_channels"] == 8 and man["widths"]["num_classes"] == 3
     assert [o["name"] for o in man["outputs"]] == list(DECODER_OUTPUTS)
-    assert man["outputs"][0]["shape"] == [1, 3, 16, 16]  # cls_p3 at 128 px, 3 classes
+    assert man["outputs"][0]["shape"] == [1, 3, 20, 20]  # cls_p3 at 160 px, 3 classes
     assert man["tools"]["torch"] and man["tools"]["onnx"] and man["tools"]["onnxruntime"]
     assert man["export"]["ops"]["DeformConv"] >= 10
 
@@ -67,7 +67,7 @@ def test_random_genotypes_with_deform_convs(tmp_path, compile_tiny, deform_genot
     report = check_artifact(deform_detector_onnx)
     assert report.ok, report.table()
     src = compile_tiny(tmp_path / "model.py", deform_genotype_list[1])
-    res = export_onnx(src, tmp_path / "m.onnx", ExportOptions(size=(96, 128)))
+    res = export_onnx(src, tmp_path / "m.onnx", ExportOptions(size=(96, 160)))
     assert res.manifest["export"]["ops"].get("DeformConv", 0) >= 1
     report = check_artifact(res.onnx_path)
     assert report.ok, report.table()

@@ -54,23 +54,23 @@ def test_trt_build_run_parity(tiny_detector, paper_decoder, tmp_path) -> None:
     from nasfcos.runtime.trt import TrtBuildOptions, build_engine, profile_shapes
 
     res = export_onnx(paper_decoder, tmp_path / "dec.onnx",
-                      ExportOptions(size=(128, 128), dynamic=True))
+                      ExportOptions(size=(160, 160), dynamic=True))
     chans = res.manifest["widths"]["in_channels"]
-    shapes = profile_shapes("decoder", [(96, 96), (128, 128), (192, 192)], 1, chans)
+    shapes = profile_shapes("decoder", [(96, 160), (160, 160), (192, 192)], 1, chans)
     cache = tmp_path / "timing.cache"
     engine = tmp_path / "dec.engine"
     man = build_engine(res.onnx_path, engine, TrtBuildOptions(shapes=shapes, timing_cache=cache))
     assert engine.is_file() and cache.is_file() and man["build"]["precision"] == "fp32"
     assert man["build"]["strongly_typed"] is True
     assert load_manifest(engine)["artifact"]["sha256"] == man["artifact"]["sha256"]
-    report = check_artifact(engine, paper_decoder, sizes=[(128, 128), (96, 160)], batch=1,
+    report = check_artifact(engine, paper_decoder, sizes=[(160, 160), (96, 160)], batch=1,
                             device="cuda", tol=TOLERANCES["fp32"])
     assert report.ok, report.table()
 
     fp16 = tmp_path / "dec16.engine"
     build_engine(res.onnx_path, fp16, TrtBuildOptions(fp16=True, shapes=shapes,
                                                       timing_cache=cache))
-    report16 = check_artifact(fp16, paper_decoder, sizes=[(128, 128)], batch=1, device="cuda")
+    report16 = check_artifact(fp16, paper_decoder, sizes=[(160, 160)], batch=1, device="cuda")
     assert report16.ok, report16.table()  # fp16 tolerances from the manifest's precision
 
 
