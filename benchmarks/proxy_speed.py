@@ -39,8 +39,7 @@ from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve
 from nasfcos.fcos.losses import STRIDES, FcosTargets, compute_targets
 from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.genotypes import load_genotype, load_paper_genotype
-from nasfcos.search.backbones import build_backbone
-from nasfcos.search.cache import FeatureCache, scaled_size_ranges
+from nasfcos.search.cache import FeatureCache, build_backbone, scaled_size_ranges
 from nasfcos.search.proxy import (
     PRESETS,
     ProxySettings,
@@ -64,7 +63,7 @@ def backbone_source(data_dir: Path, cache: FeatureCache, settings: ProxySettings
     for img_id, view in cache.train.source:
         ds.set_epoch(int(view))
         crops.append(ds[pos[int(img_id)]])
-    backbone = build_backbone(settings.backbone, None, settings.tiny_channels)
+    backbone = build_backbone(settings.backbone, None)
     ranges = scaled_size_ranges(settings.size_range_scale)
 
     def get(idx: np.ndarray) -> tuple[list[torch.Tensor], FcosTargets]:

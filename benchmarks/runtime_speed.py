@@ -1,182 +1,222 @@
-"""CPU speed targets of the runtime, measured in one run (issue: runtime speed targets).
+"""CPU speed of nasfcos against the route a user would take without it, measured in one run.
 
-    .venv/bin/python benchmarks/runtime_speed.py [--size 800x800] [--threads 2] [--runs 5]
-        [--warmup 1] [--fpn-channels 128] [--backbone resnet50] [--json FILE]
+    .venv/bin/python benchmarks/runtime_speed.py [--sizes 800] [--threads 2] [--blocks 5]
+        [--genotypes nas_fcos_fpn,nas_fcos_fpn_head] [--fpn-channels 128]
+        [--backbone resnet50] [--eager nas_fcos_fpn_head] [--profile] [--split-options]
+        [--modes static,dynamic] [--work DIR] [--json FILE]
 
-For the paper genotype (``nas_fcos_fpn_head``) compiled as a whole detector (random weights,
-batch 1), on the same seeded image:
+Per genotype, compiled as a whole detector (random weights, seed 0, batch 1, the same seeded
+image for everything):
 
-* ``reference eager``: the straightforward implementation: the same detector whose decoder is
-  the reference interpreter (``torchvision.ops.deform_conv2d`` for every deformable conv);
-* ``compiled eager``: the generated ``model.py`` as it runs in PyTorch (its eager DCNv2 is
-  grid_sample + one matmul);
-* ``onnxruntime``: the dynamic ONNX export (onnxslim, ORT graph optimisations "all");
-* ``reference decoder`` / ``compiled decoder``: the two decoders alone, on the backbone
-  features of that image (what the compiler generates, without the shared torchvision trunk).
+* ``baseline``: without nasfcos, i.e. the same detector (backbone, weights, post-processing)
+  whose decoder is the reference interpreter (``compiler/reference.py``), exported with a plain
+  ``torch.onnx.export(dynamo=True, opset_version=19)`` (no simplification, no graph passes) and
+  run by ONNX Runtime with default ``SessionOptions`` and the same thread count;
+* ``nasfcos``: ``nasfcos export`` of the compiled ``model.py`` (graph passes, onnxslim) run by
+  nasfcos's ONNX Runtime runner;
 
-The PyTorch runs alternate each round, so machine noise hits them alike; ONNX Runtime is
-timed in a block of its own (the two libraries' spinning thread pools would otherwise slow each
-other down).  Each figure is the median of ``--runs`` rounds.  FLOPs (2 x MACs of convolutions, matmuls and
-deformable convolutions, backbone + decoder) come from the same counter as ``nasfcos bench``;
-the fp32 matmul peak is measured in this run with the same thread count.  Prints a table and
-one JSON document with the two target ratios:
-
-* eager speed-up = reference eager / compiled eager (target >= 1.5);
-* best CPU backend GFLOP/s / matmul peak GFLOP/s (target >= 0.85).
+each as a static export per size and as a dynamic one (nasfcos: one export traced at the
+largest size; the baseline: traced per size, since its dynamic graph only runs at the size
+it was traced at).
+The two sessions of a cell alternate in blocks (order swapped every block), so machine noise
+hits them alike; a figure is the median over blocks, and the ratio nasfcos / baseline is
+the target (<= 0.85).  ``--split-options`` adds the baseline graph run with nasfcos's session
+options, which separates what the export brings from what the session options bring.
+PyTorch eager (for the ``--eager`` genotypes): the compiled detector vs the reference
+interpreter's detector, with post-processing (target >= 1.6x), alternating too, and the
+compiled detector's post-processing alone.  ``--profile`` adds ONNX Runtime's per op
+type share of kernel time at the first size for the static exports: baseline, nasfcos
+without its graph passes, nasfcos.  Prints tables and one JSON document.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    w, _, h = text.partition("x")
-    return int(h or w), int(w)
+def _blocks(fns: dict[str, Callable[[], Any]], blocks: int, warmup: int = 1,
+            label: str = "") -> dict[str, list[float]]:
+    """Alternate the callables in ``blocks`` blocks (order reversed every other block);
+    milliseconds per call, after ``warmup`` untimed calls each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for b in range(blocks):
+        for name in names if b % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter_ns()
+            fns[name]()
+            times[name].append((time.perf_counter_ns() - t0) / 1e6)
+        print(f"  {label} block {b + 1}/{blocks}: " + ", ".join(
+            f"{k} {v[-1]:.0f} ms" for k, v in times.items()), file=sys.stderr)
+    return times
 
 
-def _backbone_flops(detector: torch.nn.Module, image: torch.Tensor) -> float:
-    """FLOPs of the detector's backbone alone (meta device, same counter as the total)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def _med(ts: list[float]) -> float:
+    return round(statistics.median(ts), 1)
 
-    backbone = copy.deepcopy(detector.backbone).to("meta")
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        backbone(torch.empty(image.shape, device="meta"))
-    return float(counter.get_total_flops())
+
+def _eager(lm: Any, base: Any, image: torch.Tensor, blocks: int) -> dict[str, Any]:
+    det, ref = lm.net.detector, base.detector
+    with torch.inference_mode():
+        raw = det.forward_raw(image)
+        h, w = image.shape[-2:]
+        fns = {"reference": lambda: ref(image), "compiled": lambda: det(image),
+               "reference raw": lambda: ref.forward_raw(image),
+               "compiled raw": lambda: det.forward_raw(image),
+               "postprocess": lambda: det.postprocess(*raw, h, w)}
+        t = _blocks(fns, blocks, label="eager")
+    med = {k: _med(v) for k, v in t.items()}
+    return {"median_ms": med,
+            "speedup": round(med["reference"] / med["compiled"], 3),
+            "speedup_raw": round(med["reference raw"] / med["compiled raw"], 3)}
+
+
+def _ort_cell(nasfcos_path: Path, base_path: Path, feed: np.ndarray, threads: int,
+              blocks: int, label: str, split: bool = False) -> dict[str, Any]:
+    from nasfcos.runtime.bench import plain_session
+    from nasfcos.runtime.runners import OrtRunner
+
+    ours = OrtRunner(nasfcos_path, threads=threads)
+    base = plain_session(base_path, threads)
+    fns = {"nasfcos": ours.run, "baseline": lambda: base.run(None, {"images": feed})}
+    tuned = None
+    if split:  # the baseline graph with nasfcos's session options: graph vs options
+        tuned = OrtRunner(base_path, threads=threads)
+        tuned.bind(feed)
+        fns["baseline, nasfcos options"] = tuned.run
+    got = ours(feed)
+    want = base.run(None, {"images": feed})
+    t = _blocks(fns, blocks, warmup=0, label=label)
+    for r in (ours, tuned):
+        if r is not None:
+            r.close()
+    med = {k: _med(v) for k, v in t.items()}
+    out = {"nasfcos_ms": med["nasfcos"], "baseline_ms": med["baseline"],
+           "ratio": round(med["nasfcos"] / med["baseline"], 3),
+           "scores_max_abs_diff": float(np.abs(got[1] - want[1]).max()),
+           "times_ms": {k: [round(x, 1) for x in v] for k, v in t.items()}}
+    if tuned is not None:
+        out["baseline_nasfcos_options_ms"] = med["baseline, nasfcos options"]
+        out["ratio_same_options"] = round(med["nasfcos"] / med["baseline, nasfcos options"], 3)
+    return out
+
+
+def _genotype(name: str, args: argparse.Namespace, sizes: list[tuple[int, int]],
+              work: Path) -> dict[str, Any]:
+    """Every measurement of one shipped genotype (see the module docstring)."""
+    from nasfcos.compiler import CompileOptions, compile_genotype
+    from nasfcos.genotypes import load_paper_genotype
+    from nasfcos.runtime.bench import baseline_detector, export_baseline, ort_op_profile
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+    from nasfcos.runtime.models import load_model
+
+    opts = CompileOptions(fpn_channels=args.fpn_channels, detector=True, backbone=args.backbone)
+    model_py = work / f"{name}.py"
+    model_py.write_text(compile_genotype(load_paper_genotype(name), opts))
+    lm = load_model(model_py, "detector", seed=0)
+    res: dict[str, Any] = {"ort": {}}
+    if name in args.eager.split(","):
+        image = torch.from_numpy(lm.inputs(sizes[0], 1, seed=0)[0])
+        print(f"{name}: eager at {sizes[0][0]}", file=sys.stderr)
+        res["eager"] = _eager(lm, baseline_detector(lm), image, args.blocks)
+    largest = max(sizes)
+
+    def export(mode: str, size: tuple[int, int]) -> tuple[Path, Path]:
+        dyn = mode == "dynamic"
+        ours = work / f"{name}_{'dynamic' if dyn else size[0]}.onnx"
+        if not ours.exists():  # nasfcos: one dynamic export, traced at the largest size
+            print(f"{name}: nasfcos {mode} export", file=sys.stderr)
+            export_onnx(lm, ours, ExportOptions(kind="detector", size=largest if dyn else size,
+                                                dynamic=dyn))
+        base = work / f"{name}_{mode}_{size[0]}_baseline.onnx"
+        if not base.exists():  # the baseline's dynamic graph runs at its traced size only
+            print(f"{name}: baseline {mode} export at {size[0]}", file=sys.stderr)
+            export_baseline(lm, base, size, dynamic=dyn)
+        return ours, base
+
+    for size in sizes:
+        feed = lm.inputs(size, 1, seed=0)[0]
+        for mode in args.modes.split(","):
+            ours, base_path = export(mode, size)
+            res["ort"][f"{mode} {size[0]}"] = _ort_cell(
+                ours, base_path, feed, args.threads, args.blocks, f"{name} {mode} {size[0]}",
+                split=args.split_options)
+    if args.profile:
+        size = sizes[0]
+        prof_feed = {"images": lm.inputs(size, 1, seed=0)[0]}
+        ours, base_path = export("static", size)
+        plain = work / f"{name}_{size[0]}_unoptimised.onnx"
+        export_onnx(lm, plain, ExportOptions(kind="detector", size=size, optimize=False))
+        res["profile"] = {k: ort_op_profile(p, prof_feed, threads=args.threads) for k, p in
+                          (("baseline", base_path), ("nasfcos without graph passes", plain),
+                           ("nasfcos", ours))}
+    return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="800x800", help="WIDTHxHEIGHT (default 800x800)")
+    ap.add_argument("--sizes", default="800", help="square sizes, comma list (default 800)")
+    ap.add_argument("--genotypes", default="nas_fcos_fpn,nas_fcos_fpn_head")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--fpn-channels", type=int, default=128)
     ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--eager", default="nas_fcos_fpn_head",
+                    help="genotypes to compare in PyTorch eager too (default nas_fcos_fpn_head)")
+    ap.add_argument("--profile", action="store_true", help="ORT per-op profiles (first size)")
+    ap.add_argument("--split-options", action="store_true",
+                    help="also time the baseline graph with nasfcos's session options")
+    ap.add_argument("--modes", default="static,dynamic", help="exports to time")
+    ap.add_argument("--work", help="folder for the model files and exports (reused when they "
+                                   "exist; default: a new temporary folder)")
     ap.add_argument("--json", help="also write the JSON document here")
     args = ap.parse_args()
 
-    from nasfcos.compiler import CompileOptions, build_reference, compile_genotype
-    from nasfcos.genotypes import load_paper_genotype
-    from nasfcos.runtime.bench import count_flops, matmul_peak_gflops
-    from nasfcos.runtime.export import ExportOptions, export_onnx
-    from nasfcos.runtime.models import load_model
-    from nasfcos.runtime.runners import OrtRunner
-
     torch.set_num_threads(args.threads)
-    size = _parse_size(args.size)
-    genotype = load_paper_genotype()
-    opts = CompileOptions(fpn_channels=args.fpn_channels, detector=True, backbone=args.backbone)
-    work = Path(tempfile.mkdtemp(prefix="nasfcos-runtime-speed-"))
-    model_py = work / "model.py"
-    model_py.write_text(compile_genotype(genotype, opts))
+    sizes = [(int(s), int(s)) for s in args.sizes.split(",")]
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="nasfcos-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"sizes": [s[0] for s in sizes], "threads": args.threads,
+                              "blocks": args.blocks, "fpn_channels": args.fpn_channels,
+                              "backbone": args.backbone, "torch": torch.__version__,
+                              "genotypes": {}}
+    for name in args.genotypes.split(","):
+        result["genotypes"][name] = _genotype(name, args, sizes, work)
 
-    lm = load_model(model_py, "detector", seed=0)
-    compiled = lm.net.detector
-    reference = copy.deepcopy(compiled)
-    ref_decoder = build_reference(genotype, opts)
-    ref_decoder.load_state_dict(compiled.decoder.state_dict(), strict=True)
-    reference.decoder = ref_decoder.eval()
-    image = torch.from_numpy(lm.inputs(size, 1, seed=0)[0])
-
-    print(f"exporting {model_py.name} to ONNX ...", file=sys.stderr)
-    onnx_path = work / "model.onnx"
-    export_onnx(lm, onnx_path, ExportOptions(kind="detector", size=size, dynamic=True))
-    feed = image.numpy()
-    ort: list[OrtRunner] = []  # the session is made after the PyTorch block, as `bench` does
-
-    with torch.no_grad():
-        ref_out = reference.forward_raw(image)
-        got_out = compiled.forward_raw(image)
-    max_diff = max(float((a - b).abs().max()) for a, b in
-                   zip([*ref_out[0], *ref_out[1], *ref_out[2]],
-                       [*got_out[0], *got_out[1], *got_out[2]], strict=True))
-
-    def run_torch(model: torch.nn.Module) -> None:
-        with torch.no_grad():
-            model(image)
-
-    with torch.no_grad():
-        features = compiled.backbone((image - compiled.pixel_mean) / compiled.pixel_std)
-
-    def run_decoder(decoder: torch.nn.Module) -> None:
-        with torch.no_grad():
-            decoder(features)
-
-    backends = {
-        "reference eager": lambda: run_torch(reference),
-        "compiled eager": lambda: run_torch(compiled),
-        "onnxruntime": lambda: ort[0](feed),
-        "reference decoder": lambda: run_decoder(reference.decoder),
-        "compiled decoder": lambda: run_decoder(compiled.decoder),
-    }
-    times: dict[str, list[float]] = {k: [] for k in backends}
-    # Two blocks: the PyTorch runs alternate among themselves; ONNX Runtime runs on its own,
-    # since each library's thread pool keeps spinning for a while after its work and would
-    # steal the cores from the other one if they alternated.
-    for block in (["reference eager", "compiled eager", "reference decoder", "compiled decoder"],
-                  ["onnxruntime"]):
-        time.sleep(1.0)
-        if block == ["onnxruntime"]:
-            ort.append(OrtRunner(onnx_path, threads=args.threads))
-        for _ in range(args.warmup):
-            for name in block:
-                backends[name]()
-        for r in range(args.runs):
-            for name in block:
-                t0 = time.perf_counter_ns()
-                backends[name]()
-                times[name].append((time.perf_counter_ns() - t0) / 1e6)
-            print(f"round {r + 1}/{args.runs}: " + ", ".join(
-                f"{k} {times[k][-1]:.0f} ms" for k in block), file=sys.stderr)
-    ort[0].close()
-
-    flops = count_flops(lm, size, 1)
-    peak = matmul_peak_gflops(args.threads)["gflops"]
-    rows = {}
-    decoder_flops = flops - _backbone_flops(compiled, image)
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        name_flops = decoder_flops if name.endswith("decoder") else flops
-        rows[name] = {"median_ms": round(med, 1), "min_ms": round(min(ts), 1),
-                      "std_ms": round(float(np.std(ts)), 1),
-                      "gflops": round(name_flops / (med / 1e3) / 1e9, 1),
-                      "of_peak": round(name_flops / (med / 1e3) / 1e9 / peak, 3)}
-    best = min(("reference eager", "compiled eager", "onnxruntime"),
-               key=lambda k: rows[k]["median_ms"])
-    result = {
-        "size": list(size), "threads": args.threads, "runs": args.runs,
-        "fpn_channels": args.fpn_channels, "backbone": args.backbone,
-        "gflop_per_image": round(flops / 1e9, 2), "matmul_peak_gflops": round(peak, 1),
-        "compiled_vs_reference_max_abs_diff": max_diff, "results": rows,
-        "eager_speedup": round(rows["reference eager"]["median_ms"]
-                               / rows["compiled eager"]["median_ms"], 3),
-        "decoder_speedup": round(rows["reference decoder"]["median_ms"]
-                                 / rows["compiled decoder"]["median_ms"], 3),
-        "decoder_gflop_per_image": round(decoder_flops / 1e9, 2),
-        "best_backend": best, "best_of_peak": rows[best]["of_peak"],
-        "torch": torch.__version__,
-    }
-    print(f"\npaper genotype @{args.fpn_channels}, {args.backbone}, {size[1]}x{size[0]}, batch 1, "
-          f"{args.threads} threads; {flops / 1e9:.1f} GFLOP/image; matmul peak {peak:.0f} GFLOP/s")
-    print(f"{'backend':<17} {'median ms':>10} {'min ms':>8} {'GFLOP/s':>8} {'of peak':>8}")
-    for name, r in rows.items():
-        print(f"{name:<17} {r['median_ms']:>10.1f} {r['min_ms']:>8.1f} {r['gflops']:>8.1f} "
-              f"{r['of_peak']:>8.1%}")
-    print(f"eager speed-up (reference / compiled): {result['eager_speedup']:.2f}x (target >= 1.5)")
-    print(f"decoder alone (reference / compiled): {result['decoder_speedup']:.2f}x")
-    print(f"best CPU backend ({best}): {rows[best]['of_peak']:.1%} of matmul peak (target >= 85%)")
+    print(f"\n{args.backbone}, fpn {args.fpn_channels}, batch 1, {args.threads} threads, "
+          f"medians of {args.blocks} alternating blocks")
+    for name, res in result["genotypes"].items():
+        print(f"\n{name}")
+        if "eager" in res:
+            e = res["eager"]
+            print(f"  eager {sizes[0][0]}: reference {e['median_ms']['reference']} ms, compiled "
+                  f"{e['median_ms']['compiled']} ms -> {e['speedup']:.2f}x (target >= 1.6); "
+                  f"without post-processing {e['speedup_raw']:.2f}x; post-processing "
+                  f"{e['median_ms']['postprocess']} ms")
+        print(f"  {'ORT cell':<14} {'nasfcos ms':>10} {'baseline ms':>11} {'ratio':>6}"
+              "   (same session options: baseline ms, ratio)")
+        for cell, r in res["ort"].items():
+            same = (f"   {r['baseline_nasfcos_options_ms']:.1f}, {r['ratio_same_options']:.3f}"
+                    if "ratio_same_options" in r else "")
+            print(f"  {cell:<14} {r['nasfcos_ms']:>10.1f} {r['baseline_ms']:>11.1f} "
+                  f"{r['ratio']:>6.3f}{same}")
+        for label, prof in res.get("profile", {}).items():
+            top = ", ".join(f"{op} {v['share']:.1%}" for op, v in list(prof.items())[:8])
+            print(f"  profile {label}: {top}")
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

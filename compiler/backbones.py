@@ -12,6 +12,10 @@ name                widths                  notes
 resnet18, resnet34  64, 128, 256, 512       torchvision, frozen BN
 resnet50, resnet101 256, 512, 1024, 2048    torchvision, frozen BN
 resnext101_32x4d    256, 512, 1024, 2048    ``ResNet(Bottleneck, [3,4,23,3], groups=32, width_per_group=4)``
+resnext101_32x8d    256, 512, 1024, 2048    torchvision's X-101 32x8d, frozen BN
+resnet50_c2         256, 512, 1024, 2048    the release's R-50: stride in the first 1x1, frozen BN
+resnet101_c2                                without eps, Caffe2 BGR input (``preprocess=caffe2``)
+resnext101_32x8d_c2 256, 512, 1024, 2048    the release's X-101 32x8d: stride in the 3x3, no eps
 mobilenet_v2        24, 32, 96, 320         ``features`` blocks 3, 6, 13, 17 (FCOS's MNV2 taps)
 mobilenet_v3_large  24, 40, 112, 160        ``features`` blocks 3, 6, 12, 15
 tiny                16, 24, 32, 48          test-only: ten 3x3 convs + ReLU, random weights
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING
 import jinja2
 
 from nasfcos.errors import NasfcosError
+from nasfcos.modelfile import module_from_source
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,10 +73,8 @@ def backbone_source() -> str:
 
 @functools.cache
 def _module() -> ModuleType:
-    module = ModuleType("nasfcos_backbones")
-    module.__file__ = str(TEMPLATES_DIR / "backbone.py.j2")
-    exec(compile(backbone_source(), module.__file__, "exec"), module.__dict__)  # our own template
-    return module
+    return module_from_source(backbone_source(), "nasfcos_backbones",
+                              filename=str(TEMPLATES_DIR / "backbone.py.j2"))  # our own template
 
 
 @functools.cache
@@ -110,6 +113,13 @@ def build_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
         except ValueError as exc:
             raise NasfcosError(str(exc)) from None
     return net
+
+
+def image_normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel that a detector subtracts / divides images in [0, 1] by
+    before its backbone (``IMAGE_MEAN``, ``IMAGE_STD`` of the template)."""
+    module = _module()
+    return tuple(module.IMAGE_MEAN), tuple(module.IMAGE_STD)
 
 
 BACKBONE_NAMES: tuple[str, ...] = backbone_names()

@@ -14,15 +14,15 @@ is FPN-FCOS @256: ``CompileOptions(fpn_channels=256)``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from dataclasses import fields
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from nasfcos.compiler.backbones import backbone_channels, template_environment
+from nasfcos.compiler.options import options_context
 from nasfcos.compiler.plan import GENERATOR_VERSION
+from nasfcos.modelfile import module_from_source
 
 if TYPE_CHECKING:  # the compiler's options type; imported lazily so this module stands alone
     from nasfcos.compiler import CompileOptions
@@ -60,6 +60,7 @@ def _context(options: CompileOptions) -> dict[str, Any]:
         "in_channels": [int(c) for c in in_channels],
         "detector": bool(options.detector),
         "backbone": str(options.backbone),
+        **options_context(options),
     }
 
 
@@ -82,10 +83,4 @@ def baseline_module(options: CompileOptions | None = None) -> ModuleType:
     """Compile the baseline and import it as a module (in memory, not written to disk)."""
     source = compile_baseline(options)
     name = f"nasfcos_baseline_{hashlib.sha256(source.encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_loader(name, loader=None)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    module.__file__ = f"<{name}>"
-    sys.modules[name] = module  # dataclasses / pickling look modules up by name
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
-    return module
+    return module_from_source(source, name, register=True)  # dataclasses / pickling look it up

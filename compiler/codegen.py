@@ -12,9 +12,10 @@ import jinja2
 from nasfcos.compiler.backbones import template_environment
 from nasfcos.compiler.options import CompileOptions, resolve_options
 from nasfcos.compiler.plan import build_plan
-from nasfcos.errors import GenotypeError, NasfcosError
+from nasfcos.errors import GenotypeError
 from nasfcos.genotypes import Genotype, parse_genotype
 from nasfcos.genotypes.genotype import NAME_RE
+from nasfcos.modelfile import module_from_source
 
 MAIN_TEMPLATE = "model.py.j2"
 
@@ -67,8 +68,6 @@ def _render(genotype: Genotype | dict[str, Any], options: CompileOptions | None,
     g = validated_genotype(genotype)
     plan = build_plan(g, opts)
     source = _environment().get_template(MAIN_TEMPLATE).render(**plan.context())
-    if opts.detector and "class Detector" not in source:
-        raise NasfcosError("--detector: the detector template (compiler/templates/detector.py.j2) is not available")
     return source, g
 
 
@@ -94,8 +93,7 @@ def compile_to_module(genotype: Genotype | dict[str, Any], options: CompileOptio
     """
     source, g = _render(genotype, options, kw)
     name = f"nasfcos_compiled_{g.short_hash()}"
-    module = types.ModuleType(name, f"in-memory model compiled by nasfcos ({name})")
-    module.__file__ = f"<{name}>"
+    module = module_from_source(_bytecode(source, f"<{name}>"), name,
+                                doc=f"in-memory model compiled by nasfcos ({name})")
     module.__dict__["__source__"] = source
-    exec(_bytecode(source, module.__file__), module.__dict__)  # noqa: S102 - source generated from a validated genotype
     return module

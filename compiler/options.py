@@ -21,6 +21,18 @@ MIN_CHANNELS = 2
 MAX_CHANNELS = 4096
 MAX_IN_CHANNELS = 16384
 MAX_CLASSES = 10000
+#: Every head norm is ``GroupNorm(GN_GROUPS, C)`` (as the release), so head widths are multiples.
+GN_GROUPS = 32
+#: Units of ``bbox_reg = exp(scale_l * x)``: ``pixels`` of the input image (the release's, default)
+#: or ``stride`` units of each level (FCOS's later stride-normalised regression).
+BOX_REGRESSION = ("pixels", "stride")
+#: Detection score: ``product`` sigmoid(cls) * sigmoid(ctr) (the release's, default) or ``sqrt``
+#: of it (torchvision's FCOS).  Both threshold sigmoid(cls) > score_thresh first.
+SCORING = ("product", "sqrt")
+#: Input normalisation inside the Detector (its input is always RGB in [0, 1]): ``caffe2`` =
+#: BGR x 255 minus (102.9801, 115.9465, 122.7717), std 1 (the release's MSRA/Caffe2 weights);
+#: ``imagenet`` = RGB minus ImageNet mean over std (torchvision weights).
+PREPROCESS = ("caffe2", "imagenet")
 
 
 def _check_int(value: Any, what: str, upper: int, lower: int = 1) -> int:
@@ -29,6 +41,12 @@ def _check_int(value: Any, what: str, upper: int, lower: int = 1) -> int:
     if not lower <= value <= upper:
         raise NasfcosError(f"{what}: {value} is out of range ({lower}..{upper})")
     return int(value)
+
+
+def _check_choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise NasfcosError(f"{what}: {str(value)[:40]!r} is not one of: {', '.join(choices)}")
+    return value
 
 
 def parse_in_channels(value: str | Sequence[int]) -> tuple[int, int, int, int]:
@@ -55,17 +73,24 @@ def parse_in_channels(value: str | Sequence[int]) -> tuple[int, int, int, int]:
 class CompileOptions:
     """What a genotype is compiled with (Contract 2's compiled defaults).
 
-    ``fpn_channels``: FPN width C; ``head_channels``: head width (``None`` = same as the FPN;
-    when they differ a 1x1 conv bridges them); ``num_classes``: K logits; ``in_channels``: widths
-    of the backbone levels c2..c5; ``detector``/``backbone``: also emit ``class Detector``.
+    ``fpn_channels``: FPN width C (256, the released models'); ``head_channels``: head width
+    (``None`` = same as the FPN; when they differ a 1x1 conv bridges them; a multiple of 32, the
+    head's GroupNorm groups); ``num_classes``: K logits; ``in_channels``: widths of the backbone
+    levels c2..c5; ``detector``/``backbone``: also emit ``class Detector``.
+    ``box_regression`` (:data:`BOX_REGRESSION`), ``scoring`` (:data:`SCORING`) and
+    ``preprocess`` (:data:`PREPROCESS`; ``None`` = the backbone's own: ``caffe2`` for the
+    release's ``*_c2`` trunks, ``imagenet`` otherwise) are printed into the file as constants.
     """
 
-    fpn_channels: int = 128
+    fpn_channels: int = 256
     head_channels: int | None = None
     num_classes: int = 80
     in_channels: tuple[int, int, int, int] = (256, 512, 1024, 2048)
     detector: bool = False
     backbone: str = "resnet50"
+    box_regression: str = "pixels"
+    scoring: str = "product"
+    preprocess: str | None = None
 
     def __post_init__(self) -> None:
         _check_int(self.fpn_channels, "fpn_channels", MAX_CHANNELS, MIN_CHANNELS)
@@ -79,11 +104,55 @@ class CompileOptions:
             raise NasfcosError(
                 f"backbone: unknown backbone {self.backbone!r:.40} (expected one of: {', '.join(BACKBONES)})"
             )
+        head = self.resolved_head_channels
+        if head % GN_GROUPS:
+            what = "head_channels" if self.head_channels is not None else "fpn_channels (= the head width)"
+            raise NasfcosError(f"{what}: {head} is not a multiple of {GN_GROUPS} (the head's GroupNorm "
+                               f"has {GN_GROUPS} groups, as the release; e.g. 32, 64, 128, 256)")
+        _check_choice(self.box_regression, "box_regression", BOX_REGRESSION)
+        _check_choice(self.scoring, "scoring", SCORING)
+        if self.preprocess is not None:
+            _check_choice(self.preprocess, "preprocess", PREPROCESS)
+
+    @property
+    def resolved_preprocess(self) -> str:
+        """The Detector's input normalisation: ``preprocess``, else the backbone's own."""
+        if self.preprocess is not None:
+            return self.preprocess
+        return "caffe2" if self.backbone.endswith("_c2") else "imagenet"
 
     @property
     def resolved_head_channels(self) -> int:
         """The head width as an int (``head_channels`` or, when ``None``, ``fpn_channels``)."""
         return self.fpn_channels if self.head_channels is None else self.head_channels
+
+
+def options_context(options: CompileOptions) -> dict[str, Any]:
+    """Template values of the behaviour options (validated names only), for every template."""
+    preprocess = options.resolved_preprocess
+    line = f"box regression in {options.box_regression}"
+    if options.detector:
+        line += f", scoring {options.scoring}, preprocess {preprocess}"
+    return {
+        "box_regression": options.box_regression,
+        "box_units_text": ("in pixels of the input image" if options.box_regression == "pixels"
+                           else "in units of the level's stride"),
+        "scoring": options.scoring,
+        "preprocess": preprocess,
+        "options_line": line,
+    }
+
+
+def option_flags(options: CompileOptions) -> list[str]:
+    """``nasfcos compile`` flags of the behaviour options that differ from the defaults."""
+    flags = []
+    if options.box_regression != "pixels":
+        flags.append(f"--box-regression {options.box_regression}")
+    if options.detector and options.scoring != "product":
+        flags.append(f"--scoring {options.scoring}")
+    if options.detector and options.preprocess is not None:
+        flags.append(f"--preprocess {options.preprocess}")
+    return flags
 
 
 def resolve_options(options: CompileOptions | None = None, **kw: Any) -> CompileOptions:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from nasfcos.compiler.options import CompileOptions
+from nasfcos.compiler.options import CompileOptions, option_flags, options_context
 from nasfcos.errors import GenotypeError
 from nasfcos.genotypes import (
     BACKBONE_LEVELS,
@@ -28,7 +28,7 @@ from nasfcos.genotypes import (
 from nasfcos.genotypes.genotype import NAME_RE
 
 #: Version of the code generator, printed in every generated file's header.
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 
 # --- emitter tables: op name -> (layer class, constructor arguments); None = identity ------
 # ``{c}`` is the width variable of the constructor ("c" = FPN width, "h" = head width).
@@ -144,6 +144,7 @@ class Plan:
     in_channels: tuple[int, int, int, int]
     detector: bool
     backbone: str
+    options: dict[str, Any]
     uses: frozenset[str]
     module_groups: tuple[ModuleGroup, ...]
     fcos_tower_convs: tuple[str, ...]
@@ -169,6 +170,7 @@ class Plan:
             "in_channels_literal": repr(self.in_channels),
             "detector": self.detector,
             "backbone": self.backbone,
+            **self.options,
             "uses": {n: (n in self.uses) for n in _ALL_USES},
             "module_groups": self.module_groups,
             "fcos_tower_convs": self.fcos_tower_convs,
@@ -264,6 +266,7 @@ def regenerate_command(name: str, options: CompileOptions) -> str:
     parts.append("--in-channels " + ",".join(str(c) for c in options.in_channels))
     if options.detector:
         parts.append(f"--detector --backbone {options.backbone}")
+    parts += option_flags(options)
     return " ".join(parts)
 
 
@@ -506,6 +509,7 @@ def build_plan(g: Genotype, options: CompileOptions) -> Plan:
         in_channels=options.in_channels,
         detector=options.detector,
         backbone=options.backbone,
+        options=options_context(options),
         uses=frozenset(uses),
         module_groups=tuple(fpn_groups + head_groups),
         fcos_tower_convs=tuple(fcos_convs),

@@ -40,9 +40,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from nasfcos.errors import NasfcosError
+from nasfcos.modelfile import RawForward
 
-#: Paper's input size for FLOPs, (width, height).
-PAPER_SIZE: tuple[int, int] = (1088, 800)
+#: Paper's input size for FLOPs, (height, width) like every size in nasfcos.
+PAPER_SIZE: tuple[int, int] = (800, 1088)
 #: Decoder children (first name component) that belong to the head.
 HEAD_PREFIXES: tuple[str, ...] = ("cls_", "reg_", "bbox_", "centerness", "ctr", "scales", "bridge", "head")
 #: Decoder children (first name component) that belong to the FPN.
@@ -103,7 +104,7 @@ def component_of(decoder_child: str) -> str:
 class Profile:
     """Size of one detector configuration.  ``params`` and ``macs`` map ``total``,
     ``backbone``, ``fpn``, ``head`` (and ``other`` when non-zero) to counts; ``macs`` are
-    multiply-adds at ``size`` = (width, height)."""
+    multiply-adds at ``size`` = (height, width)."""
 
     model: str
     backbone: str
@@ -151,24 +152,20 @@ def _param_split(detector: nn.Module) -> dict[str, int]:
     return counts
 
 
-class _RawForward(nn.Module):
-    """Calls ``detector.forward_raw`` through ``__call__``, so FlopCounterMode's module
-    tracker names every submodule by its path: ``_RawForward.detector.decoder.<child>``."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor) -> Any:
-        return self.detector.forward_raw(images)
+def count_macs(fn: Any, *inputs: torch.Tensor) -> int:
+    """Multiply-adds of one call ``fn(*inputs)`` (any device, ``meta`` is fastest): the
+    convolutions, matrix products and deformable convolutions FlopCounterMode counts."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*inputs)
+    return int(counter.get_total_flops()) // 2
 
 
 def _mac_split(detector: nn.Module, width: int, height: int, device: torch.device) -> dict[str, int]:
     images = torch.zeros(1, 3, height, width, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        _RawForward(detector)(images)
+        RawForward(detector)(images)
     totals = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    root = f"{_RawForward.__name__}.detector"
+    root = f"{RawForward.__name__}.detector"
     counts = dict.fromkeys(COMPONENTS, 0)
     counts["backbone"] = totals.get(f"{root}.backbone", 0)
     # a module's count includes its submodules'; containers that are never called themselves
@@ -199,7 +196,7 @@ def profile_detector(
 ) -> Profile:
     """Count parameters and MACs of ``detector`` (anything with ``backbone``, ``decoder`` and
     ``forward_raw(images)``), on whatever device its weights live (``meta`` is fastest)."""
-    width, height = size
+    height, width = size
     first = next(iter(detector.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     was_training = detector.training
@@ -213,7 +210,7 @@ def profile_detector(
     if params["other"] or macs["other"]:
         notes.append("'other': parameters or MACs outside backbone/FPN/head prefixes")
     return Profile(model=model, backbone=backbone, fpn_channels=fpn_channels,
-                   head_channels=head_channels, num_classes=num_classes, size=(width, height),
+                   head_channels=head_channels, num_classes=num_classes, size=(height, width),
                    params=params, macs=macs, source=source, notes=notes)
 
 
@@ -221,12 +218,13 @@ def profile_detector(
 class ProfileRequest:
     """What to profile.
 
-    ``model``: a compiled ``model.py``, a genotype ``.json``, a shipped genotype name
+    ``model``: a compiled ``model.py``, a genotype ``.json`` (or list-form JSON, or a release
+    config ``.yaml``), a shipped genotype name
     (``nas_fcos_fpn``, ``nas_fcos_fpn_head``) or ``fpn-fcos`` (the FPN-FCOS baseline).
     ``backbone=None``: a model file's compiled ``BACKBONE``, else resnet50.  Widths left
-    ``None`` keep the model file's compiled values; genotypes and the baseline default to 128
-    and 256.  ``head_channels=None`` means the FPN width (for a model file:
-    its compiled head width).  ``size`` is (width, height) in pixels.
+    ``None`` keep the model file's compiled values; genotypes and the baseline default to 256.
+    ``head_channels=None`` means the FPN width (for a model file:
+    its compiled head width).  ``size`` is (height, width) in pixels.
     """
 
     model: str
@@ -251,8 +249,11 @@ class _Composite(nn.Module):
 
 
 def _is_genotype_spec(spec: str) -> bool:
+    """Whether ``spec`` names a genotype (a .json / release .yaml file or a shipped name)."""
     from nasfcos.genotypes import PAPER_GENOTYPES
 
+    if spec.lower().endswith((".json", ".yaml", ".yml")):
+        return True
     return spec.removesuffix(".json") in PAPER_GENOTYPES and not Path(spec).exists()
 
 
@@ -273,11 +274,11 @@ def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
                               head_channels=req.head_channels, num_classes=req.num_classes,
                               detector=True)
         return baseline_module(opts), "fpn-fcos", {}
-    if spec.endswith(".json") or _is_genotype_spec(spec):
+    if _is_genotype_spec(spec):
         from nasfcos.compiler import compile_to_module
-        from nasfcos.genotypes import load_genotype, load_paper_genotype
+        from nasfcos.genotypes import resolve_genotype
 
-        g = load_paper_genotype(spec.removesuffix(".json")) if _is_genotype_spec(spec) else load_genotype(spec)
+        g = resolve_genotype(spec)
         opts = CompileOptions(fpn_channels=req.fpn_channels or CompileOptions.fpn_channels,
                               head_channels=req.head_channels, num_classes=req.num_classes,
                               detector=True)
@@ -288,8 +289,8 @@ def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
         module = load_model_file(spec)
         label = str(getattr(module, "GENOTYPE_NAME", "") or Path(spec).stem)
         return module, label, widths
-    raise NasfcosError(f"{spec}: expected a model.py, a genotype .json, a shipped genotype name "
-                       "(nas_fcos_fpn, nas_fcos_fpn_head) or fpn-fcos")
+    raise NasfcosError(f"{spec}: expected a model.py, a genotype .json, a release config .yaml, a shipped "
+                       "genotype name (nas_fcos_fpn, nas_fcos_fpn_head) or fpn-fcos")
 
 
 def _resolved_widths(module: ModuleType, req: ProfileRequest) -> tuple[int, int]:
@@ -318,23 +319,23 @@ def build_for_profile(req: ProfileRequest) -> tuple[nn.Module, str, tuple[int, i
             else:
                 net = _Composite(build_backbone(backbone),
                                  module.Decoder(in_channels=widths, **overrides))
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError, SystemExit) as exc:  # SystemExit: model code
         raise NasfcosError(f"{req.model}: cannot build it for profiling ({type(exc).__name__}: {exc})") from None
     return net, label, _resolved_widths(module, req), backbone
 
 
 def profile(req: ProfileRequest) -> Profile:
     """Build what ``req`` names and count its parameters and multiply-adds."""
-    width, height = req.size
+    height, width = req.size
     if width < 32 or height < 32:
-        raise NasfcosError(f"size {width}x{height}: both sides must be at least 32 pixels")
+        raise NasfcosError(f"size {height}x{width}: both sides must be at least 32 pixels")
     net, label, (fpn, head), backbone = build_for_profile(req)
     try:
         return profile_detector(net, model=label, backbone=backbone, fpn_channels=fpn,
-                                head_channels=head, num_classes=req.num_classes, size=(width, height),
+                                head_channels=head, num_classes=req.num_classes, size=(height, width),
                                 source=req.model)
     except (ValueError, RuntimeError) as exc:
-        raise NasfcosError(f"{req.model}: forward pass failed at {width}x{height} "
+        raise NasfcosError(f"{req.model}: forward pass failed at {height}x{width} "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
 
@@ -366,10 +367,10 @@ def format_table(profiles: Iterable[Profile]) -> str:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     if profiles:
-        w, h = profiles[0].size
+        h, w = profiles[0].size
         lines.append("")
         lines.append(f"params: millions (split: backbone / FPN / head); GMACs: 10^9 multiply-adds at "
-                     f"{w}x{h} (WxH), batch 1, backbone + decoder; deformable convs counted as convs")
+                     f"{h}x{w} (HxW), batch 1, backbone + decoder; deformable convs counted as convs")
     return "\n".join(lines)
 
 
@@ -385,6 +386,6 @@ def mparams(profile: Profile) -> float:
 
 __all__ = [
     "COMPONENTS", "FPN_PREFIXES", "HEAD_PREFIXES", "PAPER_SIZE", "Profile", "component_of",
-    "deform_conv2d_flop", "format_table", "gmacs", "mparams", "profile_detector",
+    "count_macs", "deform_conv2d_flop", "format_table", "gmacs", "mparams", "profile_detector",
     "register_deform_conv_flops",
 ]

@@ -38,12 +38,8 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "bn":
-        return nn.BatchNorm2d(channels)
-    groups = math.gcd(32, channels)
-    if channels // groups < 2 and groups > 1:
-        groups //= 2
-    return nn.GroupNorm(groups, channels)
+    """BN in the FPN, GroupNorm(32, C) in the head (the release's ``nn.GroupNorm(32, C)``)."""
+    return nn.BatchNorm2d(channels) if kind == "bn" else nn.GroupNorm(32, channels)
 
 
 class _Adapter(nn.Module):
@@ -57,20 +53,16 @@ class _Adapter(nn.Module):
 
 
 class _SepConv(nn.Module):
+    """The release's ``SepConv(..., repeats=1)``: one depthwise -> pointwise -> norm -> ReLU unit."""
+
     def __init__(self, c: int, k: int, dilation: int, norm: str) -> None:
         super().__init__()
-        for i in (1, 2):
-            setattr(self, f"depthwise{i}", nn.Conv2d(c, c, k, padding=dilation * (k // 2), dilation=dilation,
-                                                     groups=c, bias=False))
-            setattr(self, f"pointwise{i}", nn.Conv2d(c, c, 1, bias=False))
-            setattr(self, f"norm{i}", _norm(norm, c))
+        self.depthwise = nn.Conv2d(c, c, k, padding=dilation * (k // 2), dilation=dilation, groups=c, bias=False)
+        self.pointwise = nn.Conv2d(c, c, 1, bias=False)
+        self.norm = _norm(norm, c)
 
     def forward(self, x: Tensor) -> Tensor:
-        for i in (1, 2):
-            x = getattr(self, f"depthwise{i}")(x)
-            x = getattr(self, f"pointwise{i}")(x)
-            x = torch.relu(getattr(self, f"norm{i}")(x))
-        return x
+        return torch.relu(self.norm(self.pointwise(self.depthwise(x))))
 
 
 class _ConvNormReLU(nn.Module):
@@ -169,7 +161,7 @@ class ReferenceDecoder(nn.Module):
     """Dynamic decoder for ``genotype``: same constructor semantics and state_dict keys as the
     compiled ``Decoder`` (features [c2..c5] -> (cls_logits, bbox_reg, centerness) over p3..p7)."""
 
-    def __init__(self, genotype: Genotype, fpn_channels: int = 128, head_channels: int | None = None,
+    def __init__(self, genotype: Genotype, fpn_channels: int = 256, head_channels: int | None = None,
                  num_classes: int = 80, in_channels: Sequence[int] = (256, 512, 1024, 2048)) -> None:
         super().__init__()
         g = validated_genotype(genotype)

@@ -30,6 +30,15 @@ from nasfcos.genotypes.genotype import (
     parse_genotype,
 )
 from nasfcos.genotypes.paper import from_paper_list, to_paper_list
+from nasfcos.genotypes.resolve import (
+    DEFAULT_GENOTYPE,
+    PAPER_GENOTYPES,
+    ReleaseConfig,
+    load_paper_genotype,
+    paper_genotype_path,
+    read_release_config,
+    resolve_genotype,
+)
 from nasfcos.genotypes.sample import choices_from_genotype, genotype_from_choices, sample_genotype
 from nasfcos.genotypes.space import (
     AGGS,
@@ -52,23 +61,6 @@ from nasfcos.genotypes.space import (
     max_choices,
 )
 
-#: Genotype files shipped with the package.
-PAPER_GENOTYPES: tuple[str, ...] = ("nas_fcos_fpn", "nas_fcos_fpn_head")
-DEFAULT_GENOTYPE = "nas_fcos_fpn_head"
-
-
-def paper_genotype_path(name: str = DEFAULT_GENOTYPE) -> Path:
-    """Path of a shipped genotype file (``nas_fcos_fpn`` or ``nas_fcos_fpn_head``)."""
-    stem = name.removesuffix(".json")
-    if stem not in PAPER_GENOTYPES:
-        raise ValueError(f"unknown shipped genotype {name!r} (have: {', '.join(PAPER_GENOTYPES)})")
-    return Path(str(resources.files(__name__).joinpath(f"{stem}.json")))
-
-
-def load_paper_genotype(name: str = DEFAULT_GENOTYPE) -> Genotype:
-    """Load a shipped genotype."""
-    return load_genotype(paper_genotype_path(name))
-
 
 def schema_path() -> Path:
     """Path of the published JSON Schema (``genotypes/schema.json``)."""
@@ -83,5 +75,6 @@ __all__ = [
     "decisions", "fpn_graph", "fpn_pool_size", "from_paper_list", "genotype_from_choices",
     "head_live", "head_num_layers", "head_pool_names", "head_pool_size", "load_genotype",
     "load_paper_genotype", "loads_genotype", "max_choices", "paper_genotype_path",
-    "parse_genotype", "sample_genotype", "schema_path", "to_paper_list",
+    "parse_genotype", "sample_genotype", "schema_path", "to_paper_list", "ReleaseConfig",
+    "read_release_config", "resolve_genotype",
 ]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nasfcos.genotypes.analysis import fpn_graph, head_live
 from nasfcos.genotypes.genotype import Genotype
-from nasfcos.genotypes.space import BACKBONE_LEVELS, FCOS_HEAD_LAYERS, OUTPUT_LEVELS
+from nasfcos.genotypes.space import BACKBONE_LEVELS, FCOS_HEAD_LAYERS, OUTPUT_LEVELS, OUTPUT_STRIDES
 
 SHORT = {
     "sep_conv_3x3": "sep3",
@@ -88,7 +88,7 @@ def _draw_fpn(ax, g: Genotype) -> None:
     xo = 1.3 * (len(g.fpn) + 1.4)
     outs = {graph.p3: "p3", graph.p4: "p4", graph.p5: "p5"}
     out_pos = {}
-    for lvl, (name, stride) in enumerate(zip(OUTPUT_LEVELS, (8, 16, 32, 64, 128), strict=True)):
+    for lvl, (name, stride) in enumerate(zip(OUTPUT_LEVELS, OUTPUT_STRIDES, strict=True)):
         out_pos[name] = (xo, math.log2(stride))
         _node(ax, *out_pos[name], f"{name}\n/{stride}", "#dff3e3")
         if lvl >= 3:

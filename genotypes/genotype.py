@@ -38,7 +38,7 @@ MAX_FILE_BYTES = 1 << 20
 #: Deepest nesting accepted anywhere in a document (``meta`` included).
 MAX_DEPTH = 32
 #: Names are printed into generated code headers, so they are whitelisted.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")  # \Z: no trailing newline
 DEFAULT_NAME = "genotype"
 
 _TOP_KEYS = ("format", "name", "fpn", "head", "share", "meta")
@@ -331,7 +331,7 @@ def parse_genotype(doc: Any) -> Genotype:
     if fmt != FORMAT:
         raise GenotypeError(f"format: expected {FORMAT!r}, got {_describe(fmt)}")
     name = obj.get("name", DEFAULT_NAME)
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise GenotypeError(
             f"name: {_describe(name)} is not a valid name (1-64 characters: letters, digits, '.', '_', '+', '-')"
         )
@@ -366,6 +366,18 @@ def _reject_constant(name: str) -> Any:
 
 def loads_genotype(data: str | bytes, *, source: str = "<string>") -> Genotype:
     """Parse genotype JSON text (bytes must be UTF-8). Raises :class:`GenotypeError`."""
+    doc = decode_json(data, source=source)
+    try:
+        return parse_genotype(doc)
+    except GenotypeError as exc:
+        raise GenotypeError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise GenotypeError(f"{source}: JSON nested too deeply") from None
+
+
+def decode_json(data: str | bytes, *, source: str = "<string>") -> Any:
+    """Strict JSON text (UTF-8, size-limited, no duplicate keys or NaN) -> its value.
+    Raises :class:`GenotypeError` naming ``source``."""
     if isinstance(data, bytes):
         if len(data) > MAX_FILE_BYTES:
             raise GenotypeError(f"{source}: file is {len(data)} bytes, over the {MAX_FILE_BYTES}-byte limit")
@@ -389,12 +401,7 @@ def loads_genotype(data: str | bytes, *, source: str = "<string>") -> Genotype:
         raise GenotypeError(f"{source}: JSON nested too deeply") from None
     except ValueError as exc:  # e.g. integers with too many digits
         raise GenotypeError(f"{source}: not valid JSON ({exc})") from None
-    try:
-        return parse_genotype(doc)
-    except GenotypeError as exc:
-        raise GenotypeError(f"{source}: {exc}") from None
-    except RecursionError:
-        raise GenotypeError(f"{source}: JSON nested too deeply") from None
+    return doc
 
 
 def load_genotype(path: str | os.PathLike[str]) -> Genotype:
@@ -410,9 +417,23 @@ def load_genotype(path: str | os.PathLike[str]) -> Genotype:
         raise GenotypeError(f"{p}: is a directory, not a genotype file")
     if size > MAX_FILE_BYTES:
         raise GenotypeError(f"{p}: file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
+    return loads_genotype(read_limited(p), source=str(p))
+
+
+def read_limited(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a small text file (at most ``MAX_FILE_BYTES``). Raises :class:`GenotypeError`."""
+    p = Path(path)
     try:
+        if p.is_dir():
+            raise GenotypeError(f"{p}: is a directory, not a genotype file")
+        if p.exists() and not p.is_file():  # FIFO, socket, device: reading could block forever
+            raise GenotypeError(f"{p}: not a regular file (FIFO, socket or device)")
         with open(p, "rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise GenotypeError(f"{p}: no such file") from None
     except OSError as exc:
         raise GenotypeError(f"{p}: cannot read ({exc.strerror})") from None
-    return loads_genotype(data, source=str(p))
+    if len(data) > MAX_FILE_BYTES:
+        raise GenotypeError(f"{p}: file is over the {MAX_FILE_BYTES}-byte limit")
+    return data

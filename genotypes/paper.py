@@ -94,11 +94,15 @@ def from_paper_list(
 
 
 def to_paper_list(g: Genotype) -> list[Any]:
-    """The release's list form of ``g`` (inverse of :func:`from_paper_list`)."""
+    """The release's list form of ``g`` (inverse of :func:`from_paper_list`): 7 entries for
+    FCOS's standard head with everything shared (as the release's ``*_densebox`` configs), else
+    the 7 blocks, ``[share]`` and the head ids."""
     out: list[Any] = [
         [[b.inputs[0], b.inputs[1], FPN_OPS.index(b.ops[0]), FPN_OPS.index(b.ops[1]), AGGS.index(b.agg)]]
         for b in g.fpn
     ]
+    if g.head.kind == "fcos" and not any(g.share):
+        return out  # the release's densebox configs: the 7 FPN blocks only
     out.append([g.share[0]] if len(set(g.share)) == 1 else list(g.share))
     if g.head.kind == "sequential":
         out.append([HEAD_OPS.index(op) for op in g.head.layers])

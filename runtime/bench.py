@@ -60,6 +60,8 @@ class BenchConfig:
     trt_fp16: bool = False
     #: For a model.py: an already exported ONNX file for onnxruntime/tensorrt (no re-export).
     onnx_path: Path | None = None
+    #: For a detector model.py: add the route without nasfcos (:func:`baseline_runner`).
+    baseline: bool = False
 
 
 def latency_stats(times_ms: Sequence[float], batch: int = 1) -> dict[str, float]:
@@ -102,16 +104,6 @@ def matmul_peak_gflops(threads: int | None = None, n: int = 2048,
         torch.set_num_threads(old)
 
 
-class _RawDetector:
-    """Callable running a Detector's backbone + decoder only (no post-processing)."""
-
-    def __init__(self, detector: Any) -> None:
-        self.detector = detector
-
-    def __call__(self, images: Any) -> Any:
-        return self.detector.forward_raw(images)
-
-
 def count_flops(lm: Any, size: tuple[int, int], batch: int = 1) -> float:
     """FLOPs (2 x multiply-accumulates) of one forward pass of a :class:`LoadedModel`.
 
@@ -123,20 +115,16 @@ def count_flops(lm: Any, size: tuple[int, int], batch: int = 1) -> float:
     import copy
 
     import torch
-    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from nasfcos.compiler.profile import deform_conv2d_flop
+    from nasfcos.compiler.profile import count_macs
+    from nasfcos.modelfile import RawForward
     from nasfcos.runtime.models import input_shapes
 
-    mapping = {torch.ops.torchvision.deform_conv2d: deform_conv2d_flop}
     net = copy.deepcopy(lm.net).to("meta")
-    fn = _RawDetector(net.detector) if lm.kind == "detector" else net
+    fn = RawForward(net.detector) if lm.kind == "detector" else net
     tensors = [torch.empty(s, device="meta")
                for s in input_shapes(lm.kind, size, batch, lm.in_channels)]
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
-        fn(*tensors)
-    return float(fc.get_total_flops())
+    return 2.0 * count_macs(fn, *tensors)
 
 
 def _time_cell(runner: Runner, inputs: list[np.ndarray], cfg: BenchConfig,
@@ -182,6 +170,122 @@ def _time_cell(runner: Runner, inputs: list[np.ndarray], cfg: BenchConfig,
     return times, notes
 
 
+#: Name of the ``--baseline`` row: the route a user would take without nasfcos.
+BASELINE_BACKEND = "onnxruntime-baseline"
+
+
+def baseline_detector(lm: Any) -> Any:
+    """The same detector without nasfcos's compiler: a flat ``images -> (boxes, scores, labels)``
+    module with the same backbone, weights and post-processing as ``lm`` (a detector
+    :class:`~nasfcos.runtime.models.LoadedModel`) whose decoder is the reference interpreter
+    (``compiler/reference.py``, ``deform_conv2d`` everywhere), in eval mode."""
+    import copy
+
+    from nasfcos.compiler import build_reference
+
+    if lm.kind != "detector":
+        raise NasfcosError("the baseline needs a detector model.py (compile it with --detector)")
+    det = copy.deepcopy(lm.net.detector)
+    ref = build_reference(lm.module.GENOTYPE, fpn_channels=lm.info["fpn_channels"],
+                          head_channels=lm.info["head_channels"],
+                          num_classes=lm.info["num_classes"],
+                          in_channels=lm.module.BACKBONE_CHANNELS[det.backbone_name])
+    ref.load_state_dict(det.decoder.state_dict(), strict=True)
+    det.decoder = ref.eval()
+    return type(lm.net)(det).eval()
+
+
+def export_baseline(lm: Any, out: str | Path, size: tuple[int, int], *, dynamic: bool = False,
+                    seed: int = 0) -> Path:
+    """Export :func:`baseline_detector` the plain way: ``torch.onnx.export(dynamo=True,
+    opset_version=19)`` with the exporter's defaults, no simplification, no graph passes.
+
+    Dynamic: batch, height and width declared ``Dim.DYNAMIC`` on a batch-1 example of
+    ``size``.  The interpreter's ``int()`` resize sizes are baked into such a graph, so it
+    runs at its traced spatial size only (nasfcos's dynamic export runs at any size in its
+    ranges).  Returns ``out``.
+    """
+    import torch
+
+    from nasfcos.runtime.export import _quiet
+
+    net = baseline_detector(lm)
+    image = torch.from_numpy(lm.inputs(size, 1, seed=seed)[0])
+    dyn = torch.export.Dim.DYNAMIC
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(net, (image,), str(out), dynamo=True, opset_version=19,
+                          input_names=list(lm.input_names), output_names=list(lm.output_names),
+                          dynamic_shapes=({0: dyn, 2: dyn, 3: dyn},) if dynamic else None)
+    return Path(out)
+
+
+def plain_session(path: str | Path, threads: int | None = None) -> Any:
+    """ONNX Runtime CPU session with default ``SessionOptions`` and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def baseline_runner(path: Path, size: tuple[int, int], cfg: BenchConfig) -> Runner:
+    """ONNX Runtime runner on :func:`export_baseline` of the detector ``path`` at ``size``
+    (static, or dynamic unless ``cfg.onnx_static``) with a :func:`plain_session`."""
+    import tempfile
+
+    from nasfcos.runtime.models import load_model
+    from nasfcos.runtime.runners import OrtRunner
+
+    t0 = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="nasfcos-baseline-")
+    onnx_path = export_baseline(load_model(path, "detector", seed=cfg.seed),
+                                Path(tmp.name) / "baseline.onnx", size,
+                                dynamic=not cfg.onnx_static, seed=cfg.seed)
+    runner = OrtRunner(onnx_path, threads=cfg.threads)
+    runner.session = plain_session(onnx_path, cfg.threads)
+    runner.backend, runner.opt_level, runner._tmp = BASELINE_BACKEND, "default options", tmp
+    runner.setup_seconds = time.perf_counter() - t0
+    return runner
+
+
+def ort_op_profile(session_or_path: Any, feed: dict[str, np.ndarray], runs: int = 3,
+                   threads: int | None = None) -> dict[str, dict[str, float]]:
+    """Per op type share of ONNX Runtime CPU kernel time: ``{op: {"share", "ms", "nodes"}}``.
+
+    A profiling session is made from the model file (``session_or_path``: a path or a
+    session whose ``_model_path`` is read) with the runner's options; ``ms`` is per run,
+    after one untimed run.  Sorted by share.
+    """
+    import json
+    import tempfile
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    from nasfcos.runtime.runners import ort_session_options
+
+    path = getattr(session_or_path, "_model_path", session_or_path)
+    so = ort_session_options(threads)
+    with tempfile.TemporaryDirectory(prefix="nasfcos-prof-") as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    dur: Counter[str] = Counter()
+    nodes: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            dur[e["args"]["op_name"]] += e["dur"]
+            nodes[e["args"]["op_name"]] += 1
+    total = sum(dur.values()) or 1
+    return {op: {"share": round(d / total, 4), "ms": round(d / 1e3 / (runs + 1), 2),
+                 "nodes": nodes[op] // (runs + 1)} for op, d in dur.most_common()}
+
+
 def default_backends(path: Path, device: str = "cpu") -> list[str]:
     """Backends that make sense for an artifact: .py -> torch + onnxruntime (+ tensorrt on a
     GPU machine with TensorRT), .onnx -> onnxruntime (+ tensorrt), .engine -> tensorrt."""
@@ -202,6 +306,8 @@ def _make(path: Path, backend: str, cfg: BenchConfig, size: tuple[int, int] | No
     if backend in ("torch", "torch-compile"):
         return make_runner(path, backend, device, kind=cfg.kind, seed=cfg.seed,
                            threads=cfg.threads)
+    if backend == BASELINE_BACKEND:
+        return baseline_runner(path, size or cfg.sizes[0], cfg)
     if cfg.onnx_path is not None and path.suffix == ".py" and backend in ("onnxruntime",
                                                                           "tensorrt"):
         path = Path(cfg.onnx_path)
@@ -252,6 +358,10 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
         raise NasfcosError(f"unknown backend(s) {', '.join(unknown)} (have {', '.join(BACKENDS)})")
     if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
         raise NasfcosError("runs must be >= 1, warmup >= 0 and batch >= 1")
+    if cfg.baseline:
+        if path.suffix != ".py" or cfg.device != "cpu":
+            raise NasfcosError("--baseline needs a detector model.py on the cpu device")
+        backends = [*backends, BASELINE_BACKEND]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
@@ -301,8 +411,8 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     total = len(backends) * len(cfg.sizes) * cfg.runs
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc="bench", unit="run", leave=False)
+        from nasfcos.progress import progress_bar
+        bar = progress_bar(total, desc="bench", unit="run")
 
     def tick() -> None:
         if bar is not None:
@@ -311,8 +421,9 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     peak = (report.get("matmul_peak") or {}).get("gflops")
     for backend in backends:
         runner: Runner | None = None
-        per_size = (backend == "onnxruntime" and cfg.onnx_static and path.suffix == ".py"
-                    and cfg.onnx_path is None)
+        per_size = backend == BASELINE_BACKEND or (
+            backend == "onnxruntime" and cfg.onnx_static and path.suffix == ".py"
+            and cfg.onnx_path is None)
         skip_reason: str | None = None
         for size in cfg.sizes:
             key = f"{size[0]}x{size[1]}"
@@ -367,7 +478,228 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     if bar is not None:
         bar.close()
     report["flops"] = flops
+    if cfg.baseline:  # nasfcos / baseline median time per size
+        med = {(r["backend"], tuple(r["size"])): r["median_ms"] for r in report["results"]
+               if r["status"] == "ok"}
+        report["baseline_ratio"] = {
+            f"{h}x{w}": round(med[("onnxruntime", (h, w))] / med[(BASELINE_BACKEND, (h, w))], 3)
+            for h, w in cfg.sizes if ("onnxruntime", (h, w)) in med
+            and (BASELINE_BACKEND, (h, w)) in med}
     return report
+
+
+PRECISION_REPORT_FORMAT = "nasfcos-precision-table/1"
+
+
+@dataclass
+class PrecisionTableConfig:
+    """One table of backend x precision: COCO AP / AP50, agreement with PyTorch fp32,
+    latency, model size (:func:`run_precision_table`).
+
+    ``data``: COCO folder; AP on its ``split`` (val), int8 calibrated on its train split
+    (``calib_images`` images, ``calib_method``).  ``int8`` rows: ONNX Runtime runs both the
+    ``cpu`` (U8S8) and the ``tensorrt`` (symmetric, what TensorRT will build) targets,
+    TensorRT the ``tensorrt`` target.  ``size``: the static export size (H, W).
+    """
+
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    size: tuple[int, int] = (800, 800)
+    data: Path | None = None
+    split: str = "val"
+    weights: Path | None = None
+    calib_images: int = 32
+    calib_method: str = "minmax"
+    max_images: int | None = None
+    warmup: int = 5
+    runs: int = 30
+    max_seconds: float | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    #: An existing static fp32 export of the model (with its manifest) instead of exporting.
+    onnx: Path | None = None
+
+
+class _Recorder:
+    """Wraps a runner for :func:`nasfcos.fcos.evaluate.evaluate`: keeps every output batch."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.batch_size = 1
+        self.outputs: list[list[np.ndarray]] = []
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        out = self.runner(images)
+        self.outputs.append([np.asarray(o) for o in out])
+        return out
+
+
+def _agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[str, Any]:
+    """Detection agreement over all evaluated images (see check.detection_agreement)."""
+    from nasfcos.runtime.check import detection_agreement
+
+    cat = [np.concatenate([b[k] for b in ref]) for k in range(3)]
+    gat = [np.concatenate([b[k] for b in got]) for k in range(3)]
+    a = detection_agreement(cat, gat)
+    return {"match_rate": round(a.match_rate, 4), "matched": a.matched,
+            "reference": a.reference, "mean_iou": round(a.mean_iou, 4),
+            "mean_score_diff": round(a.mean_score_diff, 5),
+            "max_score_diff": round(a.max_score_diff, 5)}
+
+
+def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: str | Path, *,
+                        progress: bool = False) -> dict[str, Any]:
+    """Export ``model`` (a Detector model.py) once at fp32, lower it per precision into
+    ``out_dir``, then per backend x precision: COCO AP / AP50 on ``cfg.data``, detection
+    agreement with PyTorch fp32 on the same images, latency (median, p90) on one image,
+    and the artifact's size.  Unavailable backends are recorded as skipped with a reason.
+    """
+    import torch
+
+    from nasfcos.fcos.evaluate import EvalConfig, evaluate
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+    from nasfcos.runtime.precision import PRECISIONS, PrecisionOptions, convert_onnx
+
+    path, out_dir = Path(model), Path(out_dir)
+    if path.suffix != ".py" or not path.is_file():
+        raise NasfcosError(f"{path}: the precision table needs a compiled model.py")
+    if cfg.data is None:
+        raise NasfcosError("the precision table needs --data DIR (COCO folder: AP, calibration)")
+    bad = [p for p in cfg.precisions if p not in PRECISIONS]
+    if bad or not cfg.precisions:
+        raise NasfcosError(f"unknown precision(s) {', '.join(bad) or '(none)'} (have "
+                           f"{', '.join(PRECISIONS)})")
+    unknown = [b for b in cfg.backends if b not in ("onnxruntime", "tensorrt")]
+    if unknown:
+        raise NasfcosError(f"precision table backends are onnxruntime and tensorrt, not "
+                           f"{', '.join(unknown)}")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = Path(cfg.weights) if cfg.weights else None
+    fp32 = out_dir / f"{path.stem}.fp32.onnx"
+    if cfg.onnx is not None:
+        from nasfcos.runtime.export import load_manifest
+
+        man = load_manifest(cfg.onnx)
+        if man.get("export", {}).get("dynamic") or list(man["export"]["size"]) != list(cfg.size):
+            raise NasfcosError(f"{cfg.onnx}: not a static {cfg.size[0]}x{cfg.size[1]} export")
+        fp32 = Path(cfg.onnx)
+    else:
+        export_onnx(path, fp32, ExportOptions(kind="detector", size=tuple(cfg.size),
+                                              seed=cfg.seed, weights=weights))
+    variants: list[tuple[str, str | None, Path]] = []  # (precision, int8 target, onnx)
+    for prec in cfg.precisions:
+        if prec == "fp32":
+            variants.append(("fp32", None, fp32))
+        elif prec == "fp16":
+            convert_onnx(fp32, out_dir / f"{path.stem}.fp16.onnx", PrecisionOptions("fp16"))
+            variants.append(("fp16", None, out_dir / f"{path.stem}.fp16.onnx"))
+        else:
+            for target in ("cpu", "tensorrt"):
+                f = out_dir / f"{path.stem}.int8-{target}.onnx"
+                convert_onnx(fp32, f, PrecisionOptions(
+                    "int8", data=Path(cfg.data), calib_images=cfg.calib_images,
+                    calib_method=cfg.calib_method, int8_target=target))
+                variants.append(("int8", target, f))
+    bcfg = BenchConfig(warmup=cfg.warmup, runs=cfg.runs, max_seconds=cfg.max_seconds,
+                       threads=cfg.threads, device=cfg.device, seed=cfg.seed, kind="detector")
+    ecfg = EvalConfig(batch_size=1, input_size=tuple(cfg.size))
+    image = make_inputs("detector", tuple(cfg.size), 1, cfg.seed)
+
+    def measure(runner: Runner) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
+        rec = _Recorder(runner)
+        metrics = evaluate(rec, data=cfg.data, split=cfg.split, cfg=ecfg,
+                           max_images=cfg.max_images, progress=progress)
+        times, notes = _time_cell(runner, image, bcfg)
+        stats = latency_stats(times)
+        return ({"AP": round(metrics["AP"], 4), "AP50": round(metrics["AP50"], 4),
+                 "images": metrics["images"], "runs": len(times),
+                 "median_ms": round(stats["median_ms"], 3), "p90_ms": round(stats["p90_ms"], 3),
+                 "timer": notes["timer"]}, rec.outputs)
+
+    rows: list[dict[str, Any]] = []
+    ref_runner = make_runner(path, "torch", cfg.device, kind="detector", seed=cfg.seed,
+                             weights=weights, threads=cfg.threads)
+    try:
+        row, ref_out = measure(ref_runner)
+        n_bytes = sum(p.numel() * p.element_size() for p in ref_runner.net.parameters())
+        rows.append({"backend": "torch", "precision": "fp32", "target": None,
+                     "status": "ok", "file": str(path), "bytes": int(n_bytes), **row,
+                     "agreement": _agreement(ref_out, ref_out)})
+    finally:
+        ref_runner.close()
+    for backend in cfg.backends:
+        for prec, target, onnx_path in variants:
+            base = {"backend": backend, "precision": prec, "target": target}
+            if backend == "tensorrt" and target == "cpu":
+                continue  # TensorRT builds the symmetric (tensorrt-target) file only
+            try:
+                if backend == "tensorrt":
+                    from nasfcos.runtime.trt import TrtBuildOptions, build_engine
+
+                    artifact = onnx_path.with_suffix(".engine")
+                    build_engine(onnx_path, artifact, TrtBuildOptions())
+                    runner = make_runner(artifact, "tensorrt", cfg.device)
+                else:
+                    artifact = onnx_path
+                    runner = make_runner(artifact, "onnxruntime", cfg.device,
+                                         threads=cfg.threads)
+            except BackendUnavailable as exc:
+                rows.append({**base, "status": "skipped", "reason": str(exc)})
+                continue
+            try:
+                row, out = measure(runner)
+            finally:
+                runner.close()
+            rows.append({**base, "status": "ok", "file": str(artifact),
+                         "bytes": artifact.stat().st_size, **row,
+                         "agreement": _agreement(ref_out, out)})
+    fp32_ap = {r["backend"]: r["AP"] for r in rows if r["status"] == "ok"
+               and r["precision"] == "fp32"}
+    fp32_ms = {r["backend"]: r["median_ms"] for r in rows if r["status"] == "ok"
+               and r["precision"] == "fp32"}
+    for r in rows:
+        if r["status"] == "ok" and r["backend"] in fp32_ap:
+            r["dAP"] = round(r["AP"] - fp32_ap[r["backend"]], 4)
+            r["latency_vs_fp32"] = round(r["median_ms"] / fp32_ms[r["backend"]], 3)
+    return {"format": PRECISION_REPORT_FORMAT, "model": str(path),
+            "weights": str(weights) if weights else None, "data": str(cfg.data),
+            "config": {**asdict(cfg), "data": str(cfg.data), "weights": str(weights)
+                       if weights else None, "size": list(cfg.size),
+                       "onnx": str(cfg.onnx) if cfg.onnx else None},
+            "machine": machine_info(),
+            "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "rows": rows}
+
+
+def precision_markdown(report: dict[str, Any]) -> str:
+    """The precision table as Markdown (one row per backend x precision)."""
+    c = report["config"]
+    lines = [f"# Precision: {Path(report['model']).name} @ {c['size'][0]}x{c['size'][1]}", "",
+             f"Data: {report['data']} ({c['split']}); weights: {report['weights'] or 'random'};"
+             f" machine: {describe(report['machine'])}; threads {c['threads'] or 'default'}.",
+             "AP on the split; agreement: reference detections (top 100 per image, PyTorch "
+             "fp32) matched at IoU >= 0.95 with the same label; latency: one image, warm-up "
+             "excluded, median (p90).", "",
+             "| backend | precision | AP | AP50 | dAP | agree@0.95 | score diff mean/max | "
+             "median ms (p90) | x fp32 | size MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        name = r["precision"] + (f" ({r['target']})" if r.get("target") else "")
+        if r["status"] != "ok":
+            lines.append(f"| {r['backend']} | {name} | {r['status']}: {r.get('reason', '')} |"
+                         + " |" * 7)
+            continue
+        a = r["agreement"]
+        lines.append(
+            f"| {r['backend']} | {name} | {100 * r['AP']:.2f} | {100 * r['AP50']:.2f} | "
+            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a['match_rate']:.1f}% | "
+            f"{a['mean_score_diff']:.4f}/{a['max_score_diff']:.4f} | "
+            f"{r['median_ms']:.1f} ({r['p90_ms']:.1f}) | {r.get('latency_vs_fp32', '')} | "
+            f"{r['bytes'] / 1e6:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -398,6 +730,10 @@ def markdown_table(report: dict[str, Any]) -> str:
             else:
                 vals.append(f"{r['median_ms']:.1f} ({r['p90_ms']:.1f})")
         lines.append(f"| {b} | " + " | ".join(vals) + " |")
+    if report.get("baseline_ratio"):
+        lines += ["", "onnxruntime / onnxruntime-baseline (the reference interpreter's detector, "
+                  "plain export, default session options), median time: "
+                  + ", ".join(f"{k} {v:.2f}x" for k, v in report["baseline_ratio"].items())]
     lines += ["", "| backend | size | runs | median | mean | p90 | p99 | min | std | FPS | "
               "GFLOP | GFLOP/s | of peak |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -466,6 +802,7 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["DEFAULT_SIZES", "BenchConfig", "count_flops", "default_backends", "latency_stats",
+__all__ = ["DEFAULT_SIZES", "PrecisionTableConfig", "precision_markdown", "run_precision_table",
+           "BenchConfig", "count_flops", "default_backends", "latency_stats",
            "markdown_table", "matmul_peak_gflops", "plot_report", "run_benchmark",
            "write_report"]

@@ -67,7 +67,10 @@ class CheckReport:
     kind: str | None
     sizes: list[list[int]]
     seed: int
+    precision: str = "fp32"
     outputs: list[OutputCheck] = field(default_factory=list)
+    #: Detection-level agreement per size (detectors only), see :func:`detection_agreement`.
+    agreement: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -89,6 +92,11 @@ class CheckReport:
             rows.append(f"{o.name:<22} {'x'.join(map(str, o.shape)):<20} {o.max_abs:>10.3g} "
                         f"{o.max_rel:>10.3g} {tol:>16}  {'yes' if o.ok else 'NO'}"
                         + (f"  ({o.note})" if o.note else ""))
+        for a in self.agreement:
+            rows.append(f"detections @{a['size'][0]}x{a['size'][1]}: {a['matched']}/{a['reference']}"
+                        f" matched (IoU >= {a['iou_threshold']}: {100 * a['match_rate']:.1f}%), "
+                        f"mean IoU {a['mean_iou']:.4f}, score diff max {a['max_score_diff']:.3g}"
+                        f" mean {a['mean_score_diff']:.3g}")
         return "\n".join(rows)
 
 
@@ -164,6 +172,77 @@ def _match_detections(ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
     ]
 
 
+@dataclass
+class Agreement:
+    """How well two detectors' outputs agree: reference detections (the ``top`` best per
+    image) matched one-to-one to the artifact's by greedy IoU (same label, best IoU first)."""
+
+    reference: int
+    matched: int
+    match_rate: float
+    iou_threshold: float
+    mean_iou: float
+    min_iou: float
+    max_score_diff: float
+    mean_score_diff: float
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``a [N, 4]`` against ``b [M, 4]`` (x0, y0, x1, y1) -> ``[N, M]``."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), (union == 0) * 1.0)
+
+
+def detection_agreement(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], *,
+                        iou_threshold: float = 0.95, top: int = 100) -> Agreement:
+    """Detection-level agreement of (boxes [N,D,4], scores [N,D], labels [N,D]) outputs.
+
+    Per image the ``top`` highest-scored valid reference detections (score > 0, label >= 0)
+    are matched greedily, highest IoU first, to the artifact's detections of the same
+    label; a match counts when IoU >= ``iou_threshold``.  Score differences are over the
+    matched pairs.
+    """
+    rb, rs, rl = ref
+    gb, gs, gl = got
+    total = matched = 0
+    ious: list[float] = []
+    sdiff: list[float] = []
+    for i in range(rb.shape[0]):
+        r_idx = np.flatnonzero((rs[i] > 0) & (rl[i] >= 0))
+        r_idx = r_idx[np.argsort(-rs[i][r_idx], kind="stable")][:top]
+        g_idx = np.flatnonzero((gs[i] > 0) & (gl[i] >= 0))
+        total += len(r_idx)
+        if not len(r_idx) or not len(g_idx):
+            continue
+        iou = _iou_matrix(rb[i][r_idx], gb[i][g_idx])
+        iou[rl[i][r_idx][:, None] != gl[i][g_idx][None, :]] = -1.0
+        used_r: set[int] = set()
+        used_g: set[int] = set()
+        for flat in np.argsort(-iou, axis=None, kind="stable"):
+            a, b = divmod(int(flat), iou.shape[1])
+            if iou[a, b] < iou_threshold:
+                break
+            if a in used_r or b in used_g:
+                continue
+            used_r.add(a)
+            used_g.add(b)
+            ious.append(float(iou[a, b]))
+            sdiff.append(abs(float(rs[i][r_idx[a]]) - float(gs[i][g_idx[b]])))
+        matched += len(used_r)
+    return Agreement(reference=total, matched=matched,
+                     match_rate=matched / total if total else 1.0, iou_threshold=iou_threshold,
+                     mean_iou=float(np.mean(ious)) if ious else (1.0 if not total else 0.0),
+                     min_iou=float(np.min(ious)) if ious else (1.0 if not total else 0.0),
+                     max_score_diff=float(np.max(sdiff)) if sdiff else 0.0,
+                     mean_score_diff=float(np.mean(sdiff)) if sdiff else 0.0)
+
+
 def compare_outputs(names: Sequence[str], ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
                     tol: Tolerance) -> list[OutputCheck]:
     """Compare two lists of outputs; detector triples fall back to detection matching."""
@@ -177,12 +256,66 @@ def compare_outputs(names: Sequence[str], ref: Sequence[np.ndarray], got: Sequen
 
 
 def _manifest_or_none(path: Path) -> dict[str, Any] | None:
-    from nasfcos.runtime.export import load_manifest
+    """The artifact's manifest, verified against the artifact; None when there is none.
 
-    try:
-        return load_manifest(path)
-    except NasfcosError:
+    A manifest that exists but is malformed, or no longer matches the artifact (sha256,
+    size, I/O names), is a one-line error: nothing it names is trusted.
+    """
+    from nasfcos.runtime.export import load_manifest, manifest_path_for, verify_manifest
+
+    if not manifest_path_for(path).exists():
         return None
+    man = load_manifest(path)
+    problems = verify_manifest(path)
+    if problems:
+        raise NasfcosError(f"{path}: does not match its manifest: {'; '.join(problems)}")
+    return man
+
+
+def _manifest_source(artifact: Path, man: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The manifest's ``source`` section and the folder its paths are relative to.
+
+    An engine's manifest carries its ONNX file's source, whose paths are relative to that
+    ONNX file's folder.
+    """
+    from nasfcos.runtime.export import manifest_file
+
+    src = man.get("source", {})
+    base = artifact.parent
+    if isinstance(src.get("model"), dict):  # engine manifest: the ONNX's source
+        if isinstance(src.get("onnx"), str):
+            base = manifest_file(base, src["onnx"]).parent
+        src = src["model"]
+        for key, types in (("model", str), ("model_sha256", str), ("weights", str),
+                           ("weights_sha256", str), ("kind", str), ("seed", int)):
+            if src.get(key) is not None and not isinstance(src[key], types):
+                raise NasfcosError(f"{artifact}: manifest field source.model.{key} has the "
+                                   "wrong type")
+    return src, base
+
+
+def _trusted_reference(artifact: Path, src: dict[str, Any], base: Path, kind: str | None,
+                       threads: int | None) -> Any:
+    """A torch runner on the manifest's model.py, imported only if its sha256 (and the
+    weights') match what the manifest recorded."""
+    from nasfcos.io import regular_file, sha256_file
+    from nasfcos.runtime.export import manifest_file
+    from nasfcos.runtime.models import load_model
+    from nasfcos.runtime.runners import TorchRunner
+
+    model = manifest_file(base, src["model"])
+    if not src.get("model_sha256"):
+        raise NasfcosError(f"{artifact}: its manifest records no model_sha256 for {model}; "
+                           "pass --against to choose the reference yourself")
+    weights = None
+    if src.get("weights"):
+        weights = regular_file(manifest_file(base, src["weights"]), "weights file")
+        if src.get("weights_sha256") and sha256_file(weights) != src["weights_sha256"]:
+            raise NasfcosError(f"{weights}: sha256 differs from the manifest of {artifact.name}")
+    regular_file(model, "model file")
+    lm = load_model(model, kind, seed=int(src.get("seed", 0)), weights=weights,
+                    sha256=src["model_sha256"])
+    return TorchRunner(lm, "cpu", threads=threads)
 
 
 def _static_size(runner: Any, kind: str) -> tuple[int, int] | None:
@@ -210,23 +343,25 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
     weights are verified against the manifest's ``state_dict_sha256``.  ``sizes`` defaults
     to the export size (plus a second size for dynamic exports).
     """
+    from nasfcos.io import regular_file
+    from nasfcos.runtime.export import manifest_file
     from nasfcos.runtime.models import state_dict_hash
     from nasfcos.runtime.runners import make_runner
 
-    artifact = Path(artifact)
+    artifact = regular_file(artifact, "exported model")
     man = _manifest_or_none(artifact)
-    src = (man or {}).get("source", {})
-    if "model" in src and isinstance(src["model"], dict):  # engine manifest: ONNX's source
-        src = src["model"]
-    if against is None:
+    src, base = _manifest_source(artifact, man) if man else ({}, artifact.parent)
+    from_manifest = against is None
+    if from_manifest:
         if not src.get("model"):
             raise NasfcosError(f"{artifact}: no manifest naming its model.py; pass --against")
-        against = src["model"]
+        against = manifest_file(base, src["model"])
+    else:
+        regular_file(against, "reference model")
     against = Path(against)
-    precision = "fp32"
-    if man and man.get("artifact", {}).get("type") == "tensorrt":
-        prec = man.get("build", {}).get("precision", [])
-        precision = "int8" if "int8" in prec else "fp16" if "fp16" in prec else "fp32"
+    from nasfcos.runtime.precision import manifest_precision
+
+    precision = manifest_precision(man or {})
     tol = tol or TOLERANCES[precision]
 
     runner = make_runner(artifact, backend, device, threads=threads)
@@ -234,11 +369,16 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
         kind = kind or runner.kind or src.get("kind")
         ref_opts: dict[str, Any] = {}
         if against.suffix == ".py":
+            weights = src.get("weights")
             ref_opts = {"kind": kind, "seed": int(src.get("seed", 0)),
-                        "weights": src.get("weights"), "threads": threads}
+                        "weights": str(manifest_file(base, weights)) if weights else None,
+                        "threads": threads}
         elif against.suffix == ".onnx":
             ref_opts = {"threads": threads}
-        ref = make_runner(against, None, "cpu", **ref_opts)
+        if from_manifest and against.suffix == ".py":
+            ref = _trusted_reference(artifact, src, base, kind, threads)
+        else:
+            ref = make_runner(against, None, "cpu", **ref_opts)
         try:
             if against.suffix == ".py" and src.get("state_dict_sha256"):
                 actual = state_dict_hash(ref.model.net.detector if kind == "detector"
@@ -266,12 +406,16 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
                 batch = int(exp.get("batch", 1))
             report = CheckReport(artifact=str(artifact), reference=str(against),
                                  backend=runner.backend, reference_backend=ref.backend,
-                                 kind=kind, sizes=[list(s) for s in sizes], seed=seed)
+                                 kind=kind, sizes=[list(s) for s in sizes], seed=seed,
+                                 precision=precision)
             for size in sizes:
                 inputs = make_inputs(kind, size, batch, seed, in_channels)
                 got = runner(*inputs)
                 want = ref(*inputs)
                 checks = compare_outputs(runner.output_names, want, got, tol)
+                if tuple(runner.output_names) == DETECTOR_OUTPUTS:
+                    report.agreement.append({"size": list(size),
+                                             **asdict(detection_agreement(want, got))})
                 if len(sizes) > 1:
                     for c in checks:
                         c.name = f"{c.name}@{size[0]}x{size[1]}"
@@ -283,5 +427,5 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
         runner.close()
 
 
-__all__ = ["TOLERANCES", "CheckReport", "OutputCheck", "Tolerance", "check_artifact",
-           "compare_outputs", "compare_tensor"]
+__all__ = ["TOLERANCES", "Agreement", "CheckReport", "OutputCheck", "Tolerance", "check_artifact",
+           "compare_outputs", "compare_tensor", "detection_agreement"]

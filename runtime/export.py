@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import io
+import os
 import platform
 import warnings
 from collections import Counter
@@ -26,11 +27,15 @@ import torch
 from nasfcos.errors import NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from nasfcos.runtime.models import LoadedModel, load_model
+from nasfcos.runtime.optimize import optimize_onnx
+from nasfcos.runtime.precision import PrecisionOptions, calibration_files, lower_precision
 
 #: ONNX opset: 19 is the first with ``DeformConv``.
 MIN_OPSET = 19
 DEFAULT_OPSET = 19
 MANIFEST_FORMAT = "nasfcos-export/1"
+#: Smallest image side a dynamic export is traced at (every FPN level at least 2 cells).
+DYNAMIC_MIN_TRACE = 192
 
 
 @dataclass
@@ -46,8 +51,12 @@ class ExportOptions:
     dynamic: bool = False
     opset: int = DEFAULT_OPSET
     simplify: bool = True
+    #: nasfcos's graph passes (:mod:`nasfcos.runtime.optimize`) after the simplifier.
+    optimize: bool = True
     seed: int = 0
     weights: Path | None = None
+    #: Reduced precision built into the graph (:mod:`nasfcos.runtime.precision`).
+    precision: PrecisionOptions | None = None
 
 
 @dataclass
@@ -193,6 +202,38 @@ def simplify_onnx(model: Any) -> Any:
     return slim
 
 
+def _classes(lm: LoadedModel) -> dict[str, Any] | None:
+    """Class names and COCO category ids of the model, from its ``nasfcos train`` weights file
+    (``{"names": [K], "category_ids": [K]}``); None for random or bare state_dict weights."""
+    if lm.weights is None:
+        return None
+    from nasfcos.weights import load_weights_file
+
+    meta = load_weights_file(lm.weights)
+    ids, names = meta.get("cat_ids"), meta.get("class_names")
+    if ids is None and names is None:
+        return None
+    ids = [int(i) for i in ids] if ids is not None else None
+    names = [str(n) for n in names] if names is not None else None
+    return {"names": names, "category_ids": ids}
+
+
+def _set_metadata(proto: Any, lm: LoadedModel, classes: dict[str, Any] | None) -> None:
+    """ONNX ``metadata_props``: genotype, kind, and the classes (JSON lists), so an ONNX file
+    handed on without its manifest still says what its labels mean."""
+    import json
+
+    props = {"nasfcos.kind": lm.kind,
+             "nasfcos.genotype_hash": str(lm.info.get("genotype_hash") or ""),
+             "nasfcos.num_classes": str(lm.info.get("num_classes") or "")}
+    if classes is not None:
+        props["nasfcos.class_names"] = json.dumps(classes["names"])
+        props["nasfcos.category_ids"] = json.dumps(classes["category_ids"])
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                 opts: ExportOptions | None = None, *, progress: bool = False) -> ExportResult:
     """Export ``model`` (a ``model.py`` path or a :class:`LoadedModel`) to ``out`` (``.onnx``).
@@ -207,11 +248,15 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
     out = Path(out)
     if out.suffix != ".onnx":
         raise NasfcosError(f"{out}: the output file must end in .onnx")
+    prec = opts.precision or PrecisionOptions()
+    prec.validate()
+    if prec.precision == "int8":
+        calibration_files(prec)  # bad calibration input fails before any work
     steps = ["load", "export", "simplify", "check", "write"]
     bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(steps), desc="export", unit="step", leave=False)
+    if progress:  # a bar on a TTY, a line per step otherwise
+        from nasfcos.progress import progress_bar
+        bar = progress_bar(len(steps), desc="export", unit="step")
 
     def step(name: str) -> None:
         if bar is not None:
@@ -223,11 +268,21 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
     lm = model if isinstance(model, LoadedModel) else load_model(
         model, opts.kind, seed=opts.seed, weights=opts.weights)
     seconds["load"] = time.perf_counter() - t0
+    prec.validate(lm.input_names)
     step("load")
     batch = opts.batch
     if opts.dynamic and batch == 1:
         batch = 2  # an example batch of 1 would be specialised to a constant
     size = tuple(opts.size)
+    if opts.dynamic and min(size) < DYNAMIC_MIN_TRACE:
+        # torch.export specialises dimensions of size 1: below ~129 px the stride-128 level
+        # is 1 cell high or wide, and the graph would only be valid up to the traced size.
+        traced = (max(size[0], DYNAMIC_MIN_TRACE), max(size[1], DYNAMIC_MIN_TRACE))
+        warnings.warn(f"dynamic export: traced at {traced[0]}x{traced[1]} instead of "
+                      f"{size[0]}x{size[1]} (a trace below {DYNAMIC_MIN_TRACE} px fixes the "
+                      "coarsest level's size); the graph stays valid for smaller inputs",
+                      stacklevel=2)
+        size = traced
     if opts.dynamic and size[0] == size[1]:
         # torch.export gives input dims with equal example values one symbol ("duck
         # sizing"), which would tie height to width: trace a non-square example instead.
@@ -262,6 +317,11 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
         warnings.warn(f"{lm.path.name}: the model specialises its batch; exported with a "
                       f"static batch of {batch} (height and width stay dynamic)", stacklevel=2)
     ranges = _dynamic_ranges(program, lm.input_names) if opts.dynamic else {}
+    bounded = sorted({f"{name}[{axis}] <= {hi}" for name, axes in ranges.items()
+                      for axis, (_, hi) in axes.items() if hi is not None and axis != "0"})
+    if bounded:
+        warnings.warn(f"{lm.path.name}: the dynamic export is only valid for "
+                      f"{', '.join(bounded)} (recorded in the manifest)", stacklevel=2)
     seconds["export"] = time.perf_counter() - t0
     step("export")
     proto = program.model_proto
@@ -275,10 +335,17 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
             warnings.warn(f"onnxslim failed, keeping the unsimplified graph: {exc}", stacklevel=2)
         seconds["simplify"] = time.perf_counter() - t0
     step("simplify")
+    passes = optimize_onnx(proto) if opts.optimize else None
     t0 = time.perf_counter()
     check_onnx(proto)
+    precision_record: dict[str, Any] = {"precision": "fp32"}
+    if prec.precision != "fp32":
+        proto, precision_record = lower_precision(proto, prec, size, batch)
+        check_onnx(proto)
     seconds["check"] = time.perf_counter() - t0
     step("check")
+    classes = _classes(lm)
+    _set_metadata(proto, lm, classes)
     data = proto.SerializeToString()
     if len(data) >= 2**31:
         raise NasfcosError("the ONNX model is over 2 GB, which needs external data (unsupported)")
@@ -289,24 +356,29 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
         raise NasfcosError("exported graph has unexpected input/output names "
                            f"{[i['name'] for i in ins]} -> {[o['name'] for o in outs]}")
     ops = Counter(n.op_type for n in proto.graph.node)
+    base = out.resolve().parent  # manifests name files relative to themselves
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "artifact": {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
                      "bytes": len(data)},
-        "source": {"model": str(lm.path), "model_sha256": lm.info["model_sha256"],
-                   "kind": lm.kind, "seed": lm.seed,
-                   "weights": str(lm.weights) if lm.weights else None,
+        "source": {"model": os.path.relpath(lm.path.resolve(), base),
+                   "model_sha256": lm.info["model_sha256"], "kind": lm.kind, "seed": lm.seed,
+                   "weights": os.path.relpath(lm.weights.resolve(), base) if lm.weights else None,
                    "weights_sha256": sha256_file(lm.weights) if lm.weights else None,
                    "state_dict_sha256": lm.info["state_dict_sha256"]},
         "genotype": {"name": lm.info["genotype_name"], "hash": lm.info["genotype_hash"]},
+        "precision": precision_record,
+        "options": lm.info.get("options", {}),
         "widths": {k: lm.info[k] for k in ("fpn_channels", "head_channels", "num_classes",
                                            "in_channels", "backbone")},
+        "classes": classes,
         "inputs": ins,
         "outputs": outs,
         "export": {"opset": opts.opset, "size": list(size), "batch": batch,
                    "dynamic": opts.dynamic, "dynamic_batch": dynamic_batch,
                    "dynamic_ranges": ranges,
                    "simplified": simplified,
+                   "graph_passes": passes,
                    "exporter": "torch.onnx.export(dynamo=True)",
                    "ir_version": proto.ir_version,
                    "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node)},
@@ -322,21 +394,90 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                         seconds=seconds)
 
 
+#: Manifest fields a tool reads, with their types (None allowed where listed).
+_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "artifact": {"file": (str,), "type": (str,), "sha256": (str,), "bytes": (int,)},
+    "source": {"model": (str, dict, type(None)), "model_sha256": (str, type(None)),
+               "kind": (str, type(None)), "seed": (int,), "weights": (str, type(None)),
+               "weights_sha256": (str, type(None)), "state_dict_sha256": (str, type(None)),
+               "onnx": (str,), "onnx_sha256": (str,)},
+    "export": {"opset": (int,), "size": (list,), "batch": (int,), "dynamic": (bool,),
+               "dynamic_ranges": (dict,)},
+    "widths": {"in_channels": (list, type(None))},
+    "build": {"precision": (list,)},
+}
+
+
+def _check_fields(data: dict[str, Any], mpath: Path) -> None:
+    """One-line error for a manifest field of the wrong type (bool is not an int here)."""
+    for section, fields in _FIELDS.items():
+        sec = data.get(section)
+        if sec is None and section not in ("artifact", "source"):
+            continue
+        if not isinstance(sec, dict):
+            raise NasfcosError(f"{mpath}: field {section!r} must be an object")
+        for key, types in fields.items():
+            if key not in sec:
+                continue
+            v = sec[key]
+            if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+                raise NasfcosError(f"{mpath}: field {section}.{key} has the wrong type "
+                                   f"({type(v).__name__})")
+    size = data.get("export", {}).get("size")
+    if size is not None and not (len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise NasfcosError(f"{mpath}: field export.size must be two positive integers")
+    for key in ("inputs", "outputs"):
+        if key in data and not (isinstance(data[key], list)
+                                and all(isinstance(t, dict) for t in data[key])):
+            raise NasfcosError(f"{mpath}: field {key!r} must be a list of objects")
+
+
 def load_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of an artifact (``path`` is the artifact or the manifest itself)."""
+    """The manifest of an artifact (``path`` is the artifact or the manifest itself).
+
+    Raises a one-line :class:`NasfcosError` for a missing, special, binary or malformed
+    manifest and for fields of the wrong type.
+    """
     import json
+
+    from nasfcos.io import regular_file
 
     path = Path(path)
     mpath = path if path.name.endswith(".json") else manifest_path_for(path)
-    if not mpath.is_file():
+    if not mpath.exists():
         raise NasfcosError(f"{mpath}: no manifest next to {path.name}")
+    regular_file(mpath, "manifest")
     try:
-        data = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise NasfcosError(f"{mpath}: not valid JSON ({exc})") from exc
+        data = json.loads(mpath.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise NasfcosError(f"{mpath}: not a text (UTF-8) manifest") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise NasfcosError(f"{mpath}: not valid JSON ({str(exc)[:120]})") from None
+    except OSError as exc:
+        raise NasfcosError(f"{mpath}: cannot read ({exc.strerror})") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise NasfcosError(f"{mpath}: not a nasfcos export manifest")
+    _check_fields(data, mpath)
     return data
+
+
+def rebase_source(source: dict[str, Any], from_dir: str | Path, to_dir: str | Path) -> dict[str, Any]:
+    """A manifest ``source`` section copied next to another artifact: its relative file names
+    (``model``, ``weights``) rewritten relative to ``to_dir``."""
+    out = dict(source)
+    for key in ("model", "weights"):
+        if isinstance(out.get(key), str):
+            path = manifest_file(from_dir, out[key]).resolve()
+            out[key] = os.path.relpath(path, Path(to_dir).resolve())
+    return out
+
+
+def manifest_file(manifest_dir: str | Path, name: str) -> Path:
+    """A file a manifest names: relative names are relative to the manifest's folder
+    (never to the current directory); absolute names are kept."""
+    p = Path(name)
+    return p if p.is_absolute() else Path(manifest_dir) / p
 
 
 def verify_manifest(path: str | Path) -> list[str]:
@@ -385,5 +526,6 @@ def export_summary(result: ExportResult) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "check_onnx",
-           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_path_for",
+           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_file", "rebase_source",
+           "manifest_path_for",
            "simplify_onnx", "tool_versions", "verify_manifest"]

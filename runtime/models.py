@@ -30,7 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
-from nasfcos.modelfile import load_model_file
+from nasfcos.genotypes.space import BACKBONE_STRIDES
+from nasfcos.modelfile import load_model_file, model_code_guard
+from nasfcos.weights import load_state_dict_strict, load_weights_file
 
 ModelKind = Literal["decoder", "detector"]
 MODEL_KINDS: tuple[str, ...] = ("decoder", "detector")
@@ -43,7 +45,7 @@ DECODER_OUTPUTS: tuple[str, ...] = tuple(
 DETECTOR_INPUTS: tuple[str, ...] = ("images",)
 DETECTOR_OUTPUTS: tuple[str, ...] = ("boxes", "scores", "labels")
 #: Strides of the backbone features c2..c5.
-FEATURE_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
+FEATURE_STRIDES: tuple[int, ...] = BACKBONE_STRIDES  # c2..c5
 
 
 def io_names(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -195,34 +197,36 @@ def state_dict_hash(net: nn.Module) -> str:
 
 
 def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
-               weights: str | Path | None = None, **overrides: Any) -> LoadedModel:
+               weights: str | Path | None = None, sha256: str | None = None,
+               **overrides: Any) -> LoadedModel:
     """Import a compiled ``model.py`` and build the chosen module in eval mode.
 
     Weights: random, seeded with ``torch.manual_seed(seed)`` before construction (so the
     same seed rebuilds the same weights), or a ``state_dict`` file (``torch.save``) in
-    ``weights``, loaded strictly.  ``overrides`` go to the constructor.
+    ``weights``, loaded strictly.  ``overrides`` go to the constructor.  ``sha256``: the
+    file must hash to it before it is imported (a manifest's ``model_sha256``).
     """
     path = Path(path)
-    module = load_model_file(path)
+    module = load_model_file(path, sha256=sha256)
     kind = detect_kind(module, kind)
+    weights_path = Path(weights) if weights is not None else None
+    ckpt = load_weights_file(weights_path) if weights_path is not None else None
+    if ckpt is not None and kind == "detector":
+        # what 'nasfcos train' recorded: the class count and constructor options it trained
+        for key, value in dict(ckpt.get("model_kwargs") or {}).items():
+            overrides.setdefault(key, value)
+        if "num_classes" in ckpt:
+            overrides.setdefault("num_classes", int(ckpt["num_classes"]))
     torch.manual_seed(seed)
     try:
-        if kind == "detector":
-            inner = module.Detector(**overrides)
-        else:
-            inner = module.Decoder(**overrides)
-    except TypeError as exc:
-        raise NasfcosError(f"{path}: cannot build the {kind} ({exc})") from exc
-    weights_path = Path(weights) if weights is not None else None
-    if weights_path is not None:
-        from nasfcos.fcos.evaluate import load_weights_file
-
-        state = load_weights_file(weights_path)["model"]
-        try:
-            inner.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise NasfcosError(f"{weights_path}: weights do not match the {kind} ({first})") from exc
+        with model_code_guard(path):
+            inner = module.Detector(**overrides) if kind == "detector" else module.Decoder(**overrides)
+    except NasfcosError as exc:
+        if not isinstance(exc.__cause__, TypeError):
+            raise
+        raise NasfcosError(f"{path}: cannot build the {kind} ({exc.__cause__})") from exc
+    if ckpt is not None:
+        load_state_dict_strict(inner, ckpt["model"], str(weights_path))
     inner.eval()
     net = (DetectorIO(inner) if kind == "detector" else DecoderIO(inner)).eval()
     for p in net.parameters():
@@ -239,6 +243,9 @@ def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
         "backbone": getattr(module, "BACKBONE", None),
         "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "state_dict_sha256": state_dict_hash(inner),
+        # the compiled behaviour options (model.py constants; absent in older files)
+        "options": {k.lower(): getattr(module, k) for k in ("BOX_REGRESSION", "SCORING", "PREPROCESS")
+                    if isinstance(getattr(module, k, None), str)},
     }
     return LoadedModel(path=path, module=module, kind=kind, net=net, input_names=in_names,
                        output_names=out_names,

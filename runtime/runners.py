@@ -56,6 +56,9 @@ class Runner:
         self.device = "cpu"
         self.input_names: list[str] = []
         self.output_names: list[str] = []
+        #: a fixed input (H, W) / batch of a static export, else None (see nasfcos.fcos.evaluate)
+        self.input_size: tuple[int, int] | None = None
+        self.batch_size: int | None = None
         #: ``decoder`` / ``detector`` when the tensor names say so, else None.
         self.kind: str | None = None
         #: Channels of c2..c5 for decoders, when known.
@@ -122,7 +125,7 @@ class TorchRunner(Runner):
 
     def __init__(self, model: str | Path | LoadedModel, device: str = "cpu", *,
                  kind: str | None = None, seed: int = 0, weights: str | Path | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, overrides: dict[str, Any] | None = None) -> None:
         super().__init__()
         import torch
 
@@ -136,7 +139,7 @@ class TorchRunner(Runner):
             torch.set_num_threads(int(threads))
         self.threads = torch.get_num_threads()
         self.model = model if isinstance(model, LoadedModel) else load_model(
-            model, kind, seed=seed, weights=weights)
+            model, kind, seed=seed, weights=weights, **(overrides or {}))
         self.net = self.model.net.to(device)
         self.kind = self.model.kind
         self.in_channels = self.model.in_channels
@@ -233,7 +236,8 @@ def ort_session_options(threads: int | None = None, *, opt_level: str = "all",
 
     Graph optimisations at ``opt_level`` (``basic``, ``extended``, ``all`` = layout
     optimisations incl. NCHWc convolutions on x86), sequential execution, one inter-op thread,
-    ``threads`` intra-op threads (None = ORT's default, one per physical core).
+    ``threads`` intra-op threads (None = ORT's default, one per physical core) that do not
+    spin while idle.
     """
     import onnxruntime as ort
 
@@ -250,6 +254,9 @@ def ort_session_options(threads: int | None = None, *, opt_level: str = "all",
     if threads:
         so.intra_op_num_threads = int(threads)
     so.log_severity_level = 4  # errors surface as exceptions (one line, see run())
+    # idle pool threads sleep instead of spinning: they would take a core from the one thread
+    # still working (single-threaded kernels such as DeformConv) or from other processes
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     return so
@@ -307,6 +314,12 @@ class OrtRunner(Runner):
         self._outputs: list[Any] = []
         self._binding: Any = None
         self._ranges = _manifest_ranges(path)
+        if self.kind == "detector":  # a static export fixes the batch and/or the image size
+            shape = list(self.session.get_inputs()[0].shape)
+            if isinstance(shape[0], int):
+                self.batch_size = int(shape[0])
+            if all(isinstance(d, int) for d in shape[2:4]):
+                self.input_size = (int(shape[2]), int(shape[3]))
         self.setup_seconds = time.perf_counter() - t0
 
     def _check_ranges(self, arrays: Sequence[np.ndarray]) -> None:
@@ -406,8 +419,8 @@ def _export_temp(path: Path, export: dict[str, Any]) -> tuple[Path, tempfile.Tem
 
 
 _OPTS: dict[str, set[str]] = {
-    "torch": {"kind", "seed", "weights", "threads"},
-    "torch-compile": {"kind", "seed", "weights", "threads", "mode"},
+    "torch": {"kind", "seed", "weights", "threads", "overrides"},
+    "torch-compile": {"kind", "seed", "weights", "threads", "mode", "overrides"},
     "onnxruntime": {"threads", "opt_level", "optimized_path", "export"},
     "tensorrt": {"fp16", "int8_calib", "workspace_gb", "shapes", "timing_cache", "export",
                  "engine_dir"},

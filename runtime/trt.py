@@ -1,26 +1,38 @@
-"""TensorRT (>= 10.1) engines: build from ONNX, and run (optional extra ``[trt]``).
+"""TensorRT 10.1 - 11.x engines: build from ONNX, and run (optional extra ``[trt]``).
 
-Building (:func:`build_engine`): ``trt.Builder`` -> ``create_network(0)`` (explicit batch is
-the only mode in 10.x) -> ``trt.OnnxParser.parse_from_file`` (every parser error reported
-with its node name and operator; ``DeformConv`` is imported natively by the 10.x parser) ->
-builder config: workspace pool limit, ``FP16`` / ``INT8`` flags (INT8 with an entropy
-calibrator fed from an image folder), one optimisation profile (min/opt/max per input) for
-dynamic shapes, a persistent timing cache -> ``build_serialized_network`` -> engine file and
-manifest ``<engine>.json``.
+Strong typing only (TensorRT 11 removed weak typing: ``BuilderFlag.FP16/INT8/BF16/FP8/INT4/
+FP4``, ``IBuilderConfig.int8_calibrator``, ``set_calibration_profile``, the ``IInt8*Calibrator``
+classes, ``platform_has_fast_fp16/int8``; see NVIDIA's "Migrating from TensorRT 10.x to
+11.x").  The precision of every tensor is the one the ONNX file gives it
+(:mod:`nasfcos.runtime.precision`: FP16 casts, INT8 Q/DQ pairs), the same on 10.x and 11.x.
+
+Building (:func:`build_engine`): ``trt.Builder`` -> ``create_network(flags)`` with
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` on 10.x and the default (0) on 11.x, where
+strong typing is the only mode -> ``OnnxParser.parse_from_file`` (every parser error with its
+node name and operator; ``DeformConv`` is imported natively) -> builder config: workspace pool
+limit, optimisation level, one optimisation profile (min/opt/max per input) for dynamic
+shapes, a persistent timing cache; no precision flag -> ``build_serialized_network`` -> engine
+file and manifest ``<engine>.json`` (precision read from the ONNX manifest).  The legacy
+``fp16`` / ``int8_calib`` options lower the ONNX first (fp16 pass; int8 Q/DQ for the
+``tensorrt`` target calibrated on the folder) and build that.
 
 Running (:class:`TrtRunner`): ``Runtime.deserialize_cuda_engine`` -> execution context;
 per call ``set_input_shape`` and ``set_tensor_address`` for each I/O tensor, then
-``execute_async_v3`` on a ``torch.cuda`` stream.  Device buffers are torch CUDA tensors, so
-no pycuda is needed.  Outputs whose shape depends on data are served by an
-``IOutputAllocator``.
+``execute_async_v3`` on a ``torch.cuda`` stream.  Device buffers are torch CUDA tensors (no
+pycuda).  Outputs whose shape depends on data are served by an ``IOutputAllocator``
+(``reallocate_output_async`` + ``notify_shape``); device memory is read from
+``device_memory_size_v2`` (the unsuffixed queries are gone in 11.x).
 
-Without the ``tensorrt`` package or without a CUDA GPU every entry point raises
-:class:`~nasfcos.errors.BackendUnavailable` with a one-line message.
+Without the ``tensorrt`` package, with a version outside [10.1, 12), or without a CUDA GPU,
+every entry point raises :class:`~nasfcos.errors.BackendUnavailable` with a one-line message.
+:data:`TRT_API` lists every TensorRT name this module touches (the API-conformance tests hold
+it to the 10.x and 11.x Python APIs).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import tempfile
 import time
@@ -37,27 +49,128 @@ from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha2
 from nasfcos.runtime.runners import Runner, kind_from_inputs
 
 MIN_TRT_VERSION = (10, 1)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: First major version not supported (its API is unknown today).
+MAX_TRT_MAJOR = 12
+
+#: Every TensorRT Python name this module uses (module attributes, then ``Class.member``).
+TRT_API: tuple[str, ...] = (
+    "__version__", "Logger", "Logger.WARNING", "Builder", "Builder.create_network",
+    "Builder.create_builder_config", "Builder.create_optimization_profile",
+    "Builder.build_serialized_network", "NetworkDefinitionCreationFlag",
+    "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "MemoryPoolType", "TensorIOMode",
+    "INetworkDefinition.num_inputs", "INetworkDefinition.get_input", "ITensor.name",
+    "ITensor.shape", "OnnxParser", "OnnxParser.parse_from_file", "OnnxParser.num_errors",
+    "OnnxParser.get_error", "ParserError.node", "ParserError.node_name",
+    "ParserError.node_operator", "ParserError.code", "ParserError.desc",
+    "IBuilderConfig.set_memory_pool_limit", "MemoryPoolType.WORKSPACE",
+    "IBuilderConfig.builder_optimization_level", "IBuilderConfig.add_optimization_profile",
+    "IOptimizationProfile.set_shape", "IBuilderConfig.create_timing_cache",
+    "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache",
+    "ITimingCache.serialize", "Runtime", "Runtime.deserialize_cuda_engine",
+    "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
+    "ICudaEngine.get_tensor_shape", "ICudaEngine.get_tensor_dtype",
+    "ICudaEngine.create_execution_context", "ICudaEngine.device_memory_size_v2",
+    "TensorIOMode.INPUT", "nptype", "IExecutionContext.set_input_shape",
+    "IExecutionContext.set_tensor_address", "IExecutionContext.get_tensor_shape",
+    "IExecutionContext.set_output_allocator", "IExecutionContext.execute_async_v3",
+    "IOutputAllocator", "IOutputAllocator.reallocate_output_async",
+    "IOutputAllocator.notify_shape")
+
+
+def trt_version(trt: ModuleType) -> tuple[int, int]:
+    """(major, minor) of an imported ``tensorrt`` module."""
+    nums = [int(v) for v in re.findall(r"\d+", str(getattr(trt, "__version__", "")))[:2]]
+    if len(nums) < 2:
+        raise BackendUnavailable(f"tensorrt: cannot read its version "
+                                 f"{getattr(trt, '__version__', None)!r}")
+    return nums[0], nums[1]
+
+
+def check_version(trt: ModuleType) -> tuple[int, int]:
+    """The version, or a one-line BackendUnavailable outside [10.1, 12)."""
+    version = trt_version(trt)
+    lo = ".".join(map(str, MIN_TRT_VERSION))
+    if version < MIN_TRT_VERSION:
+        raise BackendUnavailable(f"tensorrt: version {trt.__version__} is too old (need >= {lo},"
+                                 f" < {MAX_TRT_MAJOR}: pip install 'nasfcos[trt]')")
+    if version[0] >= MAX_TRT_MAJOR:
+        raise BackendUnavailable(f"tensorrt: version {trt.__version__} is newer than this "
+                                 f"nasfcos supports (>= {lo}, < {MAX_TRT_MAJOR})")
+    return version
+
+
+def network_flags(trt: ModuleType) -> int:
+    """``create_network`` flags: STRONGLY_TYPED on 10.x; 0 on 11.x (strong typing is the only
+    mode there and the flag is deprecated)."""
+    if check_version(trt)[0] >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+class _TorchCuda:
+    """The CUDA side of the runner and builder (torch): one place, so the API-conformance
+    tests can run the TensorRT calls without a GPU."""
+
+    @staticmethod
+    def available() -> bool:
+        import torch
+
+        return bool(torch.cuda.is_available())
+
+    @staticmethod
+    def device_info(device: str = "cuda") -> dict[str, Any]:
+        import torch
+
+        return {"gpu": torch.cuda.get_device_name(device),
+                "capability": list(torch.cuda.get_device_capability(device))}
+
+    @staticmethod
+    def stream(device: str) -> Any:
+        import torch
+
+        return torch.cuda.Stream(device=device)
+
+    @staticmethod
+    def stream_handle(stream: Any) -> int:
+        return int(stream.cuda_stream)
+
+    @staticmethod
+    def upload(array: np.ndarray, dtype: Any, device: str, stream: Any) -> Any:
+        import torch
+
+        with torch.cuda.stream(stream):
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device, dtype=dtype)
+
+    @staticmethod
+    def empty(shape: Sequence[int], dtype: Any, device: str) -> Any:
+        import torch
+
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+    @staticmethod
+    def dtype(name: str) -> Any:
+        import torch
+
+        return getattr(torch, name) if name != "bool" else torch.bool
+
+
+#: Swapped for a CPU stand-in by the API-conformance tests.
+cuda: Any = _TorchCuda
 
 
 def require_tensorrt(*, need_gpu: bool = True) -> ModuleType:
-    """Import ``tensorrt`` (>= 10.1) and check for a CUDA GPU; else BackendUnavailable."""
+    """Import ``tensorrt`` (10.1 <= version < 12) and check for a CUDA GPU; else
+    BackendUnavailable with a one-line reason."""
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailable("tensorrt: the TensorRT Python package is not installed "
                                  "(pip install 'nasfcos[trt]' on a machine with an NVIDIA "
                                  "GPU)") from exc
-    version = tuple(int(v) for v in re.findall(r"\d+", trt.__version__)[:2])
-    if version < MIN_TRT_VERSION:
-        raise BackendUnavailable(f"tensorrt: version {trt.__version__} is too old "
-                                 f"(need >= {'.'.join(map(str, MIN_TRT_VERSION))})")
-    if need_gpu:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("tensorrt: no CUDA GPU available "
-                                     "(torch.cuda.is_available() is False)")
+    check_version(trt)
+    if need_gpu and not cuda.available():
+        raise BackendUnavailable("tensorrt: no CUDA GPU available "
+                                 "(torch.cuda.is_available() is False)")
     return trt
 
 
@@ -79,13 +192,15 @@ class TrtBuildOptions:
 
     ``shapes``: per input name, the (min, opt, max) shapes of the optimisation profile;
     needed when the ONNX model has dynamic dimensions (see :func:`profile_shapes`).
-    ``int8_calib``: folder of calibration images (detector models only); the calibration
-    cache is written next to the engine.  ``workspace_gb``: builder workspace pool limit.
+    ``workspace_gb``: builder workspace pool limit.  ``fp16`` / ``int8_calib`` (legacy): lower
+    an fp32 ONNX file to fp16, or to int8 Q/DQ calibrated on that image folder (``tensorrt``
+    target, ``calib_images`` images), before building; a reduced-precision ONNX file needs
+    neither.
     """
 
     fp16: bool = False
     int8_calib: Path | None = None
-    calib_batches: int = 32
+    calib_images: int = 32
     workspace_gb: float = 4.0
     shapes: dict[str, ShapeTriple] | None = None
     timing_cache: Path | None = None
@@ -127,63 +242,72 @@ def _parser_errors(parser: Any) -> list[str]:
     return lines
 
 
-def _image_calibrator(trt: ModuleType, files: list[Path], input_name: str,
-                      shape: tuple[int, ...], cache_path: Path, max_batches: int) -> Any:
-    """An ``IInt8EntropyCalibrator2`` feeding resized RGB images in [0, 1] (NCHW float32)."""
-    import torch
-    from PIL import Image
+def _onnx_precision(onnx_path: Path) -> tuple[str, dict[str, Any] | None]:
+    """(precision, manifest or None) of an ONNX file, from its manifest."""
+    from nasfcos.runtime.export import load_manifest
+    from nasfcos.runtime.precision import manifest_precision
 
-    n, _, h, w = shape
+    try:
+        man = load_manifest(onnx_path)
+    except NasfcosError:
+        return "fp32", None
+    return manifest_precision(man), man
 
-    class ImageFolderCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.files = files
-            self.index = 0
-            self.batches = 0
-            self.device_buffer = torch.empty(shape, dtype=torch.float32, device="cuda")
 
-        def get_batch_size(self) -> int:
-            return n
+def lower_for_trt(onnx_path: Path, opts: TrtBuildOptions, workdir: Path) -> Path:
+    """The ONNX file to build: ``onnx_path`` itself, or (legacy ``fp16`` / ``int8_calib``)
+    its fp16 or int8-Q/DQ (tensorrt target) version written into ``workdir``.
 
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.batches >= max_batches or self.index + n > len(self.files):
-                return None
-            batch = np.empty(shape, dtype=np.float32)
-            for j in range(n):
-                with Image.open(self.files[self.index + j]) as im:
-                    im = im.convert("RGB").resize((w, h), Image.BILINEAR)
-                    batch[j] = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
-            self.index += n
-            self.batches += 1
-            self.device_buffer.copy_(torch.from_numpy(batch))
-            torch.cuda.synchronize()
-            assert input_name in names
-            return [int(self.device_buffer.data_ptr())]
+    Raises for combinations TensorRT cannot build (an int8 ``cpu``-target file).
+    """
+    from nasfcos.runtime.precision import PrecisionOptions, convert_onnx
 
-        def read_calibration_cache(self) -> bytes | None:
-            return cache_path.read_bytes() if cache_path.is_file() else None
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            atomic_write_bytes(cache_path, bytes(cache))
-
-    return ImageFolderCalibrator()
+    have, man = _onnx_precision(onnx_path)
+    if have == "int8" and (man or {}).get("precision", {}).get("target") == "cpu":
+        raise NasfcosError(f"{onnx_path.name} is int8 for the cpu target (uint8 activations); "
+                           "TensorRT's INT8 is symmetric: export with --int8-target tensorrt")
+    if opts.fp16 and opts.int8_calib is not None:
+        raise NasfcosError("give one of fp16 and int8_calib")
+    want = "fp16" if opts.fp16 else "int8" if opts.int8_calib is not None else None
+    if want is None or want == have:
+        return onnx_path
+    if have != "fp32":
+        raise NasfcosError(f"{onnx_path.name} is already {have}; cannot build it as {want}")
+    if man is None:
+        raise NasfcosError(f"{onnx_path.name}: no manifest; lower its precision with nasfcos "
+                           "export --precision first")
+    popts = PrecisionOptions(precision=want, calib=opts.int8_calib,
+                             calib_images=opts.calib_images, int8_target="tensorrt")
+    out = workdir / f"{onnx_path.stem}.{want}.onnx"
+    convert_onnx(onnx_path, out, popts)
+    return out
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path,
                  opts: TrtBuildOptions | None = None) -> dict[str, Any]:
-    """Build a serialized TensorRT engine from an ONNX file; returns the written manifest."""
+    """Build a serialized, strongly typed TensorRT engine from an ONNX file; returns the
+    written manifest.  Nothing is written when the build fails."""
     trt = require_tensorrt()
-    import torch
-
     opts = opts or TrtBuildOptions()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise NasfcosError(f"{onnx_path}: no such ONNX file")
+    with tempfile.TemporaryDirectory(prefix="nasfcos-trt-") as tmp:
+        source = lower_for_trt(onnx_path, opts, Path(tmp))
+        return _build(trt, source, engine_path, opts, origin=onnx_path)
+
+
+def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
+           opts: TrtBuildOptions, origin: Path) -> dict[str, Any]:
+    """Build ``onnx_path`` (``origin`` itself, or its lowered copy in a temporary folder);
+    the manifest names ``origin`` and carries its source, precision from ``onnx_path``."""
+    precision, lowered_manifest = _onnx_precision(onnx_path)
+    _, onnx_manifest = _onnx_precision(origin)
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # 10.x: explicit batch always, flags deprecated
+    flags = network_flags(trt)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = _parser_errors(parser)
@@ -194,15 +318,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
     if opts.optimization_level is not None:
         config.builder_optimization_level = int(opts.optimization_level)
-    precision = ["fp32"]
-    if opts.fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-        precision.append("fp16")
 
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     input_names = [t.name for t in inputs]
     dynamic = any(d < 0 for t in inputs for d in tuple(t.shape))
-    profile = None
     profile_desc: dict[str, list[list[int]]] = {}
     if dynamic or opts.shapes:
         if not opts.shapes:
@@ -224,27 +343,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
             profile_desc[t.name] = [list(mn), list(op), list(mx)]
         config.add_optimization_profile(profile)
 
-    calibrator = None
-    if opts.int8_calib is not None:
-        calib_dir = Path(opts.int8_calib)
-        files = sorted(p for p in calib_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise NasfcosError(f"{calib_dir}: no calibration images ({', '.join(IMAGE_SUFFIXES)})")
-        if kind_from_inputs(input_names) != "detector":
-            raise NasfcosError("INT8 calibration from images needs a detector model "
-                               "(input 'images'); export with --detector")
-        shape = tuple(opts.shapes["images"][1]) if opts.shapes else tuple(inputs[0].shape)
-        if any(d < 0 for d in shape):
-            raise NasfcosError("INT8 calibration needs a static or profiled input shape")
-        config.set_flag(trt.BuilderFlag.INT8)
-        calibrator = _image_calibrator(trt, files, "images", shape,
-                                       engine_path.with_name(engine_path.name + ".calib"),
-                                       opts.calib_batches)
-        config.int8_calibrator = calibrator  # implicit quantisation (deprecated, still in 10.x)
-        if profile is not None:
-            config.set_calibration_profile(profile)
-        precision.append("int8")
-
     cache_bytes = b""
     if opts.timing_cache is not None and Path(opts.timing_cache).is_file():
         cache_bytes = Path(opts.timing_cache).read_bytes()
@@ -256,44 +354,44 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
         raise NasfcosError(f"TensorRT failed to build an engine from {onnx_path.name} "
                            "(see the TensorRT log above)")
     data = bytes(serialized)
-    atomic_write_bytes(engine_path, data)
-    if opts.timing_cache is not None:
-        atomic_write_bytes(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
     build_seconds = time.perf_counter() - t0
 
     from nasfcos.runtime.export import manifest_path_for, tool_versions
 
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise NasfcosError(f"TensorRT cannot deserialize the engine it built from {onnx_path.name}")
     io = _engine_io(trt, engine)
     manifest: dict[str, Any] = {
         "format": "nasfcos-export/1",
         "artifact": {"file": engine_path.name, "type": "tensorrt", "sha256": sha256_bytes(data),
                      "bytes": len(data)},
-        "source": {"onnx": str(onnx_path), "onnx_sha256": sha256_file(onnx_path)},
+        "source": {"onnx": os.path.relpath(origin.resolve(), engine_path.resolve().parent),
+                   "onnx_sha256": sha256_file(origin)},
         "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io if is_in],
         "outputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io
                     if not is_in],
-        "build": {"precision": precision, "workspace_gb": opts.workspace_gb,
-                  "profile": profile_desc, "timing_cache": str(opts.timing_cache)
-                  if opts.timing_cache else None, "seconds": round(build_seconds, 1),
-                  "int8_calib": str(opts.int8_calib) if opts.int8_calib else None},
-        "device": {"gpu": torch.cuda.get_device_name(0),
-                   "capability": list(torch.cuda.get_device_capability(0))},
+        "build": {"precision": precision, "strongly_typed": True, "network_flags": flags,
+                  "workspace_gb": opts.workspace_gb, "profile": profile_desc,
+                  "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
+                  "seconds": round(build_seconds, 1),
+                  "device_memory_bytes": int(engine.device_memory_size_v2)},
+        "device": cuda.device_info(),
         "tools": {**tool_versions(), "tensorrt": trt.__version__},
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    onnx_manifest = manifest_path_for(onnx_path)
-    if onnx_manifest.is_file():
-        import json
-
-        parent = json.loads(onnx_manifest.read_text())
-        for key in ("genotype", "widths"):
-            if key in parent:
-                manifest[key] = parent[key]
-        manifest["source"]["model"] = parent.get("source", {})
+    if onnx_manifest is not None:
+        for key in ("genotype", "widths", "classes", "export"):
+            if key in onnx_manifest:
+                manifest[key] = onnx_manifest[key]
+        manifest["source"]["model"] = onnx_manifest.get("source", {})
+    if lowered_manifest is not None and "precision" in lowered_manifest:
+        manifest["precision"] = lowered_manifest["precision"]
+    atomic_write_bytes(engine_path, data)
+    if opts.timing_cache is not None:
+        atomic_write_bytes(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
     atomic_write_json(manifest_path_for(engine_path), manifest)
-    del calibrator
     return manifest
 
 
@@ -309,29 +407,29 @@ def _engine_io(trt: ModuleType, engine: Any) -> list[tuple[str, tuple[int, ...],
 
 
 def _output_allocator(trt: ModuleType, device: str) -> Any:
-    """An ``IOutputAllocator`` backed by torch CUDA byte buffers (data-dependent outputs)."""
-    import torch
+    """An ``IOutputAllocator`` backed by torch CUDA byte buffers (data-dependent outputs).
+
+    Implements ``reallocate_output_async`` and ``notify_shape`` (10.x and 11.x);
+    ``reallocate_output`` delegates to it for callers that still use the synchronous form.
+    """
 
     class TorchOutputAllocator(trt.IOutputAllocator):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             trt.IOutputAllocator.__init__(self)
-            self.buffers: dict[str, torch.Tensor] = {}
+            self.buffers: dict[str, Any] = {}
             self.shapes: dict[str, tuple[int, ...]] = {}
-
-        def _alloc(self, name: str, size: int) -> int:
-            buf = self.buffers.get(name)
-            if buf is None or buf.numel() < size:
-                buf = torch.empty(max(int(size), 1), dtype=torch.uint8, device=device)
-                self.buffers[name] = buf
-            return buf.data_ptr()
-
-        def reallocate_output(self, tensor_name: str, memory: int, size: int,
-                              alignment: int) -> int:
-            return self._alloc(tensor_name, size)
 
         def reallocate_output_async(self, tensor_name: str, memory: int, size: int,
                                     alignment: int, stream: int) -> int:
-            return self._alloc(tensor_name, size)
+            buf = self.buffers.get(tensor_name)
+            if buf is None or buf.numel() < size:
+                buf = cuda.empty((max(int(size), 1),), cuda.dtype("uint8"), device)
+                self.buffers[tensor_name] = buf
+            return int(buf.data_ptr())
+
+        def reallocate_output(self, tensor_name: str, memory: int, size: int,
+                              alignment: int) -> int:
+            return self.reallocate_output_async(tensor_name, memory, size, alignment, 0)
 
         def notify_shape(self, tensor_name: str, shape: Any) -> None:
             self.shapes[tensor_name] = tuple(shape)
@@ -343,7 +441,10 @@ class TrtRunner(Runner):
     """Runs a serialized engine; a ``.onnx`` (or ``model.py``) source is built first.
 
     ``shapes`` (per input min/opt/max) is needed to build from a dynamic ONNX file; for a
-    ``model.py`` the profile defaults to 320..1344 px with 800 px optimal.
+    ``model.py`` the profile defaults to 320..1344 px with 800 px optimal.  The engine runs
+    at the precision its ONNX file has; ``fp16`` / ``int8_calib`` (legacy) lower an fp32
+    source first (see :class:`TrtBuildOptions`), and ``export={"precision": ...}`` does it
+    for a ``model.py``.
     """
 
     backend = "tensorrt"
@@ -355,8 +456,6 @@ class TrtRunner(Runner):
                  engine_dir: str | Path | None = None) -> None:
         super().__init__()
         trt = require_tensorrt()
-        import torch
-
         t0 = time.perf_counter()
         if not device.startswith("cuda"):
             raise NasfcosError(f"tensorrt runs on a CUDA device, not {device!r}")
@@ -377,7 +476,8 @@ class TrtRunner(Runner):
                     chans = res.manifest["widths"].get("in_channels")
                     shapes = profile_shapes(lm_kind, [(320, 320), (800, 800), (1344, 1344)],
                                             eopts.batch if lm_kind == "detector" else 1, chans)
-            engine_path = work / (path.stem + (".fp16" if fp16 else "") + ".engine")
+            tag = ".fp16" if fp16 else ".int8" if int8_calib else ""
+            engine_path = work / (path.stem + tag + ".engine")
             build_engine(path, engine_path, TrtBuildOptions(
                 fp16=fp16, int8_calib=Path(int8_calib) if int8_calib else None,
                 workspace_gb=workspace_gb, shapes=shapes,
@@ -386,7 +486,7 @@ class TrtRunner(Runner):
         if not path.is_file():
             raise NasfcosError(f"{path}: no such engine file")
         self.path = path
-        self.fp16 = fp16
+        self.precision = _engine_precision(path)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
@@ -398,48 +498,44 @@ class TrtRunner(Runner):
         io = _engine_io(trt, self.engine)
         self.input_names = [n for n, _, _, is_in in io if is_in]
         self.output_names = [n for n, _, _, is_in in io if not is_in]
-        self._dtypes = {n: getattr(torch, d) if d != "bool" else torch.bool for n, _, d, _ in io}
+        self._dtypes = {n: cuda.dtype(d) for n, _, d, _ in io}
         self.kind = kind_from_inputs(self.input_names)
         if self.kind == "decoder":
             chans = [s[1] for n, s, _, is_in in io if is_in]
             if all(c > 0 for c in chans):
                 self.in_channels = tuple(chans)
-        self.stream = torch.cuda.Stream(device=device)
+        self.stream = cuda.stream(device)
         self._inputs: list[Any] = []
         self._outputs: dict[str, Any] = {}
         self._allocator: Any = None
         self.setup_seconds = time.perf_counter() - t0
 
     def bind(self, *arrays: np.ndarray) -> None:
-        import torch
-
         self._check_arity(arrays)
         ctx = self.context
         self._inputs = []
-        with torch.cuda.stream(self.stream):
-            for name, a in zip(self.input_names, arrays, strict=True):
-                t = torch.from_numpy(np.ascontiguousarray(a)).to(
-                    self.device, dtype=self._dtypes[name])
-                if not ctx.set_input_shape(name, tuple(t.shape)):
-                    raise NasfcosError(f"tensorrt: input {name} shape {tuple(t.shape)} is outside "
-                                       "the engine's optimisation profile")
-                ctx.set_tensor_address(name, t.data_ptr())
-                self._inputs.append(t)
-            self._outputs = {}
-            for name in self.output_names:
-                shape = tuple(ctx.get_tensor_shape(name))
-                if any(d < 0 for d in shape):  # data-dependent: allocated during execution
-                    if self._allocator is None:
-                        self._allocator = _output_allocator(self._trt, self.device)
-                    ctx.set_output_allocator(name, self._allocator)
-                    self._outputs[name] = None
-                else:
-                    buf = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
-                    ctx.set_tensor_address(name, buf.data_ptr())
-                    self._outputs[name] = buf
+        for name, a in zip(self.input_names, arrays, strict=True):
+            t = cuda.upload(a, self._dtypes[name], self.device, self.stream)
+            if not ctx.set_input_shape(name, tuple(t.shape)):
+                raise NasfcosError(f"tensorrt: input {name} shape {tuple(t.shape)} is outside "
+                                   "the engine's optimisation profile")
+            ctx.set_tensor_address(name, t.data_ptr())
+            self._inputs.append(t)
+        self._outputs = {}
+        for name in self.output_names:
+            shape = tuple(ctx.get_tensor_shape(name))
+            if any(d < 0 for d in shape):  # data-dependent: allocated during execution
+                if self._allocator is None:
+                    self._allocator = _output_allocator(self._trt, self.device)
+                ctx.set_output_allocator(name, self._allocator)
+                self._outputs[name] = None
+            else:
+                buf = cuda.empty(shape, self._dtypes[name], self.device)
+                ctx.set_tensor_address(name, buf.data_ptr())
+                self._outputs[name] = buf
 
     def run(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        if not self.context.execute_async_v3(cuda.stream_handle(self.stream)):
             raise NasfcosError("tensorrt: execute_async_v3 failed (see the TensorRT log)")
 
     def synchronize(self) -> None:
@@ -450,15 +546,13 @@ class TrtRunner(Runner):
         return self.stream
 
     def fetch(self) -> list[np.ndarray]:
-        import torch
-
         out = []
         for name in self.output_names:
             buf = self._outputs[name]
             if buf is None:
                 shape = self._allocator.shapes[name]
                 dtype = self._dtypes[name]
-                n = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+                n = int(np.prod(shape)) * dtype.itemsize
                 raw = self._allocator.buffers[name][:n]
                 buf = raw.view(dtype).reshape(shape)
             out.append(buf.cpu().numpy())
@@ -473,11 +567,22 @@ class TrtRunner(Runner):
             self._tmp = None
 
     def info(self) -> dict[str, Any]:
-        import torch
+        mem = int(self.engine.device_memory_size_v2) if self.engine is not None else None
+        return {**super().info(), "tensorrt": self._trt.__version__,
+                "precision": self.precision, "device_memory_bytes": mem,
+                **cuda.device_info(self.device)}
 
-        return {**super().info(), "tensorrt": self._trt.__version__, "fp16": self.fp16,
-                "gpu": torch.cuda.get_device_name(self.device)}
+
+def _engine_precision(path: Path) -> str:
+    from nasfcos.runtime.export import load_manifest
+    from nasfcos.runtime.precision import manifest_precision
+
+    try:
+        return manifest_precision(load_manifest(path))
+    except NasfcosError:
+        return "unknown"
 
 
-__all__ = ["TrtBuildOptions", "TrtRunner", "build_engine", "profile_shapes", "require_tensorrt",
-           "tensorrt_status"]
+__all__ = ["MAX_TRT_MAJOR", "MIN_TRT_VERSION", "TRT_API", "TrtBuildOptions", "TrtRunner",
+           "build_engine", "check_version", "lower_for_trt", "network_flags", "profile_shapes",
+           "require_tensorrt", "tensorrt_status", "trt_version"]

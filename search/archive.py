@@ -10,20 +10,24 @@ sample order ``(step, index)`` so that its bytes do not depend on the executor.
 
 The checkpoint (``checkpoint.pt``: controller, optimiser, baseline, replay buffer, RNG
 states, the number of completed steps) is written atomically (temp file + fsync + rename)
-after every step, and read back with ``torch.load(weights_only=True)``.
+after every step, with the sha256 of its payload in its first line, and read back with
+``torch.load(weights_only=True)`` only when the checksum matches.  A resume checks the
+archive against it (:func:`check_progress`) before writing anything.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from nasfcos.errors import CacheError
-from nasfcos.io import atomic_write_bytes
+from nasfcos.io import atomic_write_bytes, sha256_bytes
 
 ARCHIVE_NAME = "archive.jsonl"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -48,6 +52,39 @@ def encode_row(row: dict[str, Any]) -> bytes:
     return (json.dumps(row, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
+STATUSES: tuple[str, ...] = ("ok", "reused", "failed")
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def check_row(row: Any, where: str) -> dict[str, Any]:
+    """Refuse a row that the search could not have written (one line naming the problem):
+    ``step`` / ``index`` non-negative integers, ``hash`` a string, ``status`` one of
+    :data:`STATUSES`, ``reward`` a finite number for ``ok`` / ``reused`` and null for ``failed``."""
+    if not isinstance(row, dict):
+        raise CacheError(f"{where}: not a JSON object")
+    for key in ("step", "index"):
+        v = row.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            what = "missing" if key not in row else f"{v!r:.40} is not a non-negative integer"
+            raise CacheError(f"{where}: '{key}' {what}")
+    if "format" in row and row["format"] != ROW_FORMAT:
+        raise CacheError(f"{where}: row format {row['format']!r:.40} is not {ROW_FORMAT} "
+                         "(an archive of another nasfcos version)")
+    h = row.get("hash")
+    if not isinstance(h, str) or not _HASH_RE.fullmatch(h):
+        raise CacheError(f"{where}: 'hash' is not a sha256 hex digest")
+    status = row.get("status")
+    if status not in STATUSES:
+        raise CacheError(f"{where}: 'status' {status!r:.40} is not one of {', '.join(STATUSES)}")
+    r = row.get("reward")
+    if status == "failed":
+        if r is not None:
+            raise CacheError(f"{where}: a failed row has reward {r!r:.40}")
+    elif isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
+        raise CacheError(f"{where}: 'reward' {r!r:.40} is not a finite number")
+    return row
+
+
 def _parse_lines(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int]:
     """Rows of an archive and the byte length of its valid prefix (torn tail excluded)."""
     rows: list[dict[str, Any]] = []
@@ -63,19 +100,51 @@ def _parse_lines(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int]:
             if n == len(lines):  # a last line made of garbage (e.g. zero-filled block): torn
                 return rows, pos
             raise CacheError(f"{path}: line {n} is not a valid archive row") from None
-        rows.append(row)
+        rows.append(check_row(row, f"{path}: line {n}"))
         pos += len(line) + 1
     return rows, end
+
+
+def _read_archive_bytes(p: Path) -> bytes:
+    if p.exists() and not p.is_file():
+        raise CacheError(f"{p}: is not a regular file")
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise CacheError(f"{p}: no such archive") from None
+    except OSError as exc:
+        raise CacheError(f"{p}: cannot read the archive ({exc.strerror or type(exc).__name__})") from None
+
+
+def check_progress(rows: list[dict[str, Any]], steps_done: int, batch_size: int, path: Path) -> None:
+    """Check an archive against the checkpoint before a resume touches anything.
+
+    ``steps_done`` steps are complete (checkpointed): each has exactly ``batch_size`` rows;
+    the step after them may be partial; no other step may appear, no (step, index) twice,
+    no index outside ``0..batch_size - 1``.
+    """
+    seen: set[tuple[int, int]] = set()
+    for r in rows:
+        key = (int(r["step"]), int(r["index"]))
+        if key in seen:
+            raise CacheError(f"{path}: row (step {key[0]}, index {key[1]}) appears twice")
+        seen.add(key)
+        if key[1] >= batch_size:
+            raise CacheError(f"{path}: row (step {key[0]}, index {key[1]}) is outside the batch of {batch_size}")
+        if key[0] > steps_done:
+            raise CacheError(f"{path}: row from step {key[0]}, but the checkpoint has {steps_done} completed "
+                             f"step(s); the archive does not belong to this checkpoint")
+    for step in range(steps_done):
+        missing = [i for i in range(batch_size) if (step, i) not in seen]
+        if missing:
+            raise CacheError(f"{path}: completed step {step} lacks {len(missing)} row(s) (e.g. index "
+                             f"{missing[0]}); the archive lost data -- restore it from a copy")
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read an archive without modifying it (torn tail ignored), sorted by (step, index)."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise CacheError(f"{p}: no such archive") from None
-    rows, _ = _parse_lines(data, p)
+    rows, _ = _parse_lines(_read_archive_bytes(p), p)
     return sort_rows(rows)
 
 
@@ -94,13 +163,19 @@ class Archive:
         self._sorted = True
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Archive:
-        """Open (creating it if needed), read existing rows, repair a torn last line."""
+    def open(cls, path: str | os.PathLike[str],
+             check: Callable[[list[dict[str, Any]]], None] | None = None) -> Archive:
+        """Open (creating it if needed), read existing rows, repair a torn last line.
+
+        ``check(rows)`` runs on the rows read before anything is written: when it raises,
+        the file is left exactly as it was (a torn tail is not truncated)."""
         a = cls(path)
         a.path.parent.mkdir(parents=True, exist_ok=True)
-        if a.path.exists():
-            data = a.path.read_bytes()
+        if a.path.exists() or a.path.is_symlink():
+            data = _read_archive_bytes(a.path)
             rows, valid = _parse_lines(data, a.path)
+            if check is not None:
+                check(rows)
             if valid < len(data):
                 with open(a.path, "r+b") as fh:
                     fh.truncate(valid)
@@ -109,6 +184,8 @@ class Archive:
                 a.repaired_bytes = len(data) - valid
             a.rows = rows
             a._sorted = rows == sort_rows(rows)
+        elif check is not None:
+            check([])
         a._fd = os.open(a.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return a
 
@@ -154,6 +231,16 @@ class Archive:
         self._sorted = True
         return True
 
+    def drop(self, keys: set[tuple[int, int]]) -> int:
+        """Remove the rows with these (step, index) keys (atomic rewrite); how many went."""
+        keep = [r for r in self.rows if (int(r["step"]), int(r["index"])) not in keys]
+        gone = len(self.rows) - len(keep)
+        if gone:
+            self.rows = keep
+            self._sorted = False
+            self.sort()
+        return gone
+
     def keyed(self) -> dict[tuple[int, int], dict[str, Any]]:
         """Rows by (step, index)."""
         return {(int(r["step"]), int(r["index"])): r for r in self.rows}
@@ -191,23 +278,44 @@ def strip_volatile(row: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 # checkpoint
 # ------------------------------------------------------------------------------------------
+#: First line of a checkpoint file: this magic, a space, the sha256 of the rest, a newline.
+CHECKPOINT_MAGIC = b"nasfcos-search-checkpoint/2"
+
+
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
-    """Write a checkpoint atomically (``torch.save`` into memory, then temp file + rename)."""
+    """Write a checkpoint atomically: one header line (magic + sha256 of the payload), then
+    the ``torch.save`` payload; temp file + fsync + rename."""
     import torch
 
     buf = io.BytesIO()
     torch.save(state, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    payload = buf.getvalue()
+    header = CHECKPOINT_MAGIC + b" " + sha256_bytes(payload).encode("ascii") + b"\n"
+    return atomic_write_bytes(path, header + payload)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; :class:`CacheError` if unreadable."""
     import torch
 
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise CacheError(f"{p}: is not a regular file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = p.read_bytes()
     except FileNotFoundError:
         raise CacheError(f"{path}: no such checkpoint") from None
+    except OSError as exc:
+        raise CacheError(f"{path}: cannot read the checkpoint ({exc.strerror or type(exc).__name__})") from None
+    head, sep, payload = data.partition(b"\n")
+    magic, _, digest = head.partition(b" ")
+    if magic != CHECKPOINT_MAGIC or not sep:
+        raise CacheError(f"{path}: unreadable checkpoint (not a {CHECKPOINT_MAGIC.decode()} file; "
+                         "written by another nasfcos version?)")
+    if sha256_bytes(payload).encode("ascii") != digest:
+        raise CacheError(f"{path}: unreadable checkpoint (fails its sha256 checksum: corrupt)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file: unpickling errors of many kinds
         raise CacheError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "step" not in state:

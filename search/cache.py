@@ -43,7 +43,6 @@ from torch import Tensor
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.losses import STRIDES, FcosTargets, compute_targets, default_size_ranges
 from nasfcos.io import atomic_write_json, sha256_bytes, sha256_file
-from nasfcos.search.backbones import build_backbone
 
 if TYPE_CHECKING:
     from nasfcos.search.proxy import ProxySettings
@@ -57,6 +56,47 @@ PROGRESS = "progress.json"
 ARRAYS = "arrays"
 #: Caches up to this many bytes are read into memory on open (larger: memory-mapped).
 IN_MEMORY_BYTES = 1 << 29
+
+
+# ------------------------------------------------------------------------------------------
+# the frozen backbone: the compiler's (templates/backbone.py.j2), never a second copy
+# ------------------------------------------------------------------------------------------
+#: Identity of random backbone weights (the compiler's initialisation under this seed).
+RANDOM_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class FrozenBackbone:
+    """A frozen backbone of :mod:`nasfcos.compiler.backbones` with the detector's image
+    normalisation in front, and the identity of its weights (for the cache manifest)."""
+
+    name: str
+    module: torch.nn.Module
+    mean: Tensor  # [1, 3, 1, 1]
+    std: Tensor  # [1, 3, 1, 1]
+    weights_id: str  # "sha256:<hex>" of the weights file, or "random:<seed>"
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> list[Tensor]:
+        """``[N, 3, H, W]`` RGB in [0, 1] -> ``[c2, c3, c4, c5]`` float32 (strides 4..32)."""
+        return [f.float() for f in self.module((images - self.mean) / self.std)]
+
+
+def build_backbone(name: str, weights: str | Path | None = None) -> FrozenBackbone:
+    """The compiler's backbone ``name`` in eval mode without gradients: weights from a
+    torchvision-format state_dict file, or random from :data:`RANDOM_INIT_SEED`."""
+    from nasfcos.compiler.backbones import build_backbone as compiler_backbone
+    from nasfcos.compiler.backbones import image_normalization
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        module = compiler_backbone(name, weights)
+    weights_id = f"sha256:{sha256_file(weights)}" if weights is not None else f"random:{RANDOM_INIT_SEED}"
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in image_normalization())
+    return FrozenBackbone(name, module, mean, std, weights_id)
 
 
 # ------------------------------------------------------------------------------------------
@@ -191,7 +231,7 @@ def verify_files(path: Path, manifest: dict[str, Any], *, full: bool = True) -> 
             raise CacheError(f"{path}: cache file {rel} fails its checksum (corrupt); rebuild the cache")
 
 
-def _key_difference(want: dict[str, Any], have: dict[str, Any]) -> str | None:
+def key_difference(want: dict[str, Any], have: dict[str, Any]) -> str | None:
     """First differing field between two cache keys, as ``name: have vs want``."""
     for k in sorted(set(want) | set(have)):
         if json.dumps(want.get(k)) != json.dumps(have.get(k)):
@@ -223,7 +263,7 @@ def open_cache(path: str | Path, settings: ProxySettings | None = None, *,
         raise ValueError(f"verify must be 'full' or 'size', not {verify!r}")
     manifest = _read_manifest(path)
     if settings is not None:
-        diff = _key_difference(settings.cache_key(), manifest["cache_key"])
+        diff = key_difference(settings.cache_key(), manifest["cache_key"])
         if diff is not None:
             raise CacheError(f"{path}: cache was built with other settings ({diff})")
     verify_files(path, manifest, full=verify == "full")
@@ -361,7 +401,7 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
         raise NasfcosError(f"{ann}: too many categories ({dataset.num_classes})")
     names = [dataset.coco.imgs[i]["file_name"] for i in dataset.ids]
     fingerprint = dataset_fingerprint(ann, images, names)
-    backbone = build_backbone(settings.backbone, backbone_weights, settings.tiny_channels)
+    backbone = build_backbone(settings.backbone, backbone_weights)
     if backbone_weights is None and settings.backbone != "tiny":
         say(f"warning: no backbone weights given; {settings.backbone} has random weights "
             "(fine for speed tests, meaningless for a search)")
@@ -391,7 +431,7 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
             manifest, old = None, None
         want = {k: build_id[k] for k in ("cache_key", "dataset_sha256", "weights")}
         if old is not None and old != want and not overwrite:
-            diff = _key_difference(want["cache_key"], old["cache_key"]) or (
+            diff = key_difference(want["cache_key"], old["cache_key"]) or (
                 "dataset changed" if old["dataset_sha256"] != want["dataset_sha256"] else "backbone weights changed")
             raise CacheError(f"{out}: holds a cache built differently ({diff}); use --overwrite or another --out")
         if old == want and resume and manifest is not None:
@@ -417,7 +457,7 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
         else:
             old_key = prog.get("build", {}).get("cache_key") if isinstance(prog.get("build"), dict) else None
             if old_key not in (None, key) and not overwrite:
-                diff = _key_difference(key, old_key)
+                diff = key_difference(key, old_key)
                 raise CacheError(f"{out}: holds a partial cache built differently ({diff}); "
                                  "use --overwrite or another --out")
             if resume:

@@ -83,24 +83,41 @@ def cache_main(argv: list[str]) -> int:
 
 
 def _load_genotype_arg(text: str) -> Any:
-    from nasfcos.genotypes import PAPER_GENOTYPES, load_genotype, load_paper_genotype
+    from nasfcos.genotypes import resolve_genotype
 
-    path = Path(text)
-    if path.is_file():
-        return load_genotype(path)
-    if text.removesuffix(".json") in PAPER_GENOTYPES:
-        return load_paper_genotype(text)
-    raise NasfcosError(f"{text}: no such genotype file (or shipped name: {', '.join(PAPER_GENOTYPES)})")
+    return resolve_genotype(text)
 
 
 def _seeds(text: str) -> list[int]:
     try:
         if "-" in text.strip("-"):
             lo, hi = text.split("-", 1)
-            return list(range(int(lo), int(hi) + 1))
-        return [int(s) for s in text.split(",") if s.strip()]
+            seeds = list(range(int(lo), int(hi) + 1))
+        else:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise NasfcosError(f"--seeds: expected e.g. '0,1,2' or '0-4', got {text!r}") from None
+    if not seeds or len(seeds) > 1000 or min(seeds) < 0:
+        raise NasfcosError(f"--seeds: expected 1..1000 non-negative seeds in increasing order "
+                           f"(e.g. '0,1,2' or '0-4'), got {text!r}")
+    return seeds
+
+
+def _device(text: str | None) -> str | None:
+    """``cpu`` or an available ``cuda[:N]``; one-line error otherwise."""
+    if text is None or text == "cpu":
+        return text
+    import torch
+
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NasfcosError(f"--device {text}: no CUDA device is available")
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise NasfcosError(f"--device {text!r}: not a device") from None
+        return text
+    raise NasfcosError(f"--device {text!r}: expected cpu or cuda[:N]")
 
 
 def eval_main(argv: list[str]) -> int:
@@ -124,6 +141,8 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--out", metavar="FILE.json", help="also write the results as JSON")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     a = p.parse_args(argv)
+    seeds_arg = _seeds(a.seeds) if a.seeds else None
+    a.device = _device(a.device)
     genotype = _load_genotype_arg(a.genotype)
     cache = open_cache(a.cache)
     settings = get_preset(a.preset) if a.preset else settings_from_cache(cache)
@@ -133,7 +152,7 @@ def eval_main(argv: list[str]) -> int:
         if flag is not None:
             changes[name] = flag
     settings = settings.replace(**changes).validate()
-    seeds = _seeds(a.seeds) if a.seeds else [settings.seed if a.seed is None else a.seed]
+    seeds = seeds_arg or [settings.seed if a.seed is None else a.seed]
     results = []
     for s in seeds:
         r = evaluate(genotype, cache, settings, s)

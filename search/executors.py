@@ -133,8 +133,25 @@ class InlineExecutor(Executor):
 _WORKER_EVALUATOR: Evaluator | None = None
 
 
-def _init_worker(evaluator: Evaluator, threads: int) -> None:
+#: Seconds between a worker's checks that its driver is still alive.
+PARENT_POLL_S = 0.5
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Daemon thread of a worker: exit at once when the driver process is gone (``kill -9``
+    of the driver must not leave workers, nor the resource tracker they keep alive)."""
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _init_worker(evaluator: Evaluator, threads: int, parent_pid: int) -> None:
     global _WORKER_EVALUATOR
+    import threading
+
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="nasfcos-parent-watch",
+                     daemon=True).start()
     _WORKER_EVALUATOR = evaluator
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
@@ -178,7 +195,7 @@ class LocalExecutor(Executor):
                 max_workers=self.workers,
                 mp_context=mp.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(self.evaluator, self.threads),
+                initargs=(self.evaluator, self.threads, os.getpid()),
             )
         return self._pool
 
@@ -221,10 +238,18 @@ class LocalExecutor(Executor):
             self._pool = None
 
     def close(self) -> None:
+        """Cancel what is pending and stop the workers; evaluations still running are killed
+        (Ctrl-C or an error in the driver must not wait for them, nor leave them running)."""
+        running = any(not f.done() for f in self._futures)
         for f in self._futures:
             f.cancel()
         self._futures.clear()
         if self._pool is not None:
+            procs = list((getattr(self._pool, "_processes", None) or {}).values())
+            if running:
+                for proc in procs:
+                    if proc.is_alive():
+                        proc.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 

@@ -12,9 +12,20 @@ Resume: the checkpoint says how many steps are complete; the archive may also ho
 the step that was running.  The controller re-samples that step exactly (same state, same
 generator), keeps the archived rows and evaluates only the missing samples.
 
+Before the first trial a proxy search builds (or checks) its feature cache -- in ``out/cache``
+unless ``cache`` names one, from the preset's synthetic set unless ``data`` names a folder --
+and opens it here, so a configuration error stops it before any evaluation.  A step whose
+every trial failed raises :class:`SearchFailed` (no checkpoint for that step); a resume
+evaluates its failed trials again.  A resume checks the archive against the checkpoint
+first (:func:`~nasfcos.search.archive.check_progress`) and rewrites nothing if they differ.
+With a latency table every row records the predicted latency (``extra.latency_ms``) and
+its proxy reward (``extra.proxy_reward``); with a target the reward is
+:func:`~nasfcos.search.latency.latency_reward`.
+
 Outputs in ``out``: ``archive.jsonl``, ``checkpoint.pt``, ``search.json`` (the settings a
 resume must match), ``summary.json``, ``top/rankNN-<hash>.json`` (genotypes ``nasfcos
-compile`` takes), ``search.png`` (reward per step + moving average), ``best.png``.
+compile`` takes), ``search.png`` (reward per step + moving average), ``best.png``,
+``pareto.png`` (with a latency table), ``cache/`` (unless ``cache`` is given).
 """
 
 from __future__ import annotations
@@ -42,19 +53,38 @@ from nasfcos.search.archive import (
     ROW_FORMAT,
     Archive,
     best_rows,
+    check_progress,
     load_checkpoint,
     save_checkpoint,
 )
 from nasfcos.search.controller import Controller, ControllerConfig, torch_threads
-from nasfcos.search.evaluators import Evaluator, ProxyEvaluator, ToyEvaluator
+from nasfcos.search.evaluators import Evaluator, ToyEvaluator
 from nasfcos.search.executors import Executor, Task, TaskResult, make_executor
+from nasfcos.search.latency import (
+    DEFAULT_LATENCY_WEIGHT,
+    LatencyTable,
+    latency_reward,
+    load_table,
+    pareto_front,
+    predict_ms,
+)
 from nasfcos.search.ppo import PPO, PPOConfig
 
 PRESETS: tuple[str, ...] = ("toy", "tiny", "paper")
 SUMMARY_NAME = "summary.json"
 TOP_DIR = "top"
 PLOT_NAME = "search.png"
+PARETO_PLOT = "pareto.png"
 BEST_DRAWING = "best.png"
+#: Feature cache of a proxy search that names none (``--cache``): built inside the search folder.
+CACHE_DIR = "cache"
+#: Keys of an evaluator's result that have their own archive field (the rest go to "extra").
+_RESULT_FIELDS = frozenset({"reward", "losses", "time_s", "params", "extra", "genotype_hash"})
+
+
+class SearchFailed(NasfcosError):
+    """Every trial of a step failed: a cause that will not go away by itself (data, cache,
+    code).  The folder stays resumable: fix the cause and run again with ``--resume``."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +102,15 @@ class SearchConfig:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     retries: int = 1  # extra attempts of a failed evaluation before it is skipped
-    data: str | None = None  # dataset folder (proxy presets)
-    cache: str | None = None  # feature cache folder (proxy presets; shared storage for Ray)
+    data: str | None = None  # dataset folder (proxy presets; None: the preset's synthetic set)
+    cache: str | None = None  # feature cache folder (proxy presets; None: OUT/cache, built on first use)
+    backbone_weights: str | None = None  # frozen backbone's state_dict for the cache (None: the preset's)
     toy_noise: float = 0.0  # toy preset: reward noise (std), drawn from the evaluation seed
     toy_delay: float = 0.0  # toy preset: seconds each evaluation pretends to take
+    latency_table: str | None = None  # per-unit latency table (nasfcos search latency-table)
+    latency_target: float | None = None  # ms; folds predicted latency into the reward (needs a table)
+    latency_weight: float = DEFAULT_LATENCY_WEIGHT  # w of reward - w * log(latency / target)
+    latency_spec: dict[str, Any] | None = None  # what the table was measured for (set at the start)
 
     @property
     def steps(self) -> int:
@@ -102,6 +137,16 @@ class SearchConfig:
             raise CacheError(f"{CONFIG_NAME}: unknown settings {sorted(unknown)}")
         return cls(**d)
 
+    @classmethod
+    def read(cls, path: Path) -> SearchConfig:
+        """The settings stored in ``search.json``; :class:`CacheError` (one line) if unreadable."""
+        if path.exists() and not path.is_file():
+            raise CacheError(f"{path}: is not a regular file")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise CacheError(f"{path}: unreadable search settings ({type(exc).__name__}: {exc})"[:300]) from None
+
     def validate(self) -> None:
         if self.preset not in PRESETS:
             raise NasfcosError(f"unknown preset {self.preset!r} (expected one of: {', '.join(PRESETS)})")
@@ -111,6 +156,17 @@ class SearchConfig:
             raise NasfcosError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.retries < 0:
             raise NasfcosError(f"retries must be >= 0, got {self.retries}")
+        for name in ("toy_noise", "toy_delay", "latency_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+        t = self.latency_target
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+                raise NasfcosError(f"--latency-target must be a positive number of milliseconds, got {t}")
+            if self.latency_table is None:
+                raise NasfcosError("--latency-target needs --latency-table FILE "
+                                   "(build one with 'nasfcos search latency-table')")
 
 
 def eval_seed(seed: int, step: int, index: int) -> int:
@@ -119,11 +175,15 @@ def eval_seed(seed: int, step: int, index: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def make_evaluator(cfg: SearchConfig) -> Evaluator:
-    """The evaluator of a preset: the toy task or the proxy task."""
+def make_evaluator(cfg: SearchConfig, cache_dir: str | Path) -> Evaluator:
+    """The evaluator of a preset: the toy task, or the proxy task's own evaluator
+    (:func:`nasfcos.search.proxy.make_evaluator`: opens and verifies ``cache_dir`` once
+    per process)."""
     if cfg.preset == "toy":
         return ToyEvaluator(noise=cfg.toy_noise, delay_s=cfg.toy_delay)
-    return ProxyEvaluator(preset=cfg.preset, cache_dir=cfg.cache, data_dir=cfg.data)
+    from nasfcos.search.proxy import make_evaluator as proxy_evaluator
+
+    return proxy_evaluator(cache_dir, cfg.preset)
 
 
 @dataclass
@@ -151,8 +211,20 @@ class Search:
                  evaluator: Evaluator | None = None, executor: Executor | None = None,
                  executor_kind: str = "local", workers: int | None = None, address: str | None = None,
                  top_k: int = 5, progress: bool = True, plot_every_s: float | None = 60.0,
-                 on_step: Callable[[StepLog], None] | None = None) -> None:
+                 on_step: Callable[[StepLog], None] | None = None,
+                 latency_check: dict[str, Any] | None = None) -> None:
         cfg.validate()
+        self.latency: LatencyTable | None = None
+        if cfg.latency_table is not None:
+            self.latency = load_table(cfg.latency_table)
+            self.latency.check_for(**(latency_check or {}), where=f"latency table {cfg.latency_table}")
+            have = self.latency.spec.key()
+            if cfg.latency_spec is None:
+                cfg = dataclasses.replace(cfg, latency_spec=have)
+            elif cfg.latency_spec != have:
+                diff = next(k for k in have if have[k] != cfg.latency_spec.get(k))
+                raise NasfcosError(f"latency table {cfg.latency_table} was measured for {diff} "
+                                   f"{have[diff]}, this search for {cfg.latency_spec.get(diff)}")
         self.out = Path(out)
         self.resume = resume
         self.top_k = top_k
@@ -161,7 +233,9 @@ class Search:
         self.on_step = on_step
         self.history: list[StepLog] = []
         self.cfg = self._settle_config(cfg)
-        self.evaluator = evaluator or make_evaluator(self.cfg)
+        self.cache_dir = Path(self.cfg.cache) if self.cfg.cache else self.out / CACHE_DIR
+        self._own_evaluator = evaluator is None
+        self.evaluator = evaluator or make_evaluator(self.cfg, self.cache_dir)
         self._executor = executor
         self._executor_args = (executor_kind, workers, address)
         self.controller = Controller(self.cfg.controller, seed=self.cfg.seed)
@@ -173,6 +247,10 @@ class Search:
     # ------------------------------------------------------------------------------------
     def _settle_config(self, cfg: SearchConfig) -> SearchConfig:
         path = self.out / CONFIG_NAME
+        if self.out.exists() and not self.out.is_dir():
+            raise NasfcosError(f"{self.out}: exists and is not a folder (--out names the search folder)")
+        if path.exists() and not path.is_file():
+            raise CacheError(f"{path}: is not a regular file")
         has_state = (self.out / ARCHIVE_NAME).exists() and (self.out / ARCHIVE_NAME).stat().st_size > 0
         has_state = has_state or (self.out / CHECKPOINT_NAME).exists()
         if not self.resume:
@@ -188,10 +266,7 @@ class Search:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, cfg.to_dict())
             return cfg
-        try:
-            stored = SearchConfig.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise CacheError(f"{path}: unreadable search settings ({exc})") from None
+        stored = SearchConfig.read(path)
         if stored.identity() != cfg.identity():
             a, b = stored.identity(), cfg.identity()
             diff = sorted(k for k in a if a[k] != b.get(k))
@@ -206,6 +281,12 @@ class Search:
         if not path.exists():
             return
         state = load_checkpoint(path)
+        try:
+            stored = SearchConfig.from_dict(json.loads(state["config"])).identity()
+        except (KeyError, TypeError, ValueError, NasfcosError):
+            raise CacheError(f"{path}: checkpoint without readable search settings") from None
+        if stored != self.cfg.identity():
+            raise CacheError(f"{path}: checkpoint of another search (settings differ from {CONFIG_NAME})")
         self.ppo.load_state_dict(state["ppo"])
         self.sample_gen.set_state(state["sample_generator"])
         self.step = int(state["step"])
@@ -234,14 +315,52 @@ class Search:
         row.update(fields)
         return row
 
-    def run(self) -> dict[str, Any]:
-        """Run (or continue) the search to ``cfg.steps`` steps; return the summary dict."""
-        archive = Archive.open(self.out / ARCHIVE_NAME)
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            print(f"nasfcos search: {msg}", file=sys.stderr)
+
+    def prepare(self) -> None:
+        """Before the first trial: for a proxy preset, generate the synthetic set and build
+        the feature cache (or check the ones there), then open and verify it in this process,
+        so a configuration error stops the search before any evaluation."""
+        if self.cfg.preset == "toy" or not self._own_evaluator:
+            return
+        from nasfcos.search.proxy import build_cache, get_preset, open_verified
+
+        settings = get_preset(self.cfg.preset)
+        if self.cfg.data is not None and not Path(self.cfg.data).is_dir():
+            raise NasfcosError(f"--data {self.cfg.data}: no such folder")
+        self._say(f"feature cache {self.cache_dir} ({self.cfg.preset} preset"
+                  f"{', synthetic data' if self.cfg.data is None else ', data ' + self.cfg.data})")
+        build_cache(self.cfg.data, self.cache_dir, settings, backbone_weights=self.cfg.backbone_weights,
+                    progress=self.progress, log=self._say)
+        cache = open_verified(self.cache_dir, settings, checked=True)
+        self._say(f"feature cache ready: {len(cache.train)} meta-train, {len(cache.val)} meta-val crops")
+
+    def _open_archive(self) -> Archive:
+        """Open the archive; on resume, check it against the checkpoint first (nothing is
+        written when it does not match) and drop the failed rows of the unfinished step,
+        which are evaluated again."""
+        path = self.out / ARCHIVE_NAME
+
+        def check(rows: list[dict[str, Any]]) -> None:
+            check_progress(rows, self.step, self.cfg.batch_size, path)
+
+        archive = Archive.open(path, check=check)
         if archive.repaired_bytes:
             print(f"nasfcos search: dropped a torn last archive line ({archive.repaired_bytes} bytes)",
                   file=sys.stderr)
+        retry = {(int(r["step"]), int(r["index"])) for r in archive
+                 if int(r["step"]) >= self.step and r["status"] == "failed"}
+        if retry and archive.drop(retry):
+            self._say(f"evaluating {len(retry)} failed trial(s) of step {self.step} again")
+        return archive
+
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) the search to ``cfg.steps`` steps; return the summary dict."""
         if self.resume:
             self._load_checkpoint()
+        archive = self._open_archive()
         executor = self._executor
         own_executor = executor is None
         t_start = time.time()
@@ -250,6 +369,7 @@ class Search:
         self._best_drawn: str | None = None
         bar = None
         try:
+            self.prepare()
             if executor is None:
                 kind, workers, address = self._executor_args
                 executor = make_executor(kind, self.evaluator, workers=workers, address=address)
@@ -273,9 +393,12 @@ class Search:
     def _progress_bar(self, done: int) -> Any:
         from tqdm import tqdm
 
+        from nasfcos.progress import progress_bar
+
         total = self.cfg.steps * self.cfg.batch_size
-        return tqdm(total=total, initial=min(done, total), unit="arch", desc="search",
-                    disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
+        if not self.progress:
+            return tqdm(total=total, disable=True)
+        return progress_bar(total, initial=min(done, total), unit="arch", desc="search")
 
     def _run_step(self, archive: Archive, executor: Executor, bar: Any, t_start: float) -> StepLog:
         step, n = self.step, self.cfg.batch_size
@@ -338,6 +461,8 @@ class Search:
             bar.update(1)
         archive.sort()
         use = [i for i in range(n) if rows[i]["status"] in ("ok", "reused")]
+        if not use:
+            raise SearchFailed(_all_failed_message(step, [rows[i] for i in range(n)], self.out))
         with torch_threads(1):
             stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use],
                                     [float(rows[i]["reward"]) for i in use])
@@ -362,10 +487,20 @@ class Search:
                        res: TaskResult, errors: list[str]) -> dict[str, Any]:
         if res.ok and res.result is not None:
             r = res.result
-            return self._row(step, i, g, h, choices, log_prob, status="ok", reward=float(r["reward"]),
-                             losses={k: float(v) for k, v in dict(r.get("losses") or {}).items()},
+            extra = dict(r.get("extra") or {})
+            extra.update({k: v for k, v in r.items() if k not in _RESULT_FIELDS
+                          and (v is None or isinstance(v, (int, float, str, bool)))})
+            reward = float(r["reward"])
+            if self.latency is not None:
+                lat = predict_ms(g, self.latency)
+                extra.update(latency_ms=round(lat, 5), proxy_reward=reward)
+                if self.cfg.latency_target is not None:
+                    reward = latency_reward(reward, lat, self.cfg.latency_target, self.cfg.latency_weight)
+            return self._row(step, i, g, h, choices, log_prob, status="ok", reward=reward,
+                             losses={k: None if v is None else float(v)
+                                     for k, v in dict(r.get("losses") or {}).items()},
                              time_s=float(r.get("time_s") or res.wall_s), params=r.get("params"),
-                             extra=dict(r.get("extra") or {}), worker=res.worker,
+                             extra=extra, worker=res.worker,
                              attempts=res.task.attempt, errors=errors)
         return self._row(step, i, g, h, choices, log_prob, status="failed", time_s=res.wall_s,
                          worker=res.worker, attempts=res.task.attempt, errors=errors)
@@ -395,6 +530,15 @@ class Search:
                 summary["plot"] = str(self.out / PLOT_NAME)
             except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
                 print(f"nasfcos search: warning: could not plot ({exc})", file=sys.stderr)
+            if "pareto" in summary:
+                from nasfcos.search.plots import plot_pareto
+
+                try:
+                    plot_pareto(pareto_points(rows), summary["pareto"]["front"], self.out / PARETO_PLOT,
+                                target_ms=self.cfg.latency_target)
+                    summary["pareto"]["plot"] = str(self.out / PARETO_PLOT)
+                except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
+                    print(f"nasfcos search: warning: could not plot the Pareto front ({exc})", file=sys.stderr)
             if top and top[0]["hash"] != self._best_drawn:
                 drawn = draw_best(top[0], self.out / BEST_DRAWING)
                 if drawn is not None:
@@ -403,6 +547,14 @@ class Search:
             summary["best_drawing"] = str(self.out / BEST_DRAWING)
         atomic_write_json(self.out / SUMMARY_NAME, summary)
         return summary
+
+
+def _all_failed_message(step: int, rows: list[dict[str, Any]], out: Path) -> str:
+    """One line: which step failed entirely, the most frequent error, how to go on."""
+    errors = [str(e) for r in rows for e in (r.get("errors") or [])]
+    common = max(set(errors), key=errors.count) if errors else "no error recorded"
+    return (f"every trial of step {step} failed ({len(rows)} of {len(rows)}); most frequent error: "
+            f"{common.splitlines()[0][:300]} -- fix the cause, then 'nasfcos search --out {out} --resume'")
 
 
 # ------------------------------------------------------------------------------------------
@@ -424,6 +576,8 @@ def genotype_of_row(row: dict[str, Any], rank: int | None = None) -> Genotype:
 
 def write_top(top: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write ``rankNN-<hash12>.json`` for each row; remove stale rank files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NasfcosError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, row in enumerate(top, 1):
@@ -450,6 +604,20 @@ def draw_best(row: dict[str, Any], path: Path) -> Path | None:
         return None
 
 
+def pareto_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per distinct evaluated genotype that has a predicted latency: hash, step,
+    index, proxy reward, predicted latency (ms) and the search's reward."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: (int(r["step"]), int(r["index"]))):
+        extra = r.get("extra") or {}
+        if r.get("status") != "ok" or "latency_ms" not in extra or r["hash"] in seen:
+            continue
+        seen[r["hash"]] = {"hash": r["hash"], "step": r["step"], "index": r["index"],
+                           "proxy_reward": float(extra.get("proxy_reward", r["reward"])),
+                           "latency_ms": float(extra["latency_ms"]), "reward": float(r["reward"])}
+    return list(seen.values())
+
+
 def summarize(rows: list[dict[str, Any]], cfg: SearchConfig | None = None, *, wall_s: float | None = None,
               session_s: float | None = None, session_evals: int | None = None,
               out: Path | None = None) -> dict[str, Any]:
@@ -471,6 +639,11 @@ def summarize(rows: list[dict[str, Any]], cfg: SearchConfig | None = None, *, wa
         b = best[0]
         d["best"] = {"reward": b["reward"], "hash": b["hash"], "step": b["step"], "index": b["index"],
                      "losses": b.get("losses", {})}
+    points = pareto_points(rows)
+    if points:
+        d["pareto"] = {"axes": ["proxy_reward (higher is better)", "latency_ms (predicted, lower is better)"],
+                       "points": len(points), "front": pareto_front(points),
+                       "target_ms": cfg.latency_target if cfg is not None else None}
     if cfg is not None:
         d["config"] = cfg.to_dict()
     if wall_s is not None:

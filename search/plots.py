@@ -74,3 +74,36 @@ def plot_rewards(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_pareto(points: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], path: str | os.PathLike[str],
+                *, target_ms: float | None = None, title: str | None = None) -> Path:
+    """``pareto.png``: proxy reward against predicted latency (ms) of every distinct evaluated
+    genotype, the Pareto front (higher reward, lower latency) joined, the target as a line."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.2), dpi=120)
+    ax = fig.add_subplot(1, 1, 1)
+    if points:
+        ax.scatter([p["latency_ms"] for p in points], [p["proxy_reward"] for p in points], s=10, alpha=0.4,
+                   color="#4C72B0", label=f"evaluated ({len(points)})")
+        ax.plot([p["latency_ms"] for p in front], [p["proxy_reward"] for p in front], "-o", ms=4,
+                color="#C44E52", label=f"Pareto front ({len(front)})")
+        if target_ms is not None:
+            ax.axvline(target_ms, color="#55A868", ls="--", lw=1.0, label=f"target {target_ms:g} ms")
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no rewards yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("predicted decoder latency (ms)")
+    ax.set_ylabel("proxy reward")
+    ax.set_title(title or "reward vs predicted latency", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(path, buf.getvalue())

@@ -38,8 +38,7 @@ from torch import Tensor, nn
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.losses import FcosConfig, FcosTargets, losses_from_targets
 from nasfcos.genotypes import Genotype, parse_genotype
-from nasfcos.search.backbones import BACKBONES
-from nasfcos.search.cache import FeatureCache, build_cache, open_cache
+from nasfcos.search.cache import FeatureCache, build_cache, key_difference, open_cache
 
 __all__ = [
     "PRESETS", "CACHE_KEY_FIELDS", "DecoderFactory", "EvalResult", "PolyakAverage", "ProxyEvaluator",
@@ -55,7 +54,7 @@ LOSS_TERMS: tuple[str, ...] = ("cls", "box", "ctr")
 # ------------------------------------------------------------------------------------------
 #: Fields that decide what the cache holds; the rest only affect training.
 CACHE_KEY_FIELDS: tuple[str, ...] = (
-    "backbone", "tiny_channels", "short_side", "max_size", "crop", "crops_per_image",
+    "backbone", "short_side", "max_size", "crop", "crops_per_image",
     "source_split", "meta_val_fraction", "meta_train_images", "meta_val_images", "split_seed",
     "crop_seed", "size_range_scale", "center_sampling_radius",
 )
@@ -71,8 +70,7 @@ class ProxySettings:
 
     name: str = "custom"
     # --- feature cache (CACHE_KEY_FIELDS) ---
-    backbone: str = "tiny"  # tiny | resnet50
-    tiny_channels: tuple[int, int, int, int] = (16, 24, 32, 48)
+    backbone: str = "tiny"  # a backbone of nasfcos.compiler.backbones (tiny, resnet50, ...)
     short_side: int = 96  # images are resized so their short side is this
     max_size: int = 96  # ... and their long side at most this
     crop: int = 64  # then randomly cropped to crop x crop (zero-padded if smaller)
@@ -92,7 +90,7 @@ class ProxySettings:
     synth_seed: int = 0
     # --- decoder and training ---
     fpn_channels: int = 16
-    head_channels: int = 16
+    head_channels: int = 32
     batch_size: int = 16
     epochs: int = 2
     max_steps: int | None = None
@@ -107,20 +105,20 @@ class ProxySettings:
     failure_reward: float = -100.0  # reward of a decoder whose meta-val loss is not finite
     seed: int = 0  # evaluation seed used when evaluate() is given none
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tiny_channels", tuple(int(c) for c in self.tiny_channels))
-
     def validate(self) -> ProxySettings:
         """Raise :class:`NasfcosError` (one line) on an impossible setting; returns self."""
-        if self.backbone not in BACKBONES:
-            raise NasfcosError(f"backbone must be one of {', '.join(BACKBONES)}, not {self.backbone!r}")
+        from nasfcos.compiler.backbones import BACKBONE_NAMES
+
+        if self.backbone not in BACKBONE_NAMES:
+            raise NasfcosError(f"backbone must be one of {', '.join(BACKBONE_NAMES)}, not {self.backbone!r}")
+        if self.backbone.endswith("_c2"):
+            raise NasfcosError(f"backbone {self.backbone}: the feature cache feeds ImageNet-normalised RGB; "
+                               "Caffe2-input trunks (*_c2) are not supported there")
         positive = ("short_side", "max_size", "crop", "crops_per_image", "chunk_size", "fpn_channels",
                     "head_channels", "batch_size", "epochs", "eval_batch_size")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise NasfcosError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if len(self.tiny_channels) != 4 or min(self.tiny_channels) < 1:
-            raise NasfcosError("tiny_channels must be four positive widths (c2..c5)")
         if self.crop % 32:
             raise NasfcosError(f"crop must be a multiple of 32 (the coarsest backbone stride), got {self.crop}")
         if not 0.0 < self.meta_val_fraction < 1.0:
@@ -137,13 +135,14 @@ class ProxySettings:
             raise NasfcosError("num_threads must be >= 0")
         if self.size_range_scale <= 0:
             raise NasfcosError("size_range_scale must be positive")
+        from nasfcos.compiler import CompileOptions
+
+        CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels)  # the widths' rules
         return self
 
     def cache_key(self) -> dict[str, Any]:
         """The fields that decide the cache's content, JSON-normalised (tuples as lists)."""
         key = {k: getattr(self, k) for k in CACHE_KEY_FIELDS}
-        if self.backbone != "tiny":
-            key["tiny_channels"] = None
         return json.loads(json.dumps(key))
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,13 +171,13 @@ class ProxySettings:
 PRESETS: dict[str, ProxySettings] = {
     # The embedded default: synthetic shapes (400 images, 128 px; 320 in train.json, split
     # 224 / 96), a small random-weight CNN, images resized to 96 px and cropped to 64 px,
-    # 16-wide decoders, 2 epochs of batch 16 (28 steps).  One evaluation of the paper's
+    # decoders 16 wide in the FPN and 32 in the head (GroupNorm's 32 groups, as released), 2 epochs of batch 16 (28 steps).  One evaluation of the paper's
     # genotype takes a few CPU-seconds; it outscores a crippled decoder over seeds
     # (tests/search/test_proxy.py, benchmarks/proxy_speed.py).
     "tiny": ProxySettings(
-        name="tiny", backbone="tiny", tiny_channels=(16, 24, 32, 48), short_side=96, max_size=96,
+        name="tiny", backbone="tiny", short_side=96, max_size=96,
         crop=64, meta_val_fraction=0.3, size_range_scale=0.25, chunk_size=64, synth_images=400,
-        synth_size=128, fpn_channels=16, head_channels=16, batch_size=16, epochs=2, lr=8e-4,
+        synth_size=128, fpn_channels=16, head_channels=32, batch_size=16, epochs=2, lr=8e-4,
         polyak_decay=0.9, eval_batch_size=64, num_threads=1,
     ),
     # The paper's numbers (NAS-FCOS 4.1): VOC split 4000 / 1715, short side 384, random
@@ -472,9 +471,12 @@ def evaluate(genotype: Genotype | dict[str, Any], cache: FeatureCache, settings:
 #: Caches opened in this process: (resolved path, manifest mtime) -> FeatureCache.  A
 #: worker verifies a cache's checksums once, however many evaluator copies it unpickles.
 _OPENED: dict[tuple[str, int], FeatureCache] = {}
+#: Verifications of each cache (resolved path) done by this process; reported with every
+#: evaluation as ``cache_verifications`` (1 in a worker that evaluated many genotypes).
+_VERIFICATIONS: dict[str, int] = {}
 
 
-def _open_once(cache_dir: str, settings: ProxySettings | None) -> FeatureCache:
+def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "full") -> FeatureCache:
     path = Path(cache_dir).resolve()
     try:
         mtime = (path / "manifest.json").stat().st_mtime_ns
@@ -483,12 +485,23 @@ def _open_once(cache_dir: str, settings: ProxySettings | None) -> FeatureCache:
     key = (str(path), mtime)
     cache = _OPENED.get(key)
     if cache is None:
-        cache = open_cache(path, settings)
+        cache = open_cache(path, settings, verify=verify)
+        _VERIFICATIONS[str(path)] = _VERIFICATIONS.get(str(path), 0) + 1
         _OPENED.clear()  # one cache per worker is the normal case; do not hoard memory
         _OPENED[key] = cache
     elif settings is not None:
-        open_cache(path, settings, verify="size")  # cheap settings check, same error on mismatch
+        diff = key_difference(settings.cache_key(), cache.key)  # same check as open_cache's
+        if diff is not None:
+            raise CacheError(f"{path}: cache was built with other settings ({diff})")
     return cache
+
+
+def open_verified(cache_dir: str | os.PathLike[str], settings: ProxySettings | None = None, *,
+                  checked: bool = False) -> FeatureCache:
+    """Open ``cache_dir`` in this process, verifying its checksums the first time only
+    (later calls, and every :class:`ProxyEvaluator` call here, reuse the opened cache).
+    ``checked``: :func:`build_cache` has just verified it; only sizes are checked."""
+    return _open_once(str(cache_dir), settings, "size" if checked else "full")
 
 
 @dataclass
@@ -512,7 +525,9 @@ class ProxyEvaluator:
         return _open_once(self.cache_dir, self.resolved_settings())
 
     def __call__(self, genotype: Genotype | dict[str, Any], seed: int = 0) -> dict[str, Any]:
-        return evaluate(genotype, self.cache(), self.resolved_settings(), seed).to_dict()
+        result = evaluate(genotype, self.cache(), self.resolved_settings(), seed).to_dict()
+        result["cache_verifications"] = _VERIFICATIONS.get(str(Path(self.cache_dir).resolve()), 0)
+        return result
 
 
 def make_evaluator(cache_dir: str | os.PathLike[str], preset: str | ProxySettings | None = None,

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from nasfcos.cli import args as A
 from nasfcos.compiler import (
     BACKBONES,
     GENERATOR_VERSION,
@@ -14,53 +15,64 @@ from nasfcos.compiler import (
     compile_genotype,
     parse_in_channels,
 )
-from nasfcos.errors import GenotypeError, NasfcosError
-from nasfcos.genotypes import PAPER_GENOTYPES, Genotype, load_genotype, load_paper_genotype
+from nasfcos.compiler.options import BOX_REGRESSION, PREPROCESS, SCORING
+from nasfcos.compiler.release import release_target
+from nasfcos.errors import NasfcosError
+from nasfcos.genotypes import PAPER_GENOTYPES, resolve_genotype
+from nasfcos.genotypes.resolve import YAML_SUFFIXES
 from nasfcos.io import atomic_write_text, sha256_bytes
 
 EPILOG = """example:
   nasfcos compile nas_fcos_fpn_head -o model.py
   nasfcos compile my_genotype.json -o model.py --fpn-channels 128 --head-channels 256 --num-classes 20
+  nasfcos compile R_50_NAS_head.yaml -o model.py --detector --backbone resnet50_c2
   nasfcos compile nas_fcos_fpn_head -o detector.py --detector --backbone resnet50
 
-GENOTYPE is a genotype JSON file or the name of a shipped genotype
-({}).  The file written imports only torch and torchvision;
+GENOTYPE is a genotype JSON file, the release's list form as JSON, a release config
+(configs/search/*.yaml: its SEARCH.DECODER.CONFIG, AGG_SIZE and, with --detector, its
+backbone as the release's variant with Caffe2 preprocessing) or the name of a
+shipped genotype ({}).  The file written imports only torch and torchvision;
 load it with `build()` (see its header).  --json prints a machine-readable summary.
 """.format(", ".join(PAPER_GENOTYPES))
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos compile",
         description="Compile a genotype into a standalone, readable PyTorch model.py.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("genotype", nargs="?", metavar="GENOTYPE", help="genotype JSON file or shipped genotype name")
-    p.add_argument("--genotype", dest="genotype_opt", metavar="GENOTYPE", help="same as the positional argument")
-    p.add_argument("-o", "--output", default="model.py", help="output file ('-' for stdout; default: model.py)")
-    p.add_argument("--fpn-channels", type=int, default=128, help="FPN width (default: 128)")
-    p.add_argument("--head-channels", type=int, default=None,
-                   help="head width (default: the FPN width; a 1x1 conv bridges different widths)")
-    p.add_argument("--num-classes", type=int, default=80, help="number of classes K (default: 80)")
+    p.add_argument("genotype", nargs="?", type=A.genotype_arg, metavar="GENOTYPE",
+                   help="genotype file (JSON, list-form JSON, release config .yaml) or shipped "
+                        "genotype name")
+    p.add_argument("--genotype", dest="genotype_opt", type=A.genotype_arg, metavar="GENOTYPE",
+                   help="same as the positional argument")
+    p.add_argument("-o", "--output", type=lambda t: t if t == "-" else str(A.output_file(t)),
+                   default="model.py", help="output file ('-' for stdout; default: model.py)")
+    p.add_argument("--fpn-channels", type=A.width, default=None,
+                   help="FPN width (default: 256, the released models'; a release .yaml's AGG_SIZE)")
+    p.add_argument("--head-channels", type=A.width, default=None,
+                   help="head width, a multiple of 32 (default: the FPN width; a 1x1 conv bridges "
+                        "different widths)")
+    p.add_argument("--num-classes", type=A.int_range(1, 100_000), default=80, help="number of classes K (default: 80)")
     p.add_argument("--in-channels", default="256,512,1024,2048",
                    help="backbone widths of c2,c3,c4,c5 (default: 256,512,1024,2048, ResNet-50)")
     p.add_argument("--detector", action="store_true",
                    help="also emit class Detector (backbone + decoder + FCOS post-processing)")
     p.add_argument("--backbone", default=None, choices=BACKBONES,
                    help="backbone of the detector (with --detector; default: resnet50)")
+    p.add_argument("--box-regression", choices=BOX_REGRESSION, default="pixels",
+                   help="units of bbox_reg = exp(scale * x): pixels (the release's, default) or "
+                        "stride (FCOS's later stride-normalised regression)")
+    p.add_argument("--scoring", choices=SCORING, default="product",
+                   help="detector score: product sigmoid(cls) * sigmoid(ctr) (the release's, default) "
+                        "or sqrt of it (with --detector)")
+    p.add_argument("--preprocess", choices=PREPROCESS, default=None,
+                   help="detector input normalisation: caffe2 (BGR x 255 - mean, the release's) or "
+                        "imagenet (default: the backbone's own; caffe2 for the *_c2 backbones)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     return p
-
-
-def resolve_genotype(arg: str) -> Genotype:
-    """Load ``arg`` as a genotype file, or as a shipped genotype name when no such file exists."""
-    path = Path(arg)
-    if path.exists():
-        return load_genotype(path)
-    if arg.removesuffix(".json") in PAPER_GENOTYPES:
-        return load_paper_genotype(arg)
-    raise GenotypeError(f"{arg}: no such file, and not a shipped genotype ({', '.join(PAPER_GENOTYPES)})")
 
 
 def main(argv: list[str]) -> int:
@@ -73,14 +85,29 @@ def main(argv: list[str]) -> int:
         raise NasfcosError("missing GENOTYPE (a genotype JSON file or a shipped name; see --help)")
     if args.backbone is not None and not args.detector:
         raise NasfcosError("--backbone only applies with --detector")
+    if (args.preprocess is not None or args.scoring != "product") and not args.detector:
+        raise NasfcosError("--preprocess and --scoring only apply with --detector")
     genotype = resolve_genotype(source_arg)
+    # a release config also gives the width (AGG_SIZE) and, for a detector, the release's
+    # backbone variant and Caffe2 preprocessing, unless the flags say otherwise
+    fpn_channels, backbone, preprocess = args.fpn_channels, args.backbone, args.preprocess
+    if Path(source_arg).suffix.lower() in YAML_SUFFIXES and Path(source_arg).is_file():
+        target = release_target(source_arg)
+        fpn_channels = fpn_channels or target.options.fpn_channels
+        if args.detector:
+            backbone = backbone or target.options.backbone
+            preprocess = preprocess or "caffe2"
+    fpn_channels = fpn_channels or 256
     options = CompileOptions(
-        fpn_channels=args.fpn_channels,
+        fpn_channels=fpn_channels,
         head_channels=args.head_channels,
         num_classes=args.num_classes,
         in_channels=parse_in_channels(args.in_channels),
         detector=args.detector,
-        backbone=args.backbone or "resnet50",
+        backbone=backbone or "resnet50",
+        box_regression=args.box_regression,
+        scoring=args.scoring,
+        preprocess=preprocess,
     )
     source = compile_genotype(genotype, options)
     data = source.encode("utf-8")
@@ -110,6 +137,9 @@ def main(argv: list[str]) -> int:
             "in_channels": list(options.in_channels),
             "detector": options.detector,
             "backbone": options.backbone if options.detector else None,
+            "box_regression": options.box_regression,
+            "scoring": options.scoring if options.detector else None,
+            "preprocess": options.resolved_preprocess if options.detector else None,
         },
     }
     if args.json:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
 from nasfcos.io import atomic_write_json
 
@@ -18,25 +18,12 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _parser(verb: str, description: str, example: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"nasfcos {verb}", description=description,
+    return A.Parser(prog=f"nasfcos {verb}", description=description,
                                    epilog=f"example:\n  {example}", formatter_class=_FMT)
 
 
-def _hw(text: str) -> tuple[int, int]:
-    """'384' or '384x512' -> (H, W)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, got '{text}'") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, got '{text}'")
-    return parts[0], parts[1]
-
-
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True))
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 # --------------------------------------------------------------------------- data
@@ -53,19 +40,22 @@ def data_main(argv: list[str]) -> int:
                                    "DIR/manifest.json.  Same seed, same set.",
                        epilog="example:\n  nasfcos data synth -o data/synth --images 300 --size 128",
                        formatter_class=_FMT)
-    s.add_argument("-o", "--out", required=True, help="output folder")
+    s.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, required=True, help="output folder")
     s.add_argument("--preset", choices=("default", "easy"), default="default",
                    help="option set: default (hard: 4-90%% scales, up to 6 objects, clutter) or "
                         "easy (600 images, 15-60%% scales, 1-3 objects, no clutter: the "
                         "yardstick set); flags given override it")
-    s.add_argument("--images", type=int, help="number of images (default 200)")
-    s.add_argument("--size", type=int, help="image side in pixels (default 128)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--val-fraction", type=float, help="share of val images (default 0.2)")
-    s.add_argument("--min-objects", type=int, help="objects per image at least (default 1)")
-    s.add_argument("--max-objects", type=int, help="objects per image at most (default 6)")
-    s.add_argument("--min-scale", type=float, help="smallest object side / image side (default 0.04)")
-    s.add_argument("--max-scale", type=float, help="largest object side / image side (default 0.9)")
+    s.add_argument("--images", type=A.int_range(1, 10**6), help="number of images (default 200)")
+    s.add_argument("--size", type=A.int_range(32, A.MAX_SIDE), help="image side in pixels (default 128)")
+    s.add_argument("--seed", type=A.seed, default=0, help="random seed (default 0)")
+    s.add_argument("--val-fraction", type=A.float_range(0.0, 1.0), help="share of val images (default 0.2)")
+    A.add_json(s, "print the manifest as JSON on stdout")
+    s.add_argument("--min-objects", type=A.int_range(1, 1000), help="objects per image at least (default 1)")
+    s.add_argument("--max-objects", type=A.int_range(1, 1000), help="objects per image at most (default 6)")
+    s.add_argument("--min-scale", type=A.float_range(0.0, 1.0, lo_open=True),
+                   help="smallest object side / image side (default 0.04)")
+    s.add_argument("--max-scale", type=A.float_range(0.0, 1.0, lo_open=True),
+                   help="largest object side / image side (default 0.9)")
     s.add_argument("--no-clutter", action="store_true", help="no unannotated lines and specks")
     s.add_argument("--force", action="store_true",
                    help="replace a data set already in the folder (default: refuse)")
@@ -75,8 +65,8 @@ def data_main(argv: list[str]) -> int:
                                    "relative to VOCDIR/JPEGImages.",
                        epilog="example:\n  nasfcos data voc2coco VOCdevkit/VOC2007 --split test -o "
                               "voc07_test.json", formatter_class=_FMT)
-    v.add_argument("voc_dir", help="VOC folder holding Annotations/")
-    v.add_argument("-o", "--out", required=True, help="output COCO JSON file")
+    v.add_argument("voc_dir", type=A.input_dir, help="VOC folder holding Annotations/")
+    v.add_argument("-o", "--output", "--out", dest="out", type=A.output_file, required=True, help="output COCO JSON file")
     v.add_argument("--split", default=None, help="ImageSets/Main split name (default: all XML files)")
     v.add_argument("--include-difficult", action="store_true",
                    help="keep difficult objects (as iscrowd=1, ignored by COCO eval)")
@@ -90,11 +80,11 @@ def data_main(argv: list[str]) -> int:
                  "min_objects": args.min_objects, "max_objects": args.max_objects,
                  "min_scale": args.min_scale, "max_scale": args.max_scale,
                  "clutter": False if args.no_clutter else None}
-        for name, value in given.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number")
         cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
         manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty(), force=args.force)
+        if args.json:
+            _print_json(manifest)
+            return 0
         c = manifest["counts"]
         print(f"wrote {args.out}: {c['train']['images']} train / {c['val']['images']} val images, "
               f"{c['train']['annotations'] + c['val']['annotations']} boxes, "
@@ -199,11 +189,12 @@ def train_main(argv: list[str]) -> int:
         "--min-size 128 --max-size 128 --out runs/synth\n"
         "  torchrun --nproc-per-node 8 -m nasfcos train model.py --data coco --preset coco "
         "--out runs/coco")
-    parser.add_argument("model", help="compiled model.py (with --detector)")
+    parser.add_argument("model", type=A.input_file, help="compiled model.py (with --detector)")
     parser.add_argument("--data", help="data folder (train.json, val.json, images/)")
     parser.add_argument("--ann", help="explicit training annotation JSON (instead of --data)")
     parser.add_argument("--images", help="explicit image folder (with --ann)")
-    parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, plots)")
+    parser.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, required=True,
+                        help="run folder (checkpoints, logs, plots)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="schedule preset: coco = the paper's (90k iters at batch 16, lr 0.01, "
                              "steps 60k/80k, warm-up 500 from 1/3); synth = the yardstick recipe "
@@ -211,22 +202,22 @@ def train_main(argv: list[str]) -> int:
                              "AdamW, 600 iters); synth-trunk = how that trunk was trained; flags "
                              "given override it")
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--epochs", type=int, help="train for N epochs")
-    g.add_argument("--iters", type=int, help="train for N iterations")
-    parser.add_argument("--batch", type=int, help="total batch size over processes (default 16)")
-    parser.add_argument("--lr", type=float, help="base learning rate (default 0.01 * batch / 16)")
-    parser.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    parser.add_argument("--weight-decay", type=float, help="weight decay (default 1e-4)")
-    parser.add_argument("--warmup-iters", type=int, help="linear warm-up iterations (default 500)")
-    parser.add_argument("--steps", type=int, nargs="+",
+    g.add_argument("--epochs", type=A.positive_int, help="train for N epochs")
+    g.add_argument("--iters", type=A.positive_int, help="train for N iterations")
+    parser.add_argument("--batch", type=A.positive_int, help="total batch size over processes (default 16)")
+    parser.add_argument("--lr", type=A.float_range(0.0, 10.0, lo_open=True), help="base learning rate (default 0.01 * batch / 16)")
+    parser.add_argument("--momentum", type=A.float_range(0.0, 1.0), help="SGD momentum (default 0.9)")
+    parser.add_argument("--weight-decay", type=A.non_negative_float, help="weight decay (default 1e-4)")
+    parser.add_argument("--warmup-iters", type=A.non_negative_int, help="linear warm-up iterations (default 500)")
+    parser.add_argument("--steps", type=A.positive_int, nargs="+",
                         help="iterations where lr drops x0.1 (default: 2/3 and 8/9 of the run)")
-    parser.add_argument("--clip-grad", type=float, help="max gradient norm, 0 = off (default 35)")
+    parser.add_argument("--clip-grad", type=A.non_negative_float, help="max gradient norm, 0 = off (default 35)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 + GradScaler; CUDA only)")
-    parser.add_argument("--min-size", type=int, help="resize short side to (default 800)")
-    parser.add_argument("--max-size", type=int, help="cap long side at (default 1333)")
-    parser.add_argument("--crop", type=_hw, help="random crop N or HxW after resizing (e.g. 384)")
-    parser.add_argument("--hflip", type=float, help="horizontal flip probability (default 0.5)")
-    parser.add_argument("--center-sampling", type=float, default=0.0, metavar="R",
+    parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE), help="resize short side to (default 800)")
+    parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE), help="cap long side at (default 1333)")
+    parser.add_argument("--crop", type=A.size_hw, help="random crop N or HxW after resizing (e.g. 384)")
+    parser.add_argument("--hflip", type=A.float_range(0.0, 1.0), help="horizontal flip probability (default 0.5)")
+    parser.add_argument("--center-sampling", type=A.non_negative_float, default=0.0, metavar="R",
                         help="FCOS center sampling radius in strides, e.g. 1.5 (default 0: off, "
                              "as the release)")
     parser.add_argument("--box-loss", choices=BOX_LOSSES, default="iou",
@@ -242,22 +233,24 @@ def train_main(argv: list[str]) -> int:
                              "fine-tunes the trunk too)")
     parser.add_argument("--save-backbone", action="store_true",
                         help="also write the trained trunk to RUN/backbone.pt (+ backbone.json)")
-    parser.add_argument("--fpn-channels", type=int, help="override the compiled FPN width")
-    parser.add_argument("--head-channels", type=int, help="override the compiled head width")
-    parser.add_argument("--workers", type=int, default=2, help="data loader workers (default 2)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--log-every", type=int, default=20, help="iterations per metrics record")
-    parser.add_argument("--checkpoint-every", type=int, help="iterations per checkpoint (default 10%%)")
-    parser.add_argument("--val-ann", help="validation annotation JSON (with --ann; default: the "
-                                              "val split of --data)")
-    parser.add_argument("--val-images", help="validation image folder (with --val-ann)")
+    parser.add_argument("--fpn-channels", type=A.width, help="override the compiled FPN width")
+    parser.add_argument("--head-channels", type=A.width, help="override the compiled head width")
+    parser.add_argument("--workers", type=A.int_range(0, 256), default=2, help="data loader workers (default 2)")
+    parser.add_argument("--device", type=A.device, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--seed", type=A.seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--log-every", type=A.positive_int, default=20, help="iterations per metrics record")
+    parser.add_argument("--checkpoint-every", type=A.positive_int, help="iterations per checkpoint (default 10%%)")
+    parser.add_argument("--val-ann", type=A.input_file,
+                        help="validation annotation JSON (with --ann; default: the val split of --data)")
+    parser.add_argument("--val-images", type=A.input_dir, help="validation image folder (with --val-ann)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from last.pt with its config.json")
+                        help="continue the run in -o from last.pt with its config.json")
     parser.add_argument("--override", action="store_true",
                         help="with --resume: let flags given now replace the run's settings")
     parser.add_argument("--no-eval", action="store_true", help="skip the final COCO evaluation")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    A.add_json(parser, "print the run summary as JSON on stdout")
+    parser.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bar")
     args = parser.parse_args(argv)
     given = _given_dests(parser, argv)
 
@@ -298,6 +291,9 @@ def train_main(argv: list[str]) -> int:
 
         if dist.get_rank() != 0:
             return 0
+    if args.json:
+        _print_json(summary)
+        return 0
     f = summary["final"]
     print(f"trained {summary['iters']} iterations in {summary['time_s']:.1f} s: loss {f.get('loss', 0):.4f} "
           f"(cls {f.get('cls', 0):.4f}, box {f.get('box', 0):.4f}, ctr {f.get('ctr', 0):.4f})")
@@ -329,7 +325,7 @@ def _exported_meta(path: Path) -> dict[str, Any] | None:
     if isinstance(weights, str):
         wpath = Path(weights) if Path(weights).is_absolute() else Path(path).parent / weights
         if wpath.is_file():
-            from nasfcos.fcos.evaluate import load_weights_file
+            from nasfcos.weights import load_weights_file
 
             full = load_weights_file(wpath)
             meta.update({k: full[k] for k in ("min_size", "max_size", "eval_batch", "cat_ids",
@@ -339,13 +335,9 @@ def _exported_meta(path: Path) -> dict[str, Any] | None:
 
 def eval_main(argv: list[str]) -> int:
     """``nasfcos eval model.py|model.onnx|model.engine --data DIR [-o metrics.json]``."""
-    from nasfcos.fcos.evaluate import (
-        METRIC_NAMES,
-        EvalConfig,
-        evaluate,
-        load_weights_file,
-        make_runner,
-    )
+    from nasfcos.fcos.evaluate import METRIC_NAMES, EvalConfig, evaluate
+    from nasfcos.runtime.runners import make_runner
+    from nasfcos.weights import load_weights_file
 
     parser = _parser(
         "eval",
@@ -353,25 +345,26 @@ def eval_main(argv: list[str]) -> int:
         "backend: model.py (PyTorch, with --weights), model.onnx, model.engine.",
         "nasfcos eval model.py --weights runs/synth/final.pt --data data/synth -o metrics.json\n"
         "  nasfcos eval model.onnx --data data/synth --min-size 128 --max-size 128")
-    parser.add_argument("model", help="model.py, model.onnx or model.engine")
+    parser.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
     parser.add_argument("--data", help="data folder (split .json + images/)")
     parser.add_argument("--split", default="val", help="split name in --data (default val)")
     parser.add_argument("--ann", help="explicit annotation JSON (instead of --data)")
     parser.add_argument("--images", help="explicit image folder (with --ann)")
-    parser.add_argument("--weights", help="final.pt / last.pt from 'nasfcos train' (model.py only)")
-    parser.add_argument("--num-classes", type=int, help="classes, when --weights has no metadata")
+    parser.add_argument("--weights", type=A.input_file, help="final.pt / last.pt from 'nasfcos train' (model.py only)")
+    parser.add_argument("--num-classes", type=A.int_range(1, 100_000), help="classes, when --weights has no metadata")
     parser.add_argument("--backend", help="runner backend (torch, onnxruntime, tensorrt; default by file)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--min-size", type=int,
+    parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE),
                         help="resize short side to (default: the training run's, else 800)")
-    parser.add_argument("--max-size", type=int,
+    parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE),
                         help="cap long side at (default: the training run's, else 1333)")
-    parser.add_argument("--input-size", type=_hw, help="fixed input HxW (default: the model's, if static)")
-    parser.add_argument("--batch", type=int,
+    parser.add_argument("--input-size", type=A.size_hw, help="fixed input HxW (default: the model's, if static)")
+    parser.add_argument("--batch", type=A.positive_int,
                         help="images per batch (default: the training run's eval batch, else 8)")
-    parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
-    parser.add_argument("-o", "--output", help="write the metrics as JSON here")
+    parser.add_argument("--max-images", type=A.positive_int, help="evaluate only the first N images")
+    parser.add_argument("-o", "--output", type=A.output_file, help="write the metrics as JSON here")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    A.add_quiet(parser)
     args = parser.parse_args(argv)
     for flag, value, low in (("batch", args.batch, 1), ("max-images", args.max_images, 1),
                              ("min-size", args.min_size, 32), ("max-size", args.max_size, 32),
@@ -379,6 +372,8 @@ def eval_main(argv: list[str]) -> int:
         if value is not None and value < low:
             raise NasfcosError(f"--{flag} must be at least {low}, not {value}")
     path = Path(args.model)
+    if not args.quiet and not sys.stderr.isatty():  # no bar in logs: one line per stage
+        print(f"eval: {path} on {args.ann or args.data} ...", file=sys.stderr, flush=True)
     ckpt = None
     if path.suffix == ".py":
         if args.weights is None:
@@ -395,8 +390,15 @@ def eval_main(argv: list[str]) -> int:
     if max_size < min_size:
         raise NasfcosError(f"--max-size {max_size} is smaller than --min-size {min_size}")
     batch = args.batch or int(meta.get("eval_batch", 8))
-    runner = make_runner(path, args.backend, args.device, weights=args.weights,
-                         num_classes=args.num_classes)
+    opts: dict[str, Any] = {}
+    if path.suffix == ".py":
+        opts = {"kind": "detector", "weights": args.weights}
+        if args.num_classes is not None:
+            opts["overrides"] = {"num_classes": args.num_classes}
+    runner = make_runner(path, args.backend, args.device, **opts)
+    if runner.kind != "detector":
+        raise NasfcosError(f"{path}: not a detector (inputs {', '.join(runner.input_names)}); "
+                           "eval needs one: compile and export with --detector")
     cfg = EvalConfig(min_size=min_size, max_size=max_size, batch_size=batch,
                      input_size=args.input_size)
     model_k = args.num_classes or meta.get("num_classes")
@@ -405,8 +407,8 @@ def eval_main(argv: list[str]) -> int:
 
         model_k = getattr(load_model_file(path), "NUM_CLASSES", None)
     metrics = evaluate(runner, data=args.data, split=args.split, ann=args.ann, images=args.images,
-                       cfg=cfg, progress=sys.stderr.isatty(), max_images=args.max_images,
-                       model_cat_ids=meta.get("cat_ids"),
+                       cfg=cfg, progress=sys.stderr.isatty() and not args.quiet,
+                       max_images=args.max_images, model_cat_ids=meta.get("cat_ids"),
                        model_num_classes=int(model_k) if model_k is not None else None)
     if hasattr(runner, "close"):
         runner.close()

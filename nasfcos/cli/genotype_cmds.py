@@ -7,27 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from nasfcos.errors import GenotypeError, NasfcosError
+from nasfcos.cli import args as A
+from nasfcos.errors import NasfcosError
 from nasfcos.genotypes import (
     PAPER_GENOTYPES,
     Genotype,
     fpn_graph,
-    load_genotype,
-    paper_genotype_path,
+    resolve_genotype,
 )
 
 
-def resolve_genotype_arg(arg: str) -> Path:
-    """A genotype argument is a path, or the name of a shipped genotype (``nas_fcos_fpn_head``)."""
-    p = Path(arg)
-    if not p.exists() and arg.removesuffix(".json") in PAPER_GENOTYPES:
-        return paper_genotype_path(arg)
-    return p
-
-
 def load_genotype_arg(arg: str) -> Genotype:
-    """Load a genotype given as a path or a shipped name."""
-    return load_genotype(resolve_genotype_arg(arg))
+    """Load a genotype argument (:func:`nasfcos.genotypes.resolve_genotype`)."""
+    return resolve_genotype(arg)
 
 
 def _summary(g: Genotype) -> dict[str, object]:
@@ -45,14 +37,14 @@ def _summary(g: Genotype) -> dict[str, object]:
 
 
 def validate_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = A.Parser(
         prog="nasfcos validate",
         description="Validate genotype JSON files (Contract 1). Exit 0 when all are valid; one line per bad file.",
         epilog="example:\n  nasfcos validate genotypes/nas_fcos_fpn_head.json my_search/top/*.json --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("files", nargs="+", help="genotype JSON files (or shipped names: {})".format(", ".join(PAPER_GENOTYPES)))
-    parser.add_argument("--json", action="store_true", help="print one JSON document with a result per file")
+    parser.add_argument("files", nargs="+", help="genotype files (JSON, list-form JSON, release config .yaml) or shipped names: {}".format(", ".join(PAPER_GENOTYPES)))
+    A.add_json(parser, "print one JSON document with a result per file on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     args = parser.parse_args(argv)
     results = []
@@ -60,12 +52,12 @@ def validate_main(argv: list[str]) -> int:
     for f in args.files:
         try:
             g = load_genotype_arg(f)
-        except GenotypeError as exc:
+        except NasfcosError as exc:
             bad += 1
             msg = str(exc)
             results.append({"file": f, "valid": False, "error": msg})
             if not args.json:
-                print(f"{f}: invalid: {msg.removeprefix(str(resolve_genotype_arg(f)) + ': ')}", file=sys.stderr)
+                print(f"{f}: invalid: {msg.removeprefix(f + ': ')}", file=sys.stderr)
             continue
         info = _summary(g)
         results.append({"file": f, "valid": True, **info})
@@ -77,16 +69,16 @@ def validate_main(argv: list[str]) -> int:
 
 
 def draw_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = A.Parser(
         prog="nasfcos draw",
         description="Draw a genotype's FPN and head graph (pool nodes, ops on edges, aggregations, "
         "outputs p3..p7, dangling features; unused paths greyed).",
         epilog="example:\n  nasfcos draw nas_fcos_fpn_head -o arch.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("genotype", help="genotype JSON file (or a shipped name)")
-    parser.add_argument("-o", "--output", default="arch.png", help="image file (.png, .svg or .pdf)")
-    parser.add_argument("--json", action="store_true", help="also print a JSON summary of the graph")
+    parser.add_argument("genotype", type=A.genotype_arg, help="genotype JSON file (or a shipped name)")
+    A.add_output(parser, "image file (.png, .svg or .pdf; default arch.png)", default="arch.png")
+    A.add_json(parser, "print a JSON summary of the graph on stdout")
     args = parser.parse_args(argv)
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):

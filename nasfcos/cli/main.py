@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "train": ("nasfcos.cli.fcos_cmds", "train_main", "train a compiled detector with FCOS losses"),
     "eval": ("nasfcos.cli.fcos_cmds", "eval_main", "COCO mAP of any backend"),
     "predict": ("nasfcos.cli.predict_cmd", "main", "detect objects in images (JSON + drawn boxes)"),
+    "import-release": ("nasfcos.cli.import_cmd", "main", "import a trained checkpoint of the authors' release"),
     "search": ("nasfcos.cli.search_cmds", "main", "NAS search (and: cache, eval, top)"),
     "demo": ("nasfcos.cli.demo", "main", "the main job on the shipped paper genotype"),
 }
@@ -62,9 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, func_name, _ = VERBS[verb]
     debug = os.environ.get("NASFCOS_DEBUG", "") not in ("", "0")
+    func = getattr(importlib.import_module(module_name), func_name)
     try:
-        module = importlib.import_module(module_name)
-        func = getattr(module, func_name)
         return int(func(rest) or 0)
     except NasfcosError as exc:
         if debug:
@@ -74,13 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nasfcos {verb}: interrupted", file=sys.stderr)
         return 130
-    except (ModuleNotFoundError, AttributeError) as exc:
-        if debug:
-            raise
-        if module_name in str(exc) or func_name in str(exc):
-            print(f"nasfcos {verb}: error: this verb is not available in this build", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

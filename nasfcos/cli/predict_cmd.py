@@ -87,7 +87,8 @@ def main(argv: list[str]) -> int:
     from PIL import Image
 
     from nasfcos.fcos.data import pad_batch, resize_image
-    from nasfcos.fcos.evaluate import load_weights_file, make_runner
+    from nasfcos.runtime.runners import make_runner
+    from nasfcos.weights import load_weights_file
 
     path = Path(args.model)
     meta: dict[str, Any] = {}
@@ -99,7 +100,10 @@ def main(argv: list[str]) -> int:
     max_size = args.max_size or int(meta.get("max_size", max(1333, min_size)))
     if max_size < min_size:
         raise NasfcosError(f"--max-size {max_size} is smaller than --min-size {min_size}")
-    runner = make_runner(path, args.backend, args.device, weights=args.weights)
+    opts: dict[str, Any] = {"kind": "detector", "weights": args.weights} if path.suffix == ".py" else {}
+    runner = make_runner(path, args.backend, args.device, **opts)
+    if getattr(runner, "kind", "detector") != "detector":
+        raise NasfcosError(f"{path}: not a detector; predict needs one (compile with --detector)")
     names = [str(n) for n in meta.get("class_names", [])]
     cat_ids = [int(c) for c in meta.get("cat_ids", [])]
     input_size = getattr(runner, "input_size", None)

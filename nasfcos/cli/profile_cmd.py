@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from pathlib import Path
 from typing import Any
 
-from nasfcos.errors import NasfcosError
+from nasfcos.cli import args as A
 from nasfcos.io import atomic_write_json
 
 EPILOG = """example:
   nasfcos profile model.py
   nasfcos profile nas_fcos_fpn_head --backbone mobilenet_v2 --fpn-channels 128 --head-channels 256
   nasfcos profile nas_fcos_fpn nas_fcos_fpn_head --widths 128 128-256 256 \\
-      --backbone resnet50 mobilenet_v2 --baseline --size 1088x800 -o profile.json
+      --backbone resnet50 mobilenet_v2 --baseline --size 800x1088 -o profile.json
 
 MODEL is a compiled model.py, a genotype .json, a shipped genotype name
 (nas_fcos_fpn, nas_fcos_fpn_head) or fpn-fcos (the FPN-FCOS baseline); genotypes are
 compiled as detectors in memory.  One row per MODEL x backbone x width.
-FLOPs are the paper's: multiply-adds (MACs) of backbone + decoder at WIDTHxHEIGHT,
+FLOPs are the paper's: multiply-adds (MACs) of backbone + decoder at HEIGHTxWIDTH,
 batch 1 (torch's FlopCounterMode count / 2), deformable convolutions counted as convs
 (sampling not counted).  Parameters include frozen-BN affine weights.  Counting runs on
 the meta device (no weights are allocated).  --json prints JSON instead of the table;
@@ -27,66 +27,57 @@ the meta device (no weights are allocated).  --json prints JSON instead of the t
 """
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1088x800, got {text!r}") from None
-    if w < 32 or h < 32:
-        raise argparse.ArgumentTypeError(f"{text}: both sides must be at least 32 pixels")
-    return w, h
+def _model_arg(text: str) -> str:
+    """A MODEL: ``fpn-fcos``, a shipped name, or a path that, if it exists, is a regular file."""
+    if text != "fpn-fcos" and Path(text).exists():
+        A.input_file(text)
+    return text
 
 
 def _widths(text: str) -> tuple[int, int | None]:
     parts = text.lstrip("@").split("-")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FPN or FPN-HEAD widths such as 128-256, got {text!r}") from None
-    if len(values) not in (1, 2) or min(values) < 1:
+    if len(parts) not in (1, 2):
         raise argparse.ArgumentTypeError(f"expected FPN or FPN-HEAD widths such as 128-256, got {text!r}")
+    values = [A.width(p) for p in parts]
     return (values[0], values[1] if len(values) == 2 else None)
 
 
 def _parser() -> argparse.ArgumentParser:
     from nasfcos.compiler.backbones import BACKBONE_NAMES
 
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos profile",
         description="Parameters (total, backbone, FPN, head) and FLOPs (multiply-adds) of detectors.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("models", nargs="+", metavar="MODEL",
+    p.add_argument("models", nargs="+", metavar="MODEL", type=_model_arg,
                    help="model.py, genotype .json, shipped genotype name, or fpn-fcos")
     p.add_argument("--backbone", nargs="+", default=[None], choices=BACKBONE_NAMES, metavar="NAME",
                    help=f"backbone(s): {', '.join(BACKBONE_NAMES)} "
                         "(default: a model file's compiled backbone, else resnet50)")
-    p.add_argument("--fpn-channels", type=int, default=None,
-                   help="FPN width (default: the model file's; 128 for genotypes, 256 for fpn-fcos)")
-    p.add_argument("--head-channels", type=int, default=None, help="head width (default: the FPN width)")
+    p.add_argument("--fpn-channels", type=A.width, default=None,
+                   help="FPN width (default: the model file's; 256 for genotypes and fpn-fcos)")
+    p.add_argument("--head-channels", type=A.width, default=None, help="head width (default: the FPN width)")
     p.add_argument("--widths", nargs="+", type=_widths, default=None, metavar="F[-H]",
                    help="several widths at once, e.g. 128 128-256 256 (overrides --fpn/--head-channels)")
-    p.add_argument("--num-classes", type=int, default=80, help="number of classes (default: 80)")
-    p.add_argument("--size", type=_size, default=(1088, 800), metavar="WxH",
-                   help="input size, width x height (default: 1088x800, the paper's)")
+    p.add_argument("--num-classes", type=A.int_range(1, 100_000), default=80, help="number of classes (default: 80)")
+    p.add_argument("--size", type=A.size_hw, default=(800, 1088), metavar="HxW",
+                   help="input size, height x width (a single number: square; default: "
+                        "800x1088, the paper's)")
     p.add_argument("--baseline", action="store_true",
                    help="add the FPN-FCOS @256 baseline for every backbone (rows first)")
     p.add_argument("--device", default="meta", choices=("meta", "cpu"),
                    help="where to build and trace (default: meta, no memory used)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.add_argument("-o", "--output", default=None, metavar="FILE", help="also write the JSON to FILE")
+    A.add_json(p, "print JSON on stdout instead of the table")
+    A.add_output(p, "also write the JSON to FILE")
+    A.add_quiet(p)
     return p
 
 
 def _requests(args: argparse.Namespace) -> list[Any]:
     from nasfcos.compiler.profile import ProfileRequest
 
-    for w in (args.fpn_channels, args.head_channels):
-        if w is not None and w < 1:
-            raise NasfcosError(f"widths must be positive, got {w}")
-    if args.num_classes < 1:
-        raise NasfcosError(f"--num-classes must be positive, got {args.num_classes}")
     widths = args.widths or [(args.fpn_channels, args.head_channels)]
     out = []
     for backbone in args.backbone:
@@ -103,15 +94,21 @@ def _requests(args: argparse.Namespace) -> list[Any]:
 def main(argv: list[str]) -> int:
     """Entry point of ``nasfcos profile``."""
     args = _parser().parse_args(argv)
-    from tqdm import tqdm
-
     from nasfcos.compiler.profile import format_table, profile
+    from nasfcos.progress import progress_bar
 
     requests = _requests(args)
     results = []
-    for req in tqdm(requests, desc="profile", unit="model", file=sys.stderr,
-                    disable=len(requests) < 3 or not sys.stderr.isatty()):
+    bar = progress_bar(len(requests), desc="profile", unit="model",
+                       enabled=len(requests) >= 3 and not args.quiet)
+    for req in requests:
+        if bar is not None:
+            bar.set_postfix_str(f"{req.model} {req.backbone or ''}".strip())
         results.append(profile(req))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     doc = {"format": "nasfcos-profile/1", "profiles": [r.to_dict() for r in results]}
     if args.output:
         atomic_write_json(args.output, doc)

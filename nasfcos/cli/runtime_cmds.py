@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
 
 _FMT = argparse.RawDescriptionHelpFormatter
@@ -21,29 +23,72 @@ def _kind_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(kind=None)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+_positive_int = A.positive_int
 
 
-def _write_json(path: str | None, obj: Any) -> None:
+def _precision_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("precision (built into the ONNX file; see the README)")
+    g.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
+                   help="fp32 (default), fp16 (float16 with float32 I/O) or int8 (Q/DQ)")
+    g.add_argument("--calib", type=A.input_dir, metavar="DIR", help="int8: folder of calibration images")
+    g.add_argument("--data", type=A.input_dir, metavar="DIR", help="int8: COCO data folder to calibrate on")
+    g.add_argument("--calib-images", type=A.positive_int, default=32, metavar="N",
+                   help="int8: calibration images (default 32)")
+    g.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
+                   default="minmax", help="int8: range estimator (default minmax)")
+    g.add_argument("--int8-target", choices=["tensorrt", "cpu"], default="tensorrt",
+                   help="int8: tensorrt (symmetric, per-channel) or cpu (U8S8 for ONNX "
+                        "Runtime on x86; TensorRT cannot build it)")
+
+
+def _precision_options(args: argparse.Namespace) -> Any:
+    """PrecisionOptions from the flags, the legacy --fp16/--int8-calib mapped onto them."""
+    from nasfcos.runtime.precision import PrecisionOptions
+
+    precision, calib = args.precision, args.calib
+    if args.fp16 and args.int8_calib:
+        raise NasfcosError("give one of --fp16 and --int8-calib")
+    legacy = "fp16" if args.fp16 else "int8" if args.int8_calib else None
+    if legacy and precision not in (None, legacy):
+        raise NasfcosError(f"--precision {precision} contradicts the legacy flag (= {legacy})")
+    precision = precision or legacy or "fp32"
+    if args.int8_calib:
+        if calib and calib != args.int8_calib:
+            raise NasfcosError("give the calibration folder once (--calib or --int8-calib)")
+        calib = args.int8_calib
+    opts = PrecisionOptions(precision=precision, calib=Path(calib) if calib else None,
+                            data=Path(args.data) if args.data else None,
+                            calib_images=args.calib_images, calib_method=args.calib_method,
+                            int8_target=args.int8_target)
+    opts.validate()
+    if args.trt and precision == "int8" and opts.int8_target != "tensorrt":
+        raise NasfcosError("TensorRT cannot build --int8-target cpu (uint8 activations; its "
+                           "INT8 is symmetric): use --int8-target tensorrt with --trt")
+    return opts
+
+
+def _emit_json(args: argparse.Namespace, obj: Any) -> None:
+    """``--json``: the result on stdout; ``-o`` (check) also writes it to a file."""
+    path = getattr(args, "output", None) if args.verb_writes_json else None
     if path:
         from nasfcos.io import atomic_write_json
 
         atomic_write_json(path, obj)
-        print(f"json: {path}")
+        _say(args, f"json: {path}")
+    if args.json:
+        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _say(args: argparse.Namespace, *parts: Any) -> None:
+    """Human-readable lines: stdout, or stderr when --json keeps stdout for the JSON."""
+    print(*parts, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 # -- export -----------------------------------------------------------------------------------
 
 def export_main(argv: list[str]) -> int:
     """``nasfcos export``: model.py -> ONNX (+ manifest), optionally -> TensorRT engine."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos export", formatter_class=_FMT,
         description="Export a compiled model.py to ONNX (dynamo exporter, opset >= 19: deformable "
                     "convs become DeformConv), check the graph, simplify it with onnxslim and "
@@ -53,62 +98,85 @@ def export_main(argv: list[str]) -> int:
                     "file (Detector if it has one) unless --detector/--decoder says otherwise.",
         epilog="examples:\n  nasfcos export model.py -o model.onnx --size 800x800\n"
                "  nasfcos export model.py -o model.onnx --decoder --dynamic\n"
+               "  nasfcos export model.py -o m.int8.onnx --precision int8 --data data/synth\n"
+               "  nasfcos export model.onnx --precision fp16 -o model.fp16.onnx\n"
                "  nasfcos export model.onnx --trt model.engine --fp16 --min 512x512 "
                "--opt 800x800 --max 1344x1344")
-    p.add_argument("model", help="compiled model.py (or a .onnx with --trt)")
-    p.add_argument("-o", "--output", help="ONNX file to write (default: next to model.py)")
+    p.add_argument("model", type=A.input_file, help="compiled model.py (or a .onnx with --trt)")
+    p.add_argument("-o", "--output", type=A.output_file,
+                   help="ONNX file to write (default: next to model.py)")
     _kind_flags(p)
-    p.add_argument("--size", default="800x800", help="example input size HxW (default 800x800)")
+    p.add_argument("--size", type=A.size_hw, default="800x800",
+                   help="example input size HxW (default 800x800)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--dynamic", action="store_true",
                    help="symbolic batch, height and width (batch stays static if the model "
                         "fixes it); valid ranges go to the manifest")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 19, minimum 19)")
+    p.add_argument("--opset", type=A.opset, default=None, help="ONNX opset (default 19, minimum 19)")
     p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim pass")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    p.add_argument("--weights", help="state_dict file (torch.save) instead of random weights")
+    p.add_argument("--seed", type=A.seed, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--weights", type=A.input_file,
+                   help="state_dict file (torch.save) instead of random weights")
+    _precision_flags(p)
     t = p.add_argument_group("TensorRT")
-    t.add_argument("--trt", metavar="ENGINE", help="also build a TensorRT engine here")
-    t.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
-    t.add_argument("--int8-calib", metavar="DIR", help="INT8 with calibration images from DIR")
-    t.add_argument("--workspace", type=float, default=4.0, metavar="GB",
+    t.add_argument("--trt", type=A.output_file, metavar="ENGINE",
+                   help="also build a TensorRT engine here (strongly typed: the precision is "
+                        "the ONNX file's)")
+    t.add_argument("--fp16", action="store_true", help="same as --precision fp16")
+    t.add_argument("--int8-calib", type=A.input_dir, metavar="DIR",
+                   help="same as --precision int8 --calib DIR --int8-target tensorrt")
+    t.add_argument("--workspace", type=A.positive_float, default=4.0, metavar="GB",
                    help="builder workspace limit in GB (default 4)")
-    t.add_argument("--min", dest="min_size", help="profile min size HxW (dynamic inputs)")
-    t.add_argument("--opt", dest="opt_size", help="profile optimal size HxW")
-    t.add_argument("--max", dest="max_size", help="profile max size HxW")
-    t.add_argument("--timing-cache", help="timing cache file (read if present, then updated)")
-    p.add_argument("--json", help="also write the export summary as JSON here")
+    t.add_argument("--min", dest="min_size", type=A.size_hw,
+                   help="profile min size HxW (dynamic inputs)")
+    t.add_argument("--opt", dest="opt_size", type=A.size_hw, help="profile optimal size HxW")
+    t.add_argument("--max", dest="max_size", type=A.size_hw, help="profile max size HxW")
+    t.add_argument("--timing-cache", type=A.output_file,
+                   help="timing cache file (read if present, then updated)")
+    A.add_json(p, "print the export summary as JSON on stdout")
+    A.add_quiet(p)
     args = p.parse_args(argv)
+    args.verb_writes_json = False
 
     from nasfcos.runtime.export import DEFAULT_OPSET, ExportOptions, export_onnx, export_summary
-    from nasfcos.runtime.models import parse_size
 
     src = Path(args.model)
-    if not src.is_file():
-        raise NasfcosError(f"{src}: no such file")
+    prec = _precision_options(args)
     summary: dict[str, Any] = {}
+    if src.suffix == ".onnx" and prec.precision != "fp32":
+        from nasfcos.runtime.precision import convert_onnx
+
+        out = Path(args.output) if args.output else src.with_name(
+            f"{src.stem}.{prec.precision}.onnx")
+        man = convert_onnx(src, out, prec)
+        _say(args, f"onnx: {out} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
+             f"sha256 {man['artifact']['sha256'][:12]})")
+        summary = {"onnx": str(out), "precision": man["precision"]}
+        src = out
     if src.suffix == ".py":
         out = Path(args.output) if args.output else (
             Path(args.trt).with_suffix(".onnx") if args.trt else src.with_suffix(".onnx"))
-        opts = ExportOptions(kind=args.kind, size=parse_size(args.size), batch=args.batch,
+        opts = ExportOptions(kind=args.kind, size=args.size, batch=args.batch,
                              dynamic=args.dynamic, opset=args.opset or DEFAULT_OPSET,
                              simplify=not args.no_simplify, seed=args.seed,
-                             weights=Path(args.weights) if args.weights else None)
-        print(f"exporting {src} -> {out} ({'dynamic' if opts.dynamic else 'static'} "
-              f"{opts.size[0]}x{opts.size[1]}, opset {opts.opset}) ...", flush=True)
-        res = export_onnx(src, out, opts, progress=sys.stderr.isatty())
+                             weights=Path(args.weights) if args.weights else None,
+                             precision=prec)
+        _say(args, f"exporting {src} -> {out} ({'dynamic' if opts.dynamic else 'static'} "
+             f"{opts.size[0]}x{opts.size[1]}, opset {opts.opset}) ...")
+        res = export_onnx(src, out, opts, progress=not args.quiet)
         summary = export_summary(res)
-        print(f"onnx: {res.onnx_path} ({summary['bytes'] / 1e6:.1f} MB, "
+        _say(args, f"onnx: {res.onnx_path} ({summary['bytes'] / 1e6:.1f} MB, "
               f"{summary['deform_convs']} DeformConv, sha256 {summary['sha256'][:12]})")
         for io in ("inputs", "outputs"):
             names = ", ".join(f"{t['name']}{t['shape']}" for t in summary[io][:4])
             more = f" (+{len(summary[io]) - 4} more)" if len(summary[io]) > 4 else ""
-            print(f"  {io}: {names}{more}")
-        print(f"manifest: {res.manifest_path}")
+            _say(args, f"  {io}: {names}{more}")
+        _say(args, f"manifest: {res.manifest_path}")
         onnx_path = res.onnx_path
     elif src.suffix == ".onnx":
-        if not args.trt:
-            raise NasfcosError(f"{src}: already ONNX; pass --trt ENGINE to build an engine")
+        if not args.trt and not summary:
+            raise NasfcosError(f"{src}: already ONNX; pass --trt ENGINE to build an engine "
+                               "or --precision fp16|int8 to lower its precision")
         onnx_path = src
     else:
         raise NasfcosError(f"{src}: expected a model.py (or a .onnx with --trt)")
@@ -124,20 +192,19 @@ def export_main(argv: list[str]) -> int:
                 raise NasfcosError("give all of --min, --opt and --max (or none)")
             man = load_manifest(onnx_path)
             kind = man["source"]["kind"]
-            shapes = profile_shapes(kind, [parse_size(s) for s in sizes],
+            shapes = profile_shapes(kind, sizes,
                                     int(man["export"]["batch"]),
                                     (man.get("widths") or {}).get("in_channels"))
         engine = Path(args.trt)
-        print(f"building TensorRT engine {engine} ...", flush=True)
+        _say(args, f"building TensorRT engine {engine} ...")
         man = build_engine(onnx_path, engine, TrtBuildOptions(
-            fp16=args.fp16, int8_calib=Path(args.int8_calib) if args.int8_calib else None,
             workspace_gb=args.workspace, shapes=shapes,
             timing_cache=Path(args.timing_cache) if args.timing_cache else None))
-        print(f"engine: {engine} ({man['artifact']['bytes'] / 1e6:.1f} MB, "
-              f"{'/'.join(man['build']['precision'])}, {man['build']['seconds']} s)")
+        _say(args, f"engine: {engine} ({man['artifact']['bytes'] / 1e6:.1f} MB, "
+             f"{man['build']['precision']}, {man['build']['seconds']} s)")
         summary["engine"] = {"path": str(engine), "sha256": man["artifact"]["sha256"],
                              "precision": man["build"]["precision"]}
-    _write_json(args.json, summary)
+    _emit_json(args, summary)
     return 0
 
 
@@ -145,7 +212,7 @@ def export_main(argv: list[str]) -> int:
 
 def check_main(argv: list[str]) -> int:
     """``nasfcos check``: ONNX Runtime / TensorRT vs PyTorch on the same seeded inputs."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos check", formatter_class=_FMT,
         description="Run an exported model and its PyTorch source on the same seeded inputs and "
                     "report, per output, the max abs error and the max error relative to the "
@@ -156,23 +223,28 @@ def check_main(argv: list[str]) -> int:
         epilog="examples:\n  nasfcos check model.onnx\n"
                "  nasfcos check model.onnx --against model.py --sizes 800x800,640x512\n"
                "  nasfcos check model.engine --json parity.json")
-    p.add_argument("artifact", help="model.onnx or model.engine")
-    p.add_argument("--against", help="reference: model.py (default: from the manifest) or .onnx")
+    p.add_argument("artifact", type=A.input_file, help="model.onnx or model.engine")
+    p.add_argument("--against", type=A.input_file,
+                   help="reference: model.py (default: from the manifest) or .onnx")
     p.add_argument("--backend", help="backend for the artifact (default: from its suffix)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--sizes", help="input sizes HxW,... (default: the export size, plus a "
-                                   "second one for dynamic exports)")
+    A.add_device(p)
+    p.add_argument("--sizes", type=A.size_list,
+                   help="input sizes HxW,... (default: the export size, plus a "
+                        "second one for dynamic exports)")
     p.add_argument("--batch", type=_positive_int, help="batch (default: the export's)")
-    p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
-    p.add_argument("--atol", type=float, help="absolute tolerance (default by precision)")
-    p.add_argument("--rtol", type=float, help="relative tolerance (default by precision)")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads")
+    p.add_argument("--seed", type=A.seed, default=0, help="input seed (default 0)")
+    p.add_argument("--atol", type=A.non_negative_float,
+                   help="absolute tolerance (default by precision)")
+    p.add_argument("--rtol", type=A.non_negative_float,
+                   help="relative tolerance (default by precision)")
+    A.add_threads(p)
     _kind_flags(p)
-    p.add_argument("--json", help="write the full report as JSON here")
+    A.add_output(p, "also write the full report as JSON to FILE")
+    A.add_json(p, "print the full report as JSON on stdout")
     args = p.parse_args(argv)
+    args.verb_writes_json = True
 
     from nasfcos.runtime.check import TOLERANCES, Tolerance, check_artifact
-    from nasfcos.runtime.models import parse_sizes
 
     tol = None
     if args.atol is not None or args.rtol is not None:
@@ -181,21 +253,21 @@ def check_main(argv: list[str]) -> int:
                         args.rtol if args.rtol is not None else base.rtol)
     report = check_artifact(args.artifact, args.against, backend=args.backend,
                             device=args.device,
-                            sizes=parse_sizes(args.sizes) if args.sizes else None,
+                            sizes=args.sizes,
                             batch=args.batch, seed=args.seed, tol=tol, kind=args.kind,
                             threads=args.threads)
-    print(f"{report.backend} ({report.artifact}) vs {report.reference_backend} "
-          f"({report.reference}), sizes {', '.join('x'.join(map(str, s)) for s in report.sizes)}"
-          f", seed {report.seed}")
-    print(report.table())
-    _write_json(args.json, report.to_dict())
+    _say(args, f"{report.backend} ({report.artifact}) vs {report.reference_backend} "
+         f"({report.reference}), sizes {', '.join('x'.join(map(str, s)) for s in report.sizes)}"
+         f", seed {report.seed}, {report.precision} tolerances")
+    _say(args, report.table())
+    _emit_json(args, report.to_dict())
     if not report.ok:
         bad = report.failures()
         names = ", ".join(f"{o.name} (max abs {o.max_abs:.3g}, rel {o.max_rel:.3g})"
                           for o in bad[:5])
         print(f"nasfcos check: FAILED: {len(bad)} output(s) disagree: {names}", file=sys.stderr)
         return 1
-    print("parity: ok")
+    _say(args, "parity: ok")
     return 0
 
 
@@ -203,7 +275,7 @@ def check_main(argv: list[str]) -> int:
 
 def bench_main(argv: list[str]) -> int:
     """``nasfcos bench``: latency across backends and sizes -> report.json/.md/.png."""
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos bench", formatter_class=_FMT,
         description="Latency benchmark: the same seeded inputs for every backend, warm-up "
                     "excluded, per-run wall clock (perf_counter_ns on CPU, CUDA events on GPU); "
@@ -213,53 +285,106 @@ def bench_main(argv: list[str]) -> int:
         epilog="examples:\n  nasfcos bench model.py --backends torch,onnxruntime "
                "--sizes 600,800,1000 -o report\n"
                "  nasfcos bench model.onnx --runs 20 --warmup 3 --threads 2\n"
-               "  nasfcos bench model.engine --device cuda")
-    p.add_argument("model", help="model.py, model.onnx or model.engine")
+               "  nasfcos bench model.engine --device cuda\n"
+               "  nasfcos bench model.py --precisions fp32,fp16,int8 --data data/synth "
+               "--weights run/final.pt --sizes 128 -o precision")
+    p.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
     p.add_argument("--backends", help="comma list of torch, torch-compile, onnxruntime, "
                                       "tensorrt (default: by file type)")
-    p.add_argument("--sizes", default="600,800,1000", help="input sizes (default 600,800,1000)")
+    p.add_argument("--sizes", type=A.size_list, default="600,800,1000",
+                   help="input sizes HxW,... (default 600,800,1000)")
     p.add_argument("--batch", type=_positive_int, default=1)
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    p.add_argument("--warmup", type=A.non_negative_int, default=10,
+                   help="untimed runs first (default 10)")
     p.add_argument("--runs", type=_positive_int, default=100, help="timed runs (default 100)")
-    p.add_argument("--max-seconds", type=float,
+    p.add_argument("--max-seconds", type=A.positive_float,
                    help="time budget per backend and size; stops early (>= 3 runs)")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for every backend")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="input and weight seed (default 0)")
+    A.add_threads(p)
+    A.add_device(p)
+    p.add_argument("--seed", type=A.seed, default=0, help="input and weight seed (default 0)")
     p.add_argument("--onnx-static", action="store_true",
                    help="for a model.py: one static ONNX export per size instead of a dynamic one")
     p.add_argument("--ort-opt-level", default="all", choices=["none", "basic", "extended", "all"],
                    help="ONNX Runtime graph optimisation level (default all)")
-    p.add_argument("--onnx", help="for a model.py: use this exported ONNX file for "
+    p.add_argument("--onnx", type=A.input_file,
+                   help="for a model.py: use this exported ONNX file for "
                                   "onnxruntime/tensorrt instead of exporting again")
+    p.add_argument("--baseline", action="store_true",
+                   help="detector model.py: also time the route without nasfcos (reference "
+                        "interpreter's detector, plain torch.onnx.export, default ORT options)")
     p.add_argument("--fp16", action="store_true", help="TensorRT: build with FP16")
     p.add_argument("--no-matmul-peak", action="store_true", help="skip the matmul peak")
+    g = p.add_argument_group("precision table (--precisions): one row per backend x precision")
+    g.add_argument("--precisions", help="comma list of fp32, fp16, int8: write the precision "
+                                        "table (AP, AP50, agreement with PyTorch fp32, latency, "
+                                        "size) for a model.py at the first --sizes entry")
+    g.add_argument("--data", type=A.input_dir, help="COCO folder: AP on --split, int8 "
+                                                     "calibrated on its train split")
+    g.add_argument("--split", default="val", help="split for AP (default val)")
+    g.add_argument("--weights", type=A.input_file, help="trained weights (nasfcos train)")
+    g.add_argument("--calib-images", type=_positive_int, default=32, help="int8 (default 32)")
+    g.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
+                   default="minmax", help="int8 range estimator (default minmax)")
+    g.add_argument("--max-images", type=_positive_int, help="evaluate the first N images")
     _kind_flags(p)
-    p.add_argument("-o", "--output", default="report", help="report path prefix (default report)")
+    A.add_output(p, "report path prefix: writes PREFIX.json/.md/.png (default report)",
+                 default="report")
+    A.add_json(p, "print the report as JSON on stdout")
+    A.add_quiet(p)
     args = p.parse_args(argv)
 
+    if args.precisions:
+        return _precision_table(args)
     from nasfcos.runtime.bench import BenchConfig, markdown_table, run_benchmark, write_report
-    from nasfcos.runtime.models import parse_sizes
 
-    if args.warmup < 0:
-        raise NasfcosError("--warmup must be >= 0")
     cfg = BenchConfig(
         backends=[b.strip() for b in args.backends.split(",") if b.strip()] if args.backends
         else None,
-        sizes=parse_sizes(args.sizes), batch=args.batch, warmup=args.warmup, runs=args.runs,
+        sizes=args.sizes, batch=args.batch, warmup=args.warmup, runs=args.runs,
         threads=args.threads, device=args.device, seed=args.seed, kind=args.kind,
         max_seconds=args.max_seconds, matmul_peak=not args.no_matmul_peak,
         onnx_static=args.onnx_static, ort_opt_level=args.ort_opt_level, trt_fp16=args.fp16,
-        onnx_path=Path(args.onnx) if args.onnx else None)
-    report = run_benchmark(args.model, cfg, progress=sys.stderr.isatty())
+        onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline)
+    report = run_benchmark(args.model, cfg, progress=not args.quiet)
     paths = write_report(report, args.output)
-    print(markdown_table(report))
+    _say(args, markdown_table(report))
     for k, v in paths.items():
-        print(f"{k}: {v}")
+        _say(args, f"{k}: {v}")
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
     skipped = [r for r in report["results"] if r["status"] != "ok"]
     for r in skipped:
-        print(f"note: {r['backend']} {r['size'][0]}x{r['size'][1]} {r['status']}: {r['reason']}")
+        _say(args, f"note: {r['backend']} {r['size'][0]}x{r['size'][1]} {r['status']}: {r['reason']}")
     return 0 if any(r["status"] == "ok" for r in report["results"]) else 1
+
+
+def _precision_table(args: argparse.Namespace) -> int:
+    """``nasfcos bench --precisions``: the backend x precision table (PREFIX.json/.md)."""
+    from nasfcos.io import atomic_write_json, atomic_write_text
+    from nasfcos.runtime.bench import (
+        PrecisionTableConfig,
+        precision_markdown,
+        run_precision_table,
+    )
+
+    backends = [b.strip() for b in (args.backends or "onnxruntime").split(",") if b.strip()]
+    cfg = PrecisionTableConfig(
+        precisions=[q.strip() for q in args.precisions.split(",") if q.strip()],
+        backends=backends, size=tuple(args.sizes[0]), data=args.data, split=args.split,
+        weights=args.weights, calib_images=args.calib_images, calib_method=args.calib_method,
+        max_images=args.max_images, warmup=args.warmup, runs=args.runs,
+        max_seconds=args.max_seconds, threads=args.threads, device=args.device, seed=args.seed)
+    out = Path(args.output)
+    report = run_precision_table(args.model, cfg, out.with_name(out.name + "_artifacts"),
+                                 progress=not args.quiet)
+    table = precision_markdown(report)
+    atomic_write_json(out.with_name(out.name + ".json"), report)
+    atomic_write_text(out.with_name(out.name + ".md"), table)
+    _say(args, table)
+    _say(args, f"json: {out.with_name(out.name + '.json')}\nmd: {out.with_name(out.name + '.md')}")
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    return 0 if any(r["status"] == "ok" for r in report["rows"]) else 1
 
 
 def main(argv: list[str]) -> int:  # pragma: no cover - the dispatcher calls the verbs directly

@@ -10,37 +10,50 @@ import argparse
 import dataclasses
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
 
 SEARCH_EPILOG = """\
 examples:
+  nasfcos search --trials 16 --out runs/tiny       # tiny proxy preset: synthetic data + cache in runs/tiny
   nasfcos search --preset toy --trials 64 --out runs/toy            # seconds, no training
-  nasfcos search --preset tiny --trials 50 --out runs/tiny --cache cache/tiny --workers 2
+  nasfcos search --preset tiny --trials 50 --out runs/t2 --cache cache/tiny --workers 2
   nasfcos search --out runs/tiny --resume                           # after a crash or kill -9
   nasfcos search --preset paper --trials 2000 --out runs/paper --cache /shared/cache \\
       --executor ray --address auto
-  nasfcos search top runs/tiny -k 5 -o best/                        # export the 5 best genotypes
+  nasfcos search top runs/tiny --top-k 5 -o best/                  # export the 5 best genotypes
+
+a proxy search without --cache builds its feature cache (and, without --data, the preset's
+synthetic data set) in --out/cache first, or reuses the one there.  A search whose every
+trial of a step fails stops with exit status 2 and the reason; fix it and add --resume.
 
 outputs in --out: archive.jsonl (one row per sampled architecture), top/rankNN-HASH.json
 (genotypes 'nasfcos compile' takes), search.png (reward curve), best.png (best genotype),
 summary.json (machine-readable results), checkpoint.pt and search.json (for --resume).
 
+latency-aware: 'nasfcos search latency-table --backend onnxruntime --size 800x800 -o t.json'
+measures each decoder unit once; '--latency-table t.json --latency-target 20' then searches
+with reward = proxy reward - 0.07 * log(predicted latency / 20 ms) and reports the Pareto front
+(proxy reward vs predicted latency) in summary.json and pareto.png.
+
 sub-verbs: 'nasfcos search cache ...' (build the feature cache), 'nasfcos search eval ...'
-(evaluate one genotype on the proxy task), 'nasfcos search top ...' (see 'top --help')."""
+(evaluate one genotype on the proxy task), 'nasfcos search top ...' (see 'top --help'),
+'nasfcos search latency-table ...' (see its --help)."""
 
 TOP_EPILOG = """\
 example:
-  nasfcos search top runs/tiny -k 5 -o best/
+  nasfcos search top runs/tiny --top-k 5 -o best/
 writes best/rank01-HASH.json ... (the K best distinct genotypes, reward and provenance in
 "meta") and best/top.json (machine-readable list)."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos search",
         description="Search FCOS decoders (FPN + head) with an LSTM controller trained by PPO.",
         epilog=SEARCH_EPILOG,
@@ -49,32 +62,52 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("toy", "tiny", "paper"), default=None,
                    help="evaluation: 'toy' (no training, reward = deformable ops), or the proxy "
                         "task presets 'tiny' / 'paper' (default: tiny)")
-    p.add_argument("--trials", type=int, default=None,
+    p.add_argument("--trials", type=A.positive_int, default=None,
                    help="architectures to sample in total, rounded up to whole batches "
                         "(required for a new search; on --resume defaults to the stored target)")
-    p.add_argument("--out", required=True, metavar="DIR", help="search folder")
+    p.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, required=True,
+                   metavar="DIR", help="search folder")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local worker processes (default) or Ray tasks")
     p.add_argument("--address", default=None, metavar="A",
                    help="Ray cluster: 'auto' or HOST:PORT (default: start a local Ray instance)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=A.non_negative_int, default=None, metavar="N",
                    help="local: worker processes, 0 = evaluate in this process (default: 0 for "
                         "toy, 1 otherwise); ray: concurrent tasks hint")
-    p.add_argument("--data", default=None, metavar="DIR", help="dataset folder (proxy presets)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset folder (proxy presets; default: the preset's synthetic set)")
     p.add_argument("--cache", default=None, metavar="DIR",
-                   help="feature cache from 'nasfcos search cache' (proxy presets; shared storage for Ray)")
-    p.add_argument("--seed", type=int, default=None, metavar="S", help="search seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="feature cache folder, built there if absent (proxy presets; default: OUT/cache; "
+                        "on shared storage for Ray)")
+    p.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="state_dict of the frozen backbone the feature cache is built with "
+                        "(torchvision format; default: the preset's)")
+    p.add_argument("--seed", type=A.seed, default=None, metavar="S", help="search seed (default 0)")
+    p.add_argument("--batch-size", type=A.positive_int, default=None, metavar="B",
                    help="architectures per controller update (default 8)")
     p.add_argument("--head", choices=("dag", "sequential", "fcos"), default=None,
                    help="head search space (default dag: the paper's)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="genotypes kept in DIR/top (default 5)")
-    p.add_argument("--toy-noise", type=float, default=None, metavar="STD",
+    p.add_argument("-k", "--top-k", type=A.positive_int, default=5, metavar="K",
+                   help="genotypes kept in DIR/top (default 5)")
+    p.add_argument("--toy-noise", type=A.non_negative_float, default=None, metavar="STD",
                    help="toy preset: reward noise drawn from the evaluation seed (default 0)")
-    p.add_argument("--toy-delay", type=float, default=None, metavar="S",
+    p.add_argument("--toy-delay", type=A.non_negative_float, default=None, metavar="S",
                    help="toy preset: seconds each evaluation pretends to take (default 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("latency-aware search (MnasNet-style soft constraint)")
+    g.add_argument("--latency-table", default=None, metavar="FILE",
+                   help="per-unit latency table ('nasfcos search latency-table'); every row then "
+                        "records the predicted decoder latency, and the summary the Pareto front")
+    g.add_argument("--latency-target", type=A.positive_float, default=None, metavar="MS",
+                   help="target latency (ms, > 0): reward = proxy reward - W * log(latency / MS)")
+    g.add_argument("--latency-weight", type=A.non_negative_float, default=None, metavar="W",
+                   help="W above (default 0.07, MnasNet's |w|)")
+    g.add_argument("--latency-size", type=A.size_hw, default=None, metavar="HxW",
+                   help="refuse a table measured at another image size")
+    g.add_argument("--latency-backend", choices=("onnxruntime", "torch", "tensorrt"), default=None,
+                   help="refuse a table measured on another backend")
+    A.add_json(p, "print the summary as JSON on stdout")
+    A.add_quiet(p)
     return p
 
 
@@ -85,10 +118,7 @@ def _config(args: argparse.Namespace) -> Any:
 
     stored = Path(args.out) / CONFIG_NAME
     if args.resume and stored.exists():
-        try:
-            base = SearchConfig.from_dict(json.loads(stored.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise NasfcosError(f"{stored}: unreadable search settings ({exc})") from None
+        base = SearchConfig.read(stored)
     else:
         if args.trials is None:
             raise NasfcosError("--trials is required for a new search")
@@ -96,14 +126,16 @@ def _config(args: argparse.Namespace) -> Any:
     changes: dict[str, Any] = {}
     for flag, name in (("preset", "preset"), ("trials", "trials"), ("seed", "seed"),
                        ("batch_size", "batch_size"), ("data", "data"), ("cache", "cache"),
-                       ("toy_noise", "toy_noise"), ("toy_delay", "toy_delay")):
+                       ("toy_noise", "toy_noise"), ("toy_delay", "toy_delay"),
+                       ("latency_table", "latency_table"), ("latency_target", "latency_target"),
+                       ("latency_weight", "latency_weight"), ("backbone_weights", "backbone_weights")):
         v = getattr(args, flag)
         if v is not None:
             changes[name] = v
     if args.head is not None:
         changes["controller"] = dataclasses.replace(base.controller or ControllerConfig(), head_kind=args.head)
     cfg = dataclasses.replace(base, **changes)
-    for name in ("data", "cache"):
+    for name in ("data", "cache", "latency_table", "backbone_weights"):
         v = getattr(cfg, name)
         if v is not None and v == getattr(args, name):
             cfg = dataclasses.replace(cfg, **{name: str(Path(v).resolve())})
@@ -115,19 +147,28 @@ def search_main(argv: list[str]) -> int:
     from nasfcos.search.loop import Search
 
     cfg = _config(args)
+    cfg.validate()
     workers = args.workers
     if workers is None and args.executor == "local":
         workers = 0 if cfg.preset == "toy" else 1
-    if workers is not None and workers < 0:
-        raise NasfcosError(f"--workers must be >= 0, got {workers}")
-    if args.top_k < 1:
-        raise NasfcosError(f"--top-k must be at least 1, got {args.top_k}")
     if cfg.trials % cfg.batch_size:
         print(f"nasfcos search: note: --trials {cfg.trials} rounded up to {cfg.steps * cfg.batch_size} "
               f"(whole batches of {cfg.batch_size})", file=sys.stderr)
+    check: dict[str, Any] = {}
+    if args.latency_size is not None:
+        from nasfcos.runtime.models import parse_size
+
+        check["size"] = parse_size(args.latency_size)
+    if args.latency_backend is not None:
+        check["backend"] = args.latency_backend
+    if check and cfg.latency_table is None:
+        raise NasfcosError("--latency-size/--latency-backend need --latency-table FILE")
     search = Search(args.out, cfg, resume=args.resume, executor_kind=args.executor, workers=workers,
-                    address=args.address, top_k=args.top_k, progress=not args.quiet)
+                    address=args.address, top_k=args.top_k, progress=not args.quiet, latency_check=check)
     summary = search.run()
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        return 0
     _print_summary(summary, Path(args.out))
     return 0
 
@@ -139,22 +180,31 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
     b = s.get("best")
     if b:
         print(f"best: reward {b['reward']:.6g}  hash {b['hash'][:12]}  (step {b['step']}, sample {b['index']})")
+    pareto = s.get("pareto")
+    if pareto:
+        front = ", ".join(f"{p['latency_ms']:.3g} ms -> {p['proxy_reward']:.4g}" for p in pareto["front"][:6])
+        print(f"Pareto front (predicted latency -> proxy reward), {len(pareto['front'])} of "
+              f"{pareto['points']} genotypes: {front}{' ...' if len(pareto['front']) > 6 else ''}")
+        if "plot" in pareto:
+            print(f"Pareto plot: {pareto['plot']}")
     print(f"top genotypes: {out / 'top'}/   plot: {out / 'search.png'}   summary: {out / 'summary.json'}")
     if "best_drawing" in s:
         print(f"best drawn: {s['best_drawing']}")
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos search top",
         description="Export the K best distinct genotypes of a search as genotype JSON files.",
         epilog=TOP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dir", metavar="DIR", help="search folder (holds archive.jsonl)")
-    p.add_argument("-k", type=int, default=5, metavar="K", help="how many (default 5)")
-    p.add_argument("-o", "--out", default=None, metavar="OUTDIR", help="where to write (default DIR/top)")
-    p.add_argument("--json", action="store_true", help="print the machine-readable list instead of a table")
+    p.add_argument("-k", "--top-k", dest="k", type=A.positive_int, default=5, metavar="K",
+                   help="how many (default 5)")
+    p.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, default=None,
+                   metavar="OUTDIR", help="where to write (default DIR/top)")
+    A.add_json(p, "print the machine-readable list on stdout instead of a table")
     return p
 
 
@@ -164,8 +214,6 @@ def top_main(argv: list[str]) -> int:
     from nasfcos.search.archive import ARCHIVE_NAME, best_rows, read_rows
     from nasfcos.search.loop import write_top
 
-    if args.k < 1:
-        raise NasfcosError(f"-k must be at least 1, got {args.k}")
     src = Path(args.dir)
     if not src.is_dir():
         raise NasfcosError(f"{src}: no such search folder")
@@ -173,6 +221,10 @@ def top_main(argv: list[str]) -> int:
     top = best_rows(rows, args.k)
     if not top:
         raise NasfcosError(f"{src / ARCHIVE_NAME}: no evaluated architecture yet")
+    for r in top:  # the hash names a file: only 64 hex digits may reach it
+        if not isinstance(r.get("hash"), str) or not re.fullmatch(r"[0-9a-f]{64}", r["hash"]):
+            raise NasfcosError(f"{src / ARCHIVE_NAME}: row {r.get('index')!r} of step "
+                               f"{r.get('step')!r} has a malformed hash")
     out = Path(args.out) if args.out else src / "top"
     paths = write_top(top, out)
     listing = [{"rank": k, "reward": r["reward"], "hash": r["hash"], "step": r["step"], "index": r["index"],
@@ -191,26 +243,78 @@ def top_main(argv: list[str]) -> int:
     return 0
 
 
-def _proxy_verb(func: str, argv: list[str]) -> int:
-    try:
-        mod = importlib.import_module("nasfcos.search.cli_proxy")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("nasfcos.search.cli_proxy", "nasfcos.search"):
-            raise NasfcosError(f"'nasfcos search {func.removesuffix('_main')}' is not available in this "
-                               "build (nasfcos.search.cli_proxy is missing)") from None
-        raise
-    fn = getattr(mod, func, None)
-    if fn is None:
-        raise NasfcosError(f"'nasfcos search {func.removesuffix('_main')}' is not available in this build")
-    return int(fn(argv) or 0)
+LATENCY_EPILOG = """\
+examples:
+  nasfcos search latency-table --backend onnxruntime --size 800x800 -o table.json
+  nasfcos search latency-table --backend torch --size 256 --fpn-channels 64 --head-channels 64 -o t.json
+  nasfcos search --trials 64 --out runs/fast --latency-table table.json --latency-target 25
+
+Times every unit of a compiled decoder (each FPN op and aggregation at strides 4..32, each head
+op and aggregation at strides 8..128, resizes, adapters, p6/p7, predictors) at the given size
+and widths, median of --runs after --warmup, minus the per-call overhead (stored once)."""
+
+
+def latency_table_main(argv: list[str]) -> int:
+    """``nasfcos search latency-table``: measure the per-unit latency table."""
+    p = A.Parser(prog="nasfcos search latency-table",
+                                description="Measure a per-unit decoder latency table for latency-aware search.",
+                                epilog=LATENCY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
+    p.add_argument("--size", type=A.size_hw, default="800x800", metavar="HxW", help="image size (default 800x800)")
+    p.add_argument("-o", "--output", type=A.output_file, required=True, metavar="FILE",
+                   help="table JSON to write")
+    p.add_argument("--fpn-channels", type=A.width, default=128, metavar="C", help="FPN width (default 128)")
+    p.add_argument("--head-channels", type=A.width, default=128, metavar="C", help="head width (default 128)")
+    p.add_argument("--num-classes", type=A.int_range(1, 100_000), default=80, metavar="K", help="classes (default 80)")
+    p.add_argument("--backbone", default="resnet50", help="sets the adapters' input widths (default resnet50)")
+    p.add_argument("--threads", type=A.positive_int, default=1, metavar="N", help="intra-op threads (default 1)")
+    p.add_argument("--device", type=A.device, default=None, help="cpu (default; tensorrt: cuda)")
+    p.add_argument("--runs", type=A.positive_int, default=30, metavar="N", help="timed runs per unit (default 30)")
+    p.add_argument("--warmup", type=A.non_negative_int, default=5, metavar="N", help="warm-up runs per unit (default 5)")
+    p.add_argument("--statistic", choices=("median", "min"), default="median",
+                   help="per-unit summary of the runs: median (quiet machine, default) or min "
+                        "(a shared machine: the uncontended time)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time (default), or the CPU time of the calling thread (with --threads 1: "
+                        "immune to other processes on a shared machine)")
+    A.add_quiet(p)
+    A.add_json(p, "print the table as JSON on stdout")
+    a = p.parse_args(argv)
+    from nasfcos.runtime.models import parse_size
+    from nasfcos.search.latency import TableSpec, build_table
+
+    out = Path(a.output)
+    if out.is_dir():
+        raise NasfcosError(f"{out}: is a folder (-o names the table file)")
+    if out.parent != Path("") and out.parent.exists() and not out.parent.is_dir():
+        raise NasfcosError(f"{out.parent}: is not a folder")
+    for name in ("runs", "warmup"):
+        if getattr(a, name) < (1 if name == "runs" else 0):
+            raise NasfcosError(f"--{name} must be at least {1 if name == 'runs' else 0}, got {getattr(a, name)}")
+    device = a.device or ("cuda" if a.backend == "tensorrt" else "cpu")
+    spec = TableSpec(backend=a.backend, size=parse_size(a.size), fpn_channels=a.fpn_channels,
+                     head_channels=a.head_channels, num_classes=a.num_classes, backbone=a.backbone,
+                     threads=a.threads, device=device).validate()
+    table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic,
+                        clock=a.clock)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.save(out)
+    if a.json:
+        print(json.dumps(table.to_dict(), indent=2))
+    else:
+        print(f"latency table {out}: {len(table.entries)} units, {spec.backend} {spec.size[0]}x{spec.size[1]}, "
+              f"fpn {spec.fpn_channels} / head {spec.head_channels}, {spec.threads} thread(s); "
+              f"overhead {table.overhead_ms:.4f} ms; measured in {table.meta['seconds']:.0f} s")
+    return 0
 
 
 def main(argv: list[str]) -> int:
     """``nasfcos search ...``: dispatch the sub-verbs, otherwise run a search."""
-    if argv and argv[0] == "cache":
-        return _proxy_verb("cache_main", argv[1:])
-    if argv and argv[0] == "eval":
-        return _proxy_verb("eval_main", argv[1:])
+    if argv and argv[0] in ("cache", "eval"):
+        cli_proxy = importlib.import_module("nasfcos.search.cli_proxy")
+        return int((cli_proxy.cache_main if argv[0] == "cache" else cli_proxy.eval_main)(argv[1:]) or 0)
     if argv and argv[0] == "top":
         return top_main(argv[1:])
+    if argv and argv[0] == "latency-table":
+        return latency_table_main(argv[1:])
     return search_main(argv)

@@ -1,15 +1,12 @@
-"""COCO mAP of any backend through one runner interface.
+"""COCO mAP of anything that detects, through one callable interface (:class:`Detections`).
 
-A *runner* is a callable ``runner(images) -> (boxes, scores, labels)`` taking a float32
-numpy batch ``[N, 3, H, W]`` RGB in [0, 1] and returning numpy ``[N, D, 4]`` (x0, y0,
-x1, y1 pixels of the input), ``[N, D]`` and ``[N, D]`` (labels 0..K-1; padded entries
-have score 0 and label -1).  A runner may carry ``input_size = (H, W)`` (a fixed input
-shape: images are resized to fit and padded to it) and ``batch_size`` (a fixed batch:
-the last batch is padded with blank images).
-
-:func:`make_runner` builds one for a compiled ``model.py`` (PyTorch) here; for
-``.onnx`` / ``.engine`` it uses ``nasfcos.runtime.runners.make_runner`` when that module
-exists and otherwise a local ONNX Runtime fallback.
+The callable takes a float32 numpy batch ``[N, 3, H, W]`` RGB in [0, 1] and returns numpy
+``[N, D, 4]`` (x0, y0, x1, y1 pixels of the input), ``[N, D]`` and ``[N, D]`` (labels
+0..K-1; padded entries have score 0 and label -1).  It may carry ``input_size = (H, W)`` (a
+fixed input shape: images are resized to fit and padded to it) and ``batch_size`` (a fixed
+batch: the last batch is padded with blank images).  The runners of
+:mod:`nasfcos.runtime.runners` are such callables (the ``eval`` verb uses them); training
+validates its ``nn.Module`` through :func:`module_detections`.
 """
 
 from __future__ import annotations
@@ -18,153 +15,42 @@ import contextlib
 import io
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.errors import NasfcosError
 from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
 
-Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
-METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+class Detections(Protocol):
+    """What :func:`evaluate` runs: ``images [N, 3, H, W]`` float32 RGB in [0, 1] ->
+    ``(boxes [N, D, 4], scores [N, D], labels [N, D])`` numpy arrays.  It may carry
+    ``input_size = (H, W)`` (a fixed input shape) and ``batch_size`` (a fixed batch).
+    ``nasfcos.runtime.runners`` runners of detectors satisfy it."""
+
+    def __call__(self, images: np.ndarray) -> Sequence[np.ndarray]: ...
 
 
-# --------------------------------------------------------------------------- models
-
-
-def build_detector(module: Any, num_classes: int, **overrides: Any) -> nn.Module:
-    """The ``Detector`` of a loaded model file with ``num_classes`` outputs."""
-    if not hasattr(module, "Detector"):
-        raise NasfcosError("the model file has no Detector: compile it with --detector")
-    model = module.build(num_classes=num_classes, **overrides)
-    if not hasattr(model, "forward_raw"):
-        model = module.Detector(num_classes=num_classes, **overrides)
-    return model
-
-
-def load_weights_file(path: str | Path) -> dict[str, Any]:
-    """A checkpoint / weights file written by ``nasfcos train`` (or a bare state_dict),
-    as ``{"model": state_dict, ...meta}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise NasfcosError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise NasfcosError(f"{path}: not a readable PyTorch weights file ({exc})") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        out = obj
-    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        out = {"model": obj}
-    else:
-        raise NasfcosError(f"{path}: unrecognised weights file layout")
-    check_finite_state(out["model"], str(path))
-    return out
-
-
-def check_finite_state(state: dict[str, Any], what: str) -> None:
-    """One-line error when a floating tensor of ``state`` holds NaN or inf: refused at load,
-    because non-finite deformable offsets crash torchvision's deform_conv2d."""
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise NasfcosError(f"{what}: {k} holds non-finite values (NaN or inf)")
-
-
-class TorchRunner:
-    """Runs a Detector (``forward(images) -> boxes, scores, labels``) on ``device``."""
-
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+def module_detections(model: nn.Module) -> Detections:
+    """An in-memory ``Detector`` (``forward(images) -> boxes, scores, labels``) as
+    :class:`Detections`, run without gradients on the module's own device."""
 
     @torch.no_grad()
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        boxes, scores, labels = self.model(torch.from_numpy(images).to(self.device))
+    def run(images: np.ndarray) -> Sequence[np.ndarray]:
+        device = next(model.parameters()).device
+        boxes, scores, labels = model(torch.from_numpy(images).to(device))
         return boxes.float().cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
 
-
-class OnnxRunner:
-    """Local ONNX Runtime fallback (used until ``nasfcos.runtime`` provides runners)."""
-
-    def __init__(self, path: str | Path, device: str = "cpu") -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - a core dependency
-            raise BackendUnavailable("onnxruntime is not installed") from exc
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as exc:
-            raise NasfcosError(f"{path}: cannot load ONNX model ({exc})") from exc
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        shape = list(inp.shape)
-        self.batch_size: int | None = shape[0] if isinstance(shape[0], int) else None
-        hw = shape[2:4]
-        self.input_size: tuple[int, int] | None = (
-            (hw[0], hw[1]) if all(isinstance(v, int) for v in hw) else None)
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        boxes, scores, labels = self.session.run(None, {self.input_name: images})[:3]
-        return boxes, scores, labels
+    return run
 
 
-def _runtime_factory() -> Callable[..., Runner] | None:
-    """``nasfcos.runtime.runners.make_runner`` when the runtime package provides it."""
-    try:
-        from nasfcos.runtime.runners import make_runner as runtime_make_runner
-    except ImportError:
-        return None
-    return runtime_make_runner
-
-
-def make_runner(path: str | Path, backend: str | None = None, device: str = "cpu",
-                weights: str | Path | None = None, num_classes: int | None = None,
-                model_kwargs: dict[str, Any] | None = None) -> Runner:
-    """A runner for ``model.py`` (PyTorch, with ``weights`` from ``nasfcos train``),
-    ``model.onnx`` or ``model.engine``.  ``num_classes`` is read from the weights file
-    when not given."""
-    path = Path(path)
-    if path.suffix == ".py":
-        from nasfcos.modelfile import load_model_file
-
-        module = load_model_file(path)
-        ckpt = load_weights_file(weights) if weights is not None else None
-        k = num_classes or (int(ckpt["num_classes"]) if ckpt and "num_classes" in ckpt else None)
-        k = k or getattr(module, "NUM_CLASSES", None)  # the compiled class count
-        if k is None:
-            raise NasfcosError("give --num-classes (or --weights from 'nasfcos train')")
-        kwargs = dict(ckpt.get("model_kwargs", {})) if ckpt else {}
-        kwargs.update(model_kwargs or {})
-        model = build_detector(module, k, **kwargs)
-        if ckpt is not None:
-            try:
-                model.load_state_dict(ckpt["model"])
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0]
-                raise NasfcosError(f"{weights}: weights do not fit {path.name} ({first})") from exc
-        return TorchRunner(model, device)
-    if path.suffix not in (".onnx", ".engine"):
-        raise NasfcosError(f"{path}: expected model.py, .onnx or .engine")
-    if not path.is_file():
-        raise NasfcosError(f"{path}: no such model file")
-    factory = _runtime_factory()
-    if factory is not None:
-        runner = factory(path, backend, device)
-        if getattr(runner, "kind", "detector") == "decoder":
-            raise NasfcosError(f"{path}: a decoder-only model; eval needs a detector "
-                               "(compile and export with --detector)")
-        return runner
-    if path.suffix == ".engine" or backend == "tensorrt":
-        raise BackendUnavailable("TensorRT engines need nasfcos.runtime (not available in this build)")
-    return OnnxRunner(path, device)
+METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 # --------------------------------------------------------------------------- COCO metrics
@@ -227,7 +113,7 @@ def detections_to_coco(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
     return out
 
 
-def evaluate(runner: Runner, data: str | Path | None = None, split: str = "val",
+def evaluate(runner: Detections, data: str | Path | None = None, split: str = "val",
              ann: str | Path | None = None, images: str | Path | None = None,
              cfg: EvalConfig | None = None, progress: bool = False,
              max_images: int | None = None, model_cat_ids: list[int] | None = None,

@@ -35,13 +35,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, has_split, resolve_split
-from nasfcos.fcos.evaluate import (
-    EvalConfig,
-    TorchRunner,
-    build_detector,
-    check_finite_state,
-    evaluate,
-)
+from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
 from nasfcos.fcos.losses import FcosConfig, fcos_losses, regression_units
 from nasfcos.io import (
     atomic_write_bytes,
@@ -50,7 +44,7 @@ from nasfcos.io import (
     sha256_bytes,
     sha256_file,
 )
-from nasfcos.modelfile import load_model_file
+from nasfcos.modelfile import RawForward, load_model_file, model_code_guard
 
 LOSS_KEYS = ("cls", "box", "ctr")
 
@@ -259,17 +253,6 @@ class _EpochAwareDataset(torch.utils.data.Dataset[Any]):
         return self.ds[index]
 
 
-class _Raw(nn.Module):
-    """``forward = detector.forward_raw`` so DDP's gradient hooks see the training path."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor) -> Any:
-        return self.detector.forward_raw(images)
-
-
 @dataclass
 class _Dist:
     rank: int = 0
@@ -308,6 +291,24 @@ def _mean_over_ranks(values: torch.Tensor, d: _Dist) -> torch.Tensor:
         dist.all_reduce(values)
         values /= d.world
     return values
+
+
+def build_detector(module: Any, num_classes: int, **overrides: Any) -> nn.Module:
+    """The ``Detector`` of a loaded model file with ``num_classes`` outputs (through the
+    file's ``build`` factory; Contract 2)."""
+    if not hasattr(module, "Detector"):
+        raise NasfcosError("the model file has no Detector: compile it with --detector")
+    with model_code_guard(getattr(module, "__file__", None) or "model file"):
+        return module.build(num_classes=num_classes, **overrides)
+
+
+
+def check_finite_state(state: dict[str, Any], what: str) -> None:
+    """One-line error when a floating tensor of ``state`` holds NaN or inf (non-finite
+    deformable offsets crash torchvision's deform_conv2d)."""
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise NasfcosError(f"{what}: {k} holds non-finite values (NaN or inf)")
 
 
 def resolve_backbone_weights(name_or_path: str) -> Path:
@@ -492,7 +493,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if compiled_k is not None and int(compiled_k) != ds.num_classes:
         raise NasfcosError(f"{cfg.model} is compiled for {compiled_k} classes but {ann.name} has "
                            f"{ds.num_classes}: compile it with --num-classes {ds.num_classes}")
-    cfg = replace(cfg, fcos=replace(cfg.fcos, reg_units=_regression_units(module, cfg.model)))
+    # the loss reads bbox_reg in the units the model file was compiled with (older files: stride)
+    cfg = replace(cfg, fcos=replace(cfg.fcos, box_regression=_regression_units(module, cfg.model)))
     kwargs = dict(cfg.model_kwargs)
     backbone_info = None
     if cfg.backbone_weights:
@@ -563,7 +565,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                                                 "world": d.world})
 
     guard_deformable_convs(model)
-    raw: nn.Module = _Raw(model)
+    raw: nn.Module = RawForward(model)
     if d.world > 1:
         raw = nn.parallel.DistributedDataParallel(
             raw, device_ids=[device.index] if device.type == "cuda" else None)
@@ -573,9 +575,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     ckpt_every = cfg.checkpoint_every or max(1, total // 10)
     bar = None
     if progress and d.main:
-        from tqdm import tqdm
+        from nasfcos.progress import progress_bar
 
-        bar = tqdm(total=total, initial=start, desc="train", unit="it", dynamic_ncols=True)
+        bar = progress_bar(total, initial=start, desc="train", unit="it")
     model.train()
     t0, c0 = time.time(), time.process_time()
     last: dict[str, float] = {}
@@ -668,7 +670,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             summary["eval_skipped"] = "no validation split"
         if cfg.eval and val is not None:
             ecfg = EvalConfig(min_size=cfg.min_size, max_size=cfg.max_size, batch_size=cfg.eval_batch)
-            metrics = evaluate(TorchRunner(model, device), split="val", cfg=ecfg,
+            model.eval()
+            metrics = evaluate(module_detections(model), split="val", cfg=ecfg,
                                progress=progress, model_cat_ids=ds.cat_ids, **val)
             model.train()
             atomic_write_json(out / "eval.json", metrics)

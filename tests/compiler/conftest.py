@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
-#: Tiny widths for parity checks (GN groups: gcd(32, 8) = 8 halved -> 4 groups of 2 channels).
-TINY = {"fpn_channels": 8, "num_classes": 3, "in_channels": (4, 6, 8, 10)}
+#: Tiny widths for parity checks: FPN 8 bridged to a head of 64 (GroupNorm(32, 64): 2 channels a
+#: group, so the 1x1 p7 of these sizes still has 2 values per group).
+TINY = {"fpn_channels": 8, "head_channels": 64, "num_classes": 3, "in_channels": (4, 6, 8, 10)}
 #: c2..c5 sizes with odd dimensions (as ceil(H / stride) gives for odd image sizes).
 SIZES = ((15, 17), (8, 9), (4, 5), (2, 3))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny ops on a shared 2-core machine: one thread is much faster than two fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_features(in_channels: tuple[int, ...], dtype: torch.dtype = torch.float64, seed: int = 0,

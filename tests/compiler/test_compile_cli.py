@@ -17,11 +17,12 @@ from nasfcos.modelfile import load_model_file
 
 def test_compile_shipped_name_writes_loadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sub" / "model.py"
-    assert main(["nas_fcos_fpn_head", "-o", str(out), "--fpn-channels", "8", "--num-classes", "3",
-                 "--in-channels", "4,6,8,10"]) == 0
+    assert main(["nas_fcos_fpn_head", "-o", str(out), "--fpn-channels", "8", "--head-channels", "32",
+                 "--num-classes", "3", "--in-channels", "4,6,8,10"]) == 0
     text = out.read_text()
     g = load_paper_genotype("nas_fcos_fpn_head")
-    assert text == compile_genotype(g, CompileOptions(fpn_channels=8, num_classes=3, in_channels=(4, 6, 8, 10)))
+    assert text == compile_genotype(g, CompileOptions(fpn_channels=8, head_channels=32, num_classes=3,
+                                                       in_channels=(4, 6, 8, 10)))
     assert "wrote" in capsys.readouterr().out
     mod = load_model_file(out)
     assert mod.NUM_CLASSES == 3 and mod.GENOTYPE_HASH == g.hash()
@@ -32,12 +33,13 @@ def test_compile_file_with_json_summary(tmp_path: Path, capsys: pytest.CaptureFi
     src = tmp_path / "my.json"
     g.save(src)
     out = tmp_path / "m.py"
-    assert main(["--genotype", str(src), "-o", str(out), "--head-channels", "256", "--json"]) == 0
+    assert main(["--genotype", str(src), "-o", str(out), "--fpn-channels", "128", "--head-channels", "256",
+                 "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["genotype"] == "my-dag" and summary["genotype_hash"] == g.hash()
     assert summary["options"]["head_channels"] == 256 and summary["options"]["fpn_channels"] == 128
     assert summary["bytes"] == len(out.read_bytes())
-    assert "--head-channels 256" in out.read_text().splitlines()[4]
+    assert "--head-channels 256" in out.read_text().splitlines()[5]
 
 
 def test_compile_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,6 +56,9 @@ def test_compile_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
         ["nas_fcos_fpn", "--fpn-channels", "0"],
         ["nas_fcos_fpn", "--in-channels", "1,2,3"],
         ["nas_fcos_fpn", "--backbone", "resnet50"],
+        ["nas_fcos_fpn", "--fpn-channels", "48"],  # the head's GroupNorm(32, C)
+        ["nas_fcos_fpn", "--fpn-channels", "64", "--head-channels", "40"],
+        ["nas_fcos_fpn", "--scoring", "sqrt"],  # detector only
     ],
 )
 def test_bad_input_raises_nasfcos_error(argv: list[str], tmp_path: Path) -> None:

@@ -55,17 +55,18 @@ def test_shipped_genotypes_match_reference(name: str, tiny: dict[str, Any], feat
 
 @pytest.mark.parametrize("name", PAPER_GENOTYPES)
 def test_shipped_genotypes_match_in_float32_with_bridge(name: str, features: Any, randomize: Any) -> None:
-    opts = {"fpn_channels": 16, "head_channels": 24, "num_classes": 5, "in_channels": (8, 16, 24, 32)}
+    opts = {"fpn_channels": 16, "head_channels": 64, "num_classes": 5, "in_channels": (8, 16, 24, 32)}
     check_parity(load_paper_genotype(name), opts, features, randomize, dtype=torch.float32, atol=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(NUM_RANDOM))
 def test_random_genotypes_match_reference(seed: int, features: Any, randomize: Any) -> None:
     g = sample_genotype(seed, KINDS[seed % 3])
-    # vary the widths too: every 4th sample bridges FPN 8 -> head 12 (GN 4 groups of 3)
-    opts: dict[str, Any] = {"fpn_channels": 8, "num_classes": 1 + seed % 4, "in_channels": (3, 5, 7, 9)}
+    # vary the widths too: the FPN 8 or 32 wide, bridged to a head of 64 (GroupNorm(32, C))
+    opts: dict[str, Any] = {"fpn_channels": 8, "head_channels": 64, "num_classes": 1 + seed % 4,
+                            "in_channels": (3, 5, 7, 9)}
     if seed % 4 == 1:
-        opts["head_channels"] = 12
+        opts.update(fpn_channels=32)
     check_parity(g, opts, features, randomize, seed=seed)
 
 

@@ -136,6 +136,11 @@ def test_str_subclasses_are_reduced_to_plain_data() -> None:
         {"backbone": "not_a_backbone"},
         {"detector": "yes"},
         {"unknown_option": 1},
+        {"fpn_channels": 48},  # head width = FPN width: not a multiple of GroupNorm's 32 groups
+        {"fpn_channels": 64, "head_channels": 80},
+        {"box_regression": "pixels\"; import os; \""},
+        {"scoring": "sqrt "},
+        {"preprocess": "bgr"},
     ],
 )
 def test_bad_options_raise_nasfcos_error(kw: dict[str, Any], no_render: None) -> None:
@@ -148,7 +153,7 @@ def test_options_normalise_and_override() -> None:
     opts = CompileOptions(in_channels=[64, 128, 256, 512])
     assert opts.in_channels == (64, 128, 256, 512)
     assert CompileOptions(in_channels="1, 2,3,4").in_channels == (1, 2, 3, 4)
-    assert opts.resolved_head_channels == 128
+    assert opts.resolved_head_channels == 256  # the released models' width
     a = compile_genotype(PAPER, opts, fpn_channels=64)
     b = compile_genotype(PAPER, CompileOptions(fpn_channels=64, in_channels=(64, 128, 256, 512)))
     assert a == b

@@ -175,7 +175,7 @@ def test_dead_dag_blocks_leave_no_trace() -> None:
     assert "b3_agg" not in src
     # backbone levels never read: c2, c3 (pool 0, 1)
     assert "adapt_c2" not in src and "adapt_c3" not in src
-    mod = compile_to_module(g, fpn_channels=8, in_channels=(2, 3, 4, 5))
+    mod = compile_to_module(g, fpn_channels=8, head_channels=32, in_channels=(2, 3, 4, 5))
     keys = set(mod.build().state_dict())
     assert not any(k.startswith(("cls_tower_shared_2", "reg_tower_shared_2")) for k in keys)
     assert any(k.startswith("cls_tower_p3_0.") for k in keys) and any(k.startswith("cls_tower_shared_0.") for k in keys)
@@ -190,7 +190,7 @@ def test_genotype_that_never_reads_c3_still_sizes_p3_from_c3() -> None:
     src = compile_genotype(g)
     assert "adapt_c3" not in src and "features[1]" not in src.split("p3 = resize(")[0]
     assert "p3 = resize(p3, like=features[1])  # stride 16 -> 8" in src
-    dec = compile_to_module(g, fpn_channels=8, in_channels=(2, 3, 4, 5), num_classes=2).build().eval()
+    dec = compile_to_module(g, fpn_channels=32, in_channels=(2, 3, 4, 5), num_classes=2).build().eval()
     feats = [torch.randn(1, c, h, w) for c, (h, w) in zip((2, 3, 4, 5), ((33, 41), (17, 21), (9, 11), (5, 6)), strict=True)]
     cls, reg, ctr = dec(feats)
     assert [tuple(t.shape[-2:]) for t in cls[:3]] == [(17, 21), (9, 11), (5, 6)]
@@ -198,11 +198,11 @@ def test_genotype_that_never_reads_c3_still_sizes_p3_from_c3() -> None:
 
 
 def test_build_overrides_and_bridge() -> None:
-    mod = compile_to_module(PAPER, fpn_channels=16, num_classes=3, in_channels=(4, 8, 12, 16))
+    mod = compile_to_module(PAPER, fpn_channels=32, num_classes=3, in_channels=(4, 8, 12, 16))
     dec = mod.build()
     assert "bridge.weight" not in dec.state_dict()
-    wide = mod.build(head_channels=24, num_classes=7)
-    assert tuple(wide.state_dict()["bridge.weight"].shape) == (24, 16, 1, 1)
+    wide = mod.build(head_channels=64, num_classes=7)
+    assert tuple(wide.state_dict()["bridge.weight"].shape) == (64, 32, 1, 1)
     assert wide.cls_logits.out_channels == 7
     feats = [torch.randn(2, c, s, s) for c, s in zip((4, 8, 12, 16), (32, 16, 8, 4), strict=True)]
     cls, reg, ctr = wide.eval()(feats)
@@ -213,18 +213,44 @@ def test_build_overrides_and_bridge() -> None:
     assert torch.allclose(torch.sigmoid(wide.cls_logits.bias), torch.full((7,), 0.01))
 
 
-def test_group_norm_rule_keeps_two_channels_per_group() -> None:
+def test_head_group_norm_always_has_32_groups() -> None:
     mod = compile_to_module(PAPER)
-    for c, groups in ((8, 4), (16, 8), (32, 16), (48, 16), (64, 32), (128, 32), (256, 32), (6, 2), (5, 1), (2, 1)):
+    for c in (32, 64, 128, 256, 512):
         gn = mod.make_norm("gn", c)
-        assert gn.num_groups == groups, c
+        assert (gn.num_groups, gn.num_channels, gn.eps) == (32, c, 1e-5)
+    dec = mod.build(fpn_channels=32, head_channels=64)
+    assert {m.num_groups for m in dec.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
 
 
-def test_in_memory_module_is_not_registered_anywhere(tmp_path: Path) -> None:
+def test_in_memory_module_is_not_registered_anywhere(tmp_path: Path, monkeypatch) -> None:
+    """Compiling in memory registers no module and writes no file (the cwd is an empty folder)."""
+    monkeypatch.chdir(tmp_path)
     before = set(sys.modules)
-    cwd_files = set(os.listdir(tmp_path))
+    cwd_files = set(os.listdir("."))
     mod = compile_to_module(sample_genotype(1, "sequential"))
     assert mod.__name__ not in sys.modules and set(sys.modules) - before == set()
-    assert set(os.listdir(tmp_path)) == cwd_files
+    assert set(os.listdir(".")) == cwd_files == set()
     assert mod.__source__ == compile_genotype(sample_genotype(1, "sequential"))
     assert json.loads(json.dumps(mod.GENOTYPE)) == mod.GENOTYPE
+
+
+def test_sep_conv_ops_have_the_release_parameter_count() -> None:
+    """One depthwise -> pointwise -> norm unit per op (the release's repeats=1), counted by hand."""
+    doc = PAPER.to_dict(with_meta=False)
+    doc["fpn"][0] = {"inputs": [3, 2], "ops": ["sep_conv_3x3", "sep_conv_5x5_dil6"], "agg": "sum"}
+    doc["head"] = {"kind": "sequential", "layers": ["sep_conv_3x3_dil3", "skip", "sep_conv_3x3", "skip", "skip", "skip"]}
+    c = 32
+    dec = compile_to_module(parse_genotype(doc), fpn_channels=c, in_channels=(2, 3, 4, 5)).build()
+
+    def count(m: torch.nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    # depthwise k x k (C k^2) + pointwise (C^2) + BN / GN affine (2C); no biases
+    assert count(dec.fpn_block0.op0) == c * 9 + c * c + 2 * c
+    assert count(dec.fpn_block0.op1) == c * 25 + c * c + 2 * c
+    assert dec.fpn_block0.op1.depthwise.dilation == (6, 6) and dec.fpn_block0.op1.depthwise.padding == (12, 12)
+    assert count(dec.cls_tower_shared_0) == count(dec.reg_tower_shared_2) == c * 9 + c * c + 2 * c
+    assert isinstance(dec.cls_tower_shared_0.norm, torch.nn.GroupNorm) and dec.cls_tower_shared_0.norm.num_groups == 32
+    assert sorted(dec.fpn_block0.op0.state_dict()) == [
+        "depthwise.weight", "norm.bias", "norm.num_batches_tracked", "norm.running_mean", "norm.running_var",
+        "norm.weight", "pointwise.weight"]

@@ -17,7 +17,7 @@ import torch
 from nasfcos.compiler import compile_genotype, compile_to_module
 from nasfcos.genotypes import load_paper_genotype, sample_genotype
 
-TINY = {"fpn_channels": 8, "num_classes": 3, "in_channels": (4, 6, 8, 10)}
+TINY = {"fpn_channels": 8, "head_channels": 64, "num_classes": 3, "in_channels": (4, 6, 8, 10)}
 
 RUNNER = r"""
 import importlib.util, json, sys

@@ -16,7 +16,7 @@ from nasfcos.genotypes import load_paper_genotype
 
 @pytest.fixture(scope="module")
 def compiled() -> Any:
-    return compile_to_module(load_paper_genotype(), CompileOptions(fpn_channels=8, num_classes=3,
+    return compile_to_module(load_paper_genotype(), CompileOptions(fpn_channels=8, head_channels=64, num_classes=3,
                                                                   in_channels=(4, 6, 8, 10)))
 
 

@@ -24,13 +24,16 @@ class Tiny:
     """Test widths and helpers."""
 
     width: int = 16
+    #: head width: GroupNorm(32, C) needs a multiple of 32
+    head_width: int = 32
     num_classes: int = 3
     #: (height, width) of test images: every level, p7 included, has at least 2 locations,
-    #: which GroupNorm with one channel per group (gcd(32, 16) = 16 groups) needs at batch 1.
+    #: which GroupNorm with one channel per group (32 groups of 32 channels) needs at batch 1.
     image_hw: tuple[int, int] = (96, 160)
 
     def options(self, **kw: object) -> CompileOptions:
         """Detector compile options at the test widths (the backbone is chosen at build time)."""
+        kw.setdefault("head_channels", self.head_width)
         return CompileOptions(fpn_channels=self.width, num_classes=self.num_classes, detector=True, **kw)
 
     def detector(self, module: ModuleType, seed: int = 0, **overrides: object) -> nn.Module:

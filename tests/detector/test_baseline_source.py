@@ -36,12 +36,12 @@ def test_source_is_deterministic_and_standalone() -> None:
 
 def test_model_file_interface(tmp_path: Path) -> None:
     path = tmp_path / "model.py"
-    path.write_text(compile_baseline(CompileOptions(fpn_channels=16, num_classes=3,
+    path.write_text(compile_baseline(CompileOptions(fpn_channels=32, num_classes=3,
                                                     in_channels=(8, 16, 24, 32))))
     module = load_model_file(path)
     assert module.GENOTYPE_NAME == BASELINE_NAME and module.GENOTYPE is None
     assert module.GENOTYPE_HASH == baseline_hash() and len(module.GENOTYPE_HASH) == 64
-    assert (module.FPN_CHANNELS, module.HEAD_CHANNELS, module.NUM_CLASSES) == (16, 16, 3)
+    assert (module.FPN_CHANNELS, module.HEAD_CHANNELS, module.NUM_CLASSES) == (32, 32, 3)
     assert tuple(module.IN_CHANNELS) == (8, 16, 24, 32)
     torch.manual_seed(0)
     decoder = module.build().eval()
@@ -57,7 +57,7 @@ def test_model_file_interface(tmp_path: Path) -> None:
 
 
 def test_parameter_names_split_into_fpn_and_head_with_hand_counts() -> None:
-    c, k, ins = 16, 3, (8, 16, 24, 32)
+    c, k, ins = 32, 3, (8, 16, 24, 32)
     source = compile_baseline(CompileOptions(fpn_channels=c, num_classes=k, in_channels=ins))
     namespace: dict[str, object] = {}
     exec(compile(source, "<baseline>", "exec"), namespace)
@@ -72,13 +72,13 @@ def test_parameter_names_split_into_fpn_and_head_with_hand_counts() -> None:
 
 
 def test_head_width_bridge() -> None:
-    source = compile_baseline(CompileOptions(fpn_channels=8, head_channels=16, num_classes=2,
+    source = compile_baseline(CompileOptions(fpn_channels=8, head_channels=32, num_classes=2,
                                              in_channels=(8, 8, 8, 8)))
     namespace: dict[str, object] = {}
     exec(compile(source, "<baseline>", "exec"), namespace)
     decoder = namespace["Decoder"]().eval()
-    assert isinstance(decoder.bridge, torch.nn.Conv2d) and decoder.bridge.out_channels == 16
-    same = namespace["Decoder"](head_channels=None)  # None: the FPN width, no bridge
+    assert isinstance(decoder.bridge, torch.nn.Conv2d) and decoder.bridge.out_channels == 32
+    same = namespace["Decoder"](fpn_channels=32, head_channels=None)  # None: the FPN width, no bridge
     assert isinstance(same.bridge, torch.nn.Identity)
     with torch.no_grad():
         cls, _, _ = decoder([torch.rand(2, 8, 64 // s, 64 // s) for s in (4, 8, 16, 32)])

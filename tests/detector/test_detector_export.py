@@ -25,6 +25,7 @@ def _compare(session: object, det: torch.nn.Module, x: torch.Tensor) -> None:
     assert (want[1] > 0).any()
 
 
+@pytest.mark.slow
 def test_dynamo_export_runs_in_onnxruntime_with_dynamic_batch_and_size(
     tmp_path: Path, baseline_detector_module: ModuleType, tiny
 ) -> None:

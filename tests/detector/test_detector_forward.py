@@ -19,12 +19,13 @@ def _check_well_formed(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
     assert boxes.dtype == torch.float32 and scores.dtype == torch.float32 and labels.dtype == torch.int64
     h, w = hw
     found = scores > 0
-    # real detections: proper boxes inside the image, scores above the threshold, valid classes
+    # real detections: boxes inside [0, w - 1] x [0, h - 1] (the release keeps boxes clipped to
+    # zero width), scores sigmoid(cls) * sigmoid(ctr) in (0, 1], valid classes
     b = boxes[found]
-    assert torch.all(b[:, 0] < b[:, 2]) and torch.all(b[:, 1] < b[:, 3])
+    assert torch.all(b[:, 0] <= b[:, 2]) and torch.all(b[:, 1] <= b[:, 3])
     assert torch.all(b[:, 0] >= 0) and torch.all(b[:, 1] >= 0)
-    assert torch.all(b[:, 2] <= w) and torch.all(b[:, 3] <= h)
-    assert torch.all(scores[found] > 0.05) and torch.all(scores[found] <= 1)
+    assert torch.all(b[:, 2] <= w - 1) and torch.all(b[:, 3] <= h - 1)
+    assert torch.all(scores[found] <= 1)
     assert torch.all((labels[found] >= 0) & (labels[found] < NUM_CLASSES))
     # padding: score 0, label -1, box 0
     assert torch.all(labels[~found] == -1)
@@ -42,7 +43,7 @@ def test_forward_gives_well_formed_detections(detector_module: ModuleType, tiny)
 
 
 def test_empty_detections(detector_module: ModuleType, tiny) -> None:
-    # sqrt(sigmoid * sigmoid) <= 1, so nothing passes a threshold of 1
+    # candidates need sigmoid(cls) > score_thresh: nothing passes a threshold of 1
     det = tiny.detector(detector_module, score_thresh=1.0)
     with torch.no_grad():
         boxes, scores, labels = det(tiny.images(2))
@@ -97,33 +98,52 @@ def test_postprocess_decodes_boxes_and_applies_class_aware_nms(baseline_detector
     det = tiny.detector(baseline_detector_module)
     h, w = 128, 256
     cls, reg, ctr = _raw(h, w, NUM_CLASSES)
-    # p4 (stride 16), location (y=3, x=5): centre (88, 56); distances (1, 2, 3, 4) strides
+    # p4 (stride 16), location (y=3, x=5): centre (88, 56); distances (16, 32, 48, 64) pixels
     cls[1][0, 2, 3, 5] = 3.0
     ctr[1][0, 0, 3, 5] = 3.0
-    reg[1][0, :, 3, 5] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    reg[1][0, :, 3, 5] = torch.tensor([16.0, 32.0, 48.0, 64.0])
     # p3 (stride 8), centre (92, 60), nearly the same box, same class, lower score: suppressed
     cls[0][0, 2, 7, 11] = 2.0
     ctr[0][0, 0, 7, 11] = 2.0
-    reg[0][0, :, 7, 11] = torch.tensor([2.5, 4.5, 5.5, 8.5])
+    reg[0][0, :, 7, 11] = torch.tensor([20.0, 36.0, 44.0, 68.0])
     # the same box in another class: kept (class-aware NMS)
     cls[0][0, 0, 7, 11] = 1.0
     ctr[0][0, 0, 7, 11] = 2.0
-    # p5 (stride 32) box crossing the image's right edge: clipped to x2 = 256
+    # p5 (stride 32) box crossing the image's right edge: clipped to x2 = w - 1 = 255
     cls[2][0, 1, 1, 7] = 0.5
     ctr[2][0, 0, 1, 7] = 0.5
-    reg[2][0, :, 1, 7] = torch.tensor([1.0, 1.0, 2.0, 1.0])
+    reg[2][0, :, 1, 7] = torch.tensor([32.0, 32.0, 64.0, 32.0])
+    # sigmoid(cls) <= 0.05: never a candidate, however high its centerness
+    cls[3][0, 0, 0, 0] = -3.0
+    ctr[3][0, 0, 0, 0] = 20.0
     boxes, scores, labels = det.postprocess(cls, reg, ctr, h, w)
     _check_well_formed(boxes, scores, labels, (h, w))
     s = torch.sigmoid
     assert int((scores > 0).sum()) == 3
     torch.testing.assert_close(boxes[0, 0], torch.tensor([88.0 - 16, 56.0 - 32, 88.0 + 48, 56.0 + 64]))
-    torch.testing.assert_close(scores[0, 0], torch.sqrt(s(torch.tensor(3.0)) ** 2))
+    torch.testing.assert_close(scores[0, 0], s(torch.tensor(3.0)) ** 2)  # the product, no sqrt
     assert labels[0, 0] == 2
-    torch.testing.assert_close(boxes[0, 1], torch.tensor([92.0 - 20, 60.0 - 36, 92.0 + 44, 60.0 + 68]))
-    torch.testing.assert_close(scores[0, 1], torch.sqrt(s(torch.tensor(1.0)) * s(torch.tensor(2.0))))
+    torch.testing.assert_close(boxes[0, 1], torch.tensor([92.0 - 20, 60.0 - 36, 92.0 + 44, 127.0]))  # y2 clipped to h - 1
+    torch.testing.assert_close(scores[0, 1], s(torch.tensor(1.0)) * s(torch.tensor(2.0)))
     assert labels[0, 1] == 0
-    torch.testing.assert_close(boxes[0, 2], torch.tensor([240.0 - 32, 48.0 - 32, 256.0, 48.0 + 32]))
+    torch.testing.assert_close(boxes[0, 2], torch.tensor([240.0 - 32, 48.0 - 32, 255.0, 48.0 + 32]))
     assert labels[0, 2] == 1
+
+
+def test_named_options_sqrt_scoring_and_stride_units(tiny) -> None:
+    from nasfcos.compiler.baseline import baseline_module
+
+    module = baseline_module(tiny.options(scoring="sqrt", box_regression="stride"))
+    assert (module.SCORING, module.BOX_REGRESSION) == ("sqrt", "stride")
+    det = tiny.detector(module)
+    h, w = 128, 256
+    cls, reg, ctr = _raw(h, w, NUM_CLASSES)
+    cls[1][0, 2, 3, 5] = 3.0
+    ctr[1][0, 0, 3, 5] = 1.0
+    reg[1][0, :, 3, 5] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # strides of p4: x 16 pixels
+    boxes, scores, labels = det.postprocess(cls, reg, ctr, h, w)
+    torch.testing.assert_close(boxes[0, 0], torch.tensor([88.0 - 16, 56.0 - 32, 88.0 + 48, 56.0 + 64]))
+    torch.testing.assert_close(scores[0, 0], torch.sqrt(torch.sigmoid(torch.tensor(3.0)) * torch.sigmoid(torch.tensor(1.0))))
 
 
 def test_postprocess_limits_detections_and_pre_nms_top_n(baseline_detector_module: ModuleType, tiny) -> None:

@@ -37,11 +37,11 @@ def test_deform_conv_formula_matches_a_hand_computation() -> None:
 
 
 def _tiny_baseline(**kw: object) -> ProfileRequest:
-    return ProfileRequest("fpn-fcos", backbone="tiny", fpn_channels=16, num_classes=3, size=(160, 128), **kw)
+    return ProfileRequest("fpn-fcos", backbone="tiny", fpn_channels=32, num_classes=3, size=(128, 160), **kw)
 
 
 def test_split_matches_hand_counts_for_the_baseline() -> None:
-    c, k = 16, 3
+    c, k = 32, 3
     result = profile(_tiny_baseline())
     # parameters: tiny trunk = 10 convs 3x3 with bias
     tiny_convs = [(3, 16), (16, 16), (16, 16), (16, 16), (16, 24), (24, 24), (24, 32), (32, 32), (32, 48), (48, 48)]
@@ -51,7 +51,7 @@ def test_split_matches_hand_counts_for_the_baseline() -> None:
     head = 2 * 4 * (conv3 + 2 * c) + (9 * c * k + k) + (9 * c * 4 + 4) + (9 * c + 1) + 5
     assert result.params == {"backbone": backbone, "fpn": fpn, "head": head, "other": 0,
                              "total": backbone + fpn + head}
-    # multiply-adds at 160 x 128 (W x H)
+    # multiply-adds at 128 x 160 (H x W)
     h, w = 128, 160
     strides = [2, 2, 4, 4, 8, 8, 16, 16, 32, 32]
     backbone_macs = sum(9 * a * b * (h // s) * (w // s) for (a, b), s in zip(tiny_convs, strides, strict=True))
@@ -72,8 +72,8 @@ def test_counts_are_stable_and_meta_equals_a_real_run() -> None:
 
 
 def test_genotype_profile_counts_deformable_convs() -> None:
-    result = profile(ProfileRequest("nas_fcos_fpn_head", backbone="tiny", fpn_channels=16,
-                                    num_classes=3, size=(160, 128)))
+    result = profile(ProfileRequest("nas_fcos_fpn_head", backbone="tiny", fpn_channels=32,
+                                    num_classes=3, size=(128, 160)))
     assert result.model == "nas-fcos-r50-fpn-head"
     assert result.params["other"] == 0 and result.macs["other"] == 0
     assert all(result.params[c] > 0 and result.macs[c] > 0 for c in ("backbone", "fpn", "head"))
@@ -81,8 +81,8 @@ def test_genotype_profile_counts_deformable_convs() -> None:
     # only count adapters, offset convs and 1x1 reductions; check deform convs are in the FPN
     from nasfcos.compiler.profile import build_for_profile
 
-    net, _, _, _ = build_for_profile(ProfileRequest("nas_fcos_fpn_head", backbone="tiny", fpn_channels=16,
-                                                 num_classes=3, size=(160, 128)))
+    net, _, _, _ = build_for_profile(ProfileRequest("nas_fcos_fpn_head", backbone="tiny", fpn_channels=32,
+                                                 num_classes=3, size=(128, 160)))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net.eval().forward_raw(torch.zeros(1, 3, 128, 160, device="meta"))
     assert counter.get_flop_counts()["Global"][torch.ops.torchvision.deform_conv2d] > 0
@@ -90,18 +90,18 @@ def test_genotype_profile_counts_deformable_convs() -> None:
 
 def test_decoder_only_model_file_profiles_like_the_detector(tmp_path: Path) -> None:
     path = tmp_path / "model.py"
-    path.write_text(compile_baseline(CompileOptions(fpn_channels=16, num_classes=3)))
-    from_file = profile(ProfileRequest(str(path), backbone="tiny", num_classes=3, size=(160, 128)))
+    path.write_text(compile_baseline(CompileOptions(fpn_channels=32, num_classes=3)))
+    from_file = profile(ProfileRequest(str(path), backbone="tiny", num_classes=3, size=(128, 160)))
     assert from_file.model == "fpn-fcos"
     baseline = profile(_tiny_baseline())
     assert (from_file.params, from_file.macs) == (baseline.params, baseline.macs)
 
 
 def test_widths_and_table() -> None:
-    wide = profile(_tiny_baseline(head_channels=32))
-    assert wide.widths == "@16-32" and wide.head_channels == 32
+    wide = profile(_tiny_baseline(head_channels=64))
+    assert wide.widths == "@32-64" and wide.head_channels == 64
     table = format_table([profile(_tiny_baseline()), wide])
-    assert "fpn-fcos" in table and "@16-32" in table and "GMACs" in table
+    assert "fpn-fcos" in table and "@32-64" in table and "GMACs" in table
     assert wide.to_dict()["params"]["total"] == wide.params["total"]
 
 
@@ -116,10 +116,10 @@ def test_bad_requests_raise_one_line_errors(tmp_path: Path) -> None:
 
 def test_detector_model_file_defaults_to_its_compiled_backbone(tmp_path: Path) -> None:
     path = tmp_path / "detector.py"
-    path.write_text(compile_baseline(CompileOptions(fpn_channels=16, num_classes=3, detector=True,
+    path.write_text(compile_baseline(CompileOptions(fpn_channels=32, num_classes=3, detector=True,
                                                     backbone="mobilenet_v2")))
-    result = profile(ProfileRequest(str(path), num_classes=3, size=(160, 128)))
+    result = profile(ProfileRequest(str(path), num_classes=3, size=(128, 160)))
     assert result.backbone == "mobilenet_v2"
     # torchvision's MobileNetV2 (3,504,872) minus classifier (1,281,000) and features.18 (412,160)
     assert result.params["backbone"] == 3_504_872 - 1_281_000 - 412_160
-    assert result.fpn_channels == result.head_channels == 16
+    assert result.fpn_channels == result.head_channels == 32

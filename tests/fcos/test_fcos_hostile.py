@@ -200,7 +200,7 @@ def test_resume_reuses_config_and_verifies_the_checkpoint(
     assert cli(_train_args(tiny_model, synth64, run, "--checkpoint-every", "1")) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["fcos"]["box_loss"] == "iou" and cfg["fcos"]["center_sampling_radius"] == 0.0
-    assert cfg["fcos"]["reg_units"] in ("pixels", "stride")
+    assert cfg["fcos"]["box_regression"] in ("pixels", "stride")
     # --resume needs no other flag: config.json has them (2 of 2 done -> "already at")
     assert cli(["train", str(tiny_model), "--out", str(run), "--resume", "--no-progress"]) == 2
     assert "already at iteration 2 of 2" in _err(capsys)

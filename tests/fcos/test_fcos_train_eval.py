@@ -13,7 +13,7 @@ import torch
 from nasfcos.cli.main import main as cli
 from nasfcos.errors import NasfcosError
 from nasfcos.fcos.data import CocoDetection, TransformConfig
-from nasfcos.fcos.evaluate import EvalConfig, evaluate, make_runner
+from nasfcos.fcos.evaluate import EvalConfig, evaluate
 from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.fcos.train import PRESETS, RunSampler, TrainConfig, apply_preset, lr_multiplier, train
 
@@ -144,13 +144,19 @@ def test_ground_truth_as_predictions_gives_ap_one(synth: Path, tmp_path: Path) -
     assert shifted["AP"] < 0.9
 
 
-def test_eval_runner_errors(tmp_path: Path, tiny_model: Path) -> None:
+def test_eval_runner_errors(tmp_path: Path, tiny_detector_file: Path) -> None:
+    """eval runs through the runtime's runners: bad paths fail with one line; a compiled
+    detector's class count comes from the file (no --num-classes needed)."""
+    from nasfcos.runtime.runners import make_runner
+
+    (tmp_path / "model.txt").write_text("x")
     with pytest.raises(NasfcosError):
         make_runner(tmp_path / "model.txt")
     with pytest.raises(NasfcosError):
         make_runner(tmp_path / "missing.onnx")
-    runner = make_runner(tiny_model)  # the class count comes from the compiled file
-    assert runner.model.num_classes == 5
-    runner = make_runner(tiny_model, num_classes=3, model_kwargs={"fpn_channels": 32, "head_channels": 32})
+    runner = make_runner(tiny_detector_file, kind="detector")
     boxes, scores, labels = runner(np.zeros((2, 3, 64, 64), np.float32))
-    assert boxes.shape == (2, 100, 4) and scores.shape == (2, 100) and labels.shape == (2, 100)
+    assert boxes.shape[:1] == (2,) and boxes.shape[2] == 4
+    assert scores.shape == labels.shape == boxes.shape[:2]
+    four = make_runner(tiny_detector_file, kind="detector", overrides={"num_classes": 4})
+    assert four.model.info["num_classes"] == 4

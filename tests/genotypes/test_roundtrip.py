@@ -33,6 +33,7 @@ def test_shipped_genotypes_load_from_the_release_list() -> None:
     assert head.fpn[2].inputs == (4, 3) and head.fpn[2].ops == ("deform_conv_3x3", "skip")
     fpn_only = load_paper_genotype("nas_fcos_fpn")
     assert from_paper_list(RELEASE[:7]) == fpn_only
+    assert to_paper_list(fpn_only) == RELEASE[:7]  # the release's densebox configs: 7 entries
     assert fpn_only.head.kind == "fcos" and fpn_only.fpn == head.fpn
     for g in (head, fpn_only):
         assert "configs/search/R_50_NAS_head.yaml" in g.meta["source"]

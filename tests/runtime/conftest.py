@@ -1,9 +1,7 @@
 """Shared fixtures of the runtime tests: tiny compiled models (real compiler output).
 
-Widths are tiny (8 channels) and images 96-128 px, so every export takes a second or two.
-The detector uses the compiler's ``tiny`` test backbone when the compiler offers it, and the
-hand-written stand-in ``fixtures/standin_model.py`` (Contract 2, with a DCNv2 layer and
-export-friendly post-processing) otherwise.
+Widths are tiny (FPN 8, head 64: the head's GroupNorm(32) needs 2 values per group on a 1x1 p7) and images 96-128 px, so every export takes a second or two.
+The detector uses the compiler's ``tiny`` test backbone.
 """
 
 from __future__ import annotations
@@ -14,21 +12,17 @@ import pytest
 
 from nasfcos.genotypes import load_paper_genotype, sample_genotype
 
-FIXTURES = Path(__file__).parent / "fixtures"
-STANDIN = FIXTURES / "standin_model.py"
 TINY_IN_CHANNELS = (8, 12, 16, 24)
 
 
 def _compile(path: Path, genotype, *, detector: bool = False) -> Path:
-    from nasfcos.compiler import BACKBONES, CompileOptions, compile_genotype
+    from nasfcos.compiler import CompileOptions, compile_genotype
 
     if detector:
-        if "tiny" not in BACKBONES:
-            return STANDIN
-        opts = CompileOptions(fpn_channels=8, num_classes=3, detector=True, backbone="tiny",
+        opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, detector=True, backbone="tiny",
                               in_channels=(16, 24, 32, 48))
     else:
-        opts = CompileOptions(fpn_channels=8, num_classes=3, in_channels=TINY_IN_CHANNELS)
+        opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, in_channels=TINY_IN_CHANNELS)
     path.write_text(compile_genotype(genotype, opts))
     return path
 
@@ -61,12 +55,6 @@ def compile_tiny():
 
 
 @pytest.fixture(scope="session")
-def standin_path() -> Path:
-    """The hand-written stand-in model file (a Detector with DCNv2 layers)."""
-    return STANDIN
-
-
-@pytest.fixture(scope="session")
 def deform_genotype_list() -> list:
     """Two sampled genotypes with deformable convolutions."""
     return deform_genotypes(2)
@@ -92,4 +80,38 @@ def paper_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, paper_decoder: 
 
     out = tmp_path_factory.mktemp("paper_onnx") / "decoder.onnx"
     export_onnx(paper_decoder, out, ExportOptions(size=(128, 128)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_detector: Path) -> Path:
+    """Static fp32 ONNX export of ``tiny_detector`` at 160x160 (export tests check it, the
+    precision tests lower it)."""
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("tiny_onnx") / "det.onnx"
+    export_onnx(tiny_detector, out, ExportOptions(size=(160, 160)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def deform_detector_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first sampled genotype with deformable convs, compiled as a tiny Detector; static
+    fp32 ONNX export at 160x192 (the head's GroupNorm needs >= 2 values at stride 128)."""
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+
+    folder = tmp_path_factory.mktemp("deform_det")
+    model = _compile(folder / "model.py", deform_genotypes(1)[0], detector=True)
+    out = folder / "det.onnx"
+    export_onnx(model, out, ExportOptions(size=(160, 192)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic COCO folder (12 images, 96 px): calibration images."""
+    from nasfcos.fcos.synth import SynthConfig, write_synthetic
+
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic(out, SynthConfig(images=12, size=96, seed=0))
     return out

@@ -23,6 +23,7 @@ def test_latency_stats() -> None:
         latency_stats([])
 
 
+@pytest.mark.slow
 def test_bench_complete_report(paper_decoder, tmp_path) -> None:
     cfg = BenchConfig(backends=["torch", "onnxruntime", "tensorrt"], sizes=[(96, 96), (128, 128)],
                       warmup=1, runs=3, threads=1)
@@ -69,3 +70,30 @@ def test_bench_cli_on_onnx(paper_decoder_onnx, tmp_path, capsys) -> None:
     assert code == 0
     assert "| onnxruntime |" in text
     assert (tmp_path / "r.json").is_file() and (tmp_path / "r.png").is_file()
+
+
+def test_precision_table_rows(tiny_detector, tiny_detector_onnx, synth_data, tmp_path) -> None:
+    from nasfcos.runtime.bench import PrecisionTableConfig, precision_markdown, run_precision_table
+
+    cfg = PrecisionTableConfig(backends=["onnxruntime", "tensorrt"], size=(160, 160),
+                               data=synth_data, calib_images=3, warmup=1, runs=2, threads=1,
+                               onnx=tiny_detector_onnx)
+    report = run_precision_table(tiny_detector, cfg, tmp_path / "art")
+    rows = [(r["backend"], r["precision"], r["target"], r["status"]) for r in report["rows"]]
+    assert rows[:5] == [("torch", "fp32", None, "ok"), ("onnxruntime", "fp32", None, "ok"),
+                        ("onnxruntime", "fp16", None, "ok"),
+                        ("onnxruntime", "int8", "cpu", "ok"),
+                        ("onnxruntime", "int8", "tensorrt", "ok")]
+    trt_rows = report["rows"][5:]
+    assert [r["precision"] for r in trt_rows] == ["fp32", "fp16", "int8"]
+    assert all(r["status"] == "skipped" and r["reason"].startswith("tensorrt:") for r in trt_rows)
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    for r in ok:
+        assert 0.0 <= r["AP"] <= 1.0 and r["images"] >= 1 and r["bytes"] > 0
+        assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["runs"] == 2
+        assert 0.0 <= r["agreement"]["match_rate"] <= 1.0
+    assert ok[0]["agreement"]["match_rate"] == 1.0  # the reference agrees with itself
+    assert ok[2]["agreement"]["match_rate"] >= 0.9  # fp16 keeps the detections
+    assert ok[2]["bytes"] < 0.7 * ok[1]["bytes"]  # fp16 weights: half the file
+    md = precision_markdown(report)
+    assert "| onnxruntime | int8 (cpu) |" in md and "| tensorrt | fp16 | skipped" in md

@@ -16,15 +16,15 @@ from nasfcos.runtime.runners import make_runner
 def test_export_then_check_cli(paper_decoder, tmp_path, capsys) -> None:
     onnx_path = tmp_path / "m.onnx"
     code = main(["export", str(paper_decoder), "-o", str(onnx_path), "--size", "96x128",
-                 "--dynamic", "--json", str(tmp_path / "export.json")])
-    out = capsys.readouterr().out
+                 "--dynamic", "--json"])
+    captured = capsys.readouterr()
     assert code == 0 and onnx_path.is_file() and (tmp_path / "m.onnx.json").is_file()
-    assert "DeformConv" in out and "manifest:" in out
-    summary = json.loads((tmp_path / "export.json").read_text())
+    assert "DeformConv" in captured.err and "manifest:" in captured.err  # stdout: JSON only
+    summary = json.loads(captured.out)
     assert summary["dynamic"] is True and summary["deform_convs"] >= 1
 
     code = main(["check", str(onnx_path), "--sizes", "96x128,128x96",
-                 "--json", str(tmp_path / "parity.json")])
+                 "-o", str(tmp_path / "parity.json")])
     out = capsys.readouterr().out
     assert code == 0 and "parity: ok" in out and "cls_p3@96x128" in out
     report = json.loads((tmp_path / "parity.json").read_text())

@@ -74,5 +74,5 @@ def test_weights_file_roundtrip(paper_decoder, tmp_path) -> None:
     again = load_model(paper_decoder, seed=0, weights=path)
     assert again.info["state_dict_sha256"] == lm.info["state_dict_sha256"]
     torch.save({"nope": torch.zeros(1)}, path)
-    with pytest.raises(NasfcosError, match="do not match"):
+    with pytest.raises(NasfcosError, match="do not fit"):
         load_model(paper_decoder, weights=path)

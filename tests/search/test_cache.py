@@ -13,10 +13,10 @@ from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch
 from nasfcos.fcos.losses import STRIDES, compute_targets
 from nasfcos.fcos.synth import SynthConfig, write_synthetic
-from nasfcos.search.backbones import build_backbone
 from nasfcos.search.cache import (
     MANIFEST,
     PROGRESS,
+    build_backbone,
     output_level_sizes,
     scaled_size_ranges,
     split_indices,
@@ -24,8 +24,7 @@ from nasfcos.search.cache import (
 from nasfcos.search.proxy import PRESETS, ProxySettings, build_cache, open_cache
 
 # 30 images of 64 px -> 24 in train.json -> meta-train 17 / meta-val 7; chunks of 5 rows
-SETTINGS = PRESETS["tiny"].replace(name="test", short_side=64, max_size=64, crop=64, chunk_size=5,
-                                   tiny_channels=(8, 8, 16, 16))
+SETTINGS = PRESETS["tiny"].replace(name="test", short_side=64, max_size=64, crop=64, chunk_size=5)
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +53,10 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_round_trip_features_and_targets(built: Path, data_dir: Path) -> None:
     cache = open_cache(built, SETTINGS)
     assert (len(cache.train), len(cache.val)) == (17, 7)
-    assert cache.num_classes == 5 and cache.in_channels == (8, 8, 16, 16)
+    assert cache.num_classes == 5 and cache.in_channels == (16, 24, 32, 48)
     assert cache.level_sizes == ((8, 8), (4, 4), (2, 2), (1, 1), (1, 1))
     assert all(f.dtype == np.float16 for f in cache.train.features)
-    assert [tuple(f.shape[1:]) for f in cache.val.features] == [(8, 16, 16), (8, 8, 8), (16, 4, 4), (16, 2, 2)]
+    assert [tuple(f.shape[1:]) for f in cache.val.features] == [(16, 16, 16), (24, 8, 8), (32, 4, 4), (48, 2, 2)]
     assert isinstance(open_cache(built, in_memory=False).train.features[0], np.memmap)
 
     # recompute two meta-val rows by hand: same crop, same backbone, same targets
@@ -67,7 +66,7 @@ def test_round_trip_features_and_targets(built: Path, data_dir: Path) -> None:
     assert cache.manifest["splits"]["val"]["image_ids"] == [ds.ids[i] for i in split["val"]]
     rows = [0, 5]
     samples = [ds[split["val"][r]] for r in rows]
-    feats_ref = build_backbone("tiny", None, (8, 8, 16, 16))(pad_batch([s[0] for s in samples], size=(64, 64)))
+    feats_ref = build_backbone("tiny", None)(pad_batch([s[0] for s in samples], size=(64, 64)))
     feats, targets = cache.val.batch(rows)
     for got, ref in zip(feats, feats_ref, strict=True):
         torch.testing.assert_close(got, ref.half().float())
@@ -194,15 +193,15 @@ def test_non_cache_folder_is_refused(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_backbone_weights_file_changes_identity(data_dir: Path, tmp_path: Path) -> None:
-    bb = build_backbone("tiny", None, (8, 8, 16, 16))
-    state = {k: v * 0.5 for k, v in bb.module.state_dict().items()}
+    bb = build_backbone("tiny", None)
+    state = {k: v * 0.5 for k, v in bb.module.body.state_dict().items()}  # torchvision format
     wpath = tmp_path / "w.pth"
     torch.save(state, wpath)
-    bb2 = build_backbone("tiny", wpath, (8, 8, 16, 16))
+    bb2 = build_backbone("tiny", wpath)
     assert bb2.weights_id.startswith("sha256:") and bb2.weights_id != bb.weights_id
     torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(NasfcosError, match="missing keys"):
-        build_backbone("tiny", tmp_path / "bad.pth", (8, 8, 16, 16))
+    with pytest.raises(NasfcosError, match="missing"):
+        build_backbone("tiny", tmp_path / "bad.pth")
     with pytest.raises(NasfcosError, match="no such weights"):
         build_backbone("tiny", tmp_path / "absent.pth")
 

@@ -9,14 +9,6 @@ from nasfcos.genotypes import choices_from_genotype, decisions
 from nasfcos.search.controller import Controller, ControllerConfig, decision_group
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("kind,length", [("dag", 66), ("sequential", 46), ("fcos", 40)])
 def test_decisions_come_from_the_search_space(kind: str, length: int) -> None:
     c = Controller(ControllerConfig(head_kind=kind, hidden_size=16))

@@ -51,6 +51,7 @@ class Counting:
         return self.inner(g, seed)
 
 
+@pytest.mark.slow
 def test_toy_search_clearly_improves(tmp_path: Path) -> None:
     cfg = _cfg(trials=96, batch_size=8, seed=0, ppo=PPOConfig(lr=1e-3, minibatch_size=8, epochs=3))
     s = Search(tmp_path, cfg, workers=0, progress=False, plot_every_s=1e9)  # plot once, at the end
@@ -174,6 +175,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "nasfcos", "search", *args]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     common = ["--preset", "toy", "--trials", "48", "--batch-size", "8", "--seed", "5", "--toy-noise", "0.2",
@@ -244,13 +246,10 @@ def test_proxy_sub_verbs_are_forwarded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert search_main(["cache", "--data", "d"]) == 0
     assert search_main(["eval", "g.json"]) == 3
     assert seen == [("cache", ["--data", "d"]), ("eval", ["g.json"])]
-    monkeypatch.setitem(sys.modules, "nasfcos.search.cli_proxy", None)
-    with pytest.raises(NasfcosError, match="not available"):
-        search_main(["cache"])
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(NasfcosError, match="--trials"):
         search_main(["--preset", "toy", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit):
+    with pytest.raises(NasfcosError, match="--preset"):
         search_main(["--preset", "nope", "--trials", "8", "--out", str(tmp_path / "y")])

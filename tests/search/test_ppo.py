@@ -10,14 +10,6 @@ from nasfcos.search.evaluators import toy_reward
 from nasfcos.search.ppo import PPO, PPOConfig, clipped_surrogate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _batch(c: Controller, n: int = 8, seed: int = 0):
     return c.sample(n, torch.Generator().manual_seed(seed))
 

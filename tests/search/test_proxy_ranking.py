@@ -31,6 +31,7 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     return open_cache(build_cache(None, path, PRESETS["tiny"], progress=False), PRESETS["tiny"])
 
 
+@pytest.mark.slow
 def test_paper_genotype_outscores_crippled_one(tiny_cache) -> None:  # noqa: ANN001
     settings = PRESETS["tiny"]
     paper = [evaluate(load_paper_genotype(), tiny_cache, settings, s) for s in SEEDS]

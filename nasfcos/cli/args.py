@@ -1,0 +1,276 @@
+"""The command line's one validation layer: argparse ``type=`` functions and shared flags.
+
+Every value a user types is checked here, while the arguments are parsed, before any work
+starts: numbers (positive, non-negative, finite, in range), sizes (``HxW``; a single number
+means square), widths, devices, seed ranges, opsets, input files (regular files only: a FIFO
+or device would block) and output paths (writable, not a directory, not under a file).
+A bad value becomes argparse's one-line ``nasfcos VERB: error: argument --flag: ...``
+(exit 2).  These functions import nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from nasfcos.errors import NasfcosError
+
+#: Largest image side a size flag accepts (pixels); beyond it a run only exhausts memory.
+MAX_SIDE = 8192
+#: Smallest image side: the coarsest FPN level (stride 128) needs at least one cell.
+MIN_SIDE = 32
+#: Largest decoder width a width flag accepts.
+MAX_WIDTH = 4096
+
+_ArgError = argparse.ArgumentTypeError
+
+
+def _int(text: str) -> int:
+    try:
+        return int(str(text).strip(), 10)
+    except ValueError:
+        raise _ArgError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(str(text).strip())
+    except ValueError:
+        raise _ArgError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise _ArgError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """``type=`` for an integer in ``[lo, hi]`` (either bound may be None)."""
+
+    def parse(text: str) -> int:
+        v = _int(text)
+        if lo is not None and v < lo or hi is not None and v > hi:
+            if hi is None:
+                raise _ArgError(f"expected an integer >= {lo}, got {v}")
+            if lo is None:
+                raise _ArgError(f"expected an integer <= {hi}, got {v}")
+            raise _ArgError(f"expected an integer in {lo}..{hi}, got {v}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_range(lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False) -> Callable[[str], float]:
+    """``type=`` for a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
+
+    def parse(text: str) -> float:
+        v = _float(text)
+        if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and v > hi:
+            left = "(" if lo_open else "["
+            raise _ArgError(f"expected a number in {left}{lo if lo is not None else '-inf'}, "
+                            f"{hi if hi is not None else 'inf'}], got {text!r}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+#: Integers >= 1 (batch, runs, threads, iterations, classes ...).
+positive_int = int_range(1)
+#: Integers >= 0 (warm-up runs, workers, seeds ...).
+non_negative_int = int_range(0)
+#: Finite floats > 0 (learning rate, time budgets ...).
+positive_float = float_range(0.0, lo_open=True)
+#: Finite floats >= 0 (tolerances, noise, delays ...).
+non_negative_float = float_range(0.0)
+#: Any finite float.
+finite_float = float_range()
+
+
+def seed(text: str) -> int:
+    """A seed: an integer in 0..2**32-1 (numpy's range)."""
+    return int_range(0, 2**32 - 1)(text)
+
+
+def size_hw(text: str) -> tuple[int, int]:
+    """``"800"`` (square) or ``"800x608"`` (height x width) -> ``(H, W)``; sides in 32..8192."""
+    m = re.fullmatch(r"\s*(\d{1,6})\s*(?:[xX]\s*(\d{1,6}))?\s*", str(text))
+    if not m:
+        raise _ArgError(f"expected a size N or HxW such as 800 or 800x608, got {text!r}")
+    h = int(m.group(1))
+    w = int(m.group(2) or m.group(1))
+    if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
+        raise _ArgError(f"size {h}x{w}: each side must be in {MIN_SIDE}..{MAX_SIDE} pixels")
+    return h, w
+
+
+def size_list(text: str) -> list[tuple[int, int]]:
+    """``"600,800x1000"`` -> ``[(600, 600), (800, 1000)]`` (HxW each, see :func:`size_hw`)."""
+    parts = [p for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise _ArgError(f"expected sizes such as 600,800x1000, got {text!r}")
+    if len(parts) > 64:
+        raise _ArgError(f"at most 64 sizes, got {len(parts)}")
+    return [size_hw(p) for p in parts]
+
+
+def width(text: str) -> int:
+    """A decoder width (FPN or head channels): even (the deformable convolutions use two
+    offset groups, which split the channels in halves) and in 2..4096."""
+    v = int_range(2, MAX_WIDTH)(text)
+    if v % 2:
+        raise _ArgError(f"{v} is odd: widths must be even (deformable convolutions use two "
+                        "offset groups)")
+    return v
+
+
+def seed_range(text: str) -> list[int]:
+    """Seeds as ``"0,1,2"`` or ``"0-4"`` (inclusive, increasing) -> list of ints (<= 1000)."""
+    text = str(text).strip()
+    m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        if a > b:
+            raise _ArgError(f"seed range {text!r} runs backwards (use {b}-{a})")
+        seeds = list(range(a, b + 1)) if b - a < 1000 else None
+    else:
+        try:
+            seeds = [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise _ArgError(f"expected seeds such as 0,1,2 or 0-4, got {text!r}") from None
+    if not seeds or len(seeds) > 1000 or min(seeds) < 0 or max(seeds) >= 2**32:
+        raise _ArgError(f"expected 1..1000 seeds in 0..2**32-1, got {text!r}")
+    return seeds
+
+
+def opset(text: str) -> int:
+    """An ONNX opset the exporter can write: 19 (first with DeformConv) up to the installed
+    onnx package's newest."""
+    v = _int(text)
+    try:
+        import onnx
+
+        newest = int(onnx.defs.onnx_opset_version())
+    except ImportError:  # pragma: no cover - onnx is a core dependency
+        newest = 23
+    if not 19 <= v <= newest:
+        raise _ArgError(f"opset {v} is not supported: expected 19..{newest} "
+                        "(19 is the first with DeformConv)")
+    return v
+
+
+def device(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked against this machine (a CUDA device must
+    exist)."""
+    text = str(text).strip()
+    m = re.fullmatch(r"(cpu|cuda)(?::(\d{1,3}))?", text)
+    if not m or (m.group(1) == "cpu" and m.group(2) is not None):
+        raise _ArgError(f"unknown device {text!r} (expected cpu, cuda or cuda:N)")
+    if m.group(1) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _ArgError(f"{text}: no CUDA GPU on this machine (use --device cpu)")
+        index = int(m.group(2) or 0)
+        if index >= torch.cuda.device_count():
+            raise _ArgError(f"{text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return text
+
+
+def _as_arg_error(fn: Callable[[], Path]) -> Path:
+    try:
+        return fn()
+    except NasfcosError as exc:
+        raise _ArgError(str(exc)) from None
+
+
+def input_file(text: str) -> Path:
+    """An existing regular file to read (a FIFO, socket, device or folder is refused)."""
+    from nasfcos.io import regular_file
+
+    return _as_arg_error(lambda: regular_file(text, "file"))
+
+
+def input_dir(text: str) -> Path:
+    """An existing folder to read."""
+    p = Path(text)
+    if not p.is_dir():
+        raise _ArgError(f"{p}: no such folder")
+    return p
+
+
+def output_file(text: str) -> Path:
+    """A file to write: not a folder or special file, its folder creatable and writable."""
+    from nasfcos.io import writable_path
+
+    return _as_arg_error(lambda: writable_path(text))
+
+
+def output_dir(text: str) -> Path:
+    """A folder to write into: an existing writable folder, or one that can be created."""
+    from nasfcos.io import writable_path
+
+    return _as_arg_error(lambda: writable_path(text, directory=True))
+
+
+def genotype_arg(text: str) -> str:
+    """A genotype: a shipped name (``nas_fcos_fpn_head``) or a regular JSON file."""
+    from nasfcos.genotypes import PAPER_GENOTYPES
+
+    if not Path(text).exists() and str(text).removesuffix(".json") in PAPER_GENOTYPES:
+        return text
+    input_file(text)
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are a :class:`NasfcosError` (the dispatcher
+    prints them as one line, ``nasfcos VERB: error: ...``, exit 2) instead of a usage block
+    and ``SystemExit``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise NasfcosError(f"{message} (see '{self.prog} --help')")
+
+
+# -- shared flags: the same spelling in every verb ------------------------------------------
+
+def add_output(p: argparse.ArgumentParser, help: str, *, default: str | None = None,
+               directory: bool = False, required: bool = False) -> None:
+    """``-o/--output``: the verb's main output (file, or folder with ``directory``)."""
+    p.add_argument("-o", "--output", type=output_dir if directory else output_file,
+                   default=default, required=required, metavar="DIR" if directory else "FILE",
+                   help=help)
+
+
+def add_json(p: argparse.ArgumentParser, help: str = "print the result as JSON on stdout") -> None:
+    """``--json``: JSON on stdout (never a file name)."""
+    p.add_argument("--json", action="store_true", help=help)
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    """``-q/--quiet``: no progress output (bars on a TTY, stage lines otherwise)."""
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress (default: a bar on a terminal, one line per stage otherwise)")
+
+
+def add_threads(p: argparse.ArgumentParser, default: int | None = None) -> None:
+    """``--threads N``: CPU threads (intra-op) for every backend."""
+    p.add_argument("--threads", type=positive_int, default=default, metavar="N",
+                   help="CPU threads" + (f" (default {default})" if default else ""))
+
+
+def add_device(p: argparse.ArgumentParser, default: str | None = "cpu",
+               help: str | None = None) -> None:
+    """``--device cpu|cuda|cuda:N`` (checked against this machine)."""
+    p.add_argument("--device", type=device, default=default,
+                   help=help or f"cpu, cuda or cuda:N (default {default})")
+
+
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_device", "add_json", "add_output", "add_quiet",
+           "add_threads", "device", "finite_float", "float_range", "genotype_arg",
+           "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int",
+           "opset", "output_dir", "output_file", "positive_float", "positive_int", "seed",
+           "seed_range", "size_hw", "size_list", "width"]

@@ -1,0 +1,68 @@
+"""The one loader of weight files (base module: imports only torch and nasfcos.errors).
+
+Every weight or checkpoint file the toolkit reads goes through :func:`load_weights_file`:
+``torch.load(..., weights_only=True)`` (a pickle in the file cannot run code), special files
+refused, one-line errors.  A file is either ``{"model": state_dict, ...metadata}`` (what
+``nasfcos train`` writes; metadata such as ``num_classes``, ``model_kwargs``, ``cat_ids``) or a
+bare ``state_dict``; both come back as the first form.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasfcos.errors import NasfcosError
+
+
+def load_weights_file(path: str | Path) -> dict[str, Any]:
+    """``{"model": state_dict, ...metadata}`` from a checkpoint or a bare state_dict file."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise NasfcosError(f"{path}: no such weights file") from None
+    if not stat.S_ISREG(mode):
+        raise NasfcosError(f"{path}: not a regular file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise NasfcosError(f"{path}: not a readable PyTorch weights file ({line})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        state = obj["model"]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, obj = obj, {"model": obj}
+    else:
+        raise NasfcosError(f"{path}: unrecognised weights file layout "
+                           "(expected a state_dict or {'model': state_dict, ...})")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise NasfcosError(f"{path}: entry {bad[0]!r} of the state_dict is not a tensor")
+    return obj
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with a one-line error naming ``source``,
+    the first offending key and, for a shape mismatch, both shapes; non-finite values refused."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing:
+        raise NasfcosError(f"{source}: weights do not fit the model: missing key {missing[0]!r} "
+                           f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    if unexpected:
+        raise NasfcosError(f"{source}: weights do not fit the model: unexpected key "
+                           f"{unexpected[0]!r} ({len(unexpected)} unexpected)")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise NasfcosError(f"{source}: weights do not fit the model: {k} has shape "
+                               f"{tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model")
+        t = state[k]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NasfcosError(f"{source}: {k} holds NaN or infinite values")
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,555 @@
+"""Latency-aware search: a per-unit latency table, a predictor that sums it, the reward term.
+
+A compiled decoder (:mod:`nasfcos.compiler`) is a sequence of *units*, each one layer of
+the generated ``model.py`` at one resolution and width:
+
+==============================  =======================================================
+key                             what (widths: ``c`` FPN, ``h`` head; strides in px)
+==============================  =======================================================
+``adapter/c{2..5}``             backbone level -> ``c`` (1x1 conv + BN + ReLU)
+``fpn_op/{op}/s{s}``            FPN op at its input's stride ``s`` (4..32)
+``fpn_agg/{sum|concat}/s{s}``   FPN aggregation at the block's output stride
+``resize/s{a}/s{b}``            bilinear resize of a ``c``-wide map from stride a to b
+``add/s{s}``                    sum of two ``c``-wide maps (dangling outputs, paper eq. 1)
+``p6p7``                        p6 = conv3x3/2(p5), p7 = conv3x3/2(relu(p6))
+``bridge/s{s}``                 1x1 conv ``c`` -> ``h`` per output level (only if c != h)
+``head_op/{op}/s{s}``           one head op, one branch, one output level (8..128)
+``head_agg/{sum|concat}/s{s}``  one DAG-head aggregation, one branch, one level
+``predict/s{s}``                cls / box (exp(scale x)) / centerness convs at one level
+==============================  =======================================================
+
+:func:`decoder_units` counts the units of a genotype's decoder by the same rules the
+compiler applies (:mod:`nasfcos.compiler.plan`); :func:`build_table` times every unit on a
+backend, each unit module built from the classes of a compiled ``model.py`` and the
+compiler's emitter tables (no op is implemented here); :func:`predict_ms` is the table's
+``overhead_ms`` (one call of the runtime) plus the sum of count x latency.
+
+The reward with a latency target ``T`` (ms) is MnasNet's soft constraint
+``ACC x (LAT / T) ** w`` taken in log space, because the search's reward is a negative
+loss (a product with a factor < 1 would *raise* a negative reward):
+
+    reward = proxy_reward - weight x log(LAT / T)
+
+so a decoder slower than the target loses ``weight x log(LAT / T) > 0`` and a faster one
+gains; doubling the latency costs ``weight x ln 2`` (0.049 at the default weight 0.07,
+MnasNet's ``|w|``).
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import math
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.genotypes import (
+    BACKBONE_LEVELS,
+    BACKBONE_STRIDES,
+    OUTPUT_STRIDES,
+    Genotype,
+    fpn_graph,
+    head_live,
+)
+from nasfcos.io import atomic_write_json, sha256_bytes
+
+FORMAT = "nasfcos-latency-table/1"
+BACKENDS: tuple[str, ...] = ("onnxruntime", "torch", "tensorrt")
+#: MnasNet's |w| for the soft latency constraint.
+DEFAULT_LATENCY_WEIGHT = 0.07
+
+
+# ------------------------------------------------------------------------------------------
+# the reward
+# ------------------------------------------------------------------------------------------
+def latency_reward(proxy_reward: float, latency_ms: float, target_ms: float,
+                   weight: float = DEFAULT_LATENCY_WEIGHT) -> float:
+    """``proxy_reward - weight * log(latency / target)``: lower when slower than the target,
+    higher when faster, never changes sign convention (higher is better)."""
+    if not (target_ms > 0 and math.isfinite(target_ms)):
+        raise NasfcosError(f"--latency-target must be a positive number of ms, got {target_ms}")
+    if not (latency_ms > 0 and math.isfinite(latency_ms)):
+        raise NasfcosError(f"predicted latency {latency_ms} ms is not a positive number")
+    return float(proxy_reward) - float(weight) * math.log(latency_ms / target_ms)
+
+
+def pareto_front(points: Iterable[dict[str, Any]], *, reward: str = "proxy_reward",
+                 latency: str = "latency_ms") -> list[dict[str, Any]]:
+    """The points no other point beats on both axes (higher ``reward``, lower ``latency``),
+    sorted by latency; among equal points the first is kept."""
+    pts = sorted(points, key=lambda p: (float(p[latency]), -float(p[reward])))
+    front: list[dict[str, Any]] = []
+    best = -math.inf
+    for p in pts:
+        if float(p[reward]) > best:
+            front.append(p)
+            best = float(p[reward])
+    return front
+
+
+# ------------------------------------------------------------------------------------------
+# the units of a decoder
+# ------------------------------------------------------------------------------------------
+def decoder_units(g: Genotype, *, bridge: bool = False) -> Counter[str]:
+    """How many times each unit (module docstring) runs in the decoder compiled from ``g``
+    for one image; ``bridge``: the FPN and head widths differ."""
+    units: Counter[str] = Counter()
+    graph = fpn_graph(g.fpn)
+    strides = graph.strides
+    for lvl in graph.backbone_used:
+        units[f"adapter/{BACKBONE_LEVELS[lvl]}"] += 1
+    n_in = len(BACKBONE_LEVELS)
+    for k, blk in enumerate(g.fpn):
+        s_out = strides[n_in + k]
+        for j in (0, 1):
+            s_in = strides[blk.inputs[j]]
+            if blk.ops[j] != "skip":
+                units[f"fpn_op/{blk.ops[j]}/s{s_in}"] += 1
+            if s_in != s_out:
+                units[f"resize/s{s_in}/s{s_out}"] += 1
+        units[f"fpn_agg/{blk.agg}/s{s_out}"] += 1
+    for idx, target in ((graph.p3, BACKBONE_STRIDES[1]), (graph.p4, BACKBONE_STRIDES[2]),
+                        (graph.p5, BACKBONE_STRIDES[3])):
+        for d in graph.dangling:
+            if strides[d] != strides[idx]:
+                units[f"resize/s{strides[d]}/s{strides[idx]}"] += 1
+            units[f"add/s{strides[idx]}"] += 1
+        if strides[idx] != target:
+            units[f"resize/s{strides[idx]}/s{target}"] += 1
+    units["p6p7"] += 1
+    branches = 2  # classification and box towers
+    for s in OUTPUT_STRIDES:
+        if bridge:
+            units[f"bridge/s{s}"] += 1
+        units[f"predict/s{s}"] += 1
+        for name in _head_units(g):
+            units[f"{name}/s{s}"] += branches
+    return +units
+
+
+def _head_units(g: Genotype) -> list[str]:
+    """Unit names (without stride) of one branch's tower at one level."""
+    head = g.head
+    if head.kind == "fcos":
+        return ["head_op/fcos_conv_3x3"] * 4
+    if head.kind == "sequential":
+        return [f"head_op/{op}" for op in head.layers if op != "skip"]
+    live = head_live(head)
+    out = []
+    if 1 in live and head.first_op != "skip":
+        out.append(f"head_op/{head.first_op}")
+    for b, blk in enumerate(head.blocks):
+        for j in (0, 1):
+            if 2 + 3 * b + j in live and blk.ops[j] != "skip":
+                out.append(f"head_op/{blk.ops[j]}")
+        if 4 + 3 * b in live:
+            out.append(f"head_agg/{blk.agg}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# the table
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TableSpec:
+    """What a latency table is measured for: backend, image size (H, W) px, widths, threads."""
+
+    backend: str = "onnxruntime"
+    size: tuple[int, int] = (800, 800)
+    fpn_channels: int = 128
+    head_channels: int = 128
+    num_classes: int = 80
+    backbone: str = "resnet50"  # sets the adapters' input widths
+    threads: int = 1
+    device: str = "cpu"
+
+    def validate(self) -> TableSpec:
+        from nasfcos.compiler.backbones import BACKBONE_NAMES
+
+        if self.backend not in BACKENDS:
+            raise NasfcosError(f"unknown backend {self.backend!r} (expected one of: {', '.join(BACKENDS)})")
+        if self.backbone not in BACKBONE_NAMES:
+            raise NasfcosError(f"unknown backbone {self.backbone!r} (expected one of: {', '.join(BACKBONE_NAMES)})")
+        for name in ("fpn_channels", "head_channels", "num_classes", "threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise NasfcosError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        from nasfcos.compiler import CompileOptions
+
+        CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels,
+                       num_classes=self.num_classes)  # the compiler's rules for widths
+        if min(self.size) < 32:
+            raise NasfcosError(f"size {self.size[0]}x{self.size[1]} too small (at least 32x32)")
+        return self
+
+    def key(self) -> dict[str, Any]:
+        return {"backend": self.backend, "size": list(self.size), "fpn_channels": self.fpn_channels,
+                "head_channels": self.head_channels, "num_classes": self.num_classes,
+                "backbone": self.backbone, "threads": self.threads, "device": self.device}
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """A measured table: its spec, per-unit median latencies (ms) and the per-call overhead."""
+
+    spec: TableSpec
+    entries: dict[str, float]
+    overhead_ms: float
+    meta: dict[str, Any]
+    sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **self.spec.key(), "overhead_ms": self.overhead_ms,
+                "entries": dict(sorted(self.entries.items())), "meta": self.meta}
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    def check_for(self, *, size: tuple[int, int] | None = None, backend: str | None = None,
+                  where: str = "latency table") -> None:
+        """One-line error when the table was measured for another size or backend."""
+        if size is not None and tuple(size) != tuple(self.spec.size):
+            raise NasfcosError(f"{where} is for {self.spec.size[0]}x{self.spec.size[1]}, not "
+                               f"{size[0]}x{size[1]}; build one with 'nasfcos search latency-table --size "
+                               f"{size[0]}x{size[1]}'")
+        if backend is not None and backend != self.spec.backend:
+            raise NasfcosError(f"{where} is for backend {self.spec.backend}, not {backend}")
+
+
+def load_table(path: str | Path) -> LatencyTable:
+    """Read and check a table written by :func:`build_table` (one-line errors)."""
+    p = Path(path)
+    if not p.is_file():
+        raise NasfcosError(f"{p}: no such latency table" + (" (it is a folder)" if p.is_dir() else ""))
+    try:
+        raw = p.read_bytes()
+        doc = json.loads(raw)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise NasfcosError(f"{p}: not a latency table ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise NasfcosError(f"{p}: not a {FORMAT} file")
+    try:
+        spec = TableSpec(backend=str(doc["backend"]), size=(int(doc["size"][0]), int(doc["size"][1])),
+                         fpn_channels=int(doc["fpn_channels"]), head_channels=int(doc["head_channels"]),
+                         num_classes=int(doc["num_classes"]), backbone=str(doc["backbone"]),
+                         threads=int(doc["threads"]), device=str(doc.get("device", "cpu"))).validate()
+        entries = {str(k): float(v) for k, v in dict(doc["entries"]).items()}
+        overhead = float(doc.get("overhead_ms", 0.0))
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise NasfcosError(f"{p}: malformed latency table ({type(exc).__name__}: {exc})") from None
+    bad = [k for k, v in entries.items() if not (math.isfinite(v) and v >= 0)]
+    if bad or not (math.isfinite(overhead) and overhead >= 0):
+        raise NasfcosError(f"{p}: latency table entry {bad[0] if bad else 'overhead_ms'} is not a "
+                           "non-negative number")
+    return LatencyTable(spec, entries, overhead, dict(doc.get("meta") or {}), sha256_bytes(raw))
+
+
+def predict_ms(g: Genotype, table: LatencyTable) -> float:
+    """Predicted decoder latency (ms) of ``g``: overhead + sum of count x unit latency."""
+    units = decoder_units(g, bridge=table.spec.fpn_channels != table.spec.head_channels)
+    missing = sorted(k for k in units if k not in table.entries)
+    if missing:
+        raise NasfcosError(f"latency table has no entry {missing[0]!r} (measured by an older "
+                           "nasfcos? rebuild it)")
+    return table.overhead_ms + sum(n * table.entries[k] for k, n in units.items())
+
+
+# ------------------------------------------------------------------------------------------
+# measuring
+# ------------------------------------------------------------------------------------------
+#: A genotype whose compiled file defines every layer class a decoder can use.
+_CATALOG: dict[str, Any] = {
+    "format": "nasfcos-genotype/1",
+    "name": "latency-catalog",
+    "fpn": [
+        {"inputs": [0, 1], "ops": ["sep_conv_3x3", "sep_conv_3x3_dil3"], "agg": "sum"},
+        {"inputs": [2, 3], "ops": ["sep_conv_5x5_dil6", "deform_conv_3x3"], "agg": "concat"},
+    ] + [{"inputs": [4, 5], "ops": ["skip", "skip"], "agg": "sum"}] * 5,
+    "head": {"kind": "sequential", "layers": ["conv_1x1", "conv_3x3", "sep_conv_3x3", "sep_conv_3x3_dil3",
+                                              "skip", "deform_conv_3x3"]},
+    "share": [0, 0, 0, 0, 0],
+}
+
+
+def _construct(module: Any, emitter: tuple[str, str], width: int) -> Any:
+    """Instantiate an emitter-table entry (class name, constructor arguments with ``{c}``)
+    from the compiled module's classes; arguments are literals (no code is evaluated)."""
+    cls, args = emitter
+    call = ast.parse(f"f({args.format(c=width)})", mode="eval").body
+    assert isinstance(call, ast.Call)
+    pos = [ast.literal_eval(a) for a in call.args]
+    kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+    return getattr(module, cls)(*pos, **kw)
+
+
+def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]]:
+    """Every unit of the table: key -> (module, input shapes), built from a compiled file's
+    classes and the compiler's emitter tables, at ``spec``'s size and widths."""
+    import torch
+    from torch import nn
+
+    from nasfcos.compiler import CompileOptions, compile_to_module
+    from nasfcos.compiler.backbones import backbone_channels
+    from nasfcos.compiler.plan import (
+        FCOS_TOWER_EMITTER,
+        FPN_AGG_EMITTERS,
+        FPN_OP_EMITTERS,
+        HEAD_AGG_EMITTERS,
+        HEAD_OP_EMITTERS,
+    )
+    from nasfcos.genotypes import parse_genotype
+    from nasfcos.runtime.models import feature_sizes
+
+    c, h = spec.fpn_channels, spec.head_channels
+    in_ch = backbone_channels(spec.backbone)
+    opts = CompileOptions(fpn_channels=c, head_channels=h, num_classes=spec.num_classes, in_channels=in_ch)
+    mod = compile_to_module(parse_genotype(_CATALOG), opts)
+    dec = mod.Decoder(fpn_channels=c, head_channels=h, num_classes=spec.num_classes, in_channels=in_ch)
+    sizes = dict(zip(BACKBONE_STRIDES, feature_sizes(spec.size), strict=True))
+    for s in OUTPUT_STRIDES[3:]:
+        sizes[s] = (math.ceil(sizes[s // 2][0] / 2), math.ceil(sizes[s // 2][1] / 2))
+
+    class Unary(nn.Module):
+        def __init__(self, m: nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(x)
+
+    class Binary(Unary):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return self.m(x, y)
+
+    class Resize(nn.Module):
+        def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            return mod.resize(x, like=like)
+
+    class Add(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x + y
+
+    class P6P7(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p6, self.p7 = dec.p6, dec.p7
+
+        def forward(self, p5: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            p6 = self.p6(p5)
+            return p6, self.p7(torch.nn.functional.relu(p6))
+
+    class Predict(nn.Module):
+        def __init__(self, level: int) -> None:
+            super().__init__()
+            self.cls_logits, self.bbox_pred, self.centerness = dec.cls_logits, dec.bbox_pred, dec.centerness
+            self.scale = dec.scales[level]
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return self.cls_logits(x), torch.exp(self.scale(self.bbox_pred(x))), self.centerness(x)
+
+    def shape(s: int, width: int) -> tuple[int, ...]:
+        return (1, width, *sizes[s])
+
+    units: dict[str, tuple[Any, list[tuple[int, ...]]]] = {}
+    for lvl, s in enumerate(BACKBONE_STRIDES):
+        units[f"adapter/{BACKBONE_LEVELS[lvl]}"] = (Unary(mod.Adapter(in_ch[lvl], c)), [shape(s, in_ch[lvl])])
+        for op, em in FPN_OP_EMITTERS.items():
+            if em is not None:
+                units[f"fpn_op/{op}/s{s}"] = (Unary(_construct(mod, em, c)), [shape(s, c)])
+        for agg, em in FPN_AGG_EMITTERS.items():
+            units[f"fpn_agg/{agg}/s{s}"] = (Binary(_construct(mod, em, c)), [shape(s, c)] * 2)
+        units[f"add/s{s}"] = (Add(), [shape(s, c)] * 2)
+        for t in BACKBONE_STRIDES:
+            if t != s:
+                units[f"resize/s{s}/s{t}"] = (Resize(), [shape(s, c), shape(t, 1)])
+    units["p6p7"] = (P6P7(), [shape(32, c)])
+    for i, s in enumerate(OUTPUT_STRIDES):
+        if c != h:
+            units[f"bridge/s{s}"] = (Unary(dec.bridge), [shape(s, c)])
+        units[f"predict/s{s}"] = (Predict(i), [shape(s, h)])
+        for op, em in HEAD_OP_EMITTERS.items():
+            if em is not None:
+                units[f"head_op/{op}/s{s}"] = (Unary(_construct(mod, em, h)), [shape(s, h)])
+        units[f"head_op/fcos_conv_3x3/s{s}"] = (Unary(_construct(mod, FCOS_TOWER_EMITTER, h)), [shape(s, h)])
+        for agg, em in HEAD_AGG_EMITTERS.items():
+            units[f"head_agg/{agg}/s{s}"] = (Binary(_construct(mod, em, h)), [shape(s, h)] * 2)
+    for m, _ in units.values():
+        m.eval()
+    return units
+
+
+#: A timer: (module, input arrays) -> per-run milliseconds.
+Timer = Callable[[Any, list[Any]], list[float]]
+
+
+#: Clocks a table may be measured with: wall time, or the CPU time of the calling thread
+#: (one intra-op thread runs on the caller; immune to other processes on a shared machine).
+CLOCKS: dict[str, Callable[[], int]] = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}
+
+
+def _torch_timer(spec: TableSpec, warmup: int, runs: int, clock: Callable[[], int]) -> Timer:
+    import torch
+
+    def timer(module: Any, arrays: list[Any]) -> list[float]:
+        xs = [torch.from_numpy(a) for a in arrays]
+        with torch.inference_mode():
+            for _ in range(warmup):
+                module(*xs)
+            out = []
+            for _ in range(runs):
+                t = clock()
+                module(*xs)
+                out.append((clock() - t) / 1e6)
+        return out
+
+    return timer
+
+
+def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path, clock: Callable[[], int]) -> Timer:
+    import torch
+
+    from nasfcos.runtime.export import DEFAULT_OPSET
+    from nasfcos.runtime.runners import OrtRunner
+
+    if spec.backend == "tensorrt":
+        from nasfcos.runtime.trt import TrtRunner, require_tensorrt
+
+        require_tensorrt()
+    counter = [0]
+
+    def timer(module: Any, arrays: list[Any]) -> list[float]:
+        counter[0] += 1
+        path = work / f"unit{counter[0]}.onnx"
+        names = [f"x{i}" for i in range(len(arrays))]
+        with torch.inference_mode(False), _quiet():
+            prog = torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), dynamo=True,
+                                     opset_version=DEFAULT_OPSET, input_names=names, optimize=True,
+                                     external_data=False, verbose=False)
+        path.write_bytes(prog.model_proto.SerializeToString())
+        if spec.backend == "tensorrt":
+            runner: Any = TrtRunner(path, spec.device if spec.device.startswith("cuda") else "cuda")
+        else:
+            runner = OrtRunner(path, spec.device, threads=spec.threads)
+        try:
+            runner.bind(*arrays)
+            for _ in range(warmup):
+                runner.run()
+                runner.synchronize()
+            out = []
+            for _ in range(runs):
+                t = clock()
+                runner.run()
+                runner.synchronize()
+                out.append((clock() - t) / 1e6)
+            return out
+        finally:
+            runner.close()
+            path.unlink(missing_ok=True)
+
+    return timer
+
+
+class _quiet:
+    """Silence the exporter's prints (stdout and stderr) for the duration."""
+
+    def __enter__(self) -> None:
+        import contextlib
+        import io
+
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        self._stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+#: Statistics a table may summarise the runs of a unit with.
+STATISTICS: tuple[str, ...] = ("median", "min")
+
+
+def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: bool = True,
+                only: Iterable[str] | None = None, statistic: str = "median",
+                clock: str = "wall") -> LatencyTable:
+    """Time every unit on ``spec.backend`` (``statistic`` of ``runs`` after ``warmup``: the
+    median on a quiet machine, the minimum on a shared one, where it estimates the
+    uncontended time) and the per-call overhead (a unit adding two 1-element tensors);
+    ``clock``: ``wall`` (default) or ``cpu``, the calling thread's CPU time (needs
+    ``threads == 1`` and a CPU backend: then the work runs on the caller); ``only``: a
+    subset of keys."""
+    import numpy as np
+    import torch
+
+    spec.validate()
+    if statistic not in STATISTICS:
+        raise NasfcosError(f"unknown statistic {statistic!r} (expected one of: {', '.join(STATISTICS)})")
+    summarise = np.median if statistic == "median" else np.min
+    if clock not in CLOCKS:
+        raise NasfcosError(f"unknown clock {clock!r} (expected one of: {', '.join(CLOCKS)})")
+    if clock == "cpu" and (spec.threads != 1 or spec.backend == "tensorrt"):
+        raise NasfcosError("--clock cpu measures the calling thread: it needs --threads 1 and a CPU backend")
+    if spec.backend == "torch" and spec.device != "cpu":
+        raise NasfcosError("the torch latency table is measured on the CPU only")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    t0 = time.perf_counter()
+    try:
+        units = unit_modules(spec)
+        keys = list(units) if only is None else [k for k in units if k in set(only)]
+        rng = np.random.default_rng(0)
+        from torch import nn
+
+        class Tiny(nn.Module):
+            def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return x + y
+
+        with tempfile.TemporaryDirectory(prefix="nasfcos-latency-") as tmp:
+            tick = CLOCKS[clock]
+            timer = (_torch_timer(spec, warmup, runs, tick) if spec.backend == "torch"
+                     else _onnx_timer(spec, warmup, runs, Path(tmp), tick))
+            tiny = [np.zeros((1,), np.float32)] * 2
+            overhead = float(summarise(timer(Tiny().eval(), tiny)))
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(keys), desc=f"latency table ({spec.backend})", unit="unit",
+                           file=sys.stderr, disable=None)
+            entries: dict[str, float] = {}
+            for key in keys:
+                module, shapes = units[key]
+                arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+                entries[key] = round(max(0.0, float(summarise(timer(module, arrays))) - overhead), 5)
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+    except (BackendUnavailable, NasfcosError):
+        raise
+    except ImportError as exc:
+        raise BackendUnavailable(f"{spec.backend}: {exc}") from None
+    finally:
+        torch.set_num_threads(old_threads)
+    meta = {"warmup": warmup, "runs": runs, "seconds": round(time.perf_counter() - t0, 1),
+            "torch": torch.__version__, "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "statistic": f"{statistic} ms per unit over the runs, minus the per-call overhead",
+            "clock": "wall time" if clock == "wall" else "CPU time of the calling thread"}
+    try:
+        from nasfcos.runtime.machine import machine_info
+
+        meta["machine"] = machine_info()
+    except Exception:  # noqa: BLE001 - provenance only
+        pass
+    if spec.backend != "torch":
+        import onnxruntime
+
+        meta["onnxruntime"] = onnxruntime.__version__
+    return LatencyTable(spec, entries, round(overhead, 5), meta)

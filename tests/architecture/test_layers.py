@@ -1,0 +1,97 @@
+"""The import graph points one way: cli -> search -> runtime -> compiler -> fcos -> genotypes
+-> base, and has no cycle.  Read from the source with ``ast`` (no module is imported)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+#: source folder of each subpackage of ``nasfcos`` (pyproject's package-dir)
+FOLDERS = {"nasfcos": ROOT / "nasfcos", "nasfcos.genotypes": ROOT / "genotypes",
+           "nasfcos.compiler": ROOT / "compiler", "nasfcos.runtime": ROOT / "runtime",
+           "nasfcos.search": ROOT / "search"}
+#: layer of each package; a module may import its own package or lower layers only
+LAYERS = {"base": 0, "genotypes": 1, "fcos": 2, "compiler": 3, "runtime": 4, "search": 5, "cli": 6}
+
+
+def _modules() -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for pkg, folder in FOLDERS.items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            if pkg == "nasfcos" and parts and parts[0] in ("genotypes", "compiler", "runtime", "search"):
+                continue
+            out[".".join([pkg, *parts])] = path
+    return out
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if module == "nasfcos.__main__":
+        return "cli"
+    if len(parts) > 1 and parts[1] in LAYERS:
+        return parts[1]
+    return "base"  # nasfcos, nasfcos.errors, nasfcos.io, nasfcos.modelfile, nasfcos.weights
+
+
+def _imports(path: Path, *, top_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = ast.iter_child_nodes(tree) if top_level_only else ast.walk(tree)
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("nasfcos")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nasfcos"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str) -> str | None:
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def test_modules_found() -> None:
+    assert {"nasfcos.errors", "nasfcos.fcos.train", "nasfcos.cli.main", "nasfcos.compiler.codegen",
+            "nasfcos.runtime.export", "nasfcos.search.loop"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down(module: str) -> None:
+    """Every import, lazy ones inside functions included, goes to the same layer or below."""
+    mine = LAYERS[_layer(module)]
+    for target in _imports(MODULES[module], top_level_only=False):
+        resolved = _resolve(target)
+        if resolved is None or resolved == "nasfcos":
+            continue
+        assert LAYERS[_layer(resolved)] <= mine, f"{module} imports {resolved} (a higher layer)"
+
+
+def test_no_import_cycle_at_module_level() -> None:
+    graph = {m: {r for t in _imports(p, top_level_only=True)
+                 if (r := _resolve(t)) and r != m and r != "nasfcos"}
+             for m, p in MODULES.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
