@@ -138,7 +138,7 @@ class TrainConfig:
 
 def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
     """The run's ``config.json`` record of ``cfg`` (JSON types only)."""
-    return json.loads(json.dumps(asdict(cfg)))
+    return json.loads(json.dumps(asdict(cfg), default=str))
 
 
 def config_from_json(doc: dict[str, Any]) -> TrainConfig:
@@ -657,7 +657,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             atomic_write_json(out / "backbone.json", {
                 "backbone": getattr(module, "BACKBONE", None), "sha256": sha256_file(out / "backbone.pt"),
                 "model": Path(cfg.model).name, "model_sha256": model_sha, "data": cfg.data,
-                "data_manifest": _data_manifest(cfg.data), "iters": total, "config": asdict(cfg)})
+                "data_manifest": _data_manifest(cfg.data), "iters": total, "config": config_to_json(cfg)})
         if cfg.val_ann is not None:
             val = {"ann": cfg.val_ann, "images": cfg.val_images or cfg.images}
         elif cfg.data is not None and has_split(cfg.data, "val"):
