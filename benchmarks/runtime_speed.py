@@ -194,32 +194,35 @@ def main() -> None:
                               "blocks": args.blocks, "fpn_channels": args.fpn_channels,
                               "backbone": args.backbone, "torch": torch.__version__,
                               "genotypes": {}}
-    for name in args.genotypes.split(","):
-        result["genotypes"][name] = _genotype(name, args, sizes, work)
-
-    print(f"\n{args.backbone}, fpn {args.fpn_channels}, batch 1, {args.threads} threads, "
+    print(f"{args.backbone}, fpn {args.fpn_channels}, batch 1, {args.threads} threads, "
           f"medians of {args.blocks} alternating blocks")
-    for name, res in result["genotypes"].items():
-        print(f"\n{name}")
-        if "eager" in res:
-            e = res["eager"]
-            print(f"  eager {sizes[0][0]}: reference {e['median_ms']['reference']} ms, compiled "
-                  f"{e['median_ms']['compiled']} ms -> {e['speedup']:.2f}x (target >= 1.6); "
-                  f"without post-processing {e['speedup_raw']:.2f}x; post-processing "
-                  f"{e['median_ms']['postprocess']} ms")
-        print(f"  {'ORT cell':<14} {'nasfcos ms':>10} {'baseline ms':>11} {'ratio':>6}"
-              "   (same session options: baseline ms, ratio)")
-        for cell, r in res["ort"].items():
-            same = (f"   {r['baseline_nasfcos_options_ms']:.1f}, {r['ratio_same_options']:.3f}"
-                    if "ratio_same_options" in r else "")
-            print(f"  {cell:<14} {r['nasfcos_ms']:>10.1f} {r['baseline_ms']:>11.1f} "
-                  f"{r['ratio']:>6.3f}{same}")
-        for label, prof in res.get("profile", {}).items():
-            top = ", ".join(f"{op} {v['share']:.1%}" for op, v in list(prof.items())[:8])
-            print(f"  profile {label}: {top}")
+    for name in args.genotypes.split(","):
+        res = result["genotypes"][name] = _genotype(name, args, sizes, work)
+        _print_genotype(name, res, sizes[0][0])  # as soon as it is measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _print_genotype(name: str, res: dict[str, Any], first_size: int) -> None:
+    print(f"\n{name}")
+    if "eager" in res:
+        e = res["eager"]
+        print(f"  eager {first_size}: reference {e['median_ms']['reference']} ms, compiled "
+              f"{e['median_ms']['compiled']} ms -> {e['speedup']:.2f}x (target >= 1.6); "
+              f"without post-processing {e['speedup_raw']:.2f}x; post-processing "
+              f"{e['median_ms']['postprocess']} ms")
+    print(f"  {'ORT cell':<14} {'nasfcos ms':>10} {'baseline ms':>11} {'ratio':>6}"
+          "   (same session options: baseline ms, ratio)")
+    for cell, r in res["ort"].items():
+        same = (f"   {r['baseline_nasfcos_options_ms']:.1f}, {r['ratio_same_options']:.3f}"
+                if "ratio_same_options" in r else "")
+        print(f"  {cell:<14} {r['nasfcos_ms']:>10.1f} {r['baseline_ms']:>11.1f} "
+              f"{r['ratio']:>6.3f}{same}")
+    for label, prof in res.get("profile", {}).items():
+        top = ", ".join(f"{op} {v['share']:.1%}" for op, v in list(prof.items())[:10])
+        print(f"  profile {label}: {top}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def main() -> None:
         args.model = str(path)
     module = load_model_file(args.model)
     model = build_detector(module, args.classes).to(device).train()
-    cfg = FcosConfig(box_regression=regression_units(module))
+    cfg = FcosConfig(reg_units=regression_units(module))
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
     xy0 = torch.rand(args.batch, 4, 2, device=device) * args.size * 0.5

@@ -43,7 +43,16 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise NasfcosError(f"{path}: entry {bad[0]!r} of the state_dict is not a tensor")
+    check_finite_state(state, str(path))
     return obj
+
+
+def check_finite_state(state: dict[str, Any], source: str) -> None:
+    """One-line error when a floating tensor of ``state`` holds NaN or inf: refused at load,
+    because non-finite deformable offsets crash torchvision's deform_conv2d (a segfault)."""
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise NasfcosError(f"{source}: {k} holds non-finite values (NaN or inf)")
 
 
 def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -62,7 +71,5 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], so
         if tuple(state[k].shape) != tuple(v.shape):
             raise NasfcosError(f"{source}: weights do not fit the model: {k} has shape "
                                f"{tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model")
-        t = state[k]
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise NasfcosError(f"{source}: {k} holds NaN or infinite values")
+    check_finite_state(state, source)
     module.load_state_dict(state, strict=True)

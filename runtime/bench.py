@@ -695,7 +695,8 @@ def precision_markdown(report: dict[str, Any]) -> str:
         a = r["agreement"]
         lines.append(
             f"| {r['backend']} | {name} | {100 * r['AP']:.2f} | {100 * r['AP50']:.2f} | "
-            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a['match_rate']:.1f}% | "
+            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a['match_rate']:.1f}% "
+            f"({a['matched']}/{a['reference']}) | "
             f"{a['mean_score_diff']:.4f}/{a['max_score_diff']:.4f} | "
             f"{r['median_ms']:.1f} ({r['p90_ms']:.1f}) | {r.get('latency_vs_fp32', '')} | "
             f"{r['bytes'] / 1e6:.2f} |")

@@ -404,7 +404,8 @@ _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "export": {"opset": (int,), "size": (list,), "batch": (int,), "dynamic": (bool,),
                "dynamic_ranges": (dict,)},
     "widths": {"in_channels": (list, type(None))},
-    "build": {"precision": (list,)},
+    "build": {"precision": (str, list)},  # str: strongly typed engines; list: before
+    "precision": {"precision": (str,), "target": (str, type(None)), "method": (str,)},
 }
 
 

@@ -296,8 +296,6 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
                 t = half_inits[t]
             elif is_float(t) and t in home and home[t] != want:
                 t = cast(t, want)
-            elif is_float(t) and t in inits and half:
-                t = cast(t, want)
             new_inputs.append(t)
         n.input[:] = new_inputs
         nodes.append(n)
@@ -308,9 +306,6 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
             for n in nodes:
                 n.output[:] = [low if x == vi.name else x for x in n.output]
                 n.input[:] = [low if x == vi.name else x for x in n.input]
-            for key, val in list(casts.items()):
-                if key[0] == vi.name:
-                    casts[(low, key[1])] = val
             nodes.append(helper.make_node("Cast", [low], [vi.name], to=FLOAT,
                                           name=f"cast_{vi.name}__to_fp32"))
     del g.node[:]

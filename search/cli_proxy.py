@@ -98,8 +98,8 @@ def _seeds(text: str) -> list[int]:
     except ValueError:
         raise NasfcosError(f"--seeds: expected e.g. '0,1,2' or '0-4', got {text!r}") from None
     if not seeds or len(seeds) > 1000 or min(seeds) < 0:
-        raise NasfcosError(f"--seeds: expected 1..1000 non-negative seeds in increasing order "
-                           f"(e.g. '0,1,2' or '0-4'), got {text!r}")
+        raise NasfcosError(f"--seeds {text!r} names no seed, or too many (expected 1..1000 "
+                           "non-negative seeds in increasing order, e.g. '0,1,2' or '0-4')")
     return seeds
 
 

@@ -180,36 +180,36 @@ def device(text: str) -> str:
     return text
 
 
-def _as_arg_error(fn: Callable[[], Path]) -> Path:
+def _as_arg_error(fn: Callable[[], Path]) -> str:
+    """The checked path as the string the user typed (argparse values stay plain strings)."""
     try:
-        return fn()
+        return str(fn())
     except NasfcosError as exc:
         raise _ArgError(str(exc)) from None
 
 
-def input_file(text: str) -> Path:
+def input_file(text: str) -> str:
     """An existing regular file to read (a FIFO, socket, device or folder is refused)."""
     from nasfcos.io import regular_file
 
     return _as_arg_error(lambda: regular_file(text, "file"))
 
 
-def input_dir(text: str) -> Path:
+def input_dir(text: str) -> str:
     """An existing folder to read."""
-    p = Path(text)
-    if not p.is_dir():
-        raise _ArgError(f"{p}: no such folder")
-    return p
+    if not Path(text).is_dir():
+        raise _ArgError(f"{text}: no such folder")
+    return text
 
 
-def output_file(text: str) -> Path:
+def output_file(text: str) -> str:
     """A file to write: not a folder or special file, its folder creatable and writable."""
     from nasfcos.io import writable_path
 
     return _as_arg_error(lambda: writable_path(text))
 
 
-def output_dir(text: str) -> Path:
+def output_dir(text: str) -> str:
     """A folder to write into: an existing writable folder, or one that can be created."""
     from nasfcos.io import writable_path
 

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                         "genotype name")
     p.add_argument("--genotype", dest="genotype_opt", type=A.genotype_arg, metavar="GENOTYPE",
                    help="same as the positional argument")
-    p.add_argument("-o", "--output", type=lambda t: t if t == "-" else str(A.output_file(t)),
+    p.add_argument("-o", "--output", type=lambda t: t if t == "-" else A.output_file(t),
                    default="model.py", help="output file ('-' for stdout; default: model.py)")
     p.add_argument("--fpn-channels", type=A.width, default=None,
                    help="FPN width (default: 256, the released models'; a release .yaml's AGG_SIZE)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from dataclasses import replace
@@ -49,7 +50,6 @@ def data_main(argv: list[str]) -> int:
     s.add_argument("--size", type=A.int_range(32, A.MAX_SIDE), help="image side in pixels (default 128)")
     s.add_argument("--seed", type=A.seed, default=0, help="random seed (default 0)")
     s.add_argument("--val-fraction", type=A.float_range(0.0, 1.0), help="share of val images (default 0.2)")
-    A.add_json(s, "print the manifest as JSON on stdout")
     s.add_argument("--min-objects", type=A.int_range(1, 1000), help="objects per image at least (default 1)")
     s.add_argument("--max-objects", type=A.int_range(1, 1000), help="objects per image at most (default 6)")
     s.add_argument("--min-scale", type=A.float_range(0.0, 1.0, lo_open=True),
@@ -59,6 +59,7 @@ def data_main(argv: list[str]) -> int:
     s.add_argument("--no-clutter", action="store_true", help="no unannotated lines and specks")
     s.add_argument("--force", action="store_true",
                    help="replace a data set already in the folder (default: refuse)")
+    A.add_json(s, "print the manifest as JSON on stdout")
     v = sub.add_parser("voc2coco", help="convert a PASCAL VOC folder to COCO JSON",
                        description="Convert VOCDIR/Annotations/*.xml (optionally only the ids in "
                                    "ImageSets/Main/SPLIT.txt) to COCO JSON; image file names are "
@@ -80,6 +81,9 @@ def data_main(argv: list[str]) -> int:
                  "min_objects": args.min_objects, "max_objects": args.max_objects,
                  "min_scale": args.min_scale, "max_scale": args.max_scale,
                  "clutter": False if args.no_clutter else None}
+        for name, value in given.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number")
         cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
         manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty(), force=args.force)
         if args.json:
@@ -205,7 +209,7 @@ def train_main(argv: list[str]) -> int:
     g.add_argument("--epochs", type=A.positive_int, help="train for N epochs")
     g.add_argument("--iters", type=A.positive_int, help="train for N iterations")
     parser.add_argument("--batch", type=A.positive_int, help="total batch size over processes (default 16)")
-    parser.add_argument("--lr", type=A.float_range(0.0, 10.0, lo_open=True), help="base learning rate (default 0.01 * batch / 16)")
+    parser.add_argument("--lr", type=A.positive_float, help="base learning rate (default 0.01 * batch / 16)")
     parser.add_argument("--momentum", type=A.float_range(0.0, 1.0), help="SGD momentum (default 0.9)")
     parser.add_argument("--weight-decay", type=A.non_negative_float, help="weight decay (default 1e-4)")
     parser.add_argument("--warmup-iters", type=A.non_negative_int, help="linear warm-up iterations (default 500)")
@@ -244,7 +248,7 @@ def train_main(argv: list[str]) -> int:
                         help="validation annotation JSON (with --ann; default: the val split of --data)")
     parser.add_argument("--val-images", type=A.input_dir, help="validation image folder (with --val-ann)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in -o from last.pt with its config.json")
+                        help="continue the run in --out from last.pt with its config.json")
     parser.add_argument("--override", action="store_true",
                         help="with --resume: let flags given now replace the run's settings")
     parser.add_argument("--no-eval", action="store_true", help="skip the final COCO evaluation")
@@ -252,6 +256,9 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
                         help="no progress bar")
     args = parser.parse_args(argv)
+    for key, value in vars(args).items():  # paths as given: the run records them in config.json
+        if isinstance(value, Path):
+            setattr(args, key, str(value))
     given = _given_dests(parser, argv)
 
     cfg = TrainConfig(model=args.model, out=args.out, data=args.data, ann=args.ann, images=args.images,

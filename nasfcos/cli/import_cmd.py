@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from nasfcos.cli import args as A
+
 EPILOG = """example:
   nasfcos import-release R-50-NAS-head.pth --config R_50_NAS_head -o r50_head
   nasfcos import-release mbv2-NAS.pth --config configs/search/Mobile_NAS_densebox.yaml -o mbv2
@@ -28,15 +30,16 @@ def main(argv: list[str]) -> int:
     """Entry point of ``nasfcos import-release``."""
     from nasfcos.compiler.release import RELEASE_MODELS, import_release
 
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="nasfcos import-release",
         description="Import a trained NAS-FCOS checkpoint of the authors' release as a compiled model.",
         epilog=EPILOG.format(names=", ".join(RELEASE_MODELS)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="release checkpoint (.pth)")
+    p.add_argument("checkpoint", type=A.input_file, metavar="CKPT", help="release checkpoint (.pth)")
     p.add_argument("--config", required=True, metavar="NAME|FILE.yaml", help="release config name or yaml file")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (new or empty)")
+    p.add_argument("-o", "--output", type=A.output_dir, required=True, metavar="DIR",
+                   help="output folder (new or empty)")
     p.add_argument("--json", action="store_true", help="print import.json instead of a summary")
     args = p.parse_args(argv)
     print(f"importing {args.checkpoint} as {args.config} ...", file=sys.stderr, flush=True)

@@ -28,8 +28,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "data": ("nasfcos.cli.fcos_cmds", "data_main", "datasets: synthetic set, VOC conversion"),
     "train": ("nasfcos.cli.fcos_cmds", "train_main", "train a compiled detector with FCOS losses"),
     "eval": ("nasfcos.cli.fcos_cmds", "eval_main", "COCO mAP of any backend"),
-    "predict": ("nasfcos.cli.predict_cmd", "main", "detect objects in images (JSON + drawn boxes)"),
     "import-release": ("nasfcos.cli.import_cmd", "main", "import a trained checkpoint of the authors' release"),
+    "predict": ("nasfcos.cli.predict_cmd", "main", "detect objects in images (JSON + drawn boxes)"),
     "search": ("nasfcos.cli.search_cmds", "main", "NAS search (and: cache, eval, top)"),
     "demo": ("nasfcos.cli.demo", "main", "the main job on the shipped paper genotype"),
 }

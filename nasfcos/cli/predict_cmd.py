@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json
 
@@ -53,7 +53,7 @@ def _draw(img: Any, dets: list[dict[str, Any]]) -> bytes:
 
 def main(argv: list[str]) -> int:
     """``nasfcos predict MODEL IMAGE... -o DIR``."""
-    parser = argparse.ArgumentParser(
+    parser = A.Parser(
         prog="nasfcos predict",
         description="Detect objects in images with a trained model (model.py + --weights, "
                     "model.onnx or model.engine); write DIR/predictions.json (boxes in pixels of "
@@ -61,27 +61,20 @@ def main(argv: list[str]) -> int:
         epilog="example:\n  nasfcos predict model.py photo.png more/ --weights runs/synth/final.pt "
                "-o preds",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="model.py, model.onnx or model.engine")
+    parser.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
     parser.add_argument("images", nargs="+", help="image files or folders of images")
-    parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("--weights", help="final.pt from 'nasfcos train' (model.py only)")
-    parser.add_argument("--score-thresh", type=float, default=0.3,
+    parser.add_argument("-o", "--output", type=A.output_dir, required=True, help="output folder")
+    parser.add_argument("--weights", type=A.input_file, help="final.pt from 'nasfcos train' (model.py only)")
+    parser.add_argument("--score-thresh", type=A.float_range(0.0, 1.0), default=0.3,
                         help="keep detections scoring at least this (default 0.3)")
-    parser.add_argument("--min-size", type=int, help="resize short side to (default: the training run's, else 800)")
-    parser.add_argument("--max-size", type=int, help="cap long side at (default: the training run's, else 1333)")
+    parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE), help="resize short side to (default: the training run's, else 800)")
+    parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE), help="cap long side at (default: the training run's, else 1333)")
     parser.add_argument("--backend", help="runner backend (default by file suffix)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--no-draw", action="store_true", help="write predictions.json only")
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
     args = parser.parse_args(argv)
-    if not (math.isfinite(args.score_thresh) and 0 <= args.score_thresh <= 1):
-        raise NasfcosError(f"--score-thresh must be in [0, 1], not {args.score_thresh}")
-    for flag, value in (("min-size", args.min_size), ("max-size", args.max_size)):
-        if value is not None and value < 32:
-            raise NasfcosError(f"--{flag} must be at least 32, not {value}")
     out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise NasfcosError(f"{out}: exists and is not a folder")
     images = _images(args.images)
 
     from PIL import Image
@@ -102,8 +95,9 @@ def main(argv: list[str]) -> int:
         raise NasfcosError(f"--max-size {max_size} is smaller than --min-size {min_size}")
     opts: dict[str, Any] = {"kind": "detector", "weights": args.weights} if path.suffix == ".py" else {}
     runner = make_runner(path, args.backend, args.device, **opts)
-    if getattr(runner, "kind", "detector") != "detector":
-        raise NasfcosError(f"{path}: not a detector; predict needs one (compile with --detector)")
+    if runner.kind != "detector":
+        raise NasfcosError(f"{path}: not a detector; predict needs one (compile and export "
+                           "with --detector)")
     names = [str(n) for n in meta.get("class_names", [])]
     cat_ids = [int(c) for c in meta.get("cat_ids", [])]
     input_size = getattr(runner, "input_size", None)

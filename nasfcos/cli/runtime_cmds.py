@@ -248,7 +248,13 @@ def check_main(argv: list[str]) -> int:
 
     tol = None
     if args.atol is not None or args.rtol is not None:
-        base = TOLERANCES["fp32"]
+        from nasfcos.runtime.export import load_manifest
+        from nasfcos.runtime.precision import manifest_precision
+
+        try:  # the flag not given keeps the artifact's precision default
+            base = TOLERANCES[manifest_precision(load_manifest(args.artifact))]
+        except NasfcosError:
+            base = TOLERANCES["fp32"]
         tol = Tolerance(args.atol if args.atol is not None else base.atol,
                         args.rtol if args.rtol is not None else base.rtol)
     report = check_artifact(args.artifact, args.against, backend=args.backend,

@@ -4,7 +4,7 @@ Layout conventions (Contract 2): the decoder returns lists over levels p3..p7 of
 ``cls [N, K, H, W]`` raw logits, ``reg [N, 4, H, W]`` non-negative (l, t, r, b)
 distances in pixels of the input image (the release's ``exp(scale * x)``) or, for
 models compiled with stride-normalised regression, in units of the level's stride
-(``FcosConfig.box_regression``; :func:`regression_units` reads a model file's choice), and
+(``FcosConfig.reg_units``; :func:`regression_units` reads a model file's choice), and
 ``ctr [N, 1, H, W]`` logits.  Locations are flattened level by level, row-major, into
 one axis of length ``L``.
 
@@ -19,7 +19,7 @@ sum; centerness BCE averaged over the positives.
 FCOS's later improvements are named options of :class:`FcosConfig`: center sampling
 (``center_sampling_radius`` > 0: inside ``radius * stride`` of the box centre, clipped to
 the box), GIoU (``box_loss="giou"``), focal loss over positives only
-(``cls_norm="positives"``), stride-normalised regression (``box_regression="stride"``).
+(``cls_norm="positives"``), stride-normalised regression (``reg_units="stride"``).
 Under ``torch.distributed`` the normalisers are averaged over ranks, as in FCOS.
 
 The target step is separate (:func:`compute_targets`) so the search's proxy task can
@@ -65,15 +65,14 @@ class FcosConfig:
     center_sampling_radius: float = 0.0  # 0: off (release); FCOS's improvement uses 1.5
     box_loss: str = "iou"  # "iou": -log((I+1)/(U+1)) (release); "giou": 1 - GIoU
     cls_norm: str = "positives+images"  # focal loss divisor; or "positives"
-    #: units of the model's ``reg`` (its model.py's BOX_REGRESSION): "pixels" or "stride"
-    box_regression: str = "pixels"
+    reg_units: str = "pixels"  # units of the model's box regression: "pixels" or "stride"
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("box_loss", self.box_loss, BOX_LOSSES),
                                      ("cls_norm", self.cls_norm, CLS_NORMS),
-                                     ("box_regression", self.box_regression, REG_UNITS)):
+                                     ("reg_units", self.reg_units, REG_UNITS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
         if not (math.isfinite(self.center_sampling_radius) and self.center_sampling_radius >= 0):
@@ -290,7 +289,7 @@ def losses_from_targets(cls: Sequence[Tensor], reg: Sequence[Tensor], ctr: Seque
                         targets: FcosTargets, cfg: FcosConfig | None = None) -> dict[str, Tensor]:
     """The three FCOS loss terms ``{"cls", "box", "ctr"}`` (scalars; the total is their sum).
 
-    ``reg`` is in ``cfg.box_regression``; stride units are converted to pixels with
+    ``reg`` is in ``cfg.reg_units``; stride units are converted to pixels with
     ``targets.strides`` before the box loss.
     """
     cfg = cfg or FcosConfig()
@@ -313,7 +312,7 @@ def losses_from_targets(cls: Sequence[Tensor], reg: Sequence[Tensor], ctr: Seque
         _world_mean(torch.zeros((), device=cls_f.device))  # the box normaliser's collective
         return {"cls": cls_loss, "box": reg_f.sum() * 0.0, "ctr": ctr_f.sum() * 0.0}
 
-    if cfg.box_regression == "stride":
+    if cfg.reg_units == "stride":
         reg_f = reg_f * targets.strides.to(cls_f.device)[None, :, None]
     reg_px = reg_f[pos]
     reg_t = targets.reg.to(cls_f.device)[pos]

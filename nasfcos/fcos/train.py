@@ -45,6 +45,7 @@ from nasfcos.io import (
     sha256_file,
 )
 from nasfcos.modelfile import RawForward, load_model_file, model_code_guard
+from nasfcos.weights import check_finite_state
 
 LOSS_KEYS = ("cls", "box", "ctr")
 
@@ -138,7 +139,7 @@ class TrainConfig:
 
 def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
     """The run's ``config.json`` record of ``cfg`` (JSON types only)."""
-    return json.loads(json.dumps(asdict(cfg), default=str))
+    return json.loads(json.dumps(asdict(cfg)))
 
 
 def config_from_json(doc: dict[str, Any]) -> TrainConfig:
@@ -302,15 +303,6 @@ def build_detector(module: Any, num_classes: int, **overrides: Any) -> nn.Module
         raise NasfcosError("the model file has no Detector: compile it with --detector")
     with model_code_guard(getattr(module, "__file__", None) or "model file"):
         return module.build(num_classes=num_classes, **overrides)
-
-
-
-def check_finite_state(state: dict[str, Any], what: str) -> None:
-    """One-line error when a floating tensor of ``state`` holds NaN or inf (non-finite
-    deformable offsets crash torchvision's deform_conv2d)."""
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise NasfcosError(f"{what}: {k} holds non-finite values (NaN or inf)")
 
 
 def resolve_backbone_weights(name_or_path: str) -> Path:
@@ -495,8 +487,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if compiled_k is not None and int(compiled_k) != ds.num_classes:
         raise NasfcosError(f"{cfg.model} is compiled for {compiled_k} classes but {ann.name} has "
                            f"{ds.num_classes}: compile it with --num-classes {ds.num_classes}")
-    # the loss reads bbox_reg in the units the model file was compiled with (older files: stride)
-    cfg = replace(cfg, fcos=replace(cfg.fcos, box_regression=_regression_units(module, cfg.model)))
+    cfg = replace(cfg, fcos=replace(cfg.fcos, reg_units=_regression_units(module, cfg.model)))
     kwargs = dict(cfg.model_kwargs)
     backbone_info = None
     if cfg.backbone_weights:
@@ -659,7 +650,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             atomic_write_json(out / "backbone.json", {
                 "backbone": getattr(module, "BACKBONE", None), "sha256": sha256_file(out / "backbone.pt"),
                 "model": Path(cfg.model).name, "model_sha256": model_sha, "data": cfg.data,
-                "data_manifest": _data_manifest(cfg.data), "iters": total, "config": config_to_json(cfg)})
+                "data_manifest": _data_manifest(cfg.data), "iters": total, "config": asdict(cfg)})
         if cfg.val_ann is not None:
             val = {"ann": cfg.val_ann, "images": cfg.val_images or cfg.images}
         elif cfg.data is not None and has_split(cfg.data, "val"):

@@ -45,7 +45,9 @@ def _flags(f: dict[str, str]) -> list[tuple[list[str], str, str]]:
     ev = ["eval", f["py"]]
     synth = ["data", "synth", "-o", out]
     search = ["search", "-o", out]
+    predict = ["predict", f["py"], f["py"], "-o", out]
     return [
+        (predict, "--score-thresh", "unit_float"), (predict, "--min-size", "side"),
         (export, "--batch", "positive_int"), (export, "--seed", "seed"),
         (export, "--workspace", "positive_float"),
         (check, "--batch", "positive_int"), (check, "--seed", "seed"),

@@ -145,7 +145,7 @@ def test_output_under_a_read_only_or_special_location(capsys: pytest.CaptureFixt
     (["eval", "{model}", "--max-images", "-2"], "--max-images"),
     (["eval", "{model}", "--min-size", "0"], "--min-size"),
     (["train", "{model}", "-o", "{tmp}/r", "--clip-grad", "-1"], "--clip-grad"),
-    (["train", "{model}", "-o", "{tmp}/r", "--lr", "1e6"], "--lr"),
+    (["train", "{model}", "-o", "{tmp}/r", "--lr", "0"], "--lr"),
     (["train", "{model}", "-o", "{tmp}/r", "--min-size", "0"], "--min-size"),
     (["profile", "fpn-fcos", "--size", "800x"], "--size"),
     (["search", "-o", "{tmp}/s", "--toy-noise", "nan"], "--toy-noise"),

@@ -12,11 +12,11 @@ from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.genotypes import load_paper_genotype
 
 
-def compile_tiny(path: Path, num_classes: int = 5, backbone: str = "tiny") -> Path:
-    """Write the paper genotype compiled as a detector (``backbone``; FPN 8 wide, head 64
-    wide: the smallest widths GroupNorm(32, C) allows on 1 x 1 maps) to ``path``."""
-    opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=num_classes, detector=True,
-                          backbone=backbone)
+def compile_tiny(path: Path, num_classes: int = 5, backbone: str = "tiny", width: int = 32) -> Path:
+    """Write the paper genotype compiled as a detector (``backbone``, ``width``) to ``path``."""
+    # head width 64: the release's GroupNorm(32) needs two values per group on a 1x1 p7
+    opts = CompileOptions(fpn_channels=width, head_channels=max(width, 64), num_classes=num_classes,
+                          detector=True, backbone=backbone)
     path.write_text(compile_genotype(load_paper_genotype("nas_fcos_fpn"), opts))
     return path
 
@@ -29,7 +29,7 @@ def compile_model() -> object:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """nas_fcos_fpn + tiny trunk, 5 classes (the synthetic set's)."""
+    """nas_fcos_fpn + tiny trunk, FPN 32 / head 64 wide, 5 classes (the synthetic set's)."""
     return compile_tiny(tmp_path_factory.mktemp("model") / "model.py")
 
 

@@ -184,7 +184,7 @@ def _hand_losses(cls, reg, ctr, t: FcosTargets, stride: int, box_loss: str,
 
 def test_defaults_are_the_release() -> None:
     cfg = FcosConfig()
-    assert (cfg.center_sampling_radius, cfg.box_loss, cfg.cls_norm, cfg.box_regression) == (
+    assert (cfg.center_sampling_radius, cfg.box_loss, cfg.cls_norm, cfg.reg_units) == (
         0.0, "iou", "positives+images", "pixels")
     with pytest.raises(ValueError, match="box_loss"):
         FcosConfig(box_loss="l1")
@@ -201,22 +201,22 @@ def test_assignment_count_small_case() -> None:
     assert _targets(box, [0], radius=1.5, sizes=sizes).num_positive == 9
 
 
-@pytest.mark.parametrize(("box_loss", "cls_norm", "box_regression"), [
+@pytest.mark.parametrize(("box_loss", "cls_norm", "reg_units"), [
     ("iou", "positives+images", "pixels"),  # the release
     ("giou", "positives", "stride"),  # FCOS's later options
     ("iou", "positives", "stride"),
 ])
-def test_losses_match_hand_computation(box_loss: str, cls_norm: str, box_regression: str) -> None:
+def test_losses_match_hand_computation(box_loss: str, cls_norm: str, reg_units: str) -> None:
     sizes = [(4, 5)]
     cfg = FcosConfig(strides=(8,), size_ranges=((0, math.inf),), center_sampling_radius=0.0,
-                     box_loss=box_loss, cls_norm=cls_norm, box_regression=box_regression)
+                     box_loss=box_loss, cls_norm=cls_norm, reg_units=reg_units)
     boxes = [torch.tensor([[1.0, 2.0, 30.0, 25.0], [10.0, 8.0, 38.0, 31.0]]), torch.tensor([[0.0, 0.0, 17.0, 9.0]])]
     labels = [torch.tensor([0, 2]), torch.tensor([1])]
     t = compute_targets(boxes, labels, sizes, (8,), cfg.size_ranges, 0.0)
     assert t.num_positive > 3
     cls, reg, ctr = _outputs(2, 3, sizes, seed=3)
     stride = 8
-    if box_regression == "pixels":
+    if reg_units == "pixels":
         reg, stride = [r * 8 for r in reg], 1
     got = losses_from_targets(cls, reg, ctr, t, cfg)
     want = _hand_losses(cls[0], reg[0], ctr[0], t, stride, box_loss, cls_norm)
@@ -231,12 +231,12 @@ def test_losses_match_hand_computation(box_loss: str, cls_norm: str, box_regress
 def test_perfect_box_prediction_has_zero_box_loss() -> None:
     sizes = [(4, 4)]
     cfg = FcosConfig(strides=(8,), size_ranges=((0, math.inf),), center_sampling_radius=0.0,
-                     box_loss="giou", box_regression="stride")
+                     box_loss="giou", reg_units="stride")
     t = compute_targets([torch.tensor([[3.0, 5.0, 29.0, 27.0]])], [torch.tensor([0])], sizes, (8,),
                         cfg.size_ranges, 0.0)
     cls, _, ctr = _outputs(1, 2, sizes)
     reg = [t.reg[0].reshape(4, 4, 4).permute(2, 0, 1)[None] / 8]  # exact distances, stride units
     out = losses_from_targets(cls, reg, ctr, t, cfg)
     assert out["box"].item() == pytest.approx(0.0, abs=1e-6)
-    pixels = losses_from_targets(cls, [reg[0] * 8], ctr, t, FcosConfig(strides=(8,), box_regression="pixels"))
+    pixels = losses_from_targets(cls, [reg[0] * 8], ctr, t, FcosConfig(strides=(8,), reg_units="pixels"))
     assert pixels["box"].item() == pytest.approx(0.0, abs=1e-6)  # the same boxes given in pixels

@@ -75,11 +75,12 @@ def tiny_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def paper_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, paper_decoder: Path) -> Path:
-    """Static ONNX export of ``paper_decoder`` at 128x128 (shared by several tests)."""
+    """Static ONNX export of ``paper_decoder`` at 160x160 (shared by several tests; the head's
+    GroupNorm(32) needs two values at stride 128)."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
     out = tmp_path_factory.mktemp("paper_onnx") / "decoder.onnx"
-    export_onnx(paper_decoder, out, ExportOptions(size=(128, 128)))
+    export_onnx(paper_decoder, out, ExportOptions(size=(160, 160)))
     return out
 
 

@@ -64,7 +64,7 @@ def test_bench_cli_on_onnx(paper_decoder_onnx, tmp_path, capsys) -> None:
     from nasfcos.cli.main import main
 
     out = tmp_path / "r"
-    code = main(["bench", str(paper_decoder_onnx), "--sizes", "128", "--runs", "2",
+    code = main(["bench", str(paper_decoder_onnx), "--sizes", "160", "--runs", "2",
                  "--warmup", "1", "--threads", "1", "--no-matmul-peak", "-o", str(out)])
     text = capsys.readouterr().out
     assert code == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,9 +22,14 @@ from nasfcos.search.archive import (
 )
 
 
+def _hash(name: str) -> str:
+    """A sha256 digest standing for genotype ``name``."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
 def _row(step: int, index: int, reward: float | None = 1.0, h: str | None = None, status: str = "ok") -> dict:
-    return {"step": step, "index": index, "hash": h or f"h{step}-{index}", "reward": reward, "status": status,
-            "worker": f"w{index}", "time_s": 0.5, "recorded_at": 1.0}
+    return {"step": step, "index": index, "hash": _hash(h or f"h{step}-{index}"), "reward": reward,
+            "status": status, "worker": f"w{index}", "time_s": 0.5, "recorded_at": 1.0}
 
 
 def test_rows_round_trip_and_each_is_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +91,7 @@ def test_best_rows_are_distinct_and_skip_failures() -> None:
     rows = [_row(0, 0, 1.0, "a"), _row(0, 1, 3.0, "b"), _row(0, 2, None, "c", "failed"),
             _row(1, 0, 3.0, "b", "reused"), _row(1, 1, 2.0, "d"), _row(1, 2, 3.0, "e")]
     top = best_rows(rows, 3)
-    assert [r["hash"] for r in top] == ["b", "e", "d"]  # ties: earliest first
+    assert [r["hash"] for r in top] == [_hash("b"), _hash("e"), _hash("d")]  # ties: earliest first
     assert top[0]["step"] == 0
     assert "worker" not in strip_volatile(rows[0]) and "reward" in strip_volatile(rows[0])
 

@@ -34,7 +34,7 @@ from nasfcos.search.proxy import (
 # 30 synthetic images of 64 px -> meta-train 17 / meta-val 7; 8-wide decoders, 4 steps of 8.
 SMALL = PRESETS["tiny"].replace(
     name="small", short_side=64, max_size=64, crop=64, fpn_channels=8,
-    head_channels=32, batch_size=8, epochs=2, eval_batch_size=3, num_threads=1,
+    head_channels=64, batch_size=8, epochs=2, eval_batch_size=3, num_threads=1,
 )
 
 
@@ -90,7 +90,7 @@ def test_training_averages_every_step(cache) -> None:  # noqa: ANN001
 
     g = load_paper_genotype()
     with deterministic(0, 1):
-        model = Recorder(compiled_decoder(g, 8, 32, cache.num_classes, cache.in_channels))
+        model = Recorder(compiled_decoder(g, 8, 64, cache.num_classes, cache.in_channels))
         out = train_decoder(model, cache, SMALL, seed=0)
     assert out.steps == 4 == len(snapshots)  # 2 epochs x (17 // 8) full batches
     weights = snapshots[1:] + [[p.detach() for p in model.inner.parameters()]]
@@ -114,7 +114,7 @@ def test_evaluate_is_deterministic_per_seed(cache) -> None:  # noqa: ANN001
     assert c.reward != a.reward
     assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
     assert a.genotype_hash == g.hash() and a.steps == 2 and a.status == "ok"
-    assert a.params == sum(p.numel() for p in compiled_decoder(g, 8, 32, cache.num_classes,
+    assert a.params == sum(p.numel() for p in compiled_decoder(g, 8, 64, cache.num_classes,
                                                                 cache.in_channels).parameters())
     # the seed may also come from the settings
     assert evaluate(g, cache, settings.replace(seed=1)).reward == c.reward
@@ -126,7 +126,7 @@ def test_reward_is_minus_meta_val_loss_sum_of_averaged_model(cache) -> None:  # 
     result = evaluate(g, cache, settings, seed=2)
     # redo the same training, then score the averaged weights on meta-val in ONE batch
     with deterministic(2, settings.num_threads):
-        decoder = compiled_decoder(g, 8, 32, cache.num_classes, cache.in_channels)
+        decoder = compiled_decoder(g, 8, 64, cache.num_classes, cache.in_channels)
         out = train_decoder(decoder, cache, settings, seed=2)
         feats, targets = cache.val.batch(np.arange(len(cache.val)))
         cfg = FcosConfig(box_loss="iou")
@@ -143,7 +143,7 @@ def test_reward_is_minus_meta_val_loss_sum_of_averaged_model(cache) -> None:  # 
 def test_batched_meta_val_losses_equal_one_batch(cache) -> None:  # noqa: ANN001
     g = load_paper_genotype()
     torch.manual_seed(0)
-    model = compiled_decoder(g, 8, 32, cache.num_classes, cache.in_channels).eval()
+    model = compiled_decoder(g, 8, 64, cache.num_classes, cache.in_channels).eval()
     feats, targets = cache.val.batch(np.arange(len(cache.val)))
     with torch.no_grad():
         ref = losses_from_targets(*model(feats), targets, FcosConfig(box_loss="iou"))
@@ -200,7 +200,7 @@ def test_cli_cache_and_eval(data_dir: Path, tmp_path: Path, capsys: pytest.Captu
         eval_main([str(tmp_path / "absent.json"), "--cache", str(out)])
     with pytest.raises(CacheError):
         eval_main(["nas_fcos_fpn", "--cache", str(tmp_path)])
-    for bad, message in ((["--seeds", "5-1"], "names no seed"), (["--device", "bogus"], "cpu or cuda"),
+    for bad, message in ((["--seeds", "5-1"], "non-negative seeds in increasing order"), (["--device", "bogus"], "cpu or cuda"),
                          (["--steps", "0"], "max_steps")):
         with pytest.raises(NasfcosError, match=message):
             eval_main(["nas_fcos_fpn", "--cache", str(out), *bad])
