@@ -203,7 +203,7 @@ def train_main(argv: list[str]) -> int:
                         help="schedule preset: coco = the paper's (90k iters at batch 16, lr 0.01, "
                              "steps 60k/80k, warm-up 500 from 1/3); synth = the yardstick recipe "
                              "for 'data synth --preset easy' (128 px, shipped tiny trunk frozen, "
-                             "AdamW, 600 iters); synth-trunk = how that trunk was trained; flags "
+                             "AdamW, 2400 iters); synth-trunk = how that trunk was trained; flags "
                              "given override it")
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=A.positive_int, help="train for N epochs")
