@@ -75,12 +75,11 @@ def tiny_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def paper_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, paper_decoder: Path) -> Path:
-    """Static ONNX export of ``paper_decoder`` at 128x128 (shared by several tests; the head is
-    64 wide, so GroupNorm(32) has two values per group on the 1x1 stride-128 level)."""
+    """Static ONNX export of ``paper_decoder`` at 160x160 (shared by several tests)."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
     out = tmp_path_factory.mktemp("paper_onnx") / "decoder.onnx"
-    export_onnx(paper_decoder, out, ExportOptions(size=(128, 128)))
+    export_onnx(paper_decoder, out, ExportOptions(size=(160, 160)))
     return out
 
 

@@ -26,7 +26,7 @@ def test_export_then_check_cli(paper_decoder, tmp_path, capsys) -> None:
     code = main(["check", str(onnx_path), "--sizes", "96x128,128x96",
                  "-o", str(tmp_path / "parity.json")])
     out = capsys.readouterr().out
-    assert code == 0 and "parity: ok" in out and "cls_p3@96x160" in out
+    assert code == 0 and "parity: ok" in out and "cls_p3@96x128" in out
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["ok"] is True and len(report["outputs"]) == 30
 
