@@ -36,7 +36,8 @@ def main() -> None:
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     device = torch.device(args.device)
-    module = baseline_module(CompileOptions(fpn_channels=8, num_classes=args.classes, detector=True))
+    module = baseline_module(CompileOptions(fpn_channels=8, head_channels=64, num_classes=args.classes,
+                                            detector=True))
     det = module.build(backbone="tiny").to(device).eval()
     g = torch.Generator(device="cpu").manual_seed(0)
     cls, reg, ctr = [], [], []

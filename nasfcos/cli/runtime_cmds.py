@@ -382,7 +382,7 @@ def _precision_table(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds, threads=args.threads, device=args.device, seed=args.seed)
     out = Path(args.output)
     report = run_precision_table(args.model, cfg, out.with_name(out.name + "_artifacts"),
-                                 progress=not args.quiet)
+                                 progress=not args.quiet and sys.stderr.isatty())
     table = precision_markdown(report)
     atomic_write_json(out.with_name(out.name + ".json"), report)
     atomic_write_text(out.with_name(out.name + ".md"), table)
