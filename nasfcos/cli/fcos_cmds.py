@@ -230,7 +230,7 @@ def train_main(argv: list[str]) -> int:
                         help="focal loss divisor (default positives+images, the release)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), help="default sgd (FCOS)")
     parser.add_argument("--backbone-weights",
-                        help="trunk weights: a torchvision state_dict file, or tiny_synth (the "
+                        help="trunk weights: a torchvision state_dict file, or tiny_synth / tiny_synth_1500 (the "
                              "shipped tiny trunk trained on the synthetic shapes)")
     parser.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None,
                         help="train the decoder only (the synth preset does; --no-freeze-backbone "

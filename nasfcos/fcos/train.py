@@ -173,7 +173,7 @@ PRESETS: dict[str, dict[str, Any]] = {
              "min_size": 800, "max_size": 1333, "hflip": 0.5},
     "synth": {"iters": 2400, "batch": 8, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
               "warmup_iters": 50, "warmup_factor": 0.1, "min_size": 128, "max_size": 128,
-              "hflip": 0.5, "freeze_backbone": True, "backbone_weights": "tiny_synth",
+              "hflip": 0.5, "freeze_backbone": True, "backbone_weights": "tiny_synth_1500",
               "eval_batch": 16},
     "synth-trunk": {"iters": 1500, "batch": 8, "optimizer": "adamw", "lr": 2e-3,
                     "weight_decay": 1e-4, "warmup_iters": 100, "warmup_factor": 0.1,
