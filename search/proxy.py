@@ -83,7 +83,7 @@ class ProxySettings:
     split_seed: int = 0
     crop_seed: int = 0
     size_range_scale: float = 0.25  # FCOS's per-level size ranges (64, 128, ...) times this
-    center_sampling_radius: float = 1.5
+    center_sampling_radius: float = 0.0  # the release's FCOS: no center sampling (1.5: FCOS's later option)
     # --- cache building (not part of the key) ---
     chunk_size: int = 64  # images per backbone batch / resumable unit
     synth_images: int = 0  # > 0: with no --data, build on a synthetic set of this many images

@@ -72,7 +72,7 @@ def test_round_trip_features_and_targets(built: Path, data_dir: Path) -> None:
         torch.testing.assert_close(got, ref.half().float())
     ref_t = compute_targets([s[1]["boxes"] for s in samples], [s[1]["labels"] for s in samples],
                             output_level_sizes([(16, 16), (8, 8), (4, 4), (2, 2)]), STRIDES,
-                            scaled_size_ranges(SETTINGS.size_range_scale), 1.5)
+                            scaled_size_ranges(SETTINGS.size_range_scale), SETTINGS.center_sampling_radius)
     assert torch.equal(targets.labels, ref_t.labels)
     torch.testing.assert_close(targets.reg, ref_t.reg)
     torch.testing.assert_close(targets.ctr, ref_t.ctr)
