@@ -108,8 +108,7 @@ def main(argv: list[str]) -> int:
                        "bytes": res.manifest["artifact"]["bytes"],
                        "deform_convs": res.manifest["export"]["ops"].get("DeformConv", 0)}
     say(f"      {res.onnx_path} ({res.manifest['artifact']['bytes'] / 1e6:.0f} MB, "
-          f"{summary['onnx']['deform_convs']} DeformConv), manifest {res.manifest_path}",
-          flush=True)
+          f"{summary['onnx']['deform_convs']} DeformConv), manifest {res.manifest_path}")
 
     # 3. parity
     t0 = time.perf_counter()
