@@ -9,7 +9,6 @@ bare ``state_dict``; both come back as the first form.
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,12 @@ import torch
 from torch import nn
 
 from nasfcos.errors import NasfcosError
+from nasfcos.io import regular_file
 
 
 def load_weights_file(path: str | Path) -> dict[str, Any]:
     """``{"model": state_dict, ...metadata}`` from a checkpoint or a bare state_dict file."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        raise NasfcosError(f"{path}: no such weights file") from None
-    if not stat.S_ISREG(mode):
-        raise NasfcosError(f"{path}: not a regular file")
+    path = regular_file(path, "weights file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
