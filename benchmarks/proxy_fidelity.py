@@ -1,34 +1,40 @@
 """Does the proxy reward rank decoders the way a longer, real training does?
 
-    .venv/bin/python benchmarks/proxy_fidelity.py [--random 10] [--seeds 0,1] [--iters 300]
-        [--batch 8] [--lr 0.01] [--images 400] [--size 128] [--backbone-weights FILE]
-        [--work DIR] [--json FILE]
+    .venv/bin/python benchmarks/proxy_fidelity.py --work DIR [--random 10] [--seeds 0,1]
+        [--iters 1200] [--skip-training | --skip-proxy] [--shard K/N]
+        [--proxy-set FIELD=VALUE ...] [--json FILE]
 
 Architectures: the two shipped genotypes, ``--random`` samples of the search space (DAG head,
 seeds 0..N-1) and four deliberately weak ones (all-skip FPN + FCOS head, all-skip everything,
-the paper genotype without deformable ops, an FPN that reads only c5).  Each is
+the paper genotype without deformable ops, an FPN that reads only c5).  All of them see one
+data set, the yardstick (``nasfcos data synth --preset easy``), and each is
 
-* scored by the proxy task exactly as the search scores it (``tiny`` preset: feature cache
-  of the tiny trunk on the synthetic set, ``nasfcos.search.proxy.evaluate``), once per seed;
-* compiled as a whole detector (``--detector --backbone tiny``) and trained by
-  ``nasfcos.fcos.train`` for ``--iters`` iterations on the same synthetic set, then
-  evaluated on its val split with pycocotools (COCO AP, AP50).
+* scored by the proxy task exactly as the search scores it (``tiny`` preset, with any
+  ``--proxy-set`` changes: feature cache of the tiny trunk, ``nasfcos.search.proxy.evaluate``),
+  once per seed; the three meta-val losses are kept, so other rewards (``-(cls+box)``, ...)
+  are ranked too without re-running;
+* compiled as a whole detector (``--detector --backbone tiny``, FPN 32 / head 64) and trained
+  by ``nasfcos.fcos.train`` with the yardstick recipe (``--preset synth``: the shipped
+  ``tiny_synth_1500`` trunk, frozen; AdamW; 128 px) for ``--iters`` iterations (the preset's
+  2400 take 7 min on 2 idle cores for the paper genotype), then COCO-evaluated on val.
 
-Reports, per architecture, the proxy reward per seed, AP/AP50 and the seconds of each,
-then Kendall tau between mean proxy reward and AP (and AP50), and between the two proxy
-seeds.  The trunk of both the cache and the training is the tiny preset's (the shipped,
-trained ``tiny_synth``) unless ``--backbone-weights`` names another.  Results are appended to ``WORK/rows.jsonl``
-as they come, so a killed run continues where it stopped.
+Reports, per architecture, proxy reward per seed, AP/AP50 and the seconds of each; Kendall
+tau between mean proxy reward and AP (and AP50) for each reward form, and between the two
+proxy seeds.  Training rows go to ``WORK/train*.jsonl`` (one file per ``--shard``, so two
+1-thread processes can share 2 cores), proxy rows to ``WORK/proxy-<settings hash>.jsonl``;
+a killed run continues where it stopped, and rows made with another recipe or other proxy
+settings are refused, not mixed in.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,11 +42,16 @@ from typing import Any
 import torch
 
 from nasfcos.compiler import CompileOptions, compile_genotype
+from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
 from nasfcos.fcos.synth import SynthConfig, write_synthetic
-from nasfcos.fcos.train import TrainConfig, train
+from nasfcos.fcos.train import TrainConfig, apply_preset, train
 from nasfcos.genotypes import Genotype, load_paper_genotype, parse_genotype, sample_genotype
 from nasfcos.search.metrics import kendall_tau
-from nasfcos.search.proxy import PRESETS, build_cache, evaluate, open_cache
+from nasfcos.search.proxy import PRESETS, ProxySettings, build_cache, evaluate, open_cache
+
+#: Reward forms ranked from the kept meta-val losses (the search uses "total").
+REWARDS: dict[str, tuple[str, ...]] = {"total": ("cls", "box", "ctr"), "cls+box": ("cls", "box"),
+                                       "cls": ("cls",)}
 
 
 def weak_genotypes() -> list[Genotype]:
@@ -73,109 +84,176 @@ def architectures(n_random: int) -> list[Genotype]:
     return shipped + rand + weak_genotypes()
 
 
+def recipe(a: argparse.Namespace) -> dict[str, Any]:
+    """What decides a training row (rows made otherwise are not mixed in)."""
+    return {"iters": a.iters, "fpn_channels": a.fpn_width, "head_channels": a.head_width, "preset": "synth",
+            "data": "easy", "seed": 0}
+
+
+def read_rows(paths: list[Path], key: dict[str, Any], what: str) -> dict[str, dict[str, Any]]:
+    """hash -> row from JSON-lines files; refuses rows made with another ``key``."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                sys.exit(f"error: {path}:{n}: not a JSON line (fix or delete it)")
+            if r.get("key") != key:
+                sys.exit(f"error: {path}:{n}: {what} row made with other settings ({r.get('key')}); "
+                         f"use another --work")
+            rows[r["hash"]] = r
+    return rows
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def real_training(g: Genotype, data: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
-    """Compile ``g`` as a tiny-trunk detector, train it, COCO-evaluate it on val."""
-    model = work / f"{g.short_hash()}.py"
-    model.write_text(compile_genotype(g, CompileOptions(fpn_channels=a.width, head_channels=a.width,
+    """Compile ``g`` as a tiny-trunk detector, train it with the yardstick recipe, COCO-evaluate on val."""
+    model = work / "models" / f"{g.short_hash()}.py"
+    model.parent.mkdir(exist_ok=True)
+    model.write_text(compile_genotype(g, CompileOptions(fpn_channels=a.fpn_width, head_channels=a.head_width,
                                                         num_classes=a.num_classes, detector=True,
                                                         backbone="tiny")))
-    cfg = TrainConfig(model=str(model), out=str(work / f"run-{g.short_hash()}"), data=str(data), iters=a.iters,
-                      batch=a.batch, lr=a.lr, warmup_iters=min(100, a.iters // 5), min_size=a.size,
-                      max_size=a.size, workers=0, seed=0, log_every=max(1, a.iters // 10),
-                      backbone_weights=a.backbone_weights or PRESETS["tiny"].backbone_weights, eval_batch=16)
+    cfg = apply_preset(TrainConfig(model=str(model), out=str(work / "runs" / g.short_hash()), data=str(data)),
+                       "synth")
+    cfg = dataclasses.replace(cfg, iters=a.iters, workers=0, seed=0, log_every=max(1, a.iters // 10))
     t0 = time.perf_counter()
+    c0 = time.process_time()
     summary = train(cfg, progress=False)
     ev = summary.get("eval") or {}
     return {"AP": ev.get("AP"), "AP50": ev.get("AP50"), "train_s": round(time.perf_counter() - t0, 1),
-            "final_loss": (summary.get("final") or {}).get("loss")}
+            "train_cpu_s": round(time.process_time() - c0, 1), "final_loss": (summary.get("final") or {}).get("loss")}
+
+
+def proxy_settings(a: argparse.Namespace) -> ProxySettings:
+    settings = PRESETS["tiny"]
+    types = {f.name: f.type for f in dataclasses.fields(ProxySettings)}
+    changes: dict[str, Any] = {}
+    for item in a.proxy_set:
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            sys.exit(f"error: --proxy-set {item!r}: want FIELD=VALUE with a ProxySettings field")
+        old = getattr(settings, name)
+        changes[name] = None if value == "none" else type(old)(value) if old is not None else value
+    return settings.replace(**changes).validate() if changes else settings
+
+
+def taus(rows: list[dict[str, Any]], target: str) -> dict[str, float]:
+    out = {}
+    for form, parts in REWARDS.items():
+        scores = [-statistics.mean(sum(lo[p] for p in parts) for lo in r["losses"]) for r in rows]
+        out[form] = round(kendall_tau(scores, [r[target] for r in rows]), 3)
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--random", type=int, default=10, help="random architectures (default 10)")
+    ap.add_argument("--work", required=True, help="work folder (data, cache, rows; reused)")
+    ap.add_argument("--random", type=int, default=10, help="random architectures (default 10: 16 in all)")
     ap.add_argument("--seeds", default="0,1", help="proxy seeds (default 0,1)")
-    ap.add_argument("--iters", type=int, default=300, help="real-training iterations (default 300)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--width", type=int, default=32, help="detector FPN/head width (default 32)")
-    ap.add_argument("--images", type=int, default=400, help="synthetic images (default: the tiny preset's)")
-    ap.add_argument("--size", type=int, default=128, help="synthetic image size (default 128)")
-    ap.add_argument("--backbone-weights", default=None, help="tiny trunk state_dict for cache and training")
+    ap.add_argument("--iters", type=int, default=1200, help="real-training iterations (default 1200)")
+    ap.add_argument("--fpn-width", type=int, default=32)
+    ap.add_argument("--head-width", type=int, default=64)
+    ap.add_argument("--proxy-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change a field of the tiny proxy preset (repeatable), e.g. backbone_weights=tiny_synth_1500")
     ap.add_argument("--skip-training", action="store_true", help="proxy scores only")
-    ap.add_argument("--limit", type=int, default=None, help="only the first N architectures")
-    ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--skip-proxy", action="store_true", help="real training only")
+    ap.add_argument("--shard", default="0/1", help="K/N: train only architectures i with i %% N == K")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     seeds = [int(s) for s in a.seeds.split(",")]
-    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="nasfcos-fidelity-"))
+    k, n = (int(v) for v in a.shard.split("/"))
+    work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    settings = PRESETS["tiny"]
-    data = work / "synth"
+    settings = proxy_settings(a)
+    data = work / "easy"
     if not (data / "val.json").is_file():
-        write_synthetic(data, SynthConfig(images=a.images, size=a.size, seed=settings.synth_seed))
+        write_synthetic(data, SynthConfig(**SYNTH_PRESETS["easy"], seed=settings.synth_seed))
     a.num_classes = len(json.loads((data / "train.json").read_text())["categories"])
-    t0 = time.perf_counter()
-    cache_dir = build_cache(data, work / "cache", settings, backbone_weights=a.backbone_weights, progress=False)
-    cache = open_cache(cache_dir, settings)
-    cache_s = time.perf_counter() - t0
-    done = {}
-    rows_path = work / "rows.jsonl"
-    if rows_path.is_file():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            done[r["hash"]] = r
     archs = architectures(a.random)
-    print(f"{len(archs)} architectures; proxy seeds {seeds}; real training {a.iters} iters x batch {a.batch} "
-          f"@{a.size}px; work {work}", file=sys.stderr)
-    rows = []
-    if a.limit is not None:
-        archs = archs[:a.limit]
-    for g in archs:
-        h = g.hash()
-        if h in done and (a.skip_training or done[h].get("AP") is not None):
-            rows.append(done[h])
-            continue
-        row: dict[str, Any] = {"name": g.name, "hash": h, "head": g.head.kind}
-        if h in done and done[h].get("seeds") == seeds:  # proxy part of an earlier (--skip-training) pass
-            row.update({k: done[h][k] for k in ("seeds", "proxy", "proxy_mean", "proxy_s_per_seed")})
-        else:
+    t_key = recipe(a)
+    p_key = {"settings": settings.to_dict(), "seeds": seeds}
+    p_tag = hashlib.sha256(json.dumps(p_key, sort_keys=True).encode()).hexdigest()[:10]
+    p_path = work / f"proxy-{p_tag}.jsonl"
+    t_path = work / f"train-{k}of{n}.jsonl"
+    trained = read_rows(sorted(work.glob("train-*.jsonl")), t_key, "training")
+    scored = read_rows([p_path] if p_path.is_file() else [], p_key, "proxy")
+    changed = {f: v for f, v in settings.to_dict().items() if v != PRESETS["tiny"].to_dict()[f]}
+    print(f"{len(archs)} architectures; proxy tiny preset{' with ' + json.dumps(changed) if changed else ''}, "
+          f"seeds {seeds} -> {p_path.name}; training {a.iters} iters (shard {k}/{n}); work {work}",
+          file=sys.stderr, flush=True)
+    if not a.skip_proxy:
+        t0 = time.perf_counter()
+        cache = open_cache(build_cache(data, work / f"cache-{p_tag}", settings, progress=False), settings)
+        print(f"cache ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        for g in archs:
+            if g.hash() in scored:
+                continue
             t = time.perf_counter()
-            rewards = [evaluate(g, cache, settings, s).reward for s in seeds]
-            row["seeds"] = seeds
-            row["proxy"] = [round(r, 5) for r in rewards]
-            row["proxy_mean"] = round(statistics.mean(rewards), 5)
-            row["proxy_s_per_seed"] = round((time.perf_counter() - t) / len(seeds), 2)
-        if not a.skip_training:
-            row.update(real_training(g, data, work, a))
-        rows.append(row)
-        done[h] = row
-        with rows_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        print(f"{g.name:<28} proxy {row['proxy']}  AP {row.get('AP')}  AP50 {row.get('AP50')}  "
-              f"({row['proxy_s_per_seed']} s/seed, {row.get('train_s')} s training)", file=sys.stderr, flush=True)
-    prox = [r["proxy_mean"] for r in rows]
-    result: dict[str, Any] = {
-        "benchmark": "proxy_fidelity", "architectures": len(rows), "seeds": seeds, "iters": a.iters,
-        "batch": a.batch, "size": a.size, "images": a.images, "width": a.width,
-        "backbone_weights": a.backbone_weights or settings.backbone_weights, "cache_s": round(cache_s, 1),
-        "tau_seed_to_seed": round(kendall_tau([r["proxy"][0] for r in rows], [r["proxy"][1] for r in rows]), 3)
-        if len(seeds) > 1 else None,
-        "proxy_s_per_arch": round(statistics.mean(r["proxy_s_per_seed"] * len(seeds) for r in rows), 2),
-        "rows": rows,
-    }
+            results = [evaluate(g, cache, settings, s) for s in seeds]
+            row = {"name": g.name, "hash": g.hash(), "key": p_key, "proxy": [round(r.reward, 5) for r in results],
+                   "losses": [{p: round(v, 5) for p, v in r.losses.items()} for r in results],
+                   "proxy_s_per_seed": round((time.perf_counter() - t) / len(seeds), 2)}
+            append_row(p_path, row)
+            scored[row["hash"]] = row
+            print(f"proxy {g.name:<28} {row['proxy']}  ({row['proxy_s_per_seed']} s/seed)", file=sys.stderr,
+                  flush=True)
     if not a.skip_training:
-        result["tau_proxy_AP"] = round(kendall_tau(prox, [r["AP"] for r in rows]), 3)
-        result["tau_proxy_AP50"] = round(kendall_tau(prox, [r["AP50"] for r in rows]), 3)
-        result["train_s_per_arch"] = round(statistics.mean(r["train_s"] for r in rows), 1)
-    print(f"\n{'architecture':<28} {'proxy per seed':<24} {'AP':>7} {'AP50':>7} {'proxy s':>8} {'train s':>8}")
+        for i, g in enumerate(archs):
+            if i % n != k or g.hash() in trained:
+                continue
+            row = {"name": g.name, "hash": g.hash(), "key": t_key, **real_training(g, data, work, a)}
+            append_row(t_path, row)
+            trained[row["hash"]] = row
+            print(f"train {g.name:<28} AP {row['AP']:.4f}  AP50 {row['AP50']:.4f}  ({row['train_s']} s)",
+                  file=sys.stderr, flush=True)
+    return report(archs, scored, trained, seeds, settings, a, changed)
+
+
+def _num(row: dict[str, Any], key: str) -> str:
+    return "-" if row.get(key) is None else f"{row[key]:.4f}"
+
+
+def report(archs: list[Genotype], scored: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]],
+           seeds: list[int], settings: ProxySettings, a: argparse.Namespace, changed: dict[str, Any]) -> int:
+    rows = [{k: v for k, v in {**scored.get(g.hash(), {}), **trained.get(g.hash(), {})}.items() if k != "key"}
+            | {"name": g.name} for g in archs]
+    both = [r for r in rows if "proxy" in r and r.get("AP") is not None]
+    prox = [r for r in rows if "proxy" in r]
+    result: dict[str, Any] = {
+        "benchmark": "proxy_fidelity", "architectures": len(archs), "scored": len(prox), "trained":
+        sum(r.get("AP") is not None for r in rows), "seeds": seeds, "iters": a.iters, "proxy_changes": changed,
+        "tau_seed_to_seed": round(kendall_tau([r["proxy"][0] for r in prox], [r["proxy"][1] for r in prox]), 3)
+        if len(seeds) > 1 and len(prox) > 1 else None,
+        "proxy_s_per_arch": round(statistics.mean(r["proxy_s_per_seed"] * len(seeds) for r in prox), 2)
+        if prox else None,
+        "train_s_per_arch": round(statistics.mean(r["train_s"] for r in rows if "train_s" in r), 1)
+        if any("train_s" in r for r in rows) else None,
+    }
+    if len(both) > 1:
+        result["tau_proxy_AP"] = taus(both, "AP")
+        result["tau_proxy_AP50"] = taus(both, "AP50")
+    result["rows"] = rows
+    print(f"\n{'architecture':<28} {'proxy per seed':<20} {'cls':>6} {'box':>6} {'ctr':>6} {'AP':>7} {'AP50':>7} "
+          f"{'proxy s':>8} {'train s':>8}")
     for r in rows:
-        ap_ = "-" if r.get("AP") is None else f"{r['AP']:.4f}"
-        ap50 = "-" if r.get("AP50") is None else f"{r['AP50']:.4f}"
-        print(f"{r['name']:<28} {', '.join(f'{v:.4f}' for v in r['proxy']):<24} {ap_:>7} {ap50:>7} "
-              f"{r['proxy_s_per_seed'] * len(seeds):>8.1f} {r.get('train_s', 0) or 0:>8.1f}")
-    print(f"Kendall tau: proxy vs AP {result.get('tau_proxy_AP')}, proxy vs AP50 {result.get('tau_proxy_AP50')}, "
-          f"seed-to-seed {result['tau_seed_to_seed']}")
+        mean_l = {p: statistics.mean(lo[p] for lo in r["losses"]) for p in ("cls", "box", "ctr")} if "losses" in r \
+            else {}
+        print(f"{r['name']:<28} {', '.join(f'{v:.3f}' for v in r.get('proxy', [])):<20} "
+              + " ".join(f"{mean_l[p]:>6.3f}" if mean_l else f"{'-':>6}" for p in ("cls", "box", "ctr"))
+              + f" {_num(r, 'AP'):>7} {_num(r, 'AP50'):>7} {r.get('proxy_s_per_seed', 0) * len(seeds):>8.1f} "
+              f"{r.get('train_s', 0):>8.1f}")
+    print(f"Kendall tau over {len(both)} architectures: proxy vs AP {result.get('tau_proxy_AP')}, "
+          f"vs AP50 {result.get('tau_proxy_AP50')}; seed-to-seed {result['tau_seed_to_seed']}")
     line = json.dumps(result)
     print(line)
     if a.json:

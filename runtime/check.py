@@ -315,7 +315,7 @@ def _trusted_reference(artifact: Path, src: dict[str, Any], base: Path, kind: st
     regular_file(model, "model file")
     lm = load_model(model, kind, seed=int(src.get("seed", 0)), weights=weights,
                     sha256=src["model_sha256"])
-    return TorchRunner(lm, "cpu", threads=threads)
+    return TorchRunner(lm, "cpu", threads=threads, optimize=False)
 
 
 def _static_size(runner: Any, kind: str) -> tuple[int, int] | None:
@@ -372,7 +372,7 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
             weights = src.get("weights")
             ref_opts = {"kind": kind, "seed": int(src.get("seed", 0)),
                         "weights": str(manifest_file(base, weights)) if weights else None,
-                        "threads": threads}
+                        "threads": threads, "optimize": False}
         elif against.suffix == ".onnx":
             ref_opts = {"threads": threads}
         if from_manifest and against.suffix == ".py":

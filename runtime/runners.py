@@ -118,14 +118,26 @@ def _cuda_or_raise(backend: str) -> None:
                                  "is False)")
 
 
+#: Input size (HxW) of the seeded example on which the eager inference copy is parity-checked
+#: (above 128 px, so that p7 is not 1 x 1).
+EAGER_CHECK_SIZE = (160, 160)
+
+
 class TorchRunner(Runner):
-    """Eager PyTorch on a compiled ``model.py`` (or a :class:`LoadedModel`)."""
+    """Eager PyTorch on a compiled ``model.py`` (or a :class:`LoadedModel`).
+
+    ``optimize`` (default): run the inference copy of :func:`nasfcos.runtime.eager.prepare_eager`
+    (BatchNorms folded into their convs, channels_last backbone; parity-checked on a seeded
+    example, else the model as written runs).  ``optimize=False`` runs the module exactly as
+    the file builds it (the reference of ``check``).
+    """
 
     backend = "torch"
 
     def __init__(self, model: str | Path | LoadedModel, device: str = "cpu", *,
                  kind: str | None = None, seed: int = 0, weights: str | Path | None = None,
-                 threads: int | None = None, overrides: dict[str, Any] | None = None) -> None:
+                 threads: int | None = None, overrides: dict[str, Any] | None = None,
+                 optimize: bool = True) -> None:
         super().__init__()
         import torch
 
@@ -141,6 +153,13 @@ class TorchRunner(Runner):
         self.model = model if isinstance(model, LoadedModel) else load_model(
             model, kind, seed=seed, weights=weights, **(overrides or {}))
         self.net = self.model.net.to(device)
+        self.eager: dict[str, Any] = {"applied": False, "reason": "optimize=False"}
+        if optimize:
+            from nasfcos.runtime.eager import prepare_eager
+
+            example = [torch.from_numpy(a).to(device) for a in self.model.inputs(EAGER_CHECK_SIZE)]
+            self.net, report = prepare_eager(self.net, example)
+            self.eager = report.to_dict()
         self.kind = self.model.kind
         self.in_channels = self.model.in_channels
         self.input_names = list(self.model.input_names)
@@ -184,7 +203,7 @@ class TorchRunner(Runner):
         self._inputs, self._outputs = [], ()
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "threads": self.threads}
+        return {**super().info(), "threads": self.threads, "eager": self.eager}
 
 
 class TorchCompileRunner(TorchRunner):
@@ -419,8 +438,8 @@ def _export_temp(path: Path, export: dict[str, Any]) -> tuple[Path, tempfile.Tem
 
 
 _OPTS: dict[str, set[str]] = {
-    "torch": {"kind", "seed", "weights", "threads", "overrides"},
-    "torch-compile": {"kind", "seed", "weights", "threads", "mode", "overrides"},
+    "torch": {"kind", "seed", "weights", "threads", "overrides", "optimize"},
+    "torch-compile": {"kind", "seed", "weights", "threads", "mode", "overrides", "optimize"},
     "onnxruntime": {"threads", "opt_level", "optimized_path", "export"},
     "tensorrt": {"fp16", "int8_calib", "workspace_gb", "shapes", "timing_cache", "export",
                  "engine_dir"},

@@ -1,0 +1,172 @@
+"""Eager PyTorch inference preparation: what nasfcos's ``torch`` backend runs.
+
+A compiled ``model.py`` is written for reading and training (every BatchNorm a module of its
+own, NCHW tensors).  For inference :func:`prepare_eager` makes a copy that computes the same
+function faster on CPU, without touching the source or the state_dict layout of the original:
+
+* **BatchNorm folding**: each eval-mode ``BatchNorm2d`` / ``FrozenBatchNorm2d`` registered right
+  after a convolution in the same parent (``conv1``/``bn1`` in torchvision's ResNet blocks,
+  ``[conv, bn, relu]`` sequences in MobileNet, ``conv``/``bn`` in the compiled adapters,
+  a deformable conv and its BatchNorm in the FPN) is folded into that convolution's weight and
+  bias (``w * g / sqrt(v + eps)``, ``(b - m) * g / sqrt(v + eps) + beta``) and replaced by
+  ``nn.Identity``.  GroupNorm (the head's) depends on the input and is left alone.
+* **channels_last backbone**: the backbone (a submodule named ``backbone``) runs in
+  ``torch.channels_last`` memory format, MKL-DNN's native layout, so its convolutions skip the
+  layout reorders around every call; its outputs are made contiguous again for the decoder
+  (whose deformable convolutions sample NCHW maps).
+
+Pairing by registration order is a heuristic, so the result is verified: the prepared copy
+and the original run on one seeded example and every raw output must agree to float32
+rounding, else the original is kept and the reason is reported (:class:`EagerReport`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+#: Relative tolerance of the parity check (of each output's largest magnitude).
+PARITY_RTOL = 1e-4
+
+
+@dataclass
+class EagerReport:
+    """What :func:`prepare_eager` did: folded BatchNorms, channels_last modules, parity."""
+
+    applied: bool = False
+    folded: int = 0
+    channels_last: list[str] = field(default_factory=list)
+    max_rel_diff: float | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"applied": self.applied, "folded_batchnorms": self.folded,
+                "channels_last": list(self.channels_last), "max_rel_diff": self.max_rel_diff,
+                "reason": self.reason}
+
+
+def _is_batchnorm(m: nn.Module) -> bool:
+    if isinstance(m, torchvision.ops.FrozenBatchNorm2d):
+        return True
+    return isinstance(m, nn.BatchNorm2d) and not m.training and m.track_running_stats \
+        and m.running_mean is not None
+
+
+def _foldable_conv(m: nn.Module) -> bool:
+    """A module computing ``conv(x, weight) + bias`` with ``weight`` ``[Cout, ...]``: a Conv2d,
+    or a compiled deformable conv (``weight`` and ``bias`` parameters of its own)."""
+    if isinstance(m, nn.Conv2d):
+        return True
+    w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+    return isinstance(w, nn.Parameter) and w.dim() == 4 and isinstance(b, nn.Parameter) \
+        and b.shape == w.shape[:1] and type(m).__name__.startswith("DeformConv")
+
+
+@torch.no_grad()
+def _fold(conv: nn.Module, bn: nn.Module) -> None:
+    eps = float(getattr(bn, "eps", 0.0))
+    scale = bn.weight * (bn.running_var + eps).rsqrt()
+    conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.bias)
+    new_bias = (bias - bn.running_mean) * scale + bn.bias
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias, requires_grad=False)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+def fold_batchnorms(module: nn.Module) -> int:
+    """Fold every BatchNorm registered right after a foldable conv (see the module docstring)
+    into it, in place; returns how many were folded."""
+    folded = 0
+    for parent in list(module.modules()):
+        names = list(parent._modules)
+        for first, second in zip(names[:-1], names[1:], strict=True):
+            conv, bn = parent._modules[first], parent._modules[second]
+            if conv is None or bn is None or not _foldable_conv(conv) or not _is_batchnorm(bn):
+                continue
+            if bn.weight.shape[0] != conv.weight.shape[0]:
+                continue
+            _fold(conv, bn)
+            parent._modules[second] = nn.Identity()
+            folded += 1
+    return folded
+
+
+def _to_channels_last(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, Tensor) and a.dim() == 4
+                 else a for a in args)
+
+
+def _to_contiguous(_m: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
+    if isinstance(out, Tensor):
+        return out.contiguous()
+    if isinstance(out, (list, tuple)):
+        return type(out)(o.contiguous() if isinstance(o, Tensor) else o for o in out)
+    return out
+
+
+def backbone_channels_last(module: nn.Module) -> list[str]:
+    """Run every submodule named ``backbone`` in channels_last (in place); returns their names."""
+    done = []
+    for name, m in module.named_modules():
+        if name.split(".")[-1] == "backbone":
+            m.to(memory_format=torch.channels_last)
+            m.register_forward_pre_hook(_to_channels_last)
+            m.register_forward_hook(_to_contiguous)
+            done.append(name)
+    return done
+
+
+def _raw(net: nn.Module, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """The raw (pre-post-processing) outputs of a runtime net, flattened."""
+    inner = getattr(net, "detector", None)
+    out = inner.forward_raw(*inputs) if inner is not None and hasattr(inner, "forward_raw") else net(*inputs)
+    flat: list[Tensor] = []
+    stack = [out]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, Tensor):
+            flat.append(o)
+        elif isinstance(o, (list, tuple)):
+            stack.extend(reversed(o))
+    return flat
+
+
+def prepare_eager(net: nn.Module, example: Sequence[Tensor]) -> tuple[nn.Module, EagerReport]:
+    """A faster copy of the eval-mode ``net`` for inference, checked on ``example`` (one seeded
+    input per model input); returns ``(net to run, report)``.  On any parity failure the
+    original ``net`` is returned, with the reason in the report."""
+    report = EagerReport()
+    if net.training:
+        report.reason = "module in training mode"
+        return net, report
+    fast = copy.deepcopy(net)
+    report.folded = fold_batchnorms(fast)
+    report.channels_last = backbone_channels_last(fast)
+    with torch.inference_mode():
+        want, got = _raw(net, example), _raw(fast, example)
+    if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got, strict=False)):
+        report.reason = "outputs changed shape"
+        return net, report
+    worst = 0.0
+    for a, b in zip(want, got, strict=True):
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        diff = float((a - b).abs().max()) if a.numel() else 0.0
+        if diff != diff:  # NaN
+            worst = float("inf")
+            break
+        worst = max(worst, diff / max(scale, 1e-6))
+    report.max_rel_diff = worst
+    if worst > PARITY_RTOL:
+        report.reason = f"outputs differ by {worst:.2e} of their magnitude (> {PARITY_RTOL:g})"
+        report.folded, report.channels_last = 0, []
+        return net, report
+    report.applied = True
+    return fast, report
