@@ -1,7 +1,7 @@
 """``nasfcos search``: run or resume an architecture search; ``search top`` exports the best.
 
 ``nasfcos search cache`` and ``nasfcos search eval`` belong to the proxy task and are
-forwarded to ``nasfcos.search.cli_proxy``.
+forwarded to ``nasfcos.cli.proxy_cmds``.
 """
 
 from __future__ import annotations
@@ -311,8 +311,8 @@ def latency_table_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """``nasfcos search ...``: dispatch the sub-verbs, otherwise run a search."""
     if argv and argv[0] in ("cache", "eval"):
-        cli_proxy = importlib.import_module("nasfcos.search.cli_proxy")
-        return int((cli_proxy.cache_main if argv[0] == "cache" else cli_proxy.eval_main)(argv[1:]) or 0)
+        proxy_cmds = importlib.import_module("nasfcos.cli.proxy_cmds")
+        return int((proxy_cmds.cache_main if argv[0] == "cache" else proxy_cmds.eval_main)(argv[1:]) or 0)
     if argv and argv[0] == "top":
         return top_main(argv[1:])
     if argv and argv[0] == "latency-table":

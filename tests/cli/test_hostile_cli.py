@@ -173,7 +173,7 @@ def test_device_cuda_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_seed_ranges_must_increase() -> None:
-    from nasfcos.search.cli_proxy import _seeds
+    from nasfcos.cli.proxy_cmds import _seeds
 
     with pytest.raises(NasfcosError, match="--seeds"):
         _seeds("5-1")

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from nasfcos.cli.proxy_cmds import cache_main, eval_main
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.losses import FcosConfig, losses_from_targets
 from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.genotypes import load_paper_genotype, paper_genotype_path
-from nasfcos.search.cli_proxy import cache_main, eval_main
 from nasfcos.search.proxy import (
     PRESETS,
     EvalResult,
