@@ -65,7 +65,8 @@ def cache_main(argv: list[str]) -> int:
         torch.set_num_threads(a.threads)
     log = (lambda msg: None) if a.json else (lambda msg: print(msg, file=sys.stderr))
     path = build_cache(a.data, a.out, settings, resume=not a.no_resume,
-                       overwrite=a.overwrite, progress=not a.quiet, log=log)
+                       overwrite=a.overwrite, progress=not a.quiet, log=log,
+                       overwrite_hint="use --overwrite or another --out")
     cache = open_cache(path, settings, verify="size")
     m = cache.manifest
     summary = {

@@ -196,6 +196,8 @@ def test_cli_cache_and_eval(data_dir: Path, tmp_path: Path, capsys: pytest.Captu
     doc = json.loads(res_file.read_text())
     assert doc["seeds"] == [0, 1] and len(doc["results"]) == 2
     assert doc["mean_reward"] == pytest.approx(sum(r["reward"] for r in doc["results"]) / 2)
+    with pytest.raises(CacheError, match="built differently .*; use --overwrite or another --out$"):
+        cache_main(["--data", str(data_dir), "--out", str(out), "--short-side", "64", "--crop", "32", "--quiet"])
     with pytest.raises(NasfcosError, match="no such file, and not a shipped genotype"):
         eval_main([str(tmp_path / "absent.json"), "--cache", str(out)])
     with pytest.raises(CacheError):
