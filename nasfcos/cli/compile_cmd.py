@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="detector input normalisation: caffe2 (BGR x 255 - mean, the release's) or "
                         "imagenet (default: the backbone's own; caffe2 for the *_c2 backbones)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    A.add_quiet(p)
     return p
 
 
@@ -144,7 +145,7 @@ def main(argv: list[str]) -> int:
     }
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True), file=sys.stderr if written == "-" else sys.stdout)
-    elif written != "-":
+    elif written != "-" and not args.quiet:
         print(f"wrote {written}: genotype {genotype.name} (sha256 {genotype.short_hash()}), "
               f"fpn {options.fpn_channels}, head {options.resolved_head_channels}, "
               f"{options.num_classes} classes, {len(data)} bytes")

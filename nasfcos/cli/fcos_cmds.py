@@ -60,6 +60,7 @@ def data_main(argv: list[str]) -> int:
     s.add_argument("--force", action="store_true",
                    help="replace a data set already in the folder (default: refuse)")
     A.add_json(s, "print the manifest as JSON on stdout")
+    A.add_quiet(s)
     v = sub.add_parser("voc2coco", help="convert a PASCAL VOC folder to COCO JSON",
                        description="Convert VOCDIR/Annotations/*.xml (optionally only the ids in "
                                    "ImageSets/Main/SPLIT.txt) to COCO JSON; image file names are "
@@ -85,9 +86,12 @@ def data_main(argv: list[str]) -> int:
             if isinstance(value, float) and not math.isfinite(value):
                 raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number")
         cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
-        manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty(), force=args.force)
+        manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty() and not args.quiet,
+                                   force=args.force)
         if args.json:
             _print_json(manifest)
+            return 0
+        if args.quiet:
             return 0
         c = manifest["counts"]
         print(f"wrote {args.out}: {c['train']['images']} train / {c['val']['images']} val images, "
