@@ -42,8 +42,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 320/416/512 px, 1 timed run, one parity size")
     p.add_argument("--sizes", type=A.size_list, help="benchmark sizes HxW,... (default 600,800,1000)")
-    p.add_argument("--runs", type=A.positive_int, help="timed runs per backend and size (default 3)")
-    p.add_argument("--warmup", type=A.non_negative_int, help="warm-up runs (default 1)")
+    A.add_timing(p, runs=None, runs_help="timed runs per backend and size (default 3)",
+                 warmup=None, warmup_help="warm-up runs (default 1)")
     A.add_threads(p, default=_threads_default())
     p.add_argument("--backends", default="torch,onnxruntime",
                    help="CPU backends (default torch,onnxruntime; add torch-compile to try it)")

@@ -241,8 +241,7 @@ def train_main(argv: list[str]) -> int:
                              "fine-tunes the trunk too)")
     parser.add_argument("--save-backbone", action="store_true",
                         help="also write the trained trunk to RUN/backbone.pt (+ backbone.json)")
-    parser.add_argument("--fpn-channels", type=A.width, help="override the compiled FPN width")
-    parser.add_argument("--head-channels", type=A.width, help="override the compiled head width")
+    A.add_widths(parser, fpn_help="override the compiled FPN width", head_help="override the compiled head width")
     parser.add_argument("--workers", type=A.int_range(0, 256), default=2, help="data loader workers (default 2)")
     parser.add_argument("--device", type=A.device, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--seed", type=A.seed, default=0, help="random seed (default 0)")
@@ -362,7 +361,7 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--ann", help="explicit annotation JSON (instead of --data)")
     parser.add_argument("--images", help="explicit image folder (with --ann)")
     parser.add_argument("--weights", type=A.input_file, help="final.pt / last.pt from 'nasfcos train' (model.py only)")
-    parser.add_argument("--num-classes", type=A.int_range(1, 100_000), help="classes, when --weights has no metadata")
+    A.add_num_classes(parser, "classes, when --weights has no metadata", default=None)
     parser.add_argument("--backend", help="runner backend (torch, onnxruntime, tensorrt; default by file)")
     parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE),
