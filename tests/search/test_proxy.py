@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,6 @@ from torch import nn
 from nasfcos.cli.proxy_cmds import cache_main, eval_main
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.losses import FcosConfig, losses_from_targets
-from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.genotypes import load_paper_genotype, paper_genotype_path
 from nasfcos.search.proxy import (
     PRESETS,
@@ -39,10 +39,8 @@ SMALL = PRESETS["tiny"].replace(
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    write_synthetic(out, SynthConfig(images=30, size=64, seed=5))
-    return out
+def data_dir(synth_set: Callable[..., Path]) -> Path:
+    return synth_set(images=30, size=64, seed=3)  # shared with test_cache.py
 
 
 @pytest.fixture(scope="module")
