@@ -48,6 +48,8 @@ def _flags(f: dict[str, str]) -> list[tuple[list[str], str, str]]:
     search = ["search", "-o", out]
     predict = ["predict", f["py"], f["py"], "-o", out]
     latency = ["search", "latency-table", "-o", out]
+    proxy_eval = ["search", "eval", "nas_fcos_fpn", "--cache", f["d"]]
+    proxy_cache = ["search", "cache", "--out", out]
     return [
         (predict, "--score-thresh", "unit_float"), (predict, "--min-size", "side"),
         (export, "--batch", "positive_int"), (export, "--seed", "seed"),
@@ -80,6 +82,9 @@ def _flags(f: dict[str, str]) -> list[tuple[list[str], str, str]]:
         (latency, "--head-channels", "width"), (latency, "--num-classes", "class_count"),
         (latency, "--runs", "positive_int"), (latency, "--warmup", "non_negative_int"),
         (export, "--calib-images", "positive_int"), (bench, "--calib-images", "positive_int"),
+        (proxy_eval, "--steps", "positive_int"), (proxy_eval, "--seed", "seed"),
+        (proxy_eval, "--threads", "positive_int"), (proxy_cache, "--images", "positive_int"),
+        (proxy_cache, "--crop", "side"), (proxy_cache, "--short-side", "side"),
     ]
 
 

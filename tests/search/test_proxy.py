@@ -200,7 +200,8 @@ def test_cli_cache_and_eval(data_dir: Path, tmp_path: Path, capsys: pytest.Captu
         eval_main([str(tmp_path / "absent.json"), "--cache", str(out)])
     with pytest.raises(CacheError):
         eval_main(["nas_fcos_fpn", "--cache", str(tmp_path)])
-    for bad, message in ((["--seeds", "5-1"], "non-negative seeds in increasing order"), (["--device", "bogus"], "cpu or cuda"),
-                         (["--steps", "0"], "max_steps")):
+    for bad, message in ((["--seeds", "5-1"], "--seeds: seed range '5-1' runs backwards"),
+                         (["--device", "bogus"], "--device: unknown device 'bogus'"),
+                         (["--steps", "0"], "--steps: expected an integer >= 1")):
         with pytest.raises(NasfcosError, match=message):
             eval_main(["nas_fcos_fpn", "--cache", str(out), *bad])
