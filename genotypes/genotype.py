@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasfcos.errors import GenotypeError
+from nasfcos.errors import GenotypeError, NasfcosError
 from nasfcos.genotypes.space import (
     AGGS,
     FORMAT,
@@ -31,7 +31,7 @@ from nasfcos.genotypes.space import (
     head_num_layers,
     head_pool_size,
 )
-from nasfcos.io import atomic_write_text
+from nasfcos.io import atomic_write_text, regular_file
 
 #: Genotype files larger than this are refused before parsing.
 MAX_FILE_BYTES = 1 << 20
@@ -407,33 +407,30 @@ def decode_json(data: str | bytes, *, source: str = "<string>") -> Any:
 def load_genotype(path: str | os.PathLike[str]) -> Genotype:
     """Read and validate a genotype JSON file. Raises :class:`GenotypeError`."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except FileNotFoundError:
-        raise GenotypeError(f"{p}: no such file") from None
-    except OSError as exc:
-        raise GenotypeError(f"{p}: cannot read ({exc.strerror})") from None
-    if p.is_dir():
-        raise GenotypeError(f"{p}: is a directory, not a genotype file")
-    if size > MAX_FILE_BYTES:
-        raise GenotypeError(f"{p}: file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
     return loads_genotype(read_limited(p), source=str(p))
 
 
 def read_limited(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of a small text file (at most ``MAX_FILE_BYTES``). Raises :class:`GenotypeError`."""
-    p = Path(path)
+    """The bytes of a small text file (at most ``MAX_FILE_BYTES``). Raises :class:`GenotypeError`.
+
+    The file is checked with :func:`nasfcos.io.regular_file` first, so a directory, FIFO,
+    socket or device is refused without opening it (reading one could block forever).
+    """
     try:
-        if p.is_dir():
-            raise GenotypeError(f"{p}: is a directory, not a genotype file")
-        if p.exists() and not p.is_file():  # FIFO, socket, device: reading could block forever
-            raise GenotypeError(f"{p}: not a regular file (FIFO, socket or device)")
+        p = regular_file(path)
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise GenotypeError(f"{p}: file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
         with open(p, "rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
+    except GenotypeError:
+        raise
+    except NasfcosError as exc:
+        raise GenotypeError(str(exc)) from None
     except FileNotFoundError:
-        raise GenotypeError(f"{p}: no such file") from None
+        raise GenotypeError(f"{path}: no such file") from None
     except OSError as exc:
-        raise GenotypeError(f"{p}: cannot read ({exc.strerror})") from None
-    if len(data) > MAX_FILE_BYTES:
+        raise GenotypeError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:  # grew after the size check
         raise GenotypeError(f"{p}: file is over the {MAX_FILE_BYTES}-byte limit")
     return data

@@ -381,7 +381,8 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
                 backbone_weights: str | Path | None = None, resume: bool = True,
                 overwrite: bool = False, progress: bool = True,
                 on_chunk: Callable[[str, int, int], None] | None = None,
-                log: Callable[[str], None] | None = None) -> Path:
+                log: Callable[[str], None] | None = None,
+                overwrite_hint: str = "pass overwrite=True or use another folder") -> Path:
     """Build (or finish, or check) the feature cache for ``settings`` in ``out_dir``.
 
     ``data_dir``: a COCO-format data folder (``images/``, ``train.json``, ``val.json``);
@@ -389,8 +390,9 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
     An existing complete cache with the same settings, data and weights is verified and
     kept; a corrupt one is rebuilt; a partial one is resumed (``resume=False`` starts
     over).  One built with other settings raises :class:`CacheError` unless
-    ``overwrite``.  ``on_chunk(split, start, stop)`` is called after every stored chunk
-    (progress hooks, tests).  Returns ``out_dir``.
+    ``overwrite``; ``overwrite_hint`` ends that message with what the caller's user can do
+    (each command names its own flags).  ``on_chunk(split, start, stop)`` is called after
+    every stored chunk (progress hooks, tests).  Returns ``out_dir``.
     """
     from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
 
@@ -447,7 +449,7 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
         if old is not None and old != want and not overwrite:
             diff = key_difference(want["cache_key"], old["cache_key"]) or (
                 "dataset changed" if old["dataset_sha256"] != want["dataset_sha256"] else "backbone weights changed")
-            raise CacheError(f"{out}: holds a cache built differently ({diff}); use --overwrite or another --out")
+            raise CacheError(f"{out}: holds a cache built differently ({diff}); {overwrite_hint}")
         if old == want and resume and manifest is not None:
             try:
                 verify_files(out, manifest)
@@ -472,8 +474,7 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
             old_key = prog.get("build", {}).get("cache_key") if isinstance(prog.get("build"), dict) else None
             if old_key not in (None, key) and not overwrite:
                 diff = key_difference(key, old_key)
-                raise CacheError(f"{out}: holds a partial cache built differently ({diff}); "
-                                 "use --overwrite or another --out")
+                raise CacheError(f"{out}: holds a partial cache built differently ({diff}); {overwrite_hint}")
             if resume:
                 say(f"{out}: partial cache from another build (data, weights or chunking differ); restarting")
             _wipe(out)

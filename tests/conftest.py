@@ -3,7 +3,7 @@ each other; shared helpers live here or in a package's own conftest)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +20,28 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small synthetic COCO-format set (20 images of 64 px, 3 classes, seed 2)."""
+def synth_set(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``synth_set(images=20, size=64, seed=2) -> Path``: a synthetic COCO-format set (the five
+    shape classes), written once per session for each set of parameters.  Tests only read it."""
     from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
-    out = tmp_path_factory.mktemp("synth")
-    write_synthetic(out, SynthConfig(images=20, size=64, seed=2))
-    return out
+    made: dict[tuple[int, int, int], Path] = {}
+
+    def make(images: int = 20, size: int = 64, seed: int = 2) -> Path:
+        key = (images, size, seed)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"synth{images}_{size}px_seed{seed}")
+            write_synthetic(out, SynthConfig(images=images, size=size, seed=seed))
+            made[key] = out
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synth_data(synth_set: Callable[..., Path]) -> Path:
+    """A small synthetic COCO-format set (20 images of 64 px, seed 2)."""
+    return synth_set()
 
 
 @pytest.fixture(scope="session")

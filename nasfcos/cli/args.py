@@ -24,6 +24,8 @@ MAX_SIDE = 8192
 MIN_SIDE = 32
 #: Largest decoder width a width flag accepts.
 MAX_WIDTH = 4096
+#: Most classes a ``--num-classes`` flag accepts.
+MAX_CLASSES = 100_000
 
 _ArgError = argparse.ArgumentTypeError
 
@@ -269,8 +271,53 @@ def add_device(p: argparse.ArgumentParser, default: str | None = "cpu",
                    help=help or f"cpu, cuda or cuda:N (default {default})")
 
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_device", "add_json", "add_output", "add_quiet",
-           "add_threads", "device", "finite_float", "float_range", "genotype_arg",
+# -- shared flag groups: one spelling, type and range; each verb says its defaults ------------
+
+def add_widths(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, fpn_help: str, head_help: str,
+               default: int | None = None, metavar: str | None = None) -> None:
+    """``--fpn-channels C`` and ``--head-channels C``: the decoder widths (:func:`width`:
+    even, 2..4096), both with ``default`` (None: the verb works it out)."""
+    p.add_argument("--fpn-channels", type=width, default=default, metavar=metavar, help=fpn_help)
+    p.add_argument("--head-channels", type=width, default=default, metavar=metavar, help=head_help)
+
+
+def add_num_classes(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, *,
+                    default: int | None = 80, metavar: str | None = None) -> None:
+    """``--num-classes K``: foreground classes, 1..``MAX_CLASSES``."""
+    p.add_argument("--num-classes", type=int_range(1, MAX_CLASSES), default=default, metavar=metavar,
+                   help=help)
+
+
+def add_run_inputs(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, batch: int | None,
+                   batch_help: str | None, seed_help: str, sizes: str | None = None,
+                   sizes_help: str | None = None) -> None:
+    """The seeded example inputs of an export, check or benchmark: ``--sizes HxW,...`` (only
+    with ``sizes_help``), ``--batch N`` (>= 1, default ``batch``) and ``--seed S`` (default 0)."""
+    if sizes_help is not None:
+        p.add_argument("--sizes", type=size_list, default=sizes, help=sizes_help)
+    p.add_argument("--batch", type=positive_int, default=batch, help=batch_help)
+    p.add_argument("--seed", type=seed, default=0, help=seed_help)
+
+
+def add_timing(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, runs: int | None, runs_help: str,
+               warmup: int | None, warmup_help: str) -> None:
+    """``--warmup N`` (>= 0) untimed and ``--runs N`` (>= 1) timed runs of a latency measurement."""
+    p.add_argument("--warmup", type=non_negative_int, default=warmup, metavar="N", help=warmup_help)
+    p.add_argument("--runs", type=positive_int, default=runs, metavar="N", help=runs_help)
+
+
+def add_calibration(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, images_help: str,
+                    method_help: str) -> None:
+    """int8 calibration: ``--calib-images N`` (default 32) and ``--calib-method``
+    (minmax, entropy, percentile; default minmax)."""
+    p.add_argument("--calib-images", type=positive_int, default=32, metavar="N", help=images_help)
+    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help=method_help)
+
+
+__all__ = ["MAX_CLASSES", "MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json",
+           "add_num_classes", "add_output", "add_quiet", "add_run_inputs", "add_threads", "add_timing",
+           "add_widths", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int",
            "opset", "output_dir", "output_file", "positive_float", "positive_int", "seed",
            "seed_range", "size_hw", "size_list", "width"]

@@ -50,12 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="same as the positional argument")
     p.add_argument("-o", "--output", type=lambda t: t if t == "-" else A.output_file(t),
                    default="model.py", help="output file ('-' for stdout; default: model.py)")
-    p.add_argument("--fpn-channels", type=A.width, default=None,
-                   help="FPN width (default: 256, the released models'; a release .yaml's AGG_SIZE)")
-    p.add_argument("--head-channels", type=A.width, default=None,
-                   help="head width, a multiple of 32 (default: the FPN width; a 1x1 conv bridges "
-                        "different widths)")
-    p.add_argument("--num-classes", type=A.int_range(1, 100_000), default=80, help="number of classes K (default: 80)")
+    A.add_widths(p, fpn_help="FPN width (default: 256, the released models'; a release .yaml's AGG_SIZE)",
+                 head_help="head width, a multiple of 32 (default: the FPN width; a 1x1 conv bridges "
+                           "different widths)")
+    A.add_num_classes(p, "number of classes K (default: 80)")
     p.add_argument("--in-channels", default="256,512,1024,2048",
                    help="backbone widths of c2,c3,c4,c5 (default: 256,512,1024,2048, ResNet-50)")
     p.add_argument("--detector", action="store_true",
@@ -72,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="detector input normalisation: caffe2 (BGR x 255 - mean, the release's) or "
                         "imagenet (default: the backbone's own; caffe2 for the *_c2 backbones)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    A.add_quiet(p)
     return p
 
 
@@ -144,7 +143,7 @@ def main(argv: list[str]) -> int:
     }
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True), file=sys.stderr if written == "-" else sys.stdout)
-    elif written != "-":
+    elif written != "-" and not args.quiet:
         print(f"wrote {written}: genotype {genotype.name} (sha256 {genotype.short_hash()}), "
               f"fpn {options.fpn_channels}, head {options.resolved_head_channels}, "
               f"{options.num_classes} classes, {len(data)} bytes")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nasfcos.cli import args as A
+from nasfcos.errors import NasfcosError
 
 
 def _threads_default() -> int:
@@ -42,8 +43,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 320/416/512 px, 1 timed run, one parity size")
     p.add_argument("--sizes", type=A.size_list, help="benchmark sizes HxW,... (default 600,800,1000)")
-    p.add_argument("--runs", type=A.positive_int, help="timed runs per backend and size (default 3)")
-    p.add_argument("--warmup", type=A.non_negative_int, help="warm-up runs (default 1)")
+    A.add_timing(p, runs=None, runs_help="timed runs per backend and size (default 3)",
+                 warmup=None, warmup_help="warm-up runs (default 1)")
     A.add_threads(p, default=_threads_default())
     p.add_argument("--backends", default="torch,onnxruntime",
                    help="CPU backends (default torch,onnxruntime; add torch-compile to try it)")
@@ -53,9 +54,14 @@ def main(argv: list[str]) -> int:
                    help="detector backbone (default resnet50)")
     p.add_argument("--genotype", type=A.genotype_arg, default="nas_fcos_fpn_head",
                    help="shipped genotype name or a genotype .json (default nas_fcos_fpn_head)")
+    p.add_argument("--static", action="store_true",
+                   help="a static ONNX export at the one --sizes entry instead of a dynamic one "
+                        "(several times faster to export; parity at that size only)")
     A.add_json(p, "print the summary (demo.json) as JSON on stdout")
     A.add_quiet(p)
     args = p.parse_args(argv)
+    if args.static and len(args.sizes or ()) != 1:
+        raise NasfcosError("--static needs exactly one --sizes entry (a static graph runs at one size)")
 
     from nasfcos.compiler import CompileOptions, compile_genotype
     from nasfcos.genotypes import resolve_genotype
@@ -99,9 +105,10 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     ordered = sorted(sizes, key=lambda s: s[0] * s[1])
     mid = ordered[len(ordered) // 2]
-    say(f"[2/4] exporting to ONNX (dynamic batch/H/W, traced at {mid[0]}x{mid[1]}; "
+    shape = "static" if args.static else "dynamic batch/H/W"
+    say(f"[2/4] exporting to ONNX ({shape}, traced at {mid[0]}x{mid[1]}; "
           "takes a while for ResNet-50) ...")
-    res = export_onnx(model_py, out / "model.onnx", ExportOptions(size=mid, dynamic=True),
+    res = export_onnx(model_py, out / "model.onnx", ExportOptions(size=mid, dynamic=not args.static),
                       progress=show)
     step("export", t0)
     summary["onnx"] = {"path": str(res.onnx_path), "manifest": str(res.manifest_path),
@@ -112,7 +119,7 @@ def main(argv: list[str]) -> int:
 
     # 3. parity
     t0 = time.perf_counter()
-    check_sizes = [ordered[0]] if quick else [ordered[0], (ordered[0][0], ordered[0][1] + 64)]
+    check_sizes = [ordered[0]] if quick or args.static else [ordered[0], (ordered[0][0], ordered[0][1] + 64)]
     say(f"[3/4] parity: ONNX Runtime vs PyTorch at "
           f"{', '.join(f'{h}x{w}' for h, w in check_sizes)} ...")
     check = check_artifact(res.onnx_path, model_py, sizes=check_sizes, threads=args.threads)

@@ -60,6 +60,7 @@ def data_main(argv: list[str]) -> int:
     s.add_argument("--force", action="store_true",
                    help="replace a data set already in the folder (default: refuse)")
     A.add_json(s, "print the manifest as JSON on stdout")
+    A.add_quiet(s)
     v = sub.add_parser("voc2coco", help="convert a PASCAL VOC folder to COCO JSON",
                        description="Convert VOCDIR/Annotations/*.xml (optionally only the ids in "
                                    "ImageSets/Main/SPLIT.txt) to COCO JSON; image file names are "
@@ -85,9 +86,12 @@ def data_main(argv: list[str]) -> int:
             if isinstance(value, float) and not math.isfinite(value):
                 raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number")
         cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
-        manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty(), force=args.force)
+        manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty() and not args.quiet,
+                                   force=args.force)
         if args.json:
             _print_json(manifest)
+            return 0
+        if args.quiet:
             return 0
         c = manifest["counts"]
         print(f"wrote {args.out}: {c['train']['images']} train / {c['val']['images']} val images, "
@@ -237,8 +241,7 @@ def train_main(argv: list[str]) -> int:
                              "fine-tunes the trunk too)")
     parser.add_argument("--save-backbone", action="store_true",
                         help="also write the trained trunk to RUN/backbone.pt (+ backbone.json)")
-    parser.add_argument("--fpn-channels", type=A.width, help="override the compiled FPN width")
-    parser.add_argument("--head-channels", type=A.width, help="override the compiled head width")
+    A.add_widths(parser, fpn_help="override the compiled FPN width", head_help="override the compiled head width")
     parser.add_argument("--workers", type=A.int_range(0, 256), default=2, help="data loader workers (default 2)")
     parser.add_argument("--device", type=A.device, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--seed", type=A.seed, default=0, help="random seed (default 0)")
@@ -358,7 +361,7 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--ann", help="explicit annotation JSON (instead of --data)")
     parser.add_argument("--images", help="explicit image folder (with --ann)")
     parser.add_argument("--weights", type=A.input_file, help="final.pt / last.pt from 'nasfcos train' (model.py only)")
-    parser.add_argument("--num-classes", type=A.int_range(1, 100_000), help="classes, when --weights has no metadata")
+    A.add_num_classes(parser, "classes, when --weights has no metadata", default=None)
     parser.add_argument("--backend", help="runner backend (torch, onnxruntime, tensorrt; default by file)")
     parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE),

@@ -56,12 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", nargs="+", default=[None], choices=BACKBONE_NAMES, metavar="NAME",
                    help=f"backbone(s): {', '.join(BACKBONE_NAMES)} "
                         "(default: a model file's compiled backbone, else resnet50)")
-    p.add_argument("--fpn-channels", type=A.width, default=None,
-                   help="FPN width (default: the model file's; 256 for genotypes and fpn-fcos)")
-    p.add_argument("--head-channels", type=A.width, default=None, help="head width (default: the FPN width)")
+    A.add_widths(p, fpn_help="FPN width (default: the model file's; 256 for genotypes and fpn-fcos)",
+                 head_help="head width (default: the FPN width)")
     p.add_argument("--widths", nargs="+", type=_widths, default=None, metavar="F[-H]",
                    help="several widths at once, e.g. 128 128-256 256 (overrides --fpn/--head-channels)")
-    p.add_argument("--num-classes", type=A.int_range(1, 100_000), default=80, help="number of classes (default: 80)")
+    A.add_num_classes(p, "number of classes (default: 80)")
     p.add_argument("--size", type=A.size_hw, default=(800, 1088), metavar="HxW",
                    help="input size, height x width (a single number: square; default: "
                         "800x1088, the paper's)")

@@ -23,19 +23,14 @@ def _kind_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(kind=None)
 
 
-_positive_int = A.positive_int
-
-
 def _precision_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("precision (built into the ONNX file; see the README)")
     g.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
                    help="fp32 (default), fp16 (float16 with float32 I/O) or int8 (Q/DQ)")
     g.add_argument("--calib", type=A.input_dir, metavar="DIR", help="int8: folder of calibration images")
     g.add_argument("--data", type=A.input_dir, metavar="DIR", help="int8: COCO data folder to calibrate on")
-    g.add_argument("--calib-images", type=A.positive_int, default=32, metavar="N",
-                   help="int8: calibration images (default 32)")
-    g.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
-                   default="minmax", help="int8: range estimator (default minmax)")
+    A.add_calibration(g, images_help="int8: calibration images (default 32)",
+                      method_help="int8: range estimator (default minmax)")
     g.add_argument("--int8-target", choices=["tensorrt", "cpu"], default="tensorrt",
                    help="int8: tensorrt (symmetric, per-channel) or cpu (U8S8 for ONNX "
                         "Runtime on x86; TensorRT cannot build it)")
@@ -108,13 +103,13 @@ def export_main(argv: list[str]) -> int:
     _kind_flags(p)
     p.add_argument("--size", type=A.size_hw, default="800x800",
                    help="example input size HxW (default 800x800)")
-    p.add_argument("--batch", type=_positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--dynamic", action="store_true",
                    help="symbolic batch, height and width (batch stays static if the model "
                         "fixes it); valid ranges go to the manifest")
     p.add_argument("--opset", type=A.opset, default=None, help="ONNX opset (default 19, minimum 19)")
     p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim pass")
-    p.add_argument("--seed", type=A.seed, default=0, help="seed of the random weights (default 0)")
+    A.add_run_inputs(p, batch=1, batch_help="batch size (default 1)",
+                     seed_help="seed of the random weights (default 0)")
     p.add_argument("--weights", type=A.input_file,
                    help="state_dict file (torch.save) instead of random weights")
     _precision_flags(p)
@@ -228,11 +223,9 @@ def check_main(argv: list[str]) -> int:
                    help="reference: model.py (default: from the manifest) or .onnx")
     p.add_argument("--backend", help="backend for the artifact (default: from its suffix)")
     A.add_device(p)
-    p.add_argument("--sizes", type=A.size_list,
-                   help="input sizes HxW,... (default: the export size, plus a "
-                        "second one for dynamic exports)")
-    p.add_argument("--batch", type=_positive_int, help="batch (default: the export's)")
-    p.add_argument("--seed", type=A.seed, default=0, help="input seed (default 0)")
+    A.add_run_inputs(p, sizes_help="input sizes HxW,... (default: the export size, plus a "
+                                   "second one for dynamic exports)",
+                     batch=None, batch_help="batch (default: the export's)", seed_help="input seed (default 0)")
     p.add_argument("--atol", type=A.non_negative_float,
                    help="absolute tolerance (default by precision)")
     p.add_argument("--rtol", type=A.non_negative_float,
@@ -297,17 +290,14 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
     p.add_argument("--backends", help="comma list of torch, torch-compile, onnxruntime, "
                                       "tensorrt (default: by file type)")
-    p.add_argument("--sizes", type=A.size_list, default="600,800,1000",
-                   help="input sizes HxW,... (default 600,800,1000)")
-    p.add_argument("--batch", type=_positive_int, default=1)
-    p.add_argument("--warmup", type=A.non_negative_int, default=10,
-                   help="untimed runs first (default 10)")
-    p.add_argument("--runs", type=_positive_int, default=100, help="timed runs (default 100)")
+    A.add_run_inputs(p, sizes="600,800,1000", sizes_help="input sizes HxW,... (default 600,800,1000)",
+                     batch=1, batch_help=None, seed_help="input and weight seed (default 0)")
+    A.add_timing(p, warmup=10, warmup_help="untimed runs first (default 10)",
+                 runs=100, runs_help="timed runs (default 100)")
     p.add_argument("--max-seconds", type=A.positive_float,
                    help="time budget per backend and size; stops early (>= 3 runs)")
     A.add_threads(p)
     A.add_device(p)
-    p.add_argument("--seed", type=A.seed, default=0, help="input and weight seed (default 0)")
     p.add_argument("--onnx-static", action="store_true",
                    help="for a model.py: one static ONNX export per size instead of a dynamic one")
     p.add_argument("--ort-opt-level", default="all", choices=["none", "basic", "extended", "all"],
@@ -328,10 +318,8 @@ def bench_main(argv: list[str]) -> int:
                                                      "calibrated on its train split")
     g.add_argument("--split", default="val", help="split for AP (default val)")
     g.add_argument("--weights", type=A.input_file, help="trained weights (nasfcos train)")
-    g.add_argument("--calib-images", type=_positive_int, default=32, help="int8 (default 32)")
-    g.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
-                   default="minmax", help="int8 range estimator (default minmax)")
-    g.add_argument("--max-images", type=_positive_int, help="evaluate the first N images")
+    A.add_calibration(g, images_help="int8 (default 32)", method_help="int8 range estimator (default minmax)")
+    g.add_argument("--max-images", type=A.positive_int, help="evaluate the first N images")
     _kind_flags(p)
     A.add_output(p, "report path prefix: writes PREFIX.json/.md/.png (default report)",
                  default="report")

@@ -1,7 +1,7 @@
 """``nasfcos search``: run or resume an architecture search; ``search top`` exports the best.
 
 ``nasfcos search cache`` and ``nasfcos search eval`` belong to the proxy task and are
-forwarded to ``nasfcos.search.cli_proxy``.
+forwarded to ``nasfcos.cli.proxy_cmds``.
 """
 
 from __future__ import annotations
@@ -263,14 +263,14 @@ def latency_table_main(argv: list[str]) -> int:
     p.add_argument("--size", type=A.size_hw, default="800x800", metavar="HxW", help="image size (default 800x800)")
     p.add_argument("-o", "--output", type=A.output_file, required=True, metavar="FILE",
                    help="table JSON to write")
-    p.add_argument("--fpn-channels", type=A.width, default=128, metavar="C", help="FPN width (default 128)")
-    p.add_argument("--head-channels", type=A.width, default=128, metavar="C", help="head width (default 128)")
-    p.add_argument("--num-classes", type=A.int_range(1, 100_000), default=80, metavar="K", help="classes (default 80)")
+    A.add_widths(p, fpn_help="FPN width (default 128)", head_help="head width (default 128)", default=128,
+                 metavar="C")
+    A.add_num_classes(p, "classes (default 80)", metavar="K")
     p.add_argument("--backbone", default="resnet50", help="sets the adapters' input widths (default resnet50)")
     p.add_argument("--threads", type=A.positive_int, default=1, metavar="N", help="intra-op threads (default 1)")
     p.add_argument("--device", type=A.device, default=None, help="cpu (default; tensorrt: cuda)")
-    p.add_argument("--runs", type=A.positive_int, default=30, metavar="N", help="timed runs per unit (default 30)")
-    p.add_argument("--warmup", type=A.non_negative_int, default=5, metavar="N", help="warm-up runs per unit (default 5)")
+    A.add_timing(p, runs=30, runs_help="timed runs per unit (default 30)",
+                 warmup=5, warmup_help="warm-up runs per unit (default 5)")
     p.add_argument("--statistic", choices=("median", "min"), default="median",
                    help="per-unit summary of the runs: median (quiet machine, default) or min "
                         "(a shared machine: the uncontended time)")
@@ -311,8 +311,8 @@ def latency_table_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """``nasfcos search ...``: dispatch the sub-verbs, otherwise run a search."""
     if argv and argv[0] in ("cache", "eval"):
-        cli_proxy = importlib.import_module("nasfcos.search.cli_proxy")
-        return int((cli_proxy.cache_main if argv[0] == "cache" else cli_proxy.eval_main)(argv[1:]) or 0)
+        proxy_cmds = importlib.import_module("nasfcos.cli.proxy_cmds")
+        return int((proxy_cmds.cache_main if argv[0] == "cache" else proxy_cmds.eval_main)(argv[1:]) or 0)
     if argv and argv[0] == "top":
         return top_main(argv[1:])
     if argv and argv[0] == "latency-table":

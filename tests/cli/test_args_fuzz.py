@@ -25,7 +25,7 @@ KINDS = {
     "seed": (lambda v: isinstance(v, int) and 0 <= v < 2**32, A.seed),
     "width": (lambda v: isinstance(v, int) and 2 <= v <= A.MAX_WIDTH and v % 2 == 0, A.width),
     "side": (lambda v: isinstance(v, int) and 32 <= v <= A.MAX_SIDE, A.int_range(32, A.MAX_SIDE)),
-    "class_count": (lambda v: isinstance(v, int) and 1 <= v <= 100_000, A.int_range(1, 100_000)),
+    "class_count": (lambda v: isinstance(v, int) and 1 <= v <= A.MAX_CLASSES, A.int_range(1, A.MAX_CLASSES)),
 }
 
 
@@ -47,6 +47,9 @@ def _flags(f: dict[str, str]) -> list[tuple[list[str], str, str]]:
     synth = ["data", "synth", "-o", out]
     search = ["search", "-o", out]
     predict = ["predict", f["py"], f["py"], "-o", out]
+    latency = ["search", "latency-table", "-o", out]
+    proxy_eval = ["search", "eval", "nas_fcos_fpn", "--cache", f["d"]]
+    proxy_cache = ["search", "cache", "--out", out]
     return [
         (predict, "--score-thresh", "unit_float"), (predict, "--min-size", "side"),
         (export, "--batch", "positive_int"), (export, "--seed", "seed"),
@@ -76,6 +79,12 @@ def _flags(f: dict[str, str]) -> list[tuple[list[str], str, str]]:
         (search, "--trials", "positive_int"), (search, "--batch-size", "positive_int"),
         (search, "--workers", "non_negative_int"), (search, "--top-k", "positive_int"),
         (search, "--toy-noise", "non_negative_float"), (search, "--seed", "seed"),
+        (latency, "--head-channels", "width"), (latency, "--num-classes", "class_count"),
+        (latency, "--runs", "positive_int"), (latency, "--warmup", "non_negative_int"),
+        (export, "--calib-images", "positive_int"), (bench, "--calib-images", "positive_int"),
+        (proxy_eval, "--steps", "positive_int"), (proxy_eval, "--seed", "seed"),
+        (proxy_eval, "--threads", "positive_int"), (proxy_cache, "--images", "positive_int"),
+        (proxy_cache, "--crop", "side"), (proxy_cache, "--short-side", "side"),
     ]
 
 

@@ -172,12 +172,15 @@ def test_device_cuda_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "no CUDA GPU" in one_line_error(capsys, "check")
 
 
-def test_seed_ranges_must_increase() -> None:
-    from nasfcos.search.cli_proxy import _seeds
-
-    with pytest.raises(NasfcosError, match="--seeds"):
-        _seeds("5-1")
-    assert _seeds("1-3") == [1, 2, 3]
+def test_search_eval_and_cache_flags_are_one_line_errors(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, flag in ((["search", "eval", "nas_fcos_fpn", "--cache", str(tmp_path), "--seeds", "5-1"], "--seeds"),
+                       (["search", "eval", "nas_fcos_fpn"], "--cache"),
+                       (["search", "cache", "--out", str(tmp_path / "c"), "--crop", "0"], "--crop"),
+                       (["search", "cache"], "--out")):
+        assert main(argv) == 2, argv
+        assert flag in one_line_error(capsys, "search"), argv
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_name_with_a_trailing_newline_is_invalid_everywhere(tmp_path: Path,

@@ -42,6 +42,15 @@ def test_compile_file_with_json_summary(tmp_path: Path, capsys: pytest.CaptureFi
     assert "--head-channels 256" in out.read_text().splitlines()[5]
 
 
+def test_compile_quiet_prints_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in ("-q", "--quiet"):
+        out = tmp_path / f"m{flag}.py"
+        assert main(["nas_fcos_fpn", "-o", str(out), "--fpn-channels", "32", flag]) == 0
+        assert capsys.readouterr() == ("", "") and out.is_file()
+    assert main(["nas_fcos_fpn", "-o", str(tmp_path / "j.py"), "--fpn-channels", "32", "-q", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["options"]["fpn_channels"] == 32  # --json still prints
+
+
 def test_compile_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nas_fcos_fpn", "-o", "-"]) == 0
     assert capsys.readouterr().out == compile_genotype(load_paper_genotype("nas_fcos_fpn"))

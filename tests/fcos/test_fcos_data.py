@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,19 @@ def test_cli_data_synth_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert cli(["data", "synth", "-o", str(tmp_path / "t"), "--images", "1"]) == 2
     assert "error" in capsys.readouterr().err
     assert cli(["data", "voc2coco", str(tmp_path / "missing"), "-o", str(tmp_path / "x.json")]) == 2
+
+
+def test_cli_data_synth_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar would show
+    capsys.readouterr()
+    assert cli(["data", "synth", "-o", str(tmp_path / "loud"), "--images", "3", "--size", "32"]) == 0
+    loud = capsys.readouterr()
+    assert "wrote" in loud.out and "synth" in loud.err
+    for flag in ("-q", "--quiet"):
+        assert cli(["data", "synth", "-o", str(tmp_path / flag), "--images", "3", "--size", "32", flag]) == 0
+        assert capsys.readouterr() == ("", "")
+        assert (tmp_path / flag / "manifest.json").is_file()
 
 
 def _voc_set(root: Path) -> list[tuple[str, list[tuple[str, list[float], bool]]]]:

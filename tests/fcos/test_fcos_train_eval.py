@@ -14,15 +14,12 @@ from nasfcos.cli.main import main as cli
 from nasfcos.errors import NasfcosError
 from nasfcos.fcos.data import CocoDetection, TransformConfig
 from nasfcos.fcos.evaluate import EvalConfig, evaluate
-from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.fcos.train import PRESETS, RunSampler, TrainConfig, apply_preset, lr_multiplier, train
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    write_synthetic(out, SynthConfig(images=20, size=64, seed=2))
-    return out
+def synth(synth_data: Path) -> Path:
+    return synth_data  # 20 images of 64 px, seed 2 (tests/conftest.py)
 
 
 def _cfg(data: Path, out: Path, model: Path, **kw) -> TrainConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,8 @@ def test_file_errors(tmp_path: Path) -> None:
         load_genotype(tmp_path / "missing.json")
     with pytest.raises(GenotypeError, match="is a directory"):
         load_genotype(tmp_path)
+    with pytest.raises(GenotypeError, match="not a regular file"):  # checked without opening it
+        load_genotype(os.devnull)
 
 
 def test_bom_is_accepted(doc: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,6 @@ import torch
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch
 from nasfcos.fcos.losses import STRIDES, compute_targets
-from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.search.cache import (
     MANIFEST,
     PROGRESS,
@@ -28,10 +28,8 @@ SETTINGS = PRESETS["tiny"].replace(name="test", short_side=64, max_size=64, crop
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    write_synthetic(out, SynthConfig(images=30, size=64, seed=3))
-    return out
+def data_dir(synth_set: Callable[..., Path]) -> Path:
+    return synth_set(images=30, size=64, seed=3)  # shared with test_proxy.py
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +123,8 @@ def test_mismatched_settings_are_refused(built: Path, data_dir: Path, tmp_path: 
     assert open_cache(path, other).level_sizes[0] == (4, 4)
 
 
-def test_changed_dataset_is_refused(built: Path, data_dir: Path, tmp_path: Path) -> None:
-    data2 = tmp_path / "data2"
-    write_synthetic(data2, SynthConfig(images=30, size=64, seed=4))
+def test_changed_dataset_is_refused(built: Path, synth_set: Callable[..., Path], tmp_path: Path) -> None:
+    data2 = synth_set(images=30, size=64, seed=4)
     with pytest.raises(CacheError, match="dataset changed"):
         build_cache(data2, _copy(built, tmp_path / "c"), SETTINGS, progress=False)
 

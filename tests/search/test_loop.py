@@ -238,11 +238,11 @@ def test_top_verb_exports_the_k_best(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_proxy_sub_verbs_are_forwarded(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
-    fake = types.ModuleType("nasfcos.search.cli_proxy")
+    fake = types.ModuleType("nasfcos.cli.proxy_cmds")
     seen: list[tuple[str, list[str]]] = []
     fake.cache_main = lambda argv: seen.append(("cache", argv)) or 0  # type: ignore[attr-defined]
     fake.eval_main = lambda argv: seen.append(("eval", argv)) or 3  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "nasfcos.search.cli_proxy", fake)
+    monkeypatch.setitem(sys.modules, "nasfcos.cli.proxy_cmds", fake)
     assert search_main(["cache", "--data", "d"]) == 0
     assert search_main(["eval", "g.json"]) == 3
     assert seen == [("cache", ["--data", "d"]), ("eval", ["g.json"])]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from nasfcos.cli.proxy_cmds import cache_main, eval_main
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.fcos.losses import FcosConfig, losses_from_targets
-from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.genotypes import load_paper_genotype, paper_genotype_path
-from nasfcos.search.cli_proxy import cache_main, eval_main
 from nasfcos.search.proxy import (
     PRESETS,
     EvalResult,
@@ -39,10 +39,8 @@ SMALL = PRESETS["tiny"].replace(
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    write_synthetic(out, SynthConfig(images=30, size=64, seed=5))
-    return out
+def data_dir(synth_set: Callable[..., Path]) -> Path:
+    return synth_set(images=30, size=64, seed=3)  # shared with test_cache.py
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +194,14 @@ def test_cli_cache_and_eval(data_dir: Path, tmp_path: Path, capsys: pytest.Captu
     doc = json.loads(res_file.read_text())
     assert doc["seeds"] == [0, 1] and len(doc["results"]) == 2
     assert doc["mean_reward"] == pytest.approx(sum(r["reward"] for r in doc["results"]) / 2)
+    with pytest.raises(CacheError, match="built differently .*; use --overwrite or another --out$"):
+        cache_main(["--data", str(data_dir), "--out", str(out), "--short-side", "64", "--crop", "32", "--quiet"])
     with pytest.raises(NasfcosError, match="no such file, and not a shipped genotype"):
         eval_main([str(tmp_path / "absent.json"), "--cache", str(out)])
     with pytest.raises(CacheError):
         eval_main(["nas_fcos_fpn", "--cache", str(tmp_path)])
-    for bad, message in ((["--seeds", "5-1"], "non-negative seeds in increasing order"), (["--device", "bogus"], "cpu or cuda"),
-                         (["--steps", "0"], "max_steps")):
+    for bad, message in ((["--seeds", "5-1"], "--seeds: seed range '5-1' runs backwards"),
+                         (["--device", "bogus"], "--device: unknown device 'bogus'"),
+                         (["--steps", "0"], "--steps: expected an integer >= 1")):
         with pytest.raises(NasfcosError, match=message):
             eval_main(["nas_fcos_fpn", "--cache", str(out), *bad])

@@ -89,7 +89,10 @@ def test_configuration_errors_stop_before_the_first_trial(tmp_path: Path, monkey
     proxy.build_cache(other / "synth", other / "cache", SMALL_TINY.replace(crop=32), progress=False)
     assert cli_main(["search", "--trials", "2", "--cache", str(other / "cache"), "--out", str(tmp_path / "x"),
                      "--workers", "0", "--quiet"]) == 2
-    assert "built differently (crop" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "built differently (crop" in err
+    # the hint names what 'nasfcos search' offers ('search cache' has --overwrite, search does not)
+    assert "another --cache DIR" in err and "--overwrite" not in err and "--out" not in err
     assert not (tmp_path / "x" / "archive.jsonl").exists() or not read_rows(tmp_path / "x" / "archive.jsonl")
 
 

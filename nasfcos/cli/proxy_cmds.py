@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nasfcos.errors import NasfcosError
+from nasfcos.cli import args as A
 from nasfcos.io import atomic_write_json
 
 
 def _parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=f"example:\n  {example}",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return A.Parser(prog=prog, description=description, epilog=f"example:\n  {example}",
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def cache_main(argv: list[str]) -> int:
@@ -31,41 +31,44 @@ def cache_main(argv: list[str]) -> int:
                 "manifest and checksums.  An interrupted build resumes; a corrupt one is rebuilt.",
                 "nasfcos search cache --out cache_tiny            (tiny preset, synthetic data)\n"
                 "  nasfcos search cache --data voc/ --out cache_voc --preset paper --backbone-weights r50.pth")
-    p.add_argument("--data", metavar="DIR", help="data folder (images/, train.json, val.json); "
-                   "default: the preset's synthetic set, written to OUT/synth")
-    p.add_argument("--out", metavar="CACHE", required=True, help="cache folder to build")
+    p.add_argument("--data", type=A.input_dir, metavar="DIR", help="data folder (images/, train.json, "
+                   "val.json); default: the preset's synthetic set, written to OUT/synth")
+    p.add_argument("--out", type=A.output_dir, metavar="CACHE", required=True, help="cache folder to build")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="proxy preset (default: tiny)")
     p.add_argument("--backbone-weights", metavar="FILE", help="backbone state dict (.pth); never downloaded")
     p.add_argument("--split", metavar="NAME", help="annotation file to split (default: train)")
-    p.add_argument("--short-side", type=int, metavar="PX", help="override the preset's resize short side")
-    p.add_argument("--crop", type=int, metavar="PX", help="override the preset's crop size")
-    p.add_argument("--images", type=int, metavar="N", help="synthetic images when --data is not given")
+    p.add_argument("--short-side", type=A.int_range(A.MIN_SIDE, A.MAX_SIDE), metavar="PX",
+                   help="override the preset's resize short side")
+    p.add_argument("--crop", type=A.int_range(A.MIN_SIDE, A.MAX_SIDE), metavar="PX",
+                   help="override the preset's crop size")
+    p.add_argument("--images", type=A.positive_int, metavar="N", help="synthetic images when --data is not given")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming a partial build")
     p.add_argument("--overwrite", action="store_true", help="replace a cache built with other settings")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads for the backbone")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--threads", type=A.positive_int, metavar="N", help="torch threads for the backbone")
+    A.add_quiet(p)
+    A.add_json(p, "print the summary as JSON")
     a = p.parse_args(argv)
     settings = get_preset(a.preset)
     changes: dict[str, Any] = {}
     if a.split:
         changes["source_split"] = a.split
-    if a.short_side:
+    if a.short_side is not None:
         changes["short_side"] = a.short_side
-    if a.crop:
+    if a.crop is not None:
         changes["crop"] = a.crop
-    if a.images:
+    if a.images is not None:
         changes["synth_images"] = a.images
     if a.backbone_weights:
         changes["backbone_weights"] = a.backbone_weights
     settings = settings.replace(**changes).validate()
-    if a.threads:
+    if a.threads is not None:
         import torch
 
         torch.set_num_threads(a.threads)
     log = (lambda msg: None) if a.json else (lambda msg: print(msg, file=sys.stderr))
     path = build_cache(a.data, a.out, settings, resume=not a.no_resume,
-                       overwrite=a.overwrite, progress=not a.quiet, log=log)
+                       overwrite=a.overwrite, progress=not a.quiet, log=log,
+                       overwrite_hint="use --overwrite or another --out")
     cache = open_cache(path, settings, verify="size")
     m = cache.manifest
     summary = {
@@ -84,46 +87,9 @@ def cache_main(argv: list[str]) -> int:
     return 0
 
 
-def _load_genotype_arg(text: str) -> Any:
-    from nasfcos.genotypes import resolve_genotype
-
-    return resolve_genotype(text)
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        if "-" in text.strip("-"):
-            lo, hi = text.split("-", 1)
-            seeds = list(range(int(lo), int(hi) + 1))
-        else:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise NasfcosError(f"--seeds: expected e.g. '0,1,2' or '0-4', got {text!r}") from None
-    if not seeds or len(seeds) > 1000 or min(seeds) < 0:
-        raise NasfcosError(f"--seeds {text!r} names no seed, or too many (expected 1..1000 "
-                           "non-negative seeds in increasing order, e.g. '0,1,2' or '0-4')")
-    return seeds
-
-
-def _device(text: str | None) -> str | None:
-    """``cpu`` or an available ``cuda[:N]``; one-line error otherwise."""
-    if text is None or text == "cpu":
-        return text
-    import torch
-
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise NasfcosError(f"--device {text}: no CUDA device is available")
-        try:
-            torch.device(text)
-        except RuntimeError:
-            raise NasfcosError(f"--device {text!r}: not a device") from None
-        return text
-    raise NasfcosError(f"--device {text!r}: expected cpu or cuda[:N]")
-
-
 def eval_main(argv: list[str]) -> int:
     """``nasfcos search eval``: score one genotype on the proxy task."""
+    from nasfcos.genotypes import resolve_genotype
     from nasfcos.search.proxy import PRESETS, evaluate, get_preset, open_cache, settings_from_cache
 
     p = _parser("nasfcos search eval",
@@ -133,19 +99,18 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("genotype", metavar="GENOTYPE.json", help="genotype file (or a shipped name)")
     p.add_argument("--cache", metavar="CACHE", required=True, help="feature cache (nasfcos search cache)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="training preset (default: the cache's own)")
-    p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the preset's)")
-    p.add_argument("--seeds", metavar="LIST", help="several seeds, e.g. 0,1,2 or 0-4 (reports the mean)")
-    p.add_argument("--steps", type=int, metavar="N", help="cap the number of training steps")
-    p.add_argument("--epochs", type=int, metavar="N", help="override the preset's epochs")
-    p.add_argument("--batch-size", type=int, metavar="N", help="override the preset's batch size")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: the preset's)")
-    p.add_argument("--device", help="torch device (default: cpu)")
-    p.add_argument("--out", metavar="FILE.json", help="also write the results as JSON")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--seed", type=A.seed, default=None, help="evaluation seed (default: the preset's)")
+    p.add_argument("--seeds", type=A.seed_range, metavar="LIST",
+                   help="several seeds, e.g. 0,1,2 or 0-4 (reports the mean)")
+    p.add_argument("--steps", type=A.positive_int, metavar="N", help="cap the number of training steps")
+    p.add_argument("--epochs", type=A.positive_int, metavar="N", help="override the preset's epochs")
+    p.add_argument("--batch-size", type=A.positive_int, metavar="N", help="override the preset's batch size")
+    p.add_argument("--threads", type=A.positive_int, metavar="N", help="torch threads (default: the preset's)")
+    A.add_device(p, default=None, help="torch device: cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--out", type=A.output_file, metavar="FILE.json", help="also write the results as JSON")
+    A.add_json(p, "print JSON instead of text")
     a = p.parse_args(argv)
-    seeds_arg = _seeds(a.seeds) if a.seeds else None
-    a.device = _device(a.device)
-    genotype = _load_genotype_arg(a.genotype)
+    genotype = resolve_genotype(a.genotype)
     cache = open_cache(a.cache)
     settings = get_preset(a.preset) if a.preset else settings_from_cache(cache)
     changes: dict[str, Any] = {}
@@ -154,7 +119,7 @@ def eval_main(argv: list[str]) -> int:
         if flag is not None:
             changes[name] = flag
     settings = settings.replace(**changes).validate()
-    seeds = seeds_arg or [settings.seed if a.seed is None else a.seed]
+    seeds = a.seeds or [settings.seed if a.seed is None else a.seed]
     results = []
     for s in seeds:
         r = evaluate(genotype, cache, settings, s)
