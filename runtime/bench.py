@@ -781,7 +781,7 @@ def plot_report(report: dict[str, Any]) -> bytes:
     ax.set_title(f"{Path(report['model']['path']).name} - batch {report['config']['batch']}, "
                  f"{report['config']['device']}")
     ax.grid(True, alpha=0.3)
-    if backends:
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when every cell failed
         ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()

@@ -181,7 +181,15 @@ class TorchRunner(Runner):
         import torch
 
         with torch.inference_mode():
-            self._outputs = self._forward()
+            try:
+                self._outputs = self._forward()
+            except ValueError as exc:  # torch's GroupNorm on a map with one value per group
+                if "more than 1 value per channel" not in str(exc):
+                    raise
+                raise NasfcosError(
+                    "PyTorch's GroupNorm refuses a map with one value per group: with a 32-wide head "
+                    "(GroupNorm(32, 32)) the 1x1 p7 map of an image of 128 px or less needs a batch of "
+                    "at least 2; use larger images, a larger batch or a wider head") from None
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):

@@ -63,3 +63,21 @@ def test_runner_interface(paper_decoder, paper_decoder_onnx) -> None:
         make_runner(paper_decoder_onnx, "torch")
     with pytest.raises(NasfcosError, match="unknown option"):
         make_runner(paper_decoder_onnx, bogus=1)
+
+
+def test_group_norm_one_value_per_group_is_one_line(tmp_path, capsys) -> None:
+    """A 32-wide head at batch 1 on a <= 128 px image: torch's GroupNorm(32, 32) sees one value
+    per group on the 1x1 p7 map and raises; bench records the cell as failed with that reason
+    (exit 1, as for any failed cell), no traceback."""
+    from nasfcos.compiler import CompileOptions, compile_genotype
+    from nasfcos.genotypes import load_paper_genotype
+
+    model = tmp_path / "model.py"
+    model.write_text(compile_genotype(load_paper_genotype(), CompileOptions(
+        fpn_channels=8, head_channels=32, num_classes=3, detector=True, backbone="tiny")))
+    code = main(["bench", str(model), "--backends", "torch", "--sizes", "64", "--runs", "1",
+                 "--warmup", "0", "-o", str(tmp_path / "report")])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "one value per group" in json.dumps(report)
