@@ -21,8 +21,8 @@ data set, the yardstick (``nasfcos data synth --preset easy``), and each is
 Reports, per architecture, proxy reward per seed, AP/AP50 and the seconds of each; Kendall
 tau between mean proxy reward and AP (and AP50) for each reward form, and between the two
 proxy seeds.  Training rows go to ``WORK/train*.jsonl`` (one file per ``--shard``, so two
-1-thread processes can share 2 cores), proxy rows to ``WORK/proxy-<settings hash>.jsonl``;
-a killed run continues where it stopped, and rows made with another recipe or other proxy
+1-thread processes can share 2 cores), proxy rows to ``WORK/proxy-<settings hash>.jsonl``; processes of one ``--shard K/N`` set
+claim architectures as they go (``WORK/claims``); a killed run continues where it stopped, and rows made with another recipe or other proxy
 settings are refused, not mixed in.
 """
 
@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -115,6 +116,30 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def claim(work: Path, g: Genotype, k: int, n: int) -> bool:
+    """Whether this process trains ``g``: with one shard always; with several, the first live
+    process to create ``WORK/claims/<hash>`` (its pid inside; a dead owner's claim is taken over)."""
+    if n == 1:
+        return True
+    path = work / "claims" / g.short_hash()
+    path.parent.mkdir(exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or 0)
+                os.kill(owner, 0)
+                return owner == os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # its owner died: take it over
+                continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
 def real_training(g: Genotype, data: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
     """Compile ``g`` as a tiny-trunk detector, train it with the yardstick recipe, COCO-evaluate on val."""
     model = work / "models" / f"{g.short_hash()}.py"
@@ -124,6 +149,8 @@ def real_training(g: Genotype, data: Path, work: Path, a: argparse.Namespace) ->
                                                         backbone="tiny")))
     cfg = apply_preset(TrainConfig(model=str(model), out=str(work / "runs" / g.short_hash()), data=str(data)),
                        "synth")
+    if Path(cfg.out).is_dir():  # a killed run (it has no row): start it again, so every row is one run
+        shutil.rmtree(cfg.out)
     cfg = dataclasses.replace(cfg, iters=a.iters, workers=0, seed=0, log_every=max(1, a.iters // 10))
     t0 = time.perf_counter()
     c0 = time.process_time()
@@ -166,7 +193,8 @@ def main() -> int:
                     help="change a field of the tiny proxy preset (repeatable), e.g. backbone_weights=tiny_synth_1500")
     ap.add_argument("--skip-training", action="store_true", help="proxy scores only")
     ap.add_argument("--skip-proxy", action="store_true", help="real training only")
-    ap.add_argument("--shard", default="0/1", help="K/N: train only architectures i with i %% N == K")
+    ap.add_argument("--shard", default="0/1",
+                    help="K/N: this is process K of N sharing the work folder (they claim architectures)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -208,8 +236,8 @@ def main() -> int:
             print(f"proxy {g.name:<28} {row['proxy']}  ({row['proxy_s_per_seed']} s/seed)", file=sys.stderr,
                   flush=True)
     if not a.skip_training:
-        for i, g in enumerate(archs):
-            if i % n != k or g.hash() in trained:
+        for g in archs:
+            if g.hash() in trained or not claim(work, g, k, n):
                 continue
             row = {"name": g.name, "hash": g.hash(), "key": t_key, **real_training(g, data, work, a)}
             append_row(t_path, row)

@@ -363,13 +363,17 @@ def _ensure_data(data_dir: str | Path | None, out: Path, settings: ProxySettings
         return Path(data_dir)
     if settings.synth_images <= 0:
         raise NasfcosError("no data folder given (--data DIR) and the preset has no synthetic default")
+    from dataclasses import asdict
+
+    from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
     from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
     synth = out / "synth"
-    cfg = SynthConfig(images=settings.synth_images, size=settings.synth_size, seed=settings.synth_seed)
+    cfg = SynthConfig(**{**SYNTH_PRESETS[settings.synth_preset], "images": settings.synth_images,
+                         "size": settings.synth_size, "seed": settings.synth_seed})
     try:
         have = json.loads((synth / "manifest.json").read_text("utf-8")).get("config", {})
-        same = all(have.get(k) == v for k, v in (("images", cfg.images), ("size", cfg.size), ("seed", cfg.seed)))
+        same = all(have.get(k) == v for k, v in asdict(cfg).items())
     except (OSError, ValueError, AttributeError):
         same = False
     if not same:

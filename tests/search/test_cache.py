@@ -84,8 +84,8 @@ def test_manifest_records_provenance(built: Path) -> None:
     m = _manifest(built)
     from nasfcos.fcos.weights import provenance
 
-    # the tiny preset's trunk: the shipped tiny_synth weights, named by their sha256
-    assert m["backbone"] == "tiny" and m["backbone_weights"] == f"sha256:{provenance('tiny_synth')['sha256']}"
+    # the tiny preset's trunk: the shipped tiny_synth_1500 weights, named by their sha256
+    assert m["backbone"] == "tiny" and m["backbone_weights"] == f"sha256:{provenance('tiny_synth_1500')['sha256']}"
     assert m["cache_key"] == SETTINGS.cache_key() and len(m["dataset_sha256"]) == 64
     assert m["feature_dtype"] == "float16"
     assert set(m["splits"]) == {"train", "val"}

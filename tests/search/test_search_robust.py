@@ -37,7 +37,7 @@ def cli_main(argv: list[str]) -> int:
 FAST_PPO = PPOConfig(lr=1e-3, minibatch_size=4, epochs=1)
 #: The tiny preset shrunk for tests: 40 synthetic images of 64 px, one training step.
 SMALL_TINY = proxy.PRESETS["tiny"].replace(synth_images=40, synth_size=64, short_side=64, max_size=64,
-                                           max_steps=1, chunk_size=16)
+                                           crop=64, max_steps=1, chunk_size=16)
 
 
 def _toy(**kw: Any) -> SearchConfig:
