@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--data", help="COCO-format folder; its first val image is the input")
     args = ap.parse_args()
     height, width = (int(v) for v in args.size.split("x"))
+    if args.model and not (args.weights and args.data):
+        ap.error("--model needs --weights and --data")
     device = torch.device(args.device)
     module = baseline_module(CompileOptions(fpn_channels=8, head_channels=64, num_classes=args.classes,
                                             detector=True))
@@ -72,7 +74,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         ms = (time.perf_counter() - start) / args.repeats * 1e3
-    print(json.dumps({"benchmark": "detector_postprocess", "device": str(device), "size": [width, height],
+    print(json.dumps({"benchmark": "detector_postprocess", "device": str(device), "size_hw": [height, width],
                       "batch": args.batch, "classes": args.classes, "untrained": args.untrained,
                       "ms_per_call": round(ms, 3), "detections": int((out[1] > 0).sum()), **extra}))
 

@@ -47,6 +47,7 @@ from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
 from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.fcos.train import TrainConfig, apply_preset, train
 from nasfcos.genotypes import Genotype, load_paper_genotype, parse_genotype, sample_genotype
+from nasfcos.io import atomic_write_text
 from nasfcos.search.metrics import kendall_tau
 from nasfcos.search.proxy import PRESETS, ProxySettings, build_cache, evaluate, open_cache
 
@@ -116,28 +117,33 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def claim(work: Path, g: Genotype, k: int, n: int) -> bool:
+def claim(work: Path, g: Genotype, n: int) -> bool:
     """Whether this process trains ``g``: with one shard always; with several, the first live
-    process to create ``WORK/claims/<hash>`` (its pid inside; a dead owner's claim is taken over)."""
+    process to create ``WORK/claims/<hash>`` (made whole with its pid by a hard link; a dead
+    owner's claim is taken over)."""
     if n == 1:
         return True
     path = work / "claims" / g.short_hash()
     path.parent.mkdir(exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    mine = path.with_name(f"{path.name}.{os.getpid()}")
+    mine.write_text(str(os.getpid()))
+    try:
+        for _ in range(2):
             try:
-                owner = int(path.read_text() or 0)
-                os.kill(owner, 0)
-                return owner == os.getpid()
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                path.unlink(missing_ok=True)  # its owner died: take it over
-                continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        return True
-    return False
+                os.link(mine, path)
+                return True
+            except FileExistsError:
+                try:
+                    owner = int(path.read_text())
+                    os.kill(owner, 0)
+                    return owner == os.getpid()
+                except PermissionError:
+                    return False  # alive, another user's
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    path.unlink(missing_ok=True)  # its owner died: take it over
+        return False
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 def real_training(g: Genotype, data: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
@@ -169,14 +175,19 @@ def proxy_settings(a: argparse.Namespace) -> ProxySettings:
         if not sep or name not in types:
             sys.exit(f"error: --proxy-set {item!r}: want FIELD=VALUE with a ProxySettings field")
         old = getattr(settings, name)
-        changes[name] = None if value == "none" else type(old)(value) if old is not None else value
+        try:
+            changes[name] = None if value == "none" else type(old)(value) if old is not None else json.loads(value)
+        except ValueError:
+            sys.exit(f"error: --proxy-set {item!r}: {value!r} is not a valid value of {name}")
     return settings.replace(**changes).validate() if changes else settings
 
 
 def taus(rows: list[dict[str, Any]], target: str) -> dict[str, float]:
     out = {}
     for form, parts in REWARDS.items():
-        scores = [-statistics.mean(sum(lo[p] for p in parts) for lo in r["losses"]) for r in rows]
+        # "total" is the search's own reward (failure_reward for a diverged decoder)
+        scores = [statistics.mean(r["proxy"]) if form == "total" else
+                  -statistics.mean(sum(lo[p] for p in parts) for lo in r["losses"]) for r in rows]
         out[form] = round(kendall_tau(scores, [r[target] for r in rows]), 3)
     return out
 
@@ -199,7 +210,15 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     seeds = [int(s) for s in a.seeds.split(",")]
-    k, n = (int(v) for v in a.shard.split("/"))
+    try:
+        k, n = (int(v) for v in a.shard.split("/"))
+    except ValueError:
+        sys.exit(f"error: --shard {a.shard!r}: want K/N")
+    if not 0 <= k < n:
+        sys.exit(f"error: --shard {a.shard!r}: want 0 <= K < N")
+    if n > 1 and not a.skip_proxy:
+        sys.exit("error: with --shard K/N (N > 1) pass --skip-proxy: run the proxy part in one process "
+                 "(--skip-training) so the data, the cache and the proxy rows are written once")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     settings = proxy_settings(a)
@@ -237,12 +256,14 @@ def main() -> int:
                   flush=True)
     if not a.skip_training:
         for g in archs:
-            if g.hash() in trained or not claim(work, g, k, n):
+            # re-read first: a process of the same set may have finished it since we started
+            trained = read_rows(sorted(work.glob("train-*.jsonl")), t_key, "training")
+            if g.hash() in trained or not claim(work, g, n):
                 continue
             row = {"name": g.name, "hash": g.hash(), "key": t_key, **real_training(g, data, work, a)}
             append_row(t_path, row)
             trained[row["hash"]] = row
-            print(f"train {g.name:<28} AP {row['AP']:.4f}  AP50 {row['AP50']:.4f}  ({row['train_s']} s)",
+            print(f"train {g.name:<28} AP {_num(row, 'AP')}  AP50 {_num(row, 'AP50')}  ({row['train_s']} s)",
                   file=sys.stderr, flush=True)
     return report(archs, scored, trained, seeds, settings, a, changed)
 
@@ -285,7 +306,7 @@ def report(archs: list[Genotype], scored: dict[str, dict[str, Any]], trained: di
     line = json.dumps(result)
     print(line)
     if a.json:
-        Path(a.json).write_text(line + "\n")
+        atomic_write_text(a.json, line + "\n")
     return 0
 
 

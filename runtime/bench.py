@@ -624,7 +624,7 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
                              weights=weights, threads=cfg.threads)
     try:
         row, ref_out = measure(ref_runner)
-        n_bytes = sum(p.numel() * p.element_size() for p in ref_runner.net.parameters())
+        n_bytes = sum(p.numel() * p.element_size() for p in ref_runner.model.net.parameters())
         rows.append({"backend": "torch", "precision": "fp32", "target": None,
                      "status": "ok", "file": str(path), "bytes": int(n_bytes), **row,
                      "agreement": _agreement(ref_out, ref_out)})

@@ -357,8 +357,10 @@ def _wipe(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _ensure_data(data_dir: str | Path | None, out: Path, settings: ProxySettings, progress: bool) -> Path:
-    """The data folder to use: ``data_dir``, or the preset's synthetic set written to ``out/synth``."""
+def _ensure_data(data_dir: str | Path | None, out: Path, settings: ProxySettings, progress: bool,
+                 keep: bool = False, hint: str = "") -> Path:
+    """The data folder to use: ``data_dir``, or the preset's synthetic set written to ``out/synth``
+    (``keep``: a built cache stands on the set there, which is then never rewritten)."""
     if data_dir is not None:
         return Path(data_dir)
     if settings.synth_images <= 0:
@@ -377,6 +379,8 @@ def _ensure_data(data_dir: str | Path | None, out: Path, settings: ProxySettings
     except (OSError, ValueError, AttributeError):
         same = False
     if not same:
+        if keep and synth.exists():
+            raise CacheError(f"{out}: its cache was built on a synthetic set with other options; {hint}")
         write_synthetic(synth, cfg, progress=progress)
     return synth
 
@@ -411,8 +415,17 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
         others = [p.name for p in out.iterdir() if p.name not in known and not p.name.startswith(".")]
         if others and not (out / MANIFEST).exists() and not (out / PROGRESS).exists():
             raise CacheError(f"{out}: folder is not empty and is not a feature cache (found {others[0]})")
+    if (out / MANIFEST).exists() and not overwrite:  # before any work (the synthetic set included)
+        try:
+            old_key = _read_manifest(out)["cache_key"]
+        except (CacheError, KeyError, TypeError):
+            old_key = None
+        diff = key_difference(settings.cache_key(), old_key) if isinstance(old_key, dict) else None
+        if diff:
+            raise CacheError(f"{out}: holds a cache built differently ({diff}); {overwrite_hint}")
     out.mkdir(parents=True, exist_ok=True)
-    data = _ensure_data(data_dir, out, settings, progress)
+    data = _ensure_data(data_dir, out, settings, progress, keep=(out / MANIFEST).exists() and not overwrite,
+                        hint=overwrite_hint)
     ann, images = resolve_split(data, settings.source_split)
     transform = TransformConfig(min_size=settings.short_side, max_size=settings.max_size,
                                 crop=(settings.crop, settings.crop), hflip=0.0, min_box_size=2.0)

@@ -111,6 +111,8 @@ class SearchConfig:
     latency_target: float | None = None  # ms; folds predicted latency into the reward (needs a table)
     latency_weight: float = DEFAULT_LATENCY_WEIGHT  # w of reward - w * log(latency / target)
     latency_spec: dict[str, Any] | None = None  # what the table was measured for (set at the start)
+    proxy: dict[str, Any] | None = None  # proxy presets: the preset's values (set at the start), so a
+    # resume under a version whose preset changed is refused instead of mixing two proxies' rewards
 
     @property
     def steps(self) -> int:
@@ -235,6 +237,14 @@ class Search:
                 diff = next(k for k in have if have[k] != cfg.latency_spec.get(k))
                 raise NasfcosError(f"latency table {cfg.latency_table} was measured for {diff} "
                                    f"{have[diff]}, this search for {cfg.latency_spec.get(diff)}")
+        if cfg.preset != "toy":
+            current = proxy_settings(cfg).to_dict()
+            if cfg.proxy is None:
+                cfg = dataclasses.replace(cfg, proxy=current)
+            elif cfg.proxy != current:
+                fields = sorted(k for k in current if cfg.proxy.get(k) != current[k]) or ["proxy"]
+                raise NasfcosError(f"the {cfg.preset} proxy preset changed ({', '.join(fields[:4])}) since this "
+                                   "search began (its rewards would mix two proxies); start a new --out")
         self.out = Path(out)
         self.resume = resume
         self.top_k = top_k

@@ -62,7 +62,7 @@ CACHE_KEY_FIELDS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """Everything the proxy task depends on (defaults: the ``tiny`` preset's values).
+    """Everything the proxy task depends on (defaults: small CPU values; see :data:`PRESETS`).
 
     Sizes in pixels; ``epochs`` over meta-train, optionally capped by ``max_steps``;
     ``num_threads`` torch threads per evaluation (0: leave torch's setting alone).

@@ -137,3 +137,36 @@ def test_paper_genotype_detector_backbone_folds_all_frozen_batchnorms(tmp_path: 
     fast, report = prepare_eager(lm.net, [torch.from_numpy(a) for a in lm.inputs(EAGER_CHECK_SIZE)])
     assert report.applied and frozen == 20
     assert not any(isinstance(m, torchvision.ops.FrozenBatchNorm2d) for m in fast.modules())
+
+
+class _BreaksInChannelsLast(nn.Module):
+    """A backbone whose forward fails on a channels_last input (``view`` needs contiguity)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y.view(y.shape[0], -1)
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = _BreaksInChannelsLast()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x.transpose(2, 3).transpose(2, 3))
+
+
+def test_failing_copy_falls_back_to_the_model_as_written() -> None:
+    net = _Net().eval()
+    fast, report = prepare_eager(net, [torch.rand(1, 3, 8, 8)])
+    assert fast is net and not report.applied
+    assert "inference copy failed" in report.reason and report.channels_last == []
+
+
+def test_batchnorm_without_affine_terms_is_not_folded() -> None:
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False)).eval()
+    assert fold_batchnorms(seq) == 0

@@ -13,7 +13,7 @@ import pytest
 from nasfcos.genotypes import load_paper_genotype, parse_genotype
 from nasfcos.search.proxy import PRESETS, build_cache, evaluate, open_cache
 
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1)
 
 #: Every FPN block reads only c5 through skip ops and sums; the head is all skips.
 CRIPPLED = {

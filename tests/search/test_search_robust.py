@@ -67,6 +67,23 @@ def test_out_of_the_box_builds_data_and_cache_then_resumes(tmp_path: Path, monke
     assert len(read_rows(out / "archive.jsonl")) == 4
 
 
+def test_resume_after_the_proxy_preset_changed_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A search records its proxy preset's values; a resume under other values (a new version of
+    the preset) is a one-line error naming the changed fields, and nothing is evaluated."""
+    monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY)
+    out = tmp_path / "run"
+    assert cli_main(["search", "--trials", "2", "--batch-size", "2", "--workers", "0", "--out", str(out),
+                     "--quiet"]) == 0
+    assert json.loads((out / "search.json").read_text())["proxy"]["epochs"] == SMALL_TINY.epochs
+    rows = (out / "archive.jsonl").read_bytes()
+    monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY.replace(epochs=SMALL_TINY.epochs + 1))
+    assert cli_main(["search", "--trials", "4", "--out", str(out), "--resume", "--workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tiny proxy preset changed (epochs)" in err[0]
+    assert (out / "archive.jsonl").read_bytes() == rows
+
+
 def test_configuration_errors_stop_before_the_first_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY)
@@ -91,6 +108,13 @@ def test_configuration_errors_stop_before_the_first_trial(tmp_path: Path, monkey
                      "--workers", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "built differently (crop" in err
+    # a cache on the preset's own synthetic set: refused before that set is touched
+    own = tmp_path / "own"
+    proxy.build_cache(None, own, SMALL_TINY.replace(crop=32), progress=False)
+    synth_manifest = (own / "synth" / "manifest.json").read_bytes()
+    with pytest.raises(CacheError, match="built differently"):
+        proxy.build_cache(None, own, SMALL_TINY.replace(synth_images=30), progress=False)
+    assert (own / "synth" / "manifest.json").read_bytes() == synth_manifest
     # the hint names what 'nasfcos search' offers ('search cache' has --overwrite, search does not)
     assert "another --cache DIR" in err and "--overwrite" not in err and "--out" not in err
     assert not (tmp_path / "x" / "archive.jsonl").exists() or not read_rows(tmp_path / "x" / "archive.jsonl")
