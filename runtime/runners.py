@@ -118,6 +118,16 @@ def _cuda_or_raise(backend: str) -> None:
                                  "is False)")
 
 
+def _group_norm_error(exc: BaseException) -> NasfcosError | None:
+    """The one-line error for torch's GroupNorm on a map with one value per group (else None)."""
+    if "more than 1 value per channel" not in str(exc):
+        return None
+    return NasfcosError(
+        "PyTorch's GroupNorm refuses a map with one value per group: with a 32-wide head "
+        "(GroupNorm(32, 32)) the 1x1 p7 map of an image of 128 px or less needs a batch of "
+        "at least 2; use larger images, a larger batch or a wider head")
+
+
 #: Input size (HxW) of the seeded example on which the eager inference copy is parity-checked
 #: (above 128 px, so that p7 is not 1 x 1).
 EAGER_CHECK_SIZE = (160, 160)
@@ -183,13 +193,8 @@ class TorchRunner(Runner):
         with torch.inference_mode():
             try:
                 self._outputs = self._forward()
-            except ValueError as exc:  # torch's GroupNorm on a map with one value per group
-                if "more than 1 value per channel" not in str(exc):
-                    raise
-                raise NasfcosError(
-                    "PyTorch's GroupNorm refuses a map with one value per group: with a 32-wide head "
-                    "(GroupNorm(32, 32)) the 1x1 p7 map of an image of 128 px or less needs a batch of "
-                    "at least 2; use larger images, a larger batch or a wider head") from None
+            except ValueError as exc:
+                raise _group_norm_error(exc) or exc from None
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
@@ -242,6 +247,9 @@ class TorchCompileRunner(TorchRunner):
             with inductor_config.patch(freezing=True):
                 out = self.compiled(*self._inputs)
         except Exception as exc:
+            gn = _group_norm_error(exc)
+            if gn is not None:
+                raise gn from None
             if not first:
                 raise
             line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
