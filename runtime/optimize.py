@@ -52,6 +52,16 @@ def _drop_unused_initializers(graph: Any) -> None:
     graph.initializer.extend(keep)
 
 
+def _remove_nodes(graph: Any, nodes: list[Any]) -> int:
+    """Remove ``nodes`` (the ones a pass made redundant) and then-unused initializers; returns
+    how many were removed (the pass's count)."""
+    for node in nodes:
+        graph.node.remove(node)
+    if nodes:
+        _drop_unused_initializers(graph)
+    return len(nodes)
+
+
 def fold_batchnorm_into_deformconv(model: Any) -> int:
     """Fold inference ``BatchNormalization`` nodes into the ``DeformConv`` feeding them, in place.
 
@@ -62,8 +72,7 @@ def fold_batchnorm_into_deformconv(model: Any) -> int:
 
     graph = model.graph
     inits, consumers, outputs = _graph_maps(graph)
-    folded = 0
-    remove: list[Any] = []
+    remove: list[Any] = []  # one BN per fold
     for dcn in graph.node:
         if dcn.op_type != "DeformConv" or dcn.output[0] in outputs:
             continue
@@ -96,12 +105,7 @@ def fold_batchnorm_into_deformconv(model: Any) -> int:
         dcn.input.extend(inputs)
         dcn.output[0] = bn.output[0]  # the DCN now produces the BN's tensor
         remove.append(bn)
-        folded += 1
-    for node in remove:
-        graph.node.remove(node)
-    if folded:
-        _drop_unused_initializers(graph)
-    return folded
+    return _remove_nodes(graph, remove)
 
 
 def _split_sizes(split: Any, inits: dict[str, Any], producers: dict[str, Any],
@@ -131,8 +135,7 @@ def merge_offset_split(model: Any) -> int:
     graph = model.graph
     inits, consumers, outputs = _graph_maps(graph)
     producers = {o: n for n in graph.node for o in n.output}
-    merged = 0
-    remove: list[Any] = []
+    remove: list[Any] = []  # one Concat per merge
     for split in graph.node:
         if split.op_type != "Split" or len(split.output) != 3:
             continue
@@ -154,12 +157,7 @@ def merge_offset_split(model: Any) -> int:
                                     name=split.name, axis=axis)
         split.CopyFrom(new)
         remove.append(cat)
-        merged += 1
-    for node in remove:
-        graph.node.remove(node)
-    if merged:
-        _drop_unused_initializers(graph)
-    return merged
+    return _remove_nodes(graph, remove)
 
 
 def optimize_onnx(model: Any) -> dict[str, int]:
