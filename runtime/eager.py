@@ -125,18 +125,14 @@ def backbone_channels_last(module: nn.Module) -> list[str]:
 
 
 def _raw(net: nn.Module, inputs: Sequence[Tensor]) -> list[Tensor]:
-    """The raw (pre-post-processing) outputs of a runtime net, flattened."""
+    """The raw (pre-post-processing) outputs of a runtime net: a detector's ``forward_raw``
+    levels, or the net's own (flat, as ``DecoderIO``'s) outputs."""
     inner = getattr(net, "detector", None)
-    out = inner.forward_raw(*inputs) if inner is not None and hasattr(inner, "forward_raw") else net(*inputs)
-    flat: list[Tensor] = []
-    stack = [out]
-    while stack:
-        o = stack.pop()
-        if isinstance(o, Tensor):
-            flat.append(o)
-        elif isinstance(o, (list, tuple)):
-            stack.extend(reversed(o))
-    return flat
+    if inner is not None:
+        cls, reg, ctr = inner.forward_raw(*inputs)
+        return [*cls, *reg, *ctr]
+    out = net(*inputs)
+    return [out] if isinstance(out, Tensor) else list(out)
 
 
 def prepare_eager(net: nn.Module, example: Sequence[Tensor]) -> tuple[nn.Module, EagerReport]:
