@@ -20,7 +20,9 @@ largest size; the baseline: traced per size, since its dynamic graph only runs a
 it was traced at).
 The two sessions of a cell alternate in blocks (order swapped every block), so machine noise
 hits them alike; a figure is the median over blocks, and the ratio nasfcos / baseline is
-the target (<= 0.85).  ``--split-options`` adds the baseline graph run with nasfcos's session
+the target (<= 0.85), printed with a 95% bootstrap interval over the paired blocks (noise
+on this kind of machine moves single blocks by 10% or more: read the interval, not just the
+median).  ``--split-options`` adds the baseline graph run with nasfcos's session
 options, which separates what the export brings from what the session options bring.
 PyTorch eager (for the ``--eager`` genotypes): the reference interpreter's detector vs the
 compiled detector as written and as nasfcos's ``torch`` backend runs it
@@ -70,6 +72,13 @@ def _med(ts: list[float]) -> float:
     return round(statistics.median(ts), 1)
 
 
+def _interval(num: list[float], den: list[float]) -> list[float]:
+    """95% bootstrap interval of median(num) / median(den) over the paired blocks."""
+    from nasfcos.runtime.bench import median_ratio_interval
+
+    return [round(v, 3) for v in median_ratio_interval(num, den, paired=True)]
+
+
 def _eager(lm: Any, base: Any, image: torch.Tensor, blocks: int) -> dict[str, Any]:
     from nasfcos.runtime.eager import prepare_eager
     from nasfcos.runtime.runners import EAGER_CHECK_SIZE
@@ -91,6 +100,7 @@ def _eager(lm: Any, base: Any, image: torch.Tensor, blocks: int) -> dict[str, An
     med = {k: _med(v) for k, v in t.items()}
     return {"median_ms": med, "eager_preparation": report.to_dict(),
             "speedup": round(med["reference"] / med["nasfcos"], 3),
+            "speedup_95ci": _interval(t["reference"], t["nasfcos"]),
             "speedup_raw": round(med["reference raw"] / med["nasfcos raw"], 3),
             "speedup_compiled_as_written": round(med["reference"] / med["compiled"], 3)}
 
@@ -117,6 +127,7 @@ def _ort_cell(nasfcos_path: Path, base_path: Path, feed: np.ndarray, threads: in
     med = {k: _med(v) for k, v in t.items()}
     out = {"nasfcos_ms": med["nasfcos"], "baseline_ms": med["baseline"],
            "ratio": round(med["nasfcos"] / med["baseline"], 3),
+           "ratio_95ci": _interval(t["nasfcos"], t["baseline"]),
            "scores_max_abs_diff": float(np.abs(got[1] - want[1]).max()),
            "times_ms": {k: [round(x, 1) for x in v] for k, v in t.items()}}
     if tuned is not None:
@@ -219,18 +230,21 @@ def _print_genotype(name: str, res: dict[str, Any], first_size: int) -> None:
     print(f"\n{name}")
     if "eager" in res:
         e = res["eager"]
+        lo, hi = e["speedup_95ci"]
         print(f"  eager {first_size}: reference {e['median_ms']['reference']} ms, nasfcos "
-              f"{e['median_ms']['nasfcos']} ms -> {e['speedup']:.2f}x (target >= 1.6; compiled as written "
+              f"{e['median_ms']['nasfcos']} ms -> {e['speedup']:.2f}x "
+              f"(95% interval {lo:.2f}-{hi:.2f}; target >= 1.6; compiled as written "
               f"{e['median_ms']['compiled']} ms, {e['speedup_compiled_as_written']:.2f}x); "
               f"without post-processing {e['speedup_raw']:.2f}x; post-processing "
               f"{e['median_ms']['postprocess']} ms")
-    print(f"  {'ORT cell':<14} {'nasfcos ms':>10} {'baseline ms':>11} {'ratio':>6}"
-          "   (same session options: baseline ms, ratio)")
+    print(f"  {'ORT cell':<14} {'nasfcos ms':>10} {'baseline ms':>11} {'ratio':>6} "
+          f"{'95% interval':>13}   (same session options: baseline ms, ratio)")
     for cell, r in res["ort"].items():
         same = (f"   {r['baseline_nasfcos_options_ms']:.1f}, {r['ratio_same_options']:.3f}"
                 if "ratio_same_options" in r else "")
+        ci = "{:.3f}-{:.3f}".format(*r["ratio_95ci"])
         print(f"  {cell:<14} {r['nasfcos_ms']:>10.1f} {r['baseline_ms']:>11.1f} "
-              f"{r['ratio']:>6.3f}{same}")
+              f"{r['ratio']:>6.3f} {ci:>13}{same}")
     for label, prof in res.get("profile", {}).items():
         top = ", ".join(f"{op} {v['share']:.1%}" for op, v in list(prof.items())[:10])
         print(f"  profile {label}: {top}")

@@ -76,6 +76,32 @@ def latency_stats(times_ms: Sequence[float], batch: int = 1) -> dict[str, float]
             "fps": batch * 1000.0 / median if median > 0 else math.inf}
 
 
+def median_ratio_interval(num_ms: Sequence[float], den_ms: Sequence[float], *,
+                          paired: bool, level: float = 0.95, resamples: int = 2000,
+                          seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of ``median(num) / median(den)`` at confidence ``level``.
+
+    ``paired``: the i-th runs of both were timed together (alternating blocks), so runs are
+    resampled as pairs and noise the two shared cancels out of the spread; otherwise each
+    side is resampled on its own.  Percentile bootstrap with a fixed ``seed`` (repeatable).
+    """
+    a = np.asarray(num_ms, dtype=np.float64)
+    b = np.asarray(den_ms, dtype=np.float64)
+    if a.size == 0 or b.size == 0 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("need finite timings on both sides")
+    if paired and a.size != b.size:
+        raise ValueError(f"paired timings differ in length ({a.size} vs {b.size})")
+    if not 0 < level < 1 or resamples < 1:
+        raise ValueError("level must lie in (0, 1) and resamples be positive")
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, a.size, size=(resamples, a.size))
+    ib = ia if paired else rng.integers(0, b.size, size=(resamples, b.size))
+    ratios = np.median(a[ia], axis=1) / np.median(b[ib], axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def matmul_peak_gflops(threads: int | None = None, n: int = 2048,
                        seconds: float = 1.5) -> dict[str, float]:
     """fp32 matmul throughput of this machine (torch, ``threads`` threads): median GFLOP/s."""
@@ -478,13 +504,18 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     if bar is not None:
         bar.close()
     report["flops"] = flops
-    if cfg.baseline:  # nasfcos / baseline median time per size
-        med = {(r["backend"], tuple(r["size"])): r["median_ms"] for r in report["results"]
-               if r["status"] == "ok"}
-        report["baseline_ratio"] = {
-            f"{h}x{w}": round(med[("onnxruntime", (h, w))] / med[(BASELINE_BACKEND, (h, w))], 3)
-            for h, w in cfg.sizes if ("onnxruntime", (h, w)) in med
-            and (BASELINE_BACKEND, (h, w)) in med}
+    if cfg.baseline:  # nasfcos / baseline median time per size, with a 95% interval
+        runs = {(r["backend"], tuple(r["size"])): r["times_ms"] for r in report["results"]
+                if r["status"] == "ok"}
+        report["baseline_ratio"], report["baseline_ratio_95ci"] = {}, {}
+        for h, w in cfg.sizes:
+            ours, base = runs.get(("onnxruntime", (h, w))), runs.get((BASELINE_BACKEND, (h, w)))
+            if ours and base:  # timed one after the other, not interleaved: unpaired
+                key = f"{h}x{w}"
+                report["baseline_ratio"][key] = round(
+                    float(np.median(ours)) / float(np.median(base)), 3)
+                report["baseline_ratio_95ci"][key] = [
+                    round(v, 3) for v in median_ratio_interval(ours, base, paired=False)]
     return report
 
 
@@ -624,7 +655,7 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
                              weights=weights, threads=cfg.threads)
     try:
         row, ref_out = measure(ref_runner)
-        n_bytes = sum(p.numel() * p.element_size() for p in ref_runner.model.net.parameters())
+        n_bytes = ref_runner.param_bytes  # the model as written, not the folded copy
         rows.append({"backend": "torch", "precision": "fp32", "target": None,
                      "status": "ok", "file": str(path), "bytes": int(n_bytes), **row,
                      "agreement": _agreement(ref_out, ref_out)})
@@ -734,7 +765,10 @@ def markdown_table(report: dict[str, Any]) -> str:
     if report.get("baseline_ratio"):
         lines += ["", "onnxruntime / onnxruntime-baseline (the reference interpreter's detector, "
                   "plain export, default session options), median time: "
-                  + ", ".join(f"{k} {v:.2f}x" for k, v in report["baseline_ratio"].items())]
+                  + ", ".join(f"{k} {v:.2f}x" + (
+                      " (95% interval {:.2f}-{:.2f})".format(*report["baseline_ratio_95ci"][k])
+                      if k in report.get("baseline_ratio_95ci", {}) else "")
+                      for k, v in report["baseline_ratio"].items())]
     lines += ["", "| backend | size | runs | median | mean | p90 | p99 | min | std | FPS | "
               "GFLOP | GFLOP/s | of peak |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -805,5 +839,5 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
 
 __all__ = ["DEFAULT_SIZES", "PrecisionTableConfig", "precision_markdown", "run_precision_table",
            "BenchConfig", "count_flops", "default_backends", "latency_stats",
-           "markdown_table", "matmul_peak_gflops", "plot_report", "run_benchmark",
-           "write_report"]
+           "markdown_table", "matmul_peak_gflops", "median_ratio_interval", "plot_report",
+           "run_benchmark", "write_report"]

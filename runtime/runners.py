@@ -17,6 +17,7 @@ backends), ``run`` (launch on the staged inputs; asynchronous on GPU), ``synchro
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Sequence
@@ -160,9 +161,12 @@ class TorchRunner(Runner):
         if threads:
             torch.set_num_threads(int(threads))
         self.threads = torch.get_num_threads()
-        self.model = model if isinstance(model, LoadedModel) else load_model(
-            model, kind, seed=seed, weights=weights, **(overrides or {}))
+        owned = not isinstance(model, LoadedModel)
+        self.model = load_model(model, kind, seed=seed, weights=weights,
+                                **(overrides or {})) if owned else model
         self.net = self.model.net.to(device)
+        #: bytes of the parameters of the model as written (before any folding)
+        self.param_bytes = sum(p.numel() * p.element_size() for p in self.net.parameters())
         self.eager: dict[str, Any] = {"applied": False, "reason": "optimize=False"}
         if optimize:
             from nasfcos.runtime.eager import prepare_eager
@@ -170,6 +174,8 @@ class TorchRunner(Runner):
             example = [torch.from_numpy(a).to(device) for a in self.model.inputs(EAGER_CHECK_SIZE)]
             self.net, report = prepare_eager(self.net, example)
             self.eager = report.to_dict()
+            if report.applied and owned:  # one copy of the weights: drop the model as written
+                self.model = dataclasses.replace(self.model, net=self.net)
         self.kind = self.model.kind
         self.in_channels = self.model.in_channels
         self.input_names = list(self.model.input_names)

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from nasfcos.errors import NasfcosError
-from nasfcos.runtime.bench import BenchConfig, latency_stats, run_benchmark, write_report
+from nasfcos.runtime.bench import (
+    BenchConfig,
+    latency_stats,
+    median_ratio_interval,
+    run_benchmark,
+    write_report,
+)
 
 STAT_KEYS = ("median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "fps")
 
@@ -21,6 +27,28 @@ def test_latency_stats() -> None:
     assert s["fps"] == pytest.approx(2 * 1000 / 3.0)
     with pytest.raises(ValueError):
         latency_stats([])
+
+
+def test_median_ratio_interval() -> None:
+    rng = np.random.default_rng(1)
+    base = 100 + rng.normal(0, 10, 21)  # noisy blocks
+    # paired: a run 0.8x its partner in every block -> the shared noise cancels exactly
+    lo, hi = median_ratio_interval(0.8 * base, base, paired=True)
+    assert lo == pytest.approx(0.8) and hi == pytest.approx(0.8)
+    # unpaired: the same data spreads, and the interval holds the point estimate
+    lo, hi = median_ratio_interval(0.8 * base, base, paired=False)
+    assert lo < 0.8 < hi and hi - lo > 0.05
+    point = np.median(0.9 * base[:7]) / np.median(base)
+    lo, hi = median_ratio_interval(0.9 * base[:7], base, paired=False)
+    assert lo <= point <= hi
+    assert median_ratio_interval(base, base, paired=False, seed=3) == median_ratio_interval(
+        base, base, paired=False, seed=3)  # repeatable
+    for bad in (dict(num_ms=[], den_ms=[1.0], paired=False),
+                dict(num_ms=[1.0, float("nan")], den_ms=[1.0, 1.0], paired=True),
+                dict(num_ms=[1.0, 2.0], den_ms=[1.0], paired=True),
+                dict(num_ms=[1.0], den_ms=[1.0], paired=True, level=1.0)):
+        with pytest.raises(ValueError):
+            median_ratio_interval(**bad)
 
 
 @pytest.mark.slow

@@ -127,6 +127,19 @@ def test_torch_runner_prepares_unless_told_not_to(tiny_detector_file: Path) -> N
         assert abs(a.astype("float64") - b.astype("float64")).max() < 1e-3
 
 
+def test_torch_runner_keeps_one_copy_of_the_weights(tiny_detector_file: Path) -> None:
+    """A runner that loaded the file itself drops the model as written once the folded copy
+    passed its check; a LoadedModel handed in is left as it is (the caller owns it)."""
+    own = TorchRunner(tiny_detector_file, kind="detector")
+    assert own.eager["applied"] and own.model.net is own.net
+    written = load_model(tiny_detector_file, "detector", seed=0)
+    assert own.param_bytes == sum(p.numel() * p.element_size() for p in written.net.parameters())
+    assert own.param_bytes > sum(p.numel() * p.element_size() for p in own.net.parameters())
+    handed = TorchRunner(written)
+    assert handed.eager["applied"] and written.net is not handed.net
+    assert handed.model is written
+
+
 def test_paper_genotype_detector_backbone_folds_all_frozen_batchnorms(tmp_path: Path) -> None:
     """Every FrozenBatchNorm of torchvision's ResNet follows its conv in registration order."""
     path = tmp_path / "model.py"

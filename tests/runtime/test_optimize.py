@@ -182,4 +182,6 @@ def test_bench_baseline_row_and_ratio(tiny_detector) -> None:
     ratio = report["baseline_ratio"]["256x256"]
     assert ratio == pytest.approx(rows["onnxruntime"]["median_ms"]
                                   / rows[BASELINE_BACKEND]["median_ms"], abs=1e-3)
+    lo, hi = report["baseline_ratio_95ci"]["256x256"]
+    assert lo <= ratio <= hi
     assert "onnxruntime-baseline" in markdown_table(report)
