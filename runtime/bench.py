@@ -82,8 +82,10 @@ def median_ratio_interval(num_ms: Sequence[float], den_ms: Sequence[float], *,
     """Bootstrap interval of ``median(num) / median(den)`` at confidence ``level``.
 
     ``paired``: the i-th runs of both were timed together (alternating blocks), so runs are
-    resampled as pairs and noise the two shared cancels out of the spread; otherwise each
-    side is resampled on its own.  Percentile bootstrap with a fixed ``seed`` (repeatable).
+    resampled as pairs (a slow phase of the machine enters both medians of a resample
+    together); otherwise each side is resampled on its own, and the interval only reflects
+    the spread within each series, not drift between two series timed at different times.
+    Percentile bootstrap with a fixed ``seed`` (repeatable).
     """
     a = np.asarray(num_ms, dtype=np.float64)
     b = np.asarray(den_ms, dtype=np.float64)
@@ -510,7 +512,9 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
         report["baseline_ratio"], report["baseline_ratio_95ci"] = {}, {}
         for h, w in cfg.sizes:
             ours, base = runs.get(("onnxruntime", (h, w))), runs.get((BASELINE_BACKEND, (h, w)))
-            if ours and base:  # timed one after the other, not interleaved: unpaired
+            # timed one after the other, not interleaved: unpaired, and machine drift between
+            # the two cells is not in the interval (benchmarks/runtime_speed.py alternates)
+            if ours and base:
                 key = f"{h}x{w}"
                 report["baseline_ratio"][key] = round(
                     float(np.median(ours)) / float(np.median(base)), 3)
@@ -766,7 +770,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines += ["", "onnxruntime / onnxruntime-baseline (the reference interpreter's detector, "
                   "plain export, default session options), median time: "
                   + ", ".join(f"{k} {v:.2f}x" + (
-                      " (95% interval {:.2f}-{:.2f})".format(*report["baseline_ratio_95ci"][k])
+                      " (95% interval of the spread within each cell {:.2f}-{:.2f})".format(
+                          *report["baseline_ratio_95ci"][k])
                       if k in report.get("baseline_ratio_95ci", {}) else "")
                       for k, v in report["baseline_ratio"].items())]
     lines += ["", "| backend | size | runs | median | mean | p90 | p99 | min | std | FPS | "

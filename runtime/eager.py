@@ -12,14 +12,16 @@ function faster on CPU, without touching the source or the state_dict layout of 
   ``nn.Identity``.  GroupNorm (the head's) depends on the input and is left alone.
 * **channels_last backbone**: the backbone (a submodule named ``backbone``) runs in
   ``torch.channels_last`` memory format, MKL-DNN's native layout, so its convolutions skip the
-  layout reorders around every call.  Its feature maps go to the decoder as they are: the
-  decoder's convolutions then stay in channels_last too, and no level is copied back to NCHW
+  layout reorders around every call.  Its feature maps go to the decoder as they are (the
+  decoder's first layers take them in channels_last), so no level is copied back to NCHW
   (c2, 256 x H/4 x W/4, which most genotypes never read, cost 33 ms at 800 px).  Memory
   format changes strides, not values, and the parity check below covers the decoder.
 
 Pairing by registration order is a heuristic, so the result is verified: the prepared copy
 and the original run on one seeded example and every raw output must agree to float32
-rounding, else the original is kept and the reason is reported (:class:`EagerReport`).
+rounding.  A copy that fails or disagrees is retried with BatchNorms folded only (no
+channels_last); if that fails too the original is kept, and the reason is reported
+(:class:`EagerReport`).
 """
 
 from __future__ import annotations
@@ -128,41 +130,64 @@ def _raw(net: nn.Module, inputs: Sequence[Tensor]) -> list[Tensor]:
     return [out] if isinstance(out, Tensor) else list(out)
 
 
-def prepare_eager(net: nn.Module, example: Sequence[Tensor]) -> tuple[nn.Module, EagerReport]:
-    """A faster copy of the eval-mode ``net`` for inference, checked on ``example`` (one seeded
-    input per model input); returns ``(net to run, report)``.  On any parity failure the
-    original ``net`` is returned, with the reason in the report."""
-    report = EagerReport()
-    if net.training:
-        report.reason = "module in training mode"
-        return net, report
-    fast = copy.deepcopy(net)
-    report.folded = fold_batchnorms(fast)
-    report.channels_last = backbone_channels_last(fast)
-    try:
-        # full float32 for the comparison (CUDA's TF32 convolutions alone differ by ~1e-3)
-        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            want, got = _raw(net, example), _raw(fast, example)
-    except Exception as exc:  # noqa: BLE001 - any failure of the copy: run the model as written
-        report.folded, report.channels_last = 0, []
-        report.reason = f"the inference copy failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
-        return net, report
+def _mismatch(want: list[Tensor], got: list[Tensor]) -> tuple[float, str]:
+    """(largest difference relative to each output's magnitude, reason if over tolerance)."""
     if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got, strict=False)):
-        report.folded, report.channels_last = 0, []
-        report.reason = "outputs changed shape"
-        return net, report
+        return float("inf"), "outputs changed shape"
     worst = 0.0
     for a, b in zip(want, got, strict=True):
         scale = float(a.abs().max()) if a.numel() else 0.0
         diff = float((a - b).abs().max()) if a.numel() else 0.0
         if diff != diff:  # NaN
-            worst = float("inf")
-            break
+            return float("inf"), "outputs differ (NaN)"
         worst = max(worst, diff / max(scale, 1e-6))
-    report.max_rel_diff = worst
     if worst > PARITY_RTOL:
-        report.reason = f"outputs differ by {worst:.2e} of their magnitude (> {PARITY_RTOL:g})"
-        report.folded, report.channels_last = 0, []
+        return worst, f"outputs differ by {worst:.2e} of their magnitude (> {PARITY_RTOL:g})"
+    return worst, ""
+
+
+def prepare_eager(net: nn.Module, example: Sequence[Tensor]) -> tuple[nn.Module, EagerReport]:
+    """A faster copy of the eval-mode ``net`` for inference, checked on ``example`` (one seeded
+    input per model input); returns ``(net to run, report)``.
+
+    The copy with BatchNorms folded and a channels_last backbone is tried first; if it fails or
+    disagrees, the copy with BatchNorms folded only (a module that cannot take channels_last
+    input, e.g. a ``view`` of a strided map); if that fails too, the original ``net`` is
+    returned.  The report says what was applied, or why nothing was.
+    """
+    report = EagerReport()
+    if net.training:
+        report.reason = "module in training mode"
         return net, report
-    report.applied = True
-    return fast, report
+    # full float32 for the comparison (CUDA's TF32 convolutions alone differ by ~1e-3)
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        try:
+            want = _raw(net, example)
+        except Exception as exc:  # noqa: BLE001 - nothing to compare against: run as written
+            report.reason = (f"the model as written failed on the check input "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+            return net, report
+        reasons = []
+        for channels_last in (True, False):
+            fast = copy.deepcopy(net)
+            folded = fold_batchnorms(fast)
+            layout = backbone_channels_last(fast) if channels_last else []
+            if channels_last and not layout:
+                continue  # no backbone: the second attempt is the same copy
+            try:
+                got = _raw(fast, example)
+            except Exception as exc:  # noqa: BLE001 - any failure of the copy: try less, or fall back
+                reasons.append(f"the inference copy failed ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:160]})")
+                continue
+            worst, reason = _mismatch(want, got)
+            report.max_rel_diff = worst
+            if reason:
+                reasons.append(reason)
+                continue
+            report.applied, report.folded, report.channels_last = True, folded, layout
+            report.max_rel_diff = worst
+            report.reason = f"channels_last skipped: {reasons[0]}" if reasons else ""
+            return fast, report
+    report.reason = "; ".join(dict.fromkeys(reasons))
+    return net, report

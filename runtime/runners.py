@@ -140,7 +140,9 @@ class TorchRunner(Runner):
     ``optimize`` (default): run the inference copy of :func:`nasfcos.runtime.eager.prepare_eager`
     (BatchNorms folded into their convs, channels_last backbone; parity-checked on a seeded
     example, else the model as written runs).  ``optimize=False`` runs the module exactly as
-    the file builds it (the reference of ``check``).
+    the file builds it (the reference of ``check``).  When the runner loaded the file itself and
+    the copy is used, ``model.net`` is that copy (one set of weights in memory; its state_dict
+    differs from the file's): use ``optimize=False`` for the model as written.
     """
 
     backend = "torch"

@@ -173,11 +173,45 @@ class _Net(nn.Module):
         return self.backbone(x.transpose(2, 3).transpose(2, 3))
 
 
-def test_failing_copy_falls_back_to_the_model_as_written() -> None:
+def test_a_backbone_that_cannot_take_channels_last_keeps_the_folding() -> None:
     net = _Net().eval()
+    x = torch.rand(1, 3, 8, 8)
+    fast, report = prepare_eager(net, [x])
+    assert fast is not net and report.applied and report.channels_last == []
+    assert report.reason.startswith("channels_last skipped: the inference copy failed")
+    with torch.inference_mode():
+        assert torch.equal(fast(x), net(x))
+
+
+class _NeedsItsBatchNorm(nn.Module):
+    """Fails once its BatchNorm is folded away (so every prepared copy fails)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.bn, nn.BatchNorm2d):
+            raise RuntimeError("folded")
+        return self.bn(self.conv(x))
+
+
+def test_failing_copy_falls_back_to_the_model_as_written() -> None:
+    net = nn.Sequential()
+    net.add_module("backbone", _NeedsItsBatchNorm())
+    net.eval()
     fast, report = prepare_eager(net, [torch.rand(1, 3, 8, 8)])
     assert fast is net and not report.applied
-    assert "inference copy failed" in report.reason and report.channels_last == []
+    assert report.reason == "the inference copy failed (RuntimeError: folded)"
+    assert report.channels_last == [] and report.folded == 0
+
+
+def test_a_model_that_fails_on_the_check_input_runs_as_written() -> None:
+    net = _Net().eval()
+    fast, report = prepare_eager(net, [torch.rand(1, 3, 8)])  # 3-d: the conv rejects it
+    assert fast is net and not report.applied
+    assert report.reason.startswith("the model as written failed on the check input")
 
 
 def test_batchnorm_without_affine_terms_is_not_folded() -> None:
