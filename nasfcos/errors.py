@@ -22,3 +22,10 @@ class BackendUnavailable(NasfcosError):
 
 class CacheError(NasfcosError):
     """A feature cache, checkpoint or archive is missing, corrupt or mismatched."""
+
+
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """The first line of ``exc``'s message (its type name when the message is empty), cut to
+    ``limit`` characters: the text of a one-line error built from another exception."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line if limit is None else line[:limit]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import NasfcosError, first_line
 from nasfcos.io import regular_file
 
 
@@ -25,7 +25,7 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        line = first_line(exc)
         raise NasfcosError(f"{path}: not a readable PyTorch weights file ({line})") from exc
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         state = obj["model"]

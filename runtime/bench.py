@@ -507,19 +507,18 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
         bar.close()
     report["flops"] = flops
     if cfg.baseline:  # nasfcos / baseline median time per size, with a 95% interval
-        runs = {(r["backend"], tuple(r["size"])): r["times_ms"] for r in report["results"]
+        rows = {(r["backend"], tuple(r["size"])): r for r in report["results"]
                 if r["status"] == "ok"}
         report["baseline_ratio"], report["baseline_ratio_95ci"] = {}, {}
         for h, w in cfg.sizes:
-            ours, base = runs.get(("onnxruntime", (h, w))), runs.get((BASELINE_BACKEND, (h, w)))
+            ours, base = rows.get(("onnxruntime", (h, w))), rows.get((BASELINE_BACKEND, (h, w)))
             # timed one after the other, not interleaved: unpaired, and machine drift between
             # the two cells is not in the interval (benchmarks/runtime_speed.py alternates)
             if ours and base:
                 key = f"{h}x{w}"
-                report["baseline_ratio"][key] = round(
-                    float(np.median(ours)) / float(np.median(base)), 3)
-                report["baseline_ratio_95ci"][key] = [
-                    round(v, 3) for v in median_ratio_interval(ours, base, paired=False)]
+                report["baseline_ratio"][key] = round(ours["median_ms"] / base["median_ms"], 3)
+                report["baseline_ratio_95ci"][key] = [round(v, 3) for v in median_ratio_interval(
+                    ours["times_ms"], base["times_ms"], paired=False)]
     return report
 
 

@@ -35,6 +35,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from nasfcos.errors import first_line
+
 #: Relative tolerance of the parity check (of each output's largest magnitude).
 PARITY_RTOL = 1e-4
 
@@ -108,14 +110,18 @@ def _to_channels_last(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
                  else a for a in args)
 
 
+def _backbones(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The submodules named ``backbone``, with their qualified names."""
+    return [(name, m) for name, m in module.named_modules() if name.split(".")[-1] == "backbone"]
+
+
 def backbone_channels_last(module: nn.Module) -> list[str]:
     """Run every submodule named ``backbone`` in channels_last (in place); returns their names."""
     done = []
-    for name, m in module.named_modules():
-        if name.split(".")[-1] == "backbone":
-            m.to(memory_format=torch.channels_last)
-            m.register_forward_pre_hook(_to_channels_last)
-            done.append(name)
+    for name, m in _backbones(module):
+        m.to(memory_format=torch.channels_last)
+        m.register_forward_pre_hook(_to_channels_last)
+        done.append(name)
     return done
 
 
@@ -128,6 +134,10 @@ def _raw(net: nn.Module, inputs: Sequence[Tensor]) -> list[Tensor]:
         return [*cls, *reg, *ctr]
     out = net(*inputs)
     return [out] if isinstance(out, Tensor) else list(out)
+
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {first_line(exc, 160)}"
 
 
 def _mismatch(want: list[Tensor], got: list[Tensor]) -> tuple[float, str]:
@@ -164,21 +174,18 @@ def prepare_eager(net: nn.Module, example: Sequence[Tensor]) -> tuple[nn.Module,
         try:
             want = _raw(net, example)
         except Exception as exc:  # noqa: BLE001 - nothing to compare against: run as written
-            report.reason = (f"the model as written failed on the check input "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+            report.reason = f"the model as written failed on the check input ({_failure(exc)})"
             return net, report
         reasons = []
-        for channels_last in (True, False):
+        # with a backbone: channels_last + folding, then folding only; without: folding only
+        for channels_last in (True, False) if _backbones(net) else (False,):
             fast = copy.deepcopy(net)
             folded = fold_batchnorms(fast)
             layout = backbone_channels_last(fast) if channels_last else []
-            if channels_last and not layout:
-                continue  # no backbone: the second attempt is the same copy
             try:
                 got = _raw(fast, example)
             except Exception as exc:  # noqa: BLE001 - any failure of the copy: try less, or fall back
-                reasons.append(f"the inference copy failed ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:160]})")
+                reasons.append(f"the inference copy failed ({_failure(exc)})")
                 continue
             worst, reason = _mismatch(want, got)
             report.max_rel_diff = worst
@@ -186,7 +193,6 @@ def prepare_eager(net: nn.Module, example: Sequence[Tensor]) -> tuple[nn.Module,
                 reasons.append(reason)
                 continue
             report.applied, report.folded, report.channels_last = True, folded, layout
-            report.max_rel_diff = worst
             report.reason = f"channels_last skipped: {reasons[0]}" if reasons else ""
             return fast, report
     report.reason = "; ".join(dict.fromkeys(reasons))

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
 from nasfcos.runtime.models import (
     DECODER_INPUTS,
     DETECTOR_INPUTS,
@@ -260,7 +260,7 @@ class TorchCompileRunner(TorchRunner):
                 raise gn from None
             if not first:
                 raise
-            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            line = first_line(exc)
             raise BackendUnavailable(f"torch-compile: compilation failed ({line})") from exc
         if first:
             if self.device.startswith("cuda"):
@@ -344,7 +344,7 @@ class OrtRunner(Runner):
                                                optimized_path=optimized_path),
                 providers=providers)
         except Exception as exc:
-            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            line = first_line(exc, 300)
             raise NasfcosError(f"{path}: ONNX Runtime cannot load it ({line})") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]

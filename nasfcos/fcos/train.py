@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from nasfcos.errors import CacheError, NasfcosError
+from nasfcos.errors import CacheError, NasfcosError, first_line
 from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, has_split, resolve_split
 from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
 from nasfcos.fcos.losses import FcosConfig, fcos_losses, regression_units
@@ -441,7 +441,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc, None)
         raise CacheError(f"{path}: not a readable checkpoint ({first[:160]})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CacheError(f"{path}: not a nasfcos training checkpoint")
@@ -542,7 +542,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             torch.set_rng_state(ckpt["rng"])
             start = int(ckpt["iter"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc, None)
             raise CacheError(f"{ckpt_path}: checkpoint does not fit this run ({first[:160]})") from None
         if start >= total:
             raise NasfcosError(f"{ckpt_path}: already at iteration {start} of {total}")
