@@ -77,6 +77,12 @@ TRT_API: tuple[str, ...] = (
     "IOutputAllocator.notify_shape")
 
 
+#: The one-line reason when the ``tensorrt`` package is missing.
+TRT_MISSING = ("tensorrt: the TensorRT Python package is not installed (pip install -e '.[trt]', "
+               "'.[trt-volta]' on a V100, on a machine with an NVIDIA GPU; nasfcos doctor says "
+               "which)")
+
+
 def trt_version(trt: ModuleType) -> tuple[int, int]:
     """(major, minor) of an imported ``tensorrt`` module."""
     nums = [int(v) for v in re.findall(r"\d+", str(getattr(trt, "__version__", "")))[:2]]
@@ -92,7 +98,7 @@ def check_version(trt: ModuleType) -> tuple[int, int]:
     lo = ".".join(map(str, MIN_TRT_VERSION))
     if version < MIN_TRT_VERSION:
         raise BackendUnavailable(f"tensorrt: version {trt.__version__} is too old (need >= {lo},"
-                                 f" < {MAX_TRT_MAJOR}: pip install 'nasfcos[trt]')")
+                                 f" < {MAX_TRT_MAJOR}: pip install -e '.[trt]')")
     if version[0] >= MAX_TRT_MAJOR:
         raise BackendUnavailable(f"tensorrt: version {trt.__version__} is newer than this "
                                  f"nasfcos supports (>= {lo}, < {MAX_TRT_MAJOR})")
@@ -164,9 +170,7 @@ def require_tensorrt(*, need_gpu: bool = True) -> ModuleType:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendUnavailable("tensorrt: the TensorRT Python package is not installed "
-                                 "(pip install 'nasfcos[trt]' on a machine with an NVIDIA "
-                                 "GPU)") from exc
+        raise BackendUnavailable(TRT_MISSING) from exc
     check_version(trt)
     if need_gpu and not cuda.available():
         raise BackendUnavailable("tensorrt: no CUDA GPU available "
