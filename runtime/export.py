@@ -356,6 +356,8 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
         raise NasfcosError("exported graph has unexpected input/output names "
                            f"{[i['name'] for i in ins]} -> {[o['name'] for o in outs]}")
     ops = Counter(n.op_type for n in proto.graph.node)
+    from nasfcos.runtime.trt import tensorrt_parser_record
+
     base = out.resolve().parent  # manifests name files relative to themselves
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
@@ -381,7 +383,8 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                    "graph_passes": passes,
                    "exporter": "torch.onnx.export(dynamo=True)",
                    "ir_version": proto.ir_version,
-                   "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node)},
+                   "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node),
+                   "tensorrt": tensorrt_parser_record(proto)},
         "tools": tool_versions(),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

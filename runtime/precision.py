@@ -483,9 +483,11 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
         if isinstance(source.get(key), str) and not Path(source[key]).is_absolute():
             source[key] = os.path.relpath((src.resolve().parent / source[key]).resolve(),
                                           out.resolve().parent)
+    from nasfcos.runtime.trt import tensorrt_parser_record
+
     new.setdefault("export", {}).update(
         {"ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
-         "nodes": len(model.graph.node)})
+         "nodes": len(model.graph.node), "tensorrt": tensorrt_parser_record(model)})
     atomic_write_bytes(out, data)
     atomic_write_json(manifest_path_for(out), new)
     return new
