@@ -3,7 +3,8 @@
 Every value a user types is checked here, while the arguments are parsed, before any work
 starts: numbers (positive, non-negative, finite, in range), sizes (``HxW``; a single number
 means square), widths, devices, seed ranges, opsets, input files (regular files only: a FIFO
-or device would block) and output paths (writable, not a directory, not under a file).
+or device would block) and output paths (writable by a probe write, not a directory, not under
+a file; an output folder is locked for the run).
 A bad value becomes argparse's one-line ``nasfcos VERB: error: argument --flag: ...``
 (exit 2).  These functions import nothing heavy at module level.
 """
@@ -212,10 +213,14 @@ def output_file(text: str) -> str:
 
 
 def output_dir(text: str) -> str:
-    """A folder to write into: an existing writable folder, or one that can be created."""
-    from nasfcos.io import writable_path
+    """A folder to write into: an existing writable folder, or one that can be created.  The
+    folder is owned by this run from here on (:func:`nasfcos.io.claim_folder`): a second run
+    naming it fails at once, naming the owner."""
+    from nasfcos.io import claim_folder, writable_path
 
-    return _as_arg_error(lambda: writable_path(text, directory=True))
+    path = _as_arg_error(lambda: writable_path(text, directory=True))
+    claim_folder(path)
+    return path
 
 
 def genotype_arg(text: str) -> str:
