@@ -88,6 +88,26 @@ non_negative_float = float_range(0.0)
 finite_float = float_range()
 
 
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's count)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads(text: str) -> int:
+    """A thread count: 1 up to the CPUs this process may use (more only oversubscribes the
+    machine; 10000 threads left a bench running for minutes at a load in the thousands)."""
+    n = cpu_count()
+    v = _int(text)
+    if not 1 <= v <= n:
+        raise _ArgError(f"expected 1..{n} threads (this machine lets the process use {n} CPUs), got {v}")
+    return v
+
+
 def seed(text: str) -> int:
     """A seed: an integer in 0..2**32-1 (numpy's range)."""
     return int_range(0, 2**32 - 1)(text)
@@ -273,7 +293,7 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
 
 def add_threads(p: argparse.ArgumentParser, default: int | None = None) -> None:
     """``--threads N``: CPU threads (intra-op) for every backend."""
-    p.add_argument("--threads", type=positive_int, default=default, metavar="N",
+    p.add_argument("--threads", type=threads, default=default, metavar="N",
                    help="CPU threads" + (f" (default {default})" if default else ""))
 
 
@@ -328,9 +348,9 @@ def add_calibration(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, ima
                    help=method_help)
 
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json",
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json", "cpu_count",
            "add_num_classes", "add_output", "add_quiet", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int", "num_classes",
            "opset", "output_dir", "output_file", "positive_float", "positive_int", "seed",
-           "seed_range", "size_hw", "size_list", "width"]
+           "seed_range", "size_hw", "size_list", "threads", "width"]

@@ -168,3 +168,29 @@ def test_lock_errors_are_nasfcos_errors(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("verb", [["bench"], ["check"], ["search", "latency-table"], ["demo"]])
+def test_threads_are_bounded_by_the_cpu_count(verb: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from nasfcos.cli.args import cpu_count
+
+    assert main([*verb, "--threads", "10000", "m.py"]) == 2
+    err = _one_line(capsys.readouterr().err, verb[0])
+    assert f"expected 1..{cpu_count()} threads" in err, err
+
+
+def test_a_folder_named_like_the_manifest_is_refused_before_the_export(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.py"
+    assert main(["compile", "nas_fcos_fpn", "-o", str(model), "--fpn-channels", "32"]) == 0
+    (tmp_path / "m.onnx.json").mkdir()
+    capsys.readouterr()
+    assert main(["export", str(model), "-o", str(tmp_path / "m.onnx"), "--size", "64", "-q"]) == 2
+    assert "m.onnx.json: is a directory" in _one_line(capsys.readouterr().err, "export")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_resume_of_a_missing_search_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "--out", str(tmp_path / "nope"), "--resume"]) == 2
+    assert "nope: no such search folder to resume" in _one_line(capsys.readouterr().err, "search")
+    assert list(tmp_path.iterdir()) == []

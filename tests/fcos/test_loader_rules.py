@@ -72,3 +72,18 @@ def test_search_checkpoint_fields_are_checked(state: dict[str, Any], message: st
     with pytest.raises(CacheError) as info:
         load_checkpoint(tmp_path / "checkpoint.pt")
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_nan_backbone_weights_are_named_not_blamed_on_the_learning_rate(
+        tiny_model: Path, synth64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nasfcos.fcos.train import backbone_state_dict
+    from nasfcos.modelfile import load_model_file
+
+    state = backbone_state_dict(load_model_file(tiny_model).build(num_classes=5))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    torch.save(state, tmp_path / "trunk.pt")
+    assert cli(["train", str(tiny_model), "--data", str(synth64), "--out", str(tmp_path / "r"), "--iters", "1",
+                "--backbone-weights", str(tmp_path / "trunk.pt"), "--no-progress", "--no-eval"]) == 2
+    err = _err(capsys, "train")
+    assert "trunk.pt" in err and "non-finite" in err and "--lr" not in err, err
