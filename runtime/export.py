@@ -25,7 +25,13 @@ from typing import Any
 import torch
 
 from nasfcos.errors import NasfcosError
-from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from nasfcos.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_bytes,
+    sha256_file,
+    writable_path,
+)
 from nasfcos.runtime.models import LoadedModel, load_model
 from nasfcos.runtime.optimize import optimize_onnx
 from nasfcos.runtime.precision import PrecisionOptions, calibration_files, lower_precision
@@ -248,6 +254,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
     out = Path(out)
     if out.suffix != ".onnx":
         raise NasfcosError(f"{out}: the output file must end in .onnx")
+    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
     prec = opts.precision or PrecisionOptions()
     prec.validate()
     if prec.precision == "int8":

@@ -439,7 +439,7 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
 
     import onnx
 
-    from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes
+    from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, writable_path
     from nasfcos.runtime.export import (
         check_onnx,
         graph_io,
@@ -453,6 +453,7 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
         raise NasfcosError(f"{out}: the output file must end in .onnx")
     if src.resolve() == out.resolve():
         raise NasfcosError(f"{out}: would overwrite the fp32 source; pick another -o")
+    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
     opts.validate()
     man = load_manifest(src)
     have = manifest_precision(man)
