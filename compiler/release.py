@@ -137,7 +137,7 @@ def release_target(config: str) -> ReleaseTarget:
         return ReleaseTarget(name, str(config), cfg.genotype, opts, known.coco_ap if known else None)
     name = RELEASE_ALIASES.get(config, config)
     if name not in RELEASE_MODELS:
-        raise NasfcosError(f"--config: unknown release config {config!r} (expected one of: "
+        raise NasfcosError(f"config: unknown release config {config!r} (expected one of: "
                            f"{', '.join(RELEASE_MODELS)}, a *_densebox name, or a release .yaml file)")
     m = RELEASE_MODELS[name]
     opts = CompileOptions(fpn_channels=RELEASE_WIDTH, num_classes=RELEASE_CLASSES, detector=True,

@@ -22,11 +22,6 @@ from nasfcos.errors import NasfcosError
 MAX_SIDE = 8192
 #: Smallest image side: the coarsest FPN level (stride 128) needs at least one cell.
 MIN_SIDE = 32
-#: Largest decoder width a width flag accepts.
-MAX_WIDTH = 4096
-#: Most classes a ``--num-classes`` flag accepts.
-MAX_CLASSES = 100_000
-
 _ArgError = argparse.ArgumentTypeError
 
 
@@ -119,14 +114,27 @@ def size_list(text: str) -> list[tuple[int, int]]:
     return [size_hw(p) for p in parts]
 
 
+def _by_rule(rule: Callable[[int, str], int], text: str) -> int:
+    """An integer checked by an option object's rule ``rule(value, field)``; the field name
+    is dropped from its message (argparse names the flag)."""
+    try:
+        return rule(_int(text), "value")
+    except NasfcosError as exc:
+        raise _ArgError(str(exc).removeprefix("value: ")) from None
+
+
 def width(text: str) -> int:
-    """A decoder width (FPN or head channels): even (the deformable convolutions use two
-    offset groups, which split the channels in halves) and in 2..4096."""
-    v = int_range(2, MAX_WIDTH)(text)
-    if v % 2:
-        raise _ArgError(f"{v} is odd: widths must be even (deformable convolutions use two "
-                        "offset groups)")
-    return v
+    """A decoder width (FPN or head channels): ``CompileOptions``' rule (even, 2..4096)."""
+    from nasfcos.compiler.options import check_width
+
+    return _by_rule(check_width, text)
+
+
+def num_classes(text: str) -> int:
+    """A class count: ``CompileOptions``' rule (1..10000)."""
+    from nasfcos.compiler.options import check_num_classes
+
+    return _by_rule(check_num_classes, text)
 
 
 def seed_range(text: str) -> list[int]:
@@ -283,8 +291,8 @@ def add_widths(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, fpn_help
 
 def add_num_classes(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, *,
                     default: int | None = 80, metavar: str | None = None) -> None:
-    """``--num-classes K``: foreground classes, 1..``MAX_CLASSES``."""
-    p.add_argument("--num-classes", type=int_range(1, MAX_CLASSES), default=default, metavar=metavar,
+    """``--num-classes K``: foreground classes (:func:`num_classes`)."""
+    p.add_argument("--num-classes", type=num_classes, default=default, metavar=metavar,
                    help=help)
 
 
@@ -315,9 +323,9 @@ def add_calibration(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, ima
                    help=method_help)
 
 
-__all__ = ["MAX_CLASSES", "MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json",
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json",
            "add_num_classes", "add_output", "add_quiet", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
-           "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int",
+           "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int", "num_classes",
            "opset", "output_dir", "output_file", "positive_float", "positive_int", "seed",
            "seed_range", "size_hw", "size_list", "width"]

@@ -380,9 +380,9 @@ def eval_main(argv: list[str]) -> int:
                      input_size=args.input_size)
     model_k = args.num_classes or meta.get("num_classes")
     if model_k is None and path.suffix == ".py":
-        from nasfcos.modelfile import load_model_file
+        from nasfcos.modelfile import ModelInfo, load_model_file
 
-        model_k = getattr(load_model_file(path), "NUM_CLASSES", None)
+        model_k = ModelInfo.from_module(load_model_file(path)).num_classes
     metrics = evaluate(runner, data=args.data, split=args.split, ann=args.ann, images=args.images,
                        cfg=cfg, progress=sys.stderr.isatty() and not args.quiet,
                        max_images=args.max_images, model_cat_ids=meta.get("cat_ids"),

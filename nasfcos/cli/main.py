@@ -32,6 +32,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "predict": ("nasfcos.cli.predict_cmd", "main", "detect objects in images (JSON + drawn boxes)"),
     "search": ("nasfcos.cli.search_cmds", "main", "NAS search (and: cache, eval, top)"),
     "demo": ("nasfcos.cli.demo", "main", "the main job on the shipped paper genotype"),
+    "doctor": ("nasfcos.cli.doctor_cmd", "main", "what this machine can run (CPU, GPUs, CUDA, TensorRT)"),
 }
 
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Sampler
 from nasfcos.errors import CacheError, NasfcosError, first_line
 from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, has_split, resolve_split
 from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
-from nasfcos.fcos.losses import FcosConfig, fcos_losses, regression_units
+from nasfcos.fcos.losses import FcosConfig, fcos_losses
 from nasfcos.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -44,7 +44,7 @@ from nasfcos.io import (
     sha256_bytes,
     sha256_file,
 )
-from nasfcos.modelfile import RawForward, load_model_file, model_code_guard
+from nasfcos.modelfile import ModelInfo, RawForward, load_model_file, model_code_guard
 from nasfcos.weights import check_finite_state
 
 LOSS_KEYS = ("cls", "box", "ctr")
@@ -299,7 +299,7 @@ def _mean_over_ranks(values: torch.Tensor, d: _Dist) -> torch.Tensor:
 def build_detector(module: Any, num_classes: int, **overrides: Any) -> nn.Module:
     """The ``Detector`` of a loaded model file with ``num_classes`` outputs (through the
     file's ``build`` factory; Contract 2)."""
-    if not hasattr(module, "Detector"):
+    if ModelInfo.from_module(module).kind != "detector":
         raise NasfcosError("the model file has no Detector: compile it with --detector")
     with model_code_guard(getattr(module, "__file__", None) or "model file"):
         return module.build(num_classes=num_classes, **overrides)
@@ -314,13 +314,6 @@ def resolve_backbone_weights(name_or_path: str) -> Path:
     if not path.is_file():
         raise NasfcosError(f"{name_or_path}: no such backbone weights file")
     return path
-
-
-def _regression_units(module: Any, path: str) -> str:
-    try:
-        return regression_units(module)
-    except ValueError as exc:
-        raise NasfcosError(f"{path}: {exc}") from None
 
 
 def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -483,11 +476,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     ann, img_dir = resolve_split(cfg.data, "train", cfg.ann, cfg.images)
     tcfg = TransformConfig(min_size=cfg.min_size, max_size=cfg.max_size, hflip=cfg.hflip, crop=cfg.crop)
     ds = CocoDetection(ann, img_dir, tcfg, train=True, seed=cfg.seed)
-    compiled_k = getattr(module, "NUM_CLASSES", None)
-    if compiled_k is not None and int(compiled_k) != ds.num_classes:
+    info = ModelInfo.from_module(module)
+    compiled_k = info.num_classes
+    if compiled_k is not None and compiled_k != ds.num_classes:
         raise NasfcosError(f"{cfg.model} is compiled for {compiled_k} classes but {ann.name} has "
                            f"{ds.num_classes}: compile it with --num-classes {ds.num_classes}")
-    cfg = replace(cfg, fcos=replace(cfg.fcos, reg_units=_regression_units(module, cfg.model)))
+    cfg = replace(cfg, fcos=replace(cfg.fcos, reg_units=info.box_units.name))
     kwargs = dict(cfg.model_kwargs)
     backbone_info = None
     if cfg.backbone_weights:
@@ -648,7 +642,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         if cfg.save_backbone:
             _save(out / "backbone.pt", backbone_state_dict(model))
             atomic_write_json(out / "backbone.json", {
-                "backbone": getattr(module, "BACKBONE", None), "sha256": sha256_file(out / "backbone.pt"),
+                "backbone": info.backbone, "sha256": sha256_file(out / "backbone.pt"),
                 "model": Path(cfg.model).name, "model_sha256": model_sha, "data": cfg.data,
                 "data_manifest": _data_manifest(cfg.data), "iters": total, "config": asdict(cfg)})
         if cfg.val_ann is not None:
