@@ -146,7 +146,7 @@ class SearchConfig:
             raise CacheError(f"{path}: is not a regular file")
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:
             raise CacheError(f"{path}: unreadable search settings ({type(exc).__name__}: {exc})"[:300]) from None
 
     def validate(self) -> None:
@@ -222,6 +222,7 @@ class Search:
     def __init__(self, out: str | Path, cfg: SearchConfig, *, resume: bool = False,
                  evaluator: Evaluator | None = None, executor: Executor | None = None,
                  executor_kind: str = "local", workers: int | None = None, address: str | None = None,
+                 cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                  top_k: int = 5, progress: bool = True, plot_every_s: float | None = 60.0,
                  on_step: Callable[[StepLog], None] | None = None,
                  latency_check: dict[str, Any] | None = None) -> None:
@@ -257,7 +258,9 @@ class Search:
         self._own_evaluator = evaluator is None
         self.evaluator = evaluator or make_evaluator(self.cfg, self.cache_dir)
         self._executor = executor
-        self._executor_args = (executor_kind, workers, address)
+        if executor_kind != "ray" and (cpus_per_trial != 1 or gpus_per_trial):
+            raise NasfcosError("--cpus-per-trial/--gpus-per-trial are Ray task resources: add --executor ray")
+        self._executor_args = (executor_kind, workers, address, cpus_per_trial, gpus_per_trial)
         self.controller = Controller(self.cfg.controller, seed=self.cfg.seed)
         self.ppo = PPO(self.controller, self.cfg.ppo, seed=self.cfg.seed + 1)
         self.sample_gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -391,8 +394,9 @@ class Search:
         try:
             self.prepare()
             if executor is None:
-                kind, workers, address = self._executor_args
-                executor = make_executor(kind, self.evaluator, workers=workers, address=address)
+                kind, workers, address, cpus, gpus = self._executor_args
+                executor = make_executor(kind, self.evaluator, workers=workers, address=address,
+                                         cpus_per_trial=cpus, gpus_per_trial=gpus)
             bar = self._progress_bar(len(archive))
             while self.step < self.cfg.steps:
                 log = self._run_step(archive, executor, bar, t_start)

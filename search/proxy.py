@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,7 +104,8 @@ class ProxySettings:
     grad_clip: float | None = None  # max gradient norm, None: no clipping
     eval_batch_size: int = 64
     num_threads: int = 1
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu", "cuda[:N]" or "auto" (cuda when this process sees a GPU: a Ray task
+    # given --gpus-per-trial sees its own; one without sees none and runs on the CPU)
     failure_reward: float = -100.0  # reward of a decoder whose meta-val loss is not finite
     seed: int = 0  # evaluation seed used when evaluate() is given none
 
@@ -135,6 +137,8 @@ class ProxySettings:
             raise NasfcosError(f"box_loss must be 'iou' or 'giou', not {self.box_loss!r}")
         if self.num_threads < 0:
             raise NasfcosError("num_threads must be >= 0")
+        if self.device not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", str(self.device)):
+            raise NasfcosError(f"device must be cpu, cuda, cuda:N or auto, not {self.device!r}")
         if self.size_range_scale <= 0:
             raise NasfcosError("size_range_scale must be positive")
         from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
@@ -145,6 +149,12 @@ class ProxySettings:
 
         CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels)  # the widths' rules
         return self
+
+    def torch_device(self) -> torch.device:
+        """The device evaluations run on (``auto``: cuda if this process sees a GPU)."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     def cache_key(self) -> dict[str, Any]:
         """The fields that decide the cache's content, JSON-normalised (tuples as lists)."""
@@ -189,14 +199,21 @@ PRESETS: dict[str, ProxySettings] = {
         synth_size=128, synth_preset="easy", fpn_channels=16, head_channels=32, batch_size=16, epochs=6,
         lr=8e-4, polyak_decay=0.9, eval_batch_size=64, num_threads=1,
     ),
-    # The paper's numbers (NAS-FCOS 4.1): VOC split 4000 / 1715, short side 384, random
-    # 384x384 crops, frozen ResNet-50, batch 200, 15 epochs, Adam 8e-4, Polyak 0.9.  Widths
-    # follow the authors' release (AGG_SIZE 256; FCOS head width 256).
+    # The paper's numbers (NAS-FCOS 4.1): PASCAL VOC split 4000 meta-train / 1715 meta-val
+    # (``data voc2coco``, or any COCO-format set: a smaller one is split in the same 4000:1715
+    # proportion), images resized to short side 384 and randomly cropped to 384x384, a frozen
+    # ResNet-50 whose features are cached, every decoder op 64 channels wide (FPN and head),
+    # Adam lr 8e-4, batch 200, Polyak averaging 0.9, 15 epochs.  Not stated there, chosen here:
+    # long side at most 640 (FCOS's 1333:800 ratio at 384), FCOS's size ranges unscaled,
+    # no weight decay and no gradient clipping (the paper names none), the release's FCOS losses
+    # (focal, -log IoU, centerness; no center sampling), meta-val scored in batches of 50
+    # (a memory choice: the result equals one batch), device "auto" (the GPU a Ray task was
+    # given with --gpus-per-trial, else the CPU) and torch's own thread count.
     "paper": ProxySettings(
         name="paper", backbone="resnet50", short_side=384, max_size=640, crop=384,
         meta_val_fraction=0.3, meta_train_images=4000, meta_val_images=1715, size_range_scale=1.0,
-        chunk_size=32, synth_images=0, fpn_channels=256, head_channels=256, batch_size=200,
-        epochs=15, lr=8e-4, polyak_decay=0.9, eval_batch_size=50, num_threads=0,
+        chunk_size=32, synth_images=0, fpn_channels=64, head_channels=64, batch_size=200,
+        epochs=15, lr=8e-4, polyak_decay=0.9, eval_batch_size=50, num_threads=0, device="auto",
     ),
 }
 
@@ -323,7 +340,7 @@ def train_decoder(decoder: nn.Module, cache: FeatureCache, settings: ProxySettin
     ``seed``, cut into full batches (a short tail is dropped).  ``source`` replaces the cached features (the speed benchmark runs the
     backbone there).  A step whose loss is not finite is skipped (no update).
     """
-    device = torch.device(settings.device)
+    device = settings.torch_device()
     num_train = len(cache.train)
     bs, steps = settings.steps_for(num_train)
     get = source or (lambda idx: cache.train.batch(idx, device))
@@ -369,7 +386,7 @@ def meta_val_losses(model: nn.Module, cache: FeatureCache, settings: ProxySettin
     ``cls_norm``, or the centerness sum for the box loss) are summed over batches, so the
     result equals :func:`~nasfcos.fcos.losses_from_targets` on the whole set.
     """
-    device = torch.device(settings.device)
+    device = settings.torch_device()
     cfg = _fcos_config(settings)
     was_training = model.training
     model.to(device).eval()

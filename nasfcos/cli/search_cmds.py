@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="local worker processes (default) or Ray tasks")
     p.add_argument("--address", default=None, metavar="A",
                    help="Ray cluster: 'auto' or HOST:PORT (default: start a local Ray instance)")
+    p.add_argument("--cpus-per-trial", type=A.positive_float, default=1.0, metavar="C",
+                   help="ray: CPUs each evaluation asks for (default 1)")
+    p.add_argument("--gpus-per-trial", type=A.non_negative_float, default=0.0, metavar="G",
+                   help="ray: GPUs each evaluation asks for (default 0; e.g. 1, or 0.5 for two per GPU); "
+                        "the paper preset then trains on the task's GPU")
     p.add_argument("--workers", type=A.non_negative_int, default=None, metavar="N",
                    help="local: worker processes, 0 = evaluate in this process (default: 0 for "
                         "toy, 1 otherwise); ray: concurrent tasks hint")
@@ -117,6 +122,8 @@ def _config(args: argparse.Namespace) -> Any:
     from nasfcos.search.loop import SearchConfig
 
     stored = Path(args.out) / CONFIG_NAME
+    if args.resume and not Path(args.out).is_dir():
+        raise NasfcosError(f"{args.out}: no such search folder to resume")
     if args.resume and stored.exists():
         base = SearchConfig.read(stored)
     else:
@@ -164,7 +171,8 @@ def search_main(argv: list[str]) -> int:
     if check and cfg.latency_table is None:
         raise NasfcosError("--latency-size/--latency-backend need --latency-table FILE")
     search = Search(args.out, cfg, resume=args.resume, executor_kind=args.executor, workers=workers,
-                    address=args.address, top_k=args.top_k, progress=not args.quiet, latency_check=check)
+                    address=args.address, cpus_per_trial=args.cpus_per_trial,
+                    gpus_per_trial=args.gpus_per_trial, top_k=args.top_k, progress=not args.quiet, latency_check=check)
     summary = search.run()
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -267,7 +275,7 @@ def latency_table_main(argv: list[str]) -> int:
                  metavar="C")
     A.add_num_classes(p, "classes (default 80)", metavar="K")
     p.add_argument("--backbone", default="resnet50", help="sets the adapters' input widths (default resnet50)")
-    p.add_argument("--threads", type=A.positive_int, default=1, metavar="N", help="intra-op threads (default 1)")
+    p.add_argument("--threads", type=A.threads, default=1, metavar="N", help="intra-op threads (default 1)")
     p.add_argument("--device", type=A.device, default=None, help="cpu (default; tensorrt: cuda)")
     A.add_timing(p, runs=30, runs_help="timed runs per unit (default 30)",
                  warmup=5, warmup_help="warm-up runs per unit (default 5)")
