@@ -31,6 +31,7 @@ from nasfcos.genotypes.genotype import (
     NAME_RE,
     Genotype,
     decode_json,
+    load_genotype,
     parse_genotype,
     read_limited,
 )
@@ -53,8 +54,6 @@ def paper_genotype_path(name: str = DEFAULT_GENOTYPE) -> Path:
 
 def load_paper_genotype(name: str = DEFAULT_GENOTYPE) -> Genotype:
     """Load a shipped genotype."""
-    from nasfcos.genotypes.genotype import load_genotype
-
     return load_genotype(paper_genotype_path(name))
 
 
