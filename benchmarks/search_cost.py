@@ -217,10 +217,9 @@ def main() -> int:
               f"{p['gpu_days_2800']:>21.1f}")
     print(f"{'this CPU':<10} {cpu_arch_s:>8.0f}   (measured s/image x 15 x 4000; {torch.get_num_threads()} threads)")
     print(f"{'paper':<10} {PAPER['gpu_days'] * 86400 / PAPER['architectures']:>8.0f}   (30 GPU-days / 2800, V100)")
-    line = json.dumps(result)
-    print(line)
-    if a.json:
-        atomic_write_text(a.json, line + "\n")
+    if a.json:  # the machine-readable record first, then the same line on stdout
+        atomic_write_text(a.json, json.dumps(result) + "\n")
+    print(json.dumps(result))
     return 0
 
 
