@@ -118,16 +118,17 @@ class ProxySettings:
         def fail(name: str, why: str) -> NasfcosError:
             return NasfcosError(f"proxy setting {name} must be {why}, got {getattr(self, name)!r}")
 
-        kinds = {"int": int, "float": (int, float), "str": str}
+        kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
+        names = {"int": "int", "float": "a finite number", "str": "str"}
         for f in dataclasses.fields(self):  # types first: the range checks below compare numbers
             v, spec = getattr(self, f.name), str(f.type)
             optional = spec.endswith(" | None")
-            want = kinds[spec.removesuffix(" | None")]
+            base = spec.removesuffix(" | None")
+            want = kinds[base]
             if v is None and optional:
                 continue
             if isinstance(v, bool) or not isinstance(v, want) or (isinstance(v, float) and not math.isfinite(v)):
-                raise fail(f.name, f"{'a finite number' if want != int and want != str else want.__name__}"
-                                   f"{' or None' if optional else ''}")
+                raise fail(f.name, f"{names[base]}{' or None' if optional else ''}")
         if self.backbone not in BACKBONE_NAMES:
             raise fail("backbone", f"one of {', '.join(BACKBONE_NAMES)}")
         if self.backbone.endswith("_c2"):
