@@ -1,10 +1,9 @@
 """Genotype -> plain records for the templates: graph analysis, dead-path elimination, naming.
 
 Everything that decides *what* the generated file contains lives here; the templates only
-print the records.  Only values that passed :func:`nasfcos.genotypes.parse_genotype` reach a
-record: op and aggregation names are mapped through the emitter tables below (an unknown name
-is a :class:`GenotypeError`), pool indices and widths are re-checked to be plain ints, and the
-genotype constant is ``repr`` of a dict rebuilt from validated fields.
+print the records.  Only a :class:`~nasfcos.genotypes.Genotype` reaches a record, and it is
+valid by type (whitelisted names, plain ints in range: its constructor checks them); op and
+aggregation names are mapped through the emitter tables below.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasfcos.compiler.options import CompileOptions, option_flags, options_context
-from nasfcos.errors import GenotypeError
 from nasfcos.genotypes import (
     BACKBONE_LEVELS,
     BACKBONE_STRIDES,
@@ -25,7 +23,6 @@ from nasfcos.genotypes import (
     head_live,
     head_pool_names,
 )
-from nasfcos.genotypes.genotype import NAME_RE
 
 #: Version of the code generator, printed in every generated file's header.
 GENERATOR_VERSION = "2.0"
@@ -188,21 +185,9 @@ _ALL_USES = (
 
 
 # --- helpers -------------------------------------------------------------------------------
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise GenotypeError(f"{what}: expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _emit(table: dict[str, Any], op: Any, width: str, what: str) -> tuple[str, str] | None:
-    try:
-        emitter = table[op]
-    except (KeyError, TypeError):
-        raise GenotypeError(f"{what}: no emitter for {op!r:.40}") from None
-    if emitter is None:
-        return None
-    cls, args = emitter
-    return cls, args.format(c=width)
+def _emit(table: dict[str, Any], op: str, width: str) -> tuple[str, str] | None:
+    emitter = table[op]
+    return None if emitter is None else (emitter[0], emitter[1].format(c=width))
 
 
 def _ctor(emitted: tuple[str, str], uses: set[str]) -> str:
@@ -232,29 +217,8 @@ def _py_literal(value: Any, indent: int, prefix: int = 11) -> str:
 
 
 def _literal(g: Genotype) -> str:
-    """The genotype as a Python literal, rebuilt from validated fields only (no meta)."""
-
-    def block(b: Any, where: str) -> dict[str, Any]:
-        return {
-            "inputs": [_int(b.inputs[0], f"{where}.inputs[0]"), _int(b.inputs[1], f"{where}.inputs[1]")],
-            "ops": [str(b.ops[0]), str(b.ops[1])],
-            "agg": str(b.agg),
-        }
-
-    head: dict[str, Any] = {"kind": str(g.head.kind)}
-    if g.head.kind == "sequential":
-        head["layers"] = [str(op) for op in g.head.layers]
-    elif g.head.kind == "dag":
-        head["first_op"] = str(g.head.first_op)
-        head["blocks"] = [block(b, f"head.blocks[{i}]") for i, b in enumerate(g.head.blocks)]
-    doc = {
-        "format": "nasfcos-genotype/1",
-        "name": str(g.name),
-        "fpn": [block(b, f"fpn[{k}]") for k, b in enumerate(g.fpn)],
-        "head": head,
-        "share": [_int(s, "share") for s in g.share],
-    }
-    return _py_literal(doc, 0)
+    """The genotype as a Python literal (no meta)."""
+    return _py_literal(g.to_dict(with_meta=False), 0)
 
 
 def regenerate_command(name: str, options: CompileOptions) -> str:
@@ -277,7 +241,6 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
     adapters: list[ModuleDef] = []
     adapt_stmts: list[Stmt] = []
     for lvl in graph.backbone_used:
-        lvl = _int(lvl, "backbone level")
         name = BACKBONE_LEVELS[lvl]
         adapters.append(ModuleDef(f"adapt_{name}", f"{name}, stride {BACKBONE_STRIDES[lvl]}",
                                   expr=f"Adapter(in_channels[{lvl}], c)"))
@@ -288,14 +251,14 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
     blocks: list[ModuleDef] = []
     for k, blk in enumerate(g.fpn):
         out = len(BACKBONE_LEVELS) + k
-        ins = (_int(blk.inputs[0], f"fpn[{k}].inputs[0]"), _int(blk.inputs[1], f"fpn[{k}].inputs[1]"))
+        ins = blk.inputs
         s_out = min(strides[ins[0]], strides[ins[1]])
         finer = ins[0] if strides[ins[0]] <= strides[ins[1]] else ins[1]
         parts: list[Part] = []
         stmts: list[Stmt] = []
         args: list[str] = []
         for j in (0, 1):
-            emitted = _emit(FPN_OP_EMITTERS, blk.ops[j], "c", f"fpn[{k}].ops[{j}]")
+            emitted = _emit(FPN_OP_EMITTERS, blk.ops[j], "c")
             expr = f"x{ins[j]}"
             if emitted is not None:
                 parts.append(Part(f"op{j}", _ctor(emitted, uses)))
@@ -307,7 +270,7 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
             else:
                 stmts.append(Stmt(f"x{out}_{j}", expr))
                 args.append(f"x{out}_{j}")
-        agg = _emit(FPN_AGG_EMITTERS, blk.agg, "c", f"fpn[{k}].agg")
+        agg = _emit(FPN_AGG_EMITTERS, blk.agg, "c")
         assert agg is not None
         parts.append(Part("agg", _ctor(agg, uses)))
         uses.add("Block")
@@ -319,10 +282,8 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
     # outputs (Contract 1): p5, p4, p3 from the chosen entries, dangling added (paper eq. 1)
     out_stmts: list[Stmt] = []
     for level, idx, feat in (("p3", graph.p3, 1), ("p4", graph.p4, 2), ("p5", graph.p5, 3)):
-        idx = _int(idx, level)
         terms = [f"x{idx}"]
         for d in graph.dangling:
-            d = _int(d, "dangling output")
             terms.append(f"x{d}" if strides[d] == strides[idx] else f"resize(x{d}, like=x{idx})")
         expr = " + ".join(terms)
         target_stride = BACKBONE_STRIDES[feat]
@@ -368,24 +329,22 @@ def _head_layers(g: Genotype) -> tuple[list[_Layer], frozenset[int]]:
         return [_Layer(op=(FCOS_TOWER_EMITTER[0], FCOS_TOWER_EMITTER[1].format(c="h")))] * 4, frozenset()
     if head.kind == "sequential":
         return [
-            _Layer(op=_emit(HEAD_OP_EMITTERS, op, "h", f"head.layers[{i}]")) for i, op in enumerate(head.layers)
+            _Layer(op=_emit(HEAD_OP_EMITTERS, op, "h")) for op in head.layers
         ], frozenset()
-    if head.kind != "dag":
-        raise GenotypeError(f"head.kind: unknown head kind {head.kind!r:.40}")
     live = head_live(head)
     layers = [
-        _Layer(op=_emit(HEAD_OP_EMITTERS, head.first_op, "h", "head.first_op") if 1 in live else None,
+        _Layer(op=_emit(HEAD_OP_EMITTERS, head.first_op, "h") if 1 in live else None,
                desc="first op")
     ]
     for b, blk in enumerate(head.blocks):
         parts: list[tuple[str, tuple[str, str]]] = []
         for j in (0, 1):
             if 2 + 3 * b + j in live:
-                emitted = _emit(HEAD_OP_EMITTERS, blk.ops[j], "h", f"head.blocks[{b}].ops[{j}]")
+                emitted = _emit(HEAD_OP_EMITTERS, blk.ops[j], "h")
                 if emitted is not None:
                     parts.append((f"op{j}", emitted))
         if 4 + 3 * b in live:
-            agg = _emit(HEAD_AGG_EMITTERS, blk.agg, "h", f"head.blocks[{b}].agg")
+            agg = _emit(HEAD_AGG_EMITTERS, blk.agg, "h")
             assert agg is not None
             parts.append(("agg", agg))
         layers.append(_Layer(parts=tuple(parts), desc=f"block {b}"))
@@ -422,7 +381,7 @@ def _tower_body(g: Genotype, layers: list[_Layer], live: frozenset[int], branch:
             slot = 2 + 3 * b + j
             if slot not in live:
                 continue
-            src = var[_int(blk.inputs[j], f"head.blocks[{b}].inputs[{j}]")]
+            src = var[blk.inputs[j]]
             if blk.ops[j] == "skip":
                 var[slot] = src
             else:
@@ -438,7 +397,7 @@ def _tower_body(g: Genotype, layers: list[_Layer], live: frozenset[int], branch:
 
 def _head(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[TowerMethod], list[LevelHead], list[str]]:
     layers, live = _head_layers(g)
-    share = [_int(s, f"share[{i}]") for i, s in enumerate(g.share)]
+    share = g.share
     groups: list[ModuleGroup] = []
     fcos_convs: list[str] = []
     for branch in BRANCHES:
@@ -487,9 +446,7 @@ def _head(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[TowerMet
 
 
 def build_plan(g: Genotype, options: CompileOptions) -> Plan:
-    """The records of the file compiled from a *validated* genotype ``g`` with ``options``."""
-    if type(g.name) is not str or not NAME_RE.fullmatch(g.name):
-        raise GenotypeError("name: not a valid genotype name")
+    """The records of the file compiled from genotype ``g`` with ``options``."""
     uses: set[str] = set()
     fpn_groups, sections = _fpn(g, uses)
     head_groups, towers, levels, fcos_convs = _head(g, uses)

@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from nasfcos.genotypes.genotype import Block, Genotype, Head, parse_genotype
+from nasfcos.genotypes.genotype import Block, Genotype, Head
 from nasfcos.genotypes.space import BACKBONE_LEVELS, BACKBONE_STRIDES, NUM_HEAD_BLOCKS
 
 
@@ -171,8 +171,3 @@ def canonical_json(g: Genotype) -> str:
 def content_hash(g: Genotype) -> str:
     """sha256 (hex) of :func:`canonical_json`."""
     return hashlib.sha256(canonical_json(g).encode("ascii")).hexdigest()
-
-
-def reparse(g: Genotype) -> Genotype:
-    """Round-trip through the validator (used by tests and by code that builds genotypes)."""
-    return parse_genotype(g.to_dict())

@@ -118,6 +118,8 @@ def read_release_config(path: str | Path) -> ReleaseConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise GenotypeError(f"{p}: not valid YAML{where}") from None
+    except RecursionError:
+        raise GenotypeError(f"{p}: YAML nested too deeply") from None
     if not isinstance(doc, dict):
         raise GenotypeError(f"{p}: not a release config (expected a YAML mapping with SEARCH and MODEL)")
     try:

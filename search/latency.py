@@ -232,7 +232,7 @@ def load_table(path: str | Path) -> LatencyTable:
     try:
         raw = p.read_bytes()
         doc = json.loads(raw)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise NasfcosError(f"{p}: not a latency table ({type(exc).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise NasfcosError(f"{p}: not a {FORMAT} file")

@@ -147,7 +147,7 @@ class SearchConfig:
             raise CacheError(f"{path}: is not a regular file")
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:
             raise CacheError(f"{path}: unreadable search settings ({type(exc).__name__}: {exc})"[:300]) from None
 
     def validate(self) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,13 +18,6 @@ from typing import Any
 
 from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
-
-
-def _threads_default() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
 
 
 def main(argv: list[str]) -> int:
@@ -45,7 +37,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sizes", type=A.size_list, help="benchmark sizes HxW,... (default 600,800,1000)")
     A.add_timing(p, runs=None, runs_help="timed runs per backend and size (default 3)",
                  warmup=None, warmup_help="warm-up runs (default 1)")
-    A.add_threads(p, default=_threads_default())
+    A.add_threads(p, default=A.cpu_count())
     p.add_argument("--backends", default="torch,onnxruntime",
                    help="CPU backends (default torch,onnxruntime; add torch-compile to try it)")
     p.add_argument("--fpn-channels", type=A.width, default=256,

@@ -125,6 +125,8 @@ def _config(args: argparse.Namespace) -> Any:
     from nasfcos.search.loop import SearchConfig
 
     stored = Path(args.out) / CONFIG_NAME
+    if args.resume and not Path(args.out).is_dir():
+        raise NasfcosError(f"{args.out}: no such search folder to resume")
     if args.resume and stored.exists():
         base = SearchConfig.read(stored)
     else:
@@ -294,7 +296,7 @@ def latency_table_main(argv: list[str]) -> int:
                  metavar="C")
     A.add_num_classes(p, "classes (default 80)", metavar="K")
     p.add_argument("--backbone", default="resnet50", help="sets the adapters' input widths (default resnet50)")
-    p.add_argument("--threads", type=A.positive_int, default=1, metavar="N", help="intra-op threads (default 1)")
+    p.add_argument("--threads", type=A.threads, default=1, metavar="N", help="intra-op threads (default 1)")
     p.add_argument("--device", type=A.device, default=None, help="cpu (default; tensorrt: cuda)")
     A.add_timing(p, runs=30, runs_help="timed runs per unit (default 30)",
                  warmup=5, warmup_help="warm-up runs per unit (default 5)")

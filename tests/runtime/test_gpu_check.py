@@ -4,7 +4,6 @@ without a GPU; the GPU steps themselves run only on a GPU machine."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from nasfcos.runtime.gpu_check import GpuCheckConfig, Runner, markdown, run_gpu_check
@@ -55,12 +54,3 @@ def test_failures_skip_dependants_and_the_latency_table() -> None:
     assert "| torch | fp32 | 12.35 (13.00) |" in md
     assert "| tensorrt | int8 | 2.50 (2.75) |" in md
     assert "| onnxruntime | fp32 | skipped |" in md
-
-
-def test_makefile_target_installs_trt_and_runs_the_check() -> None:
-    text = (ROOT / "Makefile").read_text()
-    block = re.search(r"^gpu-check:.*?(?=^\S|\Z)", text, re.S | re.M).group(0)
-    assert "-e '.[trt]'" in block and "-m nasfcos.runtime.gpu_check" in block
-    assert "gpu-check" in re.search(r"^\.PHONY:.*$", text, re.M).group(0)
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'trt = ["tensorrt>=10.1,<12"]' in pyproject
