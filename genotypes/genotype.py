@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nasfcos.errors import GenotypeError, NasfcosError
+from nasfcos.genotypes.analysis import canonicalize, content_hash
 from nasfcos.genotypes.space import (
     AGGS,
     FORMAT,
@@ -158,28 +159,18 @@ class Genotype:
             doc[key] = value.to_dict() if isinstance(value, Head) else value
         return parse_genotype(doc)
 
-    # --- derived forms (implemented in analysis.py / paper.py) ----------------------------
+    # --- derived forms (implemented in analysis.py; the list form: paper.to_paper_list) ---
     def canonical(self) -> Genotype:
         """Canonical form: unused paths removed, symmetric choices ordered."""
-        from nasfcos.genotypes.analysis import canonicalize
-
         return canonicalize(self)
 
     def hash(self) -> str:
         """Stable content hash: sha256 (hex) of the canonical architecture JSON."""
-        from nasfcos.genotypes.analysis import content_hash
-
         return content_hash(self)
 
     def short_hash(self) -> str:
         """First 12 hex digits of :meth:`hash`."""
         return self.hash()[:12]
-
-    def to_paper_list(self) -> list[Any]:
-        """The release's numeric list form (see :func:`from_paper_list`)."""
-        from nasfcos.genotypes.paper import to_paper_list
-
-        return to_paper_list(self)
 
 
 def _pretty(value: Any, indent: int = 0) -> str:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import NasfcosError, first_line
 from nasfcos.images import read_image
 
 Target = dict[str, Any]
@@ -102,8 +102,7 @@ def load_coco(ann_file: str | Path) -> Any:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(ann_file))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasfcosError(f"{ann_file}: not a valid COCO annotation file ({first})") from None
+        raise NasfcosError(f"{ann_file}: not a valid COCO annotation file ({first_line(exc, None)})") from None
     check_coco(coco, ann_file)
     return coco
 

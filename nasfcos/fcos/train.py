@@ -528,7 +528,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     try:
         model = build_detector(module, ds.num_classes, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise NasfcosError(f"{cfg.model}: cannot build the detector ({str(exc).splitlines()[0]})") from None
+        raise NasfcosError(f"{cfg.model}: cannot build the detector ({first_line(exc, None)})") from None
     if cfg.freeze_backbone:
         for p in model.backbone.parameters():  # type: ignore[union-attr]
             p.requires_grad_(False)

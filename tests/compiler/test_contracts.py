@@ -131,3 +131,22 @@ def test_compile_reads_a_release_yaml_once(tmp_path, monkeypatch) -> None:
         "    AGG_SIZE: 64\n")
     assert main(["compile", str(yaml_file), "-o", str(tmp_path / "m.py"), "-q"]) == 0
     assert len(calls) == 1
+
+
+def test_plan_records_hold_values() -> None:
+    from nasfcos.compiler.plan import (
+        FCOS_TOWER_EMITTER,
+        HEAD_AGG_EMITTERS,
+        HEAD_OP_EMITTERS,
+        build_plan,
+    )
+
+    call = HEAD_OP_EMITTERS["sep_conv_3x3_dil3"]
+    assert (call.cls, call.kwargs) == ("SepConv", (("dilation", 3), ("norm", "gn")))
+    assert str(call) == 'SepConv(h, 3, dilation=3, norm="gn")'
+    assert str(FCOS_TOWER_EMITTER) == 'ConvNormReLU(h, h, 3, norm="gn", bias=True)'
+    module = compile_to_module(load_paper_genotype("nas_fcos_fpn_head"), CompileOptions(fpn_channels=32))
+    layer = HEAD_AGG_EMITTERS["concat"].build(module, {"c": 32, "h": 64})
+    assert layer.conv.in_channels == 128 and type(layer).__name__ == "ConcatReduce"
+    plan = build_plan(load_paper_genotype("nas_fcos_fpn_head"), CompileOptions(fpn_channels=32))
+    assert plan.units()["head_op/deform_conv_3x3/s8"] == 4  # two per branch, as the file runs them
