@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
                     "one line per backend and device, with the exact fix for each one that "
                     "cannot run.  Exit status 0 when every backend found can run, 1 otherwise.  "
                     "Every GPU verb runs the same check before any work.",
-        epilog="examples:\n  nasfcos doctor\n  nasfcos doctor --json > doctor.json")
+        epilog="examples:\n  nasfcos doctor\n  nasfcos doctor --json")
     A.add_json(p, "print the report (facts, findings, verdict) as JSON on stdout")
     p.add_argument("--trt-extra", action="store_true",
                    help="print only the extra that installs TensorRT for this GPU "
