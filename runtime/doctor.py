@@ -241,6 +241,11 @@ def diagnose(f: Facts) -> list[Finding]:
     if not f.gpus:
         out.append(Finding("gpu", "cuda", False, False, "no NVIDIA GPU found",
                            "the GPU backends (torch CUDA, ONNX Runtime CUDA, TensorRT) need one"))
+        if f.tensorrt is not None:  # installed, so found, and it cannot run here
+            out.append(Finding("tensorrt", "cuda", True, False,
+                               f"TensorRT {f.tensorrt} is installed but there is no NVIDIA GPU",
+                               "run TensorRT on a machine with one (pip uninstall tensorrt "
+                               "here if it is not needed)"))
         return out
     for g in f.gpus:
         t = _torch_cuda(f, g)

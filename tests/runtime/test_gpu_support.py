@@ -197,6 +197,15 @@ def test_doctor_cpu_build_old_driver_missing_packages() -> None:
     assert "cannot be imported" in _by(D.diagnose(broken))["tensorrt"].message
 
 
+def test_tensorrt_without_a_gpu_cannot_run() -> None:
+    f = D.diagnose(D.Facts(torch="2.14.1+cpu", tensorrt="10.8.0", onnxruntime="1.32.0"))
+    assert not D.verdict(f)
+    assert _by(f)["tensorrt"].line() == (
+        "FAIL  TensorRT 10.8.0 is installed but there is no NVIDIA GPU: run TensorRT on a "
+        "machine with one (pip uninstall tensorrt here if it is not needed)")
+    assert D.verdict(D.diagnose(D.Facts(torch="2.14.1+cpu", onnxruntime="1.32.0")))
+
+
 def test_preflight_stops_in_one_line_before_any_work() -> None:
     with pytest.raises(BackendUnavailable, match=r"^V100-SXM2-16GB \(sm_70\): TensorRT 10.8 "
                        r"does not support Volta: pip install -e '.\[trt-volta\]'$"):
