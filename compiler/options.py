@@ -14,7 +14,7 @@ from nasfcos.compiler.backbones import backbone_names
 from nasfcos.errors import NasfcosError
 from nasfcos.modelfile import BOX_UNITS, DEFAULT_BOX_UNITS
 
-#: Backbones a ``--detector`` build may name: every trunk of ``templates/backbone.py.j2``
+#: Backbones a ``--detector`` build may name: every trunk of :mod:`~nasfcos.compiler.pasted_backbone`
 #: (``tiny`` is a small random-weight trunk for tests and smoke runs).
 BACKBONES: tuple[str, ...] = backbone_names()
 #: Bounds (inclusive) of the width options (also every CLI width flag's, through

@@ -1,3 +1,17 @@
+"""Detector backbones (torchvision trunks and the release's), pasted into detector model files.
+
+An ordinary module of the toolkit (imported, linted, tested as is) whose code below the
+marker is pasted into compiled model files by :func:`nasfcos.compiler.backbones.pasted`:
+it must use only what a model.py imports (torch, torchvision, ``Tensor``, ``nn``, ``F``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+# --- pasted into model.py below this line ---
 
 
 # ---------------------------------------------------------------------------

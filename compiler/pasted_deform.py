@@ -1,3 +1,20 @@
+"""DCNv2 layer ``DeformConv3x3`` (``torchvision.ops.deform_conv2d``), pasted into model files.
+
+An ordinary module of the toolkit (imported, linted, tested as is) whose code below the
+marker is pasted into compiled model files by :func:`nasfcos.compiler.backbones.pasted`:
+it must use only what a model.py imports (torch, torchvision, ``Tensor``, ``nn``, ``F``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+# --- pasted into model.py below this line ---
 #: Below this many input elements per image (C * H * W) the fixed cost of the sampled DCN
 #: formulation's small ops outweighs its gain: ``deform_conv2d`` runs instead.
 DCN_SMALL_MAP = 1024
