@@ -270,9 +270,22 @@ def _literal(g: Genotype) -> str:
     return _py_literal(g.to_dict(with_meta=False), 0)
 
 
-def regenerate_command(name: str, options: CompileOptions) -> str:
-    """The command line that regenerates the file (no paths, so byte-identical everywhere)."""
-    parts = [f"nasfcos compile {name}.json -o model.py", f"--fpn-channels {options.fpn_channels}"]
+def genotype_source(g: Genotype) -> str:
+    """How ``nasfcos compile`` is given ``g``: its shipped name when it is a shipped genotype
+    (same name and hash), else a placeholder for the user's genotype JSON file."""
+    from nasfcos.genotypes import PAPER_GENOTYPES, load_paper_genotype
+
+    for shipped in PAPER_GENOTYPES:
+        paper = load_paper_genotype(shipped)
+        if paper.name == g.name and paper.hash() == g.hash():
+            return shipped
+    return f"<genotype JSON of {g.name}>"
+
+
+def regenerate_command(source: str, options: CompileOptions) -> str:
+    """The command line that regenerates the file (no paths, so byte-identical everywhere);
+    ``source`` as :func:`genotype_source` gives it."""
+    parts = [f"nasfcos compile {source} -o model.py", f"--fpn-channels {options.fpn_channels}"]
     if options.head_channels is not None:
         parts.append(f"--head-channels {options.head_channels}")
     parts.append(f"--num-classes {options.num_classes}")
@@ -513,7 +526,7 @@ def build_plan(g: Genotype, options: CompileOptions) -> Plan:
         genotype_hash=g.hash(),
         genotype_literal=_literal(g),
         head_kind=g.head.kind,
-        regenerate=regenerate_command(g.name, options),
+        regenerate=regenerate_command(genotype_source(g), options),
         fpn_channels=options.fpn_channels,
         head_channels=options.resolved_head_channels,
         head_default="None" if options.head_channels is None else str(int(options.head_channels)),

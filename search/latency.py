@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
 from nasfcos.genotypes import (
     BACKBONE_LEVELS,
     BACKBONE_STRIDES,
@@ -352,6 +352,21 @@ def _torch_timer(spec: TableSpec, warmup: int, runs: int, clock: Callable[[], in
     return timer
 
 
+def _preflight(units: dict[str, Any], keys: list[str], spec: TableSpec) -> None:
+    """Run every unit once in PyTorch (seconds) so that one that cannot run at this size and
+    width fails with one line before minutes of export and timing."""
+    import torch
+
+    for key in keys:
+        module, shapes = units[key]
+        try:
+            with torch.no_grad():
+                module(*(torch.zeros(s) for s in shapes))
+        except Exception as exc:  # noqa: BLE001 - any failure of a unit is the table's error
+            raise NasfcosError(f"latency unit {key} cannot run at {spec.size[0]}x{spec.size[1]} with "
+                               f"widths {spec.fpn_channels}/{spec.head_channels}: {first_line(exc)}") from None
+
+
 def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path, clock: Callable[[], int]) -> Timer:
     import torch
 
@@ -443,6 +458,7 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
     try:
         units = unit_modules(spec)
         keys = list(units) if only is None else [k for k in units if k in set(only)]
+        _preflight(units, keys, spec)
         rng = np.random.default_rng(0)
         from torch import nn
 

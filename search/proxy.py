@@ -110,44 +110,69 @@ class ProxySettings:
     seed: int = 0  # evaluation seed used when evaluate() is given none
 
     def validate(self) -> ProxySettings:
-        """Raise :class:`NasfcosError` (one line) on an impossible setting; returns self."""
+        """Raise :class:`NasfcosError` (one line naming the field) on a value of the wrong type
+        or out of range; returns self.  The one place these rules live (presets, CLI flags,
+        ``--proxy-set``, settings read from a cache manifest or a search folder)."""
         from nasfcos.compiler.backbones import BACKBONE_NAMES
 
+        def fail(name: str, why: str) -> NasfcosError:
+            return NasfcosError(f"proxy setting {name} must be {why}, got {getattr(self, name)!r}")
+
+        kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
+        names = {"int": "int", "float": "a finite number", "str": "str"}
+        for f in dataclasses.fields(self):  # types first: the range checks below compare numbers
+            v, spec = getattr(self, f.name), str(f.type)
+            optional = spec.endswith(" | None")
+            base = spec.removesuffix(" | None")
+            want = kinds[base]
+            if v is None and optional:
+                continue
+            if isinstance(v, bool) or not isinstance(v, want) or (isinstance(v, float) and not math.isfinite(v)):
+                raise fail(f.name, f"{names[base]}{' or None' if optional else ''}")
         if self.backbone not in BACKBONE_NAMES:
-            raise NasfcosError(f"backbone must be one of {', '.join(BACKBONE_NAMES)}, not {self.backbone!r}")
+            raise fail("backbone", f"one of {', '.join(BACKBONE_NAMES)}")
         if self.backbone.endswith("_c2"):
-            raise NasfcosError(f"backbone {self.backbone}: the feature cache feeds ImageNet-normalised RGB; "
-                               "Caffe2-input trunks (*_c2) are not supported there")
-        positive = ("short_side", "max_size", "crop", "crops_per_image", "chunk_size", "fpn_channels",
-                    "head_channels", "batch_size", "epochs", "eval_batch_size")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise NasfcosError(f"{name} must be at least 1, got {getattr(self, name)}")
+            raise NasfcosError(f"proxy setting backbone {self.backbone}: the feature cache feeds ImageNet-normalised "
+                               "RGB; Caffe2-input trunks (*_c2) are not supported there")
+        at_least = {"short_side": 1, "max_size": 1, "crop": 32, "crops_per_image": 1, "chunk_size": 1,
+                    "fpn_channels": 2, "head_channels": 32, "batch_size": 1, "epochs": 1, "eval_batch_size": 1,
+                    "max_steps": 1, "meta_train_images": 1, "meta_val_images": 1, "num_threads": 0,
+                    "synth_images": 0, "synth_size": 32, "synth_seed": 0, "split_seed": 0, "crop_seed": 0,
+                    "seed": 0}
+        for name, lo in at_least.items():
+            v = getattr(self, name)
+            if v is not None and v < lo:
+                raise fail(name, f"at least {lo}")
         if self.crop % 32:
-            raise NasfcosError(f"crop must be a multiple of 32 (the coarsest backbone stride), got {self.crop}")
+            raise fail("crop", "a multiple of 32 (the coarsest backbone stride)")
+        if self.fpn_channels % 2:
+            raise fail("fpn_channels", "even (the deformable convolutions use two offset groups)")
         if not 0.0 < self.meta_val_fraction < 1.0:
-            raise NasfcosError("meta_val_fraction must be in (0, 1)")
+            raise fail("meta_val_fraction", "in (0, 1)")
         if not 0.0 <= self.polyak_decay < 1.0:
-            raise NasfcosError("polyak_decay must be in [0, 1)")
-        if not self.lr > 0:
-            raise NasfcosError("lr must be positive")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise NasfcosError("max_steps must be at least 1")
+            raise fail("polyak_decay", "in [0, 1)")
+        for name in ("lr", "size_range_scale"):
+            if not getattr(self, name) > 0:
+                raise fail(name, "positive")
+        for name in ("weight_decay", "center_sampling_radius"):
+            if getattr(self, name) < 0:
+                raise fail(name, ">= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise fail("grad_clip", "positive or None")
         if self.box_loss not in ("iou", "giou"):
-            raise NasfcosError(f"box_loss must be 'iou' or 'giou', not {self.box_loss!r}")
-        if self.num_threads < 0:
-            raise NasfcosError("num_threads must be >= 0")
-        if self.device not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", str(self.device)):
-            raise NasfcosError(f"device must be cpu, cuda, cuda:N or auto, not {self.device!r}")
-        if self.size_range_scale <= 0:
-            raise NasfcosError("size_range_scale must be positive")
+            raise fail("box_loss", "'iou' or 'giou'")
+        if self.device not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise fail("device", "cpu, cuda, cuda:N or auto")
         from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
 
         if self.synth_preset not in SYNTH_PRESETS:
-            raise NasfcosError(f"synth_preset must be one of {', '.join(SYNTH_PRESETS)}, not {self.synth_preset!r}")
+            raise fail("synth_preset", f"one of {', '.join(SYNTH_PRESETS)}")
         from nasfcos.compiler import CompileOptions
 
-        CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels)  # the widths' rules
+        try:  # the compiler's own width rules (e.g. the head's GroupNorm groups)
+            CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels)
+        except (NasfcosError, ValueError) as exc:
+            raise NasfcosError(f"proxy setting {exc}") from None
         return self
 
     def torch_device(self) -> torch.device:

@@ -221,7 +221,7 @@ def check_main(argv: list[str]) -> int:
                     "when they disagree.",
         epilog="examples:\n  nasfcos check model.onnx\n"
                "  nasfcos check model.onnx --against model.py --sizes 800x800,640x512\n"
-               "  nasfcos check model.engine --json parity.json")
+               "  nasfcos check model.engine -o parity.json")
     p.add_argument("artifact", type=A.input_file, help="model.onnx or model.engine")
     p.add_argument("--against", type=A.input_file,
                    help="reference: model.py (default: from the manifest) or .onnx")

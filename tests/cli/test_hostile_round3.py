@@ -194,3 +194,21 @@ def test_resume_of_a_missing_search_folder_says_so(tmp_path: Path, capsys: pytes
     assert main(["search", "--out", str(tmp_path / "nope"), "--resume"]) == 2
     assert "nope: no such search folder to resume" in _one_line(capsys.readouterr().err, "search")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_latency_unit_that_cannot_run_fails_before_the_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 32-wide head at 64 px ran 3 minutes of ONNX exports, then failed with a traceback."""
+    import torch
+
+    import nasfcos.search.latency as lat
+
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.group_norm(x, 32)
+
+    monkeypatch.setattr(lat, "unit_modules", lambda spec: {"ok": (torch.nn.Identity(), [(1, 4, 2, 2)]),
+                                                           "head_op/gn/s64": (Broken(), [(1, 32, 1, 1)])})
+    monkeypatch.setattr(lat, "_onnx_timer", lambda *a: pytest.fail("timed before the preflight"))
+    with pytest.raises(NasfcosError, match=r"latency unit head_op/gn/s64 cannot run at 64x64") as info:
+        lat.build_table(lat.TableSpec(size=(64, 64), head_channels=32))
+    assert "\n" not in str(info.value)

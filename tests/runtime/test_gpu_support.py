@@ -253,3 +253,30 @@ def test_gpu_verbs_stop_in_one_line_before_any_work(argv, tmp_path, capsys, monk
     assert code == 2 and len(err) == 1, err
     assert "tensorrt: the TensorRT Python package is not installed" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def _make_n(*args: str) -> list[str]:
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    out = subprocess.run(["make", "-n", "-W", "pyproject.toml", "venv", *args], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [ln for ln in out.splitlines() if "pip install" in ln]
+
+
+def test_cpu_only_install_path() -> None:
+    """``make venv TORCH_INDEX=...`` installs torch/torchvision from that index first (same
+    pins), then the project as usual; without it, one install with the constraints."""
+    plain = _make_n()
+    assert len(plain) == 1 and "-c constraints.txt -e '.[dev,dist]'" in plain[0]
+    cpu = _make_n("TORCH_INDEX=INDEX")
+    assert len(cpu) == 2 and cpu[1] == plain[0]
+    assert cpu[0].endswith("-c constraints.txt --index-url 'INDEX' torch torchvision")
+    readme = (ROOT / "README.md").read_text()
+    assert "make venv TORCH_INDEX=<PyTorch's CPU wheel index URL>" in readme
+    assert "make test` runs everything, slow end-to-end tests included: about 12 minutes" in readme
+    for name in ("README.md", "Makefile", "pyproject.toml", "constraints.txt"):
+        text = (ROOT / name).read_text()
+        assert "://" not in text, f"{name} names a host"  # no registry host (URL) anywhere

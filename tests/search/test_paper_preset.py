@@ -51,3 +51,15 @@ def test_paper_preset_runs_on_a_small_coco_set(tmp_path: Path) -> None:
     assert cache.in_channels == (256, 512, 1024, 2048)
     res = evaluate(load_paper_genotype("nas_fcos_fpn_head"), cache, small, seed=0)
     assert res.status == "ok" and res.steps == 2 and res.reward < 0
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"fpn_channels": 33}, "fpn_channels"), ({"head_channels": 20}, "head_channels"),
+    ({"lr": float("nan")}, "lr"), ({"epochs": True}, "epochs"), ({"weight_decay": -1.0}, "weight_decay"),
+    ({"failure_reward": float("inf")}, "failure_reward"), ({"grad_clip": 0.0}, "grad_clip"),
+    ({"meta_train_images": 0}, "meta_train_images"), ({"name": 3}, "name"), ({"crop": 100}, "crop"),
+    ({"size_range_scale": float("nan")}, "size_range_scale"), ({"max_steps": "5"}, "max_steps"),
+])
+def test_settings_rules_name_the_field(changes: dict, field: str) -> None:
+    with pytest.raises(NasfcosError, match=f"proxy setting {field} must be"):
+        PRESETS["tiny"].replace(**changes).validate()
