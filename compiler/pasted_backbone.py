@@ -1,9 +1,5 @@
-"""Detector backbones (torchvision trunks and the release's), pasted into detector model files.
-
-An ordinary module of the toolkit (imported, linted, tested as is) whose code below the
-marker is pasted into compiled model files by :func:`nasfcos.compiler.backbones.pasted`:
-it must use only what a model.py imports (torch, torchvision, ``Tensor``, ``nn``, ``F``).
-"""
+"""Detector backbones (torchvision trunks and the release's): an ordinary module whose code below the marker the
+compiler pastes into model files (:func:`nasfcos.compiler.backbones.pasted`)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""``GroupNorm`` through ``torch.group_norm``, pasted into model files with a GroupNorm head.
-
-An ordinary module of the toolkit (imported, linted, tested as is) whose code below the
-marker is pasted into compiled model files by :func:`nasfcos.compiler.backbones.pasted`:
-it must use only what a model.py imports (torch, torchvision, ``Tensor``, ``nn``, ``F``).
-"""
+"""``GroupNorm`` through ``torch.group_norm`` (runs a 1x1 map at batch 1): an ordinary module whose code below the marker the
+compiler pastes into model files (:func:`nasfcos.compiler.backbones.pasted`)."""
 
 from __future__ import annotations
 
