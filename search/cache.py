@@ -59,7 +59,7 @@ IN_MEMORY_BYTES = 1 << 29
 
 
 # ------------------------------------------------------------------------------------------
-# the frozen backbone: the compiler's (templates/backbone.py.j2), never a second copy
+# the frozen backbone: the compiler's (compiler/pasted_backbone.py), never a second copy
 # ------------------------------------------------------------------------------------------
 #: Identity of random backbone weights (the compiler's initialisation under this seed).
 RANDOM_INIT_SEED = 0
