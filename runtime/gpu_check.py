@@ -129,8 +129,8 @@ def build_model(cfg: GpuCheckConfig, work: Path) -> dict[str, Any]:
     from nasfcos.compiler import CompileOptions, compile_genotype
     from nasfcos.fcos.synth import SynthConfig, write_synthetic
     from nasfcos.genotypes import load_paper_genotype
-    from nasfcos.runtime.export import ExportOptions, export_onnx
-    from nasfcos.runtime.precision import PrecisionOptions, convert_onnx
+    from nasfcos.runtime.export import ExportOptions, convert_onnx, export_onnx
+    from nasfcos.runtime.precision import PrecisionOptions
 
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model.py"
@@ -154,11 +154,11 @@ def build_model(cfg: GpuCheckConfig, work: Path) -> dict[str, Any]:
 def build_engines(cfg: GpuCheckConfig, onnx: dict[str, str], work: Path, precision: str
                   ) -> dict[str, Any]:
     """One strongly typed engine for ``precision`` with a profile over ``cfg.sizes``."""
-    from nasfcos.runtime.export import load_manifest
+    from nasfcos.runtime.manifest import load_manifest
     from nasfcos.runtime.trt import TrtBuildOptions, build_engine, profile_shapes
 
     src = Path(onnx[precision])
-    batch = int(load_manifest(src)["export"]["batch"])
+    batch = load_manifest(src).batch
     sizes = sorted(cfg.sizes)
     shapes = profile_shapes("detector", [(s, s) for s in (sizes[0], sizes[len(sizes) // 2],
                                                           sizes[-1])], batch)

@@ -17,11 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nasfcos.errors import NasfcosError
+from nasfcos.limits import MAX_SIDE, MIN_SIDE
 
-#: Largest image side a size flag accepts (pixels); beyond it a run only exhausts memory.
-MAX_SIDE = 8192
-#: Smallest image side: the coarsest FPN level (stride 128) needs at least one cell.
-MIN_SIDE = 32
 #: Largest decoder width a width flag accepts.
 MAX_WIDTH = 4096
 #: Most classes a ``--num-classes`` flag accepts.

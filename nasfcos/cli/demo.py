@@ -69,13 +69,12 @@ def main(argv: list[str]) -> int:
     from nasfcos.runtime.bench import BenchConfig, markdown_table, run_benchmark, write_report
     from nasfcos.runtime.check import check_artifact
     from nasfcos.runtime.export import ExportOptions, export_onnx
-    from nasfcos.runtime.models import parse_sizes
     from nasfcos.runtime.trt import tensorrt_status
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
-    sizes = args.sizes or parse_sizes("320,416,512" if quick else "600,800,1000")
+    sizes = args.sizes or A.size_list("320,416,512" if quick else "600,800,1000")
     runs = args.runs if args.runs is not None else (1 if quick else 3)
     warmup = args.warmup if args.warmup is not None else (0 if quick else 1)
     show = not args.quiet

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from nasfcos import __version__
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError
 
 # verb -> (module, function, one-line help)
 VERBS: dict[str, tuple[str, str, str]] = {
@@ -48,6 +48,13 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def flag_message(exc: NasfcosError) -> str:
+    """An error's one line, a field name (:class:`FieldError`) shown as its ``--flag``."""
+    if isinstance(exc, FieldError):
+        return f"--{exc.field.replace('_', '-')}: {exc.reason}"
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nasfcos`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -69,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NasfcosError as exc:
         if debug:
             raise
-        print(f"nasfcos {verb}: error: {exc}", file=sys.stderr)
+        print(f"nasfcos {verb}: error: {flag_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nasfcos {verb}: interrupted", file=sys.stderr)
