@@ -23,7 +23,13 @@ from typing import Any
 import torch
 
 from nasfcos.errors import FieldError, NasfcosError, first_line
-from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from nasfcos.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_bytes,
+    sha256_file,
+    writable_path,
+)
 from nasfcos.progress import quiet
 from nasfcos.runtime.manifest import MANIFEST_FORMAT, Manifest, load_manifest, manifest_path_for
 from nasfcos.runtime.models import LoadedModel, load_model
@@ -186,19 +192,47 @@ def simplify_onnx(model: Any) -> Any:
 
 
 def _classes(lm: LoadedModel) -> dict[str, Any] | None:
-    """Class names and COCO category ids of the model, from its ``nasfcos train`` weights file
-    (``{"names": [K], "category_ids": [K]}``); None for random or bare state_dict weights."""
-    if lm.weights is None:
-        return None
+    """Class names and COCO category ids of the model (``{"names": [K], "category_ids": [K]}``)
+    from its weights, see :func:`weights_classes`; None for random weights."""
+    return weights_classes(lm.weights) if lm.weights is not None else None
+
+
+def weights_classes(weights: str | Path) -> dict[str, Any] | None:
+    """Class names and category ids recorded with a weights file: a ``nasfcos train``
+    checkpoint's metadata, or the ``import.json`` that ``nasfcos import-release`` wrote next to
+    its ``weights.pt`` (only when that record's sha256 is this file's); None otherwise."""
     from nasfcos.weights import load_weights_file
 
-    meta = load_weights_file(lm.weights)
+    meta = load_weights_file(weights)
     ids, names = meta.get("cat_ids"), meta.get("class_names")
+    if ids is None and names is None:
+        ids, names = _import_record_classes(Path(weights))
     if ids is None and names is None:
         return None
     ids = [int(i) for i in ids] if ids is not None else None
     names = [str(n) for n in names] if names is not None else None
     return {"names": names, "category_ids": ids}
+
+
+def _import_record_classes(weights: Path) -> tuple[list[Any] | None, list[Any] | None]:
+    """(category ids, class names) from the ``import.json`` next to an imported ``weights.pt``."""
+    import json
+
+    from nasfcos.io import sha256_file
+
+    record = weights.parent / "import.json"
+    try:
+        doc = json.loads(record.read_text(encoding="utf-8"))
+        if doc.get("format") != "nasfcos-import/1" or \
+                doc["weights"]["sha256"] != sha256_file(weights):
+            return None, None
+        labels = doc["labels"]
+        ids, names = labels.get("category_ids"), labels.get("class_names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
+    ok = (all(isinstance(v, list) and len(v) <= 100_000 for v in (ids or [], names or []))
+          and all(isinstance(i, int) for i in ids or []) and all(isinstance(n, str) for n in names or []))
+    return (ids, names) if ok else (None, None)
 
 
 def _set_metadata(proto: Any, lm: LoadedModel, classes: dict[str, Any] | None) -> None:
@@ -305,11 +339,14 @@ def _write(out: Path, proto: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         raise NasfcosError("the ONNX model is over 2 GB, which needs external data (unsupported)")
     ins, outs = graph_io(proto)
     ops = Counter(n.op_type for n in proto.graph.node)
+    from nasfcos.runtime.trt import tensorrt_parser_record
+
     manifest = {**manifest, "format": MANIFEST_FORMAT, "inputs": ins, "outputs": outs,
                 "artifact": {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
                              "bytes": len(data)},
                 "export": {**manifest.get("export", {}), "ir_version": proto.ir_version,
-                           "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node)}}
+                           "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node),
+                           "tensorrt": tensorrt_parser_record(proto)}}
     atomic_write_bytes(out, data)
     atomic_write_json(manifest_path_for(out), manifest)
     return manifest
@@ -364,6 +401,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
     out = Path(out)
     if out.suffix != ".onnx":
         raise NasfcosError(f"{out}: the output file must end in .onnx")
+    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
     prec = opts.precision or PrecisionOptions()
     if prec.precision == "int8":
         calibration_files(prec)  # bad calibration input fails before any work
@@ -419,6 +457,7 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
         raise NasfcosError(f"{out}: the output file must end in .onnx")
     if src.resolve() == out.resolve():
         raise NasfcosError(f"{out}: would overwrite the fp32 source; pick another output")
+    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
     man = verified_manifest(src)
     if man.precision != "fp32":
         raise NasfcosError(f"{src} is already {man.precision}; lower precision from an fp32 "
@@ -490,4 +529,4 @@ def export_summary(result: ExportResult) -> dict[str, Any]:
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "check_onnx",
            "convert_onnx", "export_onnx", "export_summary", "graph_io", "load_manifest",
            "manifest_path_for", "simplify_onnx", "tool_versions", "verified_manifest",
-           "verify_manifest"]
+           "verify_manifest", "weights_classes"]

@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 
 from nasfcos.errors import FieldError, NasfcosError, first_line
+from nasfcos.images import IMAGE_SUFFIXES, read_image
 from nasfcos.runtime.manifest import PRECISIONS
 
 CALIB_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 INT8_TARGETS: tuple[str, ...] = ("tensorrt", "cpu")
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: Ops kept in float32 by the fp16 pass (see the module docstring and the README).
 FP16_BLOCK_OPS: tuple[str, ...] = ("TopK", "NonMaxSuppression", "Exp", "InstanceNormalization",
                                    "Resize", "RoiAlign", "Range", "CumSum")
@@ -106,8 +106,6 @@ class PrecisionOptions:
 def calibration_files(opts: PrecisionOptions) -> list[Path]:
     """The calibration image files (sorted, the first ``calib_images``); checks that there
     are enough and that each one decodes."""
-    from PIL import Image
-
     if opts.data is not None:
         from nasfcos.fcos.data import load_coco
 
@@ -132,11 +130,7 @@ def calibration_files(opts: PrecisionOptions) -> list[Path]:
                            f"{opts.calib_images} (add images or lower --calib-images)")
     files = files[:opts.calib_images]
     for f in files:
-        try:
-            with Image.open(f) as im:
-                im.verify()
-        except (OSError, SyntaxError) as exc:
-            raise NasfcosError(f"{f}: cannot read calibration image ({exc})") from exc
+        read_image(f, what="calibration image")
     return files
 
 
@@ -157,8 +151,7 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
 
     from nasfcos.fcos.data import pad_batch, resize_scale
 
-    with Image.open(path) as im:
-        img = im.convert("RGB")
+    img = read_image(path, what="calibration image")
     w0, h0 = img.size
     side = min(size)
     scale = resize_scale(h0, w0, side, max(size))

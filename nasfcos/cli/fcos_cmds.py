@@ -322,31 +322,11 @@ def train_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- eval
 
 
-def _exported_meta(art: Any) -> dict[str, Any] | None:
-    """Training metadata of an exported model: its manifest's class count, and the size,
-    batch and category ids of the training run whose weights it was exported with."""
-    man = art.manifest
-    if man is None:  # no manifest (or one the file no longer matches): nothing to read
-        return None
-    meta: dict[str, Any] = {"num_classes": man.num_classes} if man.num_classes else {}
-    try:
-        wpath = man.weights_file()
-    except NasfcosError:  # the weights are not where the export found them
-        wpath = None
-    if wpath is not None:
-        from nasfcos.weights import load_weights_file
-
-        full = load_weights_file(wpath)
-        meta.update({k: full[k] for k in ("min_size", "max_size", "eval_batch", "cat_ids",
-                                          "num_classes") if k in full})
-    return meta or None
-
-
 def eval_main(argv: list[str]) -> int:
     """``nasfcos eval model.py|model.onnx|model.engine --data DIR [-o metrics.json]``."""
     from nasfcos.fcos.evaluate import METRIC_NAMES, EvalConfig, evaluate
+    from nasfcos.runtime.predict import model_meta
     from nasfcos.runtime.runners import make_runner
-    from nasfcos.weights import load_weights_file
 
     parser = _parser(
         "eval",
@@ -381,44 +361,37 @@ def eval_main(argv: list[str]) -> int:
         if value is not None and value < low:
             raise NasfcosError(f"--{flag} must be at least {low}, not {value}")
     path = Path(args.model)
+    from nasfcos.runtime.doctor import preflight_verb
+
+    preflight_verb(path, [args.backend] if args.backend else None, args.device)
     if not args.quiet and not sys.stderr.isatty():  # no bar in logs: one line per stage
         print(f"eval: {path} on {args.ann or args.data} ...", file=sys.stderr, flush=True)
-    from nasfcos.runtime.artifact import form_of, open_artifact
-
-    ckpt, art = None, None
-    if form_of(path) == "model.py":
-        if args.weights is None:
-            warnings.warn("no --weights: evaluating an untrained model", stacklevel=1)
-        else:
-            ckpt = load_weights_file(args.weights)
-    elif args.weights is not None:
-        raise NasfcosError("--weights is for model.py; an exported model carries its weights")
-    else:
-        art = open_artifact(path, strict=False)
-        if art.changed:
-            warnings.warn(f"{path}: changed since its export ({'; '.join(art.changed)}); its "
-                          "manifest is not used", stacklevel=1)
-        ckpt = _exported_meta(art)
-    meta = ckpt or {}
+    if path.suffix == ".py" and args.weights is None:
+        warnings.warn("no --weights: evaluating an untrained model", stacklevel=1)
+    meta = model_meta(path, args.weights)
     min_size = args.min_size or int(meta.get("min_size", 800))
     max_size = args.max_size or int(meta.get("max_size", max(1333, min_size)))
     if max_size < min_size:
         raise NasfcosError(f"--max-size {max_size} is smaller than --min-size {min_size}")
     batch = args.batch or int(meta.get("eval_batch", 8))
+    from nasfcos.runtime.artifact import form_of
+
     opts: dict[str, Any] = {}
-    if art is None:
+    if form_of(path) == "model.py":
         opts = {"kind": "detector", "weights": args.weights}
         if args.num_classes is not None:
             opts["overrides"] = {"num_classes": args.num_classes}
-    runner = make_runner(art or path, args.backend, args.device, **opts)
+    runner = make_runner(path, args.backend, args.device, **opts)
     if runner.kind != "detector":
         raise NasfcosError(f"{path}: not a detector (inputs {', '.join(runner.input_names)}); "
                            "eval needs one: compile and export with --detector")
     cfg = EvalConfig(min_size=min_size, max_size=max_size, batch_size=batch,
                      input_size=args.input_size)
     model_k = args.num_classes or meta.get("num_classes")
-    if model_k is None and art is None and hasattr(runner, "model"):
-        model_k = runner.model.info.get("num_classes")  # the model.py as loaded, once
+    if model_k is None and path.suffix == ".py":
+        from nasfcos.modelfile import ModelInfo, load_model_file
+
+        model_k = ModelInfo.from_module(load_model_file(path)).num_classes
     metrics = evaluate(runner, data=args.data, split=args.split, ann=args.ann, images=args.images,
                        cfg=cfg, progress=sys.stderr.isatty() and not args.quiet,
                        max_images=args.max_images, model_cat_ids=meta.get("cat_ids"),
