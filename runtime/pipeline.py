@@ -201,7 +201,8 @@ def _cpu_plan(cfg: PipelineConfig, say: Say) -> dict[str, Any]:
 def _lower(cfg: PipelineConfig, fp32: Path, say: Say) -> dict[str, Path]:
     """The fp32 ONNX file and its fp16 / int8 (tensorrt target) versions."""
     from nasfcos.fcos.synth import SynthConfig, write_synthetic
-    from nasfcos.runtime.precision import PrecisionOptions, convert_onnx
+    from nasfcos.runtime.export import convert_onnx
+    from nasfcos.runtime.precision import PrecisionOptions
 
     onnx = {"fp32": fp32}
     for prec in cfg.precisions:
@@ -225,7 +226,7 @@ def _lower(cfg: PipelineConfig, fp32: Path, say: Say) -> dict[str, Path]:
 def _engines(cfg: PipelineConfig, onnx: dict[str, Path], say: Say) -> dict[str, Path | str]:
     """One engine per precision (profile min/opt/max over the sizes); a failed build is
     recorded as its one-line reason and the others go on."""
-    from nasfcos.runtime.export import load_manifest
+    from nasfcos.runtime.manifest import load_manifest
     from nasfcos.runtime.trt import TrtBuildOptions, build_engine, profile_shapes
 
     ordered = sorted(cfg.sizes, key=lambda s: s[0] * s[1])
@@ -233,7 +234,7 @@ def _engines(cfg: PipelineConfig, onnx: dict[str, Path], say: Say) -> dict[str, 
     for prec, src in onnx.items():
         man = load_manifest(src)
         shapes = profile_shapes("detector", [ordered[0], ordered[len(ordered) // 2],
-                                             ordered[-1]], int(man["export"]["batch"]))
+                                             ordered[-1]], man.batch)
         engine = cfg.out / f"model.{prec}.engine"
         t0 = time.perf_counter()
         try:
@@ -277,7 +278,7 @@ def measure_cell(make: Callable[[], Any], size: tuple[int, int], cfg: PipelineCo
             runner = runner_cache[key] = make()
         inputs = make_inputs("detector", size, 1, 0)
         bcfg = BenchConfig(sizes=[size], warmup=cfg.warmup, runs=cfg.runs, device=cfg.device)
-        times, notes = _time_cell(runner, inputs, bcfg, lambda: None)
+        times, notes = _time_cell(runner, inputs, bcfg)
     except BackendUnavailable as exc:
         return {"status": "skipped", "reason": first_line(exc, 300)}
     except (NasfcosError, RuntimeError) as exc:  # a CUDA error in one cell: the rest go on
