@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -83,9 +84,9 @@ def _raylet(ray_start: subprocess.Popen[bytes], deadline: float) -> int:
         for pid, cmd in _children(ray_start.pid):
             if "/raylet " in cmd:
                 return pid
-        assert ray_start.poll() is None, "ray start exited"
+        assert ray_start.poll() is None, f"ray start exited ({ray_start.returncode})"
         time.sleep(0.2)
-    raise AssertionError("the second node's raylet did not start")
+    raise AssertionError("a node's raylet did not start")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -114,7 +115,10 @@ def test_killed_node_trials_rerun_elsewhere(tmp_path: Path) -> None:
     write_synthetic(shared / "data", SynthConfig(images=24, size=64, seed=1))
     cache = build_cache(shared / "data", shared / "cache", small, progress=False)
 
-    env = {**os.environ, **FAST_HEALTH, "OMP_NUM_THREADS": "1"}
+    # token authentication with a cluster token every process is given (as on a real cluster;
+    # Ray >= 2.5x otherwise picks up ~/.ray/auth_token for a head only, and a node cannot join)
+    env = {**os.environ, **FAST_HEALTH, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     temp = tempfile.mkdtemp(prefix="r23")  # short: Ray's socket paths must stay < 108 bytes
     head_port, *ports = _ports(13)
     base = 20000 + (os.getpid() % 400) * 100
@@ -126,10 +130,11 @@ def test_killed_node_trials_rerun_elsewhere(tmp_path: Path) -> None:
     node2 = None
     driver = None
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 150
+        _raylet(head, deadline)  # the head is up (GCS, then its raylet) before a node joins it
         node2 = subprocess.Popen([str(RAY), "start", "--address", address, "--resources", json.dumps({"node2": 1}),
                                   *common, *_node_args(ports[6:], base + 50)],
-                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                 env=env, stdout=(tmp_path / "node2.log").open("wb"), stderr=subprocess.STDOUT,
                                  start_new_session=True)
         raylet2 = _raylet(node2, deadline)
         out = tmp_path / "search"
