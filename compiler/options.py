@@ -150,6 +150,7 @@ def options_context(options: CompileOptions) -> dict[str, Any]:
     if options.detector:
         line += f", scoring {options.scoring}, preprocess {preprocess}"
     return {
+        "head_default": "None" if options.head_channels is None else str(options.head_channels),
         "box_regression": options.box_regression,
         "box_units_text": ("in pixels of the input image" if options.box_regression == DEFAULT_BOX_UNITS
                            else "in units of the level's stride"),
