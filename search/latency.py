@@ -72,7 +72,7 @@ def latency_reward(proxy_reward: float, latency_ms: float, target_ms: float,
     """``proxy_reward - weight * log(latency / target)``: lower when slower than the target,
     higher when faster, never changes sign convention (higher is better)."""
     if not (target_ms > 0 and math.isfinite(target_ms)):
-        raise NasfcosError(f"--latency-target must be a positive number of ms, got {target_ms}")
+        raise NasfcosError(f"latency target: must be a positive number of ms, got {target_ms}")
     if not (latency_ms > 0 and math.isfinite(latency_ms)):
         raise NasfcosError(f"predicted latency {latency_ms} ms is not a positive number")
     return float(proxy_reward) - float(weight) * math.log(latency_ms / target_ms)
@@ -121,20 +121,18 @@ class TableSpec:
     device: str = "cpu"
 
     def validate(self) -> TableSpec:
+        """One-line error naming the field; the widths and classes by CompileOptions' rules."""
+        from nasfcos.compiler import CompileOptions
         from nasfcos.compiler.backbones import BACKBONE_NAMES
 
         if self.backend not in BACKENDS:
             raise NasfcosError(f"unknown backend {self.backend!r} (expected one of: {', '.join(BACKENDS)})")
         if self.backbone not in BACKBONE_NAMES:
             raise NasfcosError(f"unknown backbone {self.backbone!r} (expected one of: {', '.join(BACKBONE_NAMES)})")
-        for name in ("fpn_channels", "head_channels", "num_classes", "threads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise NasfcosError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        from nasfcos.compiler import CompileOptions
-
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise NasfcosError(f"threads: must be a positive integer, got {self.threads!r}")
         CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels,
-                       num_classes=self.num_classes)  # the compiler's rules for widths
+                       num_classes=self.num_classes)
         if min(self.size) < 32:
             raise NasfcosError(f"size {self.size[0]}x{self.size[1]} too small (at least 32x32)")
         return self
@@ -444,7 +442,7 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
     if clock not in CLOCKS:
         raise NasfcosError(f"unknown clock {clock!r} (expected one of: {', '.join(CLOCKS)})")
     if clock == "cpu" and (spec.threads != 1 or spec.backend == "tensorrt"):
-        raise NasfcosError("--clock cpu measures the calling thread: it needs --threads 1 and a CPU backend")
+        raise NasfcosError("clock cpu measures the calling thread: it needs 1 thread and a CPU backend")
     if spec.backend == "torch" and spec.device != "cpu":
         raise NasfcosError("the torch latency table is measured on the CPU only")
     old_threads = torch.get_num_threads()
