@@ -304,7 +304,12 @@ def _ort_raw_candidates(runner: Any, images: np.ndarray,
     except Exception:  # noqa: BLE001 - an uninferable graph simply offers no candidates
         return None
     wanted = {tuple(s[1:]) for s in shapes}
-    outs = {o.name for o in model.graph.output}
+    outs = {o.name for o in model.graph.output} | {i.name for i in model.graph.initializer}
+    for node in model.graph.node:  # tensors computed from weights alone (e.g. int8 weights'
+        if all(i in outs or not i for i in node.input):  # DequantizeLinear) may be folded away
+            outs.update(node.output)
+    outs |= {vi.name for vi in model.graph.value_info} - {o for n in model.graph.node
+                                                          for o in n.output}
     extra = []
     for vi in inferred.graph.value_info:
         t = vi.type.tensor_type

@@ -131,15 +131,15 @@ def export_main(argv: list[str]) -> int:
     A.add_quiet(p)
     args = p.parse_args(argv)
     args.verb_writes_json = False
-    if args.trt:  # a missing or unusable TensorRT stops here, before the ONNX export
-        from nasfcos.runtime.doctor import preflight_verb
-
-        preflight_verb(None, ["tensorrt"], "cuda")
 
     from nasfcos.runtime.export import DEFAULT_OPSET, ExportOptions, export_onnx, export_summary
 
     src = Path(args.model)
     prec = _precision_options(args)
+    if args.trt:  # a missing or unusable TensorRT stops here, before the ONNX export
+        from nasfcos.runtime.doctor import preflight_verb
+
+        preflight_verb(None, ["tensorrt"], "cuda")
     summary: dict[str, Any] = {}
     if src.suffix == ".onnx" and prec.precision != "fp32":
         from nasfcos.runtime.export import convert_onnx

@@ -107,7 +107,12 @@ def test_build_and_run_on_the_api_surface(standin_trt, tiny_detector_onnx, synth
     assert runner.info()["precision"] == "fp16"
     runner.close()
     report = check_artifact(engine, tiny_detector_onnx.parent / "model.py")  # engine precision
-    assert report.precision == "fp16" and report.ok, report.table()
+    # random weights: no detection on either side, and an engine's intermediate tensors
+    # cannot be read, so the check says it compared nothing (the GPU pipeline exports with
+    # pipeline.detection_weights to have detections to compare)
+    assert report.precision == "fp16", report.table()
+    assert [o.name for o in report.failures()] == ["raw head outputs"], report.table()
+    assert "intermediate tensors cannot be read" in report.table()
 
     # legacy --int8-calib: Q/DQ export for the tensorrt target, then build
     man8 = build_engine(tiny_detector_onnx, tmp_path / "det.int8.engine",
