@@ -304,19 +304,15 @@ def _ort_raw_candidates(runner: Any, images: np.ndarray,
     except Exception:  # noqa: BLE001 - an uninferable graph simply offers no candidates
         return None
     wanted = {tuple(s[1:]) for s in shapes}
-    outs = {o.name for o in model.graph.output} | {i.name for i in model.graph.initializer}
-    for node in model.graph.node:  # tensors computed from weights alone (e.g. int8 weights'
-        if all(i in outs or not i for i in node.input):  # DequantizeLinear) may be folded away
-            outs.update(node.output)
-    outs |= {vi.name for vi in model.graph.value_info} - {o for n in model.graph.node
-                                                          for o in n.output}
+    outs = {o.name for o in model.graph.output}
+    produced = {o for node in model.graph.node for o in node.output}  # not initializers
     extra = []
     for vi in inferred.graph.value_info:
         t = vi.type.tensor_type
         if t.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        if len(dims) != 4 or vi.name in outs:
+        if len(dims) != 4 or vi.name in outs or vi.name not in produced:
             continue
         if tuple(dims[1:]) in wanted or (dims[1] in {s[1] for s in shapes} and None in dims[2:]):
             extra.append(vi)

@@ -255,7 +255,8 @@ def top_main(argv: list[str]) -> int:
             raise NasfcosError(f"{src / ARCHIVE_NAME}: row {r.get('index')!r} of step "
                                f"{r.get('step')!r} has a malformed hash")
     out = Path(args.out) if args.out else src / "top"
-    write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)})
+    write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
+              owned=args.out is None)  # DIR/top is the search's own folder
     listing = json.loads((out / TOP_INDEX).read_text())["top"]
     if args.json:
         print(json.dumps(listing, indent=2))
