@@ -451,7 +451,7 @@ class _Estimate:
             cell = ms / 1000 * h * w / area
             timed = min(cell * self.cfg.runs, self.cfg.max_seconds or math.inf)
             total += cell * self.cfg.warmup + timed
-        self.report["estimate_s"] = round(total, 1)
+        self.report["estimate_s"] = round(total, 3)
         self.log(f"bench: first run {ms:.0f} ms at {size[0]}x{size[1]}; about "
                  f"{_duration(total)} for {len(self.cells)} backend x size cell(s) of "
                  f"{self.cfg.warmup} + {self.cfg.runs} runs (Ctrl-C keeps the rows done)")
