@@ -26,7 +26,7 @@ from nasfcos.errors import BackendUnavailable, NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nasfcos.runtime.machine import describe, machine_info
 from nasfcos.runtime.models import make_inputs
-from nasfcos.runtime.runners import BACKENDS, Runner, make_runner
+from nasfcos.runtime.runners import Runner, make_runner, split_backend
 
 REPORT_FORMAT = "nasfcos-bench/1"
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((600, 600), (800, 800), (1000, 1000))
@@ -62,6 +62,8 @@ class BenchConfig:
     onnx_path: Path | None = None
     #: For a detector model.py: add the route without nasfcos (:func:`baseline_runner`).
     baseline: bool = False
+    #: Calibration of ``openvino:int8`` (a :class:`~nasfcos.runtime.precision.PrecisionOptions`).
+    calib: Any = None
 
 
 def latency_stats(times_ms: Sequence[float], batch: int = 1) -> dict[str, float]:
@@ -331,15 +333,16 @@ def _make(path: Path, backend: str, cfg: BenchConfig, size: tuple[int, int] | No
           kind: str | None, in_channels: Sequence[int] | None) -> Runner:
     """Build one runner (for a per-size static ONNX export when ``size`` is given)."""
     device = cfg.device
-    if backend in ("torch", "torch-compile"):
+    engine = split_backend(backend)[0] if backend != BASELINE_BACKEND else backend
+    if engine in ("torch", "torch-compile"):
         return make_runner(path, backend, device, kind=cfg.kind, seed=cfg.seed,
                            threads=cfg.threads)
     if backend == BASELINE_BACKEND:
         return baseline_runner(path, size or cfg.sizes[0], cfg)
-    if cfg.onnx_path is not None and path.suffix == ".py" and backend in ("onnxruntime",
-                                                                          "tensorrt"):
+    if cfg.onnx_path is not None and path.suffix == ".py" and engine in ("onnxruntime",
+                                                                         "openvino", "tensorrt"):
         path = Path(cfg.onnx_path)
-    if backend == "onnxruntime":
+    if engine in ("onnxruntime", "openvino"):
         export = None
         if path.suffix == ".py":
             export = {"kind": cfg.kind, "seed": cfg.seed}
@@ -347,6 +350,9 @@ def _make(path: Path, backend: str, cfg: BenchConfig, size: tuple[int, int] | No
             largest = max(cfg.sizes, key=lambda s: s[0] * s[1])
             export.update({"dynamic": False, "size": size, "batch": cfg.batch} if size else
                           {"dynamic": True, "size": tuple(largest), "batch": cfg.batch})
+        if engine == "openvino":
+            return make_runner(path, backend, device, threads=cfg.threads, export=export,
+                               calib=cfg.calib if backend.endswith(":int8") else None)
         return make_runner(path, backend, device, threads=cfg.threads,
                            opt_level=cfg.ort_opt_level, export=export)
     # tensorrt: profile spanning the benchmark sizes
@@ -381,9 +387,8 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     if not path.is_file():
         raise NasfcosError(f"{path}: no such file")
     backends = cfg.backends or default_backends(path, cfg.device)
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise NasfcosError(f"unknown backend(s) {', '.join(unknown)} (have {', '.join(BACKENDS)})")
+    for b in backends:
+        split_backend(b)  # one-line error for an unknown backend or run-time precision
     if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
         raise NasfcosError("runs must be >= 1, warmup >= 0 and batch >= 1")
     if cfg.baseline:
@@ -427,6 +432,8 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
         "format": REPORT_FORMAT,
         "model": model_info,
         "config": {**asdict(cfg), "backends": backends,
+                   "calib": None if cfg.calib is None else {
+                       k: str(v) for k, v in asdict(cfg.calib).items()},
                    "onnx_path": str(cfg.onnx_path) if cfg.onnx_path else None,
                    "sizes": [list(s) for s in cfg.sizes]},
         "machine": machine_info(),
@@ -450,8 +457,8 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     for backend in backends:
         runner: Runner | None = None
         per_size = backend == BASELINE_BACKEND or (
-            backend == "onnxruntime" and cfg.onnx_static and path.suffix == ".py"
-            and cfg.onnx_path is None)
+            split_backend(backend)[0] in ("onnxruntime", "openvino") and path.suffix == ".py"
+            and cfg.onnx_path is None and (cfg.onnx_static or backend.endswith(":int8")))
         skip_reason: str | None = None
         for size in cfg.sizes:
             key = f"{size[0]}x{size[1]}"
@@ -569,17 +576,80 @@ class _Recorder:
         return out
 
 
-def _agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[str, Any]:
+def _agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]],
+               iou: float = 0.95) -> dict[str, Any]:
     """Detection agreement over all evaluated images (see check.detection_agreement)."""
     from nasfcos.runtime.check import detection_agreement
 
     cat = [np.concatenate([b[k] for b in ref]) for k in range(3)]
     gat = [np.concatenate([b[k] for b in got]) for k in range(3)]
-    a = detection_agreement(cat, gat)
+    a = detection_agreement(cat, gat, iou_threshold=iou)
     return {"match_rate": round(a.match_rate, 4), "matched": a.matched,
             "reference": a.reference, "mean_iou": round(a.mean_iou, 4),
             "mean_score_diff": round(a.mean_score_diff, 5),
             "max_score_diff": round(a.max_score_diff, 5)}
+
+
+#: Backends of the precision table, and the precisions each runs (int8/fp16 rows of
+#: onnxruntime and tensorrt are files lowered by ``runtime/precision.py``; openvino's int8
+#: is NNCF's own quantization of the fp32 file; bf16 is a run-time precision).
+TABLE_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8"),
+    "torch": ("bf16",), "tensorrt": ("fp32", "fp16", "int8")}
+_TABLE_SKIPS: dict[tuple[str, str], str] = {
+    ("onnxruntime", "bf16"): "ONNX Runtime's CPU provider has no bf16 convolution kernels",
+    ("openvino", "fp16"): "OpenVINO's CPU plugin runs an fp16 file in f32/bf16: see the bf16 row",
+    ("torch", "fp32"): "the reference row above",
+    ("torch", "fp16"): "CPU autocast in fp16 is not a fast path: see the bf16 row",
+    ("torch", "int8"): "no PyTorch int8 route here: see the onnxruntime and openvino rows",
+    ("tensorrt", "bf16"): "the precision table builds TensorRT fp32/fp16/int8 only"}
+
+
+def _engine_skip(backend: str, prec: str) -> str | None:
+    """Why ``backend`` has no ``prec`` row (None: it has one)."""
+    if prec in TABLE_PRECISIONS.get(backend, ()):
+        if backend == "openvino":
+            from nasfcos.runtime.openvino_rt import openvino_status
+
+            return openvino_status(nncf=prec == "int8")
+        return None
+    return _TABLE_SKIPS.get((backend, prec), f"{backend} has no {prec} route")
+
+
+def _engine_runner(backend: str, prec: str, model: Path, fp32: Path, cfg: Any,
+                   weights: Path | None) -> tuple[Path, Runner]:
+    """(artifact, runner) of the run-time-precision rows: torch bf16 autocast on the
+    model.py; OpenVINO on the fp32 export (int8: NNCF, saved as IR next to it)."""
+    from nasfcos.runtime.precision import PrecisionOptions
+
+    if backend == "torch":
+        return model, make_runner(model, f"torch:{prec}", cfg.device, kind="detector",
+                                  seed=cfg.seed, weights=weights, threads=cfg.threads)
+    calib = PrecisionOptions("int8", data=Path(cfg.data), calib_images=cfg.calib_images,
+                             calib_method=cfg.calib_method) if prec == "int8" else None
+    runner = make_runner(fp32, f"openvino:{prec}", cfg.device, threads=cfg.threads, calib=calib)
+    if prec != "int8":
+        return fp32, runner
+    xml = fp32.with_name(fp32.name.replace(".fp32.onnx", "") + ".openvino-int8.xml")
+    return runner.save(xml), runner  # type: ignore[attr-defined]
+
+
+def _relative_columns(rows: list[dict[str, Any]]) -> None:
+    """dAP against PyTorch fp32 (the reference row), time against the backend's own fp32
+    row (``latency_vs_fp32``) and against ONNX Runtime fp32 (``latency_vs_ort_fp32``)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    ref_ap = next((r["AP"] for r in ok if r["backend"] == "torch" and r["precision"] == "fp32"),
+                  None)
+    fp32_ms = {r["backend"]: r["median_ms"] for r in ok if r["precision"] == "fp32"}
+    for r in ok:
+        if ref_ap is not None:
+            r["dAP"] = round(r["AP"] - ref_ap, 4)
+        own = fp32_ms.get(r["backend"]) or (fp32_ms.get("torch") if r["backend"] == "torch"
+                                            else None)
+        if own:
+            r["latency_vs_fp32"] = round(r["median_ms"] / own, 3)
+        if fp32_ms.get("onnxruntime"):
+            r["latency_vs_ort_fp32"] = round(r["median_ms"] / fp32_ms["onnxruntime"], 3)
 
 
 def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: str | Path, *,
@@ -600,13 +670,14 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
         raise NasfcosError(f"{path}: the precision table needs a compiled model.py")
     if cfg.data is None:
         raise NasfcosError("the precision table needs --data DIR (COCO folder: AP, calibration)")
-    bad = [p for p in cfg.precisions if p not in PRECISIONS]
+    have = (*PRECISIONS, "bf16")
+    bad = [p for p in cfg.precisions if p not in have]
     if bad or not cfg.precisions:
         raise NasfcosError(f"unknown precision(s) {', '.join(bad) or '(none)'} (have "
-                           f"{', '.join(PRECISIONS)})")
-    unknown = [b for b in cfg.backends if b not in ("onnxruntime", "tensorrt")]
+                           f"{', '.join(have)})")
+    unknown = [b for b in cfg.backends if b not in TABLE_PRECISIONS]
     if unknown:
-        raise NasfcosError(f"precision table backends are onnxruntime and tensorrt, not "
+        raise NasfcosError(f"precision table backends are {', '.join(TABLE_PRECISIONS)}, not "
                            f"{', '.join(unknown)}")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -625,18 +696,20 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
                                               seed=cfg.seed, weights=weights))
     variants: list[tuple[str, str | None, Path]] = []  # (precision, int8 target, onnx)
     for prec in cfg.precisions:
-        if prec == "fp32":
-            variants.append(("fp32", None, fp32))
+        if prec in ("fp32", "bf16"):  # bf16 is a run-time precision of the fp32 file
+            variants.append((prec, None, fp32))
         elif prec == "fp16":
             convert_onnx(fp32, out_dir / f"{path.stem}.fp16.onnx", PrecisionOptions("fp16"))
             variants.append(("fp16", None, out_dir / f"{path.stem}.fp16.onnx"))
-        else:
+        elif set(cfg.backends) & {"onnxruntime", "tensorrt"}:
             for target in ("cpu", "tensorrt"):
                 f = out_dir / f"{path.stem}.int8-{target}.onnx"
                 convert_onnx(fp32, f, PrecisionOptions(
                     "int8", data=Path(cfg.data), calib_images=cfg.calib_images,
                     calib_method=cfg.calib_method, int8_target=target))
                 variants.append(("int8", target, f))
+        if prec == "int8" and set(cfg.backends) & {"openvino", "torch"}:
+            variants.append(("int8", None, fp32))  # quantized by the engine itself (NNCF)
     bcfg = BenchConfig(warmup=cfg.warmup, runs=cfg.runs, max_seconds=cfg.max_seconds,
                        threads=cfg.threads, device=cfg.device, seed=cfg.seed, kind="detector")
     ecfg = EvalConfig(batch_size=1, input_size=tuple(cfg.size))
@@ -658,10 +731,11 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
                              weights=weights, threads=cfg.threads)
     try:
         row, ref_out = measure(ref_runner)
-        n_bytes = ref_runner.param_bytes  # the model as written, not the folded copy
+        ref_bytes = ref_runner.param_bytes  # the model as written, not the folded copy
         rows.append({"backend": "torch", "precision": "fp32", "target": None,
-                     "status": "ok", "file": str(path), "bytes": int(n_bytes), **row,
-                     "agreement": _agreement(ref_out, ref_out)})
+                     "status": "ok", "file": str(path), "bytes": int(ref_bytes), **row,
+                     "agreement": _agreement(ref_out, ref_out),
+                     "agreement50": _agreement(ref_out, ref_out, 0.5)})
     finally:
         ref_runner.close()
     for backend in cfg.backends:
@@ -669,8 +743,17 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
             base = {"backend": backend, "precision": prec, "target": target}
             if backend == "tensorrt" and target == "cpu":
                 continue  # TensorRT builds the symmetric (tensorrt-target) file only
+            engine_row = backend in ("openvino", "torch")
+            if prec == "int8" and engine_row == (target is not None):
+                continue  # ORT/TensorRT run the lowered files, openvino quantizes itself
+            reason = _engine_skip(backend, prec)
+            if reason:
+                rows.append({**base, "status": "skipped", "reason": reason})
+                continue
             try:
-                if backend == "tensorrt":
+                if backend in ("openvino", "torch"):
+                    artifact, runner = _engine_runner(backend, prec, path, fp32, cfg, weights)
+                elif backend == "tensorrt":
                     from nasfcos.runtime.trt import TrtBuildOptions, build_engine
 
                     artifact = onnx_path.with_suffix(".engine")
@@ -687,17 +770,13 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
                 row, out = measure(runner)
             finally:
                 runner.close()
-            rows.append({**base, "status": "ok", "file": str(artifact),
-                         "bytes": artifact.stat().st_size, **row,
-                         "agreement": _agreement(ref_out, out)})
-    fp32_ap = {r["backend"]: r["AP"] for r in rows if r["status"] == "ok"
-               and r["precision"] == "fp32"}
-    fp32_ms = {r["backend"]: r["median_ms"] for r in rows if r["status"] == "ok"
-               and r["precision"] == "fp32"}
-    for r in rows:
-        if r["status"] == "ok" and r["backend"] in fp32_ap:
-            r["dAP"] = round(r["AP"] - fp32_ap[r["backend"]], 4)
-            r["latency_vs_fp32"] = round(r["median_ms"] / fp32_ms[r["backend"]], 3)
+            n_bytes = (artifact.stat().st_size + artifact.with_suffix(".bin").stat().st_size
+                       if artifact.suffix == ".xml" else
+                       ref_bytes if artifact.suffix == ".py" else artifact.stat().st_size)
+            rows.append({**base, "status": "ok", "file": str(artifact), "bytes": int(n_bytes),
+                         **row, "agreement": _agreement(ref_out, out),
+                         "agreement50": _agreement(ref_out, out, 0.5)})
+    _relative_columns(rows)
     return {"format": PRECISION_REPORT_FORMAT, "model": str(path),
             "weights": str(weights) if weights else None, "data": str(cfg.data),
             "config": {**asdict(cfg), "data": str(cfg.data), "weights": str(weights)
@@ -714,26 +793,28 @@ def precision_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Precision: {Path(report['model']).name} @ {c['size'][0]}x{c['size'][1]}", "",
              f"Data: {report['data']} ({c['split']}); weights: {report['weights'] or 'random'};"
              f" machine: {describe(report['machine'])}; threads {c['threads'] or 'default'}.",
-             "AP on the split; agreement: reference detections (top 100 per image, PyTorch "
-             "fp32) matched at IoU >= 0.95 with the same label; latency: one image, warm-up "
-             "excluded, median (p90).", "",
-             "| backend | precision | AP | AP50 | dAP | agree@0.95 | score diff mean/max | "
-             "median ms (p90) | x fp32 | size MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "AP on the split (points); dAP against PyTorch fp32 (the first row); agreement: "
+             "reference detections (top 100 per image, PyTorch fp32) matched at IoU >= 0.5 / "
+             ">= 0.95 with the same label; latency: one image, warm-up excluded, median (p90), "
+             "x fp32 against the engine's own fp32 row, x ORT against ONNX Runtime fp32 (cells "
+             "timed one after the other: benchmarks/cpu_engines.py gives same-run ratios).", "",
+             "| engine | precision | AP | AP50 | dAP | agree@0.5 | agree@0.95 | "
+             "score diff mean/max | median ms (p90) | x fp32 | x ORT | size MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         name = r["precision"] + (f" ({r['target']})" if r.get("target") else "")
         if r["status"] != "ok":
             lines.append(f"| {r['backend']} | {name} | {r['status']}: {r.get('reason', '')} |"
-                         + " |" * 7)
+                         + " |" * 9)
             continue
-        a = r["agreement"]
+        a, a50 = r["agreement"], r.get("agreement50") or r["agreement"]
         lines.append(
             f"| {r['backend']} | {name} | {100 * r['AP']:.2f} | {100 * r['AP50']:.2f} | "
-            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a['match_rate']:.1f}% "
-            f"({a['matched']}/{a['reference']}) | "
+            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a50['match_rate']:.1f}% | "
+            f"{100 * a['match_rate']:.1f}% ({a['matched']}/{a['reference']}) | "
             f"{a['mean_score_diff']:.4f}/{a['max_score_diff']:.4f} | "
             f"{r['median_ms']:.1f} ({r['p90_ms']:.1f}) | {r.get('latency_vs_fp32', '')} | "
-            f"{r['bytes'] / 1e6:.2f} |")
+            f"{r.get('latency_vs_ort_fp32', '')} | {r['bytes'] / 1e6:.2f} |")
     return "\n".join(lines) + "\n"
 
 

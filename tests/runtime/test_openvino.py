@@ -1,0 +1,190 @@
+"""OpenVINO backend: the DeformConv conversion rule, whole-detector parity, bf16/int8, the
+missing-extra error; bf16 autocast of the compiled model in PyTorch.
+
+Everything that needs openvino/nncf skips cleanly without the ``[openvino]`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.runtime.runners import make_runner, split_backend
+
+HAVE_OV = importlib.util.find_spec("openvino") is not None and \
+    importlib.util.find_spec("nncf") is not None
+needs_ov = pytest.mark.skipif(not HAVE_OV, reason="the [openvino] extra is not installed")
+
+
+def _deform_onnx(path: Path, n: int, c: int, h: int, w: int, o: int, k: int, stride: int,
+                 pad: int, dil: int, og: int, mask: bool, bias: bool) -> tuple[int, int]:
+    from onnx import TensorProto, helper, save
+
+    oh = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    ow = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    shapes = [("X", [n, c, h, w]), ("W", [o, c, k, k]), ("off", [n, og * k * k * 2, oh, ow])]
+    if bias or mask:
+        shapes.append(("B", [o]))
+    if mask:
+        shapes.append(("M", [n, og * k * k, oh, ow]))
+    ins = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, s) for nm, s in shapes]
+    node = helper.make_node("DeformConv", [nm for nm, _ in shapes], ["Y"], kernel_shape=[k, k],
+                            strides=[stride] * 2, pads=[pad] * 4, dilations=[dil] * 2,
+                            offset_group=og)
+    graph = helper.make_graph([node], "g", ins,
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    return oh, ow
+
+
+@needs_ov
+@pytest.mark.parametrize("case", range(6))
+def test_deform_conv_rule_matches_onnxruntime(case, tmp_path) -> None:
+    """Random shapes, offsets reaching well beyond the border (taps in the 1-px zero band
+    and outside it), 1 and 2 offset groups, with and without mask and bias."""
+    import onnxruntime as ort
+
+    from nasfcos.runtime.openvino_rt import read_onnx
+
+    rng = np.random.default_rng(case)
+    og, mask, bias = [(1, True, True), (2, True, True), (1, False, False), (2, False, True),
+                      (2, True, False), (1, False, True)][case]
+    n, h, w = int(rng.integers(1, 3)), int(rng.integers(5, 14)), int(rng.integers(5, 14))
+    c, o = 2 * og * int(rng.integers(1, 3)), int(rng.integers(2, 7))
+    k, stride = int(rng.choice([1, 3])), int(rng.choice([1, 2]))
+    pad, dil = int(rng.integers(0, 3)), int(rng.choice([1, 2]))
+    f = tmp_path / "dc.onnx"
+    oh, ow = _deform_onnx(f, n, c, h, w, o, k, stride, pad, dil, og, mask, bias)
+    feed = {"X": rng.standard_normal((n, c, h, w)).astype(np.float32),
+            "W": rng.standard_normal((o, c, k, k)).astype(np.float32),
+            "off": (rng.standard_normal((n, og * k * k * 2, oh, ow)) * max(h, w) / 2
+                    ).astype(np.float32)}
+    if bias or mask:
+        feed["B"] = rng.standard_normal(o).astype(np.float32) if bias else np.zeros(o, np.float32)
+    if mask:
+        feed["M"] = rng.random((n, og * k * k, oh, ow)).astype(np.float32)
+    ref = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    core, model = read_onnx(f)
+    got = core.compile_model(model, "CPU")([feed[i.get_any_name()] for i in model.inputs])[0]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def live_deform_detector(tmp_path_factory, compile_tiny, deform_genotype_list):
+    """A tiny deformable detector whose offsets are live (random offset convs, up to a few
+    pixels) and whose class prior is 0, so that it makes 100 detections per image; exported
+    static at 160x192 with those weights."""
+    from nasfcos.modelfile import load_model_file
+    from nasfcos.runtime.export import ExportOptions, export_onnx
+
+    folder = tmp_path_factory.mktemp("ov_det")
+    model = compile_tiny(folder / "model.py", deform_genotype_list[0], detector=True)
+    net = load_model_file(model).build()
+    gen = torch.Generator().manual_seed(0)
+    state = net.state_dict()
+    for key, v in state.items():
+        if "conv_offset_mask" in key:
+            state[key] = torch.randn(v.shape, generator=gen) * (0.05 if key.endswith("weight")
+                                                                else 1.0)
+        elif key.endswith("cls_logits.bias"):
+            state[key] = torch.zeros_like(v)
+    weights = folder / "weights.pt"
+    torch.save(state, weights)
+    out = folder / "det.onnx"
+    export_onnx(model, out, ExportOptions(size=(160, 192), weights=weights))
+    return out
+
+
+@needs_ov
+def test_openvino_detector_same_detections_as_pytorch(live_deform_detector) -> None:
+    from nasfcos.runtime.check import check_artifact
+
+    rep = check_artifact(live_deform_detector, backend="openvino")
+    assert rep.backend == "openvino" and rep.ok, rep.table()
+    agree = rep.agreement[0]
+    assert agree["reference"] >= 50 and agree["match_rate"] == 1.0, rep.table()
+
+
+@needs_ov
+@pytest.mark.slow
+def test_openvino_bf16_and_int8(live_deform_detector, synth_data) -> None:
+    from nasfcos.runtime.check import detection_agreement
+    from nasfcos.runtime.models import make_inputs
+    from nasfcos.runtime.openvino_rt import cpu_supports_bf16, read_onnx
+    from nasfcos.runtime.precision import PrecisionOptions
+
+    image = make_inputs("detector", (160, 192), 1, 0)
+    with make_runner(live_deform_detector, "openvino") as fp32:
+        ref = fp32(*image)
+        assert set(fp32.info()["conv_runtime_precision"]) == {"f32"}
+    if cpu_supports_bf16(read_onnx(live_deform_detector)[0]):
+        with make_runner(live_deform_detector, "openvino:bf16") as bf16:
+            info = bf16.info()
+            assert info["inference_precision"] == "bf16"
+            assert info["conv_runtime_precision"].get("bf16", 0) > 0, info
+            assert detection_agreement(ref, bf16(*image), iou_threshold=0.5).match_rate > 0.5
+    calib = PrecisionOptions("int8", data=synth_data, calib_images=4)
+    with make_runner(live_deform_detector, "openvino:int8", calib=calib) as q:
+        info = q.info()
+        assert info["int8"]["kept_float"] > 0  # the offset/mask convs of every DeformConv
+        assert any(p in info["conv_runtime_precision"] for p in ("u8", "i8")), info
+        out = q(*image)
+        assert out[0].shape == ref[0].shape and np.isfinite(out[0]).all()
+
+
+@needs_ov
+def test_openvino_bad_options(live_deform_detector) -> None:
+    with pytest.raises(NasfcosError, match="calibration"):
+        make_runner(live_deform_detector, "openvino:int8")
+    with pytest.raises(NasfcosError, match="no run-time precision"):
+        make_runner(live_deform_detector, "onnxruntime:bf16")
+    with pytest.raises(NasfcosError, match="unknown backend"):
+        split_backend("openvin")
+
+
+def test_missing_openvino_extra_is_one_line(tiny_detector, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(BackendUnavailable, match=r"pip install 'nasfcos\[openvino\]'"):
+        make_runner(tiny_detector, "openvino")  # before any export of the model.py
+
+
+def test_bf16_autocast_keeps_deform_sampling_in_float32(compile_tiny, deform_genotype_list,
+                                                        tmp_path) -> None:
+    """The sampled DeformConv under bf16 autocast: coordinates near 100 px stay float32.
+
+    Stated tolerance: the bf16 result is within 2% of the output scale of the float32 one
+    (bf16 rounds the matmul inputs to 8 bits: ~0.4% each); with bf16 coordinates (0.5 px
+    resolution near 100 px) the error was ~30%.
+    """
+    from nasfcos.modelfile import load_model_file
+
+    mod = load_model_file(compile_tiny(tmp_path / "model.py", deform_genotype_list[0]))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 120, 120, generator=gen)
+    x = torch.nn.functional.avg_pool2d(x, 5, 1, 2) * 5  # smooth: sampling moves matter
+    offset = torch.rand(1, 36, 120, 120, generator=gen) * 0.5 + 0.23
+    mask = torch.rand(1, 18, 120, 120, generator=gen)
+    weight = torch.randn(16, 8, 3, 3, generator=gen) * 0.1
+    bias = torch.zeros(16)
+    ref = mod.deform_conv_sampled(x, offset, mask, weight, bias, 2)
+    with torch.autocast("cpu", torch.bfloat16):
+        got = mod.deform_conv_sampled(x.bfloat16(), offset.bfloat16(), mask.bfloat16(),
+                                      weight, bias, 2)
+    err = float((got.float() - ref).abs().max()) / float(ref.abs().max())
+    assert err < 0.02, err
+
+
+def test_torch_bf16_runner_outputs_float32_detections(tiny_detector) -> None:
+    from nasfcos.runtime.models import make_inputs
+
+    with make_runner(tiny_detector, "torch:bf16", kind="detector") as r:
+        assert r.info()["precision"] == "bf16"
+        boxes, scores, labels = r(*make_inputs("detector", (160, 160), 1, 0))
+    assert boxes.dtype == np.float32 and scores.dtype == np.float32 and labels.dtype == np.int64
