@@ -107,17 +107,20 @@ def median_ratio_interval(num_ms: Sequence[float], den_ms: Sequence[float], *,
 
 
 def matmul_peak_gflops(threads: int | None = None, n: int = 2048,
-                       seconds: float = 1.5) -> dict[str, float]:
-    """fp32 matmul throughput of this machine (torch, ``threads`` threads): median GFLOP/s."""
+                       seconds: float = 1.5, dtype: str = "float32") -> dict[str, float]:
+    """Matmul throughput of this machine (torch, ``threads`` threads) in ``dtype``
+    (``float32``, or ``bfloat16``: oneDNN's bf16 kernels where the CPU has them): median
+    GFLOP/s."""
     import torch
 
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        a = torch.randn(n, n)
-        b = torch.randn(n, n)
-        c = torch.empty(n, n)
+        dt = getattr(torch, dtype)
+        a = torch.randn(n, n).to(dt)
+        b = torch.randn(n, n).to(dt)
+        c = torch.empty(n, n, dtype=dt)
         for _ in range(2):
             torch.mm(a, b, out=c)
         times = []
@@ -386,7 +389,15 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
     path = Path(model)
     if not path.is_file():
         raise NasfcosError(f"{path}: no such file")
+    cpu_default = None
     backends = cfg.backends or default_backends(path, cfg.device)
+    if not cfg.backends and cfg.device == "cpu" and path.suffix in (".py", ".onnx"):
+        from nasfcos.runtime.cpu_default import choose_cpu_engine
+
+        cpu_default = choose_cpu_engine(path)  # replaces its own family's default row
+        family = cpu_default.engine.partition(":")[0]
+        fam = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "onnxruntime"}
+        backends = [cpu_default.engine if b == fam.get(family) else b for b in backends]
     for b in backends:
         split_backend(b)  # one-line error for an unknown backend or run-time precision
     if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
@@ -440,6 +451,8 @@ def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "results": [],
     }
+    if cpu_default is not None:
+        report["cpu_default"] = asdict(cpu_default)
     if cfg.matmul_peak and cfg.device == "cpu":
         report["matmul_peak"] = matmul_peak_gflops(cfg.threads)
 
@@ -832,6 +845,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     if report.get("matmul_peak"):
         lines += [f"fp32 matmul peak (same run): {report['matmul_peak']['gflops']:.0f} GFLOP/s.",
                   ""]
+    if report.get("cpu_default"):
+        lines += [f"CPU engine chosen: {report['cpu_default']['engine']} "
+                  f"({report['cpu_default']['reason']}; --backends overrides it).", ""]
     lines += ["Median latency in ms (p90 in brackets):", "",
               "| backend | " + " | ".join(sizes) + " |",
               "|---|" + "---:|" * len(sizes)]

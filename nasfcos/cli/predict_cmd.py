@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,9 @@ def main(argv: list[str]) -> int:
                         help="keep detections scoring at least this (default 0.3)")
     parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE), help="resize short side to (default: the training run's, else 800)")
     parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE), help="cap long side at (default: the training run's, else 1333)")
-    parser.add_argument("--backend", help="runner backend (default by file suffix)")
+    parser.add_argument("--backend", help="runner backend, BACKEND[:PRECISION] (torch, torch:bf16, "
+                        "onnxruntime, openvino, openvino:bf16, tensorrt; default on cpu: the "
+                        "fastest measured engine within the accuracy budget, see the README)")
     parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--no-draw", action="store_true", help="write predictions.json only")
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
@@ -94,7 +97,15 @@ def main(argv: list[str]) -> int:
     if max_size < min_size:
         raise NasfcosError(f"--max-size {max_size} is smaller than --min-size {min_size}")
     opts: dict[str, Any] = {"kind": "detector", "weights": args.weights} if path.suffix == ".py" else {}
-    runner = make_runner(path, args.backend, args.device, **opts)
+    backend = args.backend
+    if backend is None and args.device == "cpu" and path.suffix in (".py", ".onnx"):
+        from nasfcos.runtime.cpu_default import choose_cpu_engine
+
+        choice = choose_cpu_engine(path)
+        backend = choice.engine
+        print(f"predict: engine {choice.engine} ({choice.reason}; --backend overrides it)",
+              file=sys.stderr)
+    runner = make_runner(path, backend, args.device, **opts)
     if runner.kind != "detector":
         raise NasfcosError(f"{path}: not a detector; predict needs one (compile and export "
                            "with --detector)")

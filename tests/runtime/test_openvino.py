@@ -188,3 +188,33 @@ def test_torch_bf16_runner_outputs_float32_detections(tiny_detector) -> None:
         assert r.info()["precision"] == "bf16"
         boxes, scores, labels = r(*make_inputs("detector", (160, 160), 1, 0))
     assert boxes.dtype == np.float32 and scores.dtype == np.float32 and labels.dtype == np.int64
+
+
+def test_cpu_default_picks_the_fastest_engine_within_budget(tmp_path, monkeypatch,
+                                                            tiny_detector_onnx) -> None:
+    import json
+
+    from nasfcos.runtime import cpu_default as cd
+
+    table = tmp_path / "t.json"
+    rows = {"onnxruntime": {"x_ort_fp32": 1.0}, "torch": {"x_ort_fp32": 1.6},
+            "torch:bf16": {"x_ort_fp32": 1.2, "dAP_points": -0.1, "agree50": 0.97},
+            "openvino": {"x_ort_fp32": 0.8, "dAP_points": 0.0, "agree50": 1.0},
+            "openvino:bf16": {"x_ort_fp32": 0.45, "dAP_points": -0.5, "agree50": 0.99},
+            "openvino:int8": {"x_ort_fp32": 0.3, "dAP_points": 0.0, "agree50": 0.99}}
+    table.write_text(json.dumps({"engines": rows}))
+    monkeypatch.setattr(cd, "cpu_has_bf16", lambda: True)
+    model = tmp_path / "model.py"
+    model.write_text("")
+    assert cd.choose_cpu_engine(model, table=table).engine == "torch:bf16"
+    monkeypatch.setattr(cd, "cpu_has_bf16", lambda: False)
+    assert cd.choose_cpu_engine(model, table=table).engine == "torch"
+    # fp32 ONNX: openvino:bf16 is over the AP budget, int8 needs calibration images
+    choice = cd.choose_cpu_engine(tiny_detector_onnx, table=table)
+    assert choice.engine == ("openvino" if HAVE_OV else "onnxruntime"), choice
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert cd.choose_cpu_engine(tiny_detector_onnx, table=table).engine == "onnxruntime"
+    table.write_text(json.dumps({"engines": {"torch": {}}}))
+    with pytest.raises(NasfcosError, match="not a CPU engine table"):
+        cd.choose_cpu_engine(model, table=table)
+    assert cd.load_table()["engines"]  # the shipped table reads
