@@ -58,15 +58,11 @@ def _make(engine: str, model: Path, fp32: Path, int8: Path | None, data: Path,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--genotype", default="nas_fcos_fpn_head")
-    ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--backbone", default="resnet50")
-    ap.add_argument("--size", type=int, default=800)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--blocks", type=int, default=5)
+    for name, default in (("genotype", "nas_fcos_fpn_head"), ("width", 128),
+                          ("backbone", "resnet50"), ("size", 800), ("threads", 2),
+                          ("blocks", 5), ("engines", DEFAULT_ENGINES), ("calib-images", 8)):
+        ap.add_argument(f"--{name}", type=type(default), default=default)
     ap.add_argument("--runs", type=int, default=2, help="timed runs per engine and block")
-    ap.add_argument("--engines", default=DEFAULT_ENGINES)
-    ap.add_argument("--calib-images", type=int, default=8)
     ap.add_argument("--work", help="keep the exports here (default: a temporary folder)")
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--precision-report", metavar="FILE",
@@ -96,17 +92,13 @@ def main() -> int:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     if "onnxruntime" not in engines:
         engines.insert(0, "onnxruntime")
-    tmp = None
-    if args.work:
-        work = Path(args.work)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="nasfcos-cpu-engines-")
-        work = Path(tmp.name)
-    model = work / "model.py"
-    model.write_text(compile_genotype(load_paper_genotype(args.genotype), CompileOptions(
-        fpn_channels=args.width, head_channels=args.width, detector=True,
-        backbone=args.backbone)))
+    tmp = None if args.work else tempfile.TemporaryDirectory(prefix="nasfcos-cpu-engines-")
+    work = Path(args.work or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    opts = CompileOptions(fpn_channels=args.width, head_channels=args.width, detector=True,
+                          backbone=args.backbone)
+    (model := work / "model.py").write_text(compile_genotype(load_paper_genotype(args.genotype),
+                                                             opts))
     size = (args.size, args.size)
     fp32 = work / "fp32.onnx"
     if not fp32.is_file():
