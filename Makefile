@@ -5,8 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,dist
 PYTEST_ARGS ?=
+# The exact torch/torchvision builds (pyproject.toml allows the tested range).
+CONSTRAINTS := constraints.txt
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS)
+# TORCH_INDEX: a wheel index for torch/torchvision alone, installed first: PyTorch's CPU-only
+# index for a CPU machine (a far smaller venv), its cu126 index for a V100. Empty: the
+# package index's default build (CUDA 13.2 for torch 2.14.1).
+TORCH_INDEX ?=
 
-.PHONY: venv demo test test-fast lint bench gpu-check clean help
+.PHONY: venv demo test test-fast lint bench gpu-check ort-gpu clean help
 
 help:
 	@echo "make venv   - create/update .venv with nasfcos[$(EXTRAS)] installed editable"
@@ -15,15 +22,18 @@ help:
 	@echo "make test-fast - the edit loop: the suite without the tests marked slow"
 	@echo "make lint   - ruff check"
 	@echo "make bench  - run benchmarks/ (slow; by hand)"
-	@echo "make gpu-check - on an NVIDIA GPU machine: install [trt], pytest -m gpu, FP32/FP16/INT8"
-	@echo "                 engines, torch vs ORT CUDA vs TensorRT benchmark -> gpu_check.md"
+	@echo "make gpu-check - on an NVIDIA GPU machine: doctor, TensorRT for this GPU, ONNX Runtime's CUDA"
+	@echo "                 provider, then the paper table (torch / ORT CUDA / TensorRT fp32/fp16/int8"
+	@echo "                 at 600/800/1000 px) with parity -> gpu_check/gpu_check.md"
+	@echo "make ort-gpu   - swap onnxruntime (CPU) for onnxruntime-gpu with its CUDA 12 runtime wheels"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	$(if $(TORCH_INDEX),$(PIP) --index-url '$(TORCH_INDEX)' torch torchvision)
+	$(PIP) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,15 +51,24 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f; done
 
-# On a machine with an NVIDIA GPU.  ORT_GPU=1 also swaps onnxruntime for onnxruntime-gpu (same
-# version) so that the ONNX Runtime CUDA row is measured; without it that row is skipped.
-ORT_GPU ?= 0
+# On a machine with an NVIDIA GPU: the TensorRT this GPU needs ([trt], or [trt-volta] on a
+# V100) unless one is installed, ONNX Runtime's CUDA provider, then `nasfcos demo --gpu`: the
+# same pipeline as `make demo`, GPU plan.  It checks the machine first (nasfcos doctor) and
+# stops in one line, with the fix, when something cannot run.  About 5-8 minutes on an H100.
 gpu-check: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[trt]'
-	@if [ "$(ORT_GPU)" = "1" ]; then v=$$($(BIN)/python -c 'import onnxruntime as o; print(o.__version__)'); \
-	  $(BIN)/python -m pip uninstall --quiet -y onnxruntime && \
-	  $(BIN)/python -m pip install --quiet --disable-pip-version-check "onnxruntime-gpu==$$v"; fi
-	$(BIN)/python -m nasfcos.runtime.gpu_check --out gpu_check
+	@extra=$$($(BIN)/nasfcos doctor --trt-extra) || exit 1; \
+	  $(BIN)/python -c 'import tensorrt' 2>/dev/null || $(PIP) -e ".[$$extra]"
+	@$(BIN)/python -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())' \
+	  || $(MAKE) --no-print-directory ort-gpu
+	$(BIN)/nasfcos demo --gpu -o gpu_check
+
+# onnxruntime and onnxruntime-gpu install the same module: install the GPU wheel with its CUDA
+# 12 / cuDNN 9 runtime wheels, remove both, then put the GPU wheel's files back alone.
+ort-gpu: $(STAMP)
+	$(PIP) -e '.[gpu]'
+	v=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))') && \
+	  $(BIN)/python -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu && \
+	  $(PIP) --no-deps "onnxruntime-gpu==$$v"
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .hypothesis gpu_check_work
+	rm -rf $(VENV) demo_out gpu_check .pytest_cache .ruff_cache .hypothesis

@@ -1,13 +1,22 @@
 """Does the proxy reward rank decoders the way a longer, real training does?
 
-    .venv/bin/python benchmarks/proxy_fidelity.py --work DIR [--random 10] [--seeds 0,1]
-        [--iters 1200] [--skip-training | --skip-proxy] [--shard K/N]
-        [--proxy-set FIELD=VALUE ...] [--json FILE]
+    .venv/bin/python benchmarks/proxy_fidelity.py --work DIR [--tuning-seeds 0-9] [--test-seeds 100-115]
+        [--sets tuning,test] [--seeds 0,1] [--iters 1200] [--skip-training | --skip-proxy]
+        [--shard K/N] [--proxy-set FIELD=VALUE ...] [--json FILE]
 
-Architectures: the two shipped genotypes, ``--random`` samples of the search space (DAG head,
-seeds 0..N-1) and four deliberately weak ones (all-skip FPN + FCOS head, all-skip everything,
-the paper genotype without deformable ops, an FPN that reads only c5).  All of them see one
-data set, the yardstick (``nasfcos data synth --preset easy``), and each is
+Architectures come in two named sets:
+
+* **tuning** (the set the shipped ``tiny`` preset was chosen on): the two shipped genotypes,
+  random samples of the search space (DAG head) from ``--tuning-seeds`` (default ``0-9``;
+  ``--random N`` is ``--tuning-seeds 0-(N-1)``) and four deliberately weak ones (all-skip FPN
+  + FCOS head, all-skip everything, the paper genotype without deformable ops, an FPN that
+  reads only c5);
+* **test** (held out): random samples from ``--test-seeds`` (e.g. ``100-115``), seeds the
+  tuning never saw (a seed in both sets, or a test genotype equal to a tuning one, is refused).
+
+Choose proxy settings (``--proxy-set``) with ``--sets tuning`` only; then run ``--sets test``
+once with the chosen settings.  All architectures see one data set, the yardstick
+(``nasfcos data synth --preset easy``), and each is
 
 * scored by the proxy task exactly as the search scores it (``tiny`` preset, with any
   ``--proxy-set`` changes: feature cache of the tiny trunk, ``nasfcos.search.proxy.evaluate``),
@@ -18,12 +27,17 @@ data set, the yardstick (``nasfcos data synth --preset easy``), and each is
   ``tiny_synth_1500`` trunk, frozen; AdamW; 128 px) for ``--iters`` iterations (the preset's
   2400 take 7 min on 2 idle cores for the paper genotype), then COCO-evaluated on val.
 
-Reports, per architecture, proxy reward per seed, AP/AP50 and the seconds of each; Kendall
-tau between mean proxy reward and AP (and AP50) for each reward form, and between the two
-proxy seeds.  Training rows go to ``WORK/train*.jsonl`` (one file per ``--shard``, so two
-1-thread processes can share 2 cores), proxy rows to ``WORK/proxy-<settings hash>.jsonl``; processes of one ``--shard K/N`` set
-claim architectures as they go (``WORK/claims``); a killed run continues where it stopped, and rows made with another recipe or other proxy
-settings are refused, not mixed in.
+Reports, per architecture, its set, proxy reward per seed, AP/AP50 and the seconds of each;
+Kendall tau between mean proxy reward and AP (and AP50) for each reward form, on the test set,
+the tuning set and both, each with a 95% bootstrap interval over architectures and a one-sided
+permutation p-value (``nasfcos.search.metrics.kendall_tau_stats``), and between the two proxy
+seeds.  Only architectures with both a proxy row and a training row count (the report says how
+many of each set are done).  Training rows go to ``WORK/train*.jsonl`` (one file per
+``--shard``, so two 1-thread processes can share 2 cores), proxy rows to
+``WORK/proxy-<settings hash>.jsonl``; rows are keyed by genotype hash, so both sets share one
+work folder; processes of one ``--shard K/N`` set claim architectures as they go
+(``WORK/claims``); a killed run continues where it stopped, and rows made with another recipe
+or other proxy settings are refused, not mixed in.
 """
 
 from __future__ import annotations
@@ -42,13 +56,14 @@ from typing import Any
 
 import torch
 
+from nasfcos.cli.args import seed_range
 from nasfcos.compiler import CompileOptions, compile_genotype
 from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
 from nasfcos.fcos.synth import SynthConfig, write_synthetic
 from nasfcos.fcos.train import TrainConfig, apply_preset, train
 from nasfcos.genotypes import Genotype, load_paper_genotype, parse_genotype, sample_genotype
 from nasfcos.io import atomic_write_text
-from nasfcos.search.metrics import kendall_tau
+from nasfcos.search.metrics import kendall_tau, kendall_tau_stats
 from nasfcos.search.proxy import PRESETS, ProxySettings, build_cache, evaluate, open_cache
 
 #: Reward forms ranked from the kept meta-val losses (the search uses "total").
@@ -80,10 +95,29 @@ def weak_genotypes() -> list[Genotype]:
     return out
 
 
-def architectures(n_random: int) -> list[Genotype]:
+#: The sets, in report order.
+SETS: tuple[str, ...] = ("tuning", "test")
+
+
+def architecture_sets(tuning_seeds: list[int], test_seeds: list[int]) -> dict[str, list[Genotype]]:
+    """``{"tuning": shipped + random(tuning_seeds) + weak, "test": random(test_seeds)}``.
+
+    Raises ``ValueError`` when the test set is not held out: a seed in both lists, or a test
+    seed whose genotype equals one of the tuning set (same canonical hash)."""
+    both = sorted(set(tuning_seeds) & set(test_seeds))
+    if both:
+        raise ValueError(f"seed {both[0]} is in both the tuning and the test set")
     shipped = [load_paper_genotype("nas_fcos_fpn"), load_paper_genotype("nas_fcos_fpn_head")]
-    rand = [sample_genotype(s, "dag", name=f"random-{s}") for s in range(n_random)]
-    return shipped + rand + weak_genotypes()
+    tuning = shipped + [sample_genotype(s, "dag", name=f"random-{s}") for s in tuning_seeds] + weak_genotypes()
+    seen = {g.hash(): g.name for g in tuning}
+    test = []
+    for s in test_seeds:
+        g = sample_genotype(s, "dag", name=f"random-{s}")
+        if g.hash() in seen:
+            raise ValueError(f"test seed {s} samples the tuning set's {seen[g.hash()]} (same genotype)")
+        seen[g.hash()] = g.name
+        test.append(g)
+    return {"tuning": tuning, "test": test}
 
 
 def recipe(a: argparse.Namespace) -> dict[str, Any]:
@@ -182,21 +216,38 @@ def proxy_settings(a: argparse.Namespace) -> ProxySettings:
     return settings.replace(**changes).validate() if changes else settings
 
 
-def taus(rows: list[dict[str, Any]], target: str) -> dict[str, float]:
+def taus(rows: list[dict[str, Any]], target: str) -> dict[str, dict[str, Any]]:
+    """Per reward form: Kendall tau of the proxy's score against ``target`` with its bootstrap
+    interval and permutation p-value (:func:`kendall_tau_stats`)."""
     out = {}
     for form, parts in REWARDS.items():
         # "total" is the search's own reward (failure_reward for a diverged decoder)
         scores = [statistics.mean(r["proxy"]) if form == "total" else
                   -statistics.mean(sum(lo[p] for p in parts) for lo in r["losses"]) for r in rows]
-        out[form] = round(kendall_tau(scores, [r[target] for r in rows]), 3)
+        out[form] = kendall_tau_stats(scores, [r[target] for r in rows])
     return out
+
+
+def _tau_text(st: dict[str, Any]) -> str:
+    if st["tau"] is None:
+        return "-"
+    ci = f" [{st['lo']:.2f}, {st['hi']:.2f}]" if st["lo"] is not None else ""
+    return f"{st['tau']:.3f}{ci} (p {st['p']})" if st["p"] is not None else f"{st['tau']:.3f}{ci}"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="work folder (data, cache, rows; reused)")
-    ap.add_argument("--random", type=int, default=10, help="random architectures (default 10: 16 in all)")
-    ap.add_argument("--seeds", default="0,1", help="proxy seeds (default 0,1)")
+    ap.add_argument("--tuning-seeds", type=seed_range, default=None, metavar="SEEDS",
+                    help="sampler seeds of the tuning set's random architectures, e.g. 0-9 (the default) or 0,3,7")
+    ap.add_argument("--random", type=int, default=None, metavar="N",
+                    help="same as --tuning-seeds 0-(N-1) (default 10: 16 tuning architectures in all)")
+    ap.add_argument("--test-seeds", type=seed_range, default=[], metavar="SEEDS",
+                    help="sampler seeds of the held-out test set, e.g. 100-115 (none by default)")
+    ap.add_argument("--sets", default=None, metavar="tuning,test",
+                    help="sets to run and report (default: tuning, and test when --test-seeds is given); "
+                         "choose --proxy-set values with --sets tuning only")
+    ap.add_argument("--seeds", type=seed_range, default=[0, 1], help="proxy seeds (default 0,1)")
     ap.add_argument("--iters", type=int, default=1200, help="real-training iterations (default 1200)")
     ap.add_argument("--fpn-width", type=int, default=32)
     ap.add_argument("--head-width", type=int, default=64)
@@ -209,7 +260,22 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    seeds = [int(s) for s in a.seeds.split(",")]
+    seeds = a.seeds
+    if a.random is not None and a.tuning_seeds is not None:
+        sys.exit("error: give --random N or --tuning-seeds, not both")
+    if a.random is not None and a.random < 0:
+        sys.exit(f"error: --random {a.random}: want N >= 0")
+    tuning_seeds = a.tuning_seeds if a.tuning_seeds is not None else list(range(10 if a.random is None else a.random))
+    sets = [x.strip() for x in (a.sets or ("tuning,test" if a.test_seeds else "tuning")).split(",") if x.strip()]
+    bad = [x for x in sets if x not in SETS]
+    if bad or not sets:
+        sys.exit(f"error: --sets {a.sets!r}: want a comma list of {', '.join(SETS)}")
+    if "test" in sets and not a.test_seeds:
+        sys.exit("error: --sets test needs --test-seeds (e.g. 100-115)")
+    try:
+        by_set = architecture_sets(tuning_seeds, a.test_seeds)
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
     try:
         k, n = (int(v) for v in a.shard.split("/"))
     except ValueError:
@@ -226,7 +292,8 @@ def main() -> int:
     if not (data / "val.json").is_file():
         write_synthetic(data, SynthConfig(**SYNTH_PRESETS["easy"], seed=settings.synth_seed))
     a.num_classes = len(json.loads((data / "train.json").read_text())["categories"])
-    archs = architectures(a.random)
+    archs = [g for name in SETS if name in sets for g in by_set[name]]
+    set_of = {g.hash(): name for name in SETS for g in by_set[name]}
     t_key = recipe(a)
     p_key = {"settings": settings.to_dict(), "seeds": seeds}
     p_tag = hashlib.sha256(json.dumps(p_key, sort_keys=True).encode()).hexdigest()[:10]
@@ -235,7 +302,7 @@ def main() -> int:
     trained = read_rows(sorted(work.glob("train-*.jsonl")), t_key, "training")
     scored = read_rows([p_path] if p_path.is_file() else [], p_key, "proxy")
     changed = {f: v for f, v in settings.to_dict().items() if v != PRESETS["tiny"].to_dict()[f]}
-    print(f"{len(archs)} architectures; proxy tiny preset{' with ' + json.dumps(changed) if changed else ''}, "
+    print(f"{len(archs)} architectures ({', '.join(f'{x} {len(by_set[x])}' for x in sets)}); proxy tiny preset{' with ' + json.dumps(changed) if changed else ''}, "
           f"seeds {seeds} -> {p_path.name}; training {a.iters} iters (shard {k}/{n}); work {work}",
           file=sys.stderr, flush=True)
     if not a.skip_proxy:
@@ -265,19 +332,22 @@ def main() -> int:
             trained[row["hash"]] = row
             print(f"train {g.name:<28} AP {_num(row, 'AP')}  AP50 {_num(row, 'AP50')}  ({row['train_s']} s)",
                   file=sys.stderr, flush=True)
-    return report(archs, scored, trained, seeds, settings, a, changed)
+    return report(archs, set_of, scored, trained, seeds, a, changed)
 
 
 def _num(row: dict[str, Any], key: str) -> str:
     return "-" if row.get(key) is None else f"{row[key]:.4f}"
 
 
-def report(archs: list[Genotype], scored: dict[str, dict[str, Any]], trained: dict[str, dict[str, Any]],
-           seeds: list[int], settings: ProxySettings, a: argparse.Namespace, changed: dict[str, Any]) -> int:
+def report(archs: list[Genotype], set_of: dict[str, str], scored: dict[str, dict[str, Any]],
+           trained: dict[str, dict[str, Any]], seeds: list[int], a: argparse.Namespace,
+           changed: dict[str, Any]) -> int:
     rows = [{k: v for k, v in {**scored.get(g.hash(), {}), **trained.get(g.hash(), {})}.items() if k != "key"}
-            | {"name": g.name} for g in archs]
-    both = [r for r in rows if "proxy" in r and r.get("AP") is not None]
+            | {"name": g.name, "set": set_of[g.hash()]} for g in archs]
     prox = [r for r in rows if "proxy" in r]
+    groups = [x for x in SETS if any(r["set"] == x for r in rows)]
+    if len(groups) > 1:
+        groups.append("both")
     result: dict[str, Any] = {
         "benchmark": "proxy_fidelity", "architectures": len(archs), "scored": len(prox), "trained":
         sum(r.get("AP") is not None for r in rows), "seeds": seeds, "iters": a.iters, "proxy_changes": changed,
@@ -287,22 +357,35 @@ def report(archs: list[Genotype], scored: dict[str, dict[str, Any]], trained: di
         if prox else None,
         "train_s_per_arch": round(statistics.mean(r["train_s"] for r in rows if "train_s" in r), 1)
         if any("train_s" in r for r in rows) else None,
+        "sets": {},
     }
-    if len(both) > 1:
-        result["tau_proxy_AP"] = taus(both, "AP")
-        result["tau_proxy_AP50"] = taus(both, "AP50")
+    for name in groups:
+        members = [r for r in rows if name in ("both", r["set"])]
+        done = [r for r in members if "proxy" in r and r.get("AP") is not None]
+        entry: dict[str, Any] = {"architectures": len(members), "done": len(done),
+                                 "remaining": [r["name"] for r in members if r not in done]}
+        if len(done) > 1:
+            entry["tau_proxy_AP"] = taus(done, "AP")
+            entry["tau_proxy_AP50"] = taus(done, "AP50")
+        result["sets"][name] = entry
     result["rows"] = rows
-    print(f"\n{'architecture':<28} {'proxy per seed':<20} {'cls':>6} {'box':>6} {'ctr':>6} {'AP':>7} {'AP50':>7} "
-          f"{'proxy s':>8} {'train s':>8}")
+    print(f"\n{'architecture':<28} {'set':<7} {'proxy per seed':<20} {'cls':>6} {'box':>6} {'ctr':>6} {'AP':>7} "
+          f"{'AP50':>7} {'proxy s':>8} {'train s':>8}")
     for r in rows:
         mean_l = {p: statistics.mean(lo[p] for lo in r["losses"]) for p in ("cls", "box", "ctr")} if "losses" in r \
             else {}
-        print(f"{r['name']:<28} {', '.join(f'{v:.3f}' for v in r.get('proxy', [])):<20} "
+        print(f"{r['name']:<28} {r['set']:<7} {', '.join(f'{v:.3f}' for v in r.get('proxy', [])):<20} "
               + " ".join(f"{mean_l[p]:>6.3f}" if mean_l else f"{'-':>6}" for p in ("cls", "box", "ctr"))
               + f" {_num(r, 'AP'):>7} {_num(r, 'AP50'):>7} {r.get('proxy_s_per_seed', 0) * len(seeds):>8.1f} "
               f"{r.get('train_s', 0):>8.1f}")
-    print(f"Kendall tau over {len(both)} architectures: proxy vs AP {result.get('tau_proxy_AP')}, "
-          f"vs AP50 {result.get('tau_proxy_AP50')}; seed-to-seed {result['tau_seed_to_seed']}")
+    print("\nKendall tau of the search's reward (total) vs AP / AP50, 95% bootstrap interval, one-sided "
+          "permutation p:")
+    for name, entry in result["sets"].items():
+        st = entry.get("tau_proxy_AP")
+        print(f"  {name:<7} {entry['done']:>2}/{entry['architectures']:<2} done: "
+              + (f"AP {_tau_text(st['total'])};  AP50 {_tau_text(entry['tau_proxy_AP50']['total'])}" if st
+                 else "too few architectures done"))
+    print(f"  seed-to-seed (proxy) {result['tau_seed_to_seed']}")
     line = json.dumps(result)
     print(line)
     if a.json:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from nasfcos.fcos.losses import STRIDES, FcosConfig, compute_targets, fcos_losses, regression_units
+from nasfcos.fcos.losses import STRIDES, FcosConfig, compute_targets, fcos_losses
 from nasfcos.fcos.train import build_detector
-from nasfcos.modelfile import load_model_file
+from nasfcos.modelfile import ModelInfo, load_model_file
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
         args.model = str(path)
     module = load_model_file(args.model)
     model = build_detector(module, args.classes).to(device).train()
-    cfg = FcosConfig(reg_units=regression_units(module))
+    cfg = FcosConfig(reg_units=ModelInfo.from_module(module).box_units.name)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
     xy0 = torch.rand(args.batch, 4, 2, device=device) * args.size * 0.5

@@ -12,20 +12,24 @@ from typing import Any
 
 from nasfcos.compiler.backbones import backbone_names
 from nasfcos.errors import NasfcosError
+from nasfcos.modelfile import BOX_UNITS, DEFAULT_BOX_UNITS
 
 #: Backbones a ``--detector`` build may name: every trunk of ``templates/backbone.py.j2``
 #: (``tiny`` is a small random-weight trunk for tests and smoke runs).
 BACKBONES: tuple[str, ...] = backbone_names()
-#: Upper bounds (inclusive) of the width options.
+#: Bounds (inclusive) of the width options (also every CLI width flag's, through
+#: :func:`check_width`).
 MIN_CHANNELS = 2
 MAX_CHANNELS = 4096
 MAX_IN_CHANNELS = 16384
+#: Most classes a model is compiled (and every ``--num-classes`` flag accepts, through
+#: :func:`check_num_classes`): LVIS has 1203, Objects365 365.
 MAX_CLASSES = 10000
 #: Every head norm is ``GroupNorm(GN_GROUPS, C)`` (as the release), so head widths are multiples.
 GN_GROUPS = 32
-#: Units of ``bbox_reg = exp(scale_l * x)``: ``pixels`` of the input image (the release's, default)
-#: or ``stride`` units of each level (FCOS's later stride-normalised regression).
-BOX_REGRESSION = ("pixels", "stride")
+#: Units of ``bbox_reg = exp(scale_l * x)`` (:class:`~nasfcos.modelfile.BoxUnits`): ``pixels`` of
+#: the input image (the release's, default) or ``stride`` units of each level.
+BOX_REGRESSION = BOX_UNITS
 #: Detection score: ``product`` sigmoid(cls) * sigmoid(ctr) (the release's, default) or ``sqrt``
 #: of it (torchvision's FCOS).  Both threshold sigmoid(cls) > score_thresh first.
 SCORING = ("product", "sqrt")
@@ -47,6 +51,21 @@ def _check_choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise NasfcosError(f"{what}: {str(value)[:40]!r} is not one of: {', '.join(choices)}")
     return value
+
+
+def check_width(value: Any, what: str) -> int:
+    """A decoder width (FPN or head channels): an int in MIN..MAX_CHANNELS and even (the
+    deformable convolutions use two offset groups, which split the channels in halves)."""
+    width = _check_int(value, what, MAX_CHANNELS, MIN_CHANNELS)
+    if width % 2:
+        raise NasfcosError(f"{what}: {width} is odd: widths must be even (deformable convolutions "
+                           "use two offset groups)")
+    return width
+
+
+def check_num_classes(value: Any, what: str = "num_classes") -> int:
+    """A class count K: an int in 1..MAX_CLASSES."""
+    return _check_int(value, what, MAX_CLASSES)
 
 
 def parse_in_channels(value: str | Sequence[int]) -> tuple[int, int, int, int]:
@@ -88,15 +107,15 @@ class CompileOptions:
     in_channels: tuple[int, int, int, int] = (256, 512, 1024, 2048)
     detector: bool = False
     backbone: str = "resnet50"
-    box_regression: str = "pixels"
+    box_regression: str = DEFAULT_BOX_UNITS
     scoring: str = "product"
     preprocess: str | None = None
 
     def __post_init__(self) -> None:
-        _check_int(self.fpn_channels, "fpn_channels", MAX_CHANNELS, MIN_CHANNELS)
+        check_width(self.fpn_channels, "fpn_channels")
         if self.head_channels is not None:
-            _check_int(self.head_channels, "head_channels", MAX_CHANNELS, MIN_CHANNELS)
-        _check_int(self.num_classes, "num_classes", MAX_CLASSES)
+            check_width(self.head_channels, "head_channels")
+        check_num_classes(self.num_classes)
         object.__setattr__(self, "in_channels", parse_in_channels(self.in_channels))
         if not isinstance(self.detector, bool):
             raise NasfcosError(f"detector: expected a boolean, got {type(self.detector).__name__}")
@@ -135,7 +154,7 @@ def options_context(options: CompileOptions) -> dict[str, Any]:
         line += f", scoring {options.scoring}, preprocess {preprocess}"
     return {
         "box_regression": options.box_regression,
-        "box_units_text": ("in pixels of the input image" if options.box_regression == "pixels"
+        "box_units_text": ("in pixels of the input image" if options.box_regression == DEFAULT_BOX_UNITS
                            else "in units of the level's stride"),
         "scoring": options.scoring,
         "preprocess": preprocess,
@@ -146,7 +165,7 @@ def options_context(options: CompileOptions) -> dict[str, Any]:
 def option_flags(options: CompileOptions) -> list[str]:
     """``nasfcos compile`` flags of the behaviour options that differ from the defaults."""
     flags = []
-    if options.box_regression != "pixels":
+    if options.box_regression != DEFAULT_BOX_UNITS:
         flags.append(f"--box-regression {options.box_regression}")
     if options.detector and options.scoring != "product":
         flags.append(f"--scoring {options.scoring}")

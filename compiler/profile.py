@@ -27,7 +27,6 @@ Counting runs on the ``meta`` device by default: no memory, no arithmetic, milli
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,8 +38,8 @@ import torchvision  # noqa: F401  (registers torch.ops.torchvision.*)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
-from nasfcos.errors import NasfcosError
-from nasfcos.modelfile import RawForward
+from nasfcos.errors import NasfcosError, first_line
+from nasfcos.modelfile import ModelInfo, RawForward, load_model_file
 
 #: Paper's input size for FLOPs, (height, width) like every size in nasfcos.
 PAPER_SIZE: tuple[int, int] = (800, 1088)
@@ -284,22 +283,11 @@ def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
                               detector=True)
         return compile_to_module(g, opts), g.name, {}
     if spec.endswith(".py"):
-        from nasfcos.modelfile import load_model_file
-
         module = load_model_file(spec)
-        label = str(getattr(module, "GENOTYPE_NAME", "") or Path(spec).stem)
+        label = ModelInfo.from_module(module).name or Path(spec).stem
         return module, label, widths
     raise NasfcosError(f"{spec}: expected a model.py, a genotype .json, a release config .yaml, a shipped "
                        "genotype name (nas_fcos_fpn, nas_fcos_fpn_head) or fpn-fcos")
-
-
-def _resolved_widths(module: ModuleType, req: ProfileRequest) -> tuple[int, int]:
-    """(FPN, head) widths the model is built with: overrides, else the compiled defaults."""
-    fpn = int(req.fpn_channels or module.FPN_CHANNELS)
-    if req.head_channels is not None:
-        return fpn, int(req.head_channels)
-    default = inspect.signature(module.Decoder).parameters["head_channels"].default
-    return fpn, fpn if default is None else int(default)
 
 
 def build_for_profile(req: ProfileRequest) -> tuple[nn.Module, str, tuple[int, int], str]:
@@ -310,18 +298,19 @@ def build_for_profile(req: ProfileRequest) -> tuple[nn.Module, str, tuple[int, i
     if req.backbone is not None:
         backbone_channels(req.backbone)  # validates the name before any compiling
     module, label, overrides = _load_source(req)
-    backbone = req.backbone or str(getattr(module, "BACKBONE", DEFAULT_BACKBONE))
+    info = ModelInfo.from_module(module)
+    backbone = req.backbone or info.backbone or DEFAULT_BACKBONE
     widths = backbone_channels(backbone)
     try:
         with torch.device(req.device):
-            if hasattr(module, "Detector"):
+            if info.kind == "detector":
                 net = module.Detector(backbone=backbone, **overrides)
             else:
                 net = _Composite(build_backbone(backbone),
                                  module.Decoder(in_channels=widths, **overrides))
     except (TypeError, ValueError, RuntimeError, SystemExit) as exc:  # SystemExit: model code
-        raise NasfcosError(f"{req.model}: cannot build it for profiling ({type(exc).__name__}: {exc})") from None
-    return net, label, _resolved_widths(module, req), backbone
+        raise NasfcosError(f"{req.model}: cannot build it for profiling ({type(exc).__name__}: {first_line(exc)})") from None
+    return net, label, info.widths(req.fpn_channels, req.head_channels), backbone
 
 
 def profile(req: ProfileRequest) -> Profile:
@@ -336,7 +325,7 @@ def profile(req: ProfileRequest) -> Profile:
                                 source=req.model)
     except (ValueError, RuntimeError) as exc:
         raise NasfcosError(f"{req.model}: forward pass failed at {height}x{width} "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+                           f"({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _m(n: int) -> str:

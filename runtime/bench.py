@@ -24,6 +24,7 @@ import numpy as np
 
 from nasfcos.errors import BackendUnavailable, NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nasfcos.modelfile import ModelInfo
 from nasfcos.runtime.machine import describe, machine_info
 from nasfcos.runtime.models import make_inputs
 from nasfcos.runtime.runners import Runner, make_runner, split_backend
@@ -215,14 +216,15 @@ def baseline_detector(lm: Any) -> Any:
     import copy
 
     from nasfcos.compiler import build_reference
+    from nasfcos.compiler.backbones import backbone_channels
 
     if lm.kind != "detector":
         raise NasfcosError("the baseline needs a detector model.py (compile it with --detector)")
     det = copy.deepcopy(lm.net.detector)
-    ref = build_reference(lm.module.GENOTYPE, fpn_channels=lm.info["fpn_channels"],
+    ref = build_reference(ModelInfo.from_module(lm.module).genotype, fpn_channels=lm.info["fpn_channels"],
                           head_channels=lm.info["head_channels"],
                           num_classes=lm.info["num_classes"],
-                          in_channels=lm.module.BACKBONE_CHANNELS[det.backbone_name])
+                          in_channels=backbone_channels(det.backbone_name))
     ref.load_state_dict(det.decoder.state_dict(), strict=True)
     det.decoder = ref.eval()
     return type(lm.net)(det).eval()

@@ -95,7 +95,13 @@ class CheckReport:
                         f"{o.max_rel:>10.3g} {tol:>16}  {'yes' if o.ok else 'NO'}"
                         + (f"  ({o.note})" if o.note else ""))
         for a in self.agreement:
-            rows.append(f"detections @{a['size'][0]}x{a['size'][1]}: {a['matched']}/{a['reference']}"
+            where = f"detections @{a['size'][0]}x{a['size'][1]}"
+            if a.get("raw_heads_compared"):
+                rows.append(f"{where}: none on either side (no score above the model's threshold):"
+                            " the boxes, scores and labels compare nothing, so the raw head "
+                            "outputs (cls/reg/ctr logits) were compared instead (rows 'raw ...')")
+                continue
+            rows.append(f"{where}: {a['matched']}/{a['reference']}"
                         f" matched (IoU >= {a['iou_threshold']}: {100 * a['match_rate']:.1f}%), "
                         f"mean IoU {a['mean_iou']:.4f}, score diff max {a['max_score_diff']:.3g}"
                         f" mean {a['mean_score_diff']:.3g}")
@@ -257,6 +263,99 @@ def compare_outputs(names: Sequence[str], ref: Sequence[np.ndarray], got: Sequen
     return checks
 
 
+def _raw_names(levels: int) -> list[str]:
+    """Row names of the detector's raw head outputs, in ``Detector.forward_raw`` order."""
+    from nasfcos.runtime.models import LEVELS
+
+    return [f"raw {head}_{lvl}" for head in ("cls", "reg", "ctr") for lvl in LEVELS[:levels]]
+
+
+def _torch_raw_outputs(ref: Any, images: np.ndarray) -> list[np.ndarray] | None:
+    """The PyTorch reference detector's raw head outputs (cls, reg, ctr over p3..p7) on
+    ``images``; None when the reference is not a PyTorch detector."""
+    import torch
+
+    detector = getattr(getattr(getattr(ref, "model", None), "net", None), "detector", None)
+    if detector is None or not hasattr(detector, "forward_raw"):
+        return None
+    device = next(detector.parameters()).device
+    with torch.no_grad():
+        cls, reg, ctr = detector.forward_raw(torch.from_numpy(images).to(device))
+    return [t.float().cpu().numpy() for t in (*cls, *reg, *ctr)]
+
+
+def _ort_raw_candidates(runner: Any, images: np.ndarray,
+                        shapes: Sequence[tuple[int, ...]]) -> dict[str, np.ndarray] | None:
+    """Every intermediate 4-d tensor of an ONNX Runtime artifact whose shape is one of
+    ``shapes`` (the raw head outputs are among them), by name; None when the artifact is not
+    an ONNX graph run by ONNX Runtime."""
+    path = getattr(runner, "path", None)
+    session = getattr(runner, "session", None)
+    if runner.backend != "onnxruntime" or session is None or path is None:
+        return None
+    import onnx
+    import onnxruntime as ort
+
+    from nasfcos.runtime.runners import ort_session_options
+
+    model = onnx.load(str(path))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - an uninferable graph simply offers no candidates
+        return None
+    wanted = {tuple(s[1:]) for s in shapes}
+    outs = {o.name for o in model.graph.output}
+    extra = []
+    for vi in inferred.graph.value_info:
+        t = vi.type.tensor_type
+        if t.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if len(dims) != 4 or vi.name in outs:
+            continue
+        if tuple(dims[1:]) in wanted or (dims[1] in {s[1] for s in shapes} and None in dims[2:]):
+            extra.append(vi)
+    if not extra:
+        return {}
+    model.graph.output.extend(extra)
+    sess = ort.InferenceSession(model.SerializeToString(),
+                                ort_session_options(getattr(runner, "threads", None),
+                                                    opt_level=getattr(runner, "opt_level", "all")),
+                                providers=session.get_providers())
+    names = [vi.name for vi in extra]
+    values = sess.run(names, {session.get_inputs()[0].name: images})
+    return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values, strict=True)}
+
+
+def compare_raw_heads(runner: Any, ref: Any, images: np.ndarray, tol: Tolerance) -> list[OutputCheck]:
+    """Compare a detector artifact's raw head outputs (cls/reg/ctr logits, p3..p7) with the
+    PyTorch reference's, for inputs on which neither side keeps a detection (so the boxes,
+    scores and labels compare nothing).
+
+    The artifact's tensors are the graph's intermediate values exposed as extra outputs; each
+    reference tensor is compared with the same-shaped intermediate closest to it (a broken
+    graph has no close one).  Artifacts whose intermediates cannot be read (engines, a
+    non-PyTorch reference) give one failing row saying so: a check never passes on nothing.
+    """
+    want = _torch_raw_outputs(ref, images)
+    got = _ort_raw_candidates(runner, images, [w.shape for w in want]) if want else None
+    if want is None or got is None:
+        why = ("the reference is not a PyTorch detector" if want is None
+               else f"the {runner.backend} artifact's intermediate tensors cannot be read")
+        return [OutputCheck("raw head outputs", [], math.inf, math.inf, tol.atol, tol.rtol, False,
+                            "no detection on either side and " + why + ": nothing was compared "
+                            "(check with trained weights, or the decoder export)")]
+    checks = []
+    for name, w in zip(_raw_names(len(want) // 3), want, strict=True):
+        same = [compare_tensor(name, w, g, tol) for g in got.values() if g.shape == w.shape]
+        if not same:
+            checks.append(OutputCheck(name, list(w.shape), math.inf, math.inf, tol.atol, tol.rtol,
+                                      False, "no tensor of this shape in the artifact's graph"))
+            continue
+        checks.append(min(same, key=lambda c: c.max_abs))
+    return checks
+
+
 def _manifest_or_none(path: Path) -> dict[str, Any] | None:
     """The artifact's manifest, verified against the artifact; None when there is none.
 
@@ -372,7 +471,12 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
 
     runner = make_runner(artifact, backend, device, threads=threads)
     try:
-        kind = kind or runner.kind or src.get("kind")
+        actual = runner.kind or src.get("kind")
+        if kind is not None and actual is not None and kind != actual:
+            raise NasfcosError(f"{artifact}: a {actual} export (inputs "
+                               f"{', '.join(runner.input_names)}), not a {kind}: drop --{kind}"
+                               f"{' or give --detector' if actual == 'detector' else ''}")
+        kind = kind or actual
         ref_opts: dict[str, Any] = {}
         if against.suffix == ".py":
             weights = src.get("weights")
@@ -420,8 +524,12 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
                 want = ref(*inputs)
                 checks = compare_outputs(runner.output_names, want, got, tol)
                 if tuple(runner.output_names) == DETECTOR_OUTPUTS:
-                    report.agreement.append({"size": list(size),
-                                             **asdict(detection_agreement(want, got))})
+                    agreement = asdict(detection_agreement(want, got))
+                    if agreement["reference"] == 0 and not (got[1] > 0).any():
+                        # 0/0 detections: the boxes/scores/labels compared nothing
+                        checks += compare_raw_heads(runner, ref, inputs[0], tol)
+                        agreement["raw_heads_compared"] = True
+                    report.agreement.append({"size": list(size), **agreement})
                 if len(sizes) > 1:
                     for c in checks:
                         c.name = f"{c.name}@{size[0]}x{size[1]}"
@@ -434,4 +542,4 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
 
 
 __all__ = ["TOLERANCES", "Agreement", "CheckReport", "OutputCheck", "Tolerance", "check_artifact",
-           "compare_outputs", "compare_tensor", "detection_agreement"]
+           "compare_outputs", "compare_raw_heads", "compare_tensor", "detection_agreement"]

@@ -25,7 +25,8 @@ def _cpu_flags() -> list[str]:
     except OSError:
         return []
     m = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+              "amx_bf16", "amx_int8")
     have = set(m.group(1).split()) if m else set()
     return [f for f in wanted if f in have]
 

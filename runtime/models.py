@@ -5,7 +5,7 @@ Two model kinds share every runtime tool:
 * ``decoder``: inputs ``c2, c3, c4, c5`` (backbone features ``[N, C_i, H/4.., W/4..]`` for
   strides 4, 8, 16, 32, float32); 15 outputs, flattened in the order
   ``cls_p3..cls_p7`` (``[N, K, h, w]`` logits), ``reg_p3..reg_p7`` (``[N, 4, h, w]``,
-  distances in units of the level's stride), ``ctr_p3..ctr_p7`` (``[N, 1, h, w]`` logits).
+  distances in the file's ``BOX_REGRESSION`` units, pixels by default), ``ctr_p3..ctr_p7`` (``[N, 1, h, w]`` logits).
 * ``detector``: input ``images`` (``[N, 3, H, W]`` float32 RGB in [0, 1]); outputs
   ``boxes`` (``[N, D, 4]`` xyxy pixels), ``scores`` (``[N, D]``), ``labels`` (``[N, D]`` int64),
   with ``D`` fixed (padded entries: score 0, label -1, box 0).
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
 from nasfcos.genotypes.space import BACKBONE_STRIDES
-from nasfcos.modelfile import load_model_file, model_code_guard
+from nasfcos.modelfile import ModelInfo, load_model_file, model_code_guard
 from nasfcos.weights import load_state_dict_strict, load_weights_file
 
 ModelKind = Literal["decoder", "detector"]
@@ -175,13 +175,14 @@ class LoadedModel:
 
 def detect_kind(module: ModuleType, requested: str | None = None) -> str:
     """The model kind to use: ``requested`` if given (checked), else detector if the file has one."""
+    own = ModelInfo.from_module(module).kind
     if requested is not None:
         if requested not in MODEL_KINDS:
             raise NasfcosError(f"unknown model kind {requested!r} (expected decoder or detector)")
-        if requested == "detector" and not hasattr(module, "Detector"):
+        if requested == "detector" and own != "detector":
             raise NasfcosError("the model file has no Detector (compile it with --detector)")
         return requested
-    return "detector" if hasattr(module, "Detector") else "decoder"
+    return own
 
 
 def state_dict_hash(net: nn.Module) -> str:
@@ -231,21 +232,20 @@ def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
     net = (DetectorIO(inner) if kind == "detector" else DecoderIO(inner)).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    in_channels = overrides.get("in_channels", getattr(module, "IN_CHANNELS", None))
+    mi = ModelInfo.from_module(module)
+    in_channels = overrides.get("in_channels", mi.in_channels)
     in_names, out_names = io_names(kind)
     info = {
-        "genotype_hash": getattr(module, "GENOTYPE_HASH", None),
-        "genotype_name": (getattr(module, "GENOTYPE", {}) or {}).get("name"),
-        "fpn_channels": overrides.get("fpn_channels", getattr(module, "FPN_CHANNELS", None)),
-        "head_channels": overrides.get("head_channels", getattr(module, "HEAD_CHANNELS", None)),
-        "num_classes": overrides.get("num_classes", getattr(module, "NUM_CLASSES", None)),
+        "genotype_hash": mi.genotype_hash,
+        "genotype_name": mi.name,
+        "fpn_channels": overrides.get("fpn_channels", mi.fpn_channels),
+        "head_channels": overrides.get("head_channels", mi.head_channels),
+        "num_classes": overrides.get("num_classes", mi.num_classes),
         "in_channels": list(in_channels) if in_channels is not None else None,
-        "backbone": getattr(module, "BACKBONE", None),
+        "backbone": mi.backbone,
         "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "state_dict_sha256": state_dict_hash(inner),
-        # the compiled behaviour options (model.py constants; absent in older files)
-        "options": {k.lower(): getattr(module, k) for k in ("BOX_REGRESSION", "SCORING", "PREPROCESS")
-                    if isinstance(getattr(module, k, None), str)},
+        "options": mi.options(),  # the compiled behaviour options
     }
     return LoadedModel(path=path, module=module, kind=kind, net=net, input_names=in_names,
                        output_names=out_names,

@@ -3,7 +3,8 @@
 Every value a user types is checked here, while the arguments are parsed, before any work
 starts: numbers (positive, non-negative, finite, in range), sizes (``HxW``; a single number
 means square), widths, devices, seed ranges, opsets, input files (regular files only: a FIFO
-or device would block) and output paths (writable, not a directory, not under a file).
+or device would block) and output paths (writable by a probe write, not a directory, not under
+a file; an output folder is locked for the run).
 A bad value becomes argparse's one-line ``nasfcos VERB: error: argument --flag: ...``
 (exit 2).  These functions import nothing heavy at module level.
 """
@@ -22,11 +23,6 @@ from nasfcos.errors import NasfcosError
 MAX_SIDE = 8192
 #: Smallest image side: the coarsest FPN level (stride 128) needs at least one cell.
 MIN_SIDE = 32
-#: Largest decoder width a width flag accepts.
-MAX_WIDTH = 4096
-#: Most classes a ``--num-classes`` flag accepts.
-MAX_CLASSES = 100_000
-
 _ArgError = argparse.ArgumentTypeError
 
 
@@ -92,6 +88,26 @@ non_negative_float = float_range(0.0)
 finite_float = float_range()
 
 
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's count)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads(text: str) -> int:
+    """A thread count: 1 up to the CPUs this process may use (more only oversubscribes the
+    machine; 10000 threads left a bench running for minutes at a load in the thousands)."""
+    n = cpu_count()
+    v = _int(text)
+    if not 1 <= v <= n:
+        raise _ArgError(f"expected 1..{n} threads (this machine lets the process use {n} CPUs), got {v}")
+    return v
+
+
 def seed(text: str) -> int:
     """A seed: an integer in 0..2**32-1 (numpy's range)."""
     return int_range(0, 2**32 - 1)(text)
@@ -119,14 +135,27 @@ def size_list(text: str) -> list[tuple[int, int]]:
     return [size_hw(p) for p in parts]
 
 
+def _by_rule(rule: Callable[[int, str], int], text: str) -> int:
+    """An integer checked by an option object's rule ``rule(value, field)``; the field name
+    is dropped from its message (argparse names the flag)."""
+    try:
+        return rule(_int(text), "value")
+    except NasfcosError as exc:
+        raise _ArgError(str(exc).removeprefix("value: ")) from None
+
+
 def width(text: str) -> int:
-    """A decoder width (FPN or head channels): even (the deformable convolutions use two
-    offset groups, which split the channels in halves) and in 2..4096."""
-    v = int_range(2, MAX_WIDTH)(text)
-    if v % 2:
-        raise _ArgError(f"{v} is odd: widths must be even (deformable convolutions use two "
-                        "offset groups)")
-    return v
+    """A decoder width (FPN or head channels): ``CompileOptions``' rule (even, 2..4096)."""
+    from nasfcos.compiler.options import check_width
+
+    return _by_rule(check_width, text)
+
+
+def num_classes(text: str) -> int:
+    """A class count: ``CompileOptions``' rule (1..10000)."""
+    from nasfcos.compiler.options import check_num_classes
+
+    return _by_rule(check_num_classes, text)
 
 
 def seed_range(text: str) -> list[int]:
@@ -212,10 +241,14 @@ def output_file(text: str) -> str:
 
 
 def output_dir(text: str) -> str:
-    """A folder to write into: an existing writable folder, or one that can be created."""
-    from nasfcos.io import writable_path
+    """A folder to write into: an existing writable folder, or one that can be created.  The
+    folder is owned by this run from here on (:func:`nasfcos.io.claim_folder`): a second run
+    naming it fails at once, naming the owner."""
+    from nasfcos.io import claim_folder, writable_path
 
-    return _as_arg_error(lambda: writable_path(text, directory=True))
+    path = _as_arg_error(lambda: writable_path(text, directory=True))
+    claim_folder(path)
+    return path
 
 
 def genotype_arg(text: str) -> str:
@@ -224,6 +257,10 @@ def genotype_arg(text: str) -> str:
 
     if not Path(text).exists() and str(text).removesuffix(".json") in PAPER_GENOTYPES:
         return text
+    if not Path(text).exists():
+        from nasfcos.genotypes.resolve import unknown_genotype_message
+
+        raise argparse.ArgumentTypeError(unknown_genotype_message(text))
     input_file(text)
     return text
 
@@ -260,7 +297,7 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
 
 def add_threads(p: argparse.ArgumentParser, default: int | None = None) -> None:
     """``--threads N``: CPU threads (intra-op) for every backend."""
-    p.add_argument("--threads", type=positive_int, default=default, metavar="N",
+    p.add_argument("--threads", type=threads, default=default, metavar="N",
                    help="CPU threads" + (f" (default {default})" if default else ""))
 
 
@@ -283,8 +320,8 @@ def add_widths(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, fpn_help
 
 def add_num_classes(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, *,
                     default: int | None = 80, metavar: str | None = None) -> None:
-    """``--num-classes K``: foreground classes, 1..``MAX_CLASSES``."""
-    p.add_argument("--num-classes", type=int_range(1, MAX_CLASSES), default=default, metavar=metavar,
+    """``--num-classes K``: foreground classes (:func:`num_classes`)."""
+    p.add_argument("--num-classes", type=num_classes, default=default, metavar=metavar,
                    help=help)
 
 
@@ -315,9 +352,9 @@ def add_calibration(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, ima
                    help=method_help)
 
 
-__all__ = ["MAX_CLASSES", "MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json",
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json", "cpu_count",
            "add_num_classes", "add_output", "add_quiet", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
-           "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int",
+           "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int", "num_classes",
            "opset", "output_dir", "output_file", "positive_float", "positive_int", "seed",
-           "seed_range", "size_hw", "size_list", "width"]
+           "seed_range", "size_hw", "size_list", "threads", "width"]

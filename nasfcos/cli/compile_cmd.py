@@ -86,12 +86,14 @@ def main(argv: list[str]) -> int:
         raise NasfcosError("--backbone only applies with --detector")
     if (args.preprocess is not None or args.scoring != "product") and not args.detector:
         raise NasfcosError("--preprocess and --scoring only apply with --detector")
-    genotype = resolve_genotype(source_arg)
     # a release config also gives the width (AGG_SIZE) and, for a detector, the release's
-    # backbone variant and Caffe2 preprocessing, unless the flags say otherwise
+    # backbone variant and Caffe2 preprocessing, unless the flags say otherwise (read once)
     fpn_channels, backbone, preprocess = args.fpn_channels, args.backbone, args.preprocess
-    if Path(source_arg).suffix.lower() in YAML_SUFFIXES and Path(source_arg).is_file():
+    if Path(source_arg).suffix.lower() not in YAML_SUFFIXES or not Path(source_arg).is_file():
+        genotype = resolve_genotype(source_arg)
+    else:
         target = release_target(source_arg)
+        genotype = target.genotype
         fpn_channels = fpn_channels or target.options.fpn_channels
         if args.detector:
             backbone = backbone or target.options.backbone

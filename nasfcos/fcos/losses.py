@@ -4,7 +4,8 @@ Layout conventions (Contract 2): the decoder returns lists over levels p3..p7 of
 ``cls [N, K, H, W]`` raw logits, ``reg [N, 4, H, W]`` non-negative (l, t, r, b)
 distances in pixels of the input image (the release's ``exp(scale * x)``) or, for
 models compiled with stride-normalised regression, in units of the level's stride
-(``FcosConfig.reg_units``; :func:`regression_units` reads a model file's choice), and
+(``FcosConfig.reg_units``, a :class:`~nasfcos.modelfile.BoxUnits` name: a model file's
+``ModelInfo.box_units``), and
 ``ctr [N, 1, H, W]`` logits.  Locations are flattened level by level, row-major, into
 one axis of length ``L``.
 
@@ -39,6 +40,7 @@ from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from nasfcos.genotypes.space import OUTPUT_STRIDES
+from nasfcos.modelfile import BOX_UNITS, DEFAULT_BOX_UNITS, BoxUnits
 
 STRIDES: tuple[int, ...] = OUTPUT_STRIDES  # p3..p7, defined once in the search space
 INF = math.inf
@@ -53,7 +55,6 @@ def default_size_ranges(num_levels: int) -> tuple[tuple[float, float], ...]:
 
 BOX_LOSSES: tuple[str, ...] = ("iou", "giou")
 CLS_NORMS: tuple[str, ...] = ("positives+images", "positives")
-REG_UNITS: tuple[str, ...] = ("pixels", "stride")
 
 
 @dataclass(frozen=True)
@@ -65,43 +66,18 @@ class FcosConfig:
     center_sampling_radius: float = 0.0  # 0: off (release); FCOS's improvement uses 1.5
     box_loss: str = "iou"  # "iou": -log((I+1)/(U+1)) (release); "giou": 1 - GIoU
     cls_norm: str = "positives+images"  # focal loss divisor; or "positives"
-    reg_units: str = "pixels"  # units of the model's box regression: "pixels" or "stride"
+    reg_units: str = DEFAULT_BOX_UNITS  # units of the model's box regression (BOX_UNITS)
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("box_loss", self.box_loss, BOX_LOSSES),
                                      ("cls_norm", self.cls_norm, CLS_NORMS),
-                                     ("reg_units", self.reg_units, REG_UNITS)):
+                                     ("reg_units", self.reg_units, BOX_UNITS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
         if not (math.isfinite(self.center_sampling_radius) and self.center_sampling_radius >= 0):
             raise ValueError(f"center_sampling_radius must be >= 0, not {self.center_sampling_radius}")
-
-
-#: Names a compiled model file may use for its box-regression units (first found wins):
-#: a string "pixels"/"stride", or a bool meaning stride-normalised regression.
-_UNIT_CONSTANTS: tuple[str, ...] = ("BOX_REGRESSION", "BOX_REGRESSION_UNITS", "REG_UNITS", "BBOX_REG_UNITS",
-                                    "NORM_REG_TARGETS", "STRIDE_NORMALISED_REGRESSION")
-
-
-def regression_units(module: object) -> str:
-    """Units of a compiled model file's box regression, read from its recorded constant
-    ("pixels" or "stride").  Files compiled before the constant existed regress in stride
-    units, so that is the answer when no constant is found."""
-    for name in _UNIT_CONSTANTS:
-        value = getattr(module, name, None)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            return "stride" if value else "pixels"
-        text = str(value).lower()
-        if text in ("pixel", "pixels", "px", "input_pixels"):
-            return "pixels"
-        if text in ("stride", "strides", "stride_units"):
-            return "stride"
-        raise ValueError(f"model file: unknown box-regression units {name} = {value!r}")
-    return "stride"
 
 
 @dataclass
@@ -289,8 +265,8 @@ def losses_from_targets(cls: Sequence[Tensor], reg: Sequence[Tensor], ctr: Seque
                         targets: FcosTargets, cfg: FcosConfig | None = None) -> dict[str, Tensor]:
     """The three FCOS loss terms ``{"cls", "box", "ctr"}`` (scalars; the total is their sum).
 
-    ``reg`` is in ``cfg.reg_units``; stride units are converted to pixels with
-    ``targets.strides`` before the box loss.
+    ``reg`` is in ``cfg.reg_units``; it is decoded to pixels with ``targets.strides``
+    (:meth:`BoxUnits.decode`) before the box loss.
     """
     cfg = cfg or FcosConfig()
     cls_f, reg_f, ctr_f = flatten_outputs(cls, reg, ctr)
@@ -312,9 +288,7 @@ def losses_from_targets(cls: Sequence[Tensor], reg: Sequence[Tensor], ctr: Seque
         _world_mean(torch.zeros((), device=cls_f.device))  # the box normaliser's collective
         return {"cls": cls_loss, "box": reg_f.sum() * 0.0, "ctr": ctr_f.sum() * 0.0}
 
-    if cfg.reg_units == "stride":
-        reg_f = reg_f * targets.strides.to(cls_f.device)[None, :, None]
-    reg_px = reg_f[pos]
+    reg_px = BoxUnits(cfg.reg_units).decode(reg_f, targets.strides.to(cls_f.device)[None, :, None])[pos]
     reg_t = targets.reg.to(cls_f.device)[pos]
     ctr_t = targets.ctr.to(cls_f.device)[pos]
     ctr_norm = _world_mean(ctr_t.sum()).clamp(min=1e-6)

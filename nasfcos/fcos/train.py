@@ -22,6 +22,9 @@ import io
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -36,7 +39,7 @@ from torch.utils.data import DataLoader, Sampler
 from nasfcos.errors import CacheError, NasfcosError, first_line
 from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, has_split, resolve_split
 from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
-from nasfcos.fcos.losses import FcosConfig, fcos_losses, regression_units
+from nasfcos.fcos.losses import FcosConfig, fcos_losses
 from nasfcos.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -44,7 +47,7 @@ from nasfcos.io import (
     sha256_bytes,
     sha256_file,
 )
-from nasfcos.modelfile import RawForward, load_model_file, model_code_guard
+from nasfcos.modelfile import ModelInfo, RawForward, load_model_file, model_code_guard
 from nasfcos.weights import check_finite_state
 
 LOSS_KEYS = ("cls", "box", "ctr")
@@ -299,28 +302,25 @@ def _mean_over_ranks(values: torch.Tensor, d: _Dist) -> torch.Tensor:
 def build_detector(module: Any, num_classes: int, **overrides: Any) -> nn.Module:
     """The ``Detector`` of a loaded model file with ``num_classes`` outputs (through the
     file's ``build`` factory; Contract 2)."""
-    if not hasattr(module, "Detector"):
+    if ModelInfo.from_module(module).kind != "detector":
         raise NasfcosError("the model file has no Detector: compile it with --detector")
     with model_code_guard(getattr(module, "__file__", None) or "model file"):
         return module.build(num_classes=num_classes, **overrides)
 
 
 def resolve_backbone_weights(name_or_path: str) -> Path:
-    """A backbone weights file: a path, or the name of a shipped trunk (``tiny_synth``)."""
+    """A backbone weights file: a path, or the name of a shipped trunk (``tiny_synth``),
+    checked by the one weights loader (tensors only, all finite: NaN in a trunk would surface
+    later as a diverged training blamed on the learning rate)."""
     from nasfcos.fcos.weights import shipped_weights
+    from nasfcos.weights import load_weights_file
 
     shipped = shipped_weights(name_or_path)
     path = shipped if shipped is not None else Path(name_or_path)
     if not path.is_file():
         raise NasfcosError(f"{name_or_path}: no such backbone weights file")
+    load_weights_file(path)
     return path
-
-
-def _regression_units(module: Any, path: str) -> str:
-    try:
-        return regression_units(module)
-    except ValueError as exc:
-        raise NasfcosError(f"{path}: {exc}") from None
 
 
 def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -471,6 +471,36 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class _StopOnInterrupt:
+    """While active, the first SIGINT only sets ``requested`` (the loop stops at the end of
+    the iteration, a consistent point to save); the second one interrupts at once."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.requested = False
+        self._previous: Any = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ntrain: Ctrl-C: stopping after this iteration to save a checkpoint "
+              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def watch(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """``batches``, restoring the previous handler when the loop ends in any way."""
+        try:
+            yield from batches
+        finally:
+            self.restore()
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the summary (also ``summary.json``)."""
     if (cfg.epochs is None) == (cfg.iters is None):
@@ -483,11 +513,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     ann, img_dir = resolve_split(cfg.data, "train", cfg.ann, cfg.images)
     tcfg = TransformConfig(min_size=cfg.min_size, max_size=cfg.max_size, hflip=cfg.hflip, crop=cfg.crop)
     ds = CocoDetection(ann, img_dir, tcfg, train=True, seed=cfg.seed)
-    compiled_k = getattr(module, "NUM_CLASSES", None)
-    if compiled_k is not None and int(compiled_k) != ds.num_classes:
+    info = ModelInfo.from_module(module)
+    compiled_k = info.num_classes
+    if compiled_k is not None and compiled_k != ds.num_classes:
         raise NasfcosError(f"{cfg.model} is compiled for {compiled_k} classes but {ann.name} has "
                            f"{ds.num_classes}: compile it with --num-classes {ds.num_classes}")
-    cfg = replace(cfg, fcos=replace(cfg.fcos, reg_units=_regression_units(module, cfg.model)))
+    cfg = replace(cfg, fcos=replace(cfg.fcos, reg_units=info.box_units.name))
     kwargs = dict(cfg.model_kwargs)
     backbone_info = None
     if cfg.backbone_weights:
@@ -497,7 +528,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     try:
         model = build_detector(module, ds.num_classes, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise NasfcosError(f"{cfg.model}: cannot build the detector ({str(exc).splitlines()[0]})") from None
+        raise NasfcosError(f"{cfg.model}: cannot build the detector ({first_line(exc, None)})") from None
     if cfg.freeze_backbone:
         for p in model.backbone.parameters():  # type: ignore[union-attr]
             p.requires_grad_(False)
@@ -576,7 +607,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     last: dict[str, float] = {}
     window: list[torch.Tensor] = []
     skipped = skipped_run = 0
-    for it, (images, targets) in zip(range(start, total), _one_line_errors(loader), strict=True):
+
+    def snapshot(done: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "rng": torch.get_rng_state(), "iter": done, "total": total,
+                "num_classes": ds.num_classes, "cat_ids": ds.cat_ids, "model_sha256": model_sha,
+                "model_kwargs": cfg.model_kwargs}
+
+    # Ctrl-C finishes the running iteration, saves last.pt there and says how to resume
+    # (a second Ctrl-C stops at once); single-process runs in the main thread only
+    stop = _StopOnInterrupt(enabled=d.world == 1)
+    done, saved = start, False
+    for it, (images, targets) in zip(range(start, total), stop.watch(_one_line_errors(loader)),
+                                     strict=True):
         images = images.to(device, non_blocking=True)
         boxes = [t["boxes"].to(device) for t in targets]
         labels = [t["labels"].to(device) for t in targets]
@@ -620,17 +664,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             bar.update(1)
             if last:  # the latest logged averages: no device sync per iteration
                 bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()}, refresh=False)
-        if d.main and (done % ckpt_every == 0 or done == total):
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": torch.get_rng_state(), "iter": done, "total": total,
-                "num_classes": ds.num_classes, "cat_ids": ds.cat_ids, "model_sha256": model_sha,
-                "model_kwargs": cfg.model_kwargs,
-            })
+        saved = d.main and (done % ckpt_every == 0 or done == total)
+        if saved:
+            save_checkpoint(ckpt_path, snapshot(done))
             plot_losses(records, out / "loss.png")
+        if stop.requested:
+            break
+    stop.restore()
     if bar is not None:
         bar.close()
+    if stop.requested and done < total:
+        if d.main and not saved:
+            save_checkpoint(ckpt_path, snapshot(done))
+        print(f"train: interrupted after iteration {done} of {total}; saved {ckpt_path}\n"
+              f"resume with: nasfcos train {cfg.model} --out {out} --resume", file=sys.stderr,
+              flush=True)
+        raise KeyboardInterrupt
     elapsed = time.time() - t0
     # cpu_s: CPU time of this process (all threads) in the loop; on a shared machine
     # cpu_s / threads is what the loop costs on idle cores, time_s what it took here
@@ -648,7 +697,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         if cfg.save_backbone:
             _save(out / "backbone.pt", backbone_state_dict(model))
             atomic_write_json(out / "backbone.json", {
-                "backbone": getattr(module, "BACKBONE", None), "sha256": sha256_file(out / "backbone.pt"),
+                "backbone": info.backbone, "sha256": sha256_file(out / "backbone.pt"),
                 "model": Path(cfg.model).name, "model_sha256": model_sha, "data": cfg.data,
                 "data_manifest": _data_manifest(cfg.data), "iters": total, "config": asdict(cfg)})
         if cfg.val_ann is not None:

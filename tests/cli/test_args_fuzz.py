@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from nasfcos.cli import args as A
 from nasfcos.cli.main import main
+from nasfcos.compiler.options import MAX_CHANNELS, MAX_CLASSES
 
 #: kind -> (predicate a valid value satisfies, type function)
 KINDS = {
@@ -23,9 +24,9 @@ KINDS = {
     "unit_float": (lambda v: math.isfinite(v) and 0 <= v <= 1, A.float_range(0.0, 1.0)),
     "lr": (lambda v: math.isfinite(v) and 0 < v <= 10, A.float_range(0.0, 10.0, lo_open=True)),
     "seed": (lambda v: isinstance(v, int) and 0 <= v < 2**32, A.seed),
-    "width": (lambda v: isinstance(v, int) and 2 <= v <= A.MAX_WIDTH and v % 2 == 0, A.width),
+    "width": (lambda v: isinstance(v, int) and 2 <= v <= MAX_CHANNELS and v % 2 == 0, A.width),
     "side": (lambda v: isinstance(v, int) and 32 <= v <= A.MAX_SIDE, A.int_range(32, A.MAX_SIDE)),
-    "class_count": (lambda v: isinstance(v, int) and 1 <= v <= A.MAX_CLASSES, A.int_range(1, A.MAX_CLASSES)),
+    "class_count": (lambda v: isinstance(v, int) and 1 <= v <= MAX_CLASSES, A.num_classes),
 }
 
 

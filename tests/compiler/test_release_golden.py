@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +27,13 @@ from nasfcos.compiler.release import (
     release_key,
     release_target,
 )
+from nasfcos.compiler.release_sample import golden_tensor
 from nasfcos.errors import NasfcosError
 from nasfcos.modelfile import load_model_file
 
 GOLDEN = Path(__file__).parent / "golden_release"
 #: golden folder -> the config name given to the importer
 CONFIGS = {"R_50_NAS_head": "R_50_NAS_head", "R_50_NAS_densebox": "R_50_NAS", "Mobile_NAS_head": "Mobile_NAS_head"}
-
-
-def golden_tensor(model_key: str, shape: list[int], dtype: str = "float32", scale4d: float = 0.5) -> torch.Tensor:
-    """The golden data's weight rule (its README): a pure function of key, shape and dtype."""
-    s = tuple(shape)
-    kw: dict[str, Any] = {"generator": torch.Generator().manual_seed(zlib.crc32(model_key.encode())),
-                          "dtype": torch.float64}
-    if model_key.endswith("num_batches_tracked"):
-        return torch.zeros(s, dtype=torch.int64)
-    if model_key.endswith("running_var"):
-        t = torch.rand(s, **kw) + 0.5
-    elif model_key.endswith("running_mean"):
-        t = 0.1 * torch.randn(s, **kw)
-    elif len(s) == 4:
-        t = torch.randn(s, **kw) * (scale4d * math.sqrt(2.0 / (s[1] * s[2] * s[3])))
-    elif len(s) == 1 and model_key.endswith(".weight"):
-        t = 1 + 0.1 * torch.randn(s, **kw)
-    else:
-        t = 0.1 * torch.randn(s, **kw)
-    return t.to(getattr(torch, dtype))
 
 
 @functools.cache
@@ -198,8 +177,13 @@ def test_import_cli_writes_a_model_that_loads_strictly(tmp_path: Path, mobile_ch
 
 @pytest.fixture(scope="module")
 def mobile_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test checkpoint 'import-release --make-test-checkpoint' writes, which must be the
+    golden data's checkpoint entry for entry (the README's way to try the import)."""
     path = tmp_path_factory.mktemp("ckpt") / "mbv2-NAS-head.pth"
-    torch.save(fake_checkpoint("Mobile_NAS_head"), path)
+    assert cli_main(["import-release", "--make-test-checkpoint", "Mobile_NAS_head", "-o", str(path)]) == 0
+    made = torch.load(path, weights_only=True)["model"]
+    golden = fake_checkpoint("Mobile_NAS_head")["model"]
+    assert list(made) == list(golden) and all(torch.equal(made[k], golden[k]) for k in golden)
     return path
 
 
@@ -291,3 +275,44 @@ def test_configs_without_golden_data_have_a_total_map(name: str) -> None:
         assert det.backbone.body.layer2[0].conv1.stride == (2, 2)  # MSRA: stride in the first 1x1
     assert not any(re.fullmatch(p, k) for p in IGNORED_REASONS for k in rkeys)
     assert RELEASE_MODELS[name].backbone == target.options.backbone
+
+
+def test_import_refuses_weights_that_become_non_finite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """float64 1e300 is finite in the file and inf as the model's float32 (issue 25)."""
+    ckpt = fake_checkpoint("Mobile_NAS_head")
+    key = "module.decoder.fpn.top_blocks.p6.weight"
+    ckpt["model"][key] = ckpt["model"][key].to(torch.float64).clone()
+    ckpt["model"][key][0, 0, 0, 0] = 1e300
+    path, out = tmp_path / "c.pth", tmp_path / "out"
+    torch.save(ckpt, path)
+    assert cli_main(["import-release", str(path), "--config", "Mobile_NAS_head", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "non-finite" in err and "decoder.p6.weight" in err, err
+    assert not out.exists()
+
+
+def test_import_is_all_or_nothing_on_a_full_disk(tmp_path: Path, mobile_checkpoint: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A write that fails after model.py leaves no folder behind, so a retry works (issue 25)."""
+    import errno
+    import os
+
+    import nasfcos.compiler.release as release
+
+    real = release.atomic_write_bytes
+
+    def full(path: Any, data: bytes) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(release, "atomic_write_bytes", full)
+    out = tmp_path / "out"
+    argv = ["import-release", str(mobile_checkpoint), "--config", "Mobile_NAS_head", "-o", str(out)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("nasfcos import-release: error:") and "No space left" in err, err
+    assert f"{out}/weights.pt" in err, err
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
+    monkeypatch.setattr(release, "atomic_write_bytes", real)
+    assert cli_main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["import.json", "model.py", "weights.pt"]
