@@ -85,9 +85,9 @@ def main() -> int:
     from nasfcos.genotypes import load_paper_genotype
     from nasfcos.runtime.bench import count_flops, matmul_peak_gflops, median_ratio_interval
     from nasfcos.runtime.check import detection_agreement
-    from nasfcos.runtime.export import ExportOptions, export_onnx
+    from nasfcos.runtime.export import ExportOptions, convert_onnx, export_onnx
     from nasfcos.runtime.models import load_model, make_inputs
-    from nasfcos.runtime.precision import PrecisionOptions, convert_onnx
+    from nasfcos.runtime.precision import PrecisionOptions
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     if "onnxruntime" not in engines:

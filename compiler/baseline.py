@@ -17,15 +17,12 @@ import hashlib
 import json
 from dataclasses import fields
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nasfcos.compiler.backbones import backbone_channels, template_environment
-from nasfcos.compiler.options import options_context
+from nasfcos.compiler.options import CompileOptions, options_context
 from nasfcos.compiler.plan import GENERATOR_VERSION
 from nasfcos.modelfile import module_from_source
-
-if TYPE_CHECKING:  # the compiler's options type; imported lazily so this module stands alone
-    from nasfcos.compiler import CompileOptions
 
 #: The baseline's name, written into the file (``GENOTYPE_NAME``) and accepted by ``nasfcos profile``.
 BASELINE_NAME = "fpn-fcos"
@@ -72,8 +69,6 @@ def compile_baseline(options: CompileOptions | None = None) -> str:
     ``options.backbone``; ``IN_CHANNELS`` is then the backbone's widths).
     """
     if options is None:
-        from nasfcos.compiler import CompileOptions
-
         options = CompileOptions(fpn_channels=BASELINE_CHANNELS)
     template = template_environment().get_template("baseline_fpn_fcos.py.j2")
     return template.render(**_context(options))

@@ -12,9 +12,9 @@ from typing import Any
 
 from nasfcos.compiler.backbones import backbone_names
 from nasfcos.errors import NasfcosError
-from nasfcos.modelfile import BOX_UNITS, DEFAULT_BOX_UNITS
+from nasfcos.modelfile import BOX_UNITS, DEFAULT_BOX_UNITS, MAX_CLASSES
 
-#: Backbones a ``--detector`` build may name: every trunk of ``templates/backbone.py.j2``
+#: Backbones a ``--detector`` build may name: every trunk of :mod:`~nasfcos.compiler.pasted_backbone`
 #: (``tiny`` is a small random-weight trunk for tests and smoke runs).
 BACKBONES: tuple[str, ...] = backbone_names()
 #: Bounds (inclusive) of the width options (also every CLI width flag's, through
@@ -22,9 +22,6 @@ BACKBONES: tuple[str, ...] = backbone_names()
 MIN_CHANNELS = 2
 MAX_CHANNELS = 4096
 MAX_IN_CHANNELS = 16384
-#: Most classes a model is compiled (and every ``--num-classes`` flag accepts, through
-#: :func:`check_num_classes`): LVIS has 1203, Objects365 365.
-MAX_CLASSES = 10000
 #: Every head norm is ``GroupNorm(GN_GROUPS, C)`` (as the release), so head widths are multiples.
 GN_GROUPS = 32
 #: Units of ``bbox_reg = exp(scale_l * x)`` (:class:`~nasfcos.modelfile.BoxUnits`): ``pixels`` of

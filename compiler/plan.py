@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from nasfcos.compiler.options import CompileOptions, option_flags, options_context
@@ -206,31 +206,10 @@ class Plan:
 
     def context(self) -> dict[str, Any]:
         """The template context (plain values and records)."""
-        return {
-            "generator_version": self.generator_version,
-            "name": self.name,
-            "name_literal": json.dumps(self.name),
-            "genotype_hash": self.genotype_hash,
-            "genotype_literal": self.genotype_literal,
-            "head_kind": self.head_kind,
-            "regenerate": self.regenerate,
-            "fpn_channels": self.fpn_channels,
-            "head_channels": self.head_channels,
-            "head_default": self.head_default,
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "in_channels_literal": repr(self.in_channels),
-            "detector": self.detector,
-            "backbone": self.backbone,
-            **self.options,
-            "uses": {n: (n in self.uses) for n in _ALL_USES},
-            "module_groups": self.module_groups,
-            "fcos_tower_convs": self.fcos_tower_convs,
-            "fpn_sections": self.fpn_sections,
-            "towers": self.towers,
-            "levels": self.levels,
-            "strides": OUTPUT_STRIDES,
-        }
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("options", "uses")}
+        return {**plain, **self.options, "name_literal": json.dumps(self.name),
+                "in_channels_literal": repr(self.in_channels), "strides": OUTPUT_STRIDES,
+                "uses": {n: (n in self.uses) for n in _ALL_USES}}
 
 
 _ALL_USES = (

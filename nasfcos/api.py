@@ -22,9 +22,17 @@ from typing import Any
 
 
 def _size(size: int | str | Sequence[int]) -> tuple[int, int]:
-    from nasfcos.runtime.models import parse_size
+    """``800``, ``"800x1088"`` or ``(h, w)`` -> ``(h, w)``, by the command line's size rule."""
+    import argparse
 
-    return parse_size(size)
+    from nasfcos.cli.args import size_hw
+    from nasfcos.errors import NasfcosError
+
+    text = size if isinstance(size, int | str) else "x".join(str(int(v)) for v in size)
+    try:
+        return size_hw(str(text))
+    except argparse.ArgumentTypeError as exc:
+        raise NasfcosError(str(exc)) from None
 
 
 def compile(genotype: Any, out: str | Path | None = None, **options: Any) -> str:  # noqa: A001

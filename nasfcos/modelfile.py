@@ -116,6 +116,9 @@ def load_model_file(path: str | Path, *, sha256: str | None = None) -> ModuleTyp
     return module
 
 
+#: Most classes a model has: the one limit of compile options, ``--num-classes`` flags and
+#: weights files' ``num_classes`` (LVIS has 1203, Objects365 365).
+MAX_CLASSES = 10000
 #: Units of a model's box regression ``bbox_reg = exp(scale_l * x)`` (Contract 2's
 #: ``BOX_REGRESSION``): ``pixels`` of the input image (the release's, the default) or
 #: ``stride`` units of each level (FCOS's later stride-normalised regression).
@@ -252,5 +255,5 @@ class RawForward(nn.Module):
         return self.detector.forward_raw(images)
 
 
-__all__ = ["BOX_UNITS", "DEFAULT_BOX_UNITS", "BoxUnits", "ModelInfo", "RawForward", "load_model_file", "model_code_guard",
+__all__ = ["BOX_UNITS", "DEFAULT_BOX_UNITS", "MAX_CLASSES", "BoxUnits", "ModelInfo", "RawForward", "load_model_file", "model_code_guard",
            "module_from_source"]

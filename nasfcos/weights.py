@@ -17,6 +17,7 @@ from torch import nn
 
 from nasfcos.errors import NasfcosError, first_line
 from nasfcos.io import regular_file
+from nasfcos.modelfile import MAX_CLASSES
 
 
 def load_weights_file(path: str | Path) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
 #: bounded like the command line's (``--min-size`` ...), so a forged file cannot ask for a
 #: huge allocation.
 METADATA_RULES: dict[str, tuple[str, int, int]] = {
-    "num_classes": ("int", 1, 100_000),
+    "num_classes": ("int", 1, MAX_CLASSES),
     "min_size": ("int", 32, 8192),
     "max_size": ("int", 32, 8192),
     "eval_batch": ("int", 1, 4096),

@@ -95,17 +95,16 @@ def _fits(engine: str, path: Path, file_precision: str) -> bool:
 
 def choose_cpu_engine(path: str | Path, *, table: str | Path | None = None) -> EngineChoice:
     """The fastest eligible engine for ``path`` on this CPU (see the module docstring)."""
-    from nasfcos.runtime.runners import SUFFIX_BACKENDS
+    from nasfcos.runtime.artifact import FORM_BACKENDS, form_of
+    from nasfcos.runtime.manifest import Manifest
 
     path = Path(path)
-    fallback = SUFFIX_BACKENDS.get(path.suffix, "onnxruntime")
+    fallback = FORM_BACKENDS.get(form_of(path), "onnxruntime")
     file_precision = "fp32"
     if path.suffix == ".onnx":
-        from nasfcos.runtime.export import load_manifest
-        from nasfcos.runtime.precision import manifest_precision
-
         try:
-            file_precision = manifest_precision(load_manifest(path))
+            man = Manifest.load(path)
+            file_precision = man.precision
         except NasfcosError:
             file_precision = "unknown"
     data = load_table(table)

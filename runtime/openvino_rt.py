@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
-from nasfcos.runtime.runners import Runner, _export_temp, _manifest_ranges, kind_from_inputs
+from nasfcos.runtime.artifact import form_of
+from nasfcos.runtime.runner_base import Runner, kind_from_inputs
 
 OV_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 INSTALL_HINT = "pip install 'nasfcos[openvino]'"
@@ -193,6 +194,63 @@ def quantize_nncf(model: Any, files: Sequence[Path], size: tuple[int, int], batc
                "nncf": getattr(nncf, "__version__", "?")}
 
 
+def sensitivity_groups(model: Any) -> dict[str, list[str]]:
+    """Candidate layer groups to keep in float for int8 (friendly names): the first
+    convolution (the stem, reading raw pixels) and the predictors (convolutions with no
+    convolution after them: class, box and centerness outputs)."""
+    convs = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    consumers: dict[str, list[Any]] = {}
+    for op in model.get_ordered_ops():
+        for i in range(op.get_input_size()):
+            src = op.input_value(i).get_node().get_friendly_name()
+            consumers.setdefault(src, []).append(op)
+
+    def feeds_conv(op: Any) -> bool:
+        stack, seen = list(consumers.get(op.get_friendly_name(), [])), set()
+        while stack:
+            nxt = stack.pop()
+            if nxt.get_friendly_name() in seen:
+                continue
+            seen.add(nxt.get_friendly_name())
+            if nxt.get_type_name() in ("Convolution", "DeformableConvolution",
+                                       "GroupConvolution"):
+                return True
+            stack.extend(consumers.get(nxt.get_friendly_name(), []))
+        return False
+
+    groups = {"stem": [convs[0].get_friendly_name()] if convs else [],
+              "predictors": [c.get_friendly_name() for c in convs if not feeds_conv(c)]}
+    return {k: v for k, v in groups.items() if v}
+
+
+def int8_sensitivity(fp32: str | Path, calib: Any, images: Sequence[np.ndarray],
+                     threads: int | None = None) -> list[dict[str, Any]]:
+    """Per-layer-group int8 sensitivity: NNCF int8 with nothing extra kept in float, then
+    with each group of :func:`sensitivity_groups` kept in float, then all of them; each
+    scored by detection agreement (IoU >= 0.5 and 0.95) with OpenVINO fp32 on ``images``
+    (``[1, 3, H, W]`` arrays).  Returns one row per variant, ``keep_float`` names included."""
+    from nasfcos.runtime.check import detection_agreement
+
+    def outputs(runner: OvRunner) -> list[np.ndarray]:
+        outs = [runner(x) for x in images]
+        return [np.concatenate([o[k] for o in outs]) for k in range(3)]
+
+    with OvRunner(fp32, threads=threads) as ref_runner:
+        ref = outputs(ref_runner)
+        groups = sensitivity_groups(ref_runner.ov_model)
+    variants = {"none": [], **groups, "all": sorted({n for g in groups.values() for n in g})}
+    rows = []
+    for name, keep in variants.items():
+        with OvRunner(fp32, threads=threads, precision="int8", calib=calib,
+                      keep_float=keep) as q:
+            got = outputs(q)
+        rows.append({"kept_float": name, "layers": keep,
+                     "agree50": round(detection_agreement(ref, got, iou_threshold=0.5
+                                                          ).match_rate, 4),
+                     "agree95": round(detection_agreement(ref, got).match_rate, 4)})
+    return rows
+
+
 class OvRunner(Runner):
     """OpenVINO CPU runner on an ONNX file (a ``model.py`` is exported on the fly).
 
@@ -206,7 +264,7 @@ class OvRunner(Runner):
 
     def __init__(self, model: str | Path, device: str = "cpu", *, threads: int | None = None,
                  precision: str = "fp32", calib: Any = None, keep_float: Sequence[str] = (),
-                 export: dict[str, Any] | None = None) -> None:
+                 export: dict[str, Any] | None = None, manifest: Any = None) -> None:
         super().__init__()
         require_openvino(nncf=precision == "int8")
         if device != "cpu":
@@ -220,10 +278,14 @@ class OvRunner(Runner):
                                    "or --data DIR")
             calib.validate(["images"])
         t0 = time.perf_counter()
+        from nasfcos.runtime.manifest import Manifest
+        from nasfcos.runtime.runners import _export_temp
+
         path = Path(model)
         self._tmp: Any = None
-        if path.suffix == ".py":
+        if form_of(path) == "model.py":
             path, self._tmp = _export_temp(path, export or {})
+            manifest = Manifest.load(path)
         if not path.is_file():
             raise NasfcosError(f"{path}: no such ONNX file")
         core, ov_model = read_onnx(path)
@@ -267,7 +329,7 @@ class OvRunner(Runner):
             raise NasfcosError(f"{path}: OpenVINO cannot compile it ({first_line(exc, 300)})"
                                ) from exc
         self.request = self.compiled.create_infer_request()
-        self._ranges = _manifest_ranges(path)
+        self._ranges = manifest.dynamic_ranges if manifest is not None else {}
         self._feed: list[np.ndarray] = []
         self.setup_seconds = time.perf_counter() - t0
 
@@ -319,5 +381,5 @@ class OvRunner(Runner):
 
 
 __all__ = ["INSTALL_HINT", "OV_PRECISIONS", "OvRunner", "cpu_supports_bf16", "deform_conv_rule",
-           "deform_side_convs", "openvino_status", "quantize_nncf", "read_onnx",
+           "deform_side_convs", "int8_sensitivity", "openvino_status", "sensitivity_groups", "quantize_nncf", "read_onnx",
            "require_openvino", "runtime_precisions"]

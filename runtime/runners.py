@@ -29,20 +29,16 @@ from typing import Any
 import numpy as np
 
 from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
-from nasfcos.runtime.models import (
-    DECODER_INPUTS,
-    DETECTOR_INPUTS,
-    LoadedModel,
-    load_model,
-)
+from nasfcos.runtime.artifact import FORM_BACKENDS, Artifact, form_of, open_artifact
+from nasfcos.runtime.manifest import Manifest
+from nasfcos.runtime.models import LoadedModel, load_model
+from nasfcos.runtime.runner_base import Runner, kind_from_inputs
 
 BACKENDS: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime", "openvino", "tensorrt")
 #: Run-time precisions a backend takes as ``BACKEND:PRECISION`` (its default first); other
 #: precisions are built into the file (``nasfcos export --precision``).
 RUNTIME_PRECISIONS: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16"),
                                                   "openvino": ("fp32", "bf16", "int8")}
-SUFFIX_BACKENDS: dict[str, str] = {".py": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt",
-                                   ".plan": "tensorrt"}
 
 
 def split_backend(spec: str) -> tuple[str, str | None]:
@@ -60,78 +56,6 @@ def split_backend(spec: str) -> tuple[str, str | None]:
                            + (f" (have {', '.join(have)})" if have else
                               " (build it into the file: nasfcos export --precision)"))
     return backend, prec
-
-
-def kind_from_inputs(names: Sequence[str]) -> str | None:
-    """Model kind from tensor names: ``images`` -> detector, ``c2..c5`` -> decoder, else None."""
-    if tuple(names) == DETECTOR_INPUTS:
-        return "detector"
-    if tuple(names) == DECODER_INPUTS:
-        return "decoder"
-    return None
-
-
-class Runner:
-    """Base class: see the module docstring.  Subclasses implement bind/run/fetch."""
-
-    backend: str = ""
-
-    def __init__(self) -> None:
-        self.device = "cpu"
-        self.input_names: list[str] = []
-        self.output_names: list[str] = []
-        #: a fixed input (H, W) / batch of a static export, else None (see nasfcos.fcos.evaluate)
-        self.input_size: tuple[int, int] | None = None
-        self.batch_size: int | None = None
-        #: ``decoder`` / ``detector`` when the tensor names say so, else None.
-        self.kind: str | None = None
-        #: Channels of c2..c5 for decoders, when known.
-        self.in_channels: tuple[int, ...] | None = None
-        #: Seconds spent preparing (export, session or engine creation).
-        self.setup_seconds = 0.0
-
-    # -- the simple interface -------------------------------------------------------------
-    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        """Run once on ``arrays`` (one per input, in ``input_names`` order); outputs as numpy."""
-        self.bind(*arrays)
-        self.run()
-        self.synchronize()
-        return self.fetch()
-
-    # -- the split interface used by the benchmark ----------------------------------------
-    def bind(self, *arrays: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def run(self) -> None:
-        raise NotImplementedError
-
-    def synchronize(self) -> None:
-        """Wait for the device (no-op on CPU)."""
-
-    def fetch(self) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release sessions, engines and device memory."""
-
-    def cuda_stream(self) -> Any:
-        """The torch CUDA stream the work runs on (CUDA-event timing), or None (wall clock)."""
-        return None
-
-    def info(self) -> dict[str, Any]:
-        """Backend details for reports (provider, threads, precision, ...)."""
-        return {"backend": self.backend, "device": self.device}
-
-    def __enter__(self) -> Runner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check_arity(self, arrays: Sequence[np.ndarray]) -> None:
-        if len(arrays) != len(self.input_names):
-            raise NasfcosError(f"{self.backend}: expected {len(self.input_names)} inputs "
-                               f"({', '.join(self.input_names)}), got {len(arrays)}")
 
 
 def _cuda_or_raise(backend: str) -> None:
@@ -351,15 +275,17 @@ class OrtRunner(Runner):
 
     def __init__(self, model: str | Path, device: str = "cpu", *, threads: int | None = None,
                  opt_level: str = "all", optimized_path: str | Path | None = None,
-                 export: dict[str, Any] | None = None) -> None:
+                 export: dict[str, Any] | None = None, manifest: Manifest | None = None
+                 ) -> None:
         super().__init__()
         import onnxruntime as ort
 
         t0 = time.perf_counter()
         path = Path(model)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if path.suffix == ".py":
+        if form_of(path) == "model.py":
             path, self._tmp = _export_temp(path, export or {})
+            manifest = Manifest.load(path)
         if not path.is_file():
             raise NasfcosError(f"{path}: no such ONNX file")
         if device.startswith("cuda"):
@@ -395,7 +321,7 @@ class OrtRunner(Runner):
         self._feed: dict[str, Any] = {}
         self._outputs: list[Any] = []
         self._binding: Any = None
-        self._ranges = _manifest_ranges(path)
+        self._ranges = manifest.dynamic_ranges if manifest is not None else {}
         if self.kind == "detector":  # a static export fixes the batch and/or the image size
             shape = list(self.session.get_inputs()[0].shape)
             if isinstance(shape[0], int):
@@ -470,16 +396,6 @@ class OrtRunner(Runner):
                 "onnxruntime": ort.__version__}
 
 
-def _manifest_ranges(path: Path) -> dict[str, dict[str, list[Any]]]:
-    """Dynamic input ranges recorded in an ONNX file's manifest ({} when none)."""
-    from nasfcos.runtime.export import load_manifest
-
-    try:
-        return dict(load_manifest(path).get("export", {}).get("dynamic_ranges") or {})
-    except NasfcosError:
-        return {}
-
-
 def _ort_message(exc: Exception) -> str:
     """The informative part of an ONNX Runtime error, on one line."""
     text = " ".join(str(exc).split())
@@ -510,26 +426,27 @@ _OPTS: dict[str, set[str]] = {
 }
 
 
-def make_runner(path: str | Path, backend: str | None = None, device: str = "cpu",
-                **opts: Any) -> Runner:
-    """A runner for ``path`` on ``backend`` (None: from the suffix) and ``device``.
+def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
+                device: str = "cpu", **opts: Any) -> Runner:
+    """A runner for ``artifact`` (a path, or an opened :class:`Artifact`) on ``backend``
+    (None: the form's default) and ``device``.
 
     ``opts`` by backend: torch/torch-compile ``kind`` (``decoder``/``detector``), ``seed``,
     ``weights``, ``threads`` (torch-compile also ``mode``); onnxruntime ``threads``,
     ``opt_level``, ``optimized_path``, ``export`` (ExportOptions fields for a .py);
     tensorrt ``fp16``, ``int8_calib``, ``workspace_gb``, ``shapes``, ``timing_cache`` (for a
     .onnx or .py source, which is built into an engine first).  Options that a backend
-    does not take are ignored only when None, else rejected.
+    does not take are ignored only when None, else rejected.  A model.py already opened
+    (``artifact.model``) is not imported again.
     """
-    path = Path(path)
+    art = artifact if isinstance(artifact, Artifact) else None
+    path = art.path if art else Path(artifact)
     if not path.exists():
         raise NasfcosError(f"{path}: no such file")
-    if backend is None:
-        if path.suffix not in SUFFIX_BACKENDS:
-            raise NasfcosError(f"{path}: cannot tell the backend from the suffix "
-                               f"(expected {', '.join(SUFFIX_BACKENDS)})")
-        backend = SUFFIX_BACKENDS[path.suffix]
-    backend, prec = split_backend(backend)
+    form = art.form if art else form_of(path)
+    if art is None and form != "model.py":
+        art = open_artifact(path, strict=False)  # its manifest: dynamic ranges
+    backend, prec = split_backend(backend or FORM_BACKENDS[form])
     if prec is not None:
         if opts.get("precision") not in (None, prec):
             raise NasfcosError(f"{backend}:{prec} and precision={opts['precision']!r} disagree")
@@ -539,21 +456,24 @@ def make_runner(path: str | Path, backend: str | None = None, device: str = "cpu
         raise NasfcosError(f"{backend}: unknown option(s) {', '.join(sorted(extra))}")
     opts = {k: v for k, v in opts.items() if v is not None and k in _OPTS[backend]}
     if backend in ("torch", "torch-compile"):
-        if path.suffix != ".py":
+        if form != "model.py":
             raise NasfcosError(f"{path}: the {backend} backend needs a compiled model.py")
         cls = TorchRunner if backend == "torch" else TorchCompileRunner
+        if art is not None and art.model is not None and not {"kind", "seed", "weights",
+                                                              "overrides"} & set(opts):
+            return cls(art.model, device, **opts)
         return cls(path, device, **opts)
     if backend == "onnxruntime":
-        if path.suffix not in (".onnx", ".py"):
+        if form == "engine":
             raise NasfcosError(f"{path}: the onnxruntime backend needs a .onnx (or model.py)")
-        return OrtRunner(path, device, **opts)
+        return OrtRunner(path, device, manifest=art.manifest if art else None, **opts)
     if backend == "openvino":
         from nasfcos.runtime.openvino_rt import OvRunner, require_openvino
 
         require_openvino(nncf=opts.get("precision") == "int8")  # before any export
-        if path.suffix not in (".onnx", ".py"):
+        if form == "engine":
             raise NasfcosError(f"{path}: the openvino backend needs a .onnx (or model.py)")
-        return OvRunner(path, device, **opts)
+        return OvRunner(path, device, manifest=art.manifest if art else None, **opts)
     from nasfcos.runtime.trt import TrtRunner  # lazy: tensorrt is an optional extra
 
     if device == "cpu":

@@ -55,7 +55,6 @@ def _precision_options(args: argparse.Namespace) -> Any:
                             data=Path(args.data) if args.data else None,
                             calib_images=args.calib_images, calib_method=args.calib_method,
                             int8_target=args.int8_target)
-    opts.validate()
     if args.trt and precision == "int8" and opts.int8_target != "tensorrt":
         raise NasfcosError("TensorRT cannot build --int8-target cpu (uint8 activations; its "
                            "INT8 is symmetric): use --int8-target tensorrt with --trt")
@@ -132,18 +131,18 @@ def export_main(argv: list[str]) -> int:
     A.add_quiet(p)
     args = p.parse_args(argv)
     args.verb_writes_json = False
-    if args.trt:  # a missing or unusable TensorRT stops here, before the ONNX export
-        from nasfcos.runtime.doctor import preflight_verb
-
-        preflight_verb(None, ["tensorrt"], "cuda")
 
     from nasfcos.runtime.export import DEFAULT_OPSET, ExportOptions, export_onnx, export_summary
 
     src = Path(args.model)
     prec = _precision_options(args)
+    if args.trt:  # a missing or unusable TensorRT stops here, before the ONNX export
+        from nasfcos.runtime.doctor import preflight_verb
+
+        preflight_verb(None, ["tensorrt"], "cuda")
     summary: dict[str, Any] = {}
     if src.suffix == ".onnx" and prec.precision != "fp32":
-        from nasfcos.runtime.precision import convert_onnx
+        from nasfcos.runtime.export import convert_onnx
 
         out = Path(args.output) if args.output else src.with_name(
             f"{src.stem}.{prec.precision}.onnx")
@@ -181,7 +180,7 @@ def export_main(argv: list[str]) -> int:
         raise NasfcosError(f"{src}: expected a model.py (or a .onnx with --trt)")
 
     if args.trt:
-        from nasfcos.runtime.export import load_manifest
+        from nasfcos.runtime.manifest import Manifest
         from nasfcos.runtime.trt import TrtBuildOptions, build_engine, profile_shapes
 
         shapes = None
@@ -189,11 +188,8 @@ def export_main(argv: list[str]) -> int:
         if any(sizes):
             if not all(sizes):
                 raise NasfcosError("give all of --min, --opt and --max (or none)")
-            man = load_manifest(onnx_path)
-            kind = man["source"]["kind"]
-            shapes = profile_shapes(kind, sizes,
-                                    int(man["export"]["batch"]),
-                                    (man.get("widths") or {}).get("in_channels"))
+            man = Manifest.load(onnx_path)
+            shapes = profile_shapes(man.kind, sizes, man.batch, man.in_channels)
         engine = Path(args.trt)
         _say(args, f"building TensorRT engine {engine} ...")
         man = build_engine(onnx_path, engine, TrtBuildOptions(
@@ -251,11 +247,10 @@ def check_main(argv: list[str]) -> int:
 
     tol = None
     if args.atol is not None or args.rtol is not None:
-        from nasfcos.runtime.export import load_manifest
-        from nasfcos.runtime.precision import manifest_precision
+        from nasfcos.runtime.manifest import Manifest
 
         try:  # the flag not given keeps the artifact's precision default
-            base = TOLERANCES[manifest_precision(load_manifest(args.artifact))]
+            base = TOLERANCES[Manifest.load(args.artifact).precision]
         except NasfcosError:
             base = TOLERANCES["fp32"]
         tol = Tolerance(args.atol if args.atol is not None else base.atol,
@@ -301,9 +296,11 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--backends", help="comma list of torch, torch-compile, onnxruntime, "
                                       "openvino, tensorrt; a run-time precision as "
                                       "BACKEND:PRECISION (torch:bf16, openvino:bf16, "
-                                      "openvino:int8 with --data or --calib) (default: by "
-                                      "file type)")
-    A.add_run_inputs(p, sizes="600,800,1000", sizes_help="input sizes HxW,... (default 600,800,1000)",
+                                      "openvino:int8 with --data or --calib) (default on cpu: "
+                                      "by file type, the fastest measured CPU engine for its "
+                                      "family, see the README)")
+    A.add_run_inputs(p, sizes_help="input sizes HxW,... (default 600,800,1000; a static "
+                                   "export: its own size)",
                      batch=1, batch_help=None, seed_help="input and weight seed (default 0)")
     A.add_timing(p, warmup=10, warmup_help="untimed runs first (default 10)",
                  runs=100, runs_help="timed runs (default 100)")
@@ -365,7 +362,10 @@ def bench_main(argv: list[str]) -> int:
                                      calib_images=args.calib_images,
                                      calib_method=args.calib_method)
         cfg.calib.validate(["images"])
-    report = run_benchmark(args.model, cfg, progress=not args.quiet)
+    report = run_benchmark(args.model, cfg, progress=not args.quiet,
+                           log=None if args.quiet else lambda line: print(line, file=sys.stderr))
+    if not report["results"] and report.get("interrupted"):
+        raise KeyboardInterrupt
     paths = write_report(report, args.output)
     _say(args, markdown_table(report))
     for k, v in paths.items():
@@ -375,6 +375,10 @@ def bench_main(argv: list[str]) -> int:
     skipped = [r for r in report["results"] if r["status"] != "ok"]
     for r in skipped:
         _say(args, f"note: {r['backend']} {r['size'][0]}x{r['size'][1]} {r['status']}: {r['reason']}")
+    if report.get("interrupted"):
+        print(f"nasfcos bench: {report['interrupted']}; the report keeps the rows done",
+              file=sys.stderr)
+        return 130
     return 0 if any(r["status"] == "ok" for r in report["results"]) else 1
 
 

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from nasfcos.errors import CacheError, NasfcosError, first_line
+from nasfcos.errors import CacheError, FieldError, NasfcosError, first_line
 from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, has_split, resolve_split
 from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
 from nasfcos.fcos.losses import FcosConfig, fcos_losses
@@ -96,48 +96,58 @@ class TrainConfig:
     val_ann: str | None = None  # validation split with --ann (default: DATA's val split)
     val_images: str | None = None
 
+    @staticmethod
+    def check_field(name: str, value: Any) -> Any:
+        """``value`` if it keeps the rule of field ``name`` (see :data:`TRAIN_RULES`), else a
+        :class:`FieldError` naming the field.  The command line's type functions call this."""
+        rule = TRAIN_RULES.get(name)
+        if rule is not None and value is not None and not rule[0](value):
+            raise FieldError(name, f"must be {rule[1]}, not {value!r}")
+        return value
+
     def validate(self) -> TrainConfig:
-        """One-line :class:`NasfcosError` for a value no run can use; returns self."""
-        def need(ok: bool, flag: str, what: str, value: Any) -> None:
-            if not ok:
-                raise NasfcosError(f"--{flag} must be {what}, not {value}")
-
-        def finite(v: Any) -> bool:
-            return isinstance(v, int | float) and math.isfinite(v)
-
-        for name in ("iters", "epochs", "checkpoint_every"):
-            v = getattr(self, name)
-            if v is not None:
-                need(isinstance(v, int) and v >= 1, name.replace("_", "-"), "a positive integer", v)
-        for name in ("batch", "log_every", "eval_batch"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and v >= 1, name.replace("_", "-"), "a positive integer", v)
-        need(isinstance(self.workers, int) and self.workers >= 0, "workers", "0 or more", self.workers)
-        need(isinstance(self.warmup_iters, int) and self.warmup_iters >= 0, "warmup-iters", "0 or more",
-             self.warmup_iters)
-        if self.lr is not None:
-            need(finite(self.lr) and self.lr > 0, "lr", "a positive finite number", self.lr)
-        need(finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        need(finite(self.weight_decay) and self.weight_decay >= 0, "weight-decay", "finite and >= 0",
-             self.weight_decay)
-        need(finite(self.warmup_factor) and 0 < self.warmup_factor <= 1, "warmup-factor", "in (0, 1]",
-             self.warmup_factor)
-        need(finite(self.gamma) and 0 < self.gamma <= 1, "gamma", "in (0, 1]", self.gamma)
-        if self.clip_grad is not None:
-            need(finite(self.clip_grad) and self.clip_grad > 0, "clip-grad",
-                 "a positive finite norm (0 turns clipping off)", self.clip_grad)
-        need(isinstance(self.min_size, int) and self.min_size >= 32, "min-size", "at least 32 pixels",
-             self.min_size)
-        need(isinstance(self.max_size, int) and self.max_size >= self.min_size, "max-size",
-             f"at least --min-size ({self.min_size})", self.max_size)
-        need(finite(self.hflip) and 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]", self.hflip)
-        if self.crop is not None:
-            need(min(self.crop) >= 32, "crop", "at least 32 pixels", "x".join(map(str, self.crop)))
-        if self.steps is not None:
-            need(all(isinstance(v, int) and v >= 1 for v in self.steps), "steps",
-                 "positive iterations", list(self.steps))
-        need(self.optimizer in ("sgd", "adamw"), "optimizer", "sgd or adamw", self.optimizer)
+        """One-line :class:`FieldError` for a value no run can use; returns self."""
+        for name in TRAIN_RULES:
+            self.check_field(name, getattr(self, name))
+        if self.max_size < self.min_size:
+            raise FieldError("max_size", f"must be at least min_size ({self.min_size}), "
+                                         f"not {self.max_size}")
         return self
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+        ) -> Callable[[Any], bool]:
+    return lambda v: _finite(v) and (v > lo if lo_open else v >= lo) and (
+        v < hi if hi_open else v <= hi)
+
+
+#: The rule of each checked :class:`TrainConfig` field: (test, what the value must be).
+TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{name: (_count(1), "a positive integer") for name in (
+        "iters", "epochs", "checkpoint_every", "batch", "log_every", "eval_batch")},
+    "workers": (_count(0), "0 or more"),
+    "warmup_iters": (_count(0), "0 or more"),
+    "lr": (_in(0, math.inf, lo_open=True), "a positive finite number"),
+    "momentum": (_in(0, 1, hi_open=True), "in [0, 1)"),
+    "weight_decay": (_in(0, math.inf), "finite and >= 0"),
+    "warmup_factor": (_in(0, 1, lo_open=True), "in (0, 1]"),
+    "gamma": (_in(0, 1, lo_open=True), "in (0, 1]"),
+    "clip_grad": (_in(0, math.inf, lo_open=True), "a positive finite norm (0 turns clipping off)"),
+    "min_size": (_count(32), "at least 32 pixels"),
+    "max_size": (_count(32), "at least 32 pixels"),
+    "hflip": (_in(0, 1), "a probability in [0, 1]"),
+    "crop": (lambda v: min(v) >= 32, "at least 32 pixels"),
+    "steps": (lambda v: all(_count(1)(x) for x in v), "positive iterations"),
+    "optimizer": (lambda v: v in ("sgd", "adamw"), "sgd or adamw"),
+}
 
 
 def config_to_json(cfg: TrainConfig) -> dict[str, Any]:

@@ -85,6 +85,9 @@ def test_compile_options_own_their_rules(field: str, value: int, match: str) -> 
 
 
 def test_cli_width_and_class_flags_call_the_same_rules() -> None:
+    from nasfcos.weights import METADATA_RULES
+
+    assert METADATA_RULES["num_classes"][2] == MAX_CLASSES  # a weights file's classes: the same limit
     assert A.num_classes(str(MAX_CLASSES)) == MAX_CLASSES and A.width(str(MAX_CHANNELS)) == MAX_CHANNELS
     with pytest.raises(argparse.ArgumentTypeError, match=r"^10001 is out of range \(1..10000\)$"):
         A.num_classes(str(MAX_CLASSES + 1))

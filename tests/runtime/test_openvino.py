@@ -110,6 +110,13 @@ def test_openvino_detector_same_detections_as_pytorch(live_deform_detector) -> N
     assert rep.backend == "openvino" and rep.ok, rep.table()
     agree = rep.agreement[0]
     assert agree["reference"] >= 50 and agree["match_rate"] == 1.0, rep.table()
+    from nasfcos.runtime.openvino_rt import deform_side_convs, read_onnx, sensitivity_groups
+
+    model = read_onnx(live_deform_detector)[1]
+    groups = sensitivity_groups(model)
+    n_deform = sum(op.get_type_name() == "DeformableConvolution" for op in model.get_ordered_ops())
+    assert len(groups["stem"]) == 1 and len(groups["predictors"]) >= 3  # cls, box, ctr
+    assert n_deform >= 1 and len(deform_side_convs(model)) >= 1
 
 
 @needs_ov

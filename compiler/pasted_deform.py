@@ -1,3 +1,16 @@
+"""The DCNv2 layer ``DeformConv3x3`` (``torchvision.ops.deform_conv2d``): an ordinary module whose code below the marker the
+compiler pastes into model files (:func:`nasfcos.compiler.backbones.pasted`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+# --- pasted into model.py below this line ---
 #: Below this many input elements per image (C * H * W) the fixed cost of the sampled DCN
 #: formulation's small ops outweighs its gain: ``deform_conv2d`` runs instead.
 DCN_SMALL_MAP = 1024
