@@ -69,7 +69,10 @@ class BenchConfig:
     baseline: bool = False
     #: Calibration of ``openvino:int8`` (a :class:`~nasfcos.runtime.precision.PrecisionOptions`).
     calib: Any = None
-    #: Set by the benchmark when it chose the CPU engine itself (no ``backends`` given).
+    #: With no ``backends`` on cpu: also time the engine :func:`nasfcos.runtime.cpu_default.
+    #: choose_cpu_engine` picks for this file (``nasfcos bench`` sets it); the choice lands in
+    #: ``cpu_default``.
+    auto_cpu: bool = False
     cpu_default: Any = None
 
 
@@ -357,13 +360,13 @@ def _validate(art: Artifact, cfg: BenchConfig) -> list[str]:
     backends = cfg.backends or default_backends(art, cfg.device)
     for b in backends:
         split_backend(b)  # one-line error for an unknown backend or run-time precision
-    if not cfg.backends and cfg.device == "cpu" and art.form in ("model.py", "onnx"):
+    if cfg.auto_cpu and not cfg.backends and cfg.device == "cpu" and art.form in (
+            "model.py", "onnx"):
         from nasfcos.runtime.cpu_default import choose_cpu_engine
 
-        cfg.cpu_default = choose_cpu_engine(art.path)  # replaces its family's default row
-        fam = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "onnxruntime"}
-        family = fam.get(cfg.cpu_default.engine.partition(":")[0])
-        backends = [cfg.cpu_default.engine if b == family else b for b in backends]
+        cfg.cpu_default = choose_cpu_engine(art.path)  # timed beside the suffix default
+        if cfg.cpu_default.engine not in backends:
+            backends = [*backends, cfg.cpu_default.engine]
     if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
         raise NasfcosError("runs must be >= 1, warmup >= 0 and batch >= 1")
     if cfg.baseline:

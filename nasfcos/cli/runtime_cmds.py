@@ -354,7 +354,7 @@ def bench_main(argv: list[str]) -> int:
         threads=args.threads, device=args.device, seed=args.seed, kind=args.kind,
         max_seconds=args.max_seconds, matmul_peak=not args.no_matmul_peak,
         onnx_static=args.onnx_static, ort_opt_level=args.ort_opt_level, trt_fp16=args.fp16,
-        onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline)
+        onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline, auto_cpu=True)
     if cfg.backends and any(b.strip().endswith(":int8") for b in cfg.backends):
         from nasfcos.runtime.precision import PrecisionOptions
 
