@@ -341,7 +341,7 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--images", help="explicit image folder (with --ann)")
     parser.add_argument("--weights", type=A.input_file, help="final.pt / last.pt from 'nasfcos train' (model.py only)")
     A.add_num_classes(parser, "classes, when --weights has no metadata", default=None)
-    parser.add_argument("--backend", help="runner backend (torch, onnxruntime, tensorrt; default by file)")
+    parser.add_argument("--backend", help="runner backend (torch, onnxruntime, openvino, tensorrt; BACKEND:PRECISION for torch:bf16, openvino:bf16; default by file)")
     parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE),
                         help="resize short side to (default: the training run's, else 800)")
