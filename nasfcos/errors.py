@@ -29,3 +29,10 @@ def first_line(exc: BaseException, limit: int | None = 200) -> str:
     ``limit`` characters: the text of a one-line error built from another exception."""
     line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return line if limit is None else line[:limit]
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters: a value quoted in a one-line
+    error (a tensor's repr spans lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
