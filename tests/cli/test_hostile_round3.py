@@ -38,7 +38,6 @@ def _one_line(err: str, verb: str) -> str:
 
 @pytest.mark.parametrize("argv", [
     ["data", "synth", "-o", "{out}", "--images", "2", "--size", "32"],
-    ["train", "--out", "{out}", "{ckpt}", "--data", "d", "--iters", "1"],
     ["import-release", "{ckpt}", "--config", "Mobile_NAS_head", "-o", "{out}"],
     ["search", "--preset", "toy", "--trials", "2", "--out", "{out}"],
 ])
