@@ -27,7 +27,7 @@ import torch
 
 from nasfcos.compiler.codegen import compile_genotype, compile_to_module
 from nasfcos.compiler.options import CompileOptions
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import NasfcosError, first_line
 from nasfcos.genotypes import Genotype, load_paper_genotype, read_release_config
 from nasfcos.genotypes.resolve import YAML_SUFFIXES
 from nasfcos.io import (
@@ -366,8 +366,7 @@ def _load_checkpoint(path: Path) -> Any:
                                "(read with torch.load(weights_only=True))") from None
         raise NasfcosError(f"{path}: {what} ({type(exc).__name__})") from None
     except Exception as exc:  # truncated zip, broken pickle, ...
-        first = (str(exc).strip().splitlines() or [""])[0][:100]
-        raise NasfcosError(f"{path}: {what} ({type(exc).__name__}: {first})") from None
+        raise NasfcosError(f"{path}: {what} ({type(exc).__name__}: {first_line(exc, 100)})") from None
 
 
 @dataclass

@@ -31,6 +31,7 @@ from nasfcos.genotypes.genotype import (
     NAME_RE,
     Genotype,
     decode_json,
+    load_genotype,
     parse_genotype,
     read_limited,
 )
@@ -53,8 +54,6 @@ def paper_genotype_path(name: str = DEFAULT_GENOTYPE) -> Path:
 
 def load_paper_genotype(name: str = DEFAULT_GENOTYPE) -> Genotype:
     """Load a shipped genotype."""
-    from nasfcos.genotypes.genotype import load_genotype
-
     return load_genotype(paper_genotype_path(name))
 
 
@@ -191,4 +190,16 @@ def resolve_genotype(arg: str | Path) -> Genotype:
         return _load_json_file(p)
     if text.removesuffix(".json") in PAPER_GENOTYPES:
         return load_paper_genotype(text)
-    raise GenotypeError(f"{text}: no such file, and not a shipped genotype ({', '.join(PAPER_GENOTYPES)})")
+    raise GenotypeError(unknown_genotype_message(text))
+
+
+def unknown_genotype_message(text: str) -> str:
+    """One line for a genotype argument that is neither a file nor a shipped name: the
+    closest shipped name ("did you mean") and all of them."""
+    import difflib
+
+    stem = Path(text).name.removesuffix(".json").replace("-", "_").lower()
+    close = difflib.get_close_matches(stem, PAPER_GENOTYPES, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"{text}: no such file, and not a shipped genotype ({hint}shipped: "
+            f"{', '.join(PAPER_GENOTYPES)})")

@@ -465,7 +465,12 @@ def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
 
     runner = make_runner(artifact, backend, device, threads=threads)
     try:
-        kind = kind or runner.kind or src.get("kind")
+        actual = runner.kind or src.get("kind")
+        if kind is not None and actual is not None and kind != actual:
+            raise NasfcosError(f"{artifact}: a {actual} export (inputs "
+                               f"{', '.join(runner.input_names)}), not a {kind}: drop --{kind}"
+                               f"{' or give --detector' if actual == 'detector' else ''}")
+        kind = kind or actual
         ref_opts: dict[str, Any] = {}
         if against.suffix == ".py":
             weights = src.get("weights")

@@ -209,19 +209,47 @@ def simplify_onnx(model: Any) -> Any:
 
 
 def _classes(lm: LoadedModel) -> dict[str, Any] | None:
-    """Class names and COCO category ids of the model, from its ``nasfcos train`` weights file
-    (``{"names": [K], "category_ids": [K]}``); None for random or bare state_dict weights."""
-    if lm.weights is None:
-        return None
+    """Class names and COCO category ids of the model (``{"names": [K], "category_ids": [K]}``)
+    from its weights, see :func:`weights_classes`; None for random weights."""
+    return weights_classes(lm.weights) if lm.weights is not None else None
+
+
+def weights_classes(weights: str | Path) -> dict[str, Any] | None:
+    """Class names and category ids recorded with a weights file: a ``nasfcos train``
+    checkpoint's metadata, or the ``import.json`` that ``nasfcos import-release`` wrote next to
+    its ``weights.pt`` (only when that record's sha256 is this file's); None otherwise."""
     from nasfcos.weights import load_weights_file
 
-    meta = load_weights_file(lm.weights)
+    meta = load_weights_file(weights)
     ids, names = meta.get("cat_ids"), meta.get("class_names")
+    if ids is None and names is None:
+        ids, names = _import_record_classes(Path(weights))
     if ids is None and names is None:
         return None
     ids = [int(i) for i in ids] if ids is not None else None
     names = [str(n) for n in names] if names is not None else None
     return {"names": names, "category_ids": ids}
+
+
+def _import_record_classes(weights: Path) -> tuple[list[Any] | None, list[Any] | None]:
+    """(category ids, class names) from the ``import.json`` next to an imported ``weights.pt``."""
+    import json
+
+    from nasfcos.io import sha256_file
+
+    record = weights.parent / "import.json"
+    try:
+        doc = json.loads(record.read_text(encoding="utf-8"))
+        if doc.get("format") != "nasfcos-import/1" or \
+                doc["weights"]["sha256"] != sha256_file(weights):
+            return None, None
+        labels = doc["labels"]
+        ids, names = labels.get("category_ids"), labels.get("class_names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
+    ok = (all(isinstance(v, list) and len(v) <= 100_000 for v in (ids or [], names or []))
+          and all(isinstance(i, int) for i in ids or []) and all(isinstance(n, str) for n in names or []))
+    return (ids, names) if ok else (None, None)
 
 
 def _set_metadata(proto: Any, lm: LoadedModel, classes: dict[str, Any] | None) -> None:
@@ -363,6 +391,8 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
         raise NasfcosError("exported graph has unexpected input/output names "
                            f"{[i['name'] for i in ins]} -> {[o['name'] for o in outs]}")
     ops = Counter(n.op_type for n in proto.graph.node)
+    from nasfcos.runtime.trt import tensorrt_parser_record
+
     base = out.resolve().parent  # manifests name files relative to themselves
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
@@ -388,7 +418,8 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                    "graph_passes": passes,
                    "exporter": "torch.onnx.export(dynamo=True)",
                    "ir_version": proto.ir_version,
-                   "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node)},
+                   "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node),
+                   "tensorrt": tensorrt_parser_record(proto)},
         "tools": tool_versions(),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -536,4 +567,4 @@ def export_summary(result: ExportResult) -> dict[str, Any]:
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "check_onnx",
            "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_file", "rebase_source",
            "manifest_path_for",
-           "simplify_onnx", "tool_versions", "verify_manifest"]
+           "simplify_onnx", "tool_versions", "verify_manifest", "weights_classes"]

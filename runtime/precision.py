@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from nasfcos.errors import NasfcosError
+from nasfcos.images import IMAGE_SUFFIXES, read_image
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 CALIB_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 INT8_TARGETS: tuple[str, ...] = ("tensorrt", "cpu")
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: Ops kept in float32 by the fp16 pass (see the module docstring and the README).
 FP16_BLOCK_OPS: tuple[str, ...] = ("TopK", "NonMaxSuppression", "Exp", "InstanceNormalization",
                                    "Resize", "RoiAlign", "Range", "CumSum")
@@ -102,8 +102,6 @@ class PrecisionOptions:
 def calibration_files(opts: PrecisionOptions) -> list[Path]:
     """The calibration image files (sorted, the first ``calib_images``); checks that there
     are enough and that each one decodes."""
-    from PIL import Image
-
     if opts.data is not None:
         from nasfcos.fcos.data import load_coco
 
@@ -128,11 +126,7 @@ def calibration_files(opts: PrecisionOptions) -> list[Path]:
                            f"{opts.calib_images} (add images or lower --calib-images)")
     files = files[:opts.calib_images]
     for f in files:
-        try:
-            with Image.open(f) as im:
-                im.verify()
-        except (OSError, SyntaxError) as exc:
-            raise NasfcosError(f"{f}: cannot read calibration image ({exc})") from exc
+        read_image(f, what="calibration image")
     return files
 
 
@@ -153,8 +147,7 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
 
     from nasfcos.fcos.data import pad_batch, resize_scale
 
-    with Image.open(path) as im:
-        img = im.convert("RGB")
+    img = read_image(path, what="calibration image")
     w0, h0 = img.size
     side = min(size)
     scale = resize_scale(h0, w0, side, max(size))
@@ -484,9 +477,11 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
         if isinstance(source.get(key), str) and not Path(source[key]).is_absolute():
             source[key] = os.path.relpath((src.resolve().parent / source[key]).resolve(),
                                           out.resolve().parent)
+    from nasfcos.runtime.trt import tensorrt_parser_record
+
     new.setdefault("export", {}).update(
         {"ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
-         "nodes": len(model.graph.node)})
+         "nodes": len(model.graph.node), "tensorrt": tensorrt_parser_record(model)})
     atomic_write_bytes(out, data)
     atomic_write_json(manifest_path_for(out), new)
     return new

@@ -257,6 +257,10 @@ def genotype_arg(text: str) -> str:
 
     if not Path(text).exists() and str(text).removesuffix(".json") in PAPER_GENOTYPES:
         return text
+    if not Path(text).exists():
+        from nasfcos.genotypes.resolve import unknown_genotype_message
+
+        raise argparse.ArgumentTypeError(unknown_genotype_message(text))
     input_file(text)
     return text
 

@@ -318,36 +318,11 @@ def train_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- eval
 
 
-def _exported_meta(path: Path) -> dict[str, Any] | None:
-    """Training metadata of an exported model: its manifest's class count, and the size,
-    batch and category ids of the training run whose weights it was exported with."""
-    try:
-        from nasfcos.runtime.export import load_manifest
-
-        manifest = load_manifest(path)
-    except Exception:  # no manifest (or not a nasfcos export): nothing to read
-        return None
-    meta: dict[str, Any] = {}
-    k = (manifest.get("widths") or {}).get("num_classes")
-    if isinstance(k, int):
-        meta["num_classes"] = k
-    weights = (manifest.get("source") or {}).get("weights")
-    if isinstance(weights, str):
-        wpath = Path(weights) if Path(weights).is_absolute() else Path(path).parent / weights
-        if wpath.is_file():
-            from nasfcos.weights import load_weights_file
-
-            full = load_weights_file(wpath)
-            meta.update({k: full[k] for k in ("min_size", "max_size", "eval_batch", "cat_ids",
-                                              "num_classes") if k in full})
-    return meta or None
-
-
 def eval_main(argv: list[str]) -> int:
     """``nasfcos eval model.py|model.onnx|model.engine --data DIR [-o metrics.json]``."""
     from nasfcos.fcos.evaluate import METRIC_NAMES, EvalConfig, evaluate
+    from nasfcos.runtime.predict import model_meta
     from nasfcos.runtime.runners import make_runner
-    from nasfcos.weights import load_weights_file
 
     parser = _parser(
         "eval",
@@ -382,19 +357,14 @@ def eval_main(argv: list[str]) -> int:
         if value is not None and value < low:
             raise NasfcosError(f"--{flag} must be at least {low}, not {value}")
     path = Path(args.model)
+    from nasfcos.runtime.doctor import preflight_verb
+
+    preflight_verb(path, [args.backend] if args.backend else None, args.device)
     if not args.quiet and not sys.stderr.isatty():  # no bar in logs: one line per stage
         print(f"eval: {path} on {args.ann or args.data} ...", file=sys.stderr, flush=True)
-    ckpt = None
-    if path.suffix == ".py":
-        if args.weights is None:
-            warnings.warn("no --weights: evaluating an untrained model", stacklevel=1)
-        else:
-            ckpt = load_weights_file(args.weights)
-    elif args.weights is not None:
-        raise NasfcosError("--weights is for model.py; an exported model carries its weights")
-    else:
-        ckpt = _exported_meta(path)
-    meta = ckpt or {}
+    if path.suffix == ".py" and args.weights is None:
+        warnings.warn("no --weights: evaluating an untrained model", stacklevel=1)
+    meta = model_meta(path, args.weights)
     min_size = args.min_size or int(meta.get("min_size", 800))
     max_size = args.max_size or int(meta.get("max_size", max(1333, min_size)))
     if max_size < min_size:

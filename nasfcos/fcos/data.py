@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import NasfcosError, first_line
+from nasfcos.images import read_image
 
 Target = dict[str, Any]
 
@@ -101,8 +102,7 @@ def load_coco(ann_file: str | Path) -> Any:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(ann_file))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasfcosError(f"{ann_file}: not a valid COCO annotation file ({first})") from None
+        raise NasfcosError(f"{ann_file}: not a valid COCO annotation file ({first_line(exc, None)})") from None
     check_coco(coco, ann_file)
     return coco
 
@@ -260,11 +260,8 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
         img_id = self.ids[index]
         info = self.coco.imgs[img_id]
         path = self.image_dir / info["file_name"]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except OSError as exc:
-            raise NasfcosError(f"{path}: cannot read image ({str(exc).splitlines()[0]})") from None
+        # stored orientation: the annotations' boxes are in the file's pixel grid
+        img = read_image(path, orient=False)
         anns = [a for a in self.coco.imgToAnns.get(img_id, []) if not a.get("iscrowd", 0)]
         boxes = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]

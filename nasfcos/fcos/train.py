@@ -22,6 +22,9 @@ import io
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -468,6 +471,36 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class _StopOnInterrupt:
+    """While active, the first SIGINT only sets ``requested`` (the loop stops at the end of
+    the iteration, a consistent point to save); the second one interrupts at once."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.requested = False
+        self._previous: Any = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ntrain: Ctrl-C: stopping after this iteration to save a checkpoint "
+              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def watch(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """``batches``, restoring the previous handler when the loop ends in any way."""
+        try:
+            yield from batches
+        finally:
+            self.restore()
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the summary (also ``summary.json``)."""
     if (cfg.epochs is None) == (cfg.iters is None):
@@ -495,7 +528,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     try:
         model = build_detector(module, ds.num_classes, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise NasfcosError(f"{cfg.model}: cannot build the detector ({str(exc).splitlines()[0]})") from None
+        raise NasfcosError(f"{cfg.model}: cannot build the detector ({first_line(exc, None)})") from None
     if cfg.freeze_backbone:
         for p in model.backbone.parameters():  # type: ignore[union-attr]
             p.requires_grad_(False)
@@ -574,7 +607,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     last: dict[str, float] = {}
     window: list[torch.Tensor] = []
     skipped = skipped_run = 0
-    for it, (images, targets) in zip(range(start, total), _one_line_errors(loader), strict=True):
+
+    def snapshot(done: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "rng": torch.get_rng_state(), "iter": done, "total": total,
+                "num_classes": ds.num_classes, "cat_ids": ds.cat_ids, "model_sha256": model_sha,
+                "model_kwargs": cfg.model_kwargs}
+
+    # Ctrl-C finishes the running iteration, saves last.pt there and says how to resume
+    # (a second Ctrl-C stops at once); single-process runs in the main thread only
+    stop = _StopOnInterrupt(enabled=d.world == 1)
+    done, saved = start, False
+    for it, (images, targets) in zip(range(start, total), stop.watch(_one_line_errors(loader)),
+                                     strict=True):
         images = images.to(device, non_blocking=True)
         boxes = [t["boxes"].to(device) for t in targets]
         labels = [t["labels"].to(device) for t in targets]
@@ -618,17 +664,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             bar.update(1)
             if last:  # the latest logged averages: no device sync per iteration
                 bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()}, refresh=False)
-        if d.main and (done % ckpt_every == 0 or done == total):
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": torch.get_rng_state(), "iter": done, "total": total,
-                "num_classes": ds.num_classes, "cat_ids": ds.cat_ids, "model_sha256": model_sha,
-                "model_kwargs": cfg.model_kwargs,
-            })
+        saved = d.main and (done % ckpt_every == 0 or done == total)
+        if saved:
+            save_checkpoint(ckpt_path, snapshot(done))
             plot_losses(records, out / "loss.png")
+        if stop.requested:
+            break
+    stop.restore()
     if bar is not None:
         bar.close()
+    if stop.requested and done < total:
+        if d.main and not saved:
+            save_checkpoint(ckpt_path, snapshot(done))
+        print(f"train: interrupted after iteration {done} of {total}; saved {ckpt_path}\n"
+              f"resume with: nasfcos train {cfg.model} --out {out} --resume", file=sys.stderr,
+              flush=True)
+        raise KeyboardInterrupt
     elapsed = time.time() - t0
     # cpu_s: CPU time of this process (all threads) in the loop; on a shared machine
     # cpu_s / threads is what the loop costs on idle cores, time_s what it took here

@@ -92,3 +92,25 @@ def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert info.value.code == 0
     assert "example:" in capsys.readouterr().out
+
+
+def test_header_regenerate_line_runs_and_reproduces_the_file(tmp_path: Path, monkeypatch) -> None:
+    """The compiled file's 'regenerate with' line is a command that works when copied."""
+    import shlex
+
+    opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=3, detector=True, backbone="tiny")
+    src = compile_genotype(load_paper_genotype("nas_fcos_fpn_head"), opts)
+    line = src.splitlines()[5].removeprefix("#").strip()
+    assert line.startswith("nasfcos compile nas_fcos_fpn_head ")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(shlex.split(line)[1:]) == 0
+    assert (tmp_path / "model.py").read_text() == src
+    # a genotype that is not shipped names a placeholder, not a file that does not exist
+    other = compile_genotype(sample_genotype(3))
+    assert f"nasfcos compile <genotype JSON of {sample_genotype(3).name}>" in other
+
+
+def test_misspelt_genotype_suggests_the_shipped_name(capsys) -> None:
+    assert cli_main(["compile", "nas_fcos_fpn_hed", "-o", "x.py"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'nas_fcos_fpn_head'?" in err and "nas_fcos_fpn, nas_fcos_fpn_head" in err

@@ -75,7 +75,8 @@ def test_header_and_constants() -> None:
     header = src.split('"""', 1)[0]
     assert f"generator {GENERATOR_VERSION}" in header
     assert PAPER.name in header and PAPER.hash() in header
-    assert ("nasfcos compile nas-fcos-r50-fpn-head.json -o model.py --fpn-channels 96 --head-channels 160 "
+    # the shipped genotype by the name 'compile' takes (a command that runs when copied)
+    assert ("nasfcos compile nas_fcos_fpn_head -o model.py --fpn-channels 96 --head-channels 160 "
             "--num-classes 21 --in-channels 64,128,256,512") in header
     assert str(REPO) not in src and "/tmp" not in src  # nothing machine-specific
     mod = compile_to_module(PAPER, opts)

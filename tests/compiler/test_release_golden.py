@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +27,13 @@ from nasfcos.compiler.release import (
     release_key,
     release_target,
 )
+from nasfcos.compiler.release_sample import golden_tensor
 from nasfcos.errors import NasfcosError
 from nasfcos.modelfile import load_model_file
 
 GOLDEN = Path(__file__).parent / "golden_release"
 #: golden folder -> the config name given to the importer
 CONFIGS = {"R_50_NAS_head": "R_50_NAS_head", "R_50_NAS_densebox": "R_50_NAS", "Mobile_NAS_head": "Mobile_NAS_head"}
-
-
-def golden_tensor(model_key: str, shape: list[int], dtype: str = "float32", scale4d: float = 0.5) -> torch.Tensor:
-    """The golden data's weight rule (its README): a pure function of key, shape and dtype."""
-    s = tuple(shape)
-    kw: dict[str, Any] = {"generator": torch.Generator().manual_seed(zlib.crc32(model_key.encode())),
-                          "dtype": torch.float64}
-    if model_key.endswith("num_batches_tracked"):
-        return torch.zeros(s, dtype=torch.int64)
-    if model_key.endswith("running_var"):
-        t = torch.rand(s, **kw) + 0.5
-    elif model_key.endswith("running_mean"):
-        t = 0.1 * torch.randn(s, **kw)
-    elif len(s) == 4:
-        t = torch.randn(s, **kw) * (scale4d * math.sqrt(2.0 / (s[1] * s[2] * s[3])))
-    elif len(s) == 1 and model_key.endswith(".weight"):
-        t = 1 + 0.1 * torch.randn(s, **kw)
-    else:
-        t = 0.1 * torch.randn(s, **kw)
-    return t.to(getattr(torch, dtype))
 
 
 @functools.cache
@@ -198,8 +177,13 @@ def test_import_cli_writes_a_model_that_loads_strictly(tmp_path: Path, mobile_ch
 
 @pytest.fixture(scope="module")
 def mobile_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test checkpoint 'import-release --make-test-checkpoint' writes, which must be the
+    golden data's checkpoint entry for entry (the README's way to try the import)."""
     path = tmp_path_factory.mktemp("ckpt") / "mbv2-NAS-head.pth"
-    torch.save(fake_checkpoint("Mobile_NAS_head"), path)
+    assert cli_main(["import-release", "--make-test-checkpoint", "Mobile_NAS_head", "-o", str(path)]) == 0
+    made = torch.load(path, weights_only=True)["model"]
+    golden = fake_checkpoint("Mobile_NAS_head")["model"]
+    assert list(made) == list(golden) and all(torch.equal(made[k], golden[k]) for k in golden)
     return path
 
 

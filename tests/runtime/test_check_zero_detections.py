@@ -46,3 +46,10 @@ def test_unreadable_intermediates_fail_not_pass(runners):
     assert not row.ok and "nothing was compared" in row.note
     (row,) = compare_raw_heads(art, SimpleNamespace(), images, TOLERANCES["fp32"])
     assert not row.ok
+
+
+def test_wrong_kind_flag_names_the_model_kind(tiny_detector_onnx):
+    from nasfcos.errors import NasfcosError
+
+    with pytest.raises(NasfcosError, match="a detector export .*not a decoder: drop --decoder"):
+        check_artifact(tiny_detector_onnx, kind="decoder")
