@@ -4,6 +4,7 @@ reproducible here): every case is run against the installed nasfcos and judged.
     python tests/hostile/replay.py            # all cases  -> "N cases, 0 mishandled"
     python tests/hostile/replay.py --fast     # the quick subset (the pytest wrapper's)
     python tests/hostile/replay.py -k lock -v # cases whose name contains "lock", with details
+    python tests/hostile/replay.py --isolate --limit 60   # each case in a process (an old build)
 
 A case is *mishandled* when the command prints a traceback, exits with another code than the
 case expects, runs past its time limit (a hang), prints more than one error line, misses the
@@ -68,7 +69,11 @@ _CACHE: dict[str, Path] = {}
 
 def _shared() -> Path:
     if "root" not in _CACHE:
+        import atexit
+        import shutil
+
         _CACHE["root"] = Path(tempfile.mkdtemp(prefix="nasfcos-replay-"))
+        atexit.register(shutil.rmtree, _CACHE["root"], True)
     return _CACHE["root"]
 
 
@@ -461,16 +466,44 @@ def replay(cases: list[Case], verbose: bool = False) -> tuple[int, list[tuple[Ca
     return len(cases), bad
 
 
+def replay_isolated(cases: list[Case], limit_s: float | None, verbose: bool) -> tuple[int, list[tuple[Case, str]]]:
+    """:func:`replay` with each case in its own process, killed after its limit (a hang)."""
+    bad: list[tuple[Case, str]] = []
+    for case in cases:
+        limit = limit_s or case.limit_s
+        try:
+            r = subprocess.run([sys.executable, __file__, "--one", case.name], capture_output=True, text=True,
+                               timeout=limit + 120)  # + the shared fixtures' set-up
+            problem = None if r.returncode == 0 else (r.stdout.strip().splitlines() or [r.stderr[-200:]])[-1]
+        except subprocess.TimeoutExpired:
+            problem = f"hang: still running after {limit:.0f} s"
+        if problem is not None:
+            bad.append((case, problem))
+        if verbose:
+            print(f"{'MISHANDLED' if problem else 'ok        '} [{case.round}] {case.cls}: {case.name}"
+                  + (f"\n    {problem}" if problem else ""), flush=True)
+    return len(cases), bad
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--fast", action="store_true", help="only the quick subset")
     p.add_argument("-k", default=None, help="only cases whose name contains this")
     p.add_argument("--skip", default=None, help="leave out cases whose name contains this")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per case")
+    p.add_argument("--isolate", action="store_true",
+                   help="each case in its own process, killed at its time limit (for a build that may hang)")
+    p.add_argument("--limit", type=float, default=None, help="with --isolate: seconds per case")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.one is not None:
+        (case,) = [c for c in all_cases() if c.name == args.one]
+        _, bad = replay([case])
+        print(bad[0][1] if bad else "ok")
+        return 1 if bad else 0
     cases = [c for c in all_cases() if (not args.fast or c.fast) and (args.k is None or args.k in c.name)
              and (args.skip is None or args.skip not in c.name)]
-    n, bad = replay(cases, args.verbose)
+    n, bad = replay_isolated(cases, args.limit, args.verbose) if args.isolate else replay(cases, args.verbose)
     by_class = Counter(c.cls for c in cases)
     bad_class = Counter(c.cls for c, _ in bad)
     for cls in sorted(by_class):
