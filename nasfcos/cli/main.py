@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from nasfcos import __version__
 from nasfcos.errors import NasfcosError
@@ -49,6 +51,19 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _one_line_warning(verb: str) -> Any:
+    """``warnings.formatwarning`` for the CLI: ``nasfcos VERB: warning: MESSAGE`` on one line,
+    without the source file, line and code that Python prints by default."""
+    from nasfcos.errors import first_line
+
+    def fmt(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+            line: str | None = None) -> str:
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        return f"nasfcos {verb}: warning: {first_line(Warning(str(message)), None)}{kind}\n"
+
+    return fmt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nasfcos`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -64,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, func_name, _ = VERBS[verb]
     debug = os.environ.get("NASFCOS_DEBUG", "") not in ("", "0")
+    if not debug:
+        warnings.formatwarning = _one_line_warning(verb)
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(rest) or 0)

@@ -54,7 +54,7 @@ SHRINK: list[tuple[str, str]] = [
     (r"--runs \d+", "--runs 2"),
     (r"--warmup \d+", "--warmup 1"),
     (r"--threads \d+", "--threads 1"),
-    (r"--fpn-channels \d+", "--fpn-channels 32"),
+    (r"--fpn-channels \d+", "--fpn-channels 8"),
     (r"--head-channels \d+", "--head-channels 64"),
     (r"--size 128\b", "--size 64"),
 ]
@@ -74,7 +74,9 @@ def readme_commands() -> list[str]:
 def help_commands(capsys: pytest.CaptureFixture[str]) -> list[str]:
     cmds = []
     for verb in VERBS:
-        assert cli([verb, "--help"]) == 0
+        with pytest.raises(SystemExit) as info:
+            cli([verb, "--help"])
+        assert info.value.code in (0, None)
         text = capsys.readouterr().out.split("example", 1)[-1]
         for line in text.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip()
@@ -89,7 +91,7 @@ def _shrink(cmd: str) -> str:
     if cmd.startswith("nasfcos compile") and "--detector" in cmd and "tiny" not in cmd:
         cmd += " --backbone tiny"
     if cmd.startswith("nasfcos compile") and "--fpn-channels" not in cmd:
-        cmd += " --fpn-channels 32 --head-channels 64"
+        cmd += " --fpn-channels 8 --head-channels 64"
     if cmd.startswith(("nasfcos train", "nasfcos eval", "nasfcos predict")) and "--min-size" not in cmd:
         cmd += " --min-size 64 --max-size 64"
     if cmd.startswith("nasfcos train"):
@@ -120,7 +122,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     old = os.getcwd()
     os.chdir(d)
     try:
-        opts = CompileOptions(fpn_channels=32, head_channels=64, num_classes=5, detector=True,
+        opts = CompileOptions(fpn_channels=8, head_channels=64, num_classes=5, detector=True,
                               backbone="tiny")
         Path("model.py").write_text(compile_genotype(load_paper_genotype(), opts))
         write_synthetic("data/synth", SynthConfig(images=16, size=64, seed=0))
