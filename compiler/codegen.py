@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import types
 from typing import Any
 
@@ -14,7 +13,6 @@ from nasfcos.compiler.options import CompileOptions, resolve_options
 from nasfcos.compiler.plan import build_plan
 from nasfcos.errors import GenotypeError
 from nasfcos.genotypes import Genotype, parse_genotype
-from nasfcos.genotypes.genotype import NAME_RE
 from nasfcos.modelfile import module_from_source
 
 MAIN_TEMPLATE = "model.py.j2"
@@ -27,32 +25,14 @@ def _environment() -> jinja2.Environment:
 
 
 def validated_genotype(genotype: Any) -> Genotype:
-    """Re-validate ``genotype`` (a :class:`Genotype` or its JSON dict) through the validator.
-
-    A :class:`Genotype` is a plain dataclass anyone can construct, so its fields are checked
-    again here; only the result of :func:`parse_genotype` ever reaches code generation.
-    Raises :class:`GenotypeError`.
-    """
+    """``genotype`` as a :class:`Genotype`: one already is valid by type (its constructor
+    checks every field); a JSON dict (``meta`` ignored) is parsed once.  Raises
+    :class:`GenotypeError`."""
     if isinstance(genotype, Genotype):
-        try:
-            doc = genotype.to_dict(with_meta=False)
-        except Exception as exc:  # a hand-built object with fields of the wrong shape
-            raise GenotypeError(f"genotype: malformed Genotype object ({type(exc).__name__})") from None
-    elif isinstance(genotype, dict):
-        doc = dict(genotype)
-        doc.pop("meta", None)
-    else:
-        raise GenotypeError(f"genotype: expected a Genotype or its JSON dict, got {type(genotype).__name__}")
-    # A JSON round trip turns str/int subclasses (custom __format__, __str__, ...) into plain
-    # values, so nothing but data reaches the validator and, after it, the templates.
-    try:
-        doc = json.loads(json.dumps(doc, allow_nan=False))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise GenotypeError(f"genotype: not plain JSON data ({type(exc).__name__})") from None
-    g = parse_genotype(doc)
-    if not NAME_RE.fullmatch(g.name):  # the name is printed into comments and docstrings
-        raise GenotypeError(f"name: {g.name[:40]!r} is not a valid name (letters, digits, '.', '_', '+', '-')")
-    return g
+        return genotype
+    if isinstance(genotype, dict):
+        return parse_genotype({k: v for k, v in genotype.items() if k != "meta"})
+    raise GenotypeError(f"genotype: expected a Genotype or its JSON dict, got {type(genotype).__name__}")
 
 
 @functools.lru_cache(maxsize=64)

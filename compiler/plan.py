@@ -1,20 +1,19 @@
 """Genotype -> plain records for the templates: graph analysis, dead-path elimination, naming.
 
 Everything that decides *what* the generated file contains lives here; the templates only
-print the records.  Only values that passed :func:`nasfcos.genotypes.parse_genotype` reach a
-record: op and aggregation names are mapped through the emitter tables below (an unknown name
-is a :class:`GenotypeError`), pool indices and widths are re-checked to be plain ints, and the
-genotype constant is ``repr`` of a dict rebuilt from validated fields.
+print the records.  Only a :class:`~nasfcos.genotypes.Genotype` reaches a record, and it is
+valid by type (whitelisted names, plain ints in range: its constructor checks them); op and
+aggregation names are mapped through the emitter tables below.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from nasfcos.compiler.options import CompileOptions, option_flags, options_context
-from nasfcos.errors import GenotypeError
 from nasfcos.genotypes import (
     BACKBONE_LEVELS,
     BACKBONE_STRIDES,
@@ -25,39 +24,75 @@ from nasfcos.genotypes import (
     head_live,
     head_pool_names,
 )
-from nasfcos.genotypes.genotype import NAME_RE
 
 #: Version of the code generator, printed in every generated file's header.
 GENERATOR_VERSION = "2.0"
 
-# --- emitter tables: op name -> (layer class, constructor arguments); None = identity ------
-# ``{c}`` is the width variable of the constructor ("c" = FPN width, "h" = head width).
-_Emitter = tuple[str, str] | None
+# --- constructor calls: values the template prints ----------------------------------------
+@dataclass(frozen=True)
+class Name:
+    """A name of the generated scope, printed bare: the widths ``c`` (FPN) and ``h`` (head)."""
 
-FPN_OP_EMITTERS: dict[str, _Emitter] = {
-    "sep_conv_3x3": ("SepConv", '{c}, 3, dilation=1, norm="bn"'),
-    "sep_conv_3x3_dil3": ("SepConv", '{c}, 3, dilation=3, norm="bn"'),
-    "sep_conv_5x5_dil6": ("SepConv", '{c}, 5, dilation=6, norm="bn"'),
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+C, H = Name("c"), Name("h")
+
+
+def _source(value: Any) -> str:
+    """Python source of an argument value (a Name, int, bool or whitelisted string)."""
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A layer constructor call as values: class name, positional and keyword arguments.
+    ``str()`` is its Python source; :meth:`build` makes the layer from a module's classes."""
+
+    cls: str
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def __str__(self) -> str:
+        parts = [_source(a) for a in self.args] + [f"{k}={_source(v)}" for k, v in self.kwargs]
+        return f"{self.cls}({', '.join(parts)})"
+
+    def build(self, namespace: Any, names: dict[str, Any]) -> Any:
+        """``namespace.<cls>(...)`` with each :class:`Name` looked up in ``names``."""
+        def value(v: Any) -> Any:
+            return names[v.text] if isinstance(v, Name) else v
+
+        return getattr(namespace, self.cls)(*map(value, self.args), **{k: value(v) for k, v in self.kwargs})
+
+
+# --- emitter tables: op name -> constructor call; None = identity (no module) ---------------
+FPN_OP_EMITTERS: dict[str, Call | None] = {
+    "sep_conv_3x3": Call("SepConv", (C, 3), (("dilation", 1), ("norm", "bn"))),
+    "sep_conv_3x3_dil3": Call("SepConv", (C, 3), (("dilation", 3), ("norm", "bn"))),
+    "sep_conv_5x5_dil6": Call("SepConv", (C, 5), (("dilation", 6), ("norm", "bn"))),
     "skip": None,
-    "deform_conv_3x3": ("DeformConvNormReLU", '{c}, norm="bn"'),
+    "deform_conv_3x3": Call("DeformConvNormReLU", (C,), (("norm", "bn"),)),
 }
-HEAD_OP_EMITTERS: dict[str, _Emitter] = {
-    "conv_1x1": ("ConvNormReLU", '{c}, {c}, 1, norm="gn"'),
-    "conv_3x3": ("ConvNormReLU", '{c}, {c}, 3, norm="gn"'),
-    "sep_conv_3x3": ("SepConv", '{c}, 3, dilation=1, norm="gn"'),
-    "sep_conv_3x3_dil3": ("SepConv", '{c}, 3, dilation=3, norm="gn"'),
+HEAD_OP_EMITTERS: dict[str, Call | None] = {
+    "conv_1x1": Call("ConvNormReLU", (H, H, 1), (("norm", "gn"),)),
+    "conv_3x3": Call("ConvNormReLU", (H, H, 3), (("norm", "gn"),)),
+    "sep_conv_3x3": Call("SepConv", (H, 3), (("dilation", 1), ("norm", "gn"))),
+    "sep_conv_3x3_dil3": Call("SepConv", (H, 3), (("dilation", 3), ("norm", "gn"))),
     "skip": None,
-    "deform_conv_3x3": ("DeformConvNormReLU", '{c}, norm="gn"'),
+    "deform_conv_3x3": Call("DeformConvNormReLU", (H,), (("norm", "gn"),)),
 }
 #: FCOS's standard tower layer (kind ``fcos``): conv3x3 with bias -> GN -> ReLU.
-FCOS_TOWER_EMITTER: tuple[str, str] = ("ConvNormReLU", '{c}, {c}, 3, norm="gn", bias=True')
-FPN_AGG_EMITTERS: dict[str, tuple[str, str]] = {
-    "sum": ("WeightedSum", "{c}"),
-    "concat": ("ConcatReduce", '{c}, norm="bn"'),
+FCOS_TOWER_EMITTER = Call("ConvNormReLU", (H, H, 3), (("norm", "gn"), ("bias", True)))
+FPN_AGG_EMITTERS: dict[str, Call] = {
+    "sum": Call("WeightedSum", (C,)),
+    "concat": Call("ConcatReduce", (C,), (("norm", "bn"),)),
 }
-HEAD_AGG_EMITTERS: dict[str, tuple[str, str]] = {
-    "sum": ("WeightedSum", "{c}"),
-    "concat": ("ConcatReduce", '{c}, norm="gn"'),
+HEAD_AGG_EMITTERS: dict[str, Call] = {
+    "sum": Call("WeightedSum", (H,)),
+    "concat": Call("ConcatReduce", (H,), (("norm", "gn"),)),
 }
 #: Layer classes that build their norm through ``make_norm``.
 _NORM_USERS = frozenset({"SepConv", "DeformConvNormReLU", "ConvNormReLU", "ConcatReduce"})
@@ -70,7 +105,7 @@ class Part:
     """One keyword of a ``Block(...)`` container: ``key=expr``."""
 
     key: str
-    expr: str
+    expr: Call
 
 
 @dataclass(frozen=True)
@@ -79,7 +114,7 @@ class ModuleDef:
 
     name: str
     comment: str
-    expr: str = ""
+    expr: Call | None = None
     parts: tuple[Part, ...] = ()
 
 
@@ -91,11 +126,13 @@ class ModuleGroup:
 
 @dataclass(frozen=True)
 class Stmt:
-    """``<target> = <expr>  # <comment>``."""
+    """``<target> = <expr>  # <comment>``; ``units``: the latency-table units it runs
+    (:mod:`nasfcos.search.latency`; head units without their level's stride)."""
 
     target: str
     expr: str
     comment: str = ""
+    units: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +189,21 @@ class Plan:
     towers: tuple[TowerMethod, ...]
     levels: tuple[LevelHead, ...]
 
+    def units(self) -> Counter[str]:
+        """How many times each latency-table unit runs for one image (see
+        :mod:`nasfcos.search.latency`): read from the statements this plan prints."""
+        units: Counter[str] = Counter(u for sec in self.fpn_sections for st in sec.stmts for u in st.units)
+        units["p6p7"] += 1
+        towers = {t.name: t for t in self.towers}
+        for lv in self.levels:
+            s = OUTPUT_STRIDES[lv.index]
+            units[f"predict/s{s}"] += 1
+            if self.head_channels != self.fpn_channels:
+                units[f"bridge/s{s}"] += 1
+            for name in (lv.cls_tower, lv.reg_tower):
+                units.update(f"{u}/s{s}" for st in towers[name].stmts for u in st.units)
+        return units
+
     def context(self) -> dict[str, Any]:
         """The template context (plain values and records)."""
         return {
@@ -188,27 +240,9 @@ _ALL_USES = (
 
 
 # --- helpers -------------------------------------------------------------------------------
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise GenotypeError(f"{what}: expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _emit(table: dict[str, Any], op: Any, width: str, what: str) -> tuple[str, str] | None:
-    try:
-        emitter = table[op]
-    except (KeyError, TypeError):
-        raise GenotypeError(f"{what}: no emitter for {op!r:.40}") from None
-    if emitter is None:
-        return None
-    cls, args = emitter
-    return cls, args.format(c=width)
-
-
-def _ctor(emitted: tuple[str, str], uses: set[str]) -> str:
-    cls, args = emitted
-    uses.add(cls)
-    return f"{cls}({args})"
+def _ctor(call: Call, uses: set[str]) -> Call:
+    uses.add(call.cls)
+    return call
 
 
 def _py_literal(value: Any, indent: int, prefix: int = 11) -> str:
@@ -232,29 +266,8 @@ def _py_literal(value: Any, indent: int, prefix: int = 11) -> str:
 
 
 def _literal(g: Genotype) -> str:
-    """The genotype as a Python literal, rebuilt from validated fields only (no meta)."""
-
-    def block(b: Any, where: str) -> dict[str, Any]:
-        return {
-            "inputs": [_int(b.inputs[0], f"{where}.inputs[0]"), _int(b.inputs[1], f"{where}.inputs[1]")],
-            "ops": [str(b.ops[0]), str(b.ops[1])],
-            "agg": str(b.agg),
-        }
-
-    head: dict[str, Any] = {"kind": str(g.head.kind)}
-    if g.head.kind == "sequential":
-        head["layers"] = [str(op) for op in g.head.layers]
-    elif g.head.kind == "dag":
-        head["first_op"] = str(g.head.first_op)
-        head["blocks"] = [block(b, f"head.blocks[{i}]") for i, b in enumerate(g.head.blocks)]
-    doc = {
-        "format": "nasfcos-genotype/1",
-        "name": str(g.name),
-        "fpn": [block(b, f"fpn[{k}]") for k, b in enumerate(g.fpn)],
-        "head": head,
-        "share": [_int(s, "share") for s in g.share],
-    }
-    return _py_literal(doc, 0)
+    """The genotype as a Python literal (no meta)."""
+    return _py_literal(g.to_dict(with_meta=False), 0)
 
 
 def genotype_source(g: Genotype) -> str:
@@ -290,41 +303,41 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
     adapters: list[ModuleDef] = []
     adapt_stmts: list[Stmt] = []
     for lvl in graph.backbone_used:
-        lvl = _int(lvl, "backbone level")
         name = BACKBONE_LEVELS[lvl]
         adapters.append(ModuleDef(f"adapt_{name}", f"{name}, stride {BACKBONE_STRIDES[lvl]}",
-                                  expr=f"Adapter(in_channels[{lvl}], c)"))
+                                  expr=Call("Adapter", (Name(f"in_channels[{lvl}]"), C))))
         adapt_stmts.append(Stmt(f"x{lvl}", f"self.adapt_{name}(features[{lvl}])",
-                                f"pool {lvl}: {name}, stride {BACKBONE_STRIDES[lvl]}"))
+                                f"pool {lvl}: {name}, stride {BACKBONE_STRIDES[lvl]}", (f"adapter/{name}",)))
     uses.add("Adapter")
     sections = [Section("backbone adapters: 1x1 conv + BN + ReLU to the FPN width", tuple(adapt_stmts))]
     blocks: list[ModuleDef] = []
     for k, blk in enumerate(g.fpn):
         out = len(BACKBONE_LEVELS) + k
-        ins = (_int(blk.inputs[0], f"fpn[{k}].inputs[0]"), _int(blk.inputs[1], f"fpn[{k}].inputs[1]"))
+        ins = blk.inputs
         s_out = min(strides[ins[0]], strides[ins[1]])
         finer = ins[0] if strides[ins[0]] <= strides[ins[1]] else ins[1]
         parts: list[Part] = []
         stmts: list[Stmt] = []
         args: list[str] = []
         for j in (0, 1):
-            emitted = _emit(FPN_OP_EMITTERS, blk.ops[j], "c", f"fpn[{k}].ops[{j}]")
-            expr = f"x{ins[j]}"
+            emitted = FPN_OP_EMITTERS[blk.ops[j]]
+            expr, units = f"x{ins[j]}", []
             if emitted is not None:
                 parts.append(Part(f"op{j}", _ctor(emitted, uses)))
                 expr = f"self.fpn_block{k}.op{j}({expr})"
+                units.append(f"fpn_op/{blk.ops[j]}/s{strides[ins[j]]}")
             if strides[ins[j]] != s_out:
                 expr = f"resize({expr}, like=x{finer})"
+                units.append(f"resize/s{strides[ins[j]]}/s{s_out}")
             if expr == f"x{ins[j]}":
                 args.append(expr)
             else:
-                stmts.append(Stmt(f"x{out}_{j}", expr))
+                stmts.append(Stmt(f"x{out}_{j}", expr, units=tuple(units)))
                 args.append(f"x{out}_{j}")
-        agg = _emit(FPN_AGG_EMITTERS, blk.agg, "c", f"fpn[{k}].agg")
-        assert agg is not None
-        parts.append(Part("agg", _ctor(agg, uses)))
+        parts.append(Part("agg", _ctor(FPN_AGG_EMITTERS[blk.agg], uses)))
         uses.add("Block")
-        stmts.append(Stmt(f"x{out}", f"self.fpn_block{k}.agg({args[0]}, {args[1]})"))
+        stmts.append(Stmt(f"x{out}", f"self.fpn_block{k}.agg({args[0]}, {args[1]})",
+                          units=(f"fpn_agg/{blk.agg}/s{s_out}",)))
         desc = f"{blk.agg}({blk.ops[0]}(x{ins[0]}), {blk.ops[1]}(x{ins[1]}))"
         blocks.append(ModuleDef(f"fpn_block{k}", f"x{out} = {desc}", parts=tuple(parts)))
         sections.append(Section(f"block {k} -> x{out}, stride {s_out}: {desc}", tuple(stmts)))
@@ -332,22 +345,23 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
     # outputs (Contract 1): p5, p4, p3 from the chosen entries, dangling added (paper eq. 1)
     out_stmts: list[Stmt] = []
     for level, idx, feat in (("p3", graph.p3, 1), ("p4", graph.p4, 2), ("p5", graph.p5, 3)):
-        idx = _int(idx, level)
-        terms = [f"x{idx}"]
+        terms, units = [f"x{idx}"], []
         for d in graph.dangling:
-            d = _int(d, "dangling output")
             terms.append(f"x{d}" if strides[d] == strides[idx] else f"resize(x{d}, like=x{idx})")
+            units += [] if strides[d] == strides[idx] else [f"resize/s{strides[d]}/s{strides[idx]}"]
+            units.append(f"add/s{strides[idx]}")
         expr = " + ".join(terms)
         target_stride = BACKBONE_STRIDES[feat]
+        resize = (f"resize/s{strides[idx]}/s{target_stride}",)
         if strides[idx] == target_stride:
-            out_stmts.append(Stmt(level, expr))
+            out_stmts.append(Stmt(level, expr, units=tuple(units)))
         elif len(terms) == 1:
             out_stmts.append(Stmt(level, f"resize({expr}, like=features[{feat}])",
-                                  f"stride {strides[idx]} -> {target_stride}"))
+                                  f"stride {strides[idx]} -> {target_stride}", resize))
         else:
-            out_stmts.append(Stmt(level, expr))
+            out_stmts.append(Stmt(level, expr, units=tuple(units)))
             out_stmts.append(Stmt(level, f"resize({level}, like=features[{feat}])",
-                                  f"stride {strides[idx]} -> {target_stride}"))
+                                  f"stride {strides[idx]} -> {target_stride}", resize))
     dangling = ", ".join(f"x{d}" for d in graph.dangling)
     comment = f"outputs: p5 <- x{graph.p5}, p4 <- x{graph.p4}, p3 <- x{graph.p3}"
     if dangling:
@@ -366,8 +380,8 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
 class _Layer:
     """One head layer (sharing-index position): a single op or a DAG block's live parts."""
 
-    op: tuple[str, str] | None = None          # (class, args) of a single-op layer
-    parts: tuple[tuple[str, tuple[str, str]], ...] = ()  # DAG block parts (key, (class, args))
+    op: Call | None = None                     # the constructor of a single-op layer
+    parts: tuple[tuple[str, Call], ...] = ()   # DAG block parts (key, constructor)
     desc: str = ""
 
     @property
@@ -378,29 +392,25 @@ class _Layer:
 def _head_layers(g: Genotype) -> tuple[list[_Layer], frozenset[int]]:
     head = g.head
     if head.kind == "fcos":
-        return [_Layer(op=(FCOS_TOWER_EMITTER[0], FCOS_TOWER_EMITTER[1].format(c="h")))] * 4, frozenset()
+        return [_Layer(op=FCOS_TOWER_EMITTER)] * 4, frozenset()
     if head.kind == "sequential":
         return [
-            _Layer(op=_emit(HEAD_OP_EMITTERS, op, "h", f"head.layers[{i}]")) for i, op in enumerate(head.layers)
+            _Layer(op=HEAD_OP_EMITTERS[op]) for op in head.layers
         ], frozenset()
-    if head.kind != "dag":
-        raise GenotypeError(f"head.kind: unknown head kind {head.kind!r:.40}")
     live = head_live(head)
     layers = [
-        _Layer(op=_emit(HEAD_OP_EMITTERS, head.first_op, "h", "head.first_op") if 1 in live else None,
+        _Layer(op=HEAD_OP_EMITTERS[head.first_op] if 1 in live else None,
                desc="first op")
     ]
     for b, blk in enumerate(head.blocks):
-        parts: list[tuple[str, tuple[str, str]]] = []
+        parts: list[tuple[str, Call]] = []
         for j in (0, 1):
             if 2 + 3 * b + j in live:
-                emitted = _emit(HEAD_OP_EMITTERS, blk.ops[j], "h", f"head.blocks[{b}].ops[{j}]")
+                emitted = HEAD_OP_EMITTERS[blk.ops[j]]
                 if emitted is not None:
                     parts.append((f"op{j}", emitted))
         if 4 + 3 * b in live:
-            agg = _emit(HEAD_AGG_EMITTERS, blk.agg, "h", f"head.blocks[{b}].agg")
-            assert agg is not None
-            parts.append(("agg", agg))
+            parts.append(("agg", HEAD_AGG_EMITTERS[blk.agg]))
         layers.append(_Layer(parts=tuple(parts), desc=f"block {b}"))
     return layers, live
 
@@ -415,10 +425,12 @@ def _tower_body(g: Genotype, layers: list[_Layer], live: frozenset[int], branch:
     head = g.head
     if head.kind in ("fcos", "sequential"):
         ops = head.layers if head.kind == "sequential" else ("conv_3x3",) * len(layers)
+        unit = "head_op/{}" if head.kind == "sequential" else "head_op/fcos_{}"
         stmts = []
         for j, layer in enumerate(layers):
             if layer.op is not None:
-                stmts.append(Stmt("x", f"self.{_owner(branch, level, j, share)}(x)", str(ops[j])))
+                stmts.append(Stmt("x", f"self.{_owner(branch, level, j, share)}(x)", str(ops[j]),
+                                  (unit.format(ops[j]),)))
         return "x", stmts, "x"
     names = head_pool_names(len(head.blocks))
     var: dict[int, str] = {0: "p"}
@@ -427,7 +439,8 @@ def _tower_body(g: Genotype, layers: list[_Layer], live: frozenset[int], branch:
         if layers[0].op is None:
             var[1] = var[0]
         else:
-            stmts.append(Stmt("first", f"self.{_owner(branch, level, 0, share)}(p)", str(head.first_op)))
+            stmts.append(Stmt("first", f"self.{_owner(branch, level, 0, share)}(p)", str(head.first_op),
+                              (f"head_op/{head.first_op}",)))
             var[1] = "first"
     for b, blk in enumerate(head.blocks):
         owner = _owner(branch, level, 1 + b, share)
@@ -435,23 +448,24 @@ def _tower_body(g: Genotype, layers: list[_Layer], live: frozenset[int], branch:
             slot = 2 + 3 * b + j
             if slot not in live:
                 continue
-            src = var[_int(blk.inputs[j], f"head.blocks[{b}].inputs[{j}]")]
+            src = var[blk.inputs[j]]
             if blk.ops[j] == "skip":
                 var[slot] = src
             else:
-                stmts.append(Stmt(names[slot], f"self.{owner}.op{j}({src})", str(blk.ops[j])))
+                stmts.append(Stmt(names[slot], f"self.{owner}.op{j}({src})", str(blk.ops[j]),
+                                  (f"head_op/{blk.ops[j]}",)))
                 var[slot] = names[slot]
         slot = 4 + 3 * b
         if slot in live:
             stmts.append(Stmt(names[slot], f"self.{owner}.agg({var[slot - 2]}, {var[slot - 1]})",
-                              str(blk.agg)))
+                              str(blk.agg), (f"head_agg/{blk.agg}",)))
             var[slot] = names[slot]
     return "p", stmts, var[4 + 3 * (len(head.blocks) - 1)]
 
 
 def _head(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[TowerMethod], list[LevelHead], list[str]]:
     layers, live = _head_layers(g)
-    share = [_int(s, f"share[{i}]") for i, s in enumerate(g.share)]
+    share = g.share
     groups: list[ModuleGroup] = []
     fcos_convs: list[str] = []
     for branch in BRANCHES:
@@ -500,9 +514,7 @@ def _head(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[TowerMet
 
 
 def build_plan(g: Genotype, options: CompileOptions) -> Plan:
-    """The records of the file compiled from a *validated* genotype ``g`` with ``options``."""
-    if type(g.name) is not str or not NAME_RE.fullmatch(g.name):
-        raise GenotypeError("name: not a valid genotype name")
+    """The records of the file compiled from genotype ``g`` with ``options``."""
     uses: set[str] = set()
     fpn_groups, sections = _fpn(g, uses)
     head_groups, towers, levels, fcos_convs = _head(g, uses)

@@ -38,7 +38,7 @@ import torchvision  # noqa: F401  (registers torch.ops.torchvision.*)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import NasfcosError, first_line
 from nasfcos.modelfile import ModelInfo, RawForward, load_model_file
 
 #: Paper's input size for FLOPs, (height, width) like every size in nasfcos.
@@ -309,7 +309,7 @@ def build_for_profile(req: ProfileRequest) -> tuple[nn.Module, str, tuple[int, i
                 net = _Composite(build_backbone(backbone),
                                  module.Decoder(in_channels=widths, **overrides))
     except (TypeError, ValueError, RuntimeError, SystemExit) as exc:  # SystemExit: model code
-        raise NasfcosError(f"{req.model}: cannot build it for profiling ({type(exc).__name__}: {exc})") from None
+        raise NasfcosError(f"{req.model}: cannot build it for profiling ({type(exc).__name__}: {first_line(exc)})") from None
     return net, label, info.widths(req.fpn_channels, req.head_channels), backbone
 
 
@@ -325,7 +325,7 @@ def profile(req: ProfileRequest) -> Profile:
                                 source=req.model)
     except (ValueError, RuntimeError) as exc:
         raise NasfcosError(f"{req.model}: forward pass failed at {height}x{width} "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+                           f"({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _m(n: int) -> str:

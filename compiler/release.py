@@ -27,16 +27,19 @@ import torch
 
 from nasfcos.compiler.codegen import compile_genotype, compile_to_module
 from nasfcos.compiler.options import CompileOptions
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import NasfcosError, first_line
 from nasfcos.genotypes import Genotype, load_paper_genotype, read_release_config
 from nasfcos.genotypes.resolve import YAML_SUFFIXES
 from nasfcos.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    folder_lock,
     sha256_bytes,
     sha256_file,
+    staged_folder,
 )
+from nasfcos.weights import check_finite_state
 
 #: Width of every released model (``SEARCH.DECODER.AGG_SIZE``).
 RELEASE_WIDTH = 256
@@ -363,8 +366,7 @@ def _load_checkpoint(path: Path) -> Any:
                                "(read with torch.load(weights_only=True))") from None
         raise NasfcosError(f"{path}: {what} ({type(exc).__name__})") from None
     except Exception as exc:  # truncated zip, broken pickle, ...
-        first = (str(exc).strip().splitlines() or [""])[0][:100]
-        raise NasfcosError(f"{path}: {what} ({type(exc).__name__}: {first})") from None
+        raise NasfcosError(f"{path}: {what} ({type(exc).__name__}: {first_line(exc, 100)})") from None
 
 
 @dataclass
@@ -404,6 +406,7 @@ def import_release(checkpoint: str | Path, config: str, out_dir: str | Path) -> 
         raise NasfcosError(f"{out}: already exists and is not an empty folder (give a new output folder)")
     ckpt_path = Path(checkpoint)
     conv = convert_release(_load_checkpoint(ckpt_path), config, str(ckpt_path))
+    check_finite_state(conv.state, f"{ckpt_path} (converted to the model's dtypes)")
     target, opts = conv.target, conv.target.options
     buf = io.BytesIO()
     torch.save(conv.state, buf)
@@ -434,8 +437,11 @@ def import_release(checkpoint: str | Path, config: str, out_dir: str | Path) -> 
                  "a multiple of 32 itself; resizing (shorter side 800, longer <= 1333) is the caller's",
         "mapping": conv.summary,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "model.py", conv.source)
-    atomic_write_bytes(out / "weights.pt", weights)
-    atomic_write_json(out / "import.json", doc)
+    with folder_lock(out, "import-release"):  # one run per folder; all files or none
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise NasfcosError(f"{out}: already exists and is not an empty folder (give a new output folder)")
+        with staged_folder(out) as tmp:
+            atomic_write_text(tmp / "model.py", conv.source)
+            atomic_write_bytes(tmp / "weights.pt", weights)
+            atomic_write_json(tmp / "import.json", doc)
     return doc

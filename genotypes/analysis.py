@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from nasfcos.genotypes.genotype import Block, Genotype, Head, parse_genotype
 from nasfcos.genotypes.space import BACKBONE_LEVELS, BACKBONE_STRIDES, NUM_HEAD_BLOCKS
+
+if TYPE_CHECKING:  # the records are built with dataclasses.replace: genotype.py imports this module
+    from nasfcos.genotypes.genotype import Block, Genotype, Head
 
 
 @dataclass(frozen=True)
@@ -111,9 +114,6 @@ def head_live(head: Head) -> frozenset[int]:
     return frozenset(live)
 
 
-_DEAD_BLOCK = Block((0, 0), ("skip", "skip"), "sum")
-
-
 def _canonical_head(head: Head) -> Head:
     if head.kind != "dag":
         return head
@@ -128,8 +128,8 @@ def _canonical_head(head: Head) -> Head:
     for b, blk in enumerate(head.blocks):
         op_live = [2 + 3 * b + j in live for j in (0, 1)]
         agg_live = 4 + 3 * b in live
-        if not any(op_live) and not agg_live:
-            blocks.append(_DEAD_BLOCK)
+        if not any(op_live) and not agg_live:  # a fixed filler
+            blocks.append(replace(blk, inputs=(0, 0), ops=("skip", "skip"), agg="sum"))
             continue
         inputs = [blk.inputs[j] if op_live[j] else 0 for j in (0, 1)]
         ops = [blk.ops[j] if op_live[j] else "skip" for j in (0, 1)]
@@ -138,9 +138,9 @@ def _canonical_head(head: Head) -> Head:
         if agg == "sum" and agg_live and not any(2 + 3 * b + j in referenced for j in (0, 1)):
             pairs = sorted(zip(inputs, ops, strict=True))
             inputs, ops = [p[0] for p in pairs], [p[1] for p in pairs]
-        blocks.append(Block((inputs[0], inputs[1]), (ops[0], ops[1]), agg))
+        blocks.append(replace(blk, inputs=(inputs[0], inputs[1]), ops=(ops[0], ops[1]), agg=agg))
     first = head.first_op if 1 in live else "skip"
-    return Head("dag", first_op=first, blocks=tuple(blocks))
+    return replace(head, first_op=first, blocks=tuple(blocks))
 
 
 def canonicalize(g: Genotype) -> Genotype:
@@ -156,9 +156,9 @@ def canonicalize(g: Genotype) -> Genotype:
     for blk in g.fpn:
         if blk.agg == "sum":
             pairs = sorted(zip(blk.inputs, blk.ops, strict=True))
-            blk = Block((pairs[0][0], pairs[1][0]), (pairs[0][1], pairs[1][1]), "sum")
+            blk = replace(blk, inputs=(pairs[0][0], pairs[1][0]), ops=(pairs[0][1], pairs[1][1]))
         fpn.append(blk)
-    return Genotype(fpn=tuple(fpn), head=_canonical_head(g.head), share=g.share, name=g.name, meta=g.meta)
+    return replace(g, fpn=tuple(fpn), head=_canonical_head(g.head))
 
 
 def canonical_json(g: Genotype) -> str:
@@ -171,8 +171,3 @@ def canonical_json(g: Genotype) -> str:
 def content_hash(g: Genotype) -> str:
     """sha256 (hex) of :func:`canonical_json`."""
     return hashlib.sha256(canonical_json(g).encode("ascii")).hexdigest()
-
-
-def reparse(g: Genotype) -> Genotype:
-    """Round-trip through the validator (used by tests and by code that builds genotypes)."""
-    return parse_genotype(g.to_dict())

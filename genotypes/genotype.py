@@ -1,9 +1,11 @@
 """Genotype data model, strict validation, JSON I/O and the release's numeric list form.
 
-A genotype is data, never code: every string that can reach a code generator is checked
-against a whitelist here, and every integer against its exact range, before a
-:class:`Genotype` exists.  All problems are reported as :class:`GenotypeError` with the
-JSON path of the offending field, e.g.
+A genotype is data, never code, and valid by type: the constructors of :class:`Head` and
+:class:`Genotype` check every string against a whitelist and every integer against its
+exact range (plain ``str``/``int`` only, no subclasses), so a :class:`Genotype` that exists
+is valid however it was made.  :func:`parse_genotype` checks a JSON document's shape and
+hands its values to the constructors.  All problems are reported as :class:`GenotypeError`
+with the JSON path of the offending field, e.g.
 ``fpn[3].inputs[1]: index 11 is not in the pool (0..6 available at block 4)``.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nasfcos.errors import GenotypeError, NasfcosError
+from nasfcos.genotypes.analysis import canonicalize, content_hash
 from nasfcos.genotypes.space import (
     AGGS,
     FORMAT,
@@ -70,6 +73,19 @@ class Head:
     first_op: str | None = None
     blocks: tuple[Block, ...] = ()
 
+    def __post_init__(self) -> None:
+        kind = _name(self.kind, "head.kind", HEAD_KINDS, "head kind")
+        layers = _tuple(self.layers, "head.layers", SEQUENTIAL_HEAD_LAYERS if kind == "sequential" else 0)
+        for i, op in enumerate(layers):
+            _name(op, f"head.layers[{i}]", HEAD_OPS, "head op")
+        if kind == "dag":
+            _name(self.first_op, "head.first_op", HEAD_OPS, "head op")
+        elif self.first_op is not None:
+            raise GenotypeError(f"head: a '{kind}' head has no first_op")
+        blocks = _tuple(self.blocks, "head.blocks", NUM_HEAD_BLOCKS if kind == "dag" else 0)
+        for i, b in enumerate(blocks):
+            _check_block(b, f"head.blocks[{i}]", head_pool_size(i), f"head block {i + 1}", HEAD_OPS, "head op")
+
     @property
     def num_layers(self) -> int:
         """Number of layers the sharing index counts."""
@@ -101,6 +117,19 @@ class Genotype:
     name: str = field(default=DEFAULT_NAME, compare=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if type(self.name) is not str or not NAME_RE.fullmatch(self.name):
+            raise GenotypeError(f"name: {_describe(self.name)} is not a valid name "
+                                "(1-64 characters: letters, digits, '.', '_', '+', '-')")
+        for k, b in enumerate(_tuple(self.fpn, "fpn", NUM_FPN_BLOCKS)):
+            _check_block(b, f"fpn[{k}]", fpn_pool_size(k), f"block {k + 1}", FPN_OPS, "op")
+        if not isinstance(self.head, Head):
+            raise GenotypeError(f"head: expected a Head, got {_type_name(self.head)}")
+        for i, v in enumerate(_tuple(self.share, "share", NUM_LEVELS)):
+            _check_share(v, f"share[{i}]", self.head)
+        if not isinstance(self.meta, dict):
+            raise GenotypeError(f"meta: expected an object, got {_type_name(self.meta)}")
+
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self, *, with_meta: bool = True) -> dict[str, Any]:
         """The JSON document (Contract 1 field names)."""
@@ -130,28 +159,18 @@ class Genotype:
             doc[key] = value.to_dict() if isinstance(value, Head) else value
         return parse_genotype(doc)
 
-    # --- derived forms (implemented in analysis.py / paper.py) ----------------------------
+    # --- derived forms (implemented in analysis.py; the list form: paper.to_paper_list) ---
     def canonical(self) -> Genotype:
         """Canonical form: unused paths removed, symmetric choices ordered."""
-        from nasfcos.genotypes.analysis import canonicalize
-
         return canonicalize(self)
 
     def hash(self) -> str:
         """Stable content hash: sha256 (hex) of the canonical architecture JSON."""
-        from nasfcos.genotypes.analysis import content_hash
-
         return content_hash(self)
 
     def short_hash(self) -> str:
         """First 12 hex digits of :meth:`hash`."""
         return self.hash()[:12]
-
-    def to_paper_list(self) -> list[Any]:
-        """The release's numeric list form (see :func:`from_paper_list`)."""
-        from nasfcos.genotypes.paper import to_paper_list
-
-        return to_paper_list(self)
 
 
 def _pretty(value: Any, indent: int = 0) -> str:
@@ -180,6 +199,8 @@ def _describe(value: Any) -> str:
 
 
 def _type_name(value: Any) -> str:
+    if type(value) not in (bool, type(None), int, float, str, list, dict):
+        return type(value).__name__
     if isinstance(value, bool):
         return "a boolean"
     if value is None:
@@ -198,7 +219,7 @@ def _type_name(value: Any) -> str:
 
 
 def _int(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if type(value) is not int:  # not bool, not a subclass with its own formatting
         raise GenotypeError(f"{path}: expected an integer, got {_type_name(value)} {_describe(value)}")
     return value
 
@@ -220,7 +241,7 @@ def _short_int(v: int) -> str:
 
 
 def _name(value: Any, path: str, table: tuple[str, ...], what: str) -> str:
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise GenotypeError(f"{path}: expected {what} name (a string), got {_type_name(value)} {_describe(value)}")
     if value not in table:
         raise GenotypeError(f"{path}: unknown {what} {_describe(value)} (expected one of: {', '.join(table)})")
@@ -247,16 +268,40 @@ def _object(value: Any, path: str, allowed: tuple[str, ...], required: tuple[str
     return value
 
 
-def _block(value: Any, path: str, pool: int, where: str, ops: tuple[str, ...], op_what: str) -> Block:
+def _tuple(value: Any, path: str, length: int) -> tuple[Any, ...]:
+    if not isinstance(value, tuple):
+        raise GenotypeError(f"{path}: expected a tuple, got {_type_name(value)}")
+    if len(value) != length:
+        raise GenotypeError(f"{path}: expected {length} entries, got {len(value)}")
+    return value
+
+
+def _check_block(b: Any, path: str, pool: int, where: str, ops: tuple[str, ...], op_what: str) -> None:
+    if not isinstance(b, Block):
+        raise GenotypeError(f"{path}: expected a block, got {_type_name(b)} {_describe(b)}")
+    inputs, ops_ = _tuple(b.inputs, f"{path}.inputs", 2), _tuple(b.ops, f"{path}.ops", 2)
+    for j in (0, 1):
+        _index(inputs[j], f"{path}.inputs[{j}]", pool, where)
+    for j in (0, 1):
+        _name(ops_[j], f"{path}.ops[{j}]", ops, op_what)
+    _name(b.agg, f"{path}.agg", AGGS, "aggregation")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON leaf as a plain ``str``/``int`` (a subclass with its own ``__str__`` or
+    ``__format__`` is reduced to its value; anything else is left for the checks)."""
+    if isinstance(value, str) and type(value) is not str:
+        return str.__str__(value)
+    if isinstance(value, int) and type(value) not in (int, bool):
+        return int.__int__(value)
+    return value
+
+
+def _block(value: Any, path: str) -> Block:
     obj = _object(value, path, _BLOCK_KEYS, _BLOCK_KEYS)
     inputs = _list(obj["inputs"], f"{path}.inputs", 2)
-    ops_ = _list(obj["ops"], f"{path}.ops", 2)
-    i0 = _index(inputs[0], f"{path}.inputs[0]", pool, where)
-    i1 = _index(inputs[1], f"{path}.inputs[1]", pool, where)
-    o0 = _name(ops_[0], f"{path}.ops[0]", ops, op_what)
-    o1 = _name(ops_[1], f"{path}.ops[1]", ops, op_what)
-    agg = _name(obj["agg"], f"{path}.agg", AGGS, "aggregation")
-    return Block((i0, i1), (o0, o1), agg)
+    ops = _list(obj["ops"], f"{path}.ops", 2)
+    return Block((_plain(inputs[0]), _plain(inputs[1])), (_plain(ops[0]), _plain(ops[1])), _plain(obj["agg"]))
 
 
 def _head(value: Any) -> Head:
@@ -264,47 +309,32 @@ def _head(value: Any) -> Head:
         raise GenotypeError(f"head: expected an object, got {_type_name(value)} {_describe(value)}")
     if "kind" not in value:
         raise GenotypeError("head: missing field 'kind'")
-    kind = _name(value["kind"], "head.kind", HEAD_KINDS, "head kind")
+    kind = _name(_plain(value["kind"]), "head.kind", HEAD_KINDS, "head kind")
     if kind == "fcos":
         _object(value, "head", ("kind",), ("kind",))
         return Head("fcos")
     if kind == "sequential":
         obj = _object(value, "head", ("kind", "layers"), ("kind", "layers"))
         layers = _list(obj["layers"], "head.layers", SEQUENTIAL_HEAD_LAYERS)
-        return Head(
-            "sequential",
-            layers=tuple(_name(v, f"head.layers[{i}]", HEAD_OPS, "head op") for i, v in enumerate(layers)),
-        )
+        return Head("sequential", layers=tuple(_plain(v) for v in layers))
     obj = _object(value, "head", ("kind", "first_op", "blocks"), ("kind", "first_op", "blocks"))
-    first = _name(obj["first_op"], "head.first_op", HEAD_OPS, "head op")
     blocks = _list(obj["blocks"], "head.blocks", NUM_HEAD_BLOCKS)
-    return Head(
-        "dag",
-        first_op=first,
-        blocks=tuple(
-            _block(b, f"head.blocks[{i}]", head_pool_size(i), f"head block {i + 1}", HEAD_OPS, "head op")
-            for i, b in enumerate(blocks)
-        ),
-    )
+    return Head("dag", first_op=_plain(obj["first_op"]),
+                blocks=tuple(_block(b, f"head.blocks[{i}]") for i, b in enumerate(blocks)))
 
 
-def _share(value: Any, head: Head) -> tuple[int, ...]:
+def _check_share(value: Any, path: str, head: Head) -> None:
     n = head.num_layers
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value] * NUM_LEVELS
-        paths = ["share"] * NUM_LEVELS
-    else:
-        _list(value, "share", NUM_LEVELS)
-        paths = [f"share[{i}]" for i in range(NUM_LEVELS)]
-    out = []
-    for v, path in zip(value, paths, strict=True):
-        s = _int(v, path)
-        if not 0 <= s <= n:
-            raise GenotypeError(
-                f"{path}: sharing index {_short_int(s)} is out of range (0..{n} for a '{head.kind}' head of {n} layers)"
-            )
-        out.append(s)
-    return tuple(out)
+    if not 0 <= _int(value, path) <= n:
+        raise GenotypeError(f"{path}: sharing index {_short_int(value)} is out of range "
+                            f"(0..{n} for a '{head.kind}' head of {n} layers)")
+
+
+def _share(value: Any, head: Head) -> tuple[Any, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):  # one index for every level
+        _check_share(_plain(value), "share", head)
+        return (_plain(value),) * NUM_LEVELS
+    return tuple(_plain(v) for v in _list(value, "share", NUM_LEVELS))
 
 
 def _check_depth(value: Any, path: str, depth: int = 0) -> None:
@@ -321,25 +351,20 @@ def _check_depth(value: Any, path: str, depth: int = 0) -> None:
 
 
 def parse_genotype(doc: Any) -> Genotype:
-    """Validate a decoded JSON document and build a :class:`Genotype`.
-
-    Raises :class:`GenotypeError` naming the first offending field.
+    """Check a decoded JSON document's shape and build a :class:`Genotype` (whose constructor
+    checks the values).  Raises :class:`GenotypeError` naming the first offending field.
     """
     obj = _object(doc, "genotype", _TOP_KEYS, ("format", "fpn", "head", "share"))
     _check_depth(obj, "genotype")
     fmt = obj["format"]
     if fmt != FORMAT:
         raise GenotypeError(f"format: expected {FORMAT!r}, got {_describe(fmt)}")
-    name = obj.get("name", DEFAULT_NAME)
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+    name = _plain(obj.get("name", DEFAULT_NAME))
+    if type(name) is not str or not NAME_RE.fullmatch(name):  # before the blocks, as documented
         raise GenotypeError(
             f"name: {_describe(name)} is not a valid name (1-64 characters: letters, digits, '.', '_', '+', '-')"
         )
-    fpn_raw = _list(obj["fpn"], "fpn", NUM_FPN_BLOCKS)
-    fpn = tuple(
-        _block(b, f"fpn[{k}]", fpn_pool_size(k), f"block {k + 1}", FPN_OPS, "op")
-        for k, b in enumerate(fpn_raw)
-    )
+    fpn = tuple(_block(b, f"fpn[{k}]") for k, b in enumerate(_list(obj["fpn"], "fpn", NUM_FPN_BLOCKS)))
     head = _head(obj["head"])
     share = _share(obj["share"], head)
     meta = obj.get("meta", {})

@@ -31,6 +31,7 @@ from nasfcos.genotypes.genotype import (
     NAME_RE,
     Genotype,
     decode_json,
+    load_genotype,
     parse_genotype,
     read_limited,
 )
@@ -53,8 +54,6 @@ def paper_genotype_path(name: str = DEFAULT_GENOTYPE) -> Path:
 
 def load_paper_genotype(name: str = DEFAULT_GENOTYPE) -> Genotype:
     """Load a shipped genotype."""
-    from nasfcos.genotypes.genotype import load_genotype
-
     return load_genotype(paper_genotype_path(name))
 
 
@@ -118,6 +117,8 @@ def read_release_config(path: str | Path) -> ReleaseConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise GenotypeError(f"{p}: not valid YAML{where}") from None
+    except RecursionError:
+        raise GenotypeError(f"{p}: YAML nested too deeply") from None
     if not isinstance(doc, dict):
         raise GenotypeError(f"{p}: not a release config (expected a YAML mapping with SEARCH and MODEL)")
     try:

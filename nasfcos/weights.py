@@ -38,7 +38,59 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
     if bad:
         raise NasfcosError(f"{path}: entry {bad[0]!r} of the state_dict is not a tensor")
     check_finite_state(state, str(path))
+    check_metadata(obj, str(path))
     return obj
+
+
+#: Metadata of a weights file that the toolkit reads: name -> (kind, low, high).  Sizes are
+#: bounded like the command line's (``--min-size`` ...), so a forged file cannot ask for a
+#: huge allocation.
+METADATA_RULES: dict[str, tuple[str, int, int]] = {
+    "num_classes": ("int", 1, 100_000),
+    "min_size": ("int", 32, 8192),
+    "max_size": ("int", 32, 8192),
+    "eval_batch": ("int", 1, 4096),
+    "cat_ids": ("int list", 0, 2**31 - 1),
+    "class_names": ("str list", 0, 1000),
+    "model_kwargs": ("dict", 0, 0),
+    "model_sha256": ("str", 0, 128),
+}
+
+
+def check_metadata(doc: dict[str, Any], source: str) -> None:
+    """One-line error when a metadata entry of a weights file has the wrong type or is out of
+    range (``min_size: 'abc'``, ``cat_ids: ['x']``), before anything uses it."""
+    for key, (kind, lo, hi) in METADATA_RULES.items():
+        if key not in doc or doc[key] is None:
+            continue
+        v = doc[key]
+        if kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+            want = f"an integer in {lo}..{hi}"
+        elif kind == "int list":
+            ok = isinstance(v, list | tuple) and len(v) <= 100_000 and all(
+                isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi for x in v)
+            want = f"a list of integers in {lo}..{hi}"
+        elif kind == "str list":
+            ok = isinstance(v, list | tuple) and len(v) <= 100_000 and all(
+                isinstance(x, str) and len(x) <= hi for x in v)
+            want = f"a list of names of at most {hi} characters"
+        elif kind == "dict":
+            ok = isinstance(v, dict) and all(isinstance(k, str) for k in v)
+            want = "a mapping of names"
+        else:
+            ok = isinstance(v, str) and len(v) <= hi
+            want = f"a string of at most {hi} characters"
+        if not ok:
+            raise NasfcosError(f"{source}: metadata {key!r} must be {want}, got {_short(v)}")
+    k, ids = doc.get("num_classes"), doc.get("cat_ids")
+    if isinstance(k, int) and isinstance(ids, list | tuple) and ids and len(ids) != k:
+        raise NasfcosError(f"{source}: metadata 'cat_ids' has {len(ids)} ids for {k} classes")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_finite_state(state: dict[str, Any], source: str) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nasfcos import gpu_matrix as M
@@ -298,6 +300,13 @@ def preflight(backends: list[str] | tuple[str, ...], device: str = "cuda",
     want = [b for b in backends if b in GPU_BACKENDS]
     if not want:
         return facts or Facts()
+    if "tensorrt" in want:
+        from nasfcos.runtime.trt import TRT_MISSING, require_tensorrt
+
+        if facts is None:  # installed, and a version in [10.1, 12): trt's one-line reasons
+            require_tensorrt(need_gpu=False)
+        elif facts.tensorrt is None:
+            raise BackendUnavailable(TRT_MISSING)
     f = facts or probe()
     index = int(device.split(":", 1)[1]) if ":" in device else 0
     gpu = next((g for g in f.gpus if g.index == index), None)
@@ -311,6 +320,38 @@ def preflight(backends: list[str] | tuple[str, ...], device: str = "cuda",
     return f
 
 
+#: The backend a file runs on when none is named (as runners.make_runner picks it).
+_BY_SUFFIX = {".py": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+
+def gpu_needs(backends: Iterable[str | None], device: str) -> list[str]:
+    """The :data:`GPU_BACKENDS` that running ``backends`` on ``device`` needs (TensorRT runs on
+    a CUDA GPU whatever ``device`` says, with torch CUDA for its buffers)."""
+    cuda = str(device).startswith("cuda")
+    needs: list[str] = []
+    for b in backends:
+        if b == "tensorrt":
+            needs += ["torch-cuda", "tensorrt"]
+        elif cuda and b in ("torch", "torch-compile"):
+            needs.append("torch-cuda")
+        elif cuda and b == "onnxruntime":
+            needs.append("onnxruntime-cuda")
+    return list(dict.fromkeys(needs))
+
+
+def preflight_verb(path: str | Path | None, backends: Iterable[str | None] | None,
+                   device: str | None) -> None:
+    """The GPU verbs' check: ``backends`` (None or empty: the file's own backend by suffix)
+    on ``device``; stops in one line before any work when one of them cannot run."""
+    names = [b for b in (backends or []) if b]
+    if not names and path is not None:
+        names = [_BY_SUFFIX.get(Path(path).suffix, "")]
+    device = device or "cpu"
+    needs = gpu_needs(names, device)
+    if needs:
+        preflight(needs, device if device.startswith("cuda") else "cuda")
+
+
 def trt_extra(f: Facts | None = None) -> str:
     """The extra that installs the TensorRT for this machine's first GPU."""
     f = f or probe()
@@ -318,4 +359,4 @@ def trt_extra(f: Facts | None = None) -> str:
 
 
 __all__ = ["GPU_BACKENDS", "ORT_GPU_FIX", "Facts", "Finding", "Gpu", "cpu_extensions",
-           "diagnose", "preflight", "probe", "report", "text", "trt_extra", "verdict"]
+           "diagnose", "gpu_needs", "preflight", "preflight_verb", "probe", "report", "text", "trt_extra", "verdict"]

@@ -25,7 +25,13 @@ from typing import Any
 import torch
 
 from nasfcos.errors import NasfcosError
-from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from nasfcos.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_bytes,
+    sha256_file,
+    writable_path,
+)
 from nasfcos.runtime.models import LoadedModel, load_model
 from nasfcos.runtime.optimize import optimize_onnx
 from nasfcos.runtime.precision import PrecisionOptions, calibration_files, lower_precision
@@ -276,6 +282,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
     out = Path(out)
     if out.suffix != ".onnx":
         raise NasfcosError(f"{out}: the output file must end in .onnx")
+    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
     prec = opts.precision or PrecisionOptions()
     prec.validate()
     if prec.precision == "int8":
@@ -384,6 +391,8 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
         raise NasfcosError("exported graph has unexpected input/output names "
                            f"{[i['name'] for i in ins]} -> {[o['name'] for o in outs]}")
     ops = Counter(n.op_type for n in proto.graph.node)
+    from nasfcos.runtime.trt import tensorrt_parser_record
+
     base = out.resolve().parent  # manifests name files relative to themselves
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
@@ -409,7 +418,8 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
                    "graph_passes": passes,
                    "exporter": "torch.onnx.export(dynamo=True)",
                    "ir_version": proto.ir_version,
-                   "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node)},
+                   "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node),
+                   "tensorrt": tensorrt_parser_record(proto)},
         "tools": tool_versions(),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

@@ -432,7 +432,7 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
 
     import onnx
 
-    from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes
+    from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, writable_path
     from nasfcos.runtime.export import (
         check_onnx,
         graph_io,
@@ -446,6 +446,7 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
         raise NasfcosError(f"{out}: the output file must end in .onnx")
     if src.resolve() == out.resolve():
         raise NasfcosError(f"{out}: would overwrite the fp32 source; pick another -o")
+    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
     opts.validate()
     man = load_manifest(src)
     have = manifest_precision(man)
@@ -476,9 +477,11 @@ def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> di
         if isinstance(source.get(key), str) and not Path(source[key]).is_absolute():
             source[key] = os.path.relpath((src.resolve().parent / source[key]).resolve(),
                                           out.resolve().parent)
+    from nasfcos.runtime.trt import tensorrt_parser_record
+
     new.setdefault("export", {}).update(
         {"ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
-         "nodes": len(model.graph.node)})
+         "nodes": len(model.graph.node), "tensorrt": tensorrt_parser_record(model)})
     atomic_write_bytes(out, data)
     atomic_write_json(manifest_path_for(out), new)
     return new

@@ -77,6 +77,12 @@ TRT_API: tuple[str, ...] = (
     "IOutputAllocator.notify_shape")
 
 
+#: The one-line reason when the ``tensorrt`` package is missing.
+TRT_MISSING = ("tensorrt: the TensorRT Python package is not installed (pip install -e '.[trt]', "
+               "'.[trt-volta]' on a V100, on a machine with an NVIDIA GPU; nasfcos doctor says "
+               "which)")
+
+
 def trt_version(trt: ModuleType) -> tuple[int, int]:
     """(major, minor) of an imported ``tensorrt`` module."""
     nums = [int(v) for v in re.findall(r"\d+", str(getattr(trt, "__version__", "")))[:2]]
@@ -92,7 +98,7 @@ def check_version(trt: ModuleType) -> tuple[int, int]:
     lo = ".".join(map(str, MIN_TRT_VERSION))
     if version < MIN_TRT_VERSION:
         raise BackendUnavailable(f"tensorrt: version {trt.__version__} is too old (need >= {lo},"
-                                 f" < {MAX_TRT_MAJOR}: pip install 'nasfcos[trt]')")
+                                 f" < {MAX_TRT_MAJOR}: pip install -e '.[trt]')")
     if version[0] >= MAX_TRT_MAJOR:
         raise BackendUnavailable(f"tensorrt: version {trt.__version__} is newer than this "
                                  f"nasfcos supports (>= {lo}, < {MAX_TRT_MAJOR})")
@@ -105,6 +111,107 @@ def network_flags(trt: ModuleType) -> int:
     if check_version(trt)[0] >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+# -- what TensorRT's ONNX parser takes for DeformConv -------------------------------------------
+# src: onnx-tensorrt, DEFINE_BUILTIN_OP_IMPORTER(DeformConv) (importers) and
+# modulatedDeformableConvPluginHelper (importerUtils), and docs/operators.md ("DeformConv: FP32,
+# FP16; input must have 1D or 2D spatial dimensions; pads for the beginning and end along each
+# spatial axis must be the same").  The node becomes the ModulatedDeformConv2d plugin: group,
+# offset_group, strides and dilations are passed through unrestricted; a missing mask becomes
+# ones, a missing bias is left out.
+
+#: ONNX element types the parser accepts for DeformConv (TensorProto.FLOAT, FLOAT16).
+_TRT_DEFORM_DTYPES = {1: "float32", 10: "float16"}
+_DEFORM_INPUTS = ("X", "W", "offset", "B", "mask")
+
+
+def _value_facts(model: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """(element type, rank) of every named value the graph declares: inputs, initializers,
+    value_info after shape inference, outputs, Constant nodes."""
+    import onnx
+
+    try:
+        g = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    except Exception:  # inference is only a help here: declared types still count
+        g = model.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    ranks = {t.name: len(t.dims) for t in g.initializer}
+    for vi in (*g.input, *g.value_info, *g.output):
+        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if tt is not None and tt.elem_type:
+            types[vi.name] = tt.elem_type
+        if tt is not None and tt.HasField("shape"):
+            ranks[vi.name] = len(tt.shape.dim)
+    for n in g.node:
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    types[n.output[0]] = a.t.data_type
+                    ranks[n.output[0]] = len(a.t.dims)
+    return types, ranks
+
+
+def deformconv_problems(model: Any) -> list[str]:
+    """One line per ``DeformConv`` node TensorRT's ONNX parser would refuse, naming the node
+    and the rule (empty when every node passes).  ``model``: an ``onnx.ModelProto``."""
+    nodes = [n for n in model.graph.node if n.op_type == "DeformConv"]
+    if not nodes:
+        return []
+    types, ranks = _value_facts(model)
+    dtype_name = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 3: "int8",
+                  2: "uint8", 6: "int32", 7: "int64"}
+    problems = []
+    for i, n in enumerate(nodes):
+        name = f"DeformConv node '{n.name or f'#{i}'}'"
+        attrs = {a.name: a for a in n.attribute}
+        present = [(slot, v) for slot, v in zip(_DEFORM_INPUTS, n.input, strict=False) if v]
+        x_type = types.get(n.input[0]) if n.input else None
+        if x_type is not None and x_type not in _TRT_DEFORM_DTYPES:
+            problems.append(f"{name}: input X is {dtype_name.get(x_type, x_type)}; TensorRT "
+                            "takes float32 or float16")
+        elif x_type is not None:
+            for slot, value in present[1:]:
+                t = types.get(value)
+                if t is not None and t != x_type:
+                    problems.append(f"{name}: input {slot} is {dtype_name.get(t, t)} but X is "
+                                    f"{_TRT_DEFORM_DTYPES[x_type]}; TensorRT needs them all the "
+                                    "same (float32 or float16)")
+                    break
+        rank = ranks.get(n.input[0]) if n.input else None
+        if rank is None and len(n.input) > 1:
+            rank = ranks.get(n.input[1])  # W has the rank of X
+        if rank is not None and rank not in (3, 4):
+            problems.append(f"{name}: {rank - 2} spatial dimensions; TensorRT takes 1 or 2")
+            continue
+        spatial = (rank - 2) if rank is not None else None
+        if "kernel_shape" in attrs and spatial is not None and \
+                len(attrs["kernel_shape"].ints) != spatial:
+            problems.append(f"{name}: kernel_shape {list(attrs['kernel_shape'].ints)} does not "
+                            f"match {spatial} spatial dimension(s)")
+        if "pads" in attrs:
+            pads = list(attrs["pads"].ints)
+            half = len(pads) // 2
+            if len(pads) % 2 or (spatial is not None and half != spatial):
+                problems.append(f"{name}: pads {pads} do not match the spatial dimensions")
+            elif pads[:half] != pads[half:]:
+                problems.append(f"{name}: pads {pads} differ at the beginning and the end of an "
+                                "axis; TensorRT takes symmetric pads only")
+    return problems
+
+
+def tensorrt_parser_record(model: Any) -> dict[str, Any]:
+    """The manifest's record of the TensorRT check at export time (``export.tensorrt``);
+    warns once, naming the first refused node, when TensorRT could not import the graph."""
+    import warnings
+
+    problems = deformconv_problems(model)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        warnings.warn(f"TensorRT's ONNX parser would refuse this graph: {problems[0]}{more}; "
+                      "ONNX Runtime runs it", stacklevel=2)
+    return {"deformconv": sum(n.op_type == "DeformConv" for n in model.graph.node),
+            "parser_ok": not problems, "problems": problems}
 
 
 class _TorchCuda:
@@ -164,9 +271,7 @@ def require_tensorrt(*, need_gpu: bool = True) -> ModuleType:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendUnavailable("tensorrt: the TensorRT Python package is not installed "
-                                 "(pip install 'nasfcos[trt]' on a machine with an NVIDIA "
-                                 "GPU)") from exc
+        raise BackendUnavailable(TRT_MISSING) from exc
     check_version(trt)
     if need_gpu and not cuda.available():
         raise BackendUnavailable("tensorrt: no CUDA GPU available "
@@ -294,7 +399,18 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
         raise NasfcosError(f"{onnx_path}: no such ONNX file")
     with tempfile.TemporaryDirectory(prefix="nasfcos-trt-") as tmp:
         source = lower_for_trt(onnx_path, opts, Path(tmp))
+        _refuse_unparsable(source)
         return _build(trt, source, engine_path, opts, origin=onnx_path)
+
+
+def _refuse_unparsable(onnx_path: Path) -> None:
+    """Raise, naming the nodes, for a graph TensorRT's parser would refuse (DeformConv rules)."""
+    import onnx
+
+    problems = deformconv_problems(onnx.load(str(onnx_path), load_external_data=False))
+    if problems:
+        raise NasfcosError(f"TensorRT cannot import {onnx_path.name}: " + "; ".join(problems[:3])
+                           + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
 
 
 def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
@@ -583,6 +699,6 @@ def _engine_precision(path: Path) -> str:
         return "unknown"
 
 
-__all__ = ["MAX_TRT_MAJOR", "MIN_TRT_VERSION", "TRT_API", "TrtBuildOptions", "TrtRunner",
-           "build_engine", "check_version", "lower_for_trt", "network_flags", "profile_shapes",
-           "require_tensorrt", "tensorrt_status", "trt_version"]
+__all__ = ["MAX_TRT_MAJOR", "MIN_TRT_VERSION", "TRT_API", "TRT_MISSING", "TrtBuildOptions",
+           "TrtRunner", "build_engine", "check_version", "deformconv_problems", "lower_for_trt", "network_flags", "profile_shapes",
+           "require_tensorrt", "tensorrt_parser_record", "tensorrt_status", "trt_version"]

@@ -318,13 +318,18 @@ def split_indices(n: int, settings: ProxySettings) -> dict[str, list[int]]:
 
     meta-val takes ``meta_val_images`` images when set (the paper: 1715), else
     ``round(n * meta_val_fraction)``, always at least 1 and leaving at least 1;
-    meta-train takes the rest, capped by ``meta_train_images`` (the paper: 4000).
+    meta-train takes the rest, capped by ``meta_train_images`` (the paper: 4000).  With both
+    counts set and fewer images than their sum, the images are split in their proportion
+    (1715:4000 on a set smaller than VOC's 5715), not all but one to meta-val.
     """
     if n < 2:
         raise NasfcosError(f"need at least 2 images to split into meta-train and meta-val, got {n}")
     perm = np.random.default_rng(settings.split_seed).permutation(n)
-    if settings.meta_val_images is not None:
-        n_val = settings.meta_val_images
+    want_val, want_train = settings.meta_val_images, settings.meta_train_images
+    if want_val is not None and want_train is not None and n < want_val + want_train:
+        n_val = int(round(n * want_val / (want_val + want_train)))
+    elif want_val is not None:
+        n_val = want_val
     else:
         n_val = int(round(n * settings.meta_val_fraction))
     n_val = min(max(1, n_val), n - 1)

@@ -321,13 +321,15 @@ class RayExecutor(Executor):
 
 
 def make_executor(kind: str, evaluator: Evaluator, *, workers: int | None = None,
-                  address: str | None = None, threads: int | None = None) -> Executor:
-    """``local`` (``workers`` processes; 0 = in this process) or ``ray``."""
+                  address: str | None = None, threads: int | None = None, cpus_per_trial: float = 1,
+                  gpus_per_trial: float = 0) -> Executor:
+    """``local`` (``workers`` processes; 0 = in this process) or ``ray`` (each task asks Ray for
+    ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs)."""
     if kind == "local":
         n = 1 if workers is None else workers
         if n == 0:
             return InlineExecutor(evaluator)
         return LocalExecutor(evaluator, n, threads=threads)
     if kind == "ray":
-        return RayExecutor(evaluator, address, workers=workers)
+        return RayExecutor(evaluator, address, workers=workers, num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)
     raise NasfcosError(f"unknown executor {kind!r} (expected local or ray)")

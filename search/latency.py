@@ -18,10 +18,10 @@ key                             what (widths: ``c`` FPN, ``h`` head; strides in 
 ``predict/s{s}``                cls / box (exp(scale x)) / centerness convs at one level
 ==============================  =======================================================
 
-:func:`decoder_units` counts the units of a genotype's decoder by the same rules the
-compiler applies (:mod:`nasfcos.compiler.plan`); :func:`build_table` times every unit on a
-backend, each unit module built from the classes of a compiled ``model.py`` and the
-compiler's emitter tables (no op is implemented here); :func:`predict_ms` is the table's
+:func:`decoder_units` reads the units of a genotype's decoder from the compiler's plan
+(each generated statement records the units it runs: :meth:`nasfcos.compiler.plan.Plan.units`);
+:func:`build_table` times every unit on a backend, each unit module built from the classes
+of a compiled ``model.py`` by the compiler's emitter calls (no op is implemented here); :func:`predict_ms` is the table's
 ``overhead_ms`` (one call of the runtime) plus the sum of count x latency.
 
 The reward with a latency target ``T`` (ms) is MnasNet's soft constraint
@@ -37,7 +37,6 @@ MnasNet's ``|w|``).
 
 from __future__ import annotations
 
-import ast
 import datetime as _dt
 import json
 import math
@@ -50,14 +49,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
 from nasfcos.genotypes import (
     BACKBONE_LEVELS,
     BACKBONE_STRIDES,
     OUTPUT_STRIDES,
     Genotype,
-    fpn_graph,
-    head_live,
 )
 from nasfcos.io import atomic_write_json, sha256_bytes
 
@@ -100,59 +97,11 @@ def pareto_front(points: Iterable[dict[str, Any]], *, reward: str = "proxy_rewar
 # ------------------------------------------------------------------------------------------
 def decoder_units(g: Genotype, *, bridge: bool = False) -> Counter[str]:
     """How many times each unit (module docstring) runs in the decoder compiled from ``g``
-    for one image; ``bridge``: the FPN and head widths differ."""
-    units: Counter[str] = Counter()
-    graph = fpn_graph(g.fpn)
-    strides = graph.strides
-    for lvl in graph.backbone_used:
-        units[f"adapter/{BACKBONE_LEVELS[lvl]}"] += 1
-    n_in = len(BACKBONE_LEVELS)
-    for k, blk in enumerate(g.fpn):
-        s_out = strides[n_in + k]
-        for j in (0, 1):
-            s_in = strides[blk.inputs[j]]
-            if blk.ops[j] != "skip":
-                units[f"fpn_op/{blk.ops[j]}/s{s_in}"] += 1
-            if s_in != s_out:
-                units[f"resize/s{s_in}/s{s_out}"] += 1
-        units[f"fpn_agg/{blk.agg}/s{s_out}"] += 1
-    for idx, target in ((graph.p3, BACKBONE_STRIDES[1]), (graph.p4, BACKBONE_STRIDES[2]),
-                        (graph.p5, BACKBONE_STRIDES[3])):
-        for d in graph.dangling:
-            if strides[d] != strides[idx]:
-                units[f"resize/s{strides[d]}/s{strides[idx]}"] += 1
-            units[f"add/s{strides[idx]}"] += 1
-        if strides[idx] != target:
-            units[f"resize/s{strides[idx]}/s{target}"] += 1
-    units["p6p7"] += 1
-    branches = 2  # classification and box towers
-    for s in OUTPUT_STRIDES:
-        if bridge:
-            units[f"bridge/s{s}"] += 1
-        units[f"predict/s{s}"] += 1
-        for name in _head_units(g):
-            units[f"{name}/s{s}"] += branches
-    return +units
+    for one image, read from the compiler's plan; ``bridge``: the FPN and head widths differ."""
+    from nasfcos.compiler import CompileOptions
+    from nasfcos.compiler.plan import build_plan
 
-
-def _head_units(g: Genotype) -> list[str]:
-    """Unit names (without stride) of one branch's tower at one level."""
-    head = g.head
-    if head.kind == "fcos":
-        return ["head_op/fcos_conv_3x3"] * 4
-    if head.kind == "sequential":
-        return [f"head_op/{op}" for op in head.layers if op != "skip"]
-    live = head_live(head)
-    out = []
-    if 1 in live and head.first_op != "skip":
-        out.append(f"head_op/{head.first_op}")
-    for b, blk in enumerate(head.blocks):
-        for j in (0, 1):
-            if 2 + 3 * b + j in live and blk.ops[j] != "skip":
-                out.append(f"head_op/{blk.ops[j]}")
-        if 4 + 3 * b in live:
-            out.append(f"head_agg/{blk.agg}")
-    return out
+    return build_plan(g, CompileOptions(fpn_channels=64, head_channels=32 if bridge else None)).units()
 
 
 # ------------------------------------------------------------------------------------------
@@ -232,7 +181,7 @@ def load_table(path: str | Path) -> LatencyTable:
     try:
         raw = p.read_bytes()
         doc = json.loads(raw)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise NasfcosError(f"{p}: not a latency table ({type(exc).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise NasfcosError(f"{p}: not a {FORMAT} file")
@@ -279,17 +228,6 @@ _CATALOG: dict[str, Any] = {
 }
 
 
-def _construct(module: Any, emitter: tuple[str, str], width: int) -> Any:
-    """Instantiate an emitter-table entry (class name, constructor arguments with ``{c}``)
-    from the compiled module's classes; arguments are literals (no code is evaluated)."""
-    cls, args = emitter
-    call = ast.parse(f"f({args.format(c=width)})", mode="eval").body
-    assert isinstance(call, ast.Call)
-    pos = [ast.literal_eval(a) for a in call.args]
-    kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
-    return getattr(module, cls)(*pos, **kw)
-
-
 def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]]:
     """Every unit of the table: key -> (module, input shapes), built from a compiled file's
     classes and the compiler's emitter tables, at ``spec``'s size and widths."""
@@ -309,6 +247,7 @@ def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]
     from nasfcos.runtime.models import feature_sizes
 
     c, h = spec.fpn_channels, spec.head_channels
+    widths = {"c": c, "h": h}
     in_ch = backbone_channels(spec.backbone)
     opts = CompileOptions(fpn_channels=c, head_channels=h, num_classes=spec.num_classes, in_channels=in_ch)
     mod = compile_to_module(parse_genotype(_CATALOG), opts)
@@ -363,9 +302,9 @@ def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]
         units[f"adapter/{BACKBONE_LEVELS[lvl]}"] = (Unary(mod.Adapter(in_ch[lvl], c)), [shape(s, in_ch[lvl])])
         for op, em in FPN_OP_EMITTERS.items():
             if em is not None:
-                units[f"fpn_op/{op}/s{s}"] = (Unary(_construct(mod, em, c)), [shape(s, c)])
+                units[f"fpn_op/{op}/s{s}"] = (Unary(em.build(mod, widths)), [shape(s, c)])
         for agg, em in FPN_AGG_EMITTERS.items():
-            units[f"fpn_agg/{agg}/s{s}"] = (Binary(_construct(mod, em, c)), [shape(s, c)] * 2)
+            units[f"fpn_agg/{agg}/s{s}"] = (Binary(em.build(mod, widths)), [shape(s, c)] * 2)
         units[f"add/s{s}"] = (Add(), [shape(s, c)] * 2)
         for t in BACKBONE_STRIDES:
             if t != s:
@@ -377,10 +316,10 @@ def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]
         units[f"predict/s{s}"] = (Predict(i), [shape(s, h)])
         for op, em in HEAD_OP_EMITTERS.items():
             if em is not None:
-                units[f"head_op/{op}/s{s}"] = (Unary(_construct(mod, em, h)), [shape(s, h)])
-        units[f"head_op/fcos_conv_3x3/s{s}"] = (Unary(_construct(mod, FCOS_TOWER_EMITTER, h)), [shape(s, h)])
+                units[f"head_op/{op}/s{s}"] = (Unary(em.build(mod, widths)), [shape(s, h)])
+        units[f"head_op/fcos_conv_3x3/s{s}"] = (Unary(FCOS_TOWER_EMITTER.build(mod, widths)), [shape(s, h)])
         for agg, em in HEAD_AGG_EMITTERS.items():
-            units[f"head_agg/{agg}/s{s}"] = (Binary(_construct(mod, em, h)), [shape(s, h)] * 2)
+            units[f"head_agg/{agg}/s{s}"] = (Binary(em.build(mod, widths)), [shape(s, h)] * 2)
     for m, _ in units.values():
         m.eval()
     return units
@@ -411,6 +350,21 @@ def _torch_timer(spec: TableSpec, warmup: int, runs: int, clock: Callable[[], in
         return out
 
     return timer
+
+
+def _preflight(units: dict[str, Any], keys: list[str], spec: TableSpec) -> None:
+    """Run every unit once in PyTorch (seconds) so that one that cannot run at this size and
+    width fails with one line before minutes of export and timing."""
+    import torch
+
+    for key in keys:
+        module, shapes = units[key]
+        try:
+            with torch.no_grad():
+                module(*(torch.zeros(s) for s in shapes))
+        except Exception as exc:  # noqa: BLE001 - any failure of a unit is the table's error
+            raise NasfcosError(f"latency unit {key} cannot run at {spec.size[0]}x{spec.size[1]} with "
+                               f"widths {spec.fpn_channels}/{spec.head_channels}: {first_line(exc)}") from None
 
 
 def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path, clock: Callable[[], int]) -> Timer:
@@ -504,6 +458,7 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
     try:
         units = unit_modules(spec)
         keys = list(units) if only is None else [k for k in units if k in set(only)]
+        _preflight(units, keys, spec)
         rng = np.random.default_rng(0)
         from torch import nn
 

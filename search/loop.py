@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ import torch
 
 from nasfcos.errors import CacheError, NasfcosError
 from nasfcos.genotypes import Genotype, parse_genotype
-from nasfcos.io import atomic_write_json
+from nasfcos.io import atomic_write_json, atomic_write_text
 from nasfcos.search.archive import (
     ARCHIVE_NAME,
     CHECKPOINT_NAME,
@@ -146,7 +147,7 @@ class SearchConfig:
             raise CacheError(f"{path}: is not a regular file")
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:
             raise CacheError(f"{path}: unreadable search settings ({type(exc).__name__}: {exc})"[:300]) from None
 
     def validate(self) -> None:
@@ -222,6 +223,7 @@ class Search:
     def __init__(self, out: str | Path, cfg: SearchConfig, *, resume: bool = False,
                  evaluator: Evaluator | None = None, executor: Executor | None = None,
                  executor_kind: str = "local", workers: int | None = None, address: str | None = None,
+                 cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                  top_k: int = 5, progress: bool = True, plot_every_s: float | None = 60.0,
                  on_step: Callable[[StepLog], None] | None = None,
                  latency_check: dict[str, Any] | None = None) -> None:
@@ -257,7 +259,9 @@ class Search:
         self._own_evaluator = evaluator is None
         self.evaluator = evaluator or make_evaluator(self.cfg, self.cache_dir)
         self._executor = executor
-        self._executor_args = (executor_kind, workers, address)
+        if executor_kind != "ray" and (cpus_per_trial != 1 or gpus_per_trial):
+            raise NasfcosError("--cpus-per-trial/--gpus-per-trial are Ray task resources: add --executor ray")
+        self._executor_args = (executor_kind, workers, address, cpus_per_trial, gpus_per_trial)
         self.controller = Controller(self.cfg.controller, seed=self.cfg.seed)
         self.ppo = PPO(self.controller, self.cfg.ppo, seed=self.cfg.seed + 1)
         self.sample_gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -391,8 +395,9 @@ class Search:
         try:
             self.prepare()
             if executor is None:
-                kind, workers, address = self._executor_args
-                executor = make_executor(kind, self.evaluator, workers=workers, address=address)
+                kind, workers, address, cpus, gpus = self._executor_args
+                executor = make_executor(kind, self.evaluator, workers=workers, address=address,
+                                         cpus_per_trial=cpus, gpus_per_trial=gpus)
             bar = self._progress_bar(len(archive))
             while self.step < self.cfg.steps:
                 log = self._run_step(archive, executor, bar, t_start)
@@ -594,20 +599,75 @@ def genotype_of_row(row: dict[str, Any], rank: int | None = None) -> Genotype:
     return parse_genotype(doc)
 
 
-def write_top(top: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Write ``rankNN-<hash12>.json`` for each row; remove stale rank files."""
+#: The index of a top folder: the files ``write_top`` wrote there (the only ones it replaces or
+#: removes; a user's own ``rank*-*.json`` beside them is left alone).
+TOP_INDEX = "top.json"
+TOP_FORMAT = "nasfcos-top/1"
+_TOP_FILE = re.compile(r"rank\d{2,}-[0-9a-f]{12}\.(json|py)")
+
+
+def _indexed_files(out_dir: Path) -> set[str]:
+    """Names recorded in ``out_dir/top.json`` (none when absent); a ``top.json`` that is not a
+    top index (another program's, or unreadable) is refused rather than overwritten."""
+    index = out_dir / TOP_INDEX
+    if not index.exists() and not index.is_symlink():
+        return set()
+    try:
+        if index.is_symlink() or not index.is_file():
+            raise ValueError("not a regular file")
+        doc = json.loads(index.read_text())
+        if doc.get("format") == TOP_FORMAT:
+            names = doc["files"]
+        else:  # written before the index recorded its files: the listing's paths
+            names = [Path(str(e["path"])).name for e in doc["top"]]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("files is not a list of names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise NasfcosError(f"{index}: exists and is not a nasfcos top index ({exc}); "
+                           "choose another output folder") from None
+    return {n for n in names if _TOP_FILE.fullmatch(n)}
+
+
+def write_top(top: list[dict[str, Any]], out_dir: Path, *, compile_options: Any = None,
+              listing: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``rankNN-<hash12>.json`` for each row (and ``rankNN-<hash12>.py``, its compiled
+    model, with ``compile_options``: :class:`nasfcos.compiler.CompileOptions`) and the index
+    ``top.json`` (the files, the ranking, ``listing``'s entries).  Only files of the previous
+    index are replaced or removed; a file of that name that the index does not record is
+    refused before anything is written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NasfcosError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    ours = _indexed_files(out_dir)
+    genos = [(k, row, genotype_of_row(row, rank=k)) for k, row in enumerate(top, 1)]
+    names = {k: f"rank{k:02d}-{row['hash'][:12]}" for k, row, _ in genos}
+    want = [f"{names[k]}.json" for k in names] + ([f"{names[k]}.py" for k in names] if compile_options else [])
+    for name in want:
+        p = out_dir / name
+        if (p.exists() or p.is_symlink()) and name not in ours:
+            raise NasfcosError(f"{p}: exists and was not written by nasfcos search (not in {TOP_INDEX}); "
+                               "move it or choose another output folder")
+    sources = {}
+    if compile_options is not None:
+        from nasfcos.compiler import compile_genotype
+
+        sources = {k: compile_genotype(g, compile_options) for k, _, g in genos}
     paths = []
-    for k, row in enumerate(top, 1):
-        p = out_dir / f"rank{k:02d}-{row['hash'][:12]}.json"
-        genotype_of_row(row, rank=k).save(p)
-        paths.append(p)
-    keep = {p.name for p in paths}
-    for old in out_dir.glob("rank*-*.json"):
-        if old.name not in keep:
-            old.unlink(missing_ok=True)
+    for k, _, g in genos:
+        paths.append(g.save(out_dir / f"{names[k]}.json"))
+        if k in sources:
+            atomic_write_text(out_dir / f"{names[k]}.py", sources[k])
+    entries = [{"rank": k, "reward": row["reward"], "hash": row["hash"], "step": row["step"], "index": row["index"],
+                "losses": row.get("losses", {}), "path": str(out_dir / f"{names[k]}.json"),
+                **({"model": str(out_dir / f"{names[k]}.py")} if k in sources else {})} for k, row, _ in genos]
+    stale = sorted(ours - set(want))
+    doc = {"format": TOP_FORMAT, **(listing or {}), "top": entries}
+    atomic_write_json(out_dir / TOP_INDEX, {**doc, "files": want + stale})  # a crash below leaves them listed
+    for name in stale:
+        p = out_dir / name
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+    atomic_write_json(out_dir / TOP_INDEX, {**doc, "files": want})
     return paths
 
 

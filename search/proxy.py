@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,48 +104,82 @@ class ProxySettings:
     grad_clip: float | None = None  # max gradient norm, None: no clipping
     eval_batch_size: int = 64
     num_threads: int = 1
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu", "cuda[:N]" or "auto" (cuda when this process sees a GPU: a Ray task
+    # given --gpus-per-trial sees its own; one without sees none and runs on the CPU)
     failure_reward: float = -100.0  # reward of a decoder whose meta-val loss is not finite
     seed: int = 0  # evaluation seed used when evaluate() is given none
 
     def validate(self) -> ProxySettings:
-        """Raise :class:`NasfcosError` (one line) on an impossible setting; returns self."""
+        """Raise :class:`NasfcosError` (one line naming the field) on a value of the wrong type
+        or out of range; returns self.  The one place these rules live (presets, CLI flags,
+        ``--proxy-set``, settings read from a cache manifest or a search folder)."""
         from nasfcos.compiler.backbones import BACKBONE_NAMES
 
+        def fail(name: str, why: str) -> NasfcosError:
+            return NasfcosError(f"proxy setting {name} must be {why}, got {getattr(self, name)!r}")
+
+        kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
+        names = {"int": "int", "float": "a finite number", "str": "str"}
+        for f in dataclasses.fields(self):  # types first: the range checks below compare numbers
+            v, spec = getattr(self, f.name), str(f.type)
+            optional = spec.endswith(" | None")
+            base = spec.removesuffix(" | None")
+            want = kinds[base]
+            if v is None and optional:
+                continue
+            if isinstance(v, bool) or not isinstance(v, want) or (isinstance(v, float) and not math.isfinite(v)):
+                raise fail(f.name, f"{names[base]}{' or None' if optional else ''}")
         if self.backbone not in BACKBONE_NAMES:
-            raise NasfcosError(f"backbone must be one of {', '.join(BACKBONE_NAMES)}, not {self.backbone!r}")
+            raise fail("backbone", f"one of {', '.join(BACKBONE_NAMES)}")
         if self.backbone.endswith("_c2"):
-            raise NasfcosError(f"backbone {self.backbone}: the feature cache feeds ImageNet-normalised RGB; "
-                               "Caffe2-input trunks (*_c2) are not supported there")
-        positive = ("short_side", "max_size", "crop", "crops_per_image", "chunk_size", "fpn_channels",
-                    "head_channels", "batch_size", "epochs", "eval_batch_size")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise NasfcosError(f"{name} must be at least 1, got {getattr(self, name)}")
+            raise NasfcosError(f"proxy setting backbone {self.backbone}: the feature cache feeds ImageNet-normalised "
+                               "RGB; Caffe2-input trunks (*_c2) are not supported there")
+        at_least = {"short_side": 1, "max_size": 1, "crop": 32, "crops_per_image": 1, "chunk_size": 1,
+                    "fpn_channels": 2, "head_channels": 32, "batch_size": 1, "epochs": 1, "eval_batch_size": 1,
+                    "max_steps": 1, "meta_train_images": 1, "meta_val_images": 1, "num_threads": 0,
+                    "synth_images": 0, "synth_size": 32, "synth_seed": 0, "split_seed": 0, "crop_seed": 0,
+                    "seed": 0}
+        for name, lo in at_least.items():
+            v = getattr(self, name)
+            if v is not None and v < lo:
+                raise fail(name, f"at least {lo}")
         if self.crop % 32:
-            raise NasfcosError(f"crop must be a multiple of 32 (the coarsest backbone stride), got {self.crop}")
+            raise fail("crop", "a multiple of 32 (the coarsest backbone stride)")
+        if self.fpn_channels % 2:
+            raise fail("fpn_channels", "even (the deformable convolutions use two offset groups)")
         if not 0.0 < self.meta_val_fraction < 1.0:
-            raise NasfcosError("meta_val_fraction must be in (0, 1)")
+            raise fail("meta_val_fraction", "in (0, 1)")
         if not 0.0 <= self.polyak_decay < 1.0:
-            raise NasfcosError("polyak_decay must be in [0, 1)")
-        if not self.lr > 0:
-            raise NasfcosError("lr must be positive")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise NasfcosError("max_steps must be at least 1")
+            raise fail("polyak_decay", "in [0, 1)")
+        for name in ("lr", "size_range_scale"):
+            if not getattr(self, name) > 0:
+                raise fail(name, "positive")
+        for name in ("weight_decay", "center_sampling_radius"):
+            if getattr(self, name) < 0:
+                raise fail(name, ">= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise fail("grad_clip", "positive or None")
         if self.box_loss not in ("iou", "giou"):
-            raise NasfcosError(f"box_loss must be 'iou' or 'giou', not {self.box_loss!r}")
-        if self.num_threads < 0:
-            raise NasfcosError("num_threads must be >= 0")
-        if self.size_range_scale <= 0:
-            raise NasfcosError("size_range_scale must be positive")
+            raise fail("box_loss", "'iou' or 'giou'")
+        if self.device not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise fail("device", "cpu, cuda, cuda:N or auto")
         from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
 
         if self.synth_preset not in SYNTH_PRESETS:
-            raise NasfcosError(f"synth_preset must be one of {', '.join(SYNTH_PRESETS)}, not {self.synth_preset!r}")
+            raise fail("synth_preset", f"one of {', '.join(SYNTH_PRESETS)}")
         from nasfcos.compiler import CompileOptions
 
-        CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels)  # the widths' rules
+        try:  # the compiler's own width rules (e.g. the head's GroupNorm groups)
+            CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels)
+        except (NasfcosError, ValueError) as exc:
+            raise NasfcosError(f"proxy setting {exc}") from None
         return self
+
+    def torch_device(self) -> torch.device:
+        """The device evaluations run on (``auto``: cuda if this process sees a GPU)."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     def cache_key(self) -> dict[str, Any]:
         """The fields that decide the cache's content, JSON-normalised (tuples as lists)."""
@@ -189,14 +224,21 @@ PRESETS: dict[str, ProxySettings] = {
         synth_size=128, synth_preset="easy", fpn_channels=16, head_channels=32, batch_size=16, epochs=6,
         lr=8e-4, polyak_decay=0.9, eval_batch_size=64, num_threads=1,
     ),
-    # The paper's numbers (NAS-FCOS 4.1): VOC split 4000 / 1715, short side 384, random
-    # 384x384 crops, frozen ResNet-50, batch 200, 15 epochs, Adam 8e-4, Polyak 0.9.  Widths
-    # follow the authors' release (AGG_SIZE 256; FCOS head width 256).
+    # The paper's numbers (NAS-FCOS 4.1): PASCAL VOC split 4000 meta-train / 1715 meta-val
+    # (``data voc2coco``, or any COCO-format set: a smaller one is split in the same 4000:1715
+    # proportion), images resized to short side 384 and randomly cropped to 384x384, a frozen
+    # ResNet-50 whose features are cached, every decoder op 64 channels wide (FPN and head),
+    # Adam lr 8e-4, batch 200, Polyak averaging 0.9, 15 epochs.  Not stated there, chosen here:
+    # long side at most 640 (FCOS's 1333:800 ratio at 384), FCOS's size ranges unscaled,
+    # no weight decay and no gradient clipping (the paper names none), the release's FCOS losses
+    # (focal, -log IoU, centerness; no center sampling), meta-val scored in batches of 50
+    # (a memory choice: the result equals one batch), device "auto" (the GPU a Ray task was
+    # given with --gpus-per-trial, else the CPU) and torch's own thread count.
     "paper": ProxySettings(
         name="paper", backbone="resnet50", short_side=384, max_size=640, crop=384,
         meta_val_fraction=0.3, meta_train_images=4000, meta_val_images=1715, size_range_scale=1.0,
-        chunk_size=32, synth_images=0, fpn_channels=256, head_channels=256, batch_size=200,
-        epochs=15, lr=8e-4, polyak_decay=0.9, eval_batch_size=50, num_threads=0,
+        chunk_size=32, synth_images=0, fpn_channels=64, head_channels=64, batch_size=200,
+        epochs=15, lr=8e-4, polyak_decay=0.9, eval_batch_size=50, num_threads=0, device="auto",
     ),
 }
 
@@ -323,7 +365,7 @@ def train_decoder(decoder: nn.Module, cache: FeatureCache, settings: ProxySettin
     ``seed``, cut into full batches (a short tail is dropped).  ``source`` replaces the cached features (the speed benchmark runs the
     backbone there).  A step whose loss is not finite is skipped (no update).
     """
-    device = torch.device(settings.device)
+    device = settings.torch_device()
     num_train = len(cache.train)
     bs, steps = settings.steps_for(num_train)
     get = source or (lambda idx: cache.train.batch(idx, device))
@@ -369,7 +411,7 @@ def meta_val_losses(model: nn.Module, cache: FeatureCache, settings: ProxySettin
     ``cls_norm``, or the centerness sum for the box loss) are summed over batches, so the
     result equals :func:`~nasfcos.fcos.losses_from_targets` on the whole set.
     """
-    device = torch.device(settings.device)
+    device = settings.torch_device()
     cfg = _fcos_config(settings)
     was_training = model.training
     model.to(device).eval()

@@ -3,7 +3,8 @@
 Every value a user types is checked here, while the arguments are parsed, before any work
 starts: numbers (positive, non-negative, finite, in range), sizes (``HxW``; a single number
 means square), widths, devices, seed ranges, opsets, input files (regular files only: a FIFO
-or device would block) and output paths (writable, not a directory, not under a file).
+or device would block) and output paths (writable by a probe write, not a directory, not under
+a file; an output folder is locked for the run).
 A bad value becomes argparse's one-line ``nasfcos VERB: error: argument --flag: ...``
 (exit 2).  These functions import nothing heavy at module level.
 """
@@ -85,6 +86,26 @@ positive_float = float_range(0.0, lo_open=True)
 non_negative_float = float_range(0.0)
 #: Any finite float.
 finite_float = float_range()
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's count)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads(text: str) -> int:
+    """A thread count: 1 up to the CPUs this process may use (more only oversubscribes the
+    machine; 10000 threads left a bench running for minutes at a load in the thousands)."""
+    n = cpu_count()
+    v = _int(text)
+    if not 1 <= v <= n:
+        raise _ArgError(f"expected 1..{n} threads (this machine lets the process use {n} CPUs), got {v}")
+    return v
 
 
 def seed(text: str) -> int:
@@ -220,10 +241,14 @@ def output_file(text: str) -> str:
 
 
 def output_dir(text: str) -> str:
-    """A folder to write into: an existing writable folder, or one that can be created."""
-    from nasfcos.io import writable_path
+    """A folder to write into: an existing writable folder, or one that can be created.  The
+    folder is owned by this run from here on (:func:`nasfcos.io.claim_folder`): a second run
+    naming it fails at once, naming the owner."""
+    from nasfcos.io import claim_folder, writable_path
 
-    return _as_arg_error(lambda: writable_path(text, directory=True))
+    path = _as_arg_error(lambda: writable_path(text, directory=True))
+    claim_folder(path)
+    return path
 
 
 def genotype_arg(text: str) -> str:
@@ -272,7 +297,7 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
 
 def add_threads(p: argparse.ArgumentParser, default: int | None = None) -> None:
     """``--threads N``: CPU threads (intra-op) for every backend."""
-    p.add_argument("--threads", type=positive_int, default=default, metavar="N",
+    p.add_argument("--threads", type=threads, default=default, metavar="N",
                    help="CPU threads" + (f" (default {default})" if default else ""))
 
 
@@ -327,9 +352,9 @@ def add_calibration(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, ima
                    help=method_help)
 
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json",
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json", "cpu_count",
            "add_num_classes", "add_output", "add_quiet", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int", "num_classes",
            "opset", "output_dir", "output_file", "positive_float", "positive_int", "seed",
-           "seed_range", "size_hw", "size_list", "width"]
+           "seed_range", "size_hw", "size_list", "threads", "width"]

@@ -5,13 +5,16 @@ height/width) -> parity check (ONNX Runtime vs PyTorch) -> latency benchmark (to
 ONNX Runtime on CPU at 600/800/1000 px, TensorRT too where a GPU and TensorRT exist) ->
 the table and the report paths.  Defaults are sized to finish in a few minutes on a
 2-core machine (1 warm-up and 3 timed runs per cell); the flags give the full protocol.
+With --gpu (make gpu-check): the paper's table on an NVIDIA GPU (NAS-FCOS@128-R50 at
+600/800/1000 px; PyTorch eager fp32/fp16, ONNX Runtime CUDA, TensorRT fp32/fp16/int8, parity
+of each against PyTorch, beside the paper's V100 figures) after the doctor's check.
+Both plans are one library pipeline (nasfcos.runtime.pipeline).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,13 +22,6 @@ from typing import Any
 
 from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
-
-
-def _threads_default() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
 
 
 def main(argv: list[str]) -> int:
@@ -45,11 +41,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sizes", type=A.size_list, help="benchmark sizes HxW,... (default 600,800,1000)")
     A.add_timing(p, runs=None, runs_help="timed runs per backend and size (default 3)",
                  warmup=None, warmup_help="warm-up runs (default 1)")
-    A.add_threads(p, default=_threads_default())
+    A.add_threads(p, default=A.cpu_count())
     p.add_argument("--backends", default="torch,onnxruntime",
                    help="CPU backends (default torch,onnxruntime; add torch-compile to try it)")
-    p.add_argument("--fpn-channels", type=A.width, default=256,
-                   help="decoder width (default 256, the released models'; make demo uses 128)")
+    p.add_argument("--fpn-channels", type=A.width, default=None,
+                   help="decoder width (default 256, the released models'; make demo and "
+                        "--gpu use 128)")
     p.add_argument("--backbone", default="resnet50", choices=BACKBONES,
                    help="detector backbone (default resnet50)")
     p.add_argument("--genotype", type=A.genotype_arg, default="nas_fcos_fpn_head",
@@ -57,118 +54,73 @@ def main(argv: list[str]) -> int:
     p.add_argument("--static", action="store_true",
                    help="a static ONNX export at the one --sizes entry instead of a dynamic one "
                         "(several times faster to export; parity at that size only)")
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU plan (make gpu-check): the paper's table on an NVIDIA GPU; "
+                        "defaults then: --fpn-channels 128, 20 warm-up + 100 timed runs")
     A.add_json(p, "print the summary (demo.json) as JSON on stdout")
     A.add_quiet(p)
     args = p.parse_args(argv)
     if args.static and len(args.sizes or ()) != 1:
         raise NasfcosError("--static needs exactly one --sizes entry (a static graph runs at one size)")
 
-    from nasfcos.compiler import CompileOptions, compile_genotype
-    from nasfcos.genotypes import resolve_genotype
-    from nasfcos.io import atomic_write_json, atomic_write_text
-    from nasfcos.runtime.bench import BenchConfig, markdown_table, run_benchmark, write_report
-    from nasfcos.runtime.check import check_artifact
-    from nasfcos.runtime.export import ExportOptions, export_onnx
+    if args.gpu and args.static:
+        raise NasfcosError("--gpu builds engines over several sizes: drop --static")
+
+    from nasfcos.runtime.bench import markdown_table
     from nasfcos.runtime.models import parse_sizes
-    from nasfcos.runtime.trt import tensorrt_status
+    from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
     sizes = args.sizes or parse_sizes("320,416,512" if quick else "600,800,1000")
-    runs = args.runs if args.runs is not None else (1 if quick else 3)
-    warmup = args.warmup if args.warmup is not None else (0 if quick else 1)
-    show = not args.quiet
+    runs = args.runs if args.runs is not None else (1 if quick else 100 if args.gpu else 3)
+    warmup = args.warmup if args.warmup is not None else (0 if quick else 20 if args.gpu else 1)
     stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
 
     def say(*parts: Any) -> None:
         print(*parts, file=stream, flush=True)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    summary: dict[str, Any] = {"out": str(out), "steps": {}}
-    t_all = time.perf_counter()
 
-    def step(name: str, t0: float) -> None:
-        summary["steps"][name] = round(time.perf_counter() - t0, 1)
-
-    # 1. compile
-    t0 = time.perf_counter()
-    gname = args.genotype
-    genotype = resolve_genotype(gname)
-    opts = CompileOptions(fpn_channels=args.fpn_channels, detector=True, backbone=args.backbone)
-    model_py = out / "model.py"
-    atomic_write_text(model_py, compile_genotype(genotype, opts))
-    step("compile", t0)
-    say(f"[1/4] compiled {genotype.name} @{args.fpn_channels} with {args.backbone} "
-          f"-> {model_py}")
-
-    # 2. export
-    t0 = time.perf_counter()
     ordered = sorted(sizes, key=lambda s: s[0] * s[1])
-    mid = ordered[len(ordered) // 2]
-    shape = "static" if args.static else "dynamic batch/H/W"
-    say(f"[2/4] exporting to ONNX ({shape}, traced at {mid[0]}x{mid[1]}; "
-          "takes a while for ResNet-50) ...")
-    res = export_onnx(model_py, out / "model.onnx", ExportOptions(size=mid, dynamic=not args.static),
-                      progress=show)
-    step("export", t0)
-    summary["onnx"] = {"path": str(res.onnx_path), "manifest": str(res.manifest_path),
-                       "bytes": res.manifest["artifact"]["bytes"],
-                       "deform_convs": res.manifest["export"]["ops"].get("DeformConv", 0)}
-    say(f"      {res.onnx_path} ({res.manifest['artifact']['bytes'] / 1e6:.0f} MB, "
-          f"{summary['onnx']['deform_convs']} DeformConv), manifest {res.manifest_path}")
+    check_sizes = ([ordered[0]] if quick or args.static else
+                   [ordered[0], (ordered[0][0], ordered[0][1] + 64)])
+    fpn = args.fpn_channels or (128 if args.gpu else 256)
+    cfg = PipelineConfig(
+        out=out, genotype=args.genotype, fpn_channels=fpn, backbone=args.backbone, sizes=sizes,
+        static=args.static, check_sizes=check_sizes,
+        backends=[b.strip() for b in args.backends.split(",") if b.strip()], runs=runs,
+        warmup=warmup, threads=args.threads, progress=not args.quiet, gpu=args.gpu)
+    t_all = time.perf_counter()
+    summary = run_pipeline(cfg, say)
+    if args.gpu:
+        from nasfcos.runtime.gpu_check import markdown
 
-    # 3. parity
-    t0 = time.perf_counter()
-    check_sizes = [ordered[0]] if quick or args.static else [ordered[0], (ordered[0][0], ordered[0][1] + 64)]
-    say(f"[3/4] parity: ONNX Runtime vs PyTorch at "
-          f"{', '.join(f'{h}x{w}' for h, w in check_sizes)} ...")
-    check = check_artifact(res.onnx_path, model_py, sizes=check_sizes, threads=args.threads)
-    step("check", t0)
-    atomic_write_json(out / "parity.json", check.to_dict())
-    say(check.table())
-    summary["parity"] = {"ok": check.ok, "json": str(out / "parity.json"),
-                         "max_abs": {o.name: o.max_abs for o in check.outputs}}
-    if not check.ok:
-        bad = ", ".join(o.name for o in check.failures())
-        print(f"nasfcos demo: parity FAILED for {bad}", file=sys.stderr)
+        say()
+        say(markdown(summary))
+        say(f"report:   {out / 'gpu_check.md'}, {out / 'gpu_check.json'}, doctor "
+            f"{out / 'doctor.json'} (total {summary.get('seconds')} s)")
+        if args.json:
+            print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        return 0 if summary["ok"] else 1
 
-    # 4. benchmark
-    t0 = time.perf_counter()
-    say(f"[4/4] benchmark {', '.join(backends)} on CPU ({args.threads} threads) at "
-          f"{', '.join(f'{h}x{w}' for h, w in sizes)}: {warmup} warm-up + {runs} timed runs "
-          "each ...")
-    cfg = BenchConfig(backends=backends, sizes=sizes, warmup=warmup, runs=runs,
-                      threads=args.threads, device="cpu", onnx_path=res.onnx_path)
-    report = run_benchmark(model_py, cfg, progress=show)
-    paths = write_report(report, out / "report")
-    summary["report"] = {k: str(v) for k, v in paths.items()}
-    trt_reason = tensorrt_status()
-    if trt_reason is None:
-        gcfg = BenchConfig(backends=["torch", "tensorrt"], sizes=sizes, warmup=max(warmup, 3),
-                           runs=max(runs, 10), device="cuda", onnx_path=res.onnx_path)
-        greport = run_benchmark(model_py, gcfg, progress=show)
-        gpaths = write_report(greport, out / "report_gpu")
-        summary["report_gpu"] = {k: str(v) for k, v in gpaths.items()}
-    else:
-        summary["tensorrt"] = f"not run: {trt_reason}"
-    step("bench", t0)
+    report, paths = summary.pop("_report"), summary.pop("_paths")
+    if not summary["parity"]["ok"]:
+        print(f"nasfcos demo: parity FAILED for {', '.join(summary['parity']['failures'])}",
+              file=sys.stderr)
     summary["seconds"] = round(time.perf_counter() - t_all, 1)
-    summary["results"] = [{k: r.get(k) for k in ("backend", "size", "status", "median_ms",
-                                                  "p90_ms", "gflops_per_s", "peak_fraction")}
-                          for r in report["results"]]
-    atomic_write_json(out / "demo.json", summary)
+    from nasfcos.io import atomic_write_json
 
+    atomic_write_json(out / "demo.json", summary)
     say()
     say(markdown_table(report))
     if "report_gpu" in summary:
         say(Path(summary["report_gpu"]["md"]).read_text())
     else:
         say(f"TensorRT: {summary['tensorrt']}")
-    say(f"model:    {model_py}\nonnx:     {res.onnx_path}\nparity:   {out / 'parity.json'} "
-          f"({'ok' if check.ok else 'FAILED'})")
-    for v in paths.values():
+    say(f"model:    {paths['model']}\nonnx:     {paths['onnx']}\nparity:   {out / 'parity.json'} "
+        f"({'ok' if summary['parity']['ok'] else 'FAILED'})")
+    for v in summary["report"].values():
         say(f"report:   {v}")
     say(f"summary:  {out / 'demo.json'}  (total {summary['seconds']} s)")
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0 if check.ok else 1
+    return 0 if summary["parity"]["ok"] else 1

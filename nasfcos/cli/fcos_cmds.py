@@ -357,6 +357,9 @@ def eval_main(argv: list[str]) -> int:
         if value is not None and value < low:
             raise NasfcosError(f"--{flag} must be at least {low}, not {value}")
     path = Path(args.model)
+    from nasfcos.runtime.doctor import preflight_verb
+
+    preflight_verb(path, [args.backend] if args.backend else None, args.device)
     if not args.quiet and not sys.stderr.isatty():  # no bar in logs: one line per stage
         print(f"eval: {path} on {args.ann or args.data} ...", file=sys.stderr, flush=True)
     if path.suffix == ".py" and args.weights is None:

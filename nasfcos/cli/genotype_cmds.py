@@ -14,6 +14,7 @@ from nasfcos.genotypes import (
     Genotype,
     fpn_graph,
     resolve_genotype,
+    to_paper_list,
 )
 
 
@@ -32,7 +33,7 @@ def _summary(g: Genotype) -> dict[str, object]:
         "backbone_levels_read": [f"c{i + 2}" for i in graph.backbone_used],
         "outputs": {"p3": graph.p3, "p4": graph.p4, "p5": graph.p5},
         "dangling": list(graph.dangling),
-        "paper_list": g.to_paper_list(),
+        "paper_list": to_paper_list(g),
     }
 
 

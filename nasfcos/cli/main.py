@@ -3,11 +3,14 @@
 The top level only picks the verb; each verb module owns its own argparse parser
 (``main(argv) -> int``), so verbs can be developed independently.  Errors raised as
 :class:`~nasfcos.errors.NasfcosError` become a one-line message and exit code 2;
-set ``NASFCOS_DEBUG=1`` to see the traceback instead.
+set ``NASFCOS_DEBUG=1`` to see the traceback instead.  Errors of the machine (full or
+read-only disk, a name too long, a closed pipe, a full stdout) are one line as well.  Every
+output folder a verb names is locked for the run (``nasfcos.io.output_claims``).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -17,6 +20,7 @@ from typing import Any
 
 from nasfcos import __version__
 from nasfcos.errors import NasfcosError
+from nasfcos.io import output_claims
 
 # verb -> (module, function, one-line help)
 VERBS: dict[str, tuple[str, str, str]] = {
@@ -67,6 +71,49 @@ def _one_line_warning(verb: str) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nasfcos`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    verb = args[0] if args else ""
+    debug = os.environ.get("NASFCOS_DEBUG", "") not in ("", "0")
+    real_stdout = sys.stdout
+    sys.stdout = _NamedStream(real_stdout, "stdout")  # type: ignore[assignment]
+    try:
+        try:
+            code = _dispatch(args, debug)
+        finally:  # a full (/dev/full) or closed stdout fails here, not in the interpreter's exit
+            sys.stdout.flush()
+        return code
+    except OSError as exc:
+        if debug or exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        return _environment_error(verb if verb in VERBS else "", exc)
+    finally:
+        sys.stdout = real_stdout
+
+
+class _NamedStream:
+    """A text stream whose write errors name it (``stdout: No space left on device``)."""
+
+    def __init__(self, stream: object, name: str) -> None:
+        self._stream, self._name = stream, name
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)  # type: ignore[attr-defined, no-any-return]
+        except OSError as exc:
+            exc.filename = exc.filename or self._name
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()  # type: ignore[attr-defined]
+        except OSError as exc:
+            exc.filename = exc.filename or self._name
+            raise
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def _dispatch(args: list[str], debug: bool) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -78,21 +125,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nasfcos: error: unknown verb '{verb}' (see 'nasfcos --help')", file=sys.stderr)
         return 2
     module_name, func_name, _ = VERBS[verb]
-    debug = os.environ.get("NASFCOS_DEBUG", "") not in ("", "0")
     if not debug:
         warnings.formatwarning = _one_line_warning(verb)
     func = getattr(importlib.import_module(module_name), func_name)
     try:
-        return int(func(rest) or 0)
+        with output_claims(verb):  # every -o DIR is this run's until it ends
+            return int(func(rest) or 0)
     except NasfcosError as exc:
         if debug:
             raise
-        print(f"nasfcos {verb}: error: {exc}", file=sys.stderr)
+        _say(f"nasfcos {verb}: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print(f"nasfcos {verb}: interrupted", file=sys.stderr)
+        _say(f"nasfcos {verb}: interrupted")
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+#: Errors of the machine rather than of the program: a full or read-only disk, a path that
+#: runs through a file or is too long, a closed pipe.  One line and exit 2 (141 for a closed
+#: pipe, as the shell reports SIGPIPE), never a traceback.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOTDIR,
+                                errno.ENAMETOOLONG, errno.EPIPE, errno.EACCES, errno.EPERM,
+                                errno.EIO, errno.EFBIG, errno.EISDIR, errno.ENOENT})
+
+
+def _say(line: str) -> None:
+    """A line on stderr that never raises (stderr may be the closed pipe itself)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _environment_error(verb: str, exc: OSError) -> int:
+    """One line for an :data:`ENVIRONMENT_ERRNOS` error; exit 2, or 141 for a closed pipe."""
+    prefix = f"nasfcos {verb}: error:" if verb else "nasfcos: error:"
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno == errno.EPIPE or exc.filename == "stdout":
+        _detach_stdout()
+    if exc.errno == errno.EPIPE:
+        _say(f"{prefix} {where or 'stdout: '}closed early (broken pipe)")
+        return 141
+    _say(f"{prefix} {where}{exc.strerror or exc}")
+    return 2

@@ -132,6 +132,10 @@ def export_main(argv: list[str]) -> int:
     A.add_quiet(p)
     args = p.parse_args(argv)
     args.verb_writes_json = False
+    if args.trt:  # a missing or unusable TensorRT stops here, before the ONNX export
+        from nasfcos.runtime.doctor import preflight_verb
+
+        preflight_verb(None, ["tensorrt"], "cuda")
 
     from nasfcos.runtime.export import DEFAULT_OPSET, ExportOptions, export_onnx, export_summary
 
@@ -236,6 +240,11 @@ def check_main(argv: list[str]) -> int:
     A.add_json(p, "print the full report as JSON on stdout")
     args = p.parse_args(argv)
     args.verb_writes_json = True
+    from nasfcos.runtime.doctor import preflight_verb
+
+    preflight_verb(args.artifact, [args.backend] if args.backend else None, args.device)
+    if str(args.device).startswith("cuda"):  # the PyTorch reference runs there too
+        preflight_verb(None, ["torch"], args.device)
 
     from nasfcos.runtime.check import TOLERANCES, Tolerance, check_artifact
 
@@ -327,6 +336,10 @@ def bench_main(argv: list[str]) -> int:
     A.add_quiet(p)
     args = p.parse_args(argv)
 
+    from nasfcos.runtime.doctor import preflight_verb
+
+    named = [b.strip() for b in (args.backends or "").split(",") if b.strip()]
+    preflight_verb(args.model, named, args.device)
     if args.precisions:
         return _precision_table(args)
     from nasfcos.runtime.bench import BenchConfig, markdown_table, run_benchmark, write_report

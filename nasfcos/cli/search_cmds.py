@@ -48,8 +48,11 @@ sub-verbs: 'nasfcos search cache ...' (build the feature cache), 'nasfcos search
 TOP_EPILOG = """\
 example:
   nasfcos search top runs/tiny --top-k 5 -o best/
+  nasfcos search top runs/tiny --top-k 3 -o best/ --compile --detector --num-classes 20
 writes best/rank01-HASH.json ... (the K best distinct genotypes, reward and provenance in
-"meta") and best/top.json (machine-readable list)."""
+"meta"), with --compile best/rank01-HASH.py ... (compiled models: 'nasfcos export', 'check',
+'bench' take them), and best/top.json (machine-readable list and the index of the files
+written: a later run replaces or removes only those, never other files in the folder)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="local worker processes (default) or Ray tasks")
     p.add_argument("--address", default=None, metavar="A",
                    help="Ray cluster: 'auto' or HOST:PORT (default: start a local Ray instance)")
+    p.add_argument("--cpus-per-trial", type=A.positive_float, default=1.0, metavar="C",
+                   help="ray: CPUs each evaluation asks for (default 1)")
+    p.add_argument("--gpus-per-trial", type=A.non_negative_float, default=0.0, metavar="G",
+                   help="ray: GPUs each evaluation asks for (default 0; e.g. 1, or 0.5 for two per GPU); "
+                        "the paper preset then trains on the task's GPU")
     p.add_argument("--workers", type=A.non_negative_int, default=None, metavar="N",
                    help="local: worker processes, 0 = evaluate in this process (default: 0 for "
                         "toy, 1 otherwise); ray: concurrent tasks hint")
@@ -117,6 +125,8 @@ def _config(args: argparse.Namespace) -> Any:
     from nasfcos.search.loop import SearchConfig
 
     stored = Path(args.out) / CONFIG_NAME
+    if args.resume and not Path(args.out).is_dir():
+        raise NasfcosError(f"{args.out}: no such search folder to resume")
     if args.resume and stored.exists():
         base = SearchConfig.read(stored)
     else:
@@ -164,7 +174,8 @@ def search_main(argv: list[str]) -> int:
     if check and cfg.latency_table is None:
         raise NasfcosError("--latency-size/--latency-backend need --latency-table FILE")
     search = Search(args.out, cfg, resume=args.resume, executor_kind=args.executor, workers=workers,
-                    address=args.address, top_k=args.top_k, progress=not args.quiet, latency_check=check)
+                    address=args.address, cpus_per_trial=args.cpus_per_trial,
+                    gpus_per_trial=args.gpus_per_trial, top_k=args.top_k, progress=not args.quiet, latency_check=check)
     summary = search.run()
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -204,16 +215,36 @@ def _top_parser() -> argparse.ArgumentParser:
                    help="how many (default 5)")
     p.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, default=None,
                    metavar="OUTDIR", help="where to write (default DIR/top)")
+    g = p.add_argument_group("search to deployment: a compiled model.py beside each genotype")
+    g.add_argument("--compile", action="store_true",
+                   help="also write rankNN-HASH.py, the genotype compiled by 'nasfcos compile' (then "
+                        "'nasfcos export rankNN-HASH.py' ...)")
+    A.add_widths(g, fpn_help="FPN width (default 256, the released models')",
+                 head_help="head width (default: the FPN width)")
+    A.add_num_classes(g, "classes (default 80)")
+    g.add_argument("--detector", action="store_true", help="emit class Detector too (backbone + post-processing)")
+    g.add_argument("--backbone", default=None, help="detector backbone (with --detector; default resnet50)")
     A.add_json(p, "print the machine-readable list on stdout instead of a table")
     return p
 
 
 def top_main(argv: list[str]) -> int:
     args = _top_parser().parse_args(argv)
-    from nasfcos.io import atomic_write_json
     from nasfcos.search.archive import ARCHIVE_NAME, best_rows, read_rows
-    from nasfcos.search.loop import write_top
+    from nasfcos.search.loop import TOP_INDEX, write_top
 
+    options = None
+    compile_flags = (args.fpn_channels, args.head_channels, args.backbone)
+    if not args.compile and (any(v is not None for v in compile_flags) or args.detector or args.num_classes != 80):
+        raise NasfcosError("--fpn-channels/--head-channels/--num-classes/--detector/--backbone need --compile")
+    if args.backbone is not None and not args.detector:
+        raise NasfcosError("--backbone only applies with --detector")
+    if args.compile:
+        from nasfcos.compiler import CompileOptions
+
+        options = CompileOptions(fpn_channels=args.fpn_channels or 256, head_channels=args.head_channels,
+                                 num_classes=args.num_classes, detector=args.detector,
+                                 backbone=args.backbone or "resnet50")
     src = Path(args.dir)
     if not src.is_dir():
         raise NasfcosError(f"{src}: no such search folder")
@@ -226,17 +257,15 @@ def top_main(argv: list[str]) -> int:
             raise NasfcosError(f"{src / ARCHIVE_NAME}: row {r.get('index')!r} of step "
                                f"{r.get('step')!r} has a malformed hash")
     out = Path(args.out) if args.out else src / "top"
-    paths = write_top(top, out)
-    listing = [{"rank": k, "reward": r["reward"], "hash": r["hash"], "step": r["step"], "index": r["index"],
-                "losses": r.get("losses", {}), "path": str(p)}
-               for k, (r, p) in enumerate(zip(top, paths, strict=True), 1)]
-    atomic_write_json(out / "top.json", {"archive": str(src / ARCHIVE_NAME), "rows": len(rows), "top": listing})
+    write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)})
+    listing = json.loads((out / TOP_INDEX).read_text())["top"]
     if args.json:
         print(json.dumps(listing, indent=2))
     else:
         print(f"{'rank':>4}  {'reward':>12}  {'hash':<12}  {'step':>5}  file")
         for e in listing:
-            print(f"{e['rank']:>4}  {e['reward']:>12.6g}  {e['hash'][:12]:<12}  {e['step']:>5}  {e['path']}")
+            print(f"{e['rank']:>4}  {e['reward']:>12.6g}  {e['hash'][:12]:<12}  {e['step']:>5}  {e['path']}"
+                  + (f"  {e['model']}" if "model" in e else ""))
         if len(top) < args.k:
             print(f"(only {len(top)} distinct evaluated genotypes in the archive)")
         print(f"list: {out / 'top.json'}")
@@ -267,7 +296,7 @@ def latency_table_main(argv: list[str]) -> int:
                  metavar="C")
     A.add_num_classes(p, "classes (default 80)", metavar="K")
     p.add_argument("--backbone", default="resnet50", help="sets the adapters' input widths (default resnet50)")
-    p.add_argument("--threads", type=A.positive_int, default=1, metavar="N", help="intra-op threads (default 1)")
+    p.add_argument("--threads", type=A.threads, default=1, metavar="N", help="intra-op threads (default 1)")
     p.add_argument("--device", type=A.device, default=None, help="cpu (default; tensorrt: cuda)")
     A.add_timing(p, runs=30, runs_help="timed runs per unit (default 30)",
                  warmup=5, warmup_help="warm-up runs per unit (default 5)")

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import NasfcosError, first_line
 from nasfcos.images import read_image
 
 Target = dict[str, Any]
@@ -102,17 +102,25 @@ def load_coco(ann_file: str | Path) -> Any:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(ann_file))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasfcosError(f"{ann_file}: not a valid COCO annotation file ({first})") from None
+        raise NasfcosError(f"{ann_file}: not a valid COCO annotation file ({first_line(exc, None)})") from None
     check_coco(coco, ann_file)
     return coco
 
 
 def check_coco(coco: Any, ann_file: str | Path) -> None:
-    """One-line errors for annotations the rest of the code cannot use: a ``category_id``
+    """One-line errors for annotations the rest of the code cannot use: an annotation, image
+    or category id given twice (pycocotools would keep one silently), a ``category_id``
     not in ``categories``, a ``bbox`` that is not four finite numbers, an ``image_id``
     without an image, an image without a usable ``file_name``."""
     cats = coco.cats
+    for what, table in (("annotation", coco.anns), ("image", coco.imgs), ("category", cats)):
+        listed = coco.dataset.get(f"{what}s" if what != "category" else "categories") or []
+        if isinstance(listed, list) and len(listed) != len(table):
+            seen: set[Any] = set()
+            dup = next((e.get("id") for e in listed if isinstance(e, dict)
+                        and (e.get("id") in seen or seen.add(e.get("id")))), None)
+            raise NasfcosError(f"{ann_file}: {len(listed) - len(table)} {what}s share an id with "
+                               f"another (first: id {dup!r}); ids must be unique")
     for cid in cats:
         if not isinstance(cid, int) or isinstance(cid, bool):
             raise NasfcosError(f"{ann_file}: category id {cid!r} is not an integer")

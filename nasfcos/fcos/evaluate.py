@@ -131,6 +131,9 @@ def evaluate(runner: Detections, data: str | Path | None = None, split: str = "v
         side = min(input_size)
         tcfg = TransformConfig(min_size=side, max_size=side)
     ds = CocoDetection(ann_p, img_p, tcfg, train=False)
+    if ds.box_report["usable"] == 0:  # AP would be 0 whatever the model: refused, as train does
+        raise NasfcosError(f"{ann_p}: no usable box to evaluate against ({ds.box_report['degenerate']} "
+                           "boxes with zero or negative width/height or outside their image)")
     if model_cat_ids is not None and list(model_cat_ids) != ds.cat_ids:
         warnings.warn(f"the model was trained on category ids {list(model_cat_ids)}, "
                       f"the evaluation set has {ds.cat_ids}", stacklevel=2)

@@ -309,13 +309,17 @@ def build_detector(module: Any, num_classes: int, **overrides: Any) -> nn.Module
 
 
 def resolve_backbone_weights(name_or_path: str) -> Path:
-    """A backbone weights file: a path, or the name of a shipped trunk (``tiny_synth``)."""
+    """A backbone weights file: a path, or the name of a shipped trunk (``tiny_synth``),
+    checked by the one weights loader (tensors only, all finite: NaN in a trunk would surface
+    later as a diverged training blamed on the learning rate)."""
     from nasfcos.fcos.weights import shipped_weights
+    from nasfcos.weights import load_weights_file
 
     shipped = shipped_weights(name_or_path)
     path = shipped if shipped is not None else Path(name_or_path)
     if not path.is_file():
         raise NasfcosError(f"{name_or_path}: no such backbone weights file")
+    load_weights_file(path)
     return path
 
 
@@ -524,7 +528,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     try:
         model = build_detector(module, ds.num_classes, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise NasfcosError(f"{cfg.model}: cannot build the detector ({str(exc).splitlines()[0]})") from None
+        raise NasfcosError(f"{cfg.model}: cannot build the detector ({first_line(exc, None)})") from None
     if cfg.freeze_backbone:
         for p in model.backbone.parameters():  # type: ignore[union-attr]
             p.requires_grad_(False)

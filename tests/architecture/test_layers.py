@@ -43,8 +43,12 @@ def _layer(module: str) -> str:
     return "base"  # nasfcos, nasfcos.errors, nasfcos.io, nasfcos.modelfile, nasfcos.weights
 
 
-def _imports(path: Path, *, top_level_only: bool) -> set[str]:
+def _imports(path: Path, *, top_level_only: bool, running_only: bool = False) -> set[str]:
+    """``nasfcos`` imports of a file; ``running_only``: not those under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text())
+    for node in ast.walk(tree) if running_only else ():
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
     nodes = ast.iter_child_nodes(tree) if top_level_only else ast.walk(tree)
     found: set[str] = set()
     for node in nodes:
@@ -100,6 +104,55 @@ def test_no_import_cycle_at_module_level() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+#: Modules in cycles through function-local imports that other work owns (runtime.export /
+#: precision, runtime.runners / trt, search.cache / proxy); remove them once broken.
+#: genotypes and compiler have none.
+KNOWN_IN_LOCAL_CYCLES = frozenset({"nasfcos.runtime.export", "nasfcos.runtime.precision",
+                                   "nasfcos.runtime.runners", "nasfcos.runtime.trt",
+                                   "nasfcos.search.cache", "nasfcos.search.proxy"})
+
+
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[frozenset[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            part = {stack.pop()}
+            while node not in part:
+                part.add(stack.pop())
+            if len(part) > 1:
+                found.append(frozenset(part))
+
+    for m in sorted(graph):
+        if m not in index:
+            visit(m)
+    return found
+
+
+def test_no_import_cycle_through_function_local_imports() -> None:
+    """Lazy imports inside functions count: a cycle through one is still a cycle."""
+    graph = {m: {r for t in _imports(p, top_level_only=False, running_only=True)
+                 if (r := _resolve(t)) and r != m and r != "nasfcos"}
+             for m, p in MODULES.items()}
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]  # the finder finds
+    new = [sorted(c) for c in _cycles(graph) if not c <= KNOWN_IN_LOCAL_CYCLES]
+    assert not new, f"import cycles (function-local imports included): {new}"
 
 
 def test_the_api_import_of_the_package_root_is_lazy() -> None:

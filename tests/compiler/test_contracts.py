@@ -90,3 +90,63 @@ def test_cli_width_and_class_flags_call_the_same_rules() -> None:
         A.num_classes(str(MAX_CLASSES + 1))
     with pytest.raises(argparse.ArgumentTypeError, match=r"^33 is odd"):
         A.width("33")
+
+
+def test_a_genotype_is_valid_by_type() -> None:
+    from nasfcos.errors import GenotypeError
+    from nasfcos.genotypes import Block, Genotype, Head
+
+    g = load_paper_genotype("nas_fcos_fpn_head")
+    bad_fpn = (Block((3, 11), ("skip", "skip"), "sum"),) + g.fpn[1:]
+    with pytest.raises(GenotypeError, match=r"^fpn\[0\]\.inputs\[1\]: index 11 is not in the pool"):
+        Genotype(fpn=bad_fpn, head=g.head, share=g.share)
+    with pytest.raises(GenotypeError, match=r"^head\.layers\[0\]: unknown head op"):
+        Head("sequential", layers=("import os",) * 6)
+    with pytest.raises(GenotypeError, match=r"^share\[0\]: sharing index 7 is out of range"):
+        Genotype(fpn=g.fpn, head=g.head, share=(7, 0, 0, 0, 0))
+    with pytest.raises(GenotypeError, match=r"^fpn\[0\]\.inputs\[0\]: expected an integer"):
+        Genotype(fpn=(Block((True, 3), ("skip", "skip"), "sum"),) + g.fpn[1:], head=g.head, share=g.share)
+
+
+def test_compile_reads_a_release_yaml_once(tmp_path, monkeypatch) -> None:
+    import nasfcos.compiler.release as release
+    import nasfcos.genotypes.resolve as resolve
+    from nasfcos.cli.main import main
+
+    calls = []
+    real = resolve.read_release_config
+
+    def counted(path):
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(resolve, "read_release_config", counted)
+    monkeypatch.setattr(release, "read_release_config", counted)
+    yaml_file = tmp_path / "R_50_NAS_head.yaml"
+    yaml_file.write_text(
+        "MODEL:\n  DENSEBOX_ON: True\n  BACKBONE:\n    CONV_BODY: \"R-50-NAS\"\n  RETINANET:\n"
+        "    NUM_CLASSES: 81\nSEARCH:\n  NAS_HEAD_ON: True\n  NAS_DECODER_ON: True\n  DECODER:\n"
+        "    CONFIG: [[[3, 3, 4, 4, 1]], [[3, 3, 4, 4, 1]], [[4, 3, 4, 3, 1]], [[1, 3, 4, 3, 1]], "
+        "[[5, 3, 4, 4, 1]], [[4, 7, 4, 4, 1]], [[7, 2, 4, 4, 1]], [0], [5, 1, 5, 0, 4, 4]]\n"
+        "    AGG_SIZE: 64\n")
+    assert main(["compile", str(yaml_file), "-o", str(tmp_path / "m.py"), "-q"]) == 0
+    assert len(calls) == 1
+
+
+def test_plan_records_hold_values() -> None:
+    from nasfcos.compiler.plan import (
+        FCOS_TOWER_EMITTER,
+        HEAD_AGG_EMITTERS,
+        HEAD_OP_EMITTERS,
+        build_plan,
+    )
+
+    call = HEAD_OP_EMITTERS["sep_conv_3x3_dil3"]
+    assert (call.cls, call.kwargs) == ("SepConv", (("dilation", 3), ("norm", "gn")))
+    assert str(call) == 'SepConv(h, 3, dilation=3, norm="gn")'
+    assert str(FCOS_TOWER_EMITTER) == 'ConvNormReLU(h, h, 3, norm="gn", bias=True)'
+    module = compile_to_module(load_paper_genotype("nas_fcos_fpn_head"), CompileOptions(fpn_channels=32))
+    layer = HEAD_AGG_EMITTERS["concat"].build(module, {"c": 32, "h": 64})
+    assert layer.conv.in_channels == 128 and type(layer).__name__ == "ConcatReduce"
+    plan = build_plan(load_paper_genotype("nas_fcos_fpn_head"), CompileOptions(fpn_channels=32))
+    assert plan.units()["head_op/deform_conv_3x3/s8"] == 4  # two per branch, as the file runs them

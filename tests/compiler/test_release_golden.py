@@ -275,3 +275,44 @@ def test_configs_without_golden_data_have_a_total_map(name: str) -> None:
         assert det.backbone.body.layer2[0].conv1.stride == (2, 2)  # MSRA: stride in the first 1x1
     assert not any(re.fullmatch(p, k) for p in IGNORED_REASONS for k in rkeys)
     assert RELEASE_MODELS[name].backbone == target.options.backbone
+
+
+def test_import_refuses_weights_that_become_non_finite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """float64 1e300 is finite in the file and inf as the model's float32 (issue 25)."""
+    ckpt = fake_checkpoint("Mobile_NAS_head")
+    key = "module.decoder.fpn.top_blocks.p6.weight"
+    ckpt["model"][key] = ckpt["model"][key].to(torch.float64).clone()
+    ckpt["model"][key][0, 0, 0, 0] = 1e300
+    path, out = tmp_path / "c.pth", tmp_path / "out"
+    torch.save(ckpt, path)
+    assert cli_main(["import-release", str(path), "--config", "Mobile_NAS_head", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "non-finite" in err and "decoder.p6.weight" in err, err
+    assert not out.exists()
+
+
+def test_import_is_all_or_nothing_on_a_full_disk(tmp_path: Path, mobile_checkpoint: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A write that fails after model.py leaves no folder behind, so a retry works (issue 25)."""
+    import errno
+    import os
+
+    import nasfcos.compiler.release as release
+
+    real = release.atomic_write_bytes
+
+    def full(path: Any, data: bytes) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(release, "atomic_write_bytes", full)
+    out = tmp_path / "out"
+    argv = ["import-release", str(mobile_checkpoint), "--config", "Mobile_NAS_head", "-o", str(out)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("nasfcos import-release: error:") and "No space left" in err, err
+    assert f"{out}/weights.pt" in err, err
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
+    monkeypatch.setattr(release, "atomic_write_bytes", real)
+    assert cli_main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["import.json", "model.py", "weights.pt"]

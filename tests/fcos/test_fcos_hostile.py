@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -79,6 +80,30 @@ def test_bad_coco_annotations_are_one_line_errors(tmp_path: Path, synth64: Path,
         CocoDetection(ann, synth64 / "images")
     assert cli(["eval", "m.onnx", "--ann", str(ann), "--images", str(synth64 / "images")]) == 2
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(("what", "edit"), [
+    ("annotation", lambda d: d["annotations"].append(dict(d["annotations"][0], bbox=[0, 0, 5, 5]))),
+    ("image", lambda d: d["images"].append(dict(d["images"][0]))),
+    ("category", lambda d: d["categories"].append(dict(d["categories"][0], name="dup"))),
+])
+def test_duplicate_coco_ids_are_refused(what: str, edit: Any, tmp_path: Path, synth64: Path) -> None:
+    """pycocotools keeps one of two annotations with one id: a perfect detector scored AP 0.03."""
+    with pytest.raises(NasfcosError, match=f"1 {what}s share an id"):
+        CocoDetection(_coco(tmp_path, synth64, edit), synth64 / "images")
+
+
+def test_eval_on_a_set_without_a_usable_box_is_refused(tiny_model: Path, synth64: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    def none_usable(d: dict[str, Any]) -> None:
+        for a in d["annotations"]:
+            a["bbox"] = [1, 1, 0, 3]
+
+    ann = _coco(tmp_path, synth64, none_usable)
+    with pytest.warns(UserWarning):
+        rc = cli(["eval", str(tiny_model), "--ann", str(ann), "--images", str(synth64 / "images"),
+                  "--min-size", "64", "--max-size", "64", "-q"])
+    assert rc == 2 and "no usable box to evaluate against" in _err(capsys)
 
 
 def test_degenerate_and_outside_boxes_are_reported(tmp_path: Path, synth64: Path) -> None:

@@ -201,7 +201,8 @@ def test_preflight_stops_in_one_line_before_any_work() -> None:
     with pytest.raises(BackendUnavailable, match=r"^V100-SXM2-16GB \(sm_70\): TensorRT 10.8 "
                        r"does not support Volta: pip install -e '.\[trt-volta\]'$"):
         D.preflight(["tensorrt"], "cuda", _facts((7, 0), CU126, "10.8.0", torch_cuda="12.6"))
-    with pytest.raises(BackendUnavailable, match="TensorRT: not installed: pip install"):
+    with pytest.raises(BackendUnavailable, match=r"^tensorrt: the TensorRT Python package is not "
+                       r"installed \(pip install -e '.\[trt\]', '.\[trt-volta\]' on a V100"):
         D.preflight(["torch-cuda", "tensorrt"], "cuda:0", _facts((9, 0), CU132, None))
     with pytest.raises(BackendUnavailable, match=r"cuda:1: no such NVIDIA GPU \(found: cuda:0\)"):
         D.preflight(["torch-cuda"], "cuda:1", _facts((9, 0), CU132, None))
@@ -228,3 +229,54 @@ def test_doctor_on_this_machine(capsys) -> None:
     if "avx512_vnni" in flags and "avx512_bf16" in flags:
         assert "AVX-512, VNNI, BF16" in out
     assert main(["doctor", "--trt-extra"]) == 0 and capsys.readouterr().out == "trt\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "{py}", "--trt", "{d}/m.engine"],
+    ["bench", "{engine}", "-o", "{d}/report"],
+    ["check", "{engine}"],
+    ["eval", "{py}", "--backend", "tensorrt", "--data", "{d}"],
+])
+def test_gpu_verbs_stop_in_one_line_before_any_work(argv, tmp_path, capsys, monkeypatch) -> None:
+    """No TensorRT here: every GPU verb stops before exporting, benchmarking or evaluating."""
+    import sys
+
+    from nasfcos.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    py, engine = tmp_path / "model.py", tmp_path / "model.engine"
+    py.write_text("raise SystemExit('imported: work started')\n")
+    engine.write_bytes(b"not an engine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main([a.format(py=py, engine=engine, d=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "tensorrt: the TensorRT Python package is not installed" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def _make_n(*args: str) -> list[str]:
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    out = subprocess.run(["make", "-n", "-W", "pyproject.toml", "venv", *args], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [ln for ln in out.splitlines() if "pip install" in ln]
+
+
+def test_cpu_only_install_path() -> None:
+    """``make venv TORCH_INDEX=...`` installs torch/torchvision from that index first (same
+    pins), then the project as usual; without it, one install with the constraints."""
+    plain = _make_n()
+    assert len(plain) == 1 and "-c constraints.txt -e '.[dev,dist]'" in plain[0]
+    cpu = _make_n("TORCH_INDEX=INDEX")
+    assert len(cpu) == 2 and cpu[1] == plain[0]
+    assert cpu[0].endswith("-c constraints.txt --index-url 'INDEX' torch torchvision")
+    readme = (ROOT / "README.md").read_text()
+    assert "make venv TORCH_INDEX=<PyTorch's CPU wheel index URL>" in readme
+    assert "make test` runs everything, slow end-to-end tests included: about 12 minutes" in readme
+    for name in ("README.md", "Makefile", "pyproject.toml", "constraints.txt"):
+        text = (ROOT / name).read_text()
+        assert "://" not in text, f"{name} names a host"  # no registry host (URL) anywhere

@@ -253,3 +253,38 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         search_main(["--preset", "toy", "--out", str(tmp_path / "x")])
     with pytest.raises(NasfcosError, match="--preset"):
         search_main(["--preset", "nope", "--trials", "8", "--out", str(tmp_path / "y")])
+
+
+def test_top_writes_and_removes_only_its_own_files(tmp_path: Path) -> None:
+    """issue 25: `search top -o DIR` removed every rank*-*.json in DIR, the user's too."""
+    Search(tmp_path / "s", _cfg(trials=16), workers=0, progress=False, plot_every_s=None).run()
+    best = tmp_path / "best"
+    best.mkdir()
+    mine = best / "rank01-0123456789ab.json"  # the user's own file, named like ours
+    mine.write_text("{}")
+    assert search_main(["top", str(tmp_path / "s"), "-k", "3", "-o", str(best), "--compile",
+                        "--fpn-channels", "32", "--num-classes", "3"]) == 0
+    index = json.loads((best / "top.json").read_text())
+    ours = index["files"]
+    assert len(ours) == 6 and mine.name not in ours and mine.read_text() == "{}"
+    assert sorted(p.name for p in best.iterdir()) == sorted(ours + [mine.name, "top.json"])
+    model = best / index["top"][0]["model"].rsplit("/", 1)[1]
+    assert "class Decoder" in model.read_text() and "FPN_CHANNELS = 32" in model.read_text()
+    # fewer, no models: our stale files go, the user's stays
+    assert search_main(["top", str(tmp_path / "s"), "-k", "1", "-o", str(best)]) == 0
+    assert sorted(p.name for p in best.iterdir()) == sorted([index["files"][0], mine.name, "top.json"])
+    # a file we would write but did not: refused before anything changes
+    rank1 = best / index["files"][0]
+    (best / "top.json").write_text(json.dumps({"format": "nasfcos-top/1", "files": [], "top": []}))
+    with pytest.raises(NasfcosError, match="not written by nasfcos"):
+        search_main(["top", str(tmp_path / "s"), "-k", "1", "-o", str(best)])
+    assert rank1.exists() and mine.exists()
+    # another program's top.json is not overwritten
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "top.json").write_text('{"mine": 1}')
+    with pytest.raises(NasfcosError, match="not a nasfcos top index"):
+        search_main(["top", str(tmp_path / "s"), "-o", str(other)])
+    assert (other / "top.json").read_text() == '{"mine": 1}'
+    with pytest.raises(NasfcosError, match="need --compile"):
+        search_main(["top", str(tmp_path / "s"), "-o", str(other), "--detector"])
