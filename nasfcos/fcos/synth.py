@@ -224,11 +224,9 @@ def _write_set(out: Path, cfg: SynthConfig, progress: bool) -> dict[str, Any]:
     n_train = cfg.images - n_val
     splits: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {"train": ([], []), "val": ([], [])}
     hashes = []
-    it = range(cfg.images)
-    if progress:
-        from tqdm import tqdm
+    from nasfcos.progress import progress_iter
 
-        it = tqdm(it, desc="synth", unit="img")
+    it = progress_iter(range(cfg.images), desc="synth", unit="img", enabled=progress)
     ann_id = 1
     for i in it:
         rng = np.random.default_rng([cfg.seed, i])
