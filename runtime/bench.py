@@ -30,7 +30,7 @@ from nasfcos.progress import quiet
 from nasfcos.runtime.artifact import Artifact, form_of, open_artifact
 from nasfcos.runtime.machine import describe, machine_info
 from nasfcos.runtime.models import make_inputs
-from nasfcos.runtime.runners import BACKENDS, Runner, make_runner
+from nasfcos.runtime.runners import Runner, make_runner, split_backend
 
 REPORT_FORMAT = "nasfcos-bench/1"
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((600, 600), (800, 800), (1000, 1000))
@@ -67,6 +67,13 @@ class BenchConfig:
     onnx_path: Path | None = None
     #: For a detector model.py: add the route without nasfcos (:func:`baseline_runner`).
     baseline: bool = False
+    #: Calibration of ``openvino:int8`` (a :class:`~nasfcos.runtime.precision.PrecisionOptions`).
+    calib: Any = None
+    #: With no ``backends`` on cpu: also time the engine :func:`nasfcos.runtime.cpu_default.
+    #: choose_cpu_engine` picks for this file (``nasfcos bench`` sets it); the choice lands in
+    #: ``cpu_default``.
+    auto_cpu: bool = False
+    cpu_default: Any = None
 
 
 def latency_stats(times_ms: Sequence[float], batch: int = 1) -> dict[str, float]:
@@ -110,17 +117,20 @@ def median_ratio_interval(num_ms: Sequence[float], den_ms: Sequence[float], *,
 
 
 def matmul_peak_gflops(threads: int | None = None, n: int = 2048,
-                       seconds: float = 1.5) -> dict[str, float]:
-    """fp32 matmul throughput of this machine (torch, ``threads`` threads): median GFLOP/s."""
+                       seconds: float = 1.5, dtype: str = "float32") -> dict[str, float]:
+    """Matmul throughput of this machine (torch, ``threads`` threads) in ``dtype``
+    (``float32``, or ``bfloat16``: oneDNN's bf16 kernels where the CPU has them): median
+    GFLOP/s."""
     import torch
 
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        a = torch.randn(n, n)
-        b = torch.randn(n, n)
-        c = torch.empty(n, n)
+        dt = getattr(torch, dtype)
+        a = torch.randn(n, n).to(dt)
+        b = torch.randn(n, n).to(dt)
+        c = torch.empty(n, n, dtype=dt)
         for _ in range(2):
             torch.mm(a, b, out=c)
         times = []
@@ -348,9 +358,15 @@ def _bench_sizes(art: Artifact, cfg: BenchConfig) -> list[tuple[int, int]]:
 def _validate(art: Artifact, cfg: BenchConfig) -> list[str]:
     """The backends to run; one-line errors for a bad configuration, before any work."""
     backends = cfg.backends or default_backends(art, cfg.device)
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise NasfcosError(f"unknown backend(s) {', '.join(unknown)} (have {', '.join(BACKENDS)})")
+    for b in backends:
+        split_backend(b)  # one-line error for an unknown backend or run-time precision
+    if cfg.auto_cpu and not cfg.backends and cfg.device == "cpu" and art.form in (
+            "model.py", "onnx"):
+        from nasfcos.runtime.cpu_default import choose_cpu_engine
+
+        cfg.cpu_default = choose_cpu_engine(art.path)  # timed beside the suffix default
+        if cfg.cpu_default.engine not in backends:
+            backends = [*backends, cfg.cpu_default.engine]
     if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
         raise NasfcosError("runs must be >= 1, warmup >= 0 and batch >= 1")
     if cfg.baseline:
@@ -371,7 +387,8 @@ class _Exports:
 
         self.files: dict[tuple[int, int] | None, Artifact] = {}
         self.sizes, self._tmp = sizes, None
-        wanted = {"onnxruntime", "tensorrt"} & set(backends)
+        wanted = {"onnxruntime", "openvino", "tensorrt"} & {
+            split_backend(b)[0] for b in backends if b != BASELINE_BACKEND}
         if not art.is_model_file or not wanted:
             return
         if cfg.onnx_path is not None:
@@ -380,7 +397,7 @@ class _Exports:
         from nasfcos.runtime.export import ExportOptions, export_onnx
 
         self._tmp = tempfile.TemporaryDirectory(prefix="nasfcos-bench-")
-        static = cfg.onnx_static and wanted == {"onnxruntime"}
+        static = cfg.onnx_static and wanted <= {"onnxruntime", "openvino"}
         largest = max(sizes, key=lambda s: s[0] * s[1])
         for size in sizes if static else [largest]:
             log(f"bench: exporting {art.path.name} to ONNX ({'static' if static else 'dynamic'}"
@@ -401,11 +418,15 @@ class _Exports:
 def _make(art: Artifact, backend: str, cfg: BenchConfig, size: tuple[int, int],
           exports: _Exports) -> Runner:
     """One runner for ``backend`` on ``art`` (through its ONNX export for a model.py)."""
-    if backend in ("torch", "torch-compile"):
+    engine = split_backend(backend)[0] if backend != BASELINE_BACKEND else backend
+    if engine in ("torch", "torch-compile"):
         return make_runner(art, backend, cfg.device, threads=cfg.threads)
     if backend == BASELINE_BACKEND:
         return baseline_runner(art.model, size, cfg)
     src = exports.get(size) if art.is_model_file else art
+    if engine == "openvino":
+        return make_runner(src, backend, cfg.device, threads=cfg.threads,
+                           calib=cfg.calib if backend.endswith(":int8") else None)
     if backend == "onnxruntime":
         return make_runner(src, backend, cfg.device, threads=cfg.threads,
                            opt_level=cfg.ort_opt_level)
@@ -451,7 +472,7 @@ class _Estimate:
             cell = ms / 1000 * h * w / area
             timed = min(cell * self.cfg.runs, self.cfg.max_seconds or math.inf)
             total += cell * self.cfg.warmup + timed
-        self.report["estimate_s"] = round(total, 1)
+        self.report["estimate_s"] = round(total, 3)
         self.log(f"bench: first run {ms:.0f} ms at {size[0]}x{size[1]}; about "
                  f"{_duration(total)} for {len(self.cells)} backend x size cell(s) of "
                  f"{self.cfg.warmup} + {self.cfg.runs} runs (Ctrl-C keeps the rows done)")
@@ -491,7 +512,8 @@ class _Cells:
 
     def backend(self, backend: str, sizes: list[tuple[int, int]]) -> None:
         cfg, runner, skip = self.cfg, None, None
-        per_size = backend == BASELINE_BACKEND or (backend == "onnxruntime" and len(
+        per_size = backend == BASELINE_BACKEND or (backend.partition(":")[0] in (
+            "onnxruntime", "openvino") and len(
             {id(self.exports.get(s)) for s in sizes}) > 1)
         try:
             for size in sizes:
@@ -583,10 +605,14 @@ def run_benchmark(model: str | Path | Artifact, cfg: BenchConfig | None = None, 
     report: dict[str, Any] = {
         "format": REPORT_FORMAT, "model": model_info,
         "config": {**asdict(cfg), "backends": backends, "sizes": [list(s) for s in sizes],
+                   "calib": None if cfg.calib is None else {
+                       k: str(v) for k, v in asdict(cfg.calib).items()},
                    "onnx_path": str(cfg.onnx_path) if cfg.onnx_path else None},
         "machine": machine_info(),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "results": [], "flops": _flops(art, sizes, cfg, model_info)}
+    if cfg.cpu_default is not None:
+        report["cpu_default"] = asdict(cfg.cpu_default)
     if cfg.matmul_peak and cfg.device == "cpu":
         report["matmul_peak"] = matmul_peak_gflops(cfg.threads)
     bar = None
@@ -660,13 +686,14 @@ class _Recorder:
         return out
 
 
-def _agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[str, Any]:
+def _agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]],
+               iou: float = 0.95) -> dict[str, Any]:
     """Detection agreement over all evaluated images (see check.detection_agreement)."""
     from nasfcos.runtime.check import detection_agreement
 
     cat = [np.concatenate([b[k] for b in ref]) for k in range(3)]
     gat = [np.concatenate([b[k] for b in got]) for k in range(3)]
-    a = detection_agreement(cat, gat)
+    a = detection_agreement(cat, gat, iou_threshold=iou)
     return {"match_rate": round(a.match_rate, 4), "matched": a.matched,
             "reference": a.reference, "mean_iou": round(a.mean_iou, 4),
             "mean_score_diff": round(a.mean_score_diff, 5),
@@ -691,18 +718,20 @@ def _precision_variants(path: Path, cfg: PrecisionTableConfig, out_dir: Path,
                                               seed=cfg.seed, weights=weights))
     variants: list[tuple[str, str | None, Path]] = []
     for prec in cfg.precisions:
-        if prec == "fp32":
-            variants.append(("fp32", None, fp32))
+        if prec in ("fp32", "bf16"):  # bf16 is a run-time precision of the fp32 file
+            variants.append((prec, None, fp32))
         elif prec == "fp16":
             convert_onnx(fp32, out_dir / f"{path.stem}.fp16.onnx", PrecisionOptions("fp16"))
             variants.append(("fp16", None, out_dir / f"{path.stem}.fp16.onnx"))
-        else:
+        elif set(cfg.backends) & {"onnxruntime", "tensorrt"}:
             for target in ("cpu", "tensorrt"):
                 f = out_dir / f"{path.stem}.int8-{target}.onnx"
                 convert_onnx(fp32, f, PrecisionOptions(
                     "int8", data=Path(cfg.data), calib_images=cfg.calib_images,
                     calib_method=cfg.calib_method, int8_target=target))
                 variants.append(("int8", target, f))
+        if prec == "int8" and set(cfg.backends) & {"openvino", "torch"}:
+            variants.append(("int8", None, fp32))  # quantized by the engine itself (NNCF)
     return variants
 
 
@@ -714,14 +743,15 @@ def _precision_check(path: Path, cfg: PrecisionTableConfig) -> None:
         raise NasfcosError(f"{path}: the precision table needs a compiled model.py")
     if cfg.data is None:
         raise FieldError("data", "the precision table needs a COCO folder (AP, calibration)")
-    bad = [p for p in cfg.precisions if p not in PRECISIONS]
+    have = (*PRECISIONS, "bf16")
+    bad = [p for p in cfg.precisions if p not in have]
     if bad or not cfg.precisions:
         raise FieldError("precisions", f"unknown precision(s) {', '.join(bad) or '(none)'} "
-                         f"(have {', '.join(PRECISIONS)})")
-    unknown = [b for b in cfg.backends if b not in ("onnxruntime", "tensorrt")]
+                         f"(have {', '.join(have)})")
+    unknown = [b for b in cfg.backends if b not in TABLE_PRECISIONS]
     if unknown:
-        raise FieldError("backends", f"precision table backends are onnxruntime and tensorrt,"
-                         f" not {', '.join(unknown)}")
+        raise FieldError("backends", f"precision table backends are "
+                         f"{', '.join(TABLE_PRECISIONS)}, not {', '.join(unknown)}")
 
 
 def _variant_runner(backend: str, onnx_path: Path, cfg: PrecisionTableConfig) -> tuple[Runner, Path]:
@@ -735,13 +765,66 @@ def _variant_runner(backend: str, onnx_path: Path, cfg: PrecisionTableConfig) ->
     return make_runner(onnx_path, "onnxruntime", cfg.device, threads=cfg.threads), onnx_path
 
 
-def _relative_to_fp32(rows: list[dict[str, Any]]) -> None:
-    """dAP and latency of every row against its backend's fp32 row."""
-    fp32 = {r["backend"]: r for r in rows if r["status"] == "ok" and r["precision"] == "fp32"}
-    for r in rows:
-        if r["status"] == "ok" and r["backend"] in fp32:
-            r["dAP"] = round(r["AP"] - fp32[r["backend"]]["AP"], 4)
-            r["latency_vs_fp32"] = round(r["median_ms"] / fp32[r["backend"]]["median_ms"], 3)
+#: Backends of the precision table, and the precisions each runs (int8/fp16 rows of
+#: onnxruntime and tensorrt are files lowered by ``runtime/precision.py``; openvino's int8
+#: is NNCF's own quantization of the fp32 file; bf16 is a run-time precision).
+TABLE_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8"),
+    "torch": ("bf16",), "tensorrt": ("fp32", "fp16", "int8")}
+_TABLE_SKIPS: dict[tuple[str, str], str] = {
+    ("onnxruntime", "bf16"): "ONNX Runtime's CPU provider has no bf16 convolution kernels",
+    ("openvino", "fp16"): "OpenVINO's CPU plugin runs an fp16 file in f32/bf16: see the bf16 row",
+    ("torch", "fp32"): "the reference row above",
+    ("torch", "fp16"): "CPU autocast in fp16 is not a fast path: see the bf16 row",
+    ("torch", "int8"): "no PyTorch int8 route here: see the onnxruntime and openvino rows",
+    ("tensorrt", "bf16"): "the precision table builds TensorRT fp32/fp16/int8 only"}
+
+
+def _engine_skip(backend: str, prec: str) -> str | None:
+    """Why ``backend`` has no ``prec`` row (None: it has one)."""
+    if prec in TABLE_PRECISIONS.get(backend, ()):
+        if backend == "openvino":
+            from nasfcos.runtime.openvino_rt import openvino_status
+
+            return openvino_status(nncf=prec == "int8")
+        return None
+    return _TABLE_SKIPS.get((backend, prec), f"{backend} has no {prec} route")
+
+
+def _engine_runner(backend: str, prec: str, model: Path, fp32: Path, cfg: Any,
+                   weights: Path | None) -> tuple[Path, Runner]:
+    """(artifact, runner) of the run-time-precision rows: torch bf16 autocast on the
+    model.py; OpenVINO on the fp32 export (int8: NNCF, saved as IR next to it)."""
+    from nasfcos.runtime.precision import PrecisionOptions
+
+    if backend == "torch":
+        return model, make_runner(model, f"torch:{prec}", cfg.device, kind="detector",
+                                  seed=cfg.seed, weights=weights, threads=cfg.threads)
+    calib = PrecisionOptions("int8", data=Path(cfg.data), calib_images=cfg.calib_images,
+                             calib_method=cfg.calib_method) if prec == "int8" else None
+    runner = make_runner(fp32, f"openvino:{prec}", cfg.device, threads=cfg.threads, calib=calib)
+    if prec != "int8":
+        return fp32, runner
+    xml = fp32.with_name(fp32.name.replace(".fp32.onnx", "") + ".openvino-int8.xml")
+    return runner.save(xml), runner  # type: ignore[attr-defined]
+
+
+def _relative_columns(rows: list[dict[str, Any]]) -> None:
+    """dAP against PyTorch fp32 (the reference row), time against the backend's own fp32
+    row (``latency_vs_fp32``) and against ONNX Runtime fp32 (``latency_vs_ort_fp32``)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    ref_ap = next((r["AP"] for r in ok if r["backend"] == "torch" and r["precision"] == "fp32"),
+                  None)
+    fp32_ms = {r["backend"]: r["median_ms"] for r in ok if r["precision"] == "fp32"}
+    for r in ok:
+        if ref_ap is not None:
+            r["dAP"] = round(r["AP"] - ref_ap, 4)
+        own = fp32_ms.get(r["backend"]) or (fp32_ms.get("torch") if r["backend"] == "torch"
+                                            else None)
+        if own:
+            r["latency_vs_fp32"] = round(r["median_ms"] / own, 3)
+        if fp32_ms.get("onnxruntime"):
+            r["latency_vs_ort_fp32"] = round(r["median_ms"] / fp32_ms["onnxruntime"], 3)
 
 
 def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: str | Path, *,
@@ -783,26 +866,40 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
 
     ref_runner = make_runner(path, "torch", cfg.device, kind="detector", seed=cfg.seed,
                              weights=weights, threads=cfg.threads)
-    n_bytes = ref_runner.param_bytes  # the model as written, not the folded copy
+    ref_bytes = ref_runner.param_bytes  # the model as written, not the folded copy
     row, ref_out = measure(ref_runner)
     rows: list[dict[str, Any]] = [{"backend": "torch", "precision": "fp32", "target": None,
-                                   "status": "ok", "file": str(path), "bytes": int(n_bytes),
-                                   **row, "agreement": _agreement(ref_out, ref_out)}]
+                                   "status": "ok", "file": str(path), "bytes": int(ref_bytes),
+                                   **row, "agreement": _agreement(ref_out, ref_out),
+                                   "agreement50": _agreement(ref_out, ref_out, 0.5)}]
     for backend in cfg.backends:
         for prec, target, onnx_path in variants:
             base = {"backend": backend, "precision": prec, "target": target}
             if backend == "tensorrt" and target == "cpu":
                 continue  # TensorRT builds the symmetric (tensorrt-target) file only
+            if prec == "int8" and (backend in ("openvino", "torch")) == (target is not None):
+                continue  # ORT/TensorRT run the lowered files, openvino quantizes itself
+            reason = _engine_skip(backend, prec)
+            if reason:
+                rows.append({**base, "status": "skipped", "reason": reason})
+                continue
             try:
-                runner, artifact = _variant_runner(backend, onnx_path, cfg)
+                if backend in ("openvino", "torch"):
+                    artifact, runner = _engine_runner(backend, prec, path, onnx_path, cfg,
+                                                      weights)
+                else:
+                    runner, artifact = _variant_runner(backend, onnx_path, cfg)
             except BackendUnavailable as exc:
                 rows.append({**base, "status": "skipped", "reason": str(exc)})
                 continue
             row, out = measure(runner)
-            rows.append({**base, "status": "ok", "file": str(artifact),
-                         "bytes": artifact.stat().st_size, **row,
-                         "agreement": _agreement(ref_out, out)})
-    _relative_to_fp32(rows)
+            n_bytes = (artifact.stat().st_size + artifact.with_suffix(".bin").stat().st_size
+                       if artifact.suffix == ".xml" else
+                       ref_bytes if artifact.suffix == ".py" else artifact.stat().st_size)
+            rows.append({**base, "status": "ok", "file": str(artifact), "bytes": int(n_bytes),
+                         **row, "agreement": _agreement(ref_out, out),
+                         "agreement50": _agreement(ref_out, out, 0.5)})
+    _relative_columns(rows)
     return {"format": PRECISION_REPORT_FORMAT, "model": str(path),
             "weights": str(weights) if weights else None, "data": str(cfg.data),
             "config": {**asdict(cfg), "data": str(cfg.data), "weights": str(weights)
@@ -819,26 +916,28 @@ def precision_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Precision: {Path(report['model']).name} @ {c['size'][0]}x{c['size'][1]}", "",
              f"Data: {report['data']} ({c['split']}); weights: {report['weights'] or 'random'};"
              f" machine: {describe(report['machine'])}; threads {c['threads'] or 'default'}.",
-             "AP on the split; agreement: reference detections (top 100 per image, PyTorch "
-             "fp32) matched at IoU >= 0.95 with the same label; latency: one image, warm-up "
-             "excluded, median (p90).", "",
-             "| backend | precision | AP | AP50 | dAP | agree@0.95 | score diff mean/max | "
-             "median ms (p90) | x fp32 | size MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "AP on the split (points); dAP against PyTorch fp32 (the first row); agreement: "
+             "reference detections (top 100 per image, PyTorch fp32) matched at IoU >= 0.5 / "
+             ">= 0.95 with the same label; latency: one image, warm-up excluded, median (p90), "
+             "x fp32 against the engine's own fp32 row, x ORT against ONNX Runtime fp32 (cells "
+             "timed one after the other: benchmarks/cpu_engines.py gives same-run ratios).", "",
+             "| engine | precision | AP | AP50 | dAP | agree@0.5 | agree@0.95 | "
+             "score diff mean/max | median ms (p90) | x fp32 | x ORT | size MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         name = r["precision"] + (f" ({r['target']})" if r.get("target") else "")
         if r["status"] != "ok":
             lines.append(f"| {r['backend']} | {name} | {r['status']}: {r.get('reason', '')} |"
-                         + " |" * 7)
+                         + " |" * 9)
             continue
-        a = r["agreement"]
+        a, a50 = r["agreement"], r.get("agreement50") or r["agreement"]
         lines.append(
             f"| {r['backend']} | {name} | {100 * r['AP']:.2f} | {100 * r['AP50']:.2f} | "
-            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a['match_rate']:.1f}% "
-            f"({a['matched']}/{a['reference']}) | "
+            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a50['match_rate']:.1f}% | "
+            f"{100 * a['match_rate']:.1f}% ({a['matched']}/{a['reference']}) | "
             f"{a['mean_score_diff']:.4f}/{a['max_score_diff']:.4f} | "
             f"{r['median_ms']:.1f} ({r['p90_ms']:.1f}) | {r.get('latency_vs_fp32', '')} | "
-            f"{r['bytes'] / 1e6:.2f} |")
+            f"{r.get('latency_vs_ort_fp32', '')} | {r['bytes'] / 1e6:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -856,6 +955,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     if report.get("matmul_peak"):
         lines += [f"fp32 matmul peak (same run): {report['matmul_peak']['gflops']:.0f} GFLOP/s.",
                   ""]
+    if report.get("cpu_default"):
+        lines += [f"CPU engine chosen: {report['cpu_default']['engine']} "
+                  f"({report['cpu_default']['reason']}; --backends overrides it).", ""]
     lines += ["Median latency in ms (p90 in brackets):", "",
               "| backend | " + " | ".join(sizes) + " |",
               "|---|" + "---:|" * len(sizes)]
@@ -910,6 +1012,10 @@ def plot_report(report: dict[str, Any]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     backends = list(dict.fromkeys(r["backend"] for r in report["results"]))
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    if ok and len({tuple(r["size"]) for r in ok}) == 1:  # one size: bars, not lone dots
+        _latency_bars(ax, ok)
+        backends = []
     for b in backends:
         rows = [r for r in report["results"] if r["backend"] == b and r["status"] == "ok"]
         if not rows:
@@ -933,6 +1039,55 @@ def plot_report(report: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _latency_bars(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """One bar per backend (median; whiskers min..p90) for a report at a single size."""
+    names = [r["backend"] for r in rows]
+    med = [r["median_ms"] for r in rows]
+    ax.bar(names, med, yerr=[[m - r["min_ms"] for m, r in zip(med, rows, strict=True)],
+                             [r["p90_ms"] - m for m, r in zip(med, rows, strict=True)]],
+           capsize=4, color=[f"C{i}" for i in range(len(rows))])
+    for i, m in enumerate(med):
+        ax.annotate(f"{m:.1f} ms", (i, m), textcoords="offset points", xytext=(0, 4),
+                    ha="center", va="bottom")
+    h, w = rows[0]["size"]
+    ax.set_xlabel(f"backend (input {h}x{w})")
+    ax.set_ylabel("latency, ms (median; bars min..p90)")
+
+
+def plot_precision(report: dict[str, Any]) -> bytes:
+    """PNG bytes of the precision table: AP against median latency, one labelled point per
+    backend x precision (marker size: artifact size), and agreement with PyTorch fp32 as bars."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["status"] == "ok"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+    labels = [f"{r['backend']} {r['precision']}" for r in rows]
+    for i, (r, name) in enumerate(zip(rows, labels, strict=True)):
+        ax.scatter(r["median_ms"], 100 * r["AP"], s=30 + 10 * r["bytes"] / 1e6, color=f"C{i}")
+        ax.annotate(name, (r["median_ms"], 100 * r["AP"]), textcoords="offset points",
+                    xytext=(5, 5))
+    ax.set_xlabel("latency, ms (median, one image)")
+    ax.set_ylabel("AP (%)")
+    ax.grid(True, alpha=0.3)
+    bx.bar(labels, [100 * r["agreement"]["match_rate"] for r in rows],
+           color=[f"C{i}" for i in range(len(rows))])
+    bx.set_ylabel("detections matching PyTorch fp32 (IoU >= 0.95, %)")
+    bx.set_ylim(0, 105)
+    bx.tick_params(axis="x", labelrotation=30)
+    c = report["config"]
+    fig.suptitle(f"{Path(report['model']).name} @ {c['size'][0]}x{c['size'][1]}: precision")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """Write ``<out>.json``, ``<out>.md`` and ``<out>.png`` (``out`` without suffix)."""
     out = Path(out)
@@ -948,5 +1103,6 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
 
 __all__ = ["DEFAULT_SIZES", "PrecisionTableConfig", "precision_markdown", "run_precision_table",
            "BenchConfig", "count_flops", "default_backends", "latency_stats",
-           "markdown_table", "matmul_peak_gflops", "median_ratio_interval", "plot_report",
+           "markdown_table", "matmul_peak_gflops", "median_ratio_interval", "plot_precision",
+           "plot_report",
            "run_benchmark", "write_report"]

@@ -41,6 +41,8 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3),
     "fp16": Tolerance(atol=1e-2, rtol=2e-2),
     "int8": Tolerance(atol=1e-1, rtol=1e-1),
+    #: run-time bf16 (openvino:bf16, torch:bf16): 8-bit mantissa, 3 significant digits
+    "bf16": Tolerance(atol=5e-2, rtol=5e-2),
 }
 
 
@@ -453,6 +455,10 @@ def check_artifact(artifact: str | Path | Artifact, against: str | Path | None =
     if art.changed:
         raise NasfcosError(f"{art.path}: does not match its manifest: {'; '.join(art.changed)}")
     precision = art.manifest.precision if art.manifest else "fp32"
+    if backend:  # a run-time precision (openvino:bf16, openvino:int8) sets the tolerances
+        from nasfcos.runtime.runners import split_backend
+
+        precision = split_backend(backend)[1] or precision
     runner = make_runner(art, backend, device, threads=threads)
     try:
         actual = runner.kind or art.kind

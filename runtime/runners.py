@@ -4,8 +4,10 @@
 >>> outs = runner(*make_inputs(runner.kind, (800, 800), in_channels=runner.in_channels))
 >>> runner.close()
 
-Backends: ``torch`` (eager), ``torch-compile`` (``torch.compile`` with Inductor, weights
-frozen), ``onnxruntime`` and ``tensorrt`` (see :mod:`nasfcos.runtime.trt`).  ``backend=None``
+Backends: ``torch`` (eager; ``torch:bf16`` under bf16 autocast), ``torch-compile``
+(``torch.compile`` with Inductor, weights frozen), ``onnxruntime``, ``openvino`` (the
+``[openvino]`` extra; ``openvino:bf16``, ``openvino:int8``: see
+:mod:`nasfcos.runtime.openvino_rt`) and ``tensorrt`` (see :mod:`nasfcos.runtime.trt`).  ``backend=None``
 picks one from the file suffix: ``.py`` -> torch, ``.onnx`` -> onnxruntime,
 ``.engine``/``.plan`` -> tensorrt.  A ``model.py`` given to ``onnxruntime`` or ``tensorrt`` is
 exported on the fly (dynamic shapes) into a temporary folder.
@@ -32,7 +34,28 @@ from nasfcos.runtime.manifest import Manifest
 from nasfcos.runtime.models import LoadedModel, load_model
 from nasfcos.runtime.runner_base import Runner, kind_from_inputs
 
-BACKENDS: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime", "tensorrt")
+BACKENDS: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime", "openvino", "tensorrt")
+#: Run-time precisions a backend takes as ``BACKEND:PRECISION`` (its default first); other
+#: precisions are built into the file (``nasfcos export --precision``).
+RUNTIME_PRECISIONS: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16"),
+                                                  "openvino": ("fp32", "bf16", "int8")}
+
+
+def split_backend(spec: str) -> tuple[str, str | None]:
+    """``"openvino:bf16"`` -> ``("openvino", "bf16")``; ``"onnxruntime"`` -> ``(.., None)``.
+
+    One-line error for an unknown backend or a precision the backend does not run."""
+    backend, _, prec = spec.strip().partition(":")
+    if backend not in BACKENDS:
+        raise NasfcosError(f"unknown backend {backend!r} (expected {', '.join(BACKENDS)})")
+    if not prec:
+        return backend, None
+    have = RUNTIME_PRECISIONS.get(backend, ())
+    if prec not in have:
+        raise NasfcosError(f"{backend} takes no run-time precision {prec!r}"
+                           + (f" (have {', '.join(have)})" if have else
+                              " (build it into the file: nasfcos export --precision)"))
+    return backend, prec
 
 
 def _cuda_or_raise(backend: str) -> None:
@@ -74,11 +97,20 @@ class TorchRunner(Runner):
     def __init__(self, model: str | Path | LoadedModel, device: str = "cpu", *,
                  kind: str | None = None, seed: int = 0, weights: str | Path | None = None,
                  threads: int | None = None, overrides: dict[str, Any] | None = None,
-                 optimize: bool = True) -> None:
+                 optimize: bool = True, precision: str = "fp32") -> None:
         super().__init__()
         import torch
 
         t0 = time.perf_counter()
+        if precision not in RUNTIME_PRECISIONS["torch"]:
+            raise NasfcosError(f"{self.backend}: unknown precision {precision!r} (have "
+                               f"{', '.join(RUNTIME_PRECISIONS['torch'])})")
+        if precision == "bf16" and device != "cpu":
+            raise NasfcosError(f"{self.backend}: bf16 autocast is a cpu option here")
+        #: ``bf16``: convolutions and matmuls under ``torch.autocast("cpu", torch.bfloat16)``
+        #: (the compiled model keeps DeformConv sampling coordinates and post-processing in
+        #: float32); outputs are returned as float32.
+        self.precision = precision
         if device.startswith("cuda"):
             _cuda_or_raise(self.backend)
         elif device != "cpu":
@@ -117,6 +149,11 @@ class TorchRunner(Runner):
         self._inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
 
     def _forward(self) -> Sequence[Any]:
+        if self.precision == "bf16":
+            import torch
+
+            with torch.autocast("cpu", torch.bfloat16):
+                return self.net(*self._inputs)
         return self.net(*self._inputs)
 
     def run(self) -> None:
@@ -135,7 +172,8 @@ class TorchRunner(Runner):
             torch.cuda.synchronize(self.device)
 
     def fetch(self) -> list[np.ndarray]:
-        return [o.detach().cpu().numpy() for o in self._outputs]
+        return [(o.float() if o.is_floating_point() else o).detach().cpu().numpy()
+                for o in self._outputs]
 
     def cuda_stream(self) -> Any:
         if self.device.startswith("cuda"):
@@ -148,7 +186,8 @@ class TorchRunner(Runner):
         self._inputs, self._outputs = [], ()
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "threads": self.threads, "eager": self.eager}
+        return {**super().info(), "threads": self.threads, "eager": self.eager,
+                "precision": self.precision}
 
 
 class TorchCompileRunner(TorchRunner):
@@ -378,9 +417,10 @@ def _export_temp(path: Path, export: dict[str, Any]) -> tuple[Path, tempfile.Tem
 
 
 _OPTS: dict[str, set[str]] = {
-    "torch": {"kind", "seed", "weights", "threads", "overrides", "optimize"},
+    "torch": {"kind", "seed", "weights", "threads", "overrides", "optimize", "precision"},
     "torch-compile": {"kind", "seed", "weights", "threads", "mode", "overrides", "optimize"},
     "onnxruntime": {"threads", "opt_level", "optimized_path", "export"},
+    "openvino": {"threads", "precision", "calib", "keep_float", "export"},
     "tensorrt": {"fp16", "int8_calib", "workspace_gb", "shapes", "timing_cache", "export",
                  "engine_dir"},
 }
@@ -406,9 +446,11 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
     form = art.form if art else form_of(path)
     if art is None and form != "model.py":
         art = open_artifact(path, strict=False)  # its manifest: dynamic ranges
-    backend = backend or FORM_BACKENDS[form]
-    if backend not in BACKENDS:
-        raise NasfcosError(f"unknown backend {backend!r} (expected {', '.join(BACKENDS)})")
+    backend, prec = split_backend(backend or FORM_BACKENDS[form])
+    if prec is not None:
+        if opts.get("precision") not in (None, prec):
+            raise NasfcosError(f"{backend}:{prec} and precision={opts['precision']!r} disagree")
+        opts["precision"] = prec
     extra = {k for k, v in opts.items() if v is not None} - _OPTS[backend]
     if extra:
         raise NasfcosError(f"{backend}: unknown option(s) {', '.join(sorted(extra))}")
@@ -425,6 +467,13 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
         if form == "engine":
             raise NasfcosError(f"{path}: the onnxruntime backend needs a .onnx (or model.py)")
         return OrtRunner(path, device, manifest=art.manifest if art else None, **opts)
+    if backend == "openvino":
+        from nasfcos.runtime.openvino_rt import OvRunner, require_openvino
+
+        require_openvino(nncf=opts.get("precision") == "int8")  # before any export
+        if form == "engine":
+            raise NasfcosError(f"{path}: the openvino backend needs a .onnx (or model.py)")
+        return OvRunner(path, device, manifest=art.manifest if art else None, **opts)
     from nasfcos.runtime.trt import TrtRunner  # lazy: tensorrt is an optional extra
 
     if device == "cpu":
@@ -432,5 +481,5 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
     return TrtRunner(path, device, **opts)
 
 
-__all__ = ["BACKENDS", "OrtRunner", "Runner", "TorchCompileRunner", "TorchRunner",
+__all__ = ["BACKENDS", "RUNTIME_PRECISIONS", "OrtRunner", "split_backend", "Runner", "TorchCompileRunner", "TorchRunner",
            "kind_from_inputs", "make_runner", "ort_session_options"]

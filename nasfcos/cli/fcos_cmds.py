@@ -86,7 +86,7 @@ def data_main(argv: list[str]) -> int:
             if isinstance(value, float) and not math.isfinite(value):
                 raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number")
         cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
-        manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty() and not args.quiet,
+        manifest = write_synthetic(args.out, cfg, progress=not args.quiet,
                                    force=args.force)
         if args.json:
             _print_json(manifest)
@@ -341,7 +341,7 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--images", help="explicit image folder (with --ann)")
     parser.add_argument("--weights", type=A.input_file, help="final.pt / last.pt from 'nasfcos train' (model.py only)")
     A.add_num_classes(parser, "classes, when --weights has no metadata", default=None)
-    parser.add_argument("--backend", help="runner backend (torch, onnxruntime, tensorrt; default by file)")
+    parser.add_argument("--backend", help="runner backend (torch, onnxruntime, openvino, tensorrt; BACKEND:PRECISION for torch:bf16, openvino:bf16; default by file)")
     parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE),
                         help="resize short side to (default: the training run's, else 800)")
@@ -393,7 +393,7 @@ def eval_main(argv: list[str]) -> int:
 
         model_k = ModelInfo.from_module(load_model_file(path)).num_classes
     metrics = evaluate(runner, data=args.data, split=args.split, ann=args.ann, images=args.images,
-                       cfg=cfg, progress=sys.stderr.isatty() and not args.quiet,
+                       cfg=cfg, progress=not args.quiet,
                        max_images=args.max_images, model_cat_ids=meta.get("cat_ids"),
                        model_num_classes=int(model_k) if model_k is not None else None)
     if hasattr(runner, "close"):

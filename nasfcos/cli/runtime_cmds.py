@@ -221,7 +221,8 @@ def check_main(argv: list[str]) -> int:
     p.add_argument("artifact", type=A.input_file, help="model.onnx or model.engine")
     p.add_argument("--against", type=A.input_file,
                    help="reference: model.py (default: from the manifest) or .onnx")
-    p.add_argument("--backend", help="backend for the artifact (default: from its suffix)")
+    p.add_argument("--backend", help="backend for the artifact: onnxruntime, openvino (the "
+                                     "[openvino] extra), tensorrt (default: from its suffix)")
     A.add_device(p)
     A.add_run_inputs(p, sizes_help="input sizes HxW,... (default: the export size, plus a "
                                    "second one for dynamic exports)",
@@ -293,7 +294,11 @@ def bench_main(argv: list[str]) -> int:
                "--weights run/final.pt --sizes 128 -o precision")
     p.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
     p.add_argument("--backends", help="comma list of torch, torch-compile, onnxruntime, "
-                                      "tensorrt (default: by file type)")
+                                      "openvino, tensorrt; a run-time precision as "
+                                      "BACKEND:PRECISION (torch:bf16, openvino:bf16, "
+                                      "openvino:int8 with --data or --calib) (default on cpu: "
+                                      "by file type, the fastest measured CPU engine for its "
+                                      "family, see the README)")
     A.add_run_inputs(p, sizes_help="input sizes HxW,... (default 600,800,1000; a static "
                                    "export: its own size)",
                      batch=1, batch_help=None, seed_help="input and weight seed (default 0)")
@@ -321,6 +326,8 @@ def bench_main(argv: list[str]) -> int:
                                         "size) for a model.py at the first --sizes entry")
     g.add_argument("--data", type=A.input_dir, help="COCO folder: AP on --split, int8 "
                                                      "calibrated on its train split")
+    g.add_argument("--calib", type=A.input_dir, metavar="DIR",
+                   help="openvino:int8 in a latency bench: folder of calibration images")
     g.add_argument("--split", default="val", help="split for AP (default val)")
     g.add_argument("--weights", type=A.input_file, help="trained weights (nasfcos train)")
     A.add_calibration(g, images_help="int8 (default 32)", method_help="int8 range estimator (default minmax)")
@@ -347,7 +354,14 @@ def bench_main(argv: list[str]) -> int:
         threads=args.threads, device=args.device, seed=args.seed, kind=args.kind,
         max_seconds=args.max_seconds, matmul_peak=not args.no_matmul_peak,
         onnx_static=args.onnx_static, ort_opt_level=args.ort_opt_level, trt_fp16=args.fp16,
-        onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline)
+        onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline, auto_cpu=True)
+    if cfg.backends and any(b.strip().endswith(":int8") for b in cfg.backends):
+        from nasfcos.runtime.precision import PrecisionOptions
+
+        cfg.calib = PrecisionOptions("int8", calib=args.calib, data=args.data,
+                                     calib_images=args.calib_images,
+                                     calib_method=args.calib_method)
+        cfg.calib.validate(["images"])
     report = run_benchmark(args.model, cfg, progress=not args.quiet,
                            log=None if args.quiet else lambda line: print(line, file=sys.stderr))
     if not report["results"] and report.get("interrupted"):
@@ -370,9 +384,10 @@ def bench_main(argv: list[str]) -> int:
 
 def _precision_table(args: argparse.Namespace) -> int:
     """``nasfcos bench --precisions``: the backend x precision table (PREFIX.json/.md)."""
-    from nasfcos.io import atomic_write_json, atomic_write_text
+    from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from nasfcos.runtime.bench import (
         PrecisionTableConfig,
+        plot_precision,
         precision_markdown,
         run_precision_table,
     )
@@ -390,8 +405,11 @@ def _precision_table(args: argparse.Namespace) -> int:
     table = precision_markdown(report)
     atomic_write_json(out.with_name(out.name + ".json"), report)
     atomic_write_text(out.with_name(out.name + ".md"), table)
+    png = out.with_name(out.name + ".png")
+    atomic_write_bytes(png, plot_precision(report))
     _say(args, table)
-    _say(args, f"json: {out.with_name(out.name + '.json')}\nmd: {out.with_name(out.name + '.md')}")
+    _say(args, f"json: {out.with_name(out.name + '.json')}\nmd: {out.with_name(out.name + '.md')}"
+               f"\npng: {png}")
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
     return 0 if any(r["status"] == "ok" for r in report["rows"]) else 1
