@@ -276,7 +276,7 @@ class OvRunner(Runner):
             if calib is None:
                 raise NasfcosError("openvino int8 needs calibration images: give --calib DIR "
                                    "or --data DIR")
-            calib.validate(["images"])
+            calib.check_inputs(["images"])
         t0 = time.perf_counter()
         from nasfcos.runtime.manifest import Manifest
         from nasfcos.runtime.runners import _export_temp
