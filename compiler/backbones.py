@@ -50,6 +50,7 @@ def pasted(name: str) -> str:
     return text.split(PASTE_MARKER, 1)[1]
 
 
+@functools.cache
 def template_environment() -> jinja2.Environment:
     """The Jinja2 environment of ``compiler/templates`` (strict: undefined names raise);
     ``{{ paste("name") }}`` on a line of its own puts :func:`pasted` code there."""

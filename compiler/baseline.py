@@ -37,7 +37,6 @@ def baseline_hash() -> str:
 
 
 def _context(options: CompileOptions) -> dict[str, Any]:
-    head = options.fpn_channels if options.head_channels is None else options.head_channels
     # a detector's Decoder is always built with its backbone's widths
     in_channels = backbone_channels(options.backbone) if options.detector else options.in_channels
     options_repr = ", ".join(f"{f.name}={getattr(options, f.name)!r}" for f in fields(options))
@@ -51,8 +50,7 @@ def _context(options: CompileOptions) -> dict[str, Any]:
         "regenerate": regenerate,
         "model_hash": baseline_hash(),
         "fpn_channels": int(options.fpn_channels),
-        "head_channels": int(head),
-        "head_default": "None" if options.head_channels is None else str(int(options.head_channels)),
+        "head_channels": options.resolved_head_channels,
         "num_classes": int(options.num_classes),
         "in_channels": [int(c) for c in in_channels],
         "detector": bool(options.detector),

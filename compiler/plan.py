@@ -176,7 +176,6 @@ class Plan:
     regenerate: str
     fpn_channels: int
     head_channels: int
-    head_default: str
     num_classes: int
     in_channels: tuple[int, int, int, int]
     detector: bool
@@ -508,7 +507,6 @@ def build_plan(g: Genotype, options: CompileOptions) -> Plan:
         regenerate=regenerate_command(genotype_source(g), options),
         fpn_channels=options.fpn_channels,
         head_channels=options.resolved_head_channels,
-        head_default="None" if options.head_channels is None else str(int(options.head_channels)),
         num_classes=options.num_classes,
         in_channels=options.in_channels,
         detector=options.detector,

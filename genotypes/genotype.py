@@ -358,10 +358,6 @@ def parse_genotype(doc: Any) -> Genotype:
     if fmt != FORMAT:
         raise GenotypeError(f"format: expected {FORMAT!r}, got {_describe(fmt)}")
     name = _plain(obj.get("name", DEFAULT_NAME))
-    if type(name) is not str or not NAME_RE.fullmatch(name):  # before the blocks, as documented
-        raise GenotypeError(
-            f"name: {_describe(name)} is not a valid name (1-64 characters: letters, digits, '.', '_', '+', '-')"
-        )
     fpn = tuple(_block(b, f"fpn[{k}]") for k, b in enumerate(_list(obj["fpn"], "fpn", NUM_FPN_BLOCKS)))
     head = _head(obj["head"])
     share = _share(obj["share"], head)

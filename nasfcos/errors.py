@@ -38,3 +38,10 @@ class FieldError(NasfcosError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field, self.reason = field, message
         super().__init__(f"{field}: {message}")
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters: a value quoted in a one-line
+    error (a tensor's repr spans lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

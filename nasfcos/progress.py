@@ -78,4 +78,20 @@ def progress_bar(total: int | None = None, *, desc: str, unit: str = "it", initi
     return LineProgress(total=total, desc=desc, unit=unit, initial=initial)
 
 
-__all__ = ["LineProgress", "progress_bar"]
+def progress_iter(items: Any, total: int | None = None, *, desc: str, unit: str = "it",
+                  enabled: bool = True) -> Any:
+    """``items`` with :func:`progress_bar` reporting (a bar on a TTY, lines in a log)."""
+    bar = progress_bar(total if total is not None else len(items), desc=desc, unit=unit,
+                       enabled=enabled)
+    if bar is None:
+        yield from items
+        return
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+__all__ = ["LineProgress", "progress_bar", "progress_iter"]

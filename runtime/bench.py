@@ -472,7 +472,7 @@ class _Estimate:
             cell = ms / 1000 * h * w / area
             timed = min(cell * self.cfg.runs, self.cfg.max_seconds or math.inf)
             total += cell * self.cfg.warmup + timed
-        self.report["estimate_s"] = round(total, 1)
+        self.report["estimate_s"] = round(total, 3)
         self.log(f"bench: first run {ms:.0f} ms at {size[0]}x{size[1]}; about "
                  f"{_duration(total)} for {len(self.cells)} backend x size cell(s) of "
                  f"{self.cfg.warmup} + {self.cfg.runs} runs (Ctrl-C keeps the rows done)")
@@ -1012,6 +1012,10 @@ def plot_report(report: dict[str, Any]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     backends = list(dict.fromkeys(r["backend"] for r in report["results"]))
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    if ok and len({tuple(r["size"]) for r in ok}) == 1:  # one size: bars, not lone dots
+        _latency_bars(ax, ok)
+        backends = []
     for b in backends:
         rows = [r for r in report["results"] if r["backend"] == b and r["status"] == "ok"]
         if not rows:
@@ -1035,6 +1039,55 @@ def plot_report(report: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _latency_bars(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """One bar per backend (median; whiskers min..p90) for a report at a single size."""
+    names = [r["backend"] for r in rows]
+    med = [r["median_ms"] for r in rows]
+    ax.bar(names, med, yerr=[[m - r["min_ms"] for m, r in zip(med, rows, strict=True)],
+                             [r["p90_ms"] - m for m, r in zip(med, rows, strict=True)]],
+           capsize=4, color=[f"C{i}" for i in range(len(rows))])
+    for i, m in enumerate(med):
+        ax.annotate(f"{m:.1f} ms", (i, m), textcoords="offset points", xytext=(0, 4),
+                    ha="center", va="bottom")
+    h, w = rows[0]["size"]
+    ax.set_xlabel(f"backend (input {h}x{w})")
+    ax.set_ylabel("latency, ms (median; bars min..p90)")
+
+
+def plot_precision(report: dict[str, Any]) -> bytes:
+    """PNG bytes of the precision table: AP against median latency, one labelled point per
+    backend x precision (marker size: artifact size), and agreement with PyTorch fp32 as bars."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["status"] == "ok"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+    labels = [f"{r['backend']} {r['precision']}" for r in rows]
+    for i, (r, name) in enumerate(zip(rows, labels, strict=True)):
+        ax.scatter(r["median_ms"], 100 * r["AP"], s=30 + 10 * r["bytes"] / 1e6, color=f"C{i}")
+        ax.annotate(name, (r["median_ms"], 100 * r["AP"]), textcoords="offset points",
+                    xytext=(5, 5))
+    ax.set_xlabel("latency, ms (median, one image)")
+    ax.set_ylabel("AP (%)")
+    ax.grid(True, alpha=0.3)
+    bx.bar(labels, [100 * r["agreement"]["match_rate"] for r in rows],
+           color=[f"C{i}" for i in range(len(rows))])
+    bx.set_ylabel("detections matching PyTorch fp32 (IoU >= 0.95, %)")
+    bx.set_ylim(0, 105)
+    bx.tick_params(axis="x", labelrotation=30)
+    c = report["config"]
+    fig.suptitle(f"{Path(report['model']).name} @ {c['size'][0]}x{c['size'][1]}: precision")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """Write ``<out>.json``, ``<out>.md`` and ``<out>.png`` (``out`` without suffix)."""
     out = Path(out)
@@ -1050,5 +1103,6 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
 
 __all__ = ["DEFAULT_SIZES", "PrecisionTableConfig", "precision_markdown", "run_precision_table",
            "BenchConfig", "count_flops", "default_backends", "latency_stats",
-           "markdown_table", "matmul_peak_gflops", "median_ratio_interval", "plot_report",
+           "markdown_table", "matmul_peak_gflops", "median_ratio_interval", "plot_precision",
+           "plot_report",
            "run_benchmark", "write_report"]

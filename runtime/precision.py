@@ -235,7 +235,7 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
     leaves outputs of blocked multi-output nodes such as ``TopK`` dangling or mistyped.)
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
            for n in model.graph.node for a in n.attribute):
@@ -264,16 +264,7 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
     for vi in g.input:
         if is_float(vi.name):
             home[vi.name] = FLOAT
-    half_inits: dict[str, str] = {}
-    for n, half in zip(g.node, half_nodes, strict=True):
-        if half:
-            for t in n.input:
-                if t in inits and types.get(t) == FLOAT and t not in half_inits:
-                    arr = numpy_helper.to_array(inits[t]).astype(np.float32)
-                    arr = np.clip(arr, -65504.0, 65504.0).astype(np.float16)
-                    half_inits[t] = t + "__fp16"
-                    g.initializer.append(numpy_helper.from_array(arr, half_inits[t]))
-                    home[half_inits[t]] = HALF
+    half_inits = _half_initializers(g, inits, types, half_nodes, home)
     casts: dict[tuple[str, int], str] = {}
     nodes: list[Any] = []
 
@@ -296,14 +287,40 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
             new_inputs.append(t)
         n.input[:] = new_inputs
         nodes.append(n)
-    # graph outputs produced in half: rename the producer's tensor, Cast back to float32
+    _replace_nodes(g, nodes, home)
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
+def _half_initializers(g: Any, inits: dict[str, Any], types: dict[str, int],
+                       half_nodes: list[bool], home: dict[str, int]) -> dict[str, str]:
+    """float16 copies (clipped to +-65504) of the float initializers half nodes read:
+    ``{name: copy's name}``."""
+    from onnx import TensorProto, numpy_helper
+
+    half_inits: dict[str, str] = {}
+    for n, half in zip(g.node, half_nodes, strict=True):
+        for t in n.input if half else ():
+            if t in inits and types.get(t) == TensorProto.FLOAT and t not in half_inits:
+                arr = numpy_helper.to_array(inits[t]).astype(np.float32)
+                arr = np.clip(arr, -65504.0, 65504.0).astype(np.float16)
+                half_inits[t] = t + "__fp16"
+                g.initializer.append(numpy_helper.from_array(arr, half_inits[t]))
+                home[half_inits[t]] = TensorProto.FLOAT16
+    return half_inits
+
+
+def _replace_nodes(g: Any, nodes: list[Any], home: dict[str, int]) -> None:
+    """The graph's nodes become ``nodes``; graph outputs produced in half get their
+    producer's tensor renamed and a Cast back to float32; unused initializers go."""
+    from onnx import TensorProto, helper
+
     for vi in g.output:
-        if home.get(vi.name) == HALF:
+        if home.get(vi.name) == TensorProto.FLOAT16:
             low = vi.name + "__fp16"
             for n in nodes:
                 n.output[:] = [low if x == vi.name else x for x in n.output]
                 n.input[:] = [low if x == vi.name else x for x in n.input]
-            nodes.append(helper.make_node("Cast", [low], [vi.name], to=FLOAT,
+            nodes.append(helper.make_node("Cast", [low], [vi.name], to=TensorProto.FLOAT,
                                           name=f"cast_{vi.name}__to_fp32"))
     del g.node[:]
     g.node.extend(nodes)
@@ -312,7 +329,6 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
     del g.initializer[:]
     g.initializer.extend(keep)
     del g.value_info[:]
-    return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 
 class _ImageReader:

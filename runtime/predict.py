@@ -152,7 +152,7 @@ def draw_detections(img: Any, dets: Sequence[dict[str, Any]]) -> bytes:
     img = img.convert("RGB")
     draw = ImageDraw.Draw(img)
     w, h = img.size
-    width = max(2, round(min(w, h) / 250))
+    width = max(3, round(min(w, h) / 200))
     font = _font(max(11, round(min(w, h) / 45)))
     palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                (70, 240, 240), (240, 50, 230), (210, 245, 60)]

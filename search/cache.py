@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,11 +372,9 @@ def split_indices(n: int, settings: ProxySettings) -> dict[str, list[int]]:
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
+    from nasfcos.progress import progress_bar  # a bar on a TTY, one line per stage in a log
 
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
+    return progress_bar(total, desc=desc, unit="img", enabled=enabled)
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:

@@ -151,6 +151,18 @@ class SearchConfig:
             raise CacheError(f"{path}: unreadable search settings ({type(exc).__name__}: {exc})"[:300]) from None
 
     def validate(self) -> None:
+        """One-line :class:`NasfcosError` naming the field on a wrong type or value (the one place
+        these rules live: CLI flags, ``search.json`` read on ``--resume``, the Python API)."""
+        for name, kinds in (("preset", (str,)), ("trials", (int,)), ("batch_size", (int,)), ("seed", (int,)),
+                            ("retries", (int,)), ("toy_noise", (int, float)), ("toy_delay", (int, float)),
+                            ("latency_weight", (int, float))):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, kinds):
+                raise NasfcosError(f"search setting {name} must be {'a number' if float in kinds else kinds[0].__name__}"
+                                   f", got {v!r}")
+        for name in ("data", "cache", "backbone_weights", "latency_table"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise NasfcosError(f"search setting {name} must be a path or null, got {getattr(self, name)!r}")
         if self.preset not in PRESETS:
             raise NasfcosError(f"unknown preset {self.preset!r} (expected one of: {', '.join(PRESETS)})")
         if self.trials < 1:

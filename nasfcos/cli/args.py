@@ -150,27 +150,18 @@ def size_list(text: str) -> list[tuple[int, int]]:
     return [size_hw(p) for p in parts]
 
 
-def _by_rule(rule: Callable[[int, str], int], text: str) -> int:
-    """An integer checked by an option object's rule ``rule(value, field)``; the field name
-    is dropped from its message (argparse names the flag)."""
-    try:
-        return rule(_int(text), "value")
-    except NasfcosError as exc:
-        raise _ArgError(str(exc).removeprefix("value: ")) from None
-
-
 def width(text: str) -> int:
     """A decoder width (FPN or head channels): ``CompileOptions``' rule (even, 2..4096)."""
     from nasfcos.compiler.options import check_width
 
-    return _by_rule(check_width, text)
+    return rule(check_width, "fpn_channels", _int)(text)
 
 
 def num_classes(text: str) -> int:
     """A class count: ``CompileOptions``' rule (1..10000)."""
     from nasfcos.compiler.options import check_num_classes
 
-    return _by_rule(check_num_classes, text)
+    return rule(check_num_classes, "num_classes", _int)(text)
 
 
 def seed_range(text: str) -> list[int]:

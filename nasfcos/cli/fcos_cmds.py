@@ -86,7 +86,7 @@ def data_main(argv: list[str]) -> int:
             if isinstance(value, float) and not math.isfinite(value):
                 raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number")
         cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
-        manifest = write_synthetic(args.out, cfg, progress=sys.stderr.isatty() and not args.quiet,
+        manifest = write_synthetic(args.out, cfg, progress=not args.quiet,
                                    force=args.force)
         if args.json:
             _print_json(manifest)
@@ -393,7 +393,7 @@ def eval_main(argv: list[str]) -> int:
 
         model_k = ModelInfo.from_module(load_model_file(path)).num_classes
     metrics = evaluate(runner, data=args.data, split=args.split, ann=args.ann, images=args.images,
-                       cfg=cfg, progress=sys.stderr.isatty() and not args.quiet,
+                       cfg=cfg, progress=not args.quiet,
                        max_images=args.max_images, model_cat_ids=meta.get("cat_ids"),
                        model_num_classes=int(model_k) if model_k is not None else None)
     if hasattr(runner, "close"):

@@ -14,7 +14,9 @@ import errno
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from nasfcos import __version__
 from nasfcos.errors import FieldError, NasfcosError
@@ -58,6 +60,19 @@ def flag_message(exc: NasfcosError) -> str:
     if isinstance(exc, FieldError):
         return f"--{exc.field.replace('_', '-')}: {exc.reason}"
     return str(exc)
+
+
+def _one_line_warning(verb: str) -> Any:
+    """``warnings.formatwarning`` for the CLI: ``nasfcos VERB: warning: MESSAGE`` on one line,
+    without the source file, line and code that Python prints by default."""
+    from nasfcos.errors import first_line
+
+    def fmt(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+            line: str | None = None) -> str:
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        return f"nasfcos {verb}: warning: {first_line(Warning(str(message)), None)}{kind}\n"
+
+    return fmt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,6 +132,8 @@ def _dispatch(args: list[str], debug: bool) -> int:
         print(f"nasfcos: error: unknown verb '{verb}' (see 'nasfcos --help')", file=sys.stderr)
         return 2
     module_name, func_name, _ = VERBS[verb]
+    if not debug:
+        warnings.formatwarning = _one_line_warning(verb)
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         with output_claims(verb):  # every -o DIR is this run's until it ends

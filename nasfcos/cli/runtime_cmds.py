@@ -384,9 +384,10 @@ def bench_main(argv: list[str]) -> int:
 
 def _precision_table(args: argparse.Namespace) -> int:
     """``nasfcos bench --precisions``: the backend x precision table (PREFIX.json/.md)."""
-    from nasfcos.io import atomic_write_json, atomic_write_text
+    from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from nasfcos.runtime.bench import (
         PrecisionTableConfig,
+        plot_precision,
         precision_markdown,
         run_precision_table,
     )
@@ -404,8 +405,11 @@ def _precision_table(args: argparse.Namespace) -> int:
     table = precision_markdown(report)
     atomic_write_json(out.with_name(out.name + ".json"), report)
     atomic_write_text(out.with_name(out.name + ".md"), table)
+    png = out.with_name(out.name + ".png")
+    atomic_write_bytes(png, plot_precision(report))
     _say(args, table)
-    _say(args, f"json: {out.with_name(out.name + '.json')}\nmd: {out.with_name(out.name + '.md')}")
+    _say(args, f"json: {out.with_name(out.name + '.json')}\nmd: {out.with_name(out.name + '.md')}"
+               f"\npng: {png}")
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
     return 0 if any(r["status"] == "ok" for r in report["rows"]) else 1

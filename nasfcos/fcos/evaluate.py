@@ -143,11 +143,10 @@ def evaluate(runner: Detections, data: str | Path | None = None, split: str = "v
     n = len(ds) if max_images is None else min(len(ds), max_images)
     fixed_batch = getattr(runner, "batch_size", None)
     bs = fixed_batch or cfg.batch_size
-    batches = range(0, n, bs)
-    if progress:
-        from tqdm import tqdm
+    from nasfcos.progress import progress_iter
 
-        batches = tqdm(batches, total=math.ceil(n / bs), desc="eval", unit="batch")
+    batches = progress_iter(range(0, n, bs), math.ceil(n / bs), desc="eval", unit="batch",
+                            enabled=progress)
     dets: list[dict[str, Any]] = []
     img_ids: list[int] = []
     for start in batches:

@@ -65,7 +65,7 @@ def test_model_info_reads_a_compiled_file() -> None:
 
 def test_model_info_refuses_malformed_constants() -> None:
     bad = module_from_source("class Decoder: pass\nFPN_CHANNELS = '64'\n", "bad_model")
-    with pytest.raises(NasfcosError, match="FPN_CHANNELS = '64' is not a int"):
+    with pytest.raises(NasfcosError, match="FPN_CHANNELS = '64' is not int"):
         ModelInfo.from_module(bad)
     units = module_from_source("class Decoder: pass\nBOX_REGRESSION = 'furlongs'\n", "bad_units")
     with pytest.raises(NasfcosError, match="box units: 'furlongs'"):

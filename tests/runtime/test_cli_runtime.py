@@ -67,10 +67,10 @@ def test_runner_interface(paper_decoder, paper_decoder_onnx) -> None:
         make_runner(paper_decoder_onnx, bogus=1)
 
 
-def test_group_norm_one_value_per_group_is_one_line(tmp_path, capsys) -> None:
-    """A 32-wide head at batch 1 on a <= 128 px image: torch's GroupNorm(32, 32) sees one value
-    per group on the 1x1 p7 map and raises; bench records the cell as failed with that reason
-    (exit 1, as for any failed cell), no traceback."""
+def test_group_norm_with_one_value_per_group_runs(tmp_path, capsys) -> None:
+    """A 32-wide head at batch 1 on a 64 px image: GroupNorm(32, 32) sees one value per group
+    on the 1x1 p7 map.  The compiled file calls ``torch.group_norm`` (F.group_norm refuses that
+    case even in eval mode), so bench measures the cell instead of failing it."""
     from nasfcos.compiler import CompileOptions, compile_genotype
     from nasfcos.genotypes import load_paper_genotype
 
@@ -80,6 +80,6 @@ def test_group_norm_one_value_per_group_is_one_line(tmp_path, capsys) -> None:
     code = main(["bench", str(model), "--backends", "torch", "--sizes", "64", "--runs", "1",
                  "--warmup", "0", "-o", str(tmp_path / "report")])
     captured = capsys.readouterr()
-    assert code == 1 and "Traceback" not in captured.err
+    assert code == 0 and "Traceback" not in captured.err, captured.err
     report = json.loads((tmp_path / "report.json").read_text())
-    assert "one value per group" in json.dumps(report)
+    assert "one value per group" not in json.dumps(report)
