@@ -765,6 +765,35 @@ def _variant_runner(backend: str, onnx_path: Path, cfg: PrecisionTableConfig) ->
     return make_runner(onnx_path, "onnxruntime", cfg.device, threads=cfg.threads), onnx_path
 
 
+def int8_sensitivity(fp32: str | Path, calib: Any, images: Sequence[np.ndarray],
+                     threads: int | None = None) -> list[dict[str, Any]]:
+    """Per-layer-group int8 sensitivity: NNCF int8 with nothing extra kept in float, then
+    with each group of :func:`sensitivity_groups` kept in float, then all of them; each
+    scored by detection agreement (IoU >= 0.5 and 0.95) with OpenVINO fp32 on ``images``
+    (``[1, 3, H, W]`` arrays).  Returns one row per variant, ``keep_float`` names included."""
+    from nasfcos.runtime.check import detection_agreement
+    from nasfcos.runtime.openvino_rt import OvRunner, sensitivity_groups
+
+    def outputs(runner: Any) -> list[np.ndarray]:
+        outs = [runner(x) for x in images]
+        return [np.concatenate([o[k] for o in outs]) for k in range(3)]
+
+    with OvRunner(fp32, threads=threads) as ref_runner:
+        ref = outputs(ref_runner)
+        groups = sensitivity_groups(ref_runner.ov_model)
+    variants = {"none": [], **groups, "all": sorted({n for g in groups.values() for n in g})}
+    rows = []
+    for name, keep in variants.items():
+        with OvRunner(fp32, threads=threads, precision="int8", calib=calib,
+                      keep_float=keep) as q:
+            got = outputs(q)
+        rows.append({"kept_float": name, "layers": keep,
+                     "agree50": round(detection_agreement(ref, got, iou_threshold=0.5
+                                                          ).match_rate, 4),
+                     "agree95": round(detection_agreement(ref, got).match_rate, 4)})
+    return rows
+
+
 #: Backends of the precision table, and the precisions each runs (int8/fp16 rows of
 #: onnxruntime and tensorrt are files lowered by ``runtime/precision.py``; openvino's int8
 #: is NNCF's own quantization of the fp32 file; bf16 is a run-time precision).
@@ -1101,7 +1130,7 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["DEFAULT_SIZES", "PrecisionTableConfig", "precision_markdown", "run_precision_table",
+__all__ = ["DEFAULT_SIZES", "int8_sensitivity", "PrecisionTableConfig", "precision_markdown", "run_precision_table",
            "BenchConfig", "count_flops", "default_backends", "latency_stats",
            "markdown_table", "matmul_peak_gflops", "median_ratio_interval", "plot_precision",
            "plot_report",

@@ -14,7 +14,9 @@ bf16 (AVX512_BF16 / AMX); (3) it runs the artifact as it is, without extra input
 ``model.py`` runs on ``torch`` engines (no export on the fly), an fp32 ``.onnx`` on
 ``onnxruntime`` and ``openvino`` engines, except int8 ones that need calibration images;
 a reduced-precision ``.onnx`` runs on ONNX Runtime as built.  Among the eligible engines the
-fastest (lowest ratio) wins; ties and an empty table fall back to the suffix default.
+fastest (lowest ratio) wins, except that a reduced precision whose 95% interval reaches the
+best fp32 engine's ratio is not measurably faster and loses to it; an empty table falls back
+to the suffix default.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def choose_cpu_engine(path: str | Path, *, table: str | Path | None = None) -> E
             file_precision = "unknown"
     data = load_table(table)
     best: tuple[float, str] | None = None
+    best_fp32: tuple[float, str] | None = None
     for engine, row in data["engines"].items():
         if not _fits(engine, path, file_precision):
             continue
@@ -122,6 +125,13 @@ def choose_cpu_engine(path: str | Path, *, table: str | Path | None = None) -> E
             continue
         if best is None or row["x_ort_fp32"] < best[0]:
             best = (float(row["x_ort_fp32"]), engine)
+        if engine.partition(":")[2] in ("", "fp32") and (
+                best_fp32 is None or row["x_ort_fp32"] < best_fp32[0]):
+            best_fp32 = (float(row["x_ort_fp32"]), engine)
+    if best is not None and best_fp32 is not None and best != best_fp32:
+        ci = data["engines"][best[1]].get("x_ort_fp32_95ci")
+        if isinstance(ci, list) and len(ci) == 2 and ci[1] >= best_fp32[0]:
+            best = best_fp32  # not measurably faster than full precision: keep fp32
     if best is None:
         return EngineChoice(fallback, f"no measured engine fits {path.name} here; "
                                       f"{fallback} by suffix")

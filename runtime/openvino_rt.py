@@ -223,34 +223,6 @@ def sensitivity_groups(model: Any) -> dict[str, list[str]]:
     return {k: v for k, v in groups.items() if v}
 
 
-def int8_sensitivity(fp32: str | Path, calib: Any, images: Sequence[np.ndarray],
-                     threads: int | None = None) -> list[dict[str, Any]]:
-    """Per-layer-group int8 sensitivity: NNCF int8 with nothing extra kept in float, then
-    with each group of :func:`sensitivity_groups` kept in float, then all of them; each
-    scored by detection agreement (IoU >= 0.5 and 0.95) with OpenVINO fp32 on ``images``
-    (``[1, 3, H, W]`` arrays).  Returns one row per variant, ``keep_float`` names included."""
-    from nasfcos.runtime.check import detection_agreement
-
-    def outputs(runner: OvRunner) -> list[np.ndarray]:
-        outs = [runner(x) for x in images]
-        return [np.concatenate([o[k] for o in outs]) for k in range(3)]
-
-    with OvRunner(fp32, threads=threads) as ref_runner:
-        ref = outputs(ref_runner)
-        groups = sensitivity_groups(ref_runner.ov_model)
-    variants = {"none": [], **groups, "all": sorted({n for g in groups.values() for n in g})}
-    rows = []
-    for name, keep in variants.items():
-        with OvRunner(fp32, threads=threads, precision="int8", calib=calib,
-                      keep_float=keep) as q:
-            got = outputs(q)
-        rows.append({"kept_float": name, "layers": keep,
-                     "agree50": round(detection_agreement(ref, got, iou_threshold=0.5
-                                                          ).match_rate, 4),
-                     "agree95": round(detection_agreement(ref, got).match_rate, 4)})
-    return rows
-
-
 class OvRunner(Runner):
     """OpenVINO CPU runner on an ONNX file (a ``model.py`` is exported on the fly).
 
@@ -276,16 +248,13 @@ class OvRunner(Runner):
             if calib is None:
                 raise NasfcosError("openvino int8 needs calibration images: give --calib DIR "
                                    "or --data DIR")
-            calib.validate(["images"])
+            calib.check_inputs(["images"])
         t0 = time.perf_counter()
-        from nasfcos.runtime.manifest import Manifest
-        from nasfcos.runtime.runners import _export_temp
-
         path = Path(model)
-        self._tmp: Any = None
+        #: a temporary export folder the runner owns (make_runner exports a model.py)
+        self._tmp: Any = export.pop("_tmp", None) if export else None
         if form_of(path) == "model.py":
-            path, self._tmp = _export_temp(path, export or {})
-            manifest = Manifest.load(path)
+            raise NasfcosError(f"{path}: OvRunner reads ONNX; make_runner exports a model.py")
         if not path.is_file():
             raise NasfcosError(f"{path}: no such ONNX file")
         core, ov_model = read_onnx(path)
@@ -334,10 +303,8 @@ class OvRunner(Runner):
         self.setup_seconds = time.perf_counter() - t0
 
     def bind(self, *arrays: np.ndarray) -> None:
-        from nasfcos.runtime.runners import OrtRunner
-
         self._check_arity(arrays)
-        OrtRunner._check_ranges(self, arrays)  # type: ignore[arg-type]
+        self._check_ranges(arrays)
         self._feed = [np.ascontiguousarray(a) for a in arrays]
 
     def run(self) -> None:
@@ -381,5 +348,5 @@ class OvRunner(Runner):
 
 
 __all__ = ["INSTALL_HINT", "OV_PRECISIONS", "OvRunner", "cpu_supports_bf16", "deform_conv_rule",
-           "deform_side_convs", "int8_sensitivity", "openvino_status", "sensitivity_groups", "quantize_nncf", "read_onnx",
+           "deform_side_convs", "openvino_status", "sensitivity_groups", "quantize_nncf", "read_onnx",
            "require_openvino", "runtime_precisions"]

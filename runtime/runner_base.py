@@ -84,5 +84,19 @@ class Runner:
             raise NasfcosError(f"{self.backend}: expected {len(self.input_names)} inputs "
                                f"({', '.join(self.input_names)}), got {len(arrays)}")
 
+    def _check_ranges(self, arrays: Sequence[np.ndarray]) -> None:
+        """Reject inputs outside the ranges a dynamic export is valid for (its manifest)."""
+        ranges: dict[str, Any] = getattr(self, "_ranges", {})
+        for name, a in zip(self.input_names, arrays, strict=True):
+            for axis, (lo, hi) in ranges.get(name, {}).items():
+                d = a.shape[int(axis)] if int(axis) < a.ndim else None
+                if d is None:
+                    continue
+                if (lo is not None and d < lo) or (hi is not None and d > hi):
+                    raise NasfcosError(
+                        f"{self.backend}: input {name} dim {axis} = {d} is outside the range "
+                        f"[{lo}, {hi if hi is not None else 'inf'}] this dynamic export is "
+                        "valid for; re-export with --size near the sizes you run")
+
 
 __all__ = ["Runner", "kind_from_inputs"]

@@ -330,19 +330,6 @@ class OrtRunner(Runner):
                 self.input_size = (int(shape[2]), int(shape[3]))
         self.setup_seconds = time.perf_counter() - t0
 
-    def _check_ranges(self, arrays: Sequence[np.ndarray]) -> None:
-        """Reject inputs outside the ranges a dynamic export is valid for (its manifest)."""
-        for name, a in zip(self.input_names, arrays, strict=True):
-            for axis, (lo, hi) in self._ranges.get(name, {}).items():
-                d = a.shape[int(axis)] if int(axis) < a.ndim else None
-                if d is None:
-                    continue
-                if (lo is not None and d < lo) or (hi is not None and d > hi):
-                    raise NasfcosError(
-                        f"onnxruntime: input {name} dim {axis} = {d} is outside the range "
-                        f"[{lo}, {hi if hi is not None else 'inf'}] this dynamic export is "
-                        "valid for; re-export with --size near the sizes you run")
-
     def bind(self, *arrays: np.ndarray) -> None:
         self._check_arity(arrays)
         self._check_ranges(arrays)
@@ -473,7 +460,13 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
         require_openvino(nncf=opts.get("precision") == "int8")  # before any export
         if form == "engine":
             raise NasfcosError(f"{path}: the openvino backend needs a .onnx (or model.py)")
-        return OvRunner(path, device, manifest=art.manifest if art else None, **opts)
+        manifest = art.manifest if art else None
+        if form == "model.py":  # exported on the fly, into a folder the runner owns
+            from nasfcos.runtime.manifest import Manifest
+
+            path, tmp = _export_temp(path, opts.pop("export", None) or {})
+            manifest, opts["export"] = Manifest.load(path), {"_tmp": tmp}
+        return OvRunner(path, device, manifest=manifest, **opts)
     from nasfcos.runtime.trt import TrtRunner  # lazy: tensorrt is an optional extra
 
     if device == "cpu":

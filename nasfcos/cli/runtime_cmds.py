@@ -361,7 +361,7 @@ def bench_main(argv: list[str]) -> int:
         cfg.calib = PrecisionOptions("int8", calib=args.calib, data=args.data,
                                      calib_images=args.calib_images,
                                      calib_method=args.calib_method)
-        cfg.calib.validate(["images"])
+        cfg.calib.check_inputs(["images"])
     report = run_benchmark(args.model, cfg, progress=not args.quiet,
                            log=None if args.quiet else lambda line: print(line, file=sys.stderr))
     if not report["results"] and report.get("interrupted"):
