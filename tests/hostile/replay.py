@@ -424,9 +424,10 @@ def judge(case: Case, rc: int, err: str, seconds: float, tmp: Path) -> str | Non
         return f"exit {rc}, expected {case.expect}: {err.strip()[-200:]}"
     if seconds > case.limit_s and not (rc == 0 and case.slow_success):
         return f"took {seconds:.0f} s (limit {case.limit_s:.0f} s)"
-    errors = [ln for ln in err.splitlines() if ": error:" in ln]
-    if rc != 0 and len(errors) != 1:
-        return f"{len(errors)} error lines: {err.strip()[-200:]}"
+    lines = err.strip().splitlines()
+    errors = [ln for ln in lines if ": error:" in ln]
+    if rc != 0 and (len(errors) != 1 or ": error:" not in lines[-1]):  # one line, nothing after it
+        return f"{len(errors)} error lines, the error not last: {err.strip()[-200:]}"
     if case.words and case.words not in err:
         return f"the message does not say {case.words!r}: {err.strip()[-200:]}"
     if case.after is not None:
