@@ -58,6 +58,7 @@ class Case:
     patch: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
     fast: bool = False
     limit_s: float = 300.0
+    slow_success: bool = False  # the limit binds a failure only: success may take longer
     round: int = 25
     notes: list[str] = field(default_factory=list)
 
@@ -314,9 +315,9 @@ def round25() -> list[Case]:
              words="'step' must be an integer", setup=_search_ckpt({"step": "two"})),
         Case("a refused pickle in a search checkpoint", "traceback", ["search", "--out", "{tmp}/s", "--resume", "-q"],
              words="unreadable checkpoint", setup=_search_ckpt({"step": 1, "hook": print})),
-        Case("search latency-table with a 32-wide head", "traceback",
+        Case("search latency-table with a 32-wide head (fails at once or works)", "traceback",
              ["search", "latency-table", "--size", "64", "--head-channels", "32", "--runs", "1", "--warmup", "0",
-              "-o", "{tmp}/t.json", "-q"], words="cannot run at 64x64", limit_s=120),
+              "-o", "{tmp}/t.json", "-q"], expect=(0, 2), limit_s=180, slow_success=True),
         Case("search --resume on a missing folder", "misleading error", ["search", "--out", "{tmp}/nope", "--resume"],
              words="no such search folder to resume", fast=True),
         Case("NaN in --backbone-weights", "misleading error",
@@ -421,11 +422,12 @@ def judge(case: Case, rc: int, err: str, seconds: float, tmp: Path) -> str | Non
         return "traceback: " + err.strip().splitlines()[-1][:160]
     if rc not in case.expect:
         return f"exit {rc}, expected {case.expect}: {err.strip()[-200:]}"
-    if seconds > case.limit_s:
+    if seconds > case.limit_s and not (rc == 0 and case.slow_success):
         return f"took {seconds:.0f} s (limit {case.limit_s:.0f} s)"
-    errors = [ln for ln in err.splitlines() if ": error:" in ln]
-    if rc != 0 and len(errors) != 1:
-        return f"{len(errors)} error lines: {err.strip()[-200:]}"
+    lines = err.strip().splitlines()
+    errors = [ln for ln in lines if ": error:" in ln]
+    if rc != 0 and (len(errors) != 1 or ": error:" not in lines[-1]):  # one line, nothing after it
+        return f"{len(errors)} error lines, the error not last: {err.strip()[-200:]}"
     if case.words and case.words not in err:
         return f"the message does not say {case.words!r}: {err.strip()[-200:]}"
     if case.after is not None:

@@ -44,4 +44,5 @@ def test_the_judge_catches_a_mishandled_case(tmp_path: Path) -> None:
     assert judge(case, 0, "", 1, tmp_path)
     assert judge(case, 2, "nasfcos a: error: one\nnasfcos a: error: two needle", 1, tmp_path)
     assert judge(case, 2, "nasfcos a: error: no", 1, tmp_path)
+    assert judge(case, 2, "nasfcos a: error: needle (Weights only load failed.\n more\n lines)", 1, tmp_path)
     assert judge(case, 2, "nasfcos a: error: needle", 1, tmp_path) is None
