@@ -25,7 +25,7 @@ help:
 	@echo "make gpu-check - on an NVIDIA GPU machine: doctor, TensorRT for this GPU, ONNX Runtime's CUDA"
 	@echo "                 provider, then the paper table (torch / ORT CUDA / TensorRT fp32/fp16/int8"
 	@echo "                 at 600/800/1000 px) with parity -> gpu_check/gpu_check.md"
-	@echo "make ort-gpu   - swap onnxruntime (CPU) for onnxruntime-gpu with its CUDA 12 runtime wheels"
+	@echo "make ort-gpu   - swap onnxruntime (CPU) for onnxruntime-gpu with its CUDA runtime wheels"
 
 venv: $(STAMP)
 
@@ -56,16 +56,18 @@ bench: $(STAMP)
 # same pipeline as `make demo`, GPU plan.  It checks the machine first (nasfcos doctor) and
 # stops in one line, with the fix, when something cannot run.  About 5-8 minutes on an H100.
 gpu-check: $(STAMP)
-	@extra=$$($(BIN)/nasfcos doctor --trt-extra) || exit 1; \
-	  $(BIN)/python -c 'import tensorrt' 2>/dev/null || $(PIP) -e ".[$$extra]"
-	@$(BIN)/python -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())' \
-	  || $(MAKE) --no-print-directory ort-gpu
+	@set -e; set -- $$($(BIN)/nasfcos doctor --extras); \
+	  $(BIN)/python -c 'import tensorrt' 2>/dev/null || $(PIP) -e ".[$$1]"; \
+	  $(BIN)/python -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())' \
+	    || $(MAKE) --no-print-directory ort-gpu ORT_EXTRA=$$2
 	$(BIN)/nasfcos demo --gpu -o gpu_check
 
 # onnxruntime and onnxruntime-gpu install the same module: install the GPU wheel with its CUDA
-# 12 / cuDNN 9 runtime wheels, remove both, then put the GPU wheel's files back alone.
+# and cuDNN runtime wheels, remove both, then put the GPU wheel's files back alone.
+# ORT_EXTRA=gpu-volta on a V100 (nasfcos doctor --extras says which).
+ORT_EXTRA ?= gpu
 ort-gpu: $(STAMP)
-	$(PIP) -e '.[gpu]'
+	$(PIP) -e '.[$(ORT_EXTRA)]'
 	v=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))') && \
 	  $(BIN)/python -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu && \
 	  $(PIP) --no-deps "onnxruntime-gpu==$$v"

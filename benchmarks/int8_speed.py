@@ -45,9 +45,9 @@ def main() -> int:
     from nasfcos.compiler import CompileOptions, compile_genotype
     from nasfcos.fcos.synth import SynthConfig, write_synthetic
     from nasfcos.genotypes import load_paper_genotype
-    from nasfcos.runtime.export import ExportOptions, export_onnx
+    from nasfcos.runtime.export import ExportOptions, convert_onnx, export_onnx
     from nasfcos.runtime.models import make_inputs
-    from nasfcos.runtime.precision import PrecisionOptions, convert_onnx
+    from nasfcos.runtime.precision import PrecisionOptions
     from nasfcos.runtime.runners import make_runner
 
     tmp = None

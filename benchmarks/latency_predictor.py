@@ -21,11 +21,12 @@ import time
 import warnings
 from pathlib import Path
 
+from nasfcos.cli.args import size_hw
 from nasfcos.compiler import CompileOptions, compile_genotype
 from nasfcos.compiler.backbones import backbone_channels
 from nasfcos.genotypes import sample_genotype
 from nasfcos.runtime.export import ExportOptions, export_onnx
-from nasfcos.runtime.models import make_inputs, parse_size
+from nasfcos.runtime.models import make_inputs
 from nasfcos.runtime.runners import OrtRunner
 from nasfcos.search.latency import CLOCKS, TableSpec, build_table, load_table, predict_ms
 from nasfcos.search.metrics import kendall_tau, mape
@@ -57,7 +58,7 @@ def measure_decoder(source: str, work: Path, size: tuple[int, int], in_ch: tuple
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="256")
+    ap.add_argument("--size", type=size_hw, default="256")
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--num-classes", type=int, default=80)
     ap.add_argument("--backbone", default="resnet50")
@@ -73,7 +74,7 @@ def main() -> int:
     ap.add_argument("--save-table", default=None, help="write the table built here")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    size = parse_size(a.size)
+    size = a.size
     spec = TableSpec(backend="onnxruntime", size=size, fpn_channels=a.channels, head_channels=a.channels,
                      num_classes=a.num_classes, backbone=a.backbone, threads=a.threads).validate()
     t0 = time.perf_counter()

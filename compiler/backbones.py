@@ -1,8 +1,9 @@
-"""Detector backbones, from the one place they are defined: ``templates/backbone.py.j2``.
+"""Detector backbones, from the one place they are defined: :mod:`~nasfcos.compiler.pasted_backbone`.
 
-The compiled ``model.py`` carries its backbone code (it must run without nasfcos), so the
-template is the single source of truth; this module renders that template on its own and
-exposes it to the toolkit (profile, tests, the compiler's choice of ``in_channels``).
+The compiled ``model.py`` carries its backbone code (it must run without nasfcos): the
+compiler pastes that ordinary module's code into the file (:func:`pasted`, also the
+template environment's ``paste``); this module exposes it to the toolkit (profile, tests,
+the compiler's choice of ``in_channels``).
 
 Names (``BACKBONE_NAMES``) and the widths of ``[c2, c3, c4, c5]`` (strides 4, 8, 16, 32):
 
@@ -27,35 +28,33 @@ downloaded.
 
 from __future__ import annotations
 
-import ast
 import functools
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING
 
 import jinja2
+from torch import nn
 
+import nasfcos.compiler.pasted_backbone as pasted_backbone
 from nasfcos.errors import NasfcosError
-from nasfcos.modelfile import module_from_source
-
-if TYPE_CHECKING:
-    from torch import nn
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-
-_PREAMBLE = '''"""Backbones of nasfcos detectors (rendered from backbone.py.j2)."""
-
-from __future__ import annotations
-
-import torch
-import torchvision
-from torch import Tensor, nn
-'''
+#: The line of a ``pasted_*`` module below which its code goes into compiled files.
+PASTE_MARKER = "# --- pasted into model.py below this line ---\n"
 
 
+@functools.cache
+def pasted(name: str) -> str:
+    """The code compiled files carry of module ``nasfcos.compiler.pasted_<name>`` (what
+    follows its :data:`PASTE_MARKER`; its imports stay behind)."""
+    text = (Path(__file__).resolve().parent / f"pasted_{name}.py").read_text(encoding="utf-8")
+    return text.split(PASTE_MARKER, 1)[1]
+
+
+@functools.cache
 def template_environment() -> jinja2.Environment:
-    """The Jinja2 environment of ``compiler/templates`` (strict: undefined names raise)."""
-    return jinja2.Environment(
+    """The Jinja2 environment of ``compiler/templates`` (strict: undefined names raise);
+    ``{{ paste("name") }}`` on a line of its own puts :func:`pasted` code there."""
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -63,37 +62,18 @@ def template_environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-
-
-@functools.cache
-def backbone_source() -> str:
-    """Python source of the backbone library alone (imports + ``backbone.py.j2``)."""
-    return _PREAMBLE + template_environment().get_template("backbone.py.j2").render()
-
-
-@functools.cache
-def _module() -> ModuleType:
-    return module_from_source(backbone_source(), "nasfcos_backbones",
-                              filename=str(TEMPLATES_DIR / "backbone.py.j2"))  # our own template
-
-
-@functools.cache
-def _channel_table() -> dict[str, tuple[int, int, int, int]]:
-    """``BACKBONE_CHANNELS`` read from the rendered source (no torch import needed)."""
-    for node in ast.parse(backbone_source()).body:
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "BACKBONE_CHANNELS":
-            return {k: tuple(v) for k, v in ast.literal_eval(node.value).items()}
-    raise RuntimeError("backbone.py.j2 defines no BACKBONE_CHANNELS")  # a bug, not a user error
+    env.globals["paste"] = lambda name: pasted(name).removesuffix("\n")  # the line's own newline ends it
+    return env
 
 
 def backbone_names() -> tuple[str, ...]:
     """Every backbone name a detector accepts, in table order."""
-    return tuple(_channel_table())
+    return tuple(pasted_backbone.BACKBONE_CHANNELS)
 
 
 def backbone_channels(name: str) -> tuple[int, int, int, int]:
     """Widths of ``[c2, c3, c4, c5]`` of backbone ``name`` (the Decoder's ``in_channels``)."""
-    table = _channel_table()
+    table = pasted_backbone.BACKBONE_CHANNELS
     if name not in table:
         raise NasfcosError(f"unknown backbone {name!r} (expected one of: {', '.join(table)})")
     return tuple(table[name])
@@ -103,13 +83,12 @@ def build_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
     """Backbone ``name`` (``forward(images) -> [c2, c3, c4, c5]``, images already normalised),
     random weights unless ``weights`` names a torchvision state_dict file."""
     backbone_channels(name)  # validates the name
-    module = _module()
-    net: nn.Module = module.build_backbone(name)
+    net: nn.Module = pasted_backbone.build_backbone(name)
     if weights is not None:
         if not Path(weights).is_file():
             raise NasfcosError(f"{weights}: no such weights file")
         try:
-            module.load_backbone_weights(net, name, str(weights))
+            pasted_backbone.load_backbone_weights(net, name, str(weights))
         except ValueError as exc:
             raise NasfcosError(str(exc)) from None
     return net
@@ -117,9 +96,8 @@ def build_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
 
 def image_normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) per RGB channel that a detector subtracts / divides images in [0, 1] by
-    before its backbone (``IMAGE_MEAN``, ``IMAGE_STD`` of the template)."""
-    module = _module()
-    return tuple(module.IMAGE_MEAN), tuple(module.IMAGE_STD)
+    before its backbone (``IMAGE_MEAN``, ``IMAGE_STD`` of the backbone code)."""
+    return tuple(pasted_backbone.IMAGE_MEAN), tuple(pasted_backbone.IMAGE_STD)
 
 
 BACKBONE_NAMES: tuple[str, ...] = backbone_names()

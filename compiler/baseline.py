@@ -17,15 +17,12 @@ import hashlib
 import json
 from dataclasses import fields
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nasfcos.compiler.backbones import backbone_channels, template_environment
-from nasfcos.compiler.options import options_context
+from nasfcos.compiler.options import CompileOptions, options_context
 from nasfcos.compiler.plan import GENERATOR_VERSION
 from nasfcos.modelfile import module_from_source
-
-if TYPE_CHECKING:  # the compiler's options type; imported lazily so this module stands alone
-    from nasfcos.compiler import CompileOptions
 
 #: The baseline's name, written into the file (``GENOTYPE_NAME``) and accepted by ``nasfcos profile``.
 BASELINE_NAME = "fpn-fcos"
@@ -40,7 +37,6 @@ def baseline_hash() -> str:
 
 
 def _context(options: CompileOptions) -> dict[str, Any]:
-    head = options.fpn_channels if options.head_channels is None else options.head_channels
     # a detector's Decoder is always built with its backbone's widths
     in_channels = backbone_channels(options.backbone) if options.detector else options.in_channels
     options_repr = ", ".join(f"{f.name}={getattr(options, f.name)!r}" for f in fields(options))
@@ -54,8 +50,7 @@ def _context(options: CompileOptions) -> dict[str, Any]:
         "regenerate": regenerate,
         "model_hash": baseline_hash(),
         "fpn_channels": int(options.fpn_channels),
-        "head_channels": int(head),
-        "head_default": "None" if options.head_channels is None else str(int(options.head_channels)),
+        "head_channels": options.resolved_head_channels,
         "num_classes": int(options.num_classes),
         "in_channels": [int(c) for c in in_channels],
         "detector": bool(options.detector),
@@ -72,8 +67,6 @@ def compile_baseline(options: CompileOptions | None = None) -> str:
     ``options.backbone``; ``IN_CHANNELS`` is then the backbone's widths).
     """
     if options is None:
-        from nasfcos.compiler import CompileOptions
-
         options = CompileOptions(fpn_channels=BASELINE_CHANNELS)
     template = template_environment().get_template("baseline_fpn_fcos.py.j2")
     return template.render(**_context(options))

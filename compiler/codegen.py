@@ -6,8 +6,6 @@ import functools
 import types
 from typing import Any
 
-import jinja2
-
 from nasfcos.compiler.backbones import template_environment
 from nasfcos.compiler.options import CompileOptions, resolve_options
 from nasfcos.compiler.plan import build_plan
@@ -16,12 +14,6 @@ from nasfcos.genotypes import Genotype, parse_genotype
 from nasfcos.modelfile import module_from_source
 
 MAIN_TEMPLATE = "model.py.j2"
-
-
-@functools.lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
-    """The compiler's Jinja2 environment (Python output: no autoescape, strict undefined)."""
-    return template_environment()
 
 
 def validated_genotype(genotype: Any) -> Genotype:
@@ -47,7 +39,7 @@ def _render(genotype: Genotype | dict[str, Any], options: CompileOptions | None,
     opts = resolve_options(options, **kw)
     g = validated_genotype(genotype)
     plan = build_plan(g, opts)
-    source = _environment().get_template(MAIN_TEMPLATE).render(**plan.context())
+    source = template_environment().get_template(MAIN_TEMPLATE).render(**plan.context())
     return source, g
 
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from nasfcos.compiler.backbones import backbone_names
-from nasfcos.errors import NasfcosError
-from nasfcos.modelfile import BOX_UNITS, DEFAULT_BOX_UNITS
+from nasfcos.errors import FieldError, NasfcosError
+from nasfcos.modelfile import BOX_UNITS, DEFAULT_BOX_UNITS, MAX_CLASSES
 
-#: Backbones a ``--detector`` build may name: every trunk of ``templates/backbone.py.j2``
+#: Backbones a ``--detector`` build may name: every trunk of :mod:`~nasfcos.compiler.pasted_backbone`
 #: (``tiny`` is a small random-weight trunk for tests and smoke runs).
 BACKBONES: tuple[str, ...] = backbone_names()
 #: Bounds (inclusive) of the width options (also every CLI width flag's, through
@@ -22,9 +22,6 @@ BACKBONES: tuple[str, ...] = backbone_names()
 MIN_CHANNELS = 2
 MAX_CHANNELS = 4096
 MAX_IN_CHANNELS = 16384
-#: Most classes a model is compiled (and every ``--num-classes`` flag accepts, through
-#: :func:`check_num_classes`): LVIS has 1203, Objects365 365.
-MAX_CLASSES = 10000
 #: Every head norm is ``GroupNorm(GN_GROUPS, C)`` (as the release), so head widths are multiples.
 GN_GROUPS = 32
 #: Units of ``bbox_reg = exp(scale_l * x)`` (:class:`~nasfcos.modelfile.BoxUnits`): ``pixels`` of
@@ -41,9 +38,9 @@ PREPROCESS = ("caffe2", "imagenet")
 
 def _check_int(value: Any, what: str, upper: int, lower: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise NasfcosError(f"{what}: expected an integer, got {type(value).__name__} {str(value)[:40]!r}")
+        raise FieldError(what, f"expected an integer, got {type(value).__name__} {str(value)[:40]!r}")
     if not lower <= value <= upper:
-        raise NasfcosError(f"{what}: {value} is out of range ({lower}..{upper})")
+        raise FieldError(what, f"{value} is out of range ({lower}..{upper})")
     return int(value)
 
 
@@ -53,17 +50,17 @@ def _check_choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_width(value: Any, what: str) -> int:
+def check_width(what: str, value: Any) -> int:
     """A decoder width (FPN or head channels): an int in MIN..MAX_CHANNELS and even (the
     deformable convolutions use two offset groups, which split the channels in halves)."""
     width = _check_int(value, what, MAX_CHANNELS, MIN_CHANNELS)
     if width % 2:
-        raise NasfcosError(f"{what}: {width} is odd: widths must be even (deformable convolutions "
-                           "use two offset groups)")
+        raise FieldError(what, f"{width} is odd: widths must be even (deformable convolutions use "
+                               "two offset groups)")
     return width
 
 
-def check_num_classes(value: Any, what: str = "num_classes") -> int:
+def check_num_classes(what: str, value: Any) -> int:
     """A class count K: an int in 1..MAX_CLASSES."""
     return _check_int(value, what, MAX_CLASSES)
 
@@ -112,10 +109,10 @@ class CompileOptions:
     preprocess: str | None = None
 
     def __post_init__(self) -> None:
-        check_width(self.fpn_channels, "fpn_channels")
+        check_width("fpn_channels", self.fpn_channels)
         if self.head_channels is not None:
-            check_width(self.head_channels, "head_channels")
-        check_num_classes(self.num_classes)
+            check_width("head_channels", self.head_channels)
+        check_num_classes("num_classes", self.num_classes)
         object.__setattr__(self, "in_channels", parse_in_channels(self.in_channels))
         if not isinstance(self.detector, bool):
             raise NasfcosError(f"detector: expected a boolean, got {type(self.detector).__name__}")
@@ -153,6 +150,7 @@ def options_context(options: CompileOptions) -> dict[str, Any]:
     if options.detector:
         line += f", scoring {options.scoring}, preprocess {preprocess}"
     return {
+        "head_default": "None" if options.head_channels is None else str(options.head_channels),
         "box_regression": options.box_regression,
         "box_units_text": ("in pixels of the input image" if options.box_regression == DEFAULT_BOX_UNITS
                            else "in units of the level's stride"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from nasfcos.compiler.options import CompileOptions, option_flags, options_context
@@ -176,7 +176,6 @@ class Plan:
     regenerate: str
     fpn_channels: int
     head_channels: int
-    head_default: str
     num_classes: int
     in_channels: tuple[int, int, int, int]
     detector: bool
@@ -206,31 +205,10 @@ class Plan:
 
     def context(self) -> dict[str, Any]:
         """The template context (plain values and records)."""
-        return {
-            "generator_version": self.generator_version,
-            "name": self.name,
-            "name_literal": json.dumps(self.name),
-            "genotype_hash": self.genotype_hash,
-            "genotype_literal": self.genotype_literal,
-            "head_kind": self.head_kind,
-            "regenerate": self.regenerate,
-            "fpn_channels": self.fpn_channels,
-            "head_channels": self.head_channels,
-            "head_default": self.head_default,
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "in_channels_literal": repr(self.in_channels),
-            "detector": self.detector,
-            "backbone": self.backbone,
-            **self.options,
-            "uses": {n: (n in self.uses) for n in _ALL_USES},
-            "module_groups": self.module_groups,
-            "fcos_tower_convs": self.fcos_tower_convs,
-            "fpn_sections": self.fpn_sections,
-            "towers": self.towers,
-            "levels": self.levels,
-            "strides": OUTPUT_STRIDES,
-        }
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("options", "uses")}
+        return {**plain, **self.options, "name_literal": json.dumps(self.name),
+                "in_channels_literal": repr(self.in_channels), "strides": OUTPUT_STRIDES,
+                "uses": {n: (n in self.uses) for n in _ALL_USES}}
 
 
 _ALL_USES = (
@@ -529,7 +507,6 @@ def build_plan(g: Genotype, options: CompileOptions) -> Plan:
         regenerate=regenerate_command(genotype_source(g), options),
         fpn_channels=options.fpn_channels,
         head_channels=options.resolved_head_channels,
-        head_default="None" if options.head_channels is None else str(int(options.head_channels)),
         num_classes=options.num_classes,
         in_channels=options.in_channels,
         detector=options.detector,

@@ -38,7 +38,12 @@ import torchvision  # noqa: F401  (registers torch.ops.torchvision.*)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
+from nasfcos.compiler.backbones import backbone_channels, build_backbone
+from nasfcos.compiler.baseline import BASELINE_CHANNELS, baseline_module
+from nasfcos.compiler.codegen import compile_to_module
+from nasfcos.compiler.options import CompileOptions
 from nasfcos.errors import NasfcosError, first_line
+from nasfcos.genotypes import PAPER_GENOTYPES, resolve_genotype
 from nasfcos.modelfile import ModelInfo, RawForward, load_model_file
 
 #: Paper's input size for FLOPs, (height, width) like every size in nasfcos.
@@ -249,8 +254,6 @@ class _Composite(nn.Module):
 
 def _is_genotype_spec(spec: str) -> bool:
     """Whether ``spec`` names a genotype (a .json / release .yaml file or a shipped name)."""
-    from nasfcos.genotypes import PAPER_GENOTYPES
-
     if spec.lower().endswith((".json", ".yaml", ".yml")):
         return True
     return spec.removesuffix(".json") in PAPER_GENOTYPES and not Path(spec).exists()
@@ -258,8 +261,6 @@ def _is_genotype_spec(spec: str) -> bool:
 
 def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
     """(model module with ``build``, label, build overrides) for ``req.model``."""
-    from nasfcos.compiler.options import CompileOptions
-
     spec = req.model
     widths: dict[str, Any] = {"num_classes": req.num_classes}
     if req.fpn_channels is not None:
@@ -267,16 +268,11 @@ def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
     if req.head_channels is not None:
         widths["head_channels"] = req.head_channels
     if spec == "fpn-fcos":
-        from nasfcos.compiler.baseline import BASELINE_CHANNELS, baseline_module
-
         opts = CompileOptions(fpn_channels=req.fpn_channels or BASELINE_CHANNELS,
                               head_channels=req.head_channels, num_classes=req.num_classes,
                               detector=True)
         return baseline_module(opts), "fpn-fcos", {}
     if _is_genotype_spec(spec):
-        from nasfcos.compiler import compile_to_module
-        from nasfcos.genotypes import resolve_genotype
-
         g = resolve_genotype(spec)
         opts = CompileOptions(fpn_channels=req.fpn_channels or CompileOptions.fpn_channels,
                               head_channels=req.head_channels, num_classes=req.num_classes,
@@ -293,8 +289,6 @@ def _load_source(req: ProfileRequest) -> tuple[ModuleType, str, dict[str, Any]]:
 def build_for_profile(req: ProfileRequest) -> tuple[nn.Module, str, tuple[int, int], str]:
     """The detector (or backbone + Decoder) that ``req`` describes, on ``req.device``: the
     module, its label, its (FPN, head) widths and its backbone name."""
-    from nasfcos.compiler.backbones import backbone_channels, build_backbone
-
     if req.backbone is not None:
         backbone_channels(req.backbone)  # validates the name before any compiling
     module, label, overrides = _load_source(req)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from nasfcos.compiler.codegen import validated_genotype
 from nasfcos.compiler.options import CompileOptions, resolve_options
+from nasfcos.compiler.pasted_group_norm import GroupNorm
 from nasfcos.genotypes import (
     BACKBONE_LEVELS,
     BACKBONE_STRIDES,
@@ -37,17 +38,9 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
 
 
-class _GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` through ``torch.group_norm`` (as the compiled file: a 1x1 map at batch 1
-    runs; ``F.group_norm`` refuses one value per group)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-
-
 def _norm(kind: str, channels: int) -> nn.Module:
     """BN in the FPN, GroupNorm(32, C) in the head (the release's ``nn.GroupNorm(32, C)``)."""
-    return nn.BatchNorm2d(channels) if kind == "bn" else _GroupNorm(32, channels)
+    return nn.BatchNorm2d(channels) if kind == "bn" else GroupNorm(32, channels)
 
 
 class _Adapter(nn.Module):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from nasfcos.compiler.codegen import compile_genotype, compile_to_module
+from nasfcos.compiler.codegen import compile_to_module
 from nasfcos.compiler.options import CompileOptions
 from nasfcos.errors import NasfcosError, first_line
 from nasfcos.genotypes import Genotype, load_paper_genotype, read_release_config
@@ -386,8 +386,8 @@ def convert_release(obj: Any, config: str, source: str = "checkpoint") -> Conver
     """Convert a loaded release checkpoint ``obj`` for ``config`` (see :func:`release_target`)."""
     target = release_target(config)
     state, prefix, other = unwrap_checkpoint(obj, source)
-    code = compile_genotype(target.genotype, target.options)
     module = compile_to_module(target.genotype, target.options)
+    code = module.__source__  # the source it was compiled from (rendered once)
     with torch.device("meta"):
         det = module.Detector()
     kinds = {name: type(m).__name__ for name, m in det.named_modules()}

@@ -11,6 +11,7 @@ with the JSON path of the offending field, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -153,11 +154,8 @@ class Genotype:
         return atomic_write_text(path, self.dumps())
 
     def replace(self, **changes: Any) -> Genotype:
-        """A copy with fields replaced, re-validated."""
-        doc = self.to_dict()
-        for key, value in changes.items():
-            doc[key] = value.to_dict() if isinstance(value, Head) else value
-        return parse_genotype(doc)
+        """A copy with fields replaced (checked by the constructor)."""
+        return dataclasses.replace(self, **changes)
 
     # --- derived forms (implemented in analysis.py; the list form: paper.to_paper_list) ---
     def canonical(self) -> Genotype:
@@ -360,10 +358,6 @@ def parse_genotype(doc: Any) -> Genotype:
     if fmt != FORMAT:
         raise GenotypeError(f"format: expected {FORMAT!r}, got {_describe(fmt)}")
     name = _plain(obj.get("name", DEFAULT_NAME))
-    if type(name) is not str or not NAME_RE.fullmatch(name):  # before the blocks, as documented
-        raise GenotypeError(
-            f"name: {_describe(name)} is not a valid name (1-64 characters: letters, digits, '.', '_', '+', '-')"
-        )
     fpn = tuple(_block(b, f"fpn[{k}]") for k, b in enumerate(_list(obj["fpn"], "fpn", NUM_FPN_BLOCKS)))
     head = _head(obj["head"])
     share = _share(obj["share"], head)

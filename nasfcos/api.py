@@ -16,15 +16,26 @@ The functions take paths (str or Path) and keyword options named like the CLI fl
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nasfcos.io import folder_lock
+
 
 def _size(size: int | str | Sequence[int]) -> tuple[int, int]:
-    from nasfcos.runtime.models import parse_size
+    """``800``, ``"800x1088"`` or ``(h, w)`` -> ``(h, w)``, by the command line's size rule."""
+    import argparse
 
-    return parse_size(size)
+    from nasfcos.cli.args import size_hw
+    from nasfcos.errors import NasfcosError
+
+    text = size if isinstance(size, int | str) else "x".join(str(int(v)) for v in size)
+    try:
+        return size_hw(str(text))
+    except argparse.ArgumentTypeError as exc:
+        raise NasfcosError(str(exc)) from None
 
 
 def compile(genotype: Any, out: str | Path | None = None, **options: Any) -> str:  # noqa: A001
@@ -109,7 +120,8 @@ def train(model: str | Path, out: str | Path, *, data: str | Path | None = None,
     from nasfcos.fcos.train import train as run_training
 
     cfg = TrainConfig(model=str(model), out=str(out), data=str(data) if data else None, **options)
-    return run_training(cfg.validate(), progress=progress)
+    with folder_lock(out, "train"):  # the run folder is this call's (as the command line's)
+        return run_training(cfg.validate(), progress=progress)
 
 
 def evaluate(model: str | Path, data: str | Path, *, weights: str | Path | None = None,
@@ -151,7 +163,8 @@ def predict(model: str | Path, images: str | Path | Sequence[str | Path],
 
     if isinstance(images, (str, Path)):
         images = [images]
-    return run_predict(model, images, out, log=options.pop("log", lambda _line: None), **options)
+    with folder_lock(out, "predict") if out is not None else contextlib.nullcontext():
+        return run_predict(model, images, out, log=options.pop("log", lambda _line: None), **options)
 
 
 __all__ = ["bench", "check", "compile", "evaluate", "export", "predict", "train"]

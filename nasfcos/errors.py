@@ -29,3 +29,19 @@ def first_line(exc: BaseException, limit: int | None = 200) -> str:
     ``limit`` characters: the text of a one-line error built from another exception."""
     line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return line if limit is None else line[:limit]
+
+
+class FieldError(NasfcosError, ValueError):
+    """A value that breaks the rule of the object it belongs to.  ``field`` names it (an
+    options or config field); the command line shows it as the matching ``--flag``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.reason = field, message
+        super().__init__(f"{field}: {message}")
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters: a value quoted in a one-line
+    error (a tensor's repr spans lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -21,7 +21,12 @@ real GPU by this project are marked ``# unverified``.  Sources:
 [ORT]   ONNX Runtime "CUDA Execution Provider" requirements: from 1.19 the onnxruntime-gpu
         wheels on PyPI are built with CUDA 12.x and cuDNN 9.x (any 12.x runtime works, minor
         version compatibility); onnxruntime PR #23659 (1.21): extras ``[cuda,cudnn]`` pull the
-        CUDA 12 and cuDNN 9 runtime wheels.
+        CUDA and cuDNN runtime wheels.
+[ORTPY] measured here (pip's dependency resolution of ``onnxruntime-gpu[cuda,cudnn]==V``, no
+        install): 1.23.2 and 1.26.0 pull nvidia-cuda-runtime-cu12 12.9 + nvidia-cudnn-cu12 9;
+        1.28.0 and 1.31.1 pull nvidia-cuda-runtime 13.5 + nvidia-cudnn-cu13 9.  So the PyPI
+        wheels became CUDA 13 builds at 1.27 or 1.28 (1.27.0 did not resolve here), and a CUDA
+        13 build has no sm_70 target [PT]: a V100 needs onnxruntime-gpu < 1.27.
 """
 
 from __future__ import annotations
@@ -62,7 +67,14 @@ TRT_VOLTA_REMOVED = (10, 5)
 TRT_MAX_MAJOR = 12
 #: onnxruntime-gpu on PyPI: CUDA 12.x + cuDNN 9 from 1.19; [cuda,cudnn] extras from 1.21.
 ORT_GPU_MIN = (1, 21)  # src: [ORT]
-ORT_GPU_CUDA_MAJOR = 12  # src: [ORT]; a CUDA 13 wheel is not on PyPI as of 1.25 (unverified later)
+#: First onnxruntime-gpu release on PyPI that is a CUDA 13 build (1.27 unresolved: counted as
+#: CUDA 13 to be safe).  src: [ORTPY]
+ORT_GPU_CUDA13_FROM = (1, 27)
+
+
+def ort_cuda_major(version: tuple[int, ...]) -> int:
+    """The CUDA major an onnxruntime-gpu wheel of ``version`` from PyPI is built with."""
+    return 13 if tuple(version[:2]) >= ORT_GPU_CUDA13_FROM else 12  # src: [ORT], [ORTPY]
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,8 @@ class Generation:
     trt: tuple[tuple[int, int], tuple[int, int]] | None  # [from, until) TensorRT versions
     extra: str                             # the nasfcos extra that installs that TensorRT
     fast: tuple[str, ...]                  # precisions with fast kernels (TensorRT)
+    ort_extra: str = "gpu"                 # the extra that installs onnxruntime-gpu for it
+    ort_below: tuple[int, int] | None = None  # onnxruntime-gpu versions below this only
 
     @property
     def sm(self) -> tuple[str, ...]:
@@ -87,7 +101,7 @@ GENERATIONS: tuple[Generation, ...] = (
     # Volta: 10.0-10.4 deprecated it, 10.5 removed it -> 10.1 <= v < 10.5.  V100 INT8 runs
     # (dp4a) without INT8 tensor cores [TRTHW].
     Generation("Volta", ((7, 0),), "V100, Titan V", ((10, 1), (10, 5)), "trt-volta",
-               ("fp16", "int8")),
+               ("fp16", "int8"), ort_extra="gpu-volta", ort_below=ORT_GPU_CUDA13_FROM),
     Generation("Turing", ((7, 5),), "T4, RTX 20xx", ((10, 1), (TRT_MAX_MAJOR, 0)), "trt",
                ("fp16", "int8")),
     Generation("Ampere", ((8, 0), (8, 6)), "A100, A10, RTX 30xx",
@@ -174,6 +188,22 @@ def trt_supports(version: tuple[int, int], cap: tuple[int, int]) -> str | None:
     return None
 
 
+def ort_extra_for(cap: tuple[int, int]) -> str:
+    """The extra that installs an onnxruntime-gpu for ``cap`` (``gpu-volta`` on Volta)."""
+    gen = generation(cap)
+    return gen.ort_extra if gen is not None else "gpu"
+
+
+def ort_supports(version: tuple[int, ...], cap: tuple[int, int]) -> str | None:
+    """None when onnxruntime-gpu ``version`` (a PyPI wheel) has kernels for ``cap``."""
+    gen = generation(cap)
+    v = ".".join(map(str, version[:2]))
+    if gen is not None and gen.ort_below is not None and tuple(version[:2]) >= gen.ort_below:
+        return (f"ONNX Runtime {v} is a CUDA {ort_cuda_major(version)} build, without "
+                f"{gen.name} kernels")
+    return None
+
+
 def trt_extra_for(cap: tuple[int, int]) -> str:
     """The extra that installs a TensorRT for ``cap`` (``trt-volta`` on Volta)."""
     gen = generation(cap)
@@ -202,7 +232,7 @@ def _range(lo: tuple[int, int], hi: tuple[int, int]) -> str:
 def markdown_table(rows: Sequence[Generation] = GENERATIONS) -> str:
     """The README's GPU table, generated from the matrix."""
     lines = ["| GPU generation (compute capability) | e.g. | torch 2.14.1 build with kernels "
-             "| TensorRT (extra) | ONNX Runtime CUDA | DeformConv | fast precisions |",
+             "| TensorRT (extra) | onnxruntime-gpu (extra) | DeformConv | fast precisions |",
              "|---|---|---|---|---|---|---|"]
     for g in rows:
         caps = ", ".join(f"{a}.{b}" for a, b in g.caps)
@@ -213,8 +243,9 @@ def markdown_table(rows: Sequence[Generation] = GENERATIONS) -> str:
                                for c in builds) or "none"
         assert g.trt is not None
         trt_cell = f"{_range(*g.trt)} (`[{g.extra}]`)"
-        ort_cell = (f"onnxruntime-gpu >= {'.'.join(map(str, ORT_GPU_MIN))} "
-                    f"(CUDA {ORT_GPU_CUDA_MAJOR}, `[gpu]`)")
+        lo = ".".join(map(str, ORT_GPU_MIN))
+        ort_cell = (f"{lo} - {g.ort_below[0]}.{g.ort_below[1] - 1} (CUDA 12, `[{g.ort_extra}]`)"
+                    if g.ort_below else f">= {lo} (CUDA 13 from 1.27, `[{g.ort_extra}]`)")
         lines.append(f"| {g.name} ({caps}) | {g.examples} | {torch_cell} | {trt_cell} | "
                      f"{ort_cell} | TensorRT parser, native | {', '.join(g.fast)} |")
     return "\n".join(lines) + "\n"
@@ -228,8 +259,9 @@ def main() -> None:
 if __name__ == "__main__":  # pragma: no cover
     main()
 
-__all__ = ["GENERATIONS", "ORT_GPU_CUDA_MAJOR", "ORT_GPU_MIN", "TORCHVISION_VERSION",
+__all__ = ["GENERATIONS", "ORT_GPU_CUDA13_FROM", "ORT_GPU_MIN", "TORCHVISION_VERSION",
            "TORCH_BUILDS", "TORCH_VERSION", "TRT_DEFORMCONV_FROM", "TRT_MAX_MAJOR",
            "TRT_VOLTA_REMOVED", "Generation", "TorchBuild", "arch_runs", "build_arch_list",
-           "generation", "gpu_label", "markdown_table", "parse_version", "torch_builds_for",
+           "generation", "gpu_label", "markdown_table", "ort_cuda_major", "ort_extra_for",
+           "ort_supports", "parse_version", "torch_builds_for",
            "torch_fix", "trt_extra_for", "trt_supports"]

@@ -116,6 +116,9 @@ def load_model_file(path: str | Path, *, sha256: str | None = None) -> ModuleTyp
     return module
 
 
+#: Most classes a model has: the one limit of compile options, ``--num-classes`` flags and
+#: weights files' ``num_classes`` (LVIS has 1203, Objects365 365).
+MAX_CLASSES = 10000
 #: Units of a model's box regression ``bbox_reg = exp(scale_l * x)`` (Contract 2's
 #: ``BOX_REGRESSION``): ``pixels`` of the input image (the release's, the default) or
 #: ``stride`` units of each level (FCOS's later stride-normalised regression).
@@ -145,21 +148,16 @@ class BoxUnits:
         return regression if self.name == "pixels" else regression * strides
 
 
-def _const(module: ModuleType, name: str, kind: type | tuple[type, ...]) -> Any:
+def _const(module: ModuleType, name: str, kind: type) -> Any:
+    """Constant ``name`` of a model file (``None`` if absent); ``tuple``: of ints, from a tuple or list."""
     value = module.__dict__.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, kind):
+    ok = value is None or (type(value) is kind if kind is not tuple else (
+        isinstance(value, tuple | list) and all(type(v) is int for v in value)))
+    if not ok:
         where = getattr(module, "__file__", None) or "model file"
-        raise NasfcosError(f"{where}: {name} = {str(value)[:40]!r} is not a {getattr(kind, '__name__', 'sequence')}")
-    return value
-
-
-def _ints(module: ModuleType, name: str) -> tuple[int, ...] | None:
-    value = _const(module, name, (tuple, list))
-    if value is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise NasfcosError(f"{getattr(module, '__file__', None) or 'model file'}: {name} holds non-integers")
-    return None if value is None else tuple(value)
+        raise NasfcosError(f"{where}: {name} = {str(value)[:40]!r} is not {kind.__name__}"
+                           + (" of integers" if kind is tuple else ""))
+    return tuple(value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True)
@@ -208,9 +206,9 @@ class ModelInfo:
             head_channels=_const(module, "HEAD_CHANNELS", int),
             head_follows_fpn=_head_default(module) is None,
             num_classes=_const(module, "NUM_CLASSES", int),
-            in_channels=_ints(module, "IN_CHANNELS"),
+            in_channels=_const(module, "IN_CHANNELS", tuple),
             box_units=box_units,
-            strides=_ints(module, "STRIDES"),
+            strides=_const(module, "STRIDES", tuple),
             scoring=_const(module, "SCORING", str),
             preprocess=_const(module, "PREPROCESS", str),
             backbone=_const(module, "BACKBONE", str),
@@ -252,5 +250,5 @@ class RawForward(nn.Module):
         return self.detector.forward_raw(images)
 
 
-__all__ = ["BOX_UNITS", "DEFAULT_BOX_UNITS", "BoxUnits", "ModelInfo", "RawForward", "load_model_file", "model_code_guard",
+__all__ = ["BOX_UNITS", "DEFAULT_BOX_UNITS", "MAX_CLASSES", "BoxUnits", "ModelInfo", "RawForward", "load_model_file", "model_code_guard",
            "module_from_source"]

@@ -5,9 +5,22 @@ and CI output show that a long run is alive without filling up with bar redraws.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from typing import Any, TextIO
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[io.StringIO]:
+    """Capture a library's stdout chatter and silence its warnings; yields the captured log."""
+    buf = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+        warnings.simplefilter("ignore")
+        yield buf
 
 
 class LineProgress:

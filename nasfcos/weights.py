@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasfcos.errors import NasfcosError, first_line
+from nasfcos.errors import NasfcosError, first_line, short_repr
 from nasfcos.io import regular_file
+from nasfcos.modelfile import MAX_CLASSES
 
 
 def load_weights_file(path: str | Path) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
 #: bounded like the command line's (``--min-size`` ...), so a forged file cannot ask for a
 #: huge allocation.
 METADATA_RULES: dict[str, tuple[str, int, int]] = {
-    "num_classes": ("int", 1, 100_000),
+    "num_classes": ("int", 1, MAX_CLASSES),
     "min_size": ("int", 32, 8192),
     "max_size": ("int", 32, 8192),
     "eval_batch": ("int", 1, 4096),
@@ -82,15 +83,10 @@ def check_metadata(doc: dict[str, Any], source: str) -> None:
             ok = isinstance(v, str) and len(v) <= hi
             want = f"a string of at most {hi} characters"
         if not ok:
-            raise NasfcosError(f"{source}: metadata {key!r} must be {want}, got {_short(v)}")
+            raise NasfcosError(f"{source}: metadata {key!r} must be {want}, got {short_repr(v)}")
     k, ids = doc.get("num_classes"), doc.get("cat_ids")
     if isinstance(k, int) and isinstance(ids, list | tuple) and ids and len(ids) != k:
         raise NasfcosError(f"{source}: metadata 'cat_ids' has {len(ids)} ids for {k} classes")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_finite_state(state: dict[str, Any], source: str) -> None:

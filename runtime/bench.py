@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from nasfcos.errors import BackendUnavailable, NasfcosError
-from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nasfcos.errors import BackendUnavailable, FieldError, NasfcosError
+from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text, regular_file
 from nasfcos.modelfile import ModelInfo
+from nasfcos.progress import quiet
+from nasfcos.runtime.artifact import Artifact, form_of, open_artifact
 from nasfcos.runtime.machine import describe, machine_info
 from nasfcos.runtime.models import make_inputs
-from nasfcos.runtime.runners import BACKENDS, Runner, make_runner
+from nasfcos.runtime.runners import Runner, make_runner, split_backend
 
 REPORT_FORMAT = "nasfcos-bench/1"
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((600, 600), (800, 800), (1000, 1000))
@@ -44,7 +47,8 @@ class BenchConfig:
     """
 
     backends: list[str] | None = None
-    sizes: list[tuple[int, int]] = field(default_factory=lambda: list(DEFAULT_SIZES))
+    #: None: :data:`DEFAULT_SIZES`, or a static export's own size
+    sizes: list[tuple[int, int]] | None = None
     batch: int = 1
     warmup: int = 10
     runs: int = 100
@@ -63,6 +67,13 @@ class BenchConfig:
     onnx_path: Path | None = None
     #: For a detector model.py: add the route without nasfcos (:func:`baseline_runner`).
     baseline: bool = False
+    #: Calibration of ``openvino:int8`` (a :class:`~nasfcos.runtime.precision.PrecisionOptions`).
+    calib: Any = None
+    #: With no ``backends`` on cpu: also time the engine :func:`nasfcos.runtime.cpu_default.
+    #: choose_cpu_engine` picks for this file (``nasfcos bench`` sets it); the choice lands in
+    #: ``cpu_default``.
+    auto_cpu: bool = False
+    cpu_default: Any = None
 
 
 def latency_stats(times_ms: Sequence[float], batch: int = 1) -> dict[str, float]:
@@ -106,17 +117,20 @@ def median_ratio_interval(num_ms: Sequence[float], den_ms: Sequence[float], *,
 
 
 def matmul_peak_gflops(threads: int | None = None, n: int = 2048,
-                       seconds: float = 1.5) -> dict[str, float]:
-    """fp32 matmul throughput of this machine (torch, ``threads`` threads): median GFLOP/s."""
+                       seconds: float = 1.5, dtype: str = "float32") -> dict[str, float]:
+    """Matmul throughput of this machine (torch, ``threads`` threads) in ``dtype``
+    (``float32``, or ``bfloat16``: oneDNN's bf16 kernels where the CPU has them): median
+    GFLOP/s."""
     import torch
 
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        a = torch.randn(n, n)
-        b = torch.randn(n, n)
-        c = torch.empty(n, n)
+        dt = getattr(torch, dtype)
+        a = torch.randn(n, n).to(dt)
+        b = torch.randn(n, n).to(dt)
+        c = torch.empty(n, n, dtype=dt)
         for _ in range(2):
             torch.mm(a, b, out=c)
         times = []
@@ -157,8 +171,9 @@ def count_flops(lm: Any, size: tuple[int, int], batch: int = 1) -> float:
 
 
 def _time_cell(runner: Runner, inputs: list[np.ndarray], cfg: BenchConfig,
-               tick: Callable[[], None] | None = None) -> tuple[list[float], dict[str, Any]]:
-    """Warm up, then time runs; returns per-run milliseconds and notes."""
+               tick: Callable[[float], None] | None = None) -> tuple[list[float], dict[str, Any]]:
+    """Warm up, then time runs; returns per-run milliseconds and notes (``tick`` gets each
+    run's milliseconds)."""
     runner.bind(*inputs)
     notes: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -192,7 +207,7 @@ def _time_cell(runner: Runner, inputs: list[np.ndarray], cfg: BenchConfig,
             runner.synchronize()
             times.append((time.perf_counter_ns() - t) / 1e6)
         if tick is not None:
-            tick()
+            tick(times[-1])
         if i + 1 >= cfg.min_runs and time.perf_counter() > budget_end:
             notes["stopped_early"] = f"time budget {cfg.max_seconds}s after {i + 1} runs"
             break
@@ -237,12 +252,10 @@ def export_baseline(lm: Any, out: str | Path, size: tuple[int, int], *, dynamic:
     """
     import torch
 
-    from nasfcos.runtime.export import _quiet
-
     net = baseline_detector(lm)
     image = torch.from_numpy(lm.inputs(size, 1, seed=seed)[0])
     dyn = torch.export.Dim.DYNAMIC
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         torch.onnx.export(net, (image,), str(out), dynamo=True, opset_version=19,
                           input_names=list(lm.input_names), output_names=list(lm.output_names),
                           dynamic_shapes=({0: dyn, 2: dyn, 3: dyn},) if dynamic else None)
@@ -260,18 +273,17 @@ def plain_session(path: str | Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def baseline_runner(path: Path, size: tuple[int, int], cfg: BenchConfig) -> Runner:
-    """ONNX Runtime runner on :func:`export_baseline` of the detector ``path`` at ``size``
-    (static, or dynamic unless ``cfg.onnx_static``) with a :func:`plain_session`."""
+def baseline_runner(lm: Any, size: tuple[int, int], cfg: BenchConfig) -> Runner:
+    """ONNX Runtime runner on :func:`export_baseline` of the detector ``lm`` (a
+    :class:`~nasfcos.runtime.models.LoadedModel`) at ``size`` (static, or dynamic unless
+    ``cfg.onnx_static``) with a :func:`plain_session`."""
     import tempfile
 
-    from nasfcos.runtime.models import load_model
     from nasfcos.runtime.runners import OrtRunner
 
     t0 = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="nasfcos-baseline-")
-    onnx_path = export_baseline(load_model(path, "detector", seed=cfg.seed),
-                                Path(tmp.name) / "baseline.onnx", size,
+    onnx_path = export_baseline(lm, Path(tmp.name) / "baseline.onnx", size,
                                 dynamic=not cfg.onnx_static, seed=cfg.seed)
     runner = OrtRunner(onnx_path, threads=cfg.threads)
     runner.session = plain_session(onnx_path, cfg.threads)
@@ -316,211 +328,314 @@ def ort_op_profile(session_or_path: Any, feed: dict[str, np.ndarray], runs: int 
                  "nodes": nodes[op] // (runs + 1)} for op, d in dur.most_common()}
 
 
-def default_backends(path: Path, device: str = "cpu") -> list[str]:
-    """Backends that make sense for an artifact: .py -> torch + onnxruntime (+ tensorrt on a
-    GPU machine with TensorRT), .onnx -> onnxruntime (+ tensorrt), .engine -> tensorrt."""
+def default_backends(art: Artifact, device: str = "cpu") -> list[str]:
+    """Backends that make sense for an artifact: model.py -> torch + onnxruntime (+ tensorrt
+    on a GPU machine with TensorRT), ONNX -> onnxruntime (+ tensorrt), engine -> tensorrt."""
     from nasfcos.runtime.trt import tensorrt_status
 
-    trt_ok = device.startswith("cuda") and tensorrt_status() is None
-    if path.suffix == ".py":
-        return ["torch", "onnxruntime"] + (["tensorrt"] if trt_ok else [])
-    if path.suffix == ".onnx":
-        return ["onnxruntime"] + (["tensorrt"] if trt_ok else [])
-    return ["tensorrt"]
+    trt = ["tensorrt"] if device.startswith("cuda") and tensorrt_status() is None else []
+    if art.form == "model.py":
+        return ["torch", "onnxruntime", *trt]
+    return ["onnxruntime", *trt] if art.form == "onnx" else ["tensorrt"]
 
 
-def _make(path: Path, backend: str, cfg: BenchConfig, size: tuple[int, int] | None,
-          kind: str | None, in_channels: Sequence[int] | None) -> Runner:
-    """Build one runner (for a per-size static ONNX export when ``size`` is given)."""
-    device = cfg.device
-    if backend in ("torch", "torch-compile"):
-        return make_runner(path, backend, device, kind=cfg.kind, seed=cfg.seed,
-                           threads=cfg.threads)
+def _bench_sizes(art: Artifact, cfg: BenchConfig) -> list[tuple[int, int]]:
+    """The sizes to time: ``cfg.sizes`` (default :data:`DEFAULT_SIZES`), except that a static
+    export runs at its own size only (other sizes are refused before any work)."""
+    if art.size is None:
+        return list(cfg.sizes or DEFAULT_SIZES)
+    if cfg.sizes and any(tuple(s) != art.size for s in cfg.sizes):
+        asked = ",".join(f"{h}x{w}" for h, w in cfg.sizes)
+        raise FieldError("sizes", f"{art.path.name} is a static export at {art.size[0]}x"
+                         f"{art.size[1]} and cannot run {asked} (leave the sizes out, or "
+                         "export it dynamic)")
+    if art.batch is not None and cfg.batch != art.batch:
+        raise FieldError("batch", f"{art.path.name} is a static export with batch "
+                         f"{art.batch}, not {cfg.batch}")
+    return [art.size]
+
+
+def _validate(art: Artifact, cfg: BenchConfig) -> list[str]:
+    """The backends to run; one-line errors for a bad configuration, before any work."""
+    backends = cfg.backends or default_backends(art, cfg.device)
+    for b in backends:
+        split_backend(b)  # one-line error for an unknown backend or run-time precision
+    if cfg.auto_cpu and not cfg.backends and cfg.device == "cpu" and art.form in (
+            "model.py", "onnx"):
+        from nasfcos.runtime.cpu_default import choose_cpu_engine
+
+        cfg.cpu_default = choose_cpu_engine(art.path)  # timed beside the suffix default
+        if cfg.cpu_default.engine not in backends:
+            backends = [*backends, cfg.cpu_default.engine]
+    if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
+        raise NasfcosError("runs must be >= 1, warmup >= 0 and batch >= 1")
+    if cfg.baseline:
+        if not art.is_model_file or cfg.device != "cpu":
+            raise NasfcosError("the baseline needs a detector model.py on the cpu device")
+        backends = [*backends, BASELINE_BACKEND]
+    return backends
+
+
+class _Exports:
+    """ONNX files a model.py is benchmarked through, made once, visibly, up front: one
+    dynamic export (traced at the largest size) shared by onnxruntime and tensorrt, or with
+    ``onnx_static`` one static export per size; ``cfg.onnx_path`` instead when given."""
+
+    def __init__(self, art: Artifact, cfg: BenchConfig, sizes: list[tuple[int, int]],
+                 backends: list[str], log: Callable[[str], None]) -> None:
+        import tempfile
+
+        self.files: dict[tuple[int, int] | None, Artifact] = {}
+        self.sizes, self._tmp = sizes, None
+        wanted = {"onnxruntime", "openvino", "tensorrt"} & {
+            split_backend(b)[0] for b in backends if b != BASELINE_BACKEND}
+        if not art.is_model_file or not wanted:
+            return
+        if cfg.onnx_path is not None:
+            self.files[None] = open_artifact(cfg.onnx_path)
+            return
+        from nasfcos.runtime.export import ExportOptions, export_onnx
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="nasfcos-bench-")
+        static = cfg.onnx_static and wanted <= {"onnxruntime", "openvino"}
+        largest = max(sizes, key=lambda s: s[0] * s[1])
+        for size in sizes if static else [largest]:
+            log(f"bench: exporting {art.path.name} to ONNX ({'static' if static else 'dynamic'}"
+                f", traced at {size[0]}x{size[1]}) for {', '.join(sorted(wanted))} ...")
+            out = Path(self._tmp.name) / f"{art.path.stem}-{size[0]}x{size[1]}.onnx"
+            export_onnx(art.model, out, ExportOptions(kind=art.kind, size=size, batch=cfg.batch,
+                                                      dynamic=not static, seed=cfg.seed))
+            self.files[size if static else None] = open_artifact(out)
+
+    def get(self, size: tuple[int, int]) -> Artifact | None:
+        return self.files.get(size, self.files.get(None))
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _make(art: Artifact, backend: str, cfg: BenchConfig, size: tuple[int, int],
+          exports: _Exports) -> Runner:
+    """One runner for ``backend`` on ``art`` (through its ONNX export for a model.py)."""
+    engine = split_backend(backend)[0] if backend != BASELINE_BACKEND else backend
+    if engine in ("torch", "torch-compile"):
+        return make_runner(art, backend, cfg.device, threads=cfg.threads)
     if backend == BASELINE_BACKEND:
-        return baseline_runner(path, size or cfg.sizes[0], cfg)
-    if cfg.onnx_path is not None and path.suffix == ".py" and backend in ("onnxruntime",
-                                                                          "tensorrt"):
-        path = Path(cfg.onnx_path)
+        return baseline_runner(art.model, size, cfg)
+    src = exports.get(size) if art.is_model_file else art
+    if engine == "openvino":
+        return make_runner(src, backend, cfg.device, threads=cfg.threads,
+                           calib=cfg.calib if backend.endswith(":int8") else None)
     if backend == "onnxruntime":
-        export = None
-        if path.suffix == ".py":
-            export = {"kind": cfg.kind, "seed": cfg.seed}
-            # dynamic: trace at the largest size (small traces specialise, e.g. 1x1 levels)
-            largest = max(cfg.sizes, key=lambda s: s[0] * s[1])
-            export.update({"dynamic": False, "size": size, "batch": cfg.batch} if size else
-                          {"dynamic": True, "size": tuple(largest), "batch": cfg.batch})
-        return make_runner(path, backend, device, threads=cfg.threads,
-                           opt_level=cfg.ort_opt_level, export=export)
-    # tensorrt: profile spanning the benchmark sizes
-    from nasfcos.runtime.trt import profile_shapes
+        return make_runner(src, backend, cfg.device, threads=cfg.threads,
+                           opt_level=cfg.ort_opt_level)
+    from nasfcos.runtime.trt import profile_shapes  # tensorrt: a profile over the sizes
 
     shapes = None
-    export = None
-    if path.suffix in (".py", ".onnx"):
-        sizes = sorted(cfg.sizes, key=lambda s: s[0] * s[1])
-        if path.suffix == ".py":
-            export = {"kind": cfg.kind, "seed": cfg.seed, "dynamic": True,
-                      "size": tuple(sizes[len(sizes) // 2]),
-                      "batch": cfg.batch}
-        if kind is not None and (kind == "detector" or in_channels is not None):
-            shapes = profile_shapes(kind, [sizes[0], sizes[len(sizes) // 2], sizes[-1]],
-                                    cfg.batch, in_channels)
-    return make_runner(path, "tensorrt", device, fp16=cfg.trt_fp16 or None, shapes=shapes,
-                       export=export)
+    sizes = sorted(exports.sizes, key=lambda s: s[0] * s[1])
+    if src.form == "onnx" and (src.kind == "detector" or src.in_channels is not None):
+        shapes = profile_shapes(src.kind, [sizes[0], sizes[len(sizes) // 2], sizes[-1]],
+                                cfg.batch, src.in_channels)
+    return make_runner(src, "tensorrt", cfg.device, fp16=cfg.trt_fp16 or None, shapes=shapes)
 
 
-def run_benchmark(model: str | Path, cfg: BenchConfig | None = None, *,
-                  progress: bool = False) -> dict[str, Any]:
-    """Benchmark ``model`` (model.py / .onnx / .engine) per ``cfg``; returns the report dict.
+def _flops(art: Artifact, sizes: list[tuple[int, int]], cfg: BenchConfig,
+           model_info: dict[str, Any]) -> dict[str, float]:
+    """FLOPs per size of a model.py (informative only: a failure is noted, never fatal)."""
+    flops: dict[str, float] = {}
+    if not (art.is_model_file and cfg.flops):
+        return flops
+    for size in sizes:
+        try:
+            flops[f"{size[0]}x{size[1]}"] = count_flops(art.model, size, cfg.batch)
+        except Exception as exc:  # FLOPs are informative only: never fail the bench
+            model_info["flops_error"] = f"{type(exc).__name__}: {exc}"[:200]
+            break
+    return flops
 
-    A backend that is unavailable (no TensorRT, no GPU, compile failure) is recorded as
-    ``skipped`` with its one-line reason; other backends still run.
+
+class _Estimate:
+    """Says, after the first timed run, about how long the whole benchmark will take
+    (per-run time scaled by pixels per size, warm-up included, capped by ``max_seconds``)."""
+
+    def __init__(self, cfg: BenchConfig, cells: list[tuple[str, tuple[int, int]]],
+                 log: Callable[[str], None], report: dict[str, Any]) -> None:
+        self.cfg, self.cells, self.log, self.report = cfg, cells, log, report
+
+    def first_run(self, ms: float, size: tuple[int, int]) -> None:
+        if "estimate_s" in self.report:
+            return
+        area = size[0] * size[1]
+        total = 0.0
+        for _, (h, w) in self.cells:
+            cell = ms / 1000 * h * w / area
+            timed = min(cell * self.cfg.runs, self.cfg.max_seconds or math.inf)
+            total += cell * self.cfg.warmup + timed
+        self.report["estimate_s"] = round(total, 3)
+        self.log(f"bench: first run {ms:.0f} ms at {size[0]}x{size[1]}; about "
+                 f"{_duration(total)} for {len(self.cells)} backend x size cell(s) of "
+                 f"{self.cfg.warmup} + {self.cfg.runs} runs (Ctrl-C keeps the rows done)")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _row(runner: Runner, times: list[float], notes: dict[str, Any], row: dict[str, Any],
+         cfg: BenchConfig, flop: float | None, peak: float | None) -> dict[str, Any]:
+    """A finished cell: statistics, runner info, achieved GFLOP/s and the raw times."""
+    stats = latency_stats(times, cfg.batch)
+    row.update({"status": "ok", "runs": len(times), "warmup": cfg.warmup, **notes,
+                **{k: round(v, 3) for k, v in stats.items()}, "info": runner.info()})
+    if flop is not None:
+        row["gflop"] = round(flop / 1e9, 2)
+        row["gflops_per_s"] = round(flop / 1e9 / (stats["median_ms"] / 1000), 1)
+        if peak:
+            row["peak_fraction"] = round(row["gflops_per_s"] / peak, 3)
+    row["times_ms"] = [round(t, 3) for t in times]
+    return row
+
+
+class _Cells:
+    """Runs every (backend, size) cell of a benchmark into ``report["results"]``."""
+
+    def __init__(self, art: Artifact, cfg: BenchConfig, report: dict[str, Any],
+                 exports: _Exports, bar: Any, estimate: _Estimate) -> None:
+        self.art, self.cfg, self.report, self.exports = art, cfg, report, exports
+        self.bar, self.estimate = bar, estimate
+        self.peak = (report.get("matmul_peak") or {}).get("gflops")
+
+    def _progress(self, n: int) -> None:
+        if self.bar is not None and n > 0:
+            self.bar.update(n)
+
+    def backend(self, backend: str, sizes: list[tuple[int, int]]) -> None:
+        cfg, runner, skip = self.cfg, None, None
+        per_size = backend == BASELINE_BACKEND or (backend.partition(":")[0] in (
+            "onnxruntime", "openvino") and len(
+            {id(self.exports.get(s)) for s in sizes}) > 1)
+        try:
+            for size in sizes:
+                row: dict[str, Any] = {"backend": backend, "size": list(size), "batch": cfg.batch}
+                if self.bar is not None:
+                    self.bar.set_postfix_str(f"{backend} {size[0]}x{size[1]}")
+                if skip is not None:
+                    self.report["results"].append({**row, "status": "skipped", "reason": skip})
+                    self._progress(cfg.runs)
+                    continue
+                try:
+                    if runner is None or per_size:
+                        if runner is not None:
+                            runner.close()
+                        runner = _make(self.art, backend, cfg, size, self.exports)
+                        row["setup_seconds"] = round(runner.setup_seconds, 2)
+                    self._cell(runner, size, row)
+                except (BackendUnavailable, NasfcosError) as exc:
+                    status = "skipped" if isinstance(exc, BackendUnavailable) else "failed"
+                    skip = str(exc) if status == "skipped" else None
+                    self.report["results"].append({**row, "status": status, "reason": str(exc)})
+                    self._progress(cfg.runs)
+        finally:
+            if runner is not None:
+                runner.close()
+
+    def _cell(self, runner: Runner, size: tuple[int, int], row: dict[str, Any]) -> None:
+        cfg = self.cfg
+        kind = self.art.kind or runner.kind
+        if kind is None:
+            raise NasfcosError("cannot tell the model kind (decoder/detector)")
+        inputs = make_inputs(kind, size, cfg.batch, cfg.seed,
+                             self.art.in_channels or runner.in_channels)
+        done = [0]
+
+        def tick(ms: float) -> None:
+            if not done[0]:
+                self.estimate.first_run(ms, size)
+            done[0] += 1
+            self._progress(1)
+
+        times, notes = _time_cell(runner, inputs, cfg, tick)
+        self._progress(cfg.runs - len(times))
+        flop = self.report["flops"].get(f"{size[0]}x{size[1]}")
+        self.report["results"].append(_row(runner, times, notes, row, cfg, flop, self.peak))
+
+
+def _baseline_ratio(report: dict[str, Any], sizes: list[tuple[int, int]]) -> None:
+    """nasfcos / baseline median time per size, with a 95% interval.  Timed one after the
+    other, not interleaved: unpaired, and machine drift between the two cells is not in the
+    interval (benchmarks/runtime_speed.py alternates)."""
+    rows = {(r["backend"], tuple(r["size"])): r for r in report["results"] if r["status"] == "ok"}
+    report["baseline_ratio"], report["baseline_ratio_95ci"] = {}, {}
+    for h, w in sizes:
+        ours, base = rows.get(("onnxruntime", (h, w))), rows.get((BASELINE_BACKEND, (h, w)))
+        if ours and base:
+            key = f"{h}x{w}"
+            report["baseline_ratio"][key] = round(ours["median_ms"] / base["median_ms"], 3)
+            report["baseline_ratio_95ci"][key] = [round(v, 3) for v in median_ratio_interval(
+                ours["times_ms"], base["times_ms"], paired=False)]
+
+
+def run_benchmark(model: str | Path | Artifact, cfg: BenchConfig | None = None, *,
+                  progress: bool = False, log: Callable[[str], None] | None = None
+                  ) -> dict[str, Any]:
+    """Benchmark ``model`` (model.py / .onnx / .engine, or an opened :class:`Artifact`) per
+    ``cfg``; returns the report dict.
+
+    A model.py is loaded once and exported to ONNX once, up front, when an ONNX backend
+    runs.  A static export runs at its own size.  A file changed since its export is timed
+    as it is, with a warning, and the report records its own sha256 and the differences.
+    After the first timed run ``log`` gets an estimate of the total time.  A backend that is
+    unavailable is recorded as ``skipped`` with its one-line reason; other backends still
+    run.  Ctrl-C stops the run: the report keeps the rows done so far (``interrupted``).
     """
     import torch
 
     cfg = cfg or BenchConfig()
-    path = Path(model)
-    if not path.is_file():
-        raise NasfcosError(f"{path}: no such file")
-    backends = cfg.backends or default_backends(path, cfg.device)
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise NasfcosError(f"unknown backend(s) {', '.join(unknown)} (have {', '.join(BACKENDS)})")
-    if cfg.runs < 1 or cfg.warmup < 0 or cfg.batch < 1:
-        raise NasfcosError("runs must be >= 1, warmup >= 0 and batch >= 1")
-    if cfg.baseline:
-        if path.suffix != ".py" or cfg.device != "cpu":
-            raise NasfcosError("--baseline needs a detector model.py on the cpu device")
-        backends = [*backends, BASELINE_BACKEND]
+    say = log or (lambda line: None)
+    art = model if isinstance(model, Artifact) else open_artifact(
+        model, kind=cfg.kind, seed=cfg.seed, strict=False)
+    if art.changed:
+        warnings.warn(f"{art.path}: changed since its export ({'; '.join(art.changed)}); "
+                      "benchmarking the file as it is (its own sha256 is recorded)", stacklevel=2)
+    backends, sizes = _validate(art, cfg), _bench_sizes(art, cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-
-    # What the model is: kind, channels, FLOPs (from the PyTorch source when we have it).
-    kind, in_channels, model_info = cfg.kind, None, {"path": str(path), "suffix": path.suffix}
-    flops: dict[str, float] = {}
-    if path.suffix == ".py":
-        from nasfcos.runtime.models import load_model
-
-        lm = load_model(path, cfg.kind, seed=cfg.seed)
-        kind, in_channels = lm.kind, lm.in_channels
-        model_info.update({"kind": kind, **{k: v for k, v in lm.info.items()
-                                            if k != "state_dict_sha256"}})
-        if cfg.flops:
-            for size in cfg.sizes:
-                try:
-                    flops[f"{size[0]}x{size[1]}"] = count_flops(lm, size, cfg.batch)
-                except Exception as exc:  # FLOPs are informative only: never fail the bench
-                    model_info["flops_error"] = f"{type(exc).__name__}: {exc}"[:200]
-                    break
-        del lm
-    else:
-        from nasfcos.runtime.export import load_manifest
-
-        try:
-            man = load_manifest(path)
-            model_info.update({"genotype": man.get("genotype"), "widths": man.get("widths"),
-                               "sha256": man["artifact"]["sha256"]})
-            kind = kind or (man.get("source", {}) or {}).get("kind")
-            in_channels = (man.get("widths") or {}).get("in_channels")
-        except NasfcosError:
-            pass
-
+    model_info = art.summary()
     report: dict[str, Any] = {
-        "format": REPORT_FORMAT,
-        "model": model_info,
-        "config": {**asdict(cfg), "backends": backends,
-                   "onnx_path": str(cfg.onnx_path) if cfg.onnx_path else None,
-                   "sizes": [list(s) for s in cfg.sizes]},
+        "format": REPORT_FORMAT, "model": model_info,
+        "config": {**asdict(cfg), "backends": backends, "sizes": [list(s) for s in sizes],
+                   "calib": None if cfg.calib is None else {
+                       k: str(v) for k, v in asdict(cfg.calib).items()},
+                   "onnx_path": str(cfg.onnx_path) if cfg.onnx_path else None},
         "machine": machine_info(),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "results": [],
-    }
+        "results": [], "flops": _flops(art, sizes, cfg, model_info)}
+    if cfg.cpu_default is not None:
+        report["cpu_default"] = asdict(cfg.cpu_default)
     if cfg.matmul_peak and cfg.device == "cpu":
         report["matmul_peak"] = matmul_peak_gflops(cfg.threads)
-
-    total = len(backends) * len(cfg.sizes) * cfg.runs
     bar = None
-    if progress:
-        from nasfcos.progress import progress_bar
-        bar = progress_bar(total, desc="bench", unit="run")
-
-    def tick() -> None:
+    exports = None
+    try:
+        exports = _Exports(art, cfg, sizes, backends, say)
+        if progress:
+            from nasfcos.progress import progress_bar
+            bar = progress_bar(len(backends) * len(sizes) * cfg.runs, desc="bench", unit="run")
+        cells = _Cells(art, cfg, report, exports, bar,
+                       _Estimate(cfg, [(b, s) for b in backends for s in sizes], say, report))
+        for backend in backends:
+            cells.backend(backend, sizes)
+    except KeyboardInterrupt:
+        report["interrupted"] = (f"interrupted after {len(report['results'])} of "
+                                 f"{len(backends) * len(sizes)} cells")
+    finally:
         if bar is not None:
-            bar.update(1)
-
-    peak = (report.get("matmul_peak") or {}).get("gflops")
-    for backend in backends:
-        runner: Runner | None = None
-        per_size = backend == BASELINE_BACKEND or (
-            backend == "onnxruntime" and cfg.onnx_static and path.suffix == ".py"
-            and cfg.onnx_path is None)
-        skip_reason: str | None = None
-        for size in cfg.sizes:
-            key = f"{size[0]}x{size[1]}"
-            row: dict[str, Any] = {"backend": backend, "size": list(size), "batch": cfg.batch}
-            if bar is not None:
-                bar.set_postfix_str(f"{backend} {key}")
-            if skip_reason is not None:
-                report["results"].append({**row, "status": "skipped", "reason": skip_reason})
-                if bar is not None:
-                    bar.update(cfg.runs)
-                continue
-            try:
-                if runner is None or per_size:
-                    if runner is not None:
-                        runner.close()
-                    runner = _make(path, backend, cfg, size if per_size else None, kind,
-                                   in_channels)
-                    row["setup_seconds"] = round(runner.setup_seconds, 2)
-                k = kind or runner.kind
-                if k is None:
-                    raise NasfcosError("cannot tell the model kind (decoder/detector)")
-                chans = in_channels or runner.in_channels
-                inputs = make_inputs(k, size, cfg.batch, cfg.seed, chans)
-                times, notes = _time_cell(runner, inputs, cfg, tick)
-            except BackendUnavailable as exc:
-                skip_reason = str(exc)
-                report["results"].append({**row, "status": "skipped", "reason": skip_reason})
-                if bar is not None:
-                    bar.update(cfg.runs)
-                continue
-            except NasfcosError as exc:
-                report["results"].append({**row, "status": "failed", "reason": str(exc)})
-                if bar is not None:
-                    bar.update(cfg.runs)
-                continue
-            if bar is not None and len(times) < cfg.runs:
-                bar.update(cfg.runs - len(times))
-            stats = latency_stats(times, cfg.batch)
-            row.update({"status": "ok", "runs": len(times), "warmup": cfg.warmup, **notes,
-                        **{k2: round(v, 3) for k2, v in stats.items()},
-                        "info": runner.info()})
-            if key in flops:
-                gflop = flops[key] / 1e9
-                row["gflop"] = round(gflop, 2)
-                row["gflops_per_s"] = round(gflop / (stats["median_ms"] / 1000), 1)
-                if peak:
-                    row["peak_fraction"] = round(row["gflops_per_s"] / peak, 3)
-            row["times_ms"] = [round(t, 3) for t in times]
-            report["results"].append(row)
-        if runner is not None:
-            runner.close()
-    if bar is not None:
-        bar.close()
-    report["flops"] = flops
-    if cfg.baseline:  # nasfcos / baseline median time per size, with a 95% interval
-        rows = {(r["backend"], tuple(r["size"])): r for r in report["results"]
-                if r["status"] == "ok"}
-        report["baseline_ratio"], report["baseline_ratio_95ci"] = {}, {}
-        for h, w in cfg.sizes:
-            ours, base = rows.get(("onnxruntime", (h, w))), rows.get((BASELINE_BACKEND, (h, w)))
-            # timed one after the other, not interleaved: unpaired, and machine drift between
-            # the two cells is not in the interval (benchmarks/runtime_speed.py alternates)
-            if ours and base:
-                key = f"{h}x{w}"
-                report["baseline_ratio"][key] = round(ours["median_ms"] / base["median_ms"], 3)
-                report["baseline_ratio_95ci"][key] = [round(v, 3) for v in median_ratio_interval(
-                    ours["times_ms"], base["times_ms"], paired=False)]
+            bar.close()
+        if exports is not None:
+            exports.close()
+    if cfg.baseline:
+        _baseline_ratio(report, sizes)
     return report
 
 
@@ -571,17 +686,145 @@ class _Recorder:
         return out
 
 
-def _agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[str, Any]:
+def _agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]],
+               iou: float = 0.95) -> dict[str, Any]:
     """Detection agreement over all evaluated images (see check.detection_agreement)."""
     from nasfcos.runtime.check import detection_agreement
 
     cat = [np.concatenate([b[k] for b in ref]) for k in range(3)]
     gat = [np.concatenate([b[k] for b in got]) for k in range(3)]
-    a = detection_agreement(cat, gat)
+    a = detection_agreement(cat, gat, iou_threshold=iou)
     return {"match_rate": round(a.match_rate, 4), "matched": a.matched,
             "reference": a.reference, "mean_iou": round(a.mean_iou, 4),
             "mean_score_diff": round(a.mean_score_diff, 5),
             "max_score_diff": round(a.max_score_diff, 5)}
+
+
+def _precision_variants(path: Path, cfg: PrecisionTableConfig, out_dir: Path,
+                        weights: Path | None) -> list[tuple[str, str | None, Path]]:
+    """The fp32 export (made, or ``cfg.onnx``) and its lowered copies in ``out_dir``:
+    ``(precision, int8 target, onnx file)`` per row."""
+    from nasfcos.runtime.export import ExportOptions, convert_onnx, export_onnx
+    from nasfcos.runtime.precision import PrecisionOptions
+
+    fp32 = out_dir / f"{path.stem}.fp32.onnx"
+    if cfg.onnx is not None:
+        onnx = open_artifact(cfg.onnx)
+        if onnx.size != tuple(cfg.size) or onnx.manifest is None:
+            raise NasfcosError(f"{cfg.onnx}: not a static {cfg.size[0]}x{cfg.size[1]} export")
+        fp32 = Path(cfg.onnx)
+    else:
+        export_onnx(path, fp32, ExportOptions(kind="detector", size=tuple(cfg.size),
+                                              seed=cfg.seed, weights=weights))
+    variants: list[tuple[str, str | None, Path]] = []
+    for prec in cfg.precisions:
+        if prec in ("fp32", "bf16"):  # bf16 is a run-time precision of the fp32 file
+            variants.append((prec, None, fp32))
+        elif prec == "fp16":
+            convert_onnx(fp32, out_dir / f"{path.stem}.fp16.onnx", PrecisionOptions("fp16"))
+            variants.append(("fp16", None, out_dir / f"{path.stem}.fp16.onnx"))
+        elif set(cfg.backends) & {"onnxruntime", "tensorrt"}:
+            for target in ("cpu", "tensorrt"):
+                f = out_dir / f"{path.stem}.int8-{target}.onnx"
+                convert_onnx(fp32, f, PrecisionOptions(
+                    "int8", data=Path(cfg.data), calib_images=cfg.calib_images,
+                    calib_method=cfg.calib_method, int8_target=target))
+                variants.append(("int8", target, f))
+        if prec == "int8" and set(cfg.backends) & {"openvino", "torch"}:
+            variants.append(("int8", None, fp32))  # quantized by the engine itself (NNCF)
+    return variants
+
+
+def _precision_check(path: Path, cfg: PrecisionTableConfig) -> None:
+    """One-line errors for a bad precision-table configuration, before any work."""
+    from nasfcos.runtime.manifest import PRECISIONS
+
+    if form_of(path) != "model.py":
+        raise NasfcosError(f"{path}: the precision table needs a compiled model.py")
+    if cfg.data is None:
+        raise FieldError("data", "the precision table needs a COCO folder (AP, calibration)")
+    have = (*PRECISIONS, "bf16")
+    bad = [p for p in cfg.precisions if p not in have]
+    if bad or not cfg.precisions:
+        raise FieldError("precisions", f"unknown precision(s) {', '.join(bad) or '(none)'} "
+                         f"(have {', '.join(have)})")
+    unknown = [b for b in cfg.backends if b not in TABLE_PRECISIONS]
+    if unknown:
+        raise FieldError("backends", f"precision table backends are "
+                         f"{', '.join(TABLE_PRECISIONS)}, not {', '.join(unknown)}")
+
+
+def _variant_runner(backend: str, onnx_path: Path, cfg: PrecisionTableConfig) -> tuple[Runner, Path]:
+    """A runner on one precision variant: its ONNX file, or an engine built from it."""
+    if backend == "tensorrt":
+        from nasfcos.runtime.trt import TrtBuildOptions, build_engine
+
+        artifact = onnx_path.with_suffix(".engine")
+        build_engine(onnx_path, artifact, TrtBuildOptions())
+        return make_runner(artifact, "tensorrt", cfg.device), artifact
+    return make_runner(onnx_path, "onnxruntime", cfg.device, threads=cfg.threads), onnx_path
+
+
+#: Backends of the precision table, and the precisions each runs (int8/fp16 rows of
+#: onnxruntime and tensorrt are files lowered by ``runtime/precision.py``; openvino's int8
+#: is NNCF's own quantization of the fp32 file; bf16 is a run-time precision).
+TABLE_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8"),
+    "torch": ("bf16",), "tensorrt": ("fp32", "fp16", "int8")}
+_TABLE_SKIPS: dict[tuple[str, str], str] = {
+    ("onnxruntime", "bf16"): "ONNX Runtime's CPU provider has no bf16 convolution kernels",
+    ("openvino", "fp16"): "OpenVINO's CPU plugin runs an fp16 file in f32/bf16: see the bf16 row",
+    ("torch", "fp32"): "the reference row above",
+    ("torch", "fp16"): "CPU autocast in fp16 is not a fast path: see the bf16 row",
+    ("torch", "int8"): "no PyTorch int8 route here: see the onnxruntime and openvino rows",
+    ("tensorrt", "bf16"): "the precision table builds TensorRT fp32/fp16/int8 only"}
+
+
+def _engine_skip(backend: str, prec: str) -> str | None:
+    """Why ``backend`` has no ``prec`` row (None: it has one)."""
+    if prec in TABLE_PRECISIONS.get(backend, ()):
+        if backend == "openvino":
+            from nasfcos.runtime.openvino_rt import openvino_status
+
+            return openvino_status(nncf=prec == "int8")
+        return None
+    return _TABLE_SKIPS.get((backend, prec), f"{backend} has no {prec} route")
+
+
+def _engine_runner(backend: str, prec: str, model: Path, fp32: Path, cfg: Any,
+                   weights: Path | None) -> tuple[Path, Runner]:
+    """(artifact, runner) of the run-time-precision rows: torch bf16 autocast on the
+    model.py; OpenVINO on the fp32 export (int8: NNCF, saved as IR next to it)."""
+    from nasfcos.runtime.precision import PrecisionOptions
+
+    if backend == "torch":
+        return model, make_runner(model, f"torch:{prec}", cfg.device, kind="detector",
+                                  seed=cfg.seed, weights=weights, threads=cfg.threads)
+    calib = PrecisionOptions("int8", data=Path(cfg.data), calib_images=cfg.calib_images,
+                             calib_method=cfg.calib_method) if prec == "int8" else None
+    runner = make_runner(fp32, f"openvino:{prec}", cfg.device, threads=cfg.threads, calib=calib)
+    if prec != "int8":
+        return fp32, runner
+    xml = fp32.with_name(fp32.name.replace(".fp32.onnx", "") + ".openvino-int8.xml")
+    return runner.save(xml), runner  # type: ignore[attr-defined]
+
+
+def _relative_columns(rows: list[dict[str, Any]]) -> None:
+    """dAP against PyTorch fp32 (the reference row), time against the backend's own fp32
+    row (``latency_vs_fp32``) and against ONNX Runtime fp32 (``latency_vs_ort_fp32``)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    ref_ap = next((r["AP"] for r in ok if r["backend"] == "torch" and r["precision"] == "fp32"),
+                  None)
+    fp32_ms = {r["backend"]: r["median_ms"] for r in ok if r["precision"] == "fp32"}
+    for r in ok:
+        if ref_ap is not None:
+            r["dAP"] = round(r["AP"] - ref_ap, 4)
+        own = fp32_ms.get(r["backend"]) or (fp32_ms.get("torch") if r["backend"] == "torch"
+                                            else None)
+        if own:
+            r["latency_vs_fp32"] = round(r["median_ms"] / own, 3)
+        if fp32_ms.get("onnxruntime"):
+            r["latency_vs_ort_fp32"] = round(r["median_ms"] / fp32_ms["onnxruntime"], 3)
 
 
 def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: str | Path, *,
@@ -594,51 +837,14 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
     import torch
 
     from nasfcos.fcos.evaluate import EvalConfig, evaluate
-    from nasfcos.runtime.export import ExportOptions, export_onnx
-    from nasfcos.runtime.precision import PRECISIONS, PrecisionOptions, convert_onnx
 
-    path, out_dir = Path(model), Path(out_dir)
-    if path.suffix != ".py" or not path.is_file():
-        raise NasfcosError(f"{path}: the precision table needs a compiled model.py")
-    if cfg.data is None:
-        raise NasfcosError("the precision table needs --data DIR (COCO folder: AP, calibration)")
-    bad = [p for p in cfg.precisions if p not in PRECISIONS]
-    if bad or not cfg.precisions:
-        raise NasfcosError(f"unknown precision(s) {', '.join(bad) or '(none)'} (have "
-                           f"{', '.join(PRECISIONS)})")
-    unknown = [b for b in cfg.backends if b not in ("onnxruntime", "tensorrt")]
-    if unknown:
-        raise NasfcosError(f"precision table backends are onnxruntime and tensorrt, not "
-                           f"{', '.join(unknown)}")
+    path, out_dir = regular_file(model, "model file"), Path(out_dir)
+    _precision_check(path, cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = Path(cfg.weights) if cfg.weights else None
-    fp32 = out_dir / f"{path.stem}.fp32.onnx"
-    if cfg.onnx is not None:
-        from nasfcos.runtime.export import load_manifest
-
-        man = load_manifest(cfg.onnx)
-        if man.get("export", {}).get("dynamic") or list(man["export"]["size"]) != list(cfg.size):
-            raise NasfcosError(f"{cfg.onnx}: not a static {cfg.size[0]}x{cfg.size[1]} export")
-        fp32 = Path(cfg.onnx)
-    else:
-        export_onnx(path, fp32, ExportOptions(kind="detector", size=tuple(cfg.size),
-                                              seed=cfg.seed, weights=weights))
-    variants: list[tuple[str, str | None, Path]] = []  # (precision, int8 target, onnx)
-    for prec in cfg.precisions:
-        if prec == "fp32":
-            variants.append(("fp32", None, fp32))
-        elif prec == "fp16":
-            convert_onnx(fp32, out_dir / f"{path.stem}.fp16.onnx", PrecisionOptions("fp16"))
-            variants.append(("fp16", None, out_dir / f"{path.stem}.fp16.onnx"))
-        else:
-            for target in ("cpu", "tensorrt"):
-                f = out_dir / f"{path.stem}.int8-{target}.onnx"
-                convert_onnx(fp32, f, PrecisionOptions(
-                    "int8", data=Path(cfg.data), calib_images=cfg.calib_images,
-                    calib_method=cfg.calib_method, int8_target=target))
-                variants.append(("int8", target, f))
+    variants = _precision_variants(path, cfg, out_dir, weights)
     bcfg = BenchConfig(warmup=cfg.warmup, runs=cfg.runs, max_seconds=cfg.max_seconds,
                        threads=cfg.threads, device=cfg.device, seed=cfg.seed, kind="detector")
     ecfg = EvalConfig(batch_size=1, input_size=tuple(cfg.size))
@@ -646,60 +852,54 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
 
     def measure(runner: Runner) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
         rec = _Recorder(runner)
-        metrics = evaluate(rec, data=cfg.data, split=cfg.split, cfg=ecfg,
-                           max_images=cfg.max_images, progress=progress)
-        times, notes = _time_cell(runner, image, bcfg)
+        try:
+            metrics = evaluate(rec, data=cfg.data, split=cfg.split, cfg=ecfg,
+                               max_images=cfg.max_images, progress=progress)
+            times, notes = _time_cell(runner, image, bcfg)
+        finally:
+            runner.close()
         stats = latency_stats(times)
         return ({"AP": round(metrics["AP"], 4), "AP50": round(metrics["AP50"], 4),
                  "images": metrics["images"], "runs": len(times),
                  "median_ms": round(stats["median_ms"], 3), "p90_ms": round(stats["p90_ms"], 3),
                  "timer": notes["timer"]}, rec.outputs)
 
-    rows: list[dict[str, Any]] = []
     ref_runner = make_runner(path, "torch", cfg.device, kind="detector", seed=cfg.seed,
                              weights=weights, threads=cfg.threads)
-    try:
-        row, ref_out = measure(ref_runner)
-        n_bytes = ref_runner.param_bytes  # the model as written, not the folded copy
-        rows.append({"backend": "torch", "precision": "fp32", "target": None,
-                     "status": "ok", "file": str(path), "bytes": int(n_bytes), **row,
-                     "agreement": _agreement(ref_out, ref_out)})
-    finally:
-        ref_runner.close()
+    ref_bytes = ref_runner.param_bytes  # the model as written, not the folded copy
+    row, ref_out = measure(ref_runner)
+    rows: list[dict[str, Any]] = [{"backend": "torch", "precision": "fp32", "target": None,
+                                   "status": "ok", "file": str(path), "bytes": int(ref_bytes),
+                                   **row, "agreement": _agreement(ref_out, ref_out),
+                                   "agreement50": _agreement(ref_out, ref_out, 0.5)}]
     for backend in cfg.backends:
         for prec, target, onnx_path in variants:
             base = {"backend": backend, "precision": prec, "target": target}
             if backend == "tensorrt" and target == "cpu":
                 continue  # TensorRT builds the symmetric (tensorrt-target) file only
+            if prec == "int8" and (backend in ("openvino", "torch")) == (target is not None):
+                continue  # ORT/TensorRT run the lowered files, openvino quantizes itself
+            reason = _engine_skip(backend, prec)
+            if reason:
+                rows.append({**base, "status": "skipped", "reason": reason})
+                continue
             try:
-                if backend == "tensorrt":
-                    from nasfcos.runtime.trt import TrtBuildOptions, build_engine
-
-                    artifact = onnx_path.with_suffix(".engine")
-                    build_engine(onnx_path, artifact, TrtBuildOptions())
-                    runner = make_runner(artifact, "tensorrt", cfg.device)
+                if backend in ("openvino", "torch"):
+                    artifact, runner = _engine_runner(backend, prec, path, onnx_path, cfg,
+                                                      weights)
                 else:
-                    artifact = onnx_path
-                    runner = make_runner(artifact, "onnxruntime", cfg.device,
-                                         threads=cfg.threads)
+                    runner, artifact = _variant_runner(backend, onnx_path, cfg)
             except BackendUnavailable as exc:
                 rows.append({**base, "status": "skipped", "reason": str(exc)})
                 continue
-            try:
-                row, out = measure(runner)
-            finally:
-                runner.close()
-            rows.append({**base, "status": "ok", "file": str(artifact),
-                         "bytes": artifact.stat().st_size, **row,
-                         "agreement": _agreement(ref_out, out)})
-    fp32_ap = {r["backend"]: r["AP"] for r in rows if r["status"] == "ok"
-               and r["precision"] == "fp32"}
-    fp32_ms = {r["backend"]: r["median_ms"] for r in rows if r["status"] == "ok"
-               and r["precision"] == "fp32"}
-    for r in rows:
-        if r["status"] == "ok" and r["backend"] in fp32_ap:
-            r["dAP"] = round(r["AP"] - fp32_ap[r["backend"]], 4)
-            r["latency_vs_fp32"] = round(r["median_ms"] / fp32_ms[r["backend"]], 3)
+            row, out = measure(runner)
+            n_bytes = (artifact.stat().st_size + artifact.with_suffix(".bin").stat().st_size
+                       if artifact.suffix == ".xml" else
+                       ref_bytes if artifact.suffix == ".py" else artifact.stat().st_size)
+            rows.append({**base, "status": "ok", "file": str(artifact), "bytes": int(n_bytes),
+                         **row, "agreement": _agreement(ref_out, out),
+                         "agreement50": _agreement(ref_out, out, 0.5)})
+    _relative_columns(rows)
     return {"format": PRECISION_REPORT_FORMAT, "model": str(path),
             "weights": str(weights) if weights else None, "data": str(cfg.data),
             "config": {**asdict(cfg), "data": str(cfg.data), "weights": str(weights)
@@ -716,26 +916,28 @@ def precision_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Precision: {Path(report['model']).name} @ {c['size'][0]}x{c['size'][1]}", "",
              f"Data: {report['data']} ({c['split']}); weights: {report['weights'] or 'random'};"
              f" machine: {describe(report['machine'])}; threads {c['threads'] or 'default'}.",
-             "AP on the split; agreement: reference detections (top 100 per image, PyTorch "
-             "fp32) matched at IoU >= 0.95 with the same label; latency: one image, warm-up "
-             "excluded, median (p90).", "",
-             "| backend | precision | AP | AP50 | dAP | agree@0.95 | score diff mean/max | "
-             "median ms (p90) | x fp32 | size MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "AP on the split (points); dAP against PyTorch fp32 (the first row); agreement: "
+             "reference detections (top 100 per image, PyTorch fp32) matched at IoU >= 0.5 / "
+             ">= 0.95 with the same label; latency: one image, warm-up excluded, median (p90), "
+             "x fp32 against the engine's own fp32 row, x ORT against ONNX Runtime fp32 (cells "
+             "timed one after the other: benchmarks/cpu_engines.py gives same-run ratios).", "",
+             "| engine | precision | AP | AP50 | dAP | agree@0.5 | agree@0.95 | "
+             "score diff mean/max | median ms (p90) | x fp32 | x ORT | size MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         name = r["precision"] + (f" ({r['target']})" if r.get("target") else "")
         if r["status"] != "ok":
             lines.append(f"| {r['backend']} | {name} | {r['status']}: {r.get('reason', '')} |"
-                         + " |" * 7)
+                         + " |" * 9)
             continue
-        a = r["agreement"]
+        a, a50 = r["agreement"], r.get("agreement50") or r["agreement"]
         lines.append(
             f"| {r['backend']} | {name} | {100 * r['AP']:.2f} | {100 * r['AP50']:.2f} | "
-            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a['match_rate']:.1f}% "
-            f"({a['matched']}/{a['reference']}) | "
+            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a50['match_rate']:.1f}% | "
+            f"{100 * a['match_rate']:.1f}% ({a['matched']}/{a['reference']}) | "
             f"{a['mean_score_diff']:.4f}/{a['max_score_diff']:.4f} | "
             f"{r['median_ms']:.1f} ({r['p90_ms']:.1f}) | {r.get('latency_vs_fp32', '')} | "
-            f"{r['bytes'] / 1e6:.2f} |")
+            f"{r.get('latency_vs_ort_fp32', '')} | {r['bytes'] / 1e6:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -753,6 +955,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     if report.get("matmul_peak"):
         lines += [f"fp32 matmul peak (same run): {report['matmul_peak']['gflops']:.0f} GFLOP/s.",
                   ""]
+    if report.get("cpu_default"):
+        lines += [f"CPU engine chosen: {report['cpu_default']['engine']} "
+                  f"({report['cpu_default']['reason']}; --backends overrides it).", ""]
     lines += ["Median latency in ms (p90 in brackets):", "",
               "| backend | " + " | ".join(sizes) + " |",
               "|---|" + "---:|" * len(sizes)]

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError
+from nasfcos.io import regular_file
+from nasfcos.runtime.artifact import Artifact, form_of, open_artifact
 from nasfcos.runtime.models import DETECTOR_OUTPUTS, make_inputs
 
 
@@ -39,6 +41,8 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3),
     "fp16": Tolerance(atol=1e-2, rtol=2e-2),
     "int8": Tolerance(atol=1e-1, rtol=1e-1),
+    #: run-time bf16 (openvino:bf16, torch:bf16): 8-bit mantissa, 3 significant digits
+    "bf16": Tolerance(atol=5e-2, rtol=5e-2),
 }
 
 
@@ -303,13 +307,14 @@ def _ort_raw_candidates(runner: Any, images: np.ndarray,
         return None
     wanted = {tuple(s[1:]) for s in shapes}
     outs = {o.name for o in model.graph.output}
+    produced = {o for node in model.graph.node for o in node.output}  # not initializers
     extra = []
     for vi in inferred.graph.value_info:
         t = vi.type.tensor_type
         if t.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        if len(dims) != 4 or vi.name in outs:
+        if len(dims) != 4 or vi.name in outs or vi.name not in produced:
             continue
         if tuple(dims[1:]) in wanted or (dims[1] in {s[1] for s in shapes} and None in dims[2:]):
             extra.append(vi)
@@ -354,180 +359,128 @@ def compare_raw_heads(runner: Any, ref: Any, images: np.ndarray, tol: Tolerance)
     return checks
 
 
-def _manifest_or_none(path: Path) -> dict[str, Any] | None:
-    """The artifact's manifest, verified against the artifact; None when there is none.
-
-    A manifest that exists but is malformed, or no longer matches the artifact (sha256,
-    size, I/O names), is a one-line error: nothing it names is trusted.
-    """
-    from nasfcos.runtime.export import load_manifest, manifest_path_for, verify_manifest
-
-    if not manifest_path_for(path).exists():
-        return None
-    man = load_manifest(path)
-    problems = verify_manifest(path)
-    if problems:
-        raise NasfcosError(f"{path}: does not match its manifest: {'; '.join(problems)}")
-    return man
-
-
-def _manifest_source(artifact: Path, man: dict[str, Any]) -> tuple[dict[str, Any], Path]:
-    """The manifest's ``source`` section and the folder its paths are relative to.
-
-    An engine's manifest carries its ONNX file's source, whose paths are relative to that
-    ONNX file's folder.
-    """
-    from nasfcos.runtime.export import manifest_file
-
-    src = man.get("source", {})
-    base = artifact.parent
-    if isinstance(src.get("model"), dict):  # engine manifest: the ONNX's source
-        if isinstance(src.get("onnx"), str):
-            base = manifest_file(base, src["onnx"]).parent
-        src = src["model"]
-        for key, types in (("model", str), ("model_sha256", str), ("weights", str),
-                           ("weights_sha256", str), ("kind", str), ("seed", int)):
-            if src.get(key) is not None and not isinstance(src[key], types):
-                raise NasfcosError(f"{artifact}: manifest field source.model.{key} has the "
-                                   "wrong type")
-    return src, base
-
-
-def _trusted_reference(artifact: Path, src: dict[str, Any], base: Path, kind: str | None,
-                       threads: int | None) -> Any:
-    """A torch runner on the manifest's model.py, imported only if its sha256 (and the
-    weights') match what the manifest recorded."""
-    from nasfcos.io import regular_file, sha256_file
-    from nasfcos.runtime.export import manifest_file
+def _reference(art: Artifact, against: str | Path | None, kind: str | None,
+               threads: int | None) -> tuple[Any, Path]:
+    """The reference runner and its file: ``against`` when given, else the model.py the
+    manifest names, imported only when it lies inside the manifest's folder, named
+    relatively, and its sha256 (and the weights') match what the manifest recorded."""
     from nasfcos.runtime.models import load_model
-    from nasfcos.runtime.runners import TorchRunner
+    from nasfcos.runtime.runners import TorchRunner, make_runner
 
-    model = manifest_file(base, src["model"])
-    if not src.get("model_sha256"):
-        raise NasfcosError(f"{artifact}: its manifest records no model_sha256 for {model}; "
-                           "pass --against to choose the reference yourself")
-    weights = None
-    if src.get("weights"):
-        weights = regular_file(manifest_file(base, src["weights"]), "weights file")
-        if src.get("weights_sha256") and sha256_file(weights) != src["weights_sha256"]:
-            raise NasfcosError(f"{weights}: sha256 differs from the manifest of {artifact.name}")
-    regular_file(model, "model file")
-    lm = load_model(model, kind, seed=int(src.get("seed", 0)), weights=weights,
-                    sha256=src["model_sha256"])
-    return TorchRunner(lm, "cpu", threads=threads, optimize=False)
-
-
-def _static_size(runner: Any, kind: str) -> tuple[int, int] | None:
-    """The image size a static ONNX graph was exported at, read off its first input's shape
-    (``images`` [N, 3, H, W], or ``c2`` [N, C, H/4, W/4] for a decoder); None if dynamic."""
-    session = getattr(runner, "session", None)
-    if session is None:
-        return None
-    shape = session.get_inputs()[0].shape
-    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
-        return None
-    scale = 1 if kind == "detector" else 4
-    return int(shape[2]) * scale, int(shape[3]) * scale
+    man = art.manifest
+    if against is None:
+        if man is None or not man.source.model:
+            raise NasfcosError(f"{art.path}: no manifest naming its model.py; name the "
+                               "reference model yourself")
+        try:
+            model = regular_file(man.model_file(), "model file")
+        except NasfcosError as exc:
+            raise FieldError("against", f"{exc}; name the reference model.py yourself") from None
+        lm = load_model(model, kind, seed=man.source.seed, weights=man.weights_file(),
+                        sha256=man.source.model_sha256)
+        return TorchRunner(lm, "cpu", threads=threads, optimize=False), model
+    against = regular_file(against, "reference model")
+    if form_of(against) != "model.py":
+        return make_runner(against, None, "cpu", threads=threads), against
+    return make_runner(against, "torch", "cpu", kind=kind,
+                       seed=man.source.seed if man else 0,
+                       weights=man.weights_file() if man else None, threads=threads,
+                       optimize=False), against
 
 
-def check_artifact(artifact: str | Path, against: str | Path | None = None, *,
+def _same_model(art: Artifact, runner: Any, ref: Any, reference: Path, kind: str) -> None:
+    """One-line errors when the reference is not the model the artifact was exported from."""
+    from nasfcos.runtime.models import state_dict_hash
+
+    recorded = art.manifest.source.state_dict_sha256 if art.manifest else None
+    if form_of(reference) == "model.py" and recorded:
+        actual = state_dict_hash(ref.model.net.detector if ref.model.kind == "detector"
+                                 else ref.model.net.decoder)
+        if actual != recorded:
+            raise NasfcosError(f"{reference}: its weights differ from those exported into "
+                               f"{art.path.name} (changed model file, seed or weights?)")
+    if runner.input_names != ref.input_names:
+        raise NasfcosError(f"input names differ: {runner.input_names} vs {ref.input_names}")
+    if runner.output_names != ref.output_names:
+        raise NasfcosError(f"output names differ: {runner.output_names} vs {ref.output_names}")
+
+
+def _default_sizes(art: Artifact) -> list[tuple[int, int]]:
+    """The export size (plus a second one for a dynamic export)."""
+    base = (art.manifest.size if art.manifest else None) or art.size or (256, 256)
+    sizes = [tuple(base)]
+    if art.manifest is not None and art.manifest.dynamic:
+        sizes.append((max(64, base[0] - 64), max(64, base[1] + 32)))
+    return sizes
+
+
+def _compare(report: CheckReport, runner: Any, ref: Any, sizes: Sequence[tuple[int, int]],
+             batch: int, in_channels: Sequence[int] | None, tol: Tolerance) -> None:
+    """Both sides on the same seeded inputs per size; the checks go into ``report``."""
+    for size in sizes:
+        inputs = make_inputs(report.kind, size, batch, report.seed, in_channels)
+        got = runner(*inputs)
+        want = ref(*inputs)
+        checks = compare_outputs(runner.output_names, want, got, tol)
+        if tuple(runner.output_names) == DETECTOR_OUTPUTS:
+            agreement = asdict(detection_agreement(want, got))
+            if agreement["reference"] == 0 and not (got[1] > 0).any():
+                # 0/0 detections: the boxes/scores/labels compared nothing
+                checks += compare_raw_heads(runner, ref, inputs[0], tol)
+                agreement["raw_heads_compared"] = True
+            report.agreement.append({"size": list(size), **agreement})
+        if len(sizes) > 1:
+            for c in checks:
+                c.name = f"{c.name}@{size[0]}x{size[1]}"
+        report.outputs.extend(checks)
+
+
+def check_artifact(artifact: str | Path | Artifact, against: str | Path | None = None, *,
                    backend: str | None = None, device: str = "cpu",
                    sizes: Sequence[tuple[int, int]] | None = None, batch: int | None = None,
                    seed: int = 0, tol: Tolerance | None = None, kind: str | None = None,
                    threads: int | None = None) -> CheckReport:
-    """Run ``artifact`` (.onnx / .engine) and its PyTorch source on the same inputs.
+    """Run ``artifact`` (.onnx / .engine, or an opened :class:`Artifact`) and its PyTorch
+    source on the same inputs.
 
-    ``against`` defaults to the ``model.py`` recorded in the artifact's manifest; the
-    PyTorch side is rebuilt with the manifest's kind, weight seed and weights file, and its
-    weights are verified against the manifest's ``state_dict_sha256``.  ``sizes`` defaults
-    to the export size (plus a second size for dynamic exports).
+    ``against`` defaults to the ``model.py`` recorded in the artifact's manifest (inside the
+    manifest's folder, hash-checked); the PyTorch side is rebuilt with the manifest's kind,
+    weight seed and weights file, and its weights are verified against the manifest's
+    ``state_dict_sha256``.  ``sizes`` defaults to the export size (plus a second size for
+    dynamic exports).  An artifact that no longer matches its manifest is refused.
     """
-    from nasfcos.io import regular_file
-    from nasfcos.runtime.export import manifest_file
-    from nasfcos.runtime.models import state_dict_hash
     from nasfcos.runtime.runners import make_runner
 
-    artifact = regular_file(artifact, "exported model")
-    man = _manifest_or_none(artifact)
-    src, base = _manifest_source(artifact, man) if man else ({}, artifact.parent)
-    from_manifest = against is None
-    if from_manifest:
-        if not src.get("model"):
-            raise NasfcosError(f"{artifact}: no manifest naming its model.py; pass --against")
-        against = manifest_file(base, src["model"])
-    else:
-        regular_file(against, "reference model")
-    against = Path(against)
-    from nasfcos.runtime.precision import manifest_precision
+    art = artifact if isinstance(artifact, Artifact) else open_artifact(artifact)
+    if art.changed:
+        raise NasfcosError(f"{art.path}: does not match its manifest: {'; '.join(art.changed)}")
+    precision = art.manifest.precision if art.manifest else "fp32"
+    if backend:  # a run-time precision (openvino:bf16, openvino:int8) sets the tolerances
+        from nasfcos.runtime.runners import split_backend
 
-    precision = manifest_precision(man or {})
-    tol = tol or TOLERANCES[precision]
-
-    runner = make_runner(artifact, backend, device, threads=threads)
+        precision = split_backend(backend)[1] or precision
+    runner = make_runner(art, backend, device, threads=threads)
     try:
-        actual = runner.kind or src.get("kind")
+        actual = runner.kind or art.kind
         if kind is not None and actual is not None and kind != actual:
-            raise NasfcosError(f"{artifact}: a {actual} export (inputs "
+            raise NasfcosError(f"{art.path}: a {actual} export (inputs "
                                f"{', '.join(runner.input_names)}), not a {kind}: drop --{kind}"
                                f"{' or give --detector' if actual == 'detector' else ''}")
         kind = kind or actual
-        ref_opts: dict[str, Any] = {}
-        if against.suffix == ".py":
-            weights = src.get("weights")
-            ref_opts = {"kind": kind, "seed": int(src.get("seed", 0)),
-                        "weights": str(manifest_file(base, weights)) if weights else None,
-                        "threads": threads, "optimize": False}
-        elif against.suffix == ".onnx":
-            ref_opts = {"threads": threads}
-        if from_manifest and against.suffix == ".py":
-            ref = _trusted_reference(artifact, src, base, kind, threads)
-        else:
-            ref = make_runner(against, None, "cpu", **ref_opts)
+        ref, reference = _reference(art, against, kind, threads)
         try:
-            if against.suffix == ".py" and src.get("state_dict_sha256"):
-                actual = state_dict_hash(ref.model.net.detector if kind == "detector"
-                                         else ref.model.net.decoder)
-                if actual != src["state_dict_sha256"]:
-                    raise NasfcosError(f"{against}: its weights differ from those exported into "
-                                       f"{artifact.name} (changed model file, seed or weights?)")
-            if runner.input_names != ref.input_names:
-                raise NasfcosError(f"input names differ: {runner.input_names} vs "
-                                   f"{ref.input_names}")
-            if runner.output_names != ref.output_names:
-                raise NasfcosError(f"output names differ: {runner.output_names} vs "
-                                   f"{ref.output_names}")
+            _same_model(art, runner, ref, reference, kind or ref.kind)
             kind = kind or ref.kind
             if kind is None:
                 raise NasfcosError("cannot tell the model kind from the tensor names")
-            in_channels = ref.in_channels or runner.in_channels
-            exp = (man or {}).get("export", {})
-            if sizes is None:
-                base = tuple(exp.get("size") or _static_size(runner, kind) or (256, 256))
-                sizes = [base]
-                if exp.get("dynamic"):
-                    sizes.append((max(64, base[0] - 64), max(64, base[1] + 32)))
-            if batch is None:
-                batch = int(exp.get("batch", 1))
-            report = CheckReport(artifact=str(artifact), reference=str(against),
+            report = CheckReport(artifact=str(art.path), reference=str(reference),
                                  backend=runner.backend, reference_backend=ref.backend,
-                                 kind=kind, sizes=[list(s) for s in sizes], seed=seed,
-                                 precision=precision)
-            for size in sizes:
-                inputs = make_inputs(kind, size, batch, seed, in_channels)
-                got = runner(*inputs)
-                want = ref(*inputs)
-                checks = compare_outputs(runner.output_names, want, got, tol)
-                if tuple(runner.output_names) == DETECTOR_OUTPUTS:
-                    agreement = asdict(detection_agreement(want, got))
-                    if agreement["reference"] == 0 and not (got[1] > 0).any():
-                        # 0/0 detections: the boxes/scores/labels compared nothing
-                        checks += compare_raw_heads(runner, ref, inputs[0], tol)
-                        agreement["raw_heads_compared"] = True
-                    report.agreement.append({"size": list(size), **agreement})
-                if len(sizes) > 1:
-                    for c in checks:
-                        c.name = f"{c.name}@{size[0]}x{size[1]}"
-                report.outputs.extend(checks)
+                                 kind=kind, sizes=[], seed=seed, precision=precision)
+            sizes = list(sizes or _default_sizes(art))
+            report.sizes = [list(s) for s in sizes]
+            batch = batch or (art.manifest.batch if art.manifest else 1)
+            _compare(report, runner, ref, sizes, batch, ref.in_channels or runner.in_channels,
+                     tol or TOLERANCES[precision])
             return report
         finally:
             ref.close()

@@ -23,8 +23,13 @@ from nasfcos.errors import BackendUnavailable, first_line
 
 #: Backends a GPU verb can ask :func:`preflight` for.
 GPU_BACKENDS = ("torch-cuda", "onnxruntime-cuda", "tensorrt")
-#: The one command that gives ONNX Runtime its CUDA provider (Makefile target).
-ORT_GPU_FIX = "make ort-gpu (installs onnxruntime-gpu in place of onnxruntime)"
+
+
+def ort_gpu_fix(cap: tuple[int, int] | None = None) -> str:
+    """The one command that gives ONNX Runtime its CUDA provider for ``cap`` (Makefile)."""
+    extra = M.ort_extra_for(cap) if cap else "gpu"
+    return ("make ort-gpu" + (f" ORT_EXTRA={extra}" if extra != "gpu" else "")
+            + " (installs onnxruntime-gpu in place of onnxruntime)")
 
 
 @dataclass
@@ -216,15 +221,20 @@ def _tensorrt(f: Facts, g: Gpu, torch_ok: bool) -> Finding:
 
 def _ort_cuda(f: Facts, g: Gpu) -> Finding:
     dev = f"cuda:{g.index}"
+    fix = ort_gpu_fix(g.capability)
     if "CUDAExecutionProvider" not in f.ort_providers:
         return Finding("onnxruntime-cuda", dev, False, False,
-                       f"ONNX Runtime {f.onnxruntime or '-'}: no CUDA provider", ORT_GPU_FIX)
-    have = _cuda_major(f.driver_cuda)
-    if have is not None and have < M.ORT_GPU_CUDA_MAJOR:
+                       f"ONNX Runtime {f.onnxruntime or '-'}: no CUDA provider", fix)
+    version = M.parse_version(f.onnxruntime) or (0, 0)
+    why = M.ort_supports(version, g.capability)
+    if why is not None:
+        return Finding("onnxruntime-cuda", dev, True, False, f"{g.label}: {why}", fix)
+    need, have = M.ort_cuda_major(version), _cuda_major(f.driver_cuda)
+    if have is not None and have < need:
         return Finding("onnxruntime-cuda", dev, True, False,
-                       f"{g.label}: the driver runs CUDA {f.driver_cuda}, onnxruntime-gpu needs "
-                       f"CUDA {M.ORT_GPU_CUDA_MAJOR}",
-                       f"update the NVIDIA driver to one for CUDA {M.ORT_GPU_CUDA_MAJOR}.x or newer")
+                       f"{g.label}: the driver runs CUDA {f.driver_cuda}, ONNX Runtime "
+                       f"{f.onnxruntime} needs CUDA {need}",
+                       f"update the NVIDIA driver to one for CUDA {need}.x or newer")
     return Finding("onnxruntime-cuda", dev, True, True,
                    f"{g.label}: ONNX Runtime {f.onnxruntime} CUDA provider")
 
@@ -241,6 +251,11 @@ def diagnose(f: Facts) -> list[Finding]:
     if not f.gpus:
         out.append(Finding("gpu", "cuda", False, False, "no NVIDIA GPU found",
                            "the GPU backends (torch CUDA, ONNX Runtime CUDA, TensorRT) need one"))
+        if f.tensorrt is not None:  # installed, so found, and it cannot run here
+            out.append(Finding("tensorrt", "cuda", True, False,
+                               f"TensorRT {f.tensorrt} is installed but there is no NVIDIA GPU",
+                               "run TensorRT on a machine with one (pip uninstall tensorrt "
+                               "here if it is not needed)"))
         return out
     for g in f.gpus:
         t = _torch_cuda(f, g)
@@ -352,11 +367,14 @@ def preflight_verb(path: str | Path | None, backends: Iterable[str | None] | Non
         preflight(needs, device if device.startswith("cuda") else "cuda")
 
 
-def trt_extra(f: Facts | None = None) -> str:
-    """The extra that installs the TensorRT for this machine's first GPU."""
+def extras(f: Facts | None = None) -> tuple[str, str]:
+    """The extras that install TensorRT and onnxruntime-gpu for this machine's first GPU."""
     f = f or probe()
-    return M.trt_extra_for(f.gpus[0].capability) if f.gpus else "trt"
+    if not f.gpus:
+        return "trt", "gpu"
+    cap = f.gpus[0].capability
+    return M.trt_extra_for(cap), M.ort_extra_for(cap)
 
 
-__all__ = ["GPU_BACKENDS", "ORT_GPU_FIX", "Facts", "Finding", "Gpu", "cpu_extensions",
-           "diagnose", "gpu_needs", "preflight", "preflight_verb", "probe", "report", "text", "trt_extra", "verdict"]
+__all__ = ["GPU_BACKENDS", "Facts", "Finding", "Gpu", "cpu_extensions", "extras",
+           "diagnose", "gpu_needs", "preflight", "ort_gpu_fix", "preflight_verb", "probe", "report", "text", "verdict"]

@@ -10,21 +10,19 @@ inference -> atomic write -> manifest ``<file>.json`` (see :func:`manifest_path_
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import io
 import os
 import platform
+import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError, first_line
 from nasfcos.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -32,6 +30,8 @@ from nasfcos.io import (
     sha256_file,
     writable_path,
 )
+from nasfcos.progress import quiet
+from nasfcos.runtime.manifest import MANIFEST_FORMAT, Manifest, load_manifest, manifest_path_for
 from nasfcos.runtime.models import LoadedModel, load_model
 from nasfcos.runtime.optimize import optimize_onnx
 from nasfcos.runtime.precision import PrecisionOptions, calibration_files, lower_precision
@@ -39,7 +39,6 @@ from nasfcos.runtime.precision import PrecisionOptions, calibration_files, lower
 #: ONNX opset: 19 is the first with ``DeformConv``.
 MIN_OPSET = 19
 DEFAULT_OPSET = 19
-MANIFEST_FORMAT = "nasfcos-export/1"
 #: Smallest image side a dynamic export is traced at (every FPN level at least 2 cells).
 DYNAMIC_MIN_TRACE = 192
 
@@ -75,12 +74,6 @@ class ExportResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def manifest_path_for(path: str | Path) -> Path:
-    """Sidecar manifest of an artifact: ``model.onnx`` -> ``model.onnx.json``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
 def tool_versions() -> dict[str, str | None]:
     """Versions of the libraries an artifact depends on (None where not installed)."""
     import importlib.metadata as md
@@ -95,15 +88,6 @@ def tool_versions() -> dict[str, str | None]:
         except md.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[io.StringIO]:
-    """Capture the exporter's stdout chatter and silence its warnings; yields the captured log."""
-    buf = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-        warnings.simplefilter("ignore")
-        yield buf
 
 
 def _dynamic_shapes(lm: LoadedModel, batch: bool = True) -> tuple[dict[int, Any], ...]:
@@ -187,15 +171,14 @@ def check_onnx(model: Any) -> None:
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasfcosError(f"ONNX check failed: {first}") from exc
+        raise NasfcosError(f"ONNX check failed: {first_line(exc, None)}") from exc
 
 
 def simplify_onnx(model: Any) -> Any:
     """Run ``onnxslim`` (constant folding, dead code, Conv+BN fusion); returns a new model."""
     import onnxslim
 
-    with _quiet():
+    with quiet():
         slim = onnxslim.slim(model)
     # onnxslim drops graph inputs that nothing reads (a decoder whose genotype never reads c2);
     # the contract keeps every input, so put them back in their original order (an unused
@@ -268,47 +251,23 @@ def _set_metadata(proto: Any, lm: LoadedModel, classes: dict[str, Any] | None) -
         entry.key, entry.value = key, value
 
 
-def export_onnx(model: str | Path | LoadedModel, out: str | Path,
-                opts: ExportOptions | None = None, *, progress: bool = False) -> ExportResult:
-    """Export ``model`` (a ``model.py`` path or a :class:`LoadedModel`) to ``out`` (``.onnx``).
+@dataclass
+class _Trace:
+    """The example a model is traced on, and what the trace made dynamic."""
 
-    Returns the written paths and the manifest; raises :class:`NasfcosError` on failure.
-    """
-    import time
+    size: tuple[int, int]
+    batch: int
+    dynamic_batch: bool
+    program: Any = None
+    ranges: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
-    opts = opts or ExportOptions()
-    if opts.opset < MIN_OPSET:
-        raise NasfcosError(f"opset {opts.opset} too old: DeformConv needs opset >= {MIN_OPSET}")
-    out = Path(out)
-    if out.suffix != ".onnx":
-        raise NasfcosError(f"{out}: the output file must end in .onnx")
-    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
-    prec = opts.precision or PrecisionOptions()
-    prec.validate()
-    if prec.precision == "int8":
-        calibration_files(prec)  # bad calibration input fails before any work
-    steps = ["load", "export", "simplify", "check", "write"]
-    bar = None
-    if progress:  # a bar on a TTY, a line per step otherwise
-        from nasfcos.progress import progress_bar
-        bar = progress_bar(len(steps), desc="export", unit="step")
 
-    def step(name: str) -> None:
-        if bar is not None:
-            bar.set_postfix_str(name)
-            bar.update(1)
-
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    lm = model if isinstance(model, LoadedModel) else load_model(
-        model, opts.kind, seed=opts.seed, weights=opts.weights)
-    seconds["load"] = time.perf_counter() - t0
-    prec.validate(lm.input_names)
-    step("load")
-    batch = opts.batch
+def _trace_example(opts: ExportOptions) -> _Trace:
+    """The example size and batch to trace ``opts`` at (dynamic exports avoid shapes the
+    trace would specialise: batch 1, sides below ``DYNAMIC_MIN_TRACE``, equal sides)."""
+    size, batch = tuple(opts.size), opts.batch
     if opts.dynamic and batch == 1:
         batch = 2  # an example batch of 1 would be specialised to a constant
-    size = tuple(opts.size)
     if opts.dynamic and min(size) < DYNAMIC_MIN_TRACE:
         # torch.export specialises dimensions of size 1: below ~129 px the stride-128 level
         # is 1 cell high or wide, and the graph would only be valid up to the traced size.
@@ -316,228 +275,222 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path,
         warnings.warn(f"dynamic export: traced at {traced[0]}x{traced[1]} instead of "
                       f"{size[0]}x{size[1]} (a trace below {DYNAMIC_MIN_TRACE} px fixes the "
                       "coarsest level's size); the graph stays valid for smaller inputs",
-                      stacklevel=2)
+                      stacklevel=3)
         size = traced
     if opts.dynamic and size[0] == size[1]:
         # torch.export gives input dims with equal example values one symbol ("duck
         # sizing"), which would tie height to width: trace a non-square example instead.
         size = (size[0], size[1] + 32)
-    t0 = time.perf_counter()
-    dynamic_batch = opts.dynamic
+    return _Trace(size=(int(size[0]), int(size[1])), batch=batch, dynamic_batch=opts.dynamic)
 
-    def run_export(batch: int, dynamic_shapes: Any) -> Any:
+
+def _torch_export(lm: LoadedModel, opts: ExportOptions, trace: _Trace) -> _Trace:
+    """``torch.onnx.export(dynamo=True)`` on the example; a model that fixes its batch keeps
+    height and width dynamic only.  Fills ``trace.program`` and ``trace.ranges``."""
+
+    def run(batch: int, dynamic_shapes: Any) -> Any:
         return torch.onnx.export(
-            lm.net, tuple(torch.from_numpy(a) for a in lm.inputs(size, batch, seed=opts.seed)),
+            lm.net, tuple(torch.from_numpy(a) for a in lm.inputs(trace.size, batch,
+                                                                 seed=opts.seed)),
             dynamo=True, opset_version=opts.opset,
             input_names=list(lm.input_names), output_names=list(lm.output_names),
             dynamic_shapes=dynamic_shapes, optimize=True, external_data=False, verbose=False)
 
-    with _quiet() as log:
+    with quiet():
         try:
             try:
-                program = run_export(batch, _dynamic_shapes(lm) if opts.dynamic else None)
+                trace.program = run(trace.batch, _dynamic_shapes(lm) if opts.dynamic else None)
             except Exception as exc:
                 if not (opts.dynamic and _batch_specialised(exc)):
                     raise
-                # the model fixes its batch (e.g. a per-image loop): keep H/W dynamic only
-                dynamic_batch, batch = False, opts.batch
-                program = run_export(batch, _dynamic_shapes(lm, batch=False))
+                trace.dynamic_batch, trace.batch = False, opts.batch
+                trace.program = run(trace.batch, _dynamic_shapes(lm, batch=False))
         except Exception as exc:
             msg = str(exc).strip().splitlines()
             detail = next((m for m in msg if "Error" in m or "error" in m), msg[0] if msg else "")
             raise NasfcosError(f"torch.onnx.export failed for {lm.path}: {type(exc).__name__}: "
                                f"{detail[:300]} (set NASFCOS_DEBUG=1 for the traceback)") from exc
-    del log
-    if opts.dynamic and not dynamic_batch:
+    if opts.dynamic and not trace.dynamic_batch:
         warnings.warn(f"{lm.path.name}: the model specialises its batch; exported with a "
-                      f"static batch of {batch} (height and width stay dynamic)", stacklevel=2)
-    ranges = _dynamic_ranges(program, lm.input_names) if opts.dynamic else {}
-    bounded = sorted({f"{name}[{axis}] <= {hi}" for name, axes in ranges.items()
+                      f"static batch of {trace.batch} (height and width stay dynamic)",
+                      stacklevel=3)
+    trace.ranges = _dynamic_ranges(trace.program, lm.input_names) if opts.dynamic else {}
+    bounded = sorted({f"{name}[{axis}] <= {hi}" for name, axes in trace.ranges.items()
                       for axis, (_, hi) in axes.items() if hi is not None and axis != "0"})
     if bounded:
         warnings.warn(f"{lm.path.name}: the dynamic export is only valid for "
-                      f"{', '.join(bounded)} (recorded in the manifest)", stacklevel=2)
-    seconds["export"] = time.perf_counter() - t0
-    step("export")
-    proto = program.model_proto
-    simplified = False
-    if opts.simplify:
-        t0 = time.perf_counter()
-        try:
-            proto = simplify_onnx(proto)
-            simplified = True
-        except Exception as exc:  # a simplifier failure must not lose the export
-            warnings.warn(f"onnxslim failed, keeping the unsimplified graph: {exc}", stacklevel=2)
-        seconds["simplify"] = time.perf_counter() - t0
-    step("simplify")
-    passes = optimize_onnx(proto) if opts.optimize else None
-    t0 = time.perf_counter()
-    check_onnx(proto)
-    precision_record: dict[str, Any] = {"precision": "fp32"}
-    if prec.precision != "fp32":
-        proto, precision_record = lower_precision(proto, prec, size, batch)
-        check_onnx(proto)
-    seconds["check"] = time.perf_counter() - t0
-    step("check")
-    classes = _classes(lm)
-    _set_metadata(proto, lm, classes)
+                      f"{', '.join(bounded)} (recorded in the manifest)", stacklevel=3)
+    return trace
+
+
+def _source_record(lm: LoadedModel, base: Path) -> dict[str, Any]:
+    """The manifest's ``source`` section: files named relative to the manifest's folder."""
+    return {"model": os.path.relpath(lm.path.resolve(), base),
+            "model_sha256": lm.info["model_sha256"], "kind": lm.kind, "seed": lm.seed,
+            "weights": os.path.relpath(lm.weights.resolve(), base) if lm.weights else None,
+            "weights_sha256": sha256_file(lm.weights) if lm.weights else None,
+            "state_dict_sha256": lm.info["state_dict_sha256"]}
+
+
+def _write(out: Path, proto: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the ONNX file and then its manifest (with the file's sha256) atomically."""
     data = proto.SerializeToString()
     if len(data) >= 2**31:
         raise NasfcosError("the ONNX model is over 2 GB, which needs external data (unsupported)")
+    ins, outs = graph_io(proto)
+    ops = Counter(n.op_type for n in proto.graph.node)
+    from nasfcos.runtime.trt import tensorrt_parser_record
+
+    manifest = {**manifest, "format": MANIFEST_FORMAT, "inputs": ins, "outputs": outs,
+                "artifact": {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
+                             "bytes": len(data)},
+                "export": {**manifest.get("export", {}), "ir_version": proto.ir_version,
+                           "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node),
+                           "tensorrt": tensorrt_parser_record(proto)}}
     atomic_write_bytes(out, data)
+    atomic_write_json(manifest_path_for(out), manifest)
+    return manifest
+
+
+class _Steps:
+    """Per-step seconds, and a progress bar (a line per step off a TTY) when asked."""
+
+    def __init__(self, progress: bool, names: list[str]) -> None:
+        self.seconds: dict[str, float] = {}
+        self.bar = None
+        if progress:
+            from nasfcos.progress import progress_bar
+            self.bar = progress_bar(len(names), desc="export", unit="step")
+        self._t0 = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._t0
+        self._t0 = now
+        if self.bar is not None:
+            self.bar.set_postfix_str(name)
+            self.bar.update(1)
+            if name == "write":
+                self.bar.close()
+
+
+def _graph(program: Any, opts: ExportOptions, steps: _Steps) -> tuple[Any, bool, Any]:
+    """The exported graph simplified (unless ``opts.simplify`` is off or onnxslim fails, which
+    warns and keeps the graph) and optimised; returns (proto, simplified, passes)."""
+    proto, simplified = program.model_proto, False
+    if opts.simplify:
+        try:
+            proto, simplified = simplify_onnx(proto), True
+        except Exception as exc:  # a simplifier failure must not lose the export
+            warnings.warn(f"onnxslim failed, keeping the unsimplified graph: {exc}", stacklevel=3)
+    steps.done("simplify")
+    return proto, simplified, optimize_onnx(proto) if opts.optimize else None
+
+
+def export_onnx(model: str | Path | LoadedModel, out: str | Path,
+                opts: ExportOptions | None = None, *, progress: bool = False) -> ExportResult:
+    """Export ``model`` (a ``model.py`` path or a :class:`LoadedModel`) to ``out`` (``.onnx``).
+
+    Stages: load -> trace (torch.onnx.export) -> simplify/optimise -> check (and lower the
+    precision) -> write the file and its manifest.  Returns the written paths and the
+    manifest; raises :class:`NasfcosError` on failure (bad options before any work).
+    """
+    opts = opts or ExportOptions()
+    if opts.opset < MIN_OPSET:
+        raise FieldError("opset", f"{opts.opset} is too old: DeformConv needs {MIN_OPSET}+")
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise NasfcosError(f"{out}: the output file must end in .onnx")
+    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
+    prec = opts.precision or PrecisionOptions()
+    if prec.precision == "int8":
+        calibration_files(prec)  # bad calibration input fails before any work
+    steps = _Steps(progress, ["load", "export", "simplify", "check", "write"])
+    lm = model if isinstance(model, LoadedModel) else load_model(
+        model, opts.kind, seed=opts.seed, weights=opts.weights)
+    prec.check_inputs(lm.input_names)
+    steps.done("load")
+    trace = _torch_export(lm, opts, _trace_example(opts))
+    steps.done("export")
+    proto, simplified, passes = _graph(trace.program, opts, steps)
+    check_onnx(proto)
+    precision_record: dict[str, Any] = {"precision": "fp32"}
+    if prec.precision != "fp32":
+        proto, precision_record = lower_precision(proto, prec, trace.size, trace.batch)
+        check_onnx(proto)
+    steps.done("check")
+    classes = _classes(lm)
+    _set_metadata(proto, lm, classes)
     ins, outs = graph_io(proto)
     if [i["name"] for i in ins] != list(lm.input_names) or [
             o["name"] for o in outs] != list(lm.output_names):
         raise NasfcosError("exported graph has unexpected input/output names "
                            f"{[i['name'] for i in ins]} -> {[o['name'] for o in outs]}")
-    ops = Counter(n.op_type for n in proto.graph.node)
-    from nasfcos.runtime.trt import tensorrt_parser_record
-
-    base = out.resolve().parent  # manifests name files relative to themselves
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "artifact": {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
-                     "bytes": len(data)},
-        "source": {"model": os.path.relpath(lm.path.resolve(), base),
-                   "model_sha256": lm.info["model_sha256"], "kind": lm.kind, "seed": lm.seed,
-                   "weights": os.path.relpath(lm.weights.resolve(), base) if lm.weights else None,
-                   "weights_sha256": sha256_file(lm.weights) if lm.weights else None,
-                   "state_dict_sha256": lm.info["state_dict_sha256"]},
+    manifest = _write(out, proto, {
+        "source": _source_record(lm, out.resolve().parent),
         "genotype": {"name": lm.info["genotype_name"], "hash": lm.info["genotype_hash"]},
-        "precision": precision_record,
-        "options": lm.info.get("options", {}),
+        "precision": precision_record, "options": lm.info.get("options", {}),
         "widths": {k: lm.info[k] for k in ("fpn_channels", "head_channels", "num_classes",
                                            "in_channels", "backbone")},
         "classes": classes,
-        "inputs": ins,
-        "outputs": outs,
-        "export": {"opset": opts.opset, "size": list(size), "batch": batch,
-                   "dynamic": opts.dynamic, "dynamic_batch": dynamic_batch,
-                   "dynamic_ranges": ranges,
-                   "simplified": simplified,
-                   "graph_passes": passes,
-                   "exporter": "torch.onnx.export(dynamo=True)",
-                   "ir_version": proto.ir_version,
-                   "ops": dict(sorted(ops.items())), "nodes": len(proto.graph.node),
-                   "tensorrt": tensorrt_parser_record(proto)},
+        "export": {"opset": opts.opset, "size": list(trace.size), "batch": trace.batch,
+                   "dynamic": opts.dynamic, "dynamic_batch": trace.dynamic_batch,
+                   "dynamic_ranges": trace.ranges, "simplified": simplified,
+                   "graph_passes": passes, "exporter": "torch.onnx.export(dynamo=True)"},
         "tools": tool_versions(),
-        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    manifest_path = atomic_write_json(manifest_path_for(out), manifest)
-    seconds["write"] = 0.0
-    step("write")
-    if bar is not None:
-        bar.close()
-    return ExportResult(onnx_path=out, manifest_path=manifest_path, manifest=manifest,
-                        seconds=seconds)
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
+    steps.done("write")
+    return ExportResult(onnx_path=out, manifest_path=manifest_path_for(out), manifest=manifest,
+                        seconds=steps.seconds)
 
 
-#: Manifest fields a tool reads, with their types (None allowed where listed).
-_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    "artifact": {"file": (str,), "type": (str,), "sha256": (str,), "bytes": (int,)},
-    "source": {"model": (str, dict, type(None)), "model_sha256": (str, type(None)),
-               "kind": (str, type(None)), "seed": (int,), "weights": (str, type(None)),
-               "weights_sha256": (str, type(None)), "state_dict_sha256": (str, type(None)),
-               "onnx": (str,), "onnx_sha256": (str,)},
-    "export": {"opset": (int,), "size": (list,), "batch": (int,), "dynamic": (bool,),
-               "dynamic_ranges": (dict,)},
-    "widths": {"in_channels": (list, type(None))},
-    "build": {"precision": (str, list)},  # str: strongly typed engines; list: before
-    "precision": {"precision": (str,), "target": (str, type(None)), "method": (str,)},
-}
+def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> dict[str, Any]:
+    """Lower an fp32 ONNX export (with its manifest) to ``opts.precision``; writes ``out``
+    and ``out.json`` atomically and returns the new manifest.
 
-
-def _check_fields(data: dict[str, Any], mpath: Path) -> None:
-    """One-line error for a manifest field of the wrong type (bool is not an int here)."""
-    for section, fields in _FIELDS.items():
-        sec = data.get(section)
-        if sec is None and section not in ("artifact", "source"):
-            continue
-        if not isinstance(sec, dict):
-            raise NasfcosError(f"{mpath}: field {section!r} must be an object")
-        for key, types in fields.items():
-            if key not in sec:
-                continue
-            v = sec[key]
-            if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-                raise NasfcosError(f"{mpath}: field {section}.{key} has the wrong type "
-                                   f"({type(v).__name__})")
-    size = data.get("export", {}).get("size")
-    if size is not None and not (len(size) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise NasfcosError(f"{mpath}: field export.size must be two positive integers")
-    for key in ("inputs", "outputs"):
-        if key in data and not (isinstance(data[key], list)
-                                and all(isinstance(t, dict) for t in data[key])):
-            raise NasfcosError(f"{mpath}: field {key!r} must be a list of objects")
-
-
-def load_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of an artifact (``path`` is the artifact or the manifest itself).
-
-    Raises a one-line :class:`NasfcosError` for a missing, special, binary or malformed
-    manifest and for fields of the wrong type.
+    The example size (int8 calibration) and batch come from the source manifest.
     """
-    import json
+    import onnx
 
-    from nasfcos.io import regular_file
-
-    path = Path(path)
-    mpath = path if path.name.endswith(".json") else manifest_path_for(path)
-    if not mpath.exists():
-        raise NasfcosError(f"{mpath}: no manifest next to {path.name}")
-    regular_file(mpath, "manifest")
+    src, out = Path(src), Path(out)
+    if out.suffix != ".onnx":
+        raise NasfcosError(f"{out}: the output file must end in .onnx")
+    if src.resolve() == out.resolve():
+        raise NasfcosError(f"{out}: would overwrite the fp32 source; pick another output")
+    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
+    man = verified_manifest(src)
+    if man.precision != "fp32":
+        raise NasfcosError(f"{src} is already {man.precision}; lower precision from an fp32 "
+                           "export")
     try:
-        data = json.loads(mpath.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise NasfcosError(f"{mpath}: not a text (UTF-8) manifest") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise NasfcosError(f"{mpath}: not valid JSON ({str(exc)[:120]})") from None
-    except OSError as exc:
-        raise NasfcosError(f"{mpath}: cannot read ({exc.strerror})") from None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise NasfcosError(f"{mpath}: not a nasfcos export manifest")
-    _check_fields(data, mpath)
-    return data
+        model = onnx.load(str(src))
+    except Exception as exc:
+        raise NasfcosError(f"{src}: not a readable ONNX file ({first_line(exc)})") from exc
+    ins, _ = graph_io(model)
+    opts.check_inputs([i["name"] for i in ins])
+    batch_dim = ins[0]["shape"][0] if ins and ins[0]["shape"] else 1
+    batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 1
+    model, record = lower_precision(model, opts, man.size or (800, 800), batch)
+    check_onnx(model)
+    new = {**man.raw, "source": man.rebased_source(out.parent),
+           "precision": {**record, "from": {
+               "file": os.path.relpath(src.resolve(), out.resolve().parent),
+               "sha256": man.sha256}}}
+    return _write(out, model, new)
 
 
-def rebase_source(source: dict[str, Any], from_dir: str | Path, to_dir: str | Path) -> dict[str, Any]:
-    """A manifest ``source`` section copied next to another artifact: its relative file names
-    (``model``, ``weights``) rewritten relative to ``to_dir``."""
-    out = dict(source)
-    for key in ("model", "weights"):
-        if isinstance(out.get(key), str):
-            path = manifest_file(from_dir, out[key]).resolve()
-            out[key] = os.path.relpath(path, Path(to_dir).resolve())
-    return out
-
-
-def manifest_file(manifest_dir: str | Path, name: str) -> Path:
-    """A file a manifest names: relative names are relative to the manifest's folder
-    (never to the current directory); absolute names are kept."""
-    p = Path(name)
-    return p if p.is_absolute() else Path(manifest_dir) / p
-
-
-def verify_manifest(path: str | Path) -> list[str]:
+def verify_manifest(path: str | Path, digest: str | None = None) -> list[str]:
     """Problems found comparing an artifact with its manifest ([] when they match).
 
-    Checks the sha256 and size, and for ONNX files the input/output names and shapes.
+    Checks the name, sha256 (``digest``: the file's, when already computed) and size, and
+    for ONNX files the input/output names and shapes.
     """
     path = Path(path)
     man = load_manifest(path)
-    problems = []
-    art = man.get("artifact", {})
     if not path.is_file():
         return [f"{path}: missing"]
-    if art.get("file") != path.name:
-        problems.append(f"manifest names {art.get('file')!r}, not {path.name!r}")
-    digest = sha256_file(path)
-    if art.get("sha256") != digest:
-        problems.append(f"sha256 differs (file {digest[:12]}, manifest {str(art.get('sha256'))[:12]})")
-    if art.get("bytes") != path.stat().st_size:
-        problems.append(f"size differs (file {path.stat().st_size}, manifest {art.get('bytes')})")
-    if art.get("type") == "onnx":
+    problems = man.mismatch(path, digest or sha256_file(path))
+    if man.type == "onnx":
         import onnx
 
         try:
@@ -545,11 +498,20 @@ def verify_manifest(path: str | Path) -> list[str]:
         except Exception as exc:
             return [*problems, f"cannot read ONNX ({type(exc).__name__})"]
         ins, outs = graph_io(model)
-        if ins != man.get("inputs"):
+        if ins != man.inputs:
             problems.append("inputs differ from the manifest")
-        if outs != man.get("outputs"):
+        if outs != man.outputs:
             problems.append("outputs differ from the manifest")
     return problems
+
+
+def verified_manifest(path: str | Path) -> Manifest:
+    """The artifact's manifest, only if the artifact still matches it (a one-line error
+    listing the differences otherwise: nothing the manifest says is trusted then)."""
+    problems = verify_manifest(path)
+    if problems:
+        raise NasfcosError(f"{path}: does not match its manifest: {'; '.join(problems)}")
+    return load_manifest(path)
 
 
 def export_summary(result: ExportResult) -> dict[str, Any]:
@@ -565,6 +527,6 @@ def export_summary(result: ExportResult) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "ExportOptions", "ExportResult", "check_onnx",
-           "export_onnx", "export_summary", "graph_io", "load_manifest", "manifest_file", "rebase_source",
-           "manifest_path_for",
-           "simplify_onnx", "tool_versions", "verify_manifest", "weights_classes"]
+           "convert_onnx", "export_onnx", "export_summary", "graph_io", "load_manifest",
+           "manifest_path_for", "simplify_onnx", "tool_versions", "verified_manifest",
+           "verify_manifest", "weights_classes"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,34 +56,6 @@ def io_names(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     raise NasfcosError(f"unknown model kind {kind!r} (expected decoder or detector)")
 
 
-def parse_size(text: str | int | Sequence[int]) -> tuple[int, int]:
-    """``"800"``, ``"800x608"`` (height x width), ``800`` or ``(800, 608)`` -> ``(H, W)`` pixels."""
-    if isinstance(text, int):
-        h = w = text
-    elif isinstance(text, str):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
-        if not m:
-            raise NasfcosError(f"bad size {text!r} (expected e.g. 800 or 800x608)")
-        h = int(m.group(1))
-        w = int(m.group(2) or m.group(1))
-    else:
-        vals = [int(v) for v in text]
-        if len(vals) != 2:
-            raise NasfcosError(f"bad size {text!r} (expected two numbers)")
-        h, w = vals
-    if h < 32 or w < 32:
-        raise NasfcosError(f"size {h}x{w} too small (at least 32x32 pixels)")
-    return h, w
-
-
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """``"600,800,1000"`` or ``"600x800,1000"`` -> list of ``(H, W)``."""
-    parts = [p for p in text.split(",") if p.strip()]
-    if not parts:
-        raise NasfcosError("no sizes given")
-    return [parse_size(p) for p in parts]
-
-
 def feature_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
     """Spatial sizes of c2..c5 for an image of ``size`` (ResNet-style ceil halving)."""
     h, w = math.ceil(size[0] / 4), math.ceil(size[1] / 4)
@@ -108,14 +79,13 @@ def input_shapes(kind: str, size: tuple[int, int], batch: int = 1,
     raise NasfcosError(f"unknown model kind {kind!r}")
 
 
-def make_inputs(model_kind: str, size: tuple[int, int] | str | int, batch: int = 1, seed: int = 0,
+def make_inputs(model_kind: str, size: tuple[int, int], batch: int = 1, seed: int = 0,
                 in_channels: Sequence[int] | None = None) -> list[np.ndarray]:
     """Seeded float32 inputs for a model kind; every backend is fed exactly these arrays.
 
     Detector: images uniform in [0, 1).  Decoder: features ``relu(N(0, 1))`` (backbone
     features are post-ReLU), one array per level c2..c5.
     """
-    size = parse_size(size) if not isinstance(size, tuple) else size
     rng = np.random.default_rng(seed)
     arrays = []
     for shape in input_shapes(model_kind, size, batch, in_channels):

@@ -9,7 +9,8 @@ CPU backends at every size (TensorRT too where a GPU and TensorRT exist).
 
 GPU plan (the paper's table, :mod:`nasfcos.runtime.gpu_check` formats it): the doctor's check
 first (stops in one line, with the fix, before any work) -> compile -> dynamic fp32 export ->
-fp16 and int8 (Q/DQ, ``tensorrt`` target, calibrated on a small synthetic set) ONNX files ->
+fp16 and int8 (Q/DQ, ``tensorrt`` target, calibrated on a small synthetic set) ONNX files, with random
+weights whose classification biases are 0 (:func:`detection_weights`: detections to compare) ->
 strongly typed TensorRT engines with one optimisation profile over the sizes -> parity of
 ONNX Runtime CUDA and of each engine against PyTorch -> one latency cell at a time (PyTorch
 eager fp32 and fp16, ONNX Runtime CUDA, TensorRT fp32/fp16/int8 at each size), each printed
@@ -18,6 +19,7 @@ and written to the report as soon as it is measured, so a cut run keeps what it 
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,9 +85,37 @@ def compile_step(cfg: PipelineConfig, say: Say) -> Path:
     return model_py
 
 
-def export_step(cfg: PipelineConfig, model_py: Path, say: Say) -> Any:
+def detection_weights(model_py: Path, out: Path, *, seed: int = 0) -> Path:
+    """Random weights (``seed``) whose classification biases are 0, written to ``out``.
+
+    A randomly initialised detector (bias prior 0.01) scores every location below the 0.05
+    threshold: no detection on either side, so a parity check of an engine, whose
+    intermediate tensors cannot be read, would compare nothing.  With the biases at 0 every
+    location scores sigmoid(0) = 0.5 and the detections (top 100 after NMS) are compared.
+    """
+    import torch
+
+    from nasfcos.io import atomic_write_bytes
+    from nasfcos.runtime.models import load_model
+
+    lm = load_model(model_py, "detector", seed=seed)
+    state = {k: v.detach().clone() for k, v in lm.net.detector.state_dict().items()}
+    biases = [k for k in state if k.endswith("cls_logits.bias")]
+    if not biases:
+        raise NasfcosError(f"{model_py}: no cls_logits.bias to set (not a compiled detector?)")
+    for k in biases:
+        state[k].zero_()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def export_step(cfg: PipelineConfig, model_py: Path, say: Say,
+                weights: Path | None = None) -> Any:
     """One ONNX export (dynamic batch/H/W, or static at the one size), traced at the middle
-    size; returns the :class:`~nasfcos.runtime.export.ExportResult`."""
+    size, with random or ``weights``; returns the
+    :class:`~nasfcos.runtime.export.ExportResult`."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
     ordered = sorted(cfg.sizes, key=lambda s: s[0] * s[1])
@@ -93,7 +123,8 @@ def export_step(cfg: PipelineConfig, model_py: Path, say: Say) -> Any:
     say(f"exporting to ONNX ({'static' if cfg.static else 'dynamic batch/H/W'}, traced at "
         f"{mid[0]}x{mid[1]}; takes a while for ResNet-50) ...")
     res = export_onnx(model_py, cfg.out / "model.onnx",
-                      ExportOptions(size=mid, dynamic=not cfg.static), progress=cfg.progress)
+                      ExportOptions(size=mid, dynamic=not cfg.static, weights=weights),
+                      progress=cfg.progress)
     m = res.manifest
     say(f"      {res.onnx_path} ({m['artifact']['bytes'] / 1e6:.0f} MB, "
         f"{m['export']['ops'].get('DeformConv', 0)} DeformConv, TensorRT parser "
@@ -170,7 +201,8 @@ def _cpu_plan(cfg: PipelineConfig, say: Say) -> dict[str, Any]:
 def _lower(cfg: PipelineConfig, fp32: Path, say: Say) -> dict[str, Path]:
     """The fp32 ONNX file and its fp16 / int8 (tensorrt target) versions."""
     from nasfcos.fcos.synth import SynthConfig, write_synthetic
-    from nasfcos.runtime.precision import PrecisionOptions, convert_onnx
+    from nasfcos.runtime.export import convert_onnx
+    from nasfcos.runtime.precision import PrecisionOptions
 
     onnx = {"fp32": fp32}
     for prec in cfg.precisions:
@@ -194,7 +226,7 @@ def _lower(cfg: PipelineConfig, fp32: Path, say: Say) -> dict[str, Path]:
 def _engines(cfg: PipelineConfig, onnx: dict[str, Path], say: Say) -> dict[str, Path | str]:
     """One engine per precision (profile min/opt/max over the sizes); a failed build is
     recorded as its one-line reason and the others go on."""
-    from nasfcos.runtime.export import load_manifest
+    from nasfcos.runtime.manifest import load_manifest
     from nasfcos.runtime.trt import TrtBuildOptions, build_engine, profile_shapes
 
     ordered = sorted(cfg.sizes, key=lambda s: s[0] * s[1])
@@ -202,7 +234,7 @@ def _engines(cfg: PipelineConfig, onnx: dict[str, Path], say: Say) -> dict[str, 
     for prec, src in onnx.items():
         man = load_manifest(src)
         shapes = profile_shapes("detector", [ordered[0], ordered[len(ordered) // 2],
-                                             ordered[-1]], int(man["export"]["batch"]))
+                                             ordered[-1]], man.batch)
         engine = cfg.out / f"model.{prec}.engine"
         t0 = time.perf_counter()
         try:
@@ -246,7 +278,7 @@ def measure_cell(make: Callable[[], Any], size: tuple[int, int], cfg: PipelineCo
             runner = runner_cache[key] = make()
         inputs = make_inputs("detector", size, 1, 0)
         bcfg = BenchConfig(sizes=[size], warmup=cfg.warmup, runs=cfg.runs, device=cfg.device)
-        times, notes = _time_cell(runner, inputs, bcfg, lambda: None)
+        times, notes = _time_cell(runner, inputs, bcfg)
     except BackendUnavailable as exc:
         return {"status": "skipped", "reason": first_line(exc, 300)}
     except (NasfcosError, RuntimeError) as exc:  # a CUDA error in one cell: the rest go on
@@ -281,7 +313,8 @@ def _gpu_plan(cfg: PipelineConfig, say: Say) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     model_py = compile_step(cfg, lambda s: say(f"[gpu] {s}"))
-    res = export_step(cfg, model_py, lambda s: say(f"[gpu] {s.strip()}"))
+    weights = detection_weights(model_py, cfg.out / "weights.pt")
+    res = export_step(cfg, model_py, lambda s: say(f"[gpu] {s.strip()}"), weights)
     onnx = _lower(cfg, res.onnx_path, lambda s: say(f"[gpu] {s}"))
     engines = _engines(cfg, {p: onnx[p] for p in cfg.precisions if p in onnx},
                        lambda s: say(f"[gpu] {s}"))
@@ -302,8 +335,10 @@ def _gpu_plan(cfg: PipelineConfig, say: Say) -> dict[str, Any]:
     save()
 
     makers: dict[str, Callable[[], Any]] = {
-        "torch/fp32": lambda: make_runner(model_py, "torch", cfg.device, kind="detector"),
-        "torch-fp16/fp16": lambda: TorchFp16Runner(model_py, cfg.device, kind="detector"),
+        "torch/fp32": lambda: make_runner(model_py, "torch", cfg.device, kind="detector",
+                                          weights=weights),
+        "torch-fp16/fp16": lambda: TorchFp16Runner(model_py, cfg.device, kind="detector",
+                                                   weights=weights),
         "onnxruntime/fp32": lambda: make_runner(onnx["fp32"], "onnxruntime", cfg.device),
     }
     for prec, eng in engines.items():
@@ -338,5 +373,6 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> dict[str, Any]:
     return _gpu_plan(cfg, say) if cfg.gpu else _cpu_plan(cfg, say)
 
 
-__all__ = ["GPU_ROWS", "PipelineConfig", "TorchFp16Runner", "compile_step", "export_step",
+__all__ = ["GPU_ROWS", "PipelineConfig", "TorchFp16Runner", "compile_step", "detection_weights",
+           "export_step",
            "measure_cell", "run_pipeline"]

@@ -36,7 +36,6 @@ COCO data folder (``--data DIR``, its ``train`` split, else ``val``); the first
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError, first_line
 from nasfcos.images import IMAGE_SUFFIXES, read_image
+from nasfcos.runtime.manifest import PRECISIONS
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 CALIB_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 INT8_TARGETS: tuple[str, ...] = ("tensorrt", "cpu")
 #: Ops kept in float32 by the fp16 pass (see the module docstring and the README).
@@ -74,29 +73,34 @@ class PrecisionOptions:
     calib_method: str = "minmax"
     int8_target: str = "tensorrt"
 
-    def validate(self, input_names: Sequence[str] | None = None) -> None:
-        """One-line errors for bad settings, before any work starts."""
+    def __post_init__(self) -> None:
+        """The options' rules, checked once when they are made (errors name the field)."""
         if self.precision not in PRECISIONS:
-            raise NasfcosError(f"unknown precision {self.precision!r} (have "
-                               f"{', '.join(PRECISIONS)})")
+            raise FieldError("precision", f"unknown precision {self.precision!r} (have "
+                             f"{', '.join(PRECISIONS)})")
         if self.precision != "int8":
             if self.calib is not None or self.data is not None:
-                raise NasfcosError("--calib/--data calibrate int8 only; add --precision int8")
+                raise FieldError("calib", "calibration images calibrate int8 only (precision "
+                                 f"is {self.precision})")
             return
         if self.calib_method not in CALIB_METHODS:
-            raise NasfcosError(f"unknown calibration method {self.calib_method!r} (have "
-                               f"{', '.join(CALIB_METHODS)})")
+            raise FieldError("calib_method", f"unknown calibration method "
+                             f"{self.calib_method!r} (have {', '.join(CALIB_METHODS)})")
         if self.int8_target not in INT8_TARGETS:
-            raise NasfcosError(f"unknown int8 target {self.int8_target!r} (have "
-                               f"{', '.join(INT8_TARGETS)})")
-        if self.calib_images < 1:
-            raise NasfcosError(f"--calib-images must be >= 1, got {self.calib_images}")
+            raise FieldError("int8_target", f"unknown int8 target {self.int8_target!r} (have "
+                             f"{', '.join(INT8_TARGETS)})")
+        if isinstance(self.calib_images, bool) or not isinstance(self.calib_images, int) \
+                or self.calib_images < 1:
+            raise FieldError("calib_images", f"must be an integer >= 1, got {self.calib_images!r}")
         if (self.calib is None) == (self.data is None):
-            raise NasfcosError("int8 needs calibration images: give --calib DIR or --data DIR "
-                               "(one of the two)")
-        if input_names is not None and list(input_names) != ["images"]:
+            raise FieldError("calib", "int8 needs calibration images: a folder of images "
+                             "(calib) or a COCO data folder (data), one of the two")
+
+    def check_inputs(self, input_names: Sequence[str]) -> None:
+        """The rule that needs the model: int8 calibration feeds images to a detector."""
+        if self.precision == "int8" and list(input_names) != ["images"]:
             raise NasfcosError(f"int8 calibration feeds images, but the model's inputs are "
-                               f"{', '.join(input_names)} (export the detector: --detector)")
+                               f"{', '.join(input_names)} (export the detector)")
 
 
 def calibration_files(opts: PrecisionOptions) -> list[Path]:
@@ -231,7 +235,7 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
     leaves outputs of blocked multi-output nodes such as ``TopK`` dangling or mistyped.)
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
            for n in model.graph.node for a in n.attribute):
@@ -260,16 +264,7 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
     for vi in g.input:
         if is_float(vi.name):
             home[vi.name] = FLOAT
-    half_inits: dict[str, str] = {}
-    for n, half in zip(g.node, half_nodes, strict=True):
-        if half:
-            for t in n.input:
-                if t in inits and types.get(t) == FLOAT and t not in half_inits:
-                    arr = numpy_helper.to_array(inits[t]).astype(np.float32)
-                    arr = np.clip(arr, -65504.0, 65504.0).astype(np.float16)
-                    half_inits[t] = t + "__fp16"
-                    g.initializer.append(numpy_helper.from_array(arr, half_inits[t]))
-                    home[half_inits[t]] = HALF
+    half_inits = _half_initializers(g, inits, types, half_nodes, home)
     casts: dict[tuple[str, int], str] = {}
     nodes: list[Any] = []
 
@@ -292,14 +287,40 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
             new_inputs.append(t)
         n.input[:] = new_inputs
         nodes.append(n)
-    # graph outputs produced in half: rename the producer's tensor, Cast back to float32
+    _replace_nodes(g, nodes, home)
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
+def _half_initializers(g: Any, inits: dict[str, Any], types: dict[str, int],
+                       half_nodes: list[bool], home: dict[str, int]) -> dict[str, str]:
+    """float16 copies (clipped to +-65504) of the float initializers half nodes read:
+    ``{name: copy's name}``."""
+    from onnx import TensorProto, numpy_helper
+
+    half_inits: dict[str, str] = {}
+    for n, half in zip(g.node, half_nodes, strict=True):
+        for t in n.input if half else ():
+            if t in inits and types.get(t) == TensorProto.FLOAT and t not in half_inits:
+                arr = numpy_helper.to_array(inits[t]).astype(np.float32)
+                arr = np.clip(arr, -65504.0, 65504.0).astype(np.float16)
+                half_inits[t] = t + "__fp16"
+                g.initializer.append(numpy_helper.from_array(arr, half_inits[t]))
+                home[half_inits[t]] = TensorProto.FLOAT16
+    return half_inits
+
+
+def _replace_nodes(g: Any, nodes: list[Any], home: dict[str, int]) -> None:
+    """The graph's nodes become ``nodes``; graph outputs produced in half get their
+    producer's tensor renamed and a Cast back to float32; unused initializers go."""
+    from onnx import TensorProto, helper
+
     for vi in g.output:
-        if home.get(vi.name) == HALF:
+        if home.get(vi.name) == TensorProto.FLOAT16:
             low = vi.name + "__fp16"
             for n in nodes:
                 n.output[:] = [low if x == vi.name else x for x in n.output]
                 n.input[:] = [low if x == vi.name else x for x in n.input]
-            nodes.append(helper.make_node("Cast", [low], [vi.name], to=FLOAT,
+            nodes.append(helper.make_node("Cast", [low], [vi.name], to=TensorProto.FLOAT,
                                           name=f"cast_{vi.name}__to_fp32"))
     del g.node[:]
     g.node.extend(nodes)
@@ -308,7 +329,6 @@ def convert_fp16(model: Any, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> Any:
     del g.initializer[:]
     g.initializer.extend(keep)
     del g.value_info[:]
-    return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 
 class _ImageReader:
@@ -367,14 +387,14 @@ def _quantize(model: Any, files: Sequence[Path], opts: PrecisionOptions, size: t
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from nasfcos.runtime.export import _quiet
+    from nasfcos.progress import quiet
 
     trt = opts.int8_target == "tensorrt"
     with tempfile.TemporaryDirectory(prefix="nasfcos-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
         try:
-            with _quiet():
+            with quiet():
                 quantize_static(
                     str(src), str(dst), _ImageReader(files, size, batch),
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS),
@@ -385,8 +405,8 @@ def _quantize(model: Any, files: Sequence[Path], opts: PrecisionOptions, size: t
         except NasfcosError:
             raise
         except Exception as exc:
-            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise NasfcosError(f"int8 calibration failed: {type(exc).__name__}: {line}") from exc
+            raise NasfcosError(f"int8 calibration failed: {type(exc).__name__}: "
+                               f"{first_line(exc, 300)}") from exc
         out = onnx.load(str(dst))
     if trt:
         _unquantize_inputs(out, "DeformConv")
@@ -401,7 +421,7 @@ def lower_precision(model: Any, opts: PrecisionOptions, size: tuple[int, int],
                     batch: int = 1) -> tuple[Any, dict[str, Any]]:
     """Apply ``opts`` to an fp32 ONNX model; returns (model, manifest ``precision`` block).
 
-    Callers validate ``opts`` first (:meth:`PrecisionOptions.validate`).
+    ``opts`` were validated when made (:class:`PrecisionOptions`).
     """
     record: dict[str, Any] = {"precision": opts.precision}
     if opts.precision == "fp16":
@@ -419,85 +439,6 @@ def lower_precision(model: Any, opts: PrecisionOptions, size: tuple[int, int],
                                        "files_sha256": file_list_sha256(files)}})
         return model, record
     return model, record
-
-
-def convert_onnx(src: str | Path, out: str | Path, opts: PrecisionOptions) -> dict[str, Any]:
-    """Lower an fp32 ONNX export (with its manifest) to ``opts.precision``; writes ``out``
-    and ``out.json`` atomically and returns the new manifest.
-
-    The example size (int8 calibration) and batch come from the source manifest.
-    """
-    import copy
-    from collections import Counter
-
-    import onnx
-
-    from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, writable_path
-    from nasfcos.runtime.export import (
-        check_onnx,
-        graph_io,
-        load_manifest,
-        manifest_path_for,
-        rebase_source,
-    )
-
-    src, out = Path(src), Path(out)
-    if out.suffix != ".onnx":
-        raise NasfcosError(f"{out}: the output file must end in .onnx")
-    if src.resolve() == out.resolve():
-        raise NasfcosError(f"{out}: would overwrite the fp32 source; pick another -o")
-    writable_path(manifest_path_for(out))  # e.g. a folder named like the manifest: before the work
-    opts.validate()
-    man = load_manifest(src)
-    have = manifest_precision(man)
-    if have != "fp32":
-        raise NasfcosError(f"{src} is already {have}; lower precision from an fp32 export")
-    try:
-        model = onnx.load(str(src))
-    except Exception as exc:
-        raise NasfcosError(f"{src}: not a readable ONNX file ({exc})") from exc
-    ins, _ = graph_io(model)
-    opts.validate([i["name"] for i in ins])
-    exp = man.get("export", {})
-    size = tuple(int(v) for v in exp.get("size", (800, 800)))
-    batch_dim = ins[0]["shape"][0] if ins and ins[0]["shape"] else 1
-    batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 1
-    model, record = lower_precision(model, opts, (size[0], size[1]), batch)
-    check_onnx(model)
-    data = model.SerializeToString()
-    new = copy.deepcopy(man)
-    new["source"] = rebase_source(new.get("source", {}), src.parent, out.parent)
-    new["artifact"] = {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
-                       "bytes": len(data)}
-    new["precision"] = {**record, "from": {"file": os.path.relpath(src.resolve(),
-                                                                   out.resolve().parent),
-                                           "sha256": man["artifact"]["sha256"]}}
-    source = new.get("source") or {}
-    for key in ("model", "weights"):  # manifests name files relative to themselves
-        if isinstance(source.get(key), str) and not Path(source[key]).is_absolute():
-            source[key] = os.path.relpath((src.resolve().parent / source[key]).resolve(),
-                                          out.resolve().parent)
-    from nasfcos.runtime.trt import tensorrt_parser_record
-
-    new.setdefault("export", {}).update(
-        {"ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
-         "nodes": len(model.graph.node), "tensorrt": tensorrt_parser_record(model)})
-    atomic_write_bytes(out, data)
-    atomic_write_json(manifest_path_for(out), new)
-    return new
-
-
-def manifest_precision(manifest: dict[str, Any]) -> str:
-    """The precision an export manifest records (fp32 when it says nothing)."""
-    block = manifest.get("precision")
-    if isinstance(block, dict) and block.get("precision") in PRECISIONS:
-        return str(block["precision"])
-    prec = (manifest.get("build") or {}).get("precision")
-    if isinstance(prec, str) and prec in PRECISIONS:
-        return prec
-    if isinstance(prec, list):  # engine manifests before strong typing
-        return "int8" if "int8" in prec else "fp16" if "fp16" in prec else "fp32"
-    return "fp32"
 
 
 def qdq_summary(model: Any) -> dict[str, Any]:
@@ -533,6 +474,6 @@ def qdq_summary(model: Any) -> dict[str, Any]:
 
 
 __all__ = ["CALIB_METHODS", "FP16_BLOCK_OPS", "INT8_OPS", "INT8_TARGETS", "PRECISIONS",
-           "PrecisionOptions", "calibration_files", "convert_fp16", "convert_onnx", "file_list_sha256",
-           "load_image", "lower_precision", "manifest_precision", "qdq_summary",
+           "PrecisionOptions", "calibration_files", "convert_fp16", "file_list_sha256",
+           "load_image", "lower_precision", "qdq_summary",
            "quantize_int8"]

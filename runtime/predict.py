@@ -41,38 +41,30 @@ def model_meta(path: str | Path, weights: str | Path | None = None) -> dict[str,
     ``weights.pt`` with its ``import.json``).  An export (.onnx/.engine): from its manifest
     (class count and classes) and the training checkpoint it was exported with.
     """
+    from nasfcos.runtime.artifact import form_of
     from nasfcos.runtime.export import weights_classes
+    from nasfcos.runtime.manifest import Manifest
     from nasfcos.weights import load_weights_file
 
     path = Path(path)
     meta: dict[str, Any] = {}
-    if path.suffix != ".py":
+    if form_of(path) != "model.py":
         if weights is not None:
             raise NasfcosError("--weights is for model.py; an exported model carries its weights")
-        from nasfcos.runtime.export import load_manifest, manifest_file, manifest_path_for
-
-        if not manifest_path_for(path).is_file():
-            return meta
         try:
-            manifest = load_manifest(path)
+            manifest = Manifest.find(path)
         except NasfcosError:  # not a nasfcos export: nothing to read
             return meta
-        k = (manifest.get("widths") or {}).get("num_classes")
-        if isinstance(k, int):
-            meta["num_classes"] = k
-        classes = manifest.get("classes")
-        if isinstance(classes, dict):
-            _class_fields(meta, classes.get("names"), classes.get("category_ids"))
-        src = manifest.get("source") or {}
-        if isinstance(src.get("model"), dict):  # an engine's manifest: its ONNX's source
-            src = src["model"]
-        if not isinstance(src.get("weights"), str):
+        if manifest is None:
             return meta
+        if manifest.num_classes is not None:
+            meta["num_classes"] = manifest.num_classes
+        _class_fields(meta, manifest.class_names, manifest.category_ids)
         try:
-            weights = manifest_file(path.parent, src["weights"])
-        except NasfcosError:
+            weights = manifest.weights_file()
+        except NasfcosError:  # not where the export found them (or changed since)
             return meta
-        if not Path(weights).is_file():
+        if weights is None:
             return meta
     elif weights is None:
         return meta

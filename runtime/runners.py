@@ -4,8 +4,10 @@
 >>> outs = runner(*make_inputs(runner.kind, (800, 800), in_channels=runner.in_channels))
 >>> runner.close()
 
-Backends: ``torch`` (eager), ``torch-compile`` (``torch.compile`` with Inductor, weights
-frozen), ``onnxruntime`` and ``tensorrt`` (see :mod:`nasfcos.runtime.trt`).  ``backend=None``
+Backends: ``torch`` (eager; ``torch:bf16`` under bf16 autocast), ``torch-compile``
+(``torch.compile`` with Inductor, weights frozen), ``onnxruntime``, ``openvino`` (the
+``[openvino]`` extra; ``openvino:bf16``, ``openvino:int8``: see
+:mod:`nasfcos.runtime.openvino_rt`) and ``tensorrt`` (see :mod:`nasfcos.runtime.trt`).  ``backend=None``
 picks one from the file suffix: ``.py`` -> torch, ``.onnx`` -> onnxruntime,
 ``.engine``/``.plan`` -> tensorrt.  A ``model.py`` given to ``onnxruntime`` or ``tensorrt`` is
 exported on the fly (dynamic shapes) into a temporary folder.
@@ -27,88 +29,33 @@ from typing import Any
 import numpy as np
 
 from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
-from nasfcos.runtime.models import (
-    DECODER_INPUTS,
-    DETECTOR_INPUTS,
-    LoadedModel,
-    load_model,
-)
+from nasfcos.runtime.artifact import FORM_BACKENDS, Artifact, form_of, open_artifact
+from nasfcos.runtime.manifest import Manifest
+from nasfcos.runtime.models import LoadedModel, load_model
+from nasfcos.runtime.runner_base import Runner, kind_from_inputs
 
-BACKENDS: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime", "tensorrt")
-SUFFIX_BACKENDS: dict[str, str] = {".py": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt",
-                                   ".plan": "tensorrt"}
-
-
-def kind_from_inputs(names: Sequence[str]) -> str | None:
-    """Model kind from tensor names: ``images`` -> detector, ``c2..c5`` -> decoder, else None."""
-    if tuple(names) == DETECTOR_INPUTS:
-        return "detector"
-    if tuple(names) == DECODER_INPUTS:
-        return "decoder"
-    return None
+BACKENDS: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime", "openvino", "tensorrt")
+#: Run-time precisions a backend takes as ``BACKEND:PRECISION`` (its default first); other
+#: precisions are built into the file (``nasfcos export --precision``).
+RUNTIME_PRECISIONS: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16"),
+                                                  "openvino": ("fp32", "bf16", "int8")}
 
 
-class Runner:
-    """Base class: see the module docstring.  Subclasses implement bind/run/fetch."""
+def split_backend(spec: str) -> tuple[str, str | None]:
+    """``"openvino:bf16"`` -> ``("openvino", "bf16")``; ``"onnxruntime"`` -> ``(.., None)``.
 
-    backend: str = ""
-
-    def __init__(self) -> None:
-        self.device = "cpu"
-        self.input_names: list[str] = []
-        self.output_names: list[str] = []
-        #: a fixed input (H, W) / batch of a static export, else None (see nasfcos.fcos.evaluate)
-        self.input_size: tuple[int, int] | None = None
-        self.batch_size: int | None = None
-        #: ``decoder`` / ``detector`` when the tensor names say so, else None.
-        self.kind: str | None = None
-        #: Channels of c2..c5 for decoders, when known.
-        self.in_channels: tuple[int, ...] | None = None
-        #: Seconds spent preparing (export, session or engine creation).
-        self.setup_seconds = 0.0
-
-    # -- the simple interface -------------------------------------------------------------
-    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        """Run once on ``arrays`` (one per input, in ``input_names`` order); outputs as numpy."""
-        self.bind(*arrays)
-        self.run()
-        self.synchronize()
-        return self.fetch()
-
-    # -- the split interface used by the benchmark ----------------------------------------
-    def bind(self, *arrays: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def run(self) -> None:
-        raise NotImplementedError
-
-    def synchronize(self) -> None:
-        """Wait for the device (no-op on CPU)."""
-
-    def fetch(self) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release sessions, engines and device memory."""
-
-    def cuda_stream(self) -> Any:
-        """The torch CUDA stream the work runs on (CUDA-event timing), or None (wall clock)."""
-        return None
-
-    def info(self) -> dict[str, Any]:
-        """Backend details for reports (provider, threads, precision, ...)."""
-        return {"backend": self.backend, "device": self.device}
-
-    def __enter__(self) -> Runner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check_arity(self, arrays: Sequence[np.ndarray]) -> None:
-        if len(arrays) != len(self.input_names):
-            raise NasfcosError(f"{self.backend}: expected {len(self.input_names)} inputs "
-                               f"({', '.join(self.input_names)}), got {len(arrays)}")
+    One-line error for an unknown backend or a precision the backend does not run."""
+    backend, _, prec = spec.strip().partition(":")
+    if backend not in BACKENDS:
+        raise NasfcosError(f"unknown backend {backend!r} (expected {', '.join(BACKENDS)})")
+    if not prec:
+        return backend, None
+    have = RUNTIME_PRECISIONS.get(backend, ())
+    if prec not in have:
+        raise NasfcosError(f"{backend} takes no run-time precision {prec!r}"
+                           + (f" (have {', '.join(have)})" if have else
+                              " (build it into the file: nasfcos export --precision)"))
+    return backend, prec
 
 
 def _cuda_or_raise(backend: str) -> None:
@@ -150,11 +97,20 @@ class TorchRunner(Runner):
     def __init__(self, model: str | Path | LoadedModel, device: str = "cpu", *,
                  kind: str | None = None, seed: int = 0, weights: str | Path | None = None,
                  threads: int | None = None, overrides: dict[str, Any] | None = None,
-                 optimize: bool = True) -> None:
+                 optimize: bool = True, precision: str = "fp32") -> None:
         super().__init__()
         import torch
 
         t0 = time.perf_counter()
+        if precision not in RUNTIME_PRECISIONS["torch"]:
+            raise NasfcosError(f"{self.backend}: unknown precision {precision!r} (have "
+                               f"{', '.join(RUNTIME_PRECISIONS['torch'])})")
+        if precision == "bf16" and device != "cpu":
+            raise NasfcosError(f"{self.backend}: bf16 autocast is a cpu option here")
+        #: ``bf16``: convolutions and matmuls under ``torch.autocast("cpu", torch.bfloat16)``
+        #: (the compiled model keeps DeformConv sampling coordinates and post-processing in
+        #: float32); outputs are returned as float32.
+        self.precision = precision
         if device.startswith("cuda"):
             _cuda_or_raise(self.backend)
         elif device != "cpu":
@@ -193,6 +149,11 @@ class TorchRunner(Runner):
         self._inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
 
     def _forward(self) -> Sequence[Any]:
+        if self.precision == "bf16":
+            import torch
+
+            with torch.autocast("cpu", torch.bfloat16):
+                return self.net(*self._inputs)
         return self.net(*self._inputs)
 
     def run(self) -> None:
@@ -211,7 +172,8 @@ class TorchRunner(Runner):
             torch.cuda.synchronize(self.device)
 
     def fetch(self) -> list[np.ndarray]:
-        return [o.detach().cpu().numpy() for o in self._outputs]
+        return [(o.float() if o.is_floating_point() else o).detach().cpu().numpy()
+                for o in self._outputs]
 
     def cuda_stream(self) -> Any:
         if self.device.startswith("cuda"):
@@ -224,7 +186,8 @@ class TorchRunner(Runner):
         self._inputs, self._outputs = [], ()
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "threads": self.threads, "eager": self.eager}
+        return {**super().info(), "threads": self.threads, "eager": self.eager,
+                "precision": self.precision}
 
 
 class TorchCompileRunner(TorchRunner):
@@ -312,15 +275,17 @@ class OrtRunner(Runner):
 
     def __init__(self, model: str | Path, device: str = "cpu", *, threads: int | None = None,
                  opt_level: str = "all", optimized_path: str | Path | None = None,
-                 export: dict[str, Any] | None = None) -> None:
+                 export: dict[str, Any] | None = None, manifest: Manifest | None = None
+                 ) -> None:
         super().__init__()
         import onnxruntime as ort
 
         t0 = time.perf_counter()
         path = Path(model)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if path.suffix == ".py":
+        if form_of(path) == "model.py":
             path, self._tmp = _export_temp(path, export or {})
+            manifest = Manifest.load(path)
         if not path.is_file():
             raise NasfcosError(f"{path}: no such ONNX file")
         if device.startswith("cuda"):
@@ -356,7 +321,7 @@ class OrtRunner(Runner):
         self._feed: dict[str, Any] = {}
         self._outputs: list[Any] = []
         self._binding: Any = None
-        self._ranges = _manifest_ranges(path)
+        self._ranges = manifest.dynamic_ranges if manifest is not None else {}
         if self.kind == "detector":  # a static export fixes the batch and/or the image size
             shape = list(self.session.get_inputs()[0].shape)
             if isinstance(shape[0], int):
@@ -431,16 +396,6 @@ class OrtRunner(Runner):
                 "onnxruntime": ort.__version__}
 
 
-def _manifest_ranges(path: Path) -> dict[str, dict[str, list[Any]]]:
-    """Dynamic input ranges recorded in an ONNX file's manifest ({} when none)."""
-    from nasfcos.runtime.export import load_manifest
-
-    try:
-        return dict(load_manifest(path).get("export", {}).get("dynamic_ranges") or {})
-    except NasfcosError:
-        return {}
-
-
 def _ort_message(exc: Exception) -> str:
     """The informative part of an ONNX Runtime error, on one line."""
     text = " ".join(str(exc).split())
@@ -462,48 +417,63 @@ def _export_temp(path: Path, export: dict[str, Any]) -> tuple[Path, tempfile.Tem
 
 
 _OPTS: dict[str, set[str]] = {
-    "torch": {"kind", "seed", "weights", "threads", "overrides", "optimize"},
+    "torch": {"kind", "seed", "weights", "threads", "overrides", "optimize", "precision"},
     "torch-compile": {"kind", "seed", "weights", "threads", "mode", "overrides", "optimize"},
     "onnxruntime": {"threads", "opt_level", "optimized_path", "export"},
+    "openvino": {"threads", "precision", "calib", "keep_float", "export"},
     "tensorrt": {"fp16", "int8_calib", "workspace_gb", "shapes", "timing_cache", "export",
                  "engine_dir"},
 }
 
 
-def make_runner(path: str | Path, backend: str | None = None, device: str = "cpu",
-                **opts: Any) -> Runner:
-    """A runner for ``path`` on ``backend`` (None: from the suffix) and ``device``.
+def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
+                device: str = "cpu", **opts: Any) -> Runner:
+    """A runner for ``artifact`` (a path, or an opened :class:`Artifact`) on ``backend``
+    (None: the form's default) and ``device``.
 
     ``opts`` by backend: torch/torch-compile ``kind`` (``decoder``/``detector``), ``seed``,
     ``weights``, ``threads`` (torch-compile also ``mode``); onnxruntime ``threads``,
     ``opt_level``, ``optimized_path``, ``export`` (ExportOptions fields for a .py);
     tensorrt ``fp16``, ``int8_calib``, ``workspace_gb``, ``shapes``, ``timing_cache`` (for a
     .onnx or .py source, which is built into an engine first).  Options that a backend
-    does not take are ignored only when None, else rejected.
+    does not take are ignored only when None, else rejected.  A model.py already opened
+    (``artifact.model``) is not imported again.
     """
-    path = Path(path)
+    art = artifact if isinstance(artifact, Artifact) else None
+    path = art.path if art else Path(artifact)
     if not path.exists():
         raise NasfcosError(f"{path}: no such file")
-    if backend is None:
-        if path.suffix not in SUFFIX_BACKENDS:
-            raise NasfcosError(f"{path}: cannot tell the backend from the suffix "
-                               f"(expected {', '.join(SUFFIX_BACKENDS)})")
-        backend = SUFFIX_BACKENDS[path.suffix]
-    if backend not in BACKENDS:
-        raise NasfcosError(f"unknown backend {backend!r} (expected {', '.join(BACKENDS)})")
+    form = art.form if art else form_of(path)
+    if art is None and form != "model.py":
+        art = open_artifact(path, strict=False)  # its manifest: dynamic ranges
+    backend, prec = split_backend(backend or FORM_BACKENDS[form])
+    if prec is not None:
+        if opts.get("precision") not in (None, prec):
+            raise NasfcosError(f"{backend}:{prec} and precision={opts['precision']!r} disagree")
+        opts["precision"] = prec
     extra = {k for k, v in opts.items() if v is not None} - _OPTS[backend]
     if extra:
         raise NasfcosError(f"{backend}: unknown option(s) {', '.join(sorted(extra))}")
     opts = {k: v for k, v in opts.items() if v is not None and k in _OPTS[backend]}
     if backend in ("torch", "torch-compile"):
-        if path.suffix != ".py":
+        if form != "model.py":
             raise NasfcosError(f"{path}: the {backend} backend needs a compiled model.py")
         cls = TorchRunner if backend == "torch" else TorchCompileRunner
+        if art is not None and art.model is not None and not {"kind", "seed", "weights",
+                                                              "overrides"} & set(opts):
+            return cls(art.model, device, **opts)
         return cls(path, device, **opts)
     if backend == "onnxruntime":
-        if path.suffix not in (".onnx", ".py"):
+        if form == "engine":
             raise NasfcosError(f"{path}: the onnxruntime backend needs a .onnx (or model.py)")
-        return OrtRunner(path, device, **opts)
+        return OrtRunner(path, device, manifest=art.manifest if art else None, **opts)
+    if backend == "openvino":
+        from nasfcos.runtime.openvino_rt import OvRunner, require_openvino
+
+        require_openvino(nncf=opts.get("precision") == "int8")  # before any export
+        if form == "engine":
+            raise NasfcosError(f"{path}: the openvino backend needs a .onnx (or model.py)")
+        return OvRunner(path, device, manifest=art.manifest if art else None, **opts)
     from nasfcos.runtime.trt import TrtRunner  # lazy: tensorrt is an optional extra
 
     if device == "cpu":
@@ -511,5 +481,5 @@ def make_runner(path: str | Path, backend: str | None = None, device: str = "cpu
     return TrtRunner(path, device, **opts)
 
 
-__all__ = ["BACKENDS", "OrtRunner", "Runner", "TorchCompileRunner", "TorchRunner",
+__all__ = ["BACKENDS", "RUNTIME_PRECISIONS", "OrtRunner", "split_backend", "Runner", "TorchCompileRunner", "TorchRunner",
            "kind_from_inputs", "make_runner", "ort_session_options"]

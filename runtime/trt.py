@@ -46,7 +46,7 @@ import numpy as np
 
 from nasfcos.errors import BackendUnavailable, NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
-from nasfcos.runtime.runners import Runner, kind_from_inputs
+from nasfcos.runtime.runner_base import Runner, kind_from_inputs
 
 MIN_TRT_VERSION = (10, 1)
 #: First major version not supported (its API is unknown today).
@@ -349,14 +349,13 @@ def _parser_errors(parser: Any) -> list[str]:
 
 def _onnx_precision(onnx_path: Path) -> tuple[str, dict[str, Any] | None]:
     """(precision, manifest or None) of an ONNX file, from its manifest."""
-    from nasfcos.runtime.export import load_manifest
-    from nasfcos.runtime.precision import manifest_precision
+    from nasfcos.runtime.manifest import Manifest
 
     try:
-        man = load_manifest(onnx_path)
+        man = Manifest.load(onnx_path)
     except NasfcosError:
         return "fp32", None
-    return manifest_precision(man), man
+    return man.precision, man.raw
 
 
 def lower_for_trt(onnx_path: Path, opts: TrtBuildOptions, workdir: Path) -> Path:
@@ -365,7 +364,8 @@ def lower_for_trt(onnx_path: Path, opts: TrtBuildOptions, workdir: Path) -> Path
 
     Raises for combinations TensorRT cannot build (an int8 ``cpu``-target file).
     """
-    from nasfcos.runtime.precision import PrecisionOptions, convert_onnx
+    from nasfcos.runtime.export import convert_onnx
+    from nasfcos.runtime.precision import PrecisionOptions
 
     have, man = _onnx_precision(onnx_path)
     if have == "int8" and (man or {}).get("precision", {}).get("target") == "cpu":
@@ -472,7 +472,8 @@ def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
     data = bytes(serialized)
     build_seconds = time.perf_counter() - t0
 
-    from nasfcos.runtime.export import manifest_path_for, tool_versions
+    from nasfcos.runtime.export import tool_versions
+    from nasfcos.runtime.manifest import manifest_path_for
 
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(data)
@@ -690,11 +691,10 @@ class TrtRunner(Runner):
 
 
 def _engine_precision(path: Path) -> str:
-    from nasfcos.runtime.export import load_manifest
-    from nasfcos.runtime.precision import manifest_precision
+    from nasfcos.runtime.manifest import Manifest
 
     try:
-        return manifest_precision(load_manifest(path))
+        return Manifest.load(path).precision
     except NasfcosError:
         return "unknown"
 

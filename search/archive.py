@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nasfcos.errors import CacheError, first_line
+from nasfcos.errors import CacheError, first_line, short_repr
 from nasfcos.io import atomic_write_bytes, sha256_bytes
 
 ARCHIVE_NAME = "archive.jsonl"
@@ -322,7 +322,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CacheError(f"{path}: not a search checkpoint")
     step, wall = state["step"], state.get("wall_s", 0.0)
     if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= 10**9:
-        raise CacheError(f"{path}: checkpoint 'step' must be an integer in 0..10**9, got {step!r:.40}")
+        raise CacheError(f"{path}: checkpoint 'step' must be an integer in 0..10**9, got {short_repr(step)}")
     if not isinstance(wall, int | float) or isinstance(wall, bool) or not math.isfinite(wall) or wall < 0:
-        raise CacheError(f"{path}: checkpoint 'wall_s' must be a finite number >= 0, got {wall!r:.40}")
+        raise CacheError(f"{path}: checkpoint 'wall_s' must be a finite number >= 0, got {short_repr(wall)}")
     return state

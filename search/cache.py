@@ -58,7 +58,7 @@ IN_MEMORY_BYTES = 1 << 29
 
 
 # ------------------------------------------------------------------------------------------
-# the frozen backbone: the compiler's (templates/backbone.py.j2), never a second copy
+# the frozen backbone: the compiler's (compiler/pasted_backbone.py), never a second copy
 # ------------------------------------------------------------------------------------------
 #: Identity of random backbone weights (the compiler's initialisation under this seed).
 RANDOM_INIT_SEED = 0
@@ -257,27 +257,57 @@ def _open_array(fpath: Path, mmap: bool) -> np.ndarray:
         raise CacheError(f"{fpath}: unreadable cache array ({exc}); rebuild the cache") from exc
 
 
+def machine_verified(path: Path, manifest: dict[str, Any]) -> Path | None:
+    """The stamp whose presence says: this machine has verified the cache at ``path`` in its
+    present state (manifest content and every array's size, mtime, inode).  It lives in a
+    folder of the temp dir that only this user can write (else ``None``: verify fully)."""
+    import os
+    import stat
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"nasfcos-verified-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return None
+        state = [str(path.resolve()), json.dumps(manifest, sort_keys=True)]
+        for name in sorted(manifest["files"]):
+            f = (path / name).stat()
+            state.append(f"{name}:{f.st_size}:{f.st_mtime_ns}:{f.st_ino}:{f.st_dev}")
+    except OSError:
+        return None
+    return folder / f"{sha256_bytes(chr(10).join(state).encode())[:40]}.json"
+
+
 def open_cache(path: str | Path, settings: ProxySettings | None = None, *,
                verify: str = "full", in_memory: bool | None = None) -> FeatureCache:
     """Open and verify a built cache.
 
     ``settings``: when given, its :meth:`ProxySettings.cache_key` must equal the cache's
     (else :class:`CacheError` naming the first differing field).  ``verify``: ``"full"``
-    (sha256 of every array, the default), or ``"size"`` (file sizes and array headers
-    only, for re-opening a cache already verified in this session).  ``in_memory``:
+    (sha256 of every array, the default), ``"size"`` (file sizes and array headers
+    only, for re-opening a cache already verified in this session), or ``"machine"``: full
+    the first time on this machine, then size only while the files are unchanged (a stamp
+    per cache state in a private temp folder: :func:`machine_verified`), so eight workers
+    of one GPU server hash a 50 GB cache once, not eight times.  ``in_memory``:
     load the arrays into memory (default: when they total at most 512 MiB).
     """
     path = Path(path)
     if not path.is_dir():
         raise CacheError(f"{path}: no such feature cache")
-    if verify not in ("full", "size"):
-        raise ValueError(f"verify must be 'full' or 'size', not {verify!r}")
+    if verify not in ("full", "size", "machine"):
+        raise ValueError(f"verify must be 'full', 'size' or 'machine', not {verify!r}")
     manifest = _read_manifest(path)
     if settings is not None:
         diff = key_difference(settings.cache_key(), manifest["cache_key"])
         if diff is not None:
             raise CacheError(f"{path}: cache was built with other settings ({diff})")
-    verify_files(path, manifest, full=verify == "full")
+    stamp = machine_verified(path, manifest) if verify == "machine" else None
+    full = verify == "full" or (stamp is not None and not stamp.exists())
+    verify_files(path, manifest, full=full)
+    if full and stamp is not None:
+        atomic_write_json(stamp, {"cache": str(path.resolve())})
     total = sum(int(i["bytes"]) for i in manifest["files"].values())
     mmap = not (in_memory if in_memory is not None else total <= IN_MEMORY_BYTES)
     level_sizes = tuple((int(h), int(w)) for h, w in manifest["level_sizes"])

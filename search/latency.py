@@ -72,7 +72,7 @@ def latency_reward(proxy_reward: float, latency_ms: float, target_ms: float,
     """``proxy_reward - weight * log(latency / target)``: lower when slower than the target,
     higher when faster, never changes sign convention (higher is better)."""
     if not (target_ms > 0 and math.isfinite(target_ms)):
-        raise NasfcosError(f"--latency-target must be a positive number of ms, got {target_ms}")
+        raise NasfcosError(f"latency target: must be a positive number of ms, got {target_ms}")
     if not (latency_ms > 0 and math.isfinite(latency_ms)):
         raise NasfcosError(f"predicted latency {latency_ms} ms is not a positive number")
     return float(proxy_reward) - float(weight) * math.log(latency_ms / target_ms)
@@ -121,20 +121,18 @@ class TableSpec:
     device: str = "cpu"
 
     def validate(self) -> TableSpec:
+        """One-line error naming the field; the widths and classes by CompileOptions' rules."""
+        from nasfcos.compiler import CompileOptions
         from nasfcos.compiler.backbones import BACKBONE_NAMES
 
         if self.backend not in BACKENDS:
             raise NasfcosError(f"unknown backend {self.backend!r} (expected one of: {', '.join(BACKENDS)})")
         if self.backbone not in BACKBONE_NAMES:
             raise NasfcosError(f"unknown backbone {self.backbone!r} (expected one of: {', '.join(BACKBONE_NAMES)})")
-        for name in ("fpn_channels", "head_channels", "num_classes", "threads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise NasfcosError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        from nasfcos.compiler import CompileOptions
-
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise NasfcosError(f"threads: must be a positive integer, got {self.threads!r}")
         CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels,
-                       num_classes=self.num_classes)  # the compiler's rules for widths
+                       num_classes=self.num_classes)
         if min(self.size) < 32:
             raise NasfcosError(f"size {self.size[0]}x{self.size[1]} too small (at least 32x32)")
         return self
@@ -228,45 +226,11 @@ _CATALOG: dict[str, Any] = {
 }
 
 
-def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]]:
-    """Every unit of the table: key -> (module, input shapes), built from a compiled file's
-    classes and the compiler's emitter tables, at ``spec``'s size and widths."""
+def _glue(mod: Any, dec: Any) -> dict[str, Any]:
+    """The units that are not a layer class of the file: resize, add, p6/p7, predictors
+    (module classes; torch is imported only when a table is measured)."""
     import torch
     from torch import nn
-
-    from nasfcos.compiler import CompileOptions, compile_to_module
-    from nasfcos.compiler.backbones import backbone_channels
-    from nasfcos.compiler.plan import (
-        FCOS_TOWER_EMITTER,
-        FPN_AGG_EMITTERS,
-        FPN_OP_EMITTERS,
-        HEAD_AGG_EMITTERS,
-        HEAD_OP_EMITTERS,
-    )
-    from nasfcos.genotypes import parse_genotype
-    from nasfcos.runtime.models import feature_sizes
-
-    c, h = spec.fpn_channels, spec.head_channels
-    widths = {"c": c, "h": h}
-    in_ch = backbone_channels(spec.backbone)
-    opts = CompileOptions(fpn_channels=c, head_channels=h, num_classes=spec.num_classes, in_channels=in_ch)
-    mod = compile_to_module(parse_genotype(_CATALOG), opts)
-    dec = mod.Decoder(fpn_channels=c, head_channels=h, num_classes=spec.num_classes, in_channels=in_ch)
-    sizes = dict(zip(BACKBONE_STRIDES, feature_sizes(spec.size), strict=True))
-    for s in OUTPUT_STRIDES[3:]:
-        sizes[s] = (math.ceil(sizes[s // 2][0] / 2), math.ceil(sizes[s // 2][1] / 2))
-
-    class Unary(nn.Module):
-        def __init__(self, m: nn.Module) -> None:
-            super().__init__()
-            self.m = m
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.m(x)
-
-    class Binary(Unary):
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            return self.m(x, y)
 
     class Resize(nn.Module):
         def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -294,32 +258,61 @@ def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             return self.cls_logits(x), torch.exp(self.scale(self.bbox_pred(x))), self.centerness(x)
 
+    return {"resize": Resize, "add": Add, "p6p7": P6P7, "predict": Predict}
+
+
+def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]]:
+    """Every unit of the table: key -> (module, input shapes), built from a compiled file's
+    classes by the compiler's emitter calls, at ``spec``'s size and widths."""
+    from nasfcos.compiler import CompileOptions, compile_to_module
+    from nasfcos.compiler.backbones import backbone_channels
+    from nasfcos.compiler.plan import (
+        FCOS_TOWER_EMITTER,
+        FPN_AGG_EMITTERS,
+        FPN_OP_EMITTERS,
+        HEAD_AGG_EMITTERS,
+        HEAD_OP_EMITTERS,
+    )
+    from nasfcos.genotypes import parse_genotype
+    from nasfcos.runtime.models import feature_sizes
+
+    c, h = spec.fpn_channels, spec.head_channels
+    widths = {"c": c, "h": h}
+    in_ch = backbone_channels(spec.backbone)
+    opts = CompileOptions(fpn_channels=c, head_channels=h, num_classes=spec.num_classes, in_channels=in_ch)
+    mod = compile_to_module(parse_genotype(_CATALOG), opts)
+    dec = mod.Decoder(fpn_channels=c, head_channels=h, num_classes=spec.num_classes, in_channels=in_ch)
+    glue = _glue(mod, dec)
+    sizes = dict(zip(BACKBONE_STRIDES, feature_sizes(spec.size), strict=True))
+    for s in OUTPUT_STRIDES[3:]:
+        sizes[s] = (math.ceil(sizes[s // 2][0] / 2), math.ceil(sizes[s // 2][1] / 2))
+
     def shape(s: int, width: int) -> tuple[int, ...]:
         return (1, width, *sizes[s])
 
     units: dict[str, tuple[Any, list[tuple[int, ...]]]] = {}
     for lvl, s in enumerate(BACKBONE_STRIDES):
-        units[f"adapter/{BACKBONE_LEVELS[lvl]}"] = (Unary(mod.Adapter(in_ch[lvl], c)), [shape(s, in_ch[lvl])])
+        units[f"adapter/{BACKBONE_LEVELS[lvl]}"] = (mod.Adapter(in_ch[lvl], c), [shape(s, in_ch[lvl])])
         for op, em in FPN_OP_EMITTERS.items():
             if em is not None:
-                units[f"fpn_op/{op}/s{s}"] = (Unary(em.build(mod, widths)), [shape(s, c)])
+                units[f"fpn_op/{op}/s{s}"] = (em.build(mod, widths), [shape(s, c)])
         for agg, em in FPN_AGG_EMITTERS.items():
-            units[f"fpn_agg/{agg}/s{s}"] = (Binary(em.build(mod, widths)), [shape(s, c)] * 2)
-        units[f"add/s{s}"] = (Add(), [shape(s, c)] * 2)
+            units[f"fpn_agg/{agg}/s{s}"] = (em.build(mod, widths), [shape(s, c)] * 2)
+        units[f"add/s{s}"] = (glue["add"](), [shape(s, c)] * 2)
         for t in BACKBONE_STRIDES:
             if t != s:
-                units[f"resize/s{s}/s{t}"] = (Resize(), [shape(s, c), shape(t, 1)])
-    units["p6p7"] = (P6P7(), [shape(32, c)])
+                units[f"resize/s{s}/s{t}"] = (glue["resize"](), [shape(s, c), shape(t, 1)])
+    units["p6p7"] = (glue["p6p7"](), [shape(32, c)])
     for i, s in enumerate(OUTPUT_STRIDES):
         if c != h:
-            units[f"bridge/s{s}"] = (Unary(dec.bridge), [shape(s, c)])
-        units[f"predict/s{s}"] = (Predict(i), [shape(s, h)])
+            units[f"bridge/s{s}"] = (dec.bridge, [shape(s, c)])
+        units[f"predict/s{s}"] = (glue["predict"](i), [shape(s, h)])
         for op, em in HEAD_OP_EMITTERS.items():
             if em is not None:
-                units[f"head_op/{op}/s{s}"] = (Unary(em.build(mod, widths)), [shape(s, h)])
-        units[f"head_op/fcos_conv_3x3/s{s}"] = (Unary(FCOS_TOWER_EMITTER.build(mod, widths)), [shape(s, h)])
+                units[f"head_op/{op}/s{s}"] = (em.build(mod, widths), [shape(s, h)])
+        units[f"head_op/fcos_conv_3x3/s{s}"] = (FCOS_TOWER_EMITTER.build(mod, widths), [shape(s, h)])
         for agg, em in HEAD_AGG_EMITTERS.items():
-            units[f"head_agg/{agg}/s{s}"] = (Binary(em.build(mod, widths)), [shape(s, h)] * 2)
+            units[f"head_agg/{agg}/s{s}"] = (em.build(mod, widths), [shape(s, h)] * 2)
     for m, _ in units.values():
         m.eval()
     return units
@@ -449,7 +442,7 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
     if clock not in CLOCKS:
         raise NasfcosError(f"unknown clock {clock!r} (expected one of: {', '.join(CLOCKS)})")
     if clock == "cpu" and (spec.threads != 1 or spec.backend == "tensorrt"):
-        raise NasfcosError("--clock cpu measures the calling thread: it needs --threads 1 and a CPU backend")
+        raise NasfcosError("clock cpu measures the calling thread: it needs 1 thread and a CPU backend")
     if spec.backend == "torch" and spec.device != "cpu":
         raise NasfcosError("the torch latency table is measured on the CPU only")
     old_threads = torch.get_num_threads()

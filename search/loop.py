@@ -151,6 +151,18 @@ class SearchConfig:
             raise CacheError(f"{path}: unreadable search settings ({type(exc).__name__}: {exc})"[:300]) from None
 
     def validate(self) -> None:
+        """One-line :class:`NasfcosError` naming the field on a wrong type or value (the one place
+        these rules live: CLI flags, ``search.json`` read on ``--resume``, the Python API)."""
+        for name, kinds in (("preset", (str,)), ("trials", (int,)), ("batch_size", (int,)), ("seed", (int,)),
+                            ("retries", (int,)), ("toy_noise", (int, float)), ("toy_delay", (int, float)),
+                            ("latency_weight", (int, float))):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, kinds):
+                raise NasfcosError(f"search setting {name} must be {'a number' if float in kinds else kinds[0].__name__}"
+                                   f", got {v!r}")
+        for name in ("data", "cache", "backbone_weights", "latency_table"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise NasfcosError(f"search setting {name} must be a path or null, got {getattr(self, name)!r}")
         if self.preset not in PRESETS:
             raise NasfcosError(f"unknown preset {self.preset!r} (expected one of: {', '.join(PRESETS)})")
         if self.trials < 1:
@@ -540,7 +552,7 @@ class Search:
     def _outputs(self, archive: Archive, t_start: float, *, final: bool) -> dict[str, Any]:
         rows = archive.rows
         top = best_rows(rows, self.top_k)
-        write_top(top, self.out / TOP_DIR)
+        write_top(top, self.out / TOP_DIR, owned=True)
         session_s = time.time() - t_start
         summary = summarize(rows, self.cfg, wall_s=self.wall_before + session_s,
                             session_s=session_s, session_evals=self._evals_session, out=self.out)
@@ -629,16 +641,19 @@ def _indexed_files(out_dir: Path) -> set[str]:
 
 
 def write_top(top: list[dict[str, Any]], out_dir: Path, *, compile_options: Any = None,
-              listing: dict[str, Any] | None = None) -> list[Path]:
+              listing: dict[str, Any] | None = None, owned: bool = False) -> list[Path]:
     """Write ``rankNN-<hash12>.json`` for each row (and ``rankNN-<hash12>.py``, its compiled
     model, with ``compile_options``: :class:`nasfcos.compiler.CompileOptions`) and the index
     ``top.json`` (the files, the ranking, ``listing``'s entries).  Only files of the previous
     index are replaced or removed; a file of that name that the index does not record is
-    refused before anything is written."""
+    refused before anything is written.  ``owned``: the folder is the search's own (``OUT/top``):
+    its ``rank*-*`` files are this program's even without an index (older versions wrote none)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NasfcosError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     ours = _indexed_files(out_dir)
+    if owned:
+        ours |= {p.name for p in out_dir.iterdir() if _TOP_FILE.fullmatch(p.name)}
     genos = [(k, row, genotype_of_row(row, rank=k)) for k, row in enumerate(top, 1)]
     names = {k: f"rank{k:02d}-{row['hash'][:12]}" for k, row, _ in genos}
     want = [f"{names[k]}.json" for k in names] + ([f"{names[k]}.py" for k in names] if compile_options else [])

@@ -535,7 +535,7 @@ _OPENED: dict[tuple[str, int], FeatureCache] = {}
 _VERIFICATIONS: dict[str, int] = {}
 
 
-def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "full") -> FeatureCache:
+def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "machine") -> FeatureCache:
     path = Path(cache_dir).resolve()
     try:
         mtime = (path / "manifest.json").stat().st_mtime_ns
@@ -557,10 +557,11 @@ def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "fu
 
 def open_verified(cache_dir: str | os.PathLike[str], settings: ProxySettings | None = None, *,
                   checked: bool = False) -> FeatureCache:
-    """Open ``cache_dir`` in this process, verifying its checksums the first time only
-    (later calls, and every :class:`ProxyEvaluator` call here, reuse the opened cache).
+    """Open ``cache_dir`` in this process, verifying its checksums the first time on this
+    machine only (``open_cache(verify="machine")``; later calls, and every
+    :class:`ProxyEvaluator` call here, reuse the opened cache).
     ``checked``: :func:`build_cache` has just verified it; only sizes are checked."""
-    return _open_once(str(cache_dir), settings, "size" if checked else "full")
+    return _open_once(str(cache_dir), settings, "size" if checked else "machine")
 
 
 @dataclass

@@ -16,13 +16,11 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nasfcos.errors import NasfcosError
+from nasfcos.limits import MAX_SIDE, MIN_SIDE
 
-#: Largest image side a size flag accepts (pixels); beyond it a run only exhausts memory.
-MAX_SIDE = 8192
-#: Smallest image side: the coarsest FPN level (stride 128) needs at least one cell.
-MIN_SIDE = 32
 _ArgError = argparse.ArgumentTypeError
 
 
@@ -113,6 +111,23 @@ def seed(text: str) -> int:
     return int_range(0, 2**32 - 1)(text)
 
 
+def rule(check: Callable[[str, Any], Any], name: str,
+         parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``type=`` that parses a value and applies the rule of the object that owns field
+    ``name`` (``check(name, value)``, e.g. ``TrainConfig.check_field``): one rule, checked
+    while the arguments are parsed."""
+    from nasfcos.errors import FieldError
+
+    def run(text: str) -> Any:
+        try:
+            return check(name, parse(text))
+        except FieldError as exc:
+            raise _ArgError(exc.reason) from None
+
+    run.__name__ = name.replace("_", "-")
+    return run
+
+
 def size_hw(text: str) -> tuple[int, int]:
     """``"800"`` (square) or ``"800x608"`` (height x width) -> ``(H, W)``; sides in 32..8192."""
     m = re.fullmatch(r"\s*(\d{1,6})\s*(?:[xX]\s*(\d{1,6}))?\s*", str(text))
@@ -135,27 +150,18 @@ def size_list(text: str) -> list[tuple[int, int]]:
     return [size_hw(p) for p in parts]
 
 
-def _by_rule(rule: Callable[[int, str], int], text: str) -> int:
-    """An integer checked by an option object's rule ``rule(value, field)``; the field name
-    is dropped from its message (argparse names the flag)."""
-    try:
-        return rule(_int(text), "value")
-    except NasfcosError as exc:
-        raise _ArgError(str(exc).removeprefix("value: ")) from None
-
-
 def width(text: str) -> int:
     """A decoder width (FPN or head channels): ``CompileOptions``' rule (even, 2..4096)."""
     from nasfcos.compiler.options import check_width
 
-    return _by_rule(check_width, text)
+    return rule(check_width, "fpn_channels", _int)(text)
 
 
 def num_classes(text: str) -> int:
     """A class count: ``CompileOptions``' rule (1..10000)."""
     from nasfcos.compiler.options import check_num_classes
 
-    return _by_rule(check_num_classes, text)
+    return rule(check_num_classes, "num_classes", _int)(text)
 
 
 def seed_range(text: str) -> list[int]:
@@ -356,5 +362,5 @@ __all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "a
            "add_num_classes", "add_output", "add_quiet", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int", "num_classes",
-           "opset", "output_dir", "output_file", "positive_float", "positive_int", "seed",
+           "opset", "output_dir", "output_file", "positive_float", "positive_int", "rule", "seed",
            "seed_range", "size_hw", "size_list", "threads", "width"]

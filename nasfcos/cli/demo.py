@@ -67,12 +67,11 @@ def main(argv: list[str]) -> int:
         raise NasfcosError("--gpu builds engines over several sizes: drop --static")
 
     from nasfcos.runtime.bench import markdown_table
-    from nasfcos.runtime.models import parse_sizes
     from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
 
     out = Path(args.out)
     quick = args.quick
-    sizes = args.sizes or parse_sizes("320,416,512" if quick else "600,800,1000")
+    sizes = args.sizes or A.size_list("320,416,512" if quick else "600,800,1000")
     runs = args.runs if args.runs is not None else (1 if quick else 100 if args.gpu else 3)
     warmup = args.warmup if args.warmup is not None else (0 if quick else 20 if args.gpu else 1)
     stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON

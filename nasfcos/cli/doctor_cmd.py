@@ -19,17 +19,18 @@ def main(argv: list[str]) -> int:
                     "one line per backend and device, with the exact fix for each one that "
                     "cannot run.  Exit status 0 when every backend found can run, 1 otherwise.  "
                     "Every GPU verb runs the same check before any work.",
-        epilog="examples:\n  nasfcos doctor\n  nasfcos doctor --json > doctor.json")
+        epilog="examples:\n  nasfcos doctor\n  nasfcos doctor --json")
     A.add_json(p, "print the report (facts, findings, verdict) as JSON on stdout")
-    p.add_argument("--trt-extra", action="store_true",
-                   help="print only the extra that installs TensorRT for this GPU "
-                        "(trt, or trt-volta on a V100) and exit 0 (used by make gpu-check)")
+    p.add_argument("--extras", action="store_true",
+                   help="print only the extras that install TensorRT and onnxruntime-gpu for "
+                        "this GPU ('trt gpu', or 'trt-volta gpu-volta' on a V100) and exit 0 "
+                        "(used by make gpu-check)")
     args = p.parse_args(argv)
 
     from nasfcos.runtime import doctor
 
-    if args.trt_extra:
-        print(doctor.trt_extra())
+    if args.extras:
+        print(*doctor.extras())
         return 0
     rep = doctor.report()
     print(json.dumps(rep, indent=2, sort_keys=True) if args.json else doctor.text(rep))

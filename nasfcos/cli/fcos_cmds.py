@@ -213,10 +213,14 @@ def train_main(argv: list[str]) -> int:
     g.add_argument("--epochs", type=A.positive_int, help="train for N epochs")
     g.add_argument("--iters", type=A.positive_int, help="train for N iterations")
     parser.add_argument("--batch", type=A.positive_int, help="total batch size over processes (default 16)")
-    parser.add_argument("--lr", type=A.float_range(0.0, 10.0, lo_open=True), help="base learning rate (default 0.01 * batch / 16)")
-    parser.add_argument("--momentum", type=A.float_range(0.0, 1.0), help="SGD momentum (default 0.9)")
-    parser.add_argument("--weight-decay", type=A.non_negative_float, help="weight decay (default 1e-4)")
-    parser.add_argument("--warmup-iters", type=A.non_negative_int, help="linear warm-up iterations (default 500)")
+
+    def rule(name: str, parse: Any) -> Any:  # the flag keeps TrainConfig's own rule
+        return A.rule(TrainConfig.check_field, name, parse)
+
+    parser.add_argument("--lr", type=rule("lr", A.float_range(0.0, 10.0)), help="base learning rate (default 0.01 * batch / 16)")
+    parser.add_argument("--momentum", type=rule("momentum", A.finite_float), help="SGD momentum (default 0.9)")
+    parser.add_argument("--weight-decay", type=rule("weight_decay", A.finite_float), help="weight decay (default 1e-4)")
+    parser.add_argument("--warmup-iters", type=rule("warmup_iters", A.int_range()), help="linear warm-up iterations (default 500)")
     parser.add_argument("--steps", type=A.positive_int, nargs="+",
                         help="iterations where lr drops x0.1 (default: 2/3 and 8/9 of the run)")
     parser.add_argument("--clip-grad", type=A.non_negative_float, help="max gradient norm, 0 = off (default 35)")
@@ -224,7 +228,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE), help="resize short side to (default 800)")
     parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE), help="cap long side at (default 1333)")
     parser.add_argument("--crop", type=A.size_hw, help="random crop N or HxW after resizing (e.g. 384)")
-    parser.add_argument("--hflip", type=A.float_range(0.0, 1.0), help="horizontal flip probability (default 0.5)")
+    parser.add_argument("--hflip", type=rule("hflip", A.finite_float), help="horizontal flip probability (default 0.5)")
     parser.add_argument("--center-sampling", type=A.non_negative_float, default=0.0, metavar="R",
                         help="FCOS center sampling radius in strides, e.g. 1.5 (default 0: off, "
                              "as the release)")
@@ -337,7 +341,7 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--images", help="explicit image folder (with --ann)")
     parser.add_argument("--weights", type=A.input_file, help="final.pt / last.pt from 'nasfcos train' (model.py only)")
     A.add_num_classes(parser, "classes, when --weights has no metadata", default=None)
-    parser.add_argument("--backend", help="runner backend (torch, onnxruntime, tensorrt; default by file)")
+    parser.add_argument("--backend", help="runner backend (torch, onnxruntime, openvino, tensorrt; BACKEND:PRECISION for torch:bf16, openvino:bf16; default by file)")
     parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE),
                         help="resize short side to (default: the training run's, else 800)")
@@ -370,8 +374,10 @@ def eval_main(argv: list[str]) -> int:
     if max_size < min_size:
         raise NasfcosError(f"--max-size {max_size} is smaller than --min-size {min_size}")
     batch = args.batch or int(meta.get("eval_batch", 8))
+    from nasfcos.runtime.artifact import form_of
+
     opts: dict[str, Any] = {}
-    if path.suffix == ".py":
+    if form_of(path) == "model.py":
         opts = {"kind": "detector", "weights": args.weights}
         if args.num_classes is not None:
             opts["overrides"] = {"num_classes": args.num_classes}

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     """Entry point of ``nasfcos import-release``."""
     from nasfcos.compiler.release import RELEASE_MODELS, import_release
     from nasfcos.compiler.release_sample import SAMPLE_CONFIGS
-    from nasfcos.io import writable_path
+    from nasfcos.io import claim_folder, writable_path
 
     p = A.Parser(
         prog="nasfcos import-release",
@@ -67,6 +67,7 @@ def main(argv: list[str]) -> int:
     if not args.checkpoint or not args.config:
         p.error("give CKPT and --config (or --make-test-checkpoint CONFIG)")
     args.output = str(writable_path(args.output, directory=True))
+    claim_folder(args.output)  # this run's until it ends; a second run fails here, naming it
     print(f"importing {args.checkpoint} as {args.config} ...", file=sys.stderr, flush=True)
     doc = import_release(args.checkpoint, args.config, args.output)
     if args.json:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nasfcos import __version__
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError
 from nasfcos.io import output_claims
 
 # verb -> (module, function, one-line help)
@@ -53,6 +53,13 @@ def _usage() -> str:
         lines.append(f"  {verb.ljust(width)}  {help_}")
     lines += ["", "Run 'nasfcos VERB --help' for a verb's options and an example."]
     return "\n".join(lines)
+
+
+def flag_message(exc: NasfcosError) -> str:
+    """An error's one line, a field name (:class:`FieldError`) shown as its ``--flag``."""
+    if isinstance(exc, FieldError):
+        return f"--{exc.field.replace('_', '-')}: {exc.reason}"
+    return str(exc)
 
 
 def _one_line_warning(verb: str) -> Any:
@@ -134,7 +141,7 @@ def _dispatch(args: list[str], debug: bool) -> int:
     except NasfcosError as exc:
         if debug:
             raise
-        _say(f"nasfcos {verb}: error: {exc}")
+        _say(f"nasfcos {verb}: error: {flag_message(exc)}")
         return 2
     except KeyboardInterrupt:
         _say(f"nasfcos {verb}: interrupted")

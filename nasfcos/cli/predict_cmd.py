@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from nasfcos.cli import args as A
@@ -31,7 +32,9 @@ def main(argv: list[str]) -> int:
                         help="keep detections scoring at least this (default 0.3)")
     parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE), help="resize short side to (default: the training run's, else 800)")
     parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE), help="cap long side at (default: the training run's, else 1333)")
-    parser.add_argument("--backend", help="runner backend (default by file suffix)")
+    parser.add_argument("--backend", help="runner backend, BACKEND[:PRECISION] (torch, torch:bf16, "
+                        "onnxruntime, openvino, openvino:bf16, tensorrt; default on cpu: the "
+                        "fastest measured engine within the accuracy budget, see the README)")
     parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--no-draw", action="store_true", help="write predictions.json only")
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
@@ -39,9 +42,17 @@ def main(argv: list[str]) -> int:
     from nasfcos.runtime.predict import predict
 
     out = Path(args.output)
+    backend = args.backend
+    if backend is None and args.device == "cpu" and Path(args.model).suffix in (".py", ".onnx"):
+        from nasfcos.runtime.cpu_default import choose_cpu_engine
+
+        choice = choose_cpu_engine(args.model)
+        backend = choice.engine
+        print(f"predict: engine {choice.engine} ({choice.reason}; --backend overrides it)",
+              file=sys.stderr)
     doc = predict(args.model, args.images, out, weights=args.weights,
                   score_thresh=args.score_thresh, min_size=args.min_size, max_size=args.max_size,
-                  backend=args.backend, device=args.device, draw=not args.no_draw,
+                  backend=backend, device=args.device, draw=not args.no_draw,
                   log=(lambda _line: None) if args.json else None)
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -55,7 +55,6 @@ def _precision_options(args: argparse.Namespace) -> Any:
                             data=Path(args.data) if args.data else None,
                             calib_images=args.calib_images, calib_method=args.calib_method,
                             int8_target=args.int8_target)
-    opts.validate()
     if args.trt and precision == "int8" and opts.int8_target != "tensorrt":
         raise NasfcosError("TensorRT cannot build --int8-target cpu (uint8 activations; its "
                            "INT8 is symmetric): use --int8-target tensorrt with --trt")
@@ -132,18 +131,18 @@ def export_main(argv: list[str]) -> int:
     A.add_quiet(p)
     args = p.parse_args(argv)
     args.verb_writes_json = False
-    if args.trt:  # a missing or unusable TensorRT stops here, before the ONNX export
-        from nasfcos.runtime.doctor import preflight_verb
-
-        preflight_verb(None, ["tensorrt"], "cuda")
 
     from nasfcos.runtime.export import DEFAULT_OPSET, ExportOptions, export_onnx, export_summary
 
     src = Path(args.model)
     prec = _precision_options(args)
+    if args.trt:  # a missing or unusable TensorRT stops here, before the ONNX export
+        from nasfcos.runtime.doctor import preflight_verb
+
+        preflight_verb(None, ["tensorrt"], "cuda")
     summary: dict[str, Any] = {}
     if src.suffix == ".onnx" and prec.precision != "fp32":
-        from nasfcos.runtime.precision import convert_onnx
+        from nasfcos.runtime.export import convert_onnx
 
         out = Path(args.output) if args.output else src.with_name(
             f"{src.stem}.{prec.precision}.onnx")
@@ -181,7 +180,7 @@ def export_main(argv: list[str]) -> int:
         raise NasfcosError(f"{src}: expected a model.py (or a .onnx with --trt)")
 
     if args.trt:
-        from nasfcos.runtime.export import load_manifest
+        from nasfcos.runtime.manifest import Manifest
         from nasfcos.runtime.trt import TrtBuildOptions, build_engine, profile_shapes
 
         shapes = None
@@ -189,11 +188,8 @@ def export_main(argv: list[str]) -> int:
         if any(sizes):
             if not all(sizes):
                 raise NasfcosError("give all of --min, --opt and --max (or none)")
-            man = load_manifest(onnx_path)
-            kind = man["source"]["kind"]
-            shapes = profile_shapes(kind, sizes,
-                                    int(man["export"]["batch"]),
-                                    (man.get("widths") or {}).get("in_channels"))
+            man = Manifest.load(onnx_path)
+            shapes = profile_shapes(man.kind, sizes, man.batch, man.in_channels)
         engine = Path(args.trt)
         _say(args, f"building TensorRT engine {engine} ...")
         man = build_engine(onnx_path, engine, TrtBuildOptions(
@@ -225,7 +221,8 @@ def check_main(argv: list[str]) -> int:
     p.add_argument("artifact", type=A.input_file, help="model.onnx or model.engine")
     p.add_argument("--against", type=A.input_file,
                    help="reference: model.py (default: from the manifest) or .onnx")
-    p.add_argument("--backend", help="backend for the artifact (default: from its suffix)")
+    p.add_argument("--backend", help="backend for the artifact: onnxruntime, openvino (the "
+                                     "[openvino] extra), tensorrt (default: from its suffix)")
     A.add_device(p)
     A.add_run_inputs(p, sizes_help="input sizes HxW,... (default: the export size, plus a "
                                    "second one for dynamic exports)",
@@ -250,11 +247,10 @@ def check_main(argv: list[str]) -> int:
 
     tol = None
     if args.atol is not None or args.rtol is not None:
-        from nasfcos.runtime.export import load_manifest
-        from nasfcos.runtime.precision import manifest_precision
+        from nasfcos.runtime.manifest import Manifest
 
         try:  # the flag not given keeps the artifact's precision default
-            base = TOLERANCES[manifest_precision(load_manifest(args.artifact))]
+            base = TOLERANCES[Manifest.load(args.artifact).precision]
         except NasfcosError:
             base = TOLERANCES["fp32"]
         tol = Tolerance(args.atol if args.atol is not None else base.atol,
@@ -298,8 +294,13 @@ def bench_main(argv: list[str]) -> int:
                "--weights run/final.pt --sizes 128 -o precision")
     p.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
     p.add_argument("--backends", help="comma list of torch, torch-compile, onnxruntime, "
-                                      "tensorrt (default: by file type)")
-    A.add_run_inputs(p, sizes="600,800,1000", sizes_help="input sizes HxW,... (default 600,800,1000)",
+                                      "openvino, tensorrt; a run-time precision as "
+                                      "BACKEND:PRECISION (torch:bf16, openvino:bf16, "
+                                      "openvino:int8 with --data or --calib) (default on cpu: "
+                                      "by file type, the fastest measured CPU engine for its "
+                                      "family, see the README)")
+    A.add_run_inputs(p, sizes_help="input sizes HxW,... (default 600,800,1000; a static "
+                                   "export: its own size)",
                      batch=1, batch_help=None, seed_help="input and weight seed (default 0)")
     A.add_timing(p, warmup=10, warmup_help="untimed runs first (default 10)",
                  runs=100, runs_help="timed runs (default 100)")
@@ -325,6 +326,8 @@ def bench_main(argv: list[str]) -> int:
                                         "size) for a model.py at the first --sizes entry")
     g.add_argument("--data", type=A.input_dir, help="COCO folder: AP on --split, int8 "
                                                      "calibrated on its train split")
+    g.add_argument("--calib", type=A.input_dir, metavar="DIR",
+                   help="openvino:int8 in a latency bench: folder of calibration images")
     g.add_argument("--split", default="val", help="split for AP (default val)")
     g.add_argument("--weights", type=A.input_file, help="trained weights (nasfcos train)")
     A.add_calibration(g, images_help="int8 (default 32)", method_help="int8 range estimator (default minmax)")
@@ -351,8 +354,18 @@ def bench_main(argv: list[str]) -> int:
         threads=args.threads, device=args.device, seed=args.seed, kind=args.kind,
         max_seconds=args.max_seconds, matmul_peak=not args.no_matmul_peak,
         onnx_static=args.onnx_static, ort_opt_level=args.ort_opt_level, trt_fp16=args.fp16,
-        onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline)
-    report = run_benchmark(args.model, cfg, progress=not args.quiet)
+        onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline, auto_cpu=True)
+    if cfg.backends and any(b.strip().endswith(":int8") for b in cfg.backends):
+        from nasfcos.runtime.precision import PrecisionOptions
+
+        cfg.calib = PrecisionOptions("int8", calib=args.calib, data=args.data,
+                                     calib_images=args.calib_images,
+                                     calib_method=args.calib_method)
+        cfg.calib.validate(["images"])
+    report = run_benchmark(args.model, cfg, progress=not args.quiet,
+                           log=None if args.quiet else lambda line: print(line, file=sys.stderr))
+    if not report["results"] and report.get("interrupted"):
+        raise KeyboardInterrupt
     paths = write_report(report, args.output)
     _say(args, markdown_table(report))
     for k, v in paths.items():
@@ -362,6 +375,10 @@ def bench_main(argv: list[str]) -> int:
     skipped = [r for r in report["results"] if r["status"] != "ok"]
     for r in skipped:
         _say(args, f"note: {r['backend']} {r['size'][0]}x{r['size'][1]} {r['status']}: {r['reason']}")
+    if report.get("interrupted"):
+        print(f"nasfcos bench: {report['interrupted']}; the report keeps the rows done",
+              file=sys.stderr)
+        return 130
     return 0 if any(r["status"] == "ok" for r in report["results"]) else 1
 
 

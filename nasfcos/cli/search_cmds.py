@@ -166,9 +166,7 @@ def search_main(argv: list[str]) -> int:
               f"(whole batches of {cfg.batch_size})", file=sys.stderr)
     check: dict[str, Any] = {}
     if args.latency_size is not None:
-        from nasfcos.runtime.models import parse_size
-
-        check["size"] = parse_size(args.latency_size)
+        check["size"] = args.latency_size
     if args.latency_backend is not None:
         check["backend"] = args.latency_backend
     if check and cfg.latency_table is None:
@@ -257,7 +255,8 @@ def top_main(argv: list[str]) -> int:
             raise NasfcosError(f"{src / ARCHIVE_NAME}: row {r.get('index')!r} of step "
                                f"{r.get('step')!r} has a malformed hash")
     out = Path(args.out) if args.out else src / "top"
-    write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)})
+    write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
+              owned=args.out is None)  # DIR/top is the search's own folder
     listing = json.loads((out / TOP_INDEX).read_text())["top"]
     if args.json:
         print(json.dumps(listing, indent=2))
@@ -309,7 +308,6 @@ def latency_table_main(argv: list[str]) -> int:
     A.add_quiet(p)
     A.add_json(p, "print the table as JSON on stdout")
     a = p.parse_args(argv)
-    from nasfcos.runtime.models import parse_size
     from nasfcos.search.latency import TableSpec, build_table
 
     out = Path(a.output)
@@ -321,7 +319,7 @@ def latency_table_main(argv: list[str]) -> int:
         if getattr(a, name) < (1 if name == "runs" else 0):
             raise NasfcosError(f"--{name} must be at least {1 if name == 'runs' else 0}, got {getattr(a, name)}")
     device = a.device or ("cuda" if a.backend == "tensorrt" else "cpu")
-    spec = TableSpec(backend=a.backend, size=parse_size(a.size), fpn_channels=a.fpn_channels,
+    spec = TableSpec(backend=a.backend, size=a.size, fpn_channels=a.fpn_channels,
                      head_channels=a.head_channels, num_classes=a.num_classes, backbone=a.backbone,
                      threads=a.threads, device=device).validate()
     table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic,

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from nasfcos.errors import NasfcosError
-from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes
+from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, staged_folder
 
 CLASSES: tuple[str, ...] = ("rectangle", "ellipse", "triangle", "cross", "ring")
 FORMAT = "nasfcos-synth/1"
@@ -207,10 +207,18 @@ def write_synthetic(out_dir: str | Path, cfg: SynthConfig, progress: bool = Fals
     """Write the synthetic set to ``out_dir``; returns the manifest (also written).
 
     A folder that already holds a set (its JSON files or images) is an error unless
-    ``force``, which replaces the whole set."""
+    ``force``, which replaces the whole set.  A new (or empty) folder is written all or
+    nothing: into a temporary sibling renamed into place at the end."""
     cfg.validate()
     out = Path(out_dir)
     _prepare_folder(out, force)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        with staged_folder(out) as tmp:
+            return _write_set(tmp, cfg, progress)
+    return _write_set(out, cfg, progress)
+
+
+def _write_set(out: Path, cfg: SynthConfig, progress: bool) -> dict[str, Any]:
     (out / "images").mkdir(parents=True, exist_ok=True)
     n_val = max(1, int(round(cfg.images * cfg.val_fraction)))
     n_train = cfg.images - n_val

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from nasfcos.errors import CacheError, NasfcosError, first_line
+from nasfcos.errors import CacheError, FieldError, NasfcosError, first_line
 from nasfcos.fcos.data import CocoDetection, TransformConfig, collate, has_split, resolve_split
 from nasfcos.fcos.evaluate import EvalConfig, evaluate, module_detections
 from nasfcos.fcos.losses import FcosConfig, fcos_losses
@@ -96,48 +96,58 @@ class TrainConfig:
     val_ann: str | None = None  # validation split with --ann (default: DATA's val split)
     val_images: str | None = None
 
+    @staticmethod
+    def check_field(name: str, value: Any) -> Any:
+        """``value`` if it keeps the rule of field ``name`` (see :data:`TRAIN_RULES`), else a
+        :class:`FieldError` naming the field.  The command line's type functions call this."""
+        rule = TRAIN_RULES.get(name)
+        if rule is not None and value is not None and not rule[0](value):
+            raise FieldError(name, f"must be {rule[1]}, not {value!r}")
+        return value
+
     def validate(self) -> TrainConfig:
-        """One-line :class:`NasfcosError` for a value no run can use; returns self."""
-        def need(ok: bool, flag: str, what: str, value: Any) -> None:
-            if not ok:
-                raise NasfcosError(f"--{flag} must be {what}, not {value}")
-
-        def finite(v: Any) -> bool:
-            return isinstance(v, int | float) and math.isfinite(v)
-
-        for name in ("iters", "epochs", "checkpoint_every"):
-            v = getattr(self, name)
-            if v is not None:
-                need(isinstance(v, int) and v >= 1, name.replace("_", "-"), "a positive integer", v)
-        for name in ("batch", "log_every", "eval_batch"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and v >= 1, name.replace("_", "-"), "a positive integer", v)
-        need(isinstance(self.workers, int) and self.workers >= 0, "workers", "0 or more", self.workers)
-        need(isinstance(self.warmup_iters, int) and self.warmup_iters >= 0, "warmup-iters", "0 or more",
-             self.warmup_iters)
-        if self.lr is not None:
-            need(finite(self.lr) and self.lr > 0, "lr", "a positive finite number", self.lr)
-        need(finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        need(finite(self.weight_decay) and self.weight_decay >= 0, "weight-decay", "finite and >= 0",
-             self.weight_decay)
-        need(finite(self.warmup_factor) and 0 < self.warmup_factor <= 1, "warmup-factor", "in (0, 1]",
-             self.warmup_factor)
-        need(finite(self.gamma) and 0 < self.gamma <= 1, "gamma", "in (0, 1]", self.gamma)
-        if self.clip_grad is not None:
-            need(finite(self.clip_grad) and self.clip_grad > 0, "clip-grad",
-                 "a positive finite norm (0 turns clipping off)", self.clip_grad)
-        need(isinstance(self.min_size, int) and self.min_size >= 32, "min-size", "at least 32 pixels",
-             self.min_size)
-        need(isinstance(self.max_size, int) and self.max_size >= self.min_size, "max-size",
-             f"at least --min-size ({self.min_size})", self.max_size)
-        need(finite(self.hflip) and 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]", self.hflip)
-        if self.crop is not None:
-            need(min(self.crop) >= 32, "crop", "at least 32 pixels", "x".join(map(str, self.crop)))
-        if self.steps is not None:
-            need(all(isinstance(v, int) and v >= 1 for v in self.steps), "steps",
-                 "positive iterations", list(self.steps))
-        need(self.optimizer in ("sgd", "adamw"), "optimizer", "sgd or adamw", self.optimizer)
+        """One-line :class:`FieldError` for a value no run can use; returns self."""
+        for name in TRAIN_RULES:
+            self.check_field(name, getattr(self, name))
+        if self.max_size < self.min_size:
+            raise FieldError("max_size", f"must be at least min_size ({self.min_size}), "
+                                         f"not {self.max_size}")
         return self
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+        ) -> Callable[[Any], bool]:
+    return lambda v: _finite(v) and (v > lo if lo_open else v >= lo) and (
+        v < hi if hi_open else v <= hi)
+
+
+#: The rule of each checked :class:`TrainConfig` field: (test, what the value must be).
+TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{name: (_count(1), "a positive integer") for name in (
+        "iters", "epochs", "checkpoint_every", "batch", "log_every", "eval_batch")},
+    "workers": (_count(0), "0 or more"),
+    "warmup_iters": (_count(0), "0 or more"),
+    "lr": (_in(0, math.inf, lo_open=True), "a positive finite number"),
+    "momentum": (_in(0, 1, hi_open=True), "in [0, 1)"),
+    "weight_decay": (_in(0, math.inf), "finite and >= 0"),
+    "warmup_factor": (_in(0, 1, lo_open=True), "in (0, 1]"),
+    "gamma": (_in(0, 1, lo_open=True), "in (0, 1]"),
+    "clip_grad": (_in(0, math.inf, lo_open=True), "a positive finite norm (0 turns clipping off)"),
+    "min_size": (_count(32), "at least 32 pixels"),
+    "max_size": (_count(32), "at least 32 pixels"),
+    "hflip": (_in(0, 1), "a probability in [0, 1]"),
+    "crop": (lambda v: min(v) >= 32, "at least 32 pixels"),
+    "steps": (lambda v: all(_count(1)(x) for x in v), "positive iterations"),
+    "optimizer": (lambda v: v in ("sgd", "adamw"), "sgd or adamw"),
+}
 
 
 def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
@@ -501,228 +511,299 @@ class _StopOnInterrupt:
             self._previous = None
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.data``; returns the summary (also ``summary.json``)."""
-    if (cfg.epochs is None) == (cfg.iters is None):
-        raise NasfcosError("give exactly one of --epochs or --iters")
-    cfg.validate()
-    d, device = _init_distributed(cfg.device)
-    out = Path(cfg.out)
-    torch.manual_seed(cfg.seed)
-    module = load_model_file(cfg.model)
-    ann, img_dir = resolve_split(cfg.data, "train", cfg.ann, cfg.images)
-    tcfg = TransformConfig(min_size=cfg.min_size, max_size=cfg.max_size, hflip=cfg.hflip, crop=cfg.crop)
-    ds = CocoDetection(ann, img_dir, tcfg, train=True, seed=cfg.seed)
-    info = ModelInfo.from_module(module)
-    compiled_k = info.num_classes
-    if compiled_k is not None and compiled_k != ds.num_classes:
-        raise NasfcosError(f"{cfg.model} is compiled for {compiled_k} classes but {ann.name} has "
-                           f"{ds.num_classes}: compile it with --num-classes {ds.num_classes}")
-    cfg = replace(cfg, fcos=replace(cfg.fcos, reg_units=info.box_units.name))
-    kwargs = dict(cfg.model_kwargs)
-    backbone_info = None
-    if cfg.backbone_weights:
-        weights_path = resolve_backbone_weights(cfg.backbone_weights)
-        kwargs["backbone_weights"] = str(weights_path)
-        backbone_info = {"file": str(weights_path), "sha256": sha256_file(weights_path)}
-    try:
-        model = build_detector(module, ds.num_classes, **kwargs)
-    except (ValueError, TypeError) as exc:
-        raise NasfcosError(f"{cfg.model}: cannot build the detector ({first_line(exc, None)})") from None
-    if cfg.freeze_backbone:
-        for p in model.backbone.parameters():  # type: ignore[union-attr]
-            p.requires_grad_(False)
-    model.to(device)
-    if cfg.batch % d.world:
-        raise NasfcosError(f"--batch {cfg.batch} is not divisible by {d.world} processes")
-    per_rank = cfg.batch // d.world
-    per_epoch = (len(ds) // d.world) // per_rank
-    total = cfg.iters if cfg.iters is not None else cfg.epochs * per_epoch  # type: ignore[operator]
-    if total <= 0:
-        raise NasfcosError("nothing to train: the run has 0 iterations")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=base_lr(cfg),
-                                                             weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=base_lr(cfg), momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-    else:
-        raise NasfcosError(f"unknown optimizer {cfg.optimizer!r} (sgd, adamw)")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_multiplier(it, total, cfg))
-    if cfg.amp and device.type != "cuda":
-        # CPU bf16 autocast gives non-finite GroupNorm gradients on tiny maps: not worth it
-        warnings.warn("--amp needs CUDA; training in float32 on this device", stacklevel=2)
-        cfg = replace(cfg, amp=False)
-    use_scaler = cfg.amp
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    amp_dtype = torch.float16
-    model_sha = sha256_file(cfg.model)
-    start = 0
-    ckpt_path = out / "last.pt"
-    if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("model_sha256") != model_sha or ckpt.get("num_classes") != ds.num_classes:
-            raise CacheError(f"{ckpt_path}: checkpoint is for a different model file or data set")
-        check_finite_state(ckpt["model"], str(ckpt_path))
+class _Trainer:
+    """One training run in stages: setup (data, model, schedule, optimiser) -> resume ->
+    step per iteration -> log -> finish (final weights, evaluation, summary)."""
+
+    def __init__(self, cfg: TrainConfig, progress: bool) -> None:
+        self.progress = progress
+        self.d, self.device = _init_distributed(cfg.device)
+        self.out = Path(cfg.out)
+        torch.manual_seed(cfg.seed)
+        self.module = load_model_file(cfg.model)
+        self.cfg = self._data(cfg)
+        self.model = self._model()
+        self._schedule()
+        self._optimiser()
+        self.model_sha = sha256_file(self.cfg.model)
+        self.ckpt_path = self.out / "last.pt"
+        self.start = self._resume()
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.records: list[dict[str, Any]] = []
+        if self.d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.records = ([r for r in read_metrics(self.metrics_path) if r["iter"] <= self.start]
+                            if self.cfg.resume else [])
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.records))
+            atomic_write_json(self.out / "config.json", {**config_to_json(self.cfg),
+                                                         "total_iters": self.total,
+                                                         "world": self.d.world})
+
+    # -- setup ----------------------------------------------------------------------------
+    def _data(self, cfg: TrainConfig) -> TrainConfig:
+        ann, img_dir = resolve_split(cfg.data, "train", cfg.ann, cfg.images)
+        tcfg = TransformConfig(min_size=cfg.min_size, max_size=cfg.max_size, hflip=cfg.hflip,
+                               crop=cfg.crop)
+        self.ds = CocoDetection(ann, img_dir, tcfg, train=True, seed=cfg.seed)
+        self.info = ModelInfo.from_module(self.module)
+        compiled_k = self.info.num_classes
+        if compiled_k is not None and compiled_k != self.ds.num_classes:
+            raise NasfcosError(f"{cfg.model} is compiled for {compiled_k} classes but {ann.name} "
+                               f"has {self.ds.num_classes}: compile it with --num-classes "
+                               f"{self.ds.num_classes}")
+        return replace(cfg, fcos=replace(cfg.fcos, reg_units=self.info.box_units.name))
+
+    def _model(self) -> nn.Module:
+        cfg = self.cfg
+        kwargs = dict(cfg.model_kwargs)
+        self.backbone_info = None
+        if cfg.backbone_weights:
+            weights_path = resolve_backbone_weights(cfg.backbone_weights)
+            kwargs["backbone_weights"] = str(weights_path)
+            self.backbone_info = {"file": str(weights_path), "sha256": sha256_file(weights_path)}
         try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
+            model = build_detector(self.module, self.ds.num_classes, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise NasfcosError(f"{cfg.model}: cannot build the detector "
+                               f"({first_line(exc, None)})") from None
+        if cfg.freeze_backbone:
+            for p in model.backbone.parameters():  # type: ignore[union-attr]
+                p.requires_grad_(False)
+        return model.to(self.device)
+
+    def _schedule(self) -> None:
+        cfg, d = self.cfg, self.d
+        if cfg.batch % d.world:
+            raise NasfcosError(f"--batch {cfg.batch} is not divisible by {d.world} processes")
+        self.per_rank = cfg.batch // d.world
+        self.per_epoch = (len(self.ds) // d.world) // self.per_rank
+        self.total = cfg.iters if cfg.iters is not None else cfg.epochs * self.per_epoch  # type: ignore[operator]
+        if self.total <= 0:
+            raise NasfcosError("nothing to train: the run has 0 iterations")
+
+    def _optimiser(self) -> None:
+        cfg = self.cfg
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                self.params, lr=base_lr(cfg), weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.params, lr=base_lr(cfg), momentum=cfg.momentum,
+                                             weight_decay=cfg.weight_decay)
+        total = self.total
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_multiplier(it, total, cfg))
+        if cfg.amp and self.device.type != "cuda":
+            # CPU bf16 autocast gives non-finite GroupNorm gradients on tiny maps: not worth it
+            warnings.warn("--amp needs CUDA; training in float32 on this device", stacklevel=5)
+            self.cfg = replace(cfg, amp=False)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.amp)
+
+    def _resume(self) -> int:
+        """The iteration to start at: 0, or where ``last.pt`` stopped (``--resume``)."""
+        path = self.ckpt_path
+        if not self.cfg.resume:
+            if path.exists():
+                raise NasfcosError(f"{self.out}: holds a run already (use --resume, or another "
+                                   "--out)")
+            return 0
+        ckpt = load_checkpoint(path)
+        if ckpt.get("model_sha256") != self.model_sha or ckpt.get("num_classes") != self.ds.num_classes:
+            raise CacheError(f"{path}: checkpoint is for a different model file or data set")
+        check_finite_state(ckpt["model"], str(path))
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
             torch.set_rng_state(ckpt["rng"])
             start = int(ckpt["iter"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = first_line(exc, None)
-            raise CacheError(f"{ckpt_path}: checkpoint does not fit this run ({first[:160]})") from None
-        if start >= total:
-            raise NasfcosError(f"{ckpt_path}: already at iteration {start} of {total}")
-    elif ckpt_path.exists():
-        raise NasfcosError(f"{out}: holds a run already (use --resume, or another --out)")
-    metrics_path = out / "metrics.jsonl"
-    records: list[dict[str, Any]] = []
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        records = [r for r in read_metrics(metrics_path) if r["iter"] <= start] if cfg.resume else []
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
-        atomic_write_json(out / "config.json", {**config_to_json(cfg), "total_iters": total,
-                                                "world": d.world})
+            raise CacheError(f"{path}: checkpoint does not fit this run ({first[:160]})") from None
+        if start >= self.total:
+            raise NasfcosError(f"{path}: already at iteration {start} of {self.total}")
+        return start
 
-    guard_deformable_convs(model)
-    raw: nn.Module = RawForward(model)
-    if d.world > 1:
-        raw = nn.parallel.DistributedDataParallel(
-            raw, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = RunSampler(len(ds), per_rank, total, start, cfg.seed, d.rank, d.world)
-    loader = DataLoader(_EpochAwareDataset(ds), batch_sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.workers, pin_memory=device.type == "cuda")
-    ckpt_every = cfg.checkpoint_every or max(1, total // 10)
-    bar = None
-    if progress and d.main:
-        from nasfcos.progress import progress_bar
+    def _loader(self) -> DataLoader[Any]:
+        d, device = self.d, self.device
+        guard_deformable_convs(self.model)
+        self.raw: nn.Module = RawForward(self.model)
+        if d.world > 1:
+            self.raw = nn.parallel.DistributedDataParallel(
+                self.raw, device_ids=[device.index] if device.type == "cuda" else None)
+        sampler = RunSampler(len(self.ds), self.per_rank, self.total, self.start, self.cfg.seed,
+                             d.rank, d.world)
+        return DataLoader(_EpochAwareDataset(self.ds), batch_sampler=sampler, collate_fn=collate,
+                          num_workers=self.cfg.workers, pin_memory=device.type == "cuda")
 
-        bar = progress_bar(total, initial=start, desc="train", unit="it")
-    model.train()
-    t0, c0 = time.time(), time.process_time()
-    last: dict[str, float] = {}
-    window: list[torch.Tensor] = []
-    skipped = skipped_run = 0
+    # -- the loop -------------------------------------------------------------------------
+    def snapshot(self, done: int) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": torch.get_rng_state(), "iter": done, "total": self.total,
+                "num_classes": self.ds.num_classes, "cat_ids": self.ds.cat_ids,
+                "model_sha256": self.model_sha, "model_kwargs": self.cfg.model_kwargs}
 
-    def snapshot(done: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": torch.get_rng_state(), "iter": done, "total": total,
-                "num_classes": ds.num_classes, "cat_ids": ds.cat_ids, "model_sha256": model_sha,
-                "model_kwargs": cfg.model_kwargs}
-
-    # Ctrl-C finishes the running iteration, saves last.pt there and says how to resume
-    # (a second Ctrl-C stops at once); single-process runs in the main thread only
-    stop = _StopOnInterrupt(enabled=d.world == 1)
-    done, saved = start, False
-    for it, (images, targets) in zip(range(start, total), stop.watch(_one_line_errors(loader)),
-                                     strict=True):
+    def step(self, it: int, images: torch.Tensor, targets: list[dict[str, Any]]
+             ) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """One optimisation step; returns (losses stacked, lr used, gradient norm)."""
+        cfg, device = self.cfg, self.device
         images = images.to(device, non_blocking=True)
         boxes = [t["boxes"].to(device) for t in targets]
         labels = [t["labels"].to(device) for t in targets]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-            cls, reg, ctr = raw(images)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp):
+            cls, reg, ctr = self.raw(images)
         losses = fcos_losses(cls, reg, ctr, boxes, labels, cfg.fcos)
         loss = losses["cls"] + losses["box"] + losses["ctr"]
         if not torch.isfinite(loss):
             raise NasfcosError(f"loss became {float(loss)} at iteration {it} (lower --lr?)")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         max_norm = cfg.clip_grad if cfg.clip_grad is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if use_scaler or bool(torch.isfinite(grad_norm)):
-            scaler.step(optimizer)  # the scaler itself skips steps with inf/nan gradients
-            skipped_run = 0
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if cfg.amp or bool(torch.isfinite(grad_norm)):
+            self.scaler.step(self.optimizer)  # the scaler itself skips steps with inf/nan grads
+            self.skipped_run = 0
         else:  # non-finite gradients without a scaler (fp32, bf16): skip this step
-            skipped += 1
-            skipped_run += 1
-            if skipped_run > 20:
-                raise NasfcosError(f"gradients non-finite for 20 iterations in a row at {it} (lower --lr?)")
-        scaler.update()
-        if not all(bool(torch.isfinite(p).all()) for p in params):
+            self.skipped += 1
+            self.skipped_run += 1
+            if self.skipped_run > 20:
+                raise NasfcosError(f"gradients non-finite for 20 iterations in a row at {it} "
+                                   "(lower --lr?)")
+        self.scaler.update()
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
             raise NasfcosError(f"weights became non-finite at iteration {it} (lower --lr, or "
                                "set --clip-grad)")
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        done = it + 1
-        window.append(torch.stack([loss.detach(), *(losses[k].detach() for k in LOSS_KEYS)]))
-        if done % cfg.log_every == 0 or done == total:
-            vals = _mean_over_ranks(torch.stack(window).mean(0), d).tolist()
-            window = []
-            last = dict(zip(("loss",) + LOSS_KEYS, vals, strict=True))
-            rec = {"iter": done, "epoch": it // per_epoch, "lr": lr, **last,
-                   "grad_norm": float(grad_norm) if bool(torch.isfinite(grad_norm)) else None, "skipped": skipped, "time": round(time.time() - t0, 3)}
-            if d.main:  # the whole file, atomically: a kill never leaves a torn line
-                records.append(rec)
-                atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return torch.stack([loss.detach(), *(losses[k].detach() for k in LOSS_KEYS)]), lr, grad_norm
+
+    def log(self, it: int, done: int, lr: float, grad_norm: torch.Tensor) -> None:
+        """Every ``log_every`` iterations: the window's mean losses into metrics.jsonl."""
+        vals = _mean_over_ranks(torch.stack(self.window).mean(0), self.d).tolist()
+        self.window = []
+        self.last = dict(zip(("loss",) + LOSS_KEYS, vals, strict=True))
+        rec = {"iter": done, "epoch": it // self.per_epoch, "lr": lr, **self.last,
+               "grad_norm": float(grad_norm) if bool(torch.isfinite(grad_norm)) else None,
+               "skipped": self.skipped, "time": round(time.time() - self.t0, 3)}
+        if self.d.main:  # the whole file, atomically: a kill never leaves a torn line
+            self.records.append(rec)
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def run(self) -> int:
+        """The iterations from ``start``; returns the last one done.  Ctrl-C finishes the
+        running iteration, saves last.pt there and says how to resume (a second Ctrl-C stops
+        at once; single-process runs in the main thread only)."""
+        cfg, loader = self.cfg, self._loader()
+        ckpt_every = cfg.checkpoint_every or max(1, self.total // 10)
+        bar = None
+        if self.progress and self.d.main:
+            from nasfcos.progress import progress_bar
+
+            bar = progress_bar(self.total, initial=self.start, desc="train", unit="it")
+        self.model.train()
+        self.t0, self.c0 = time.time(), time.process_time()
+        self.last: dict[str, float] = {}
+        self.window: list[torch.Tensor] = []
+        self.skipped = self.skipped_run = 0
+        stop = _StopOnInterrupt(enabled=self.d.world == 1)
+        done, saved = self.start, False
+        for it, (images, targets) in zip(range(self.start, self.total),
+                                         stop.watch(_one_line_errors(loader)), strict=True):
+            values, lr, grad_norm = self.step(it, images, targets)
+            done = it + 1
+            self.window.append(values)
+            if done % cfg.log_every == 0 or done == self.total:
+                self.log(it, done, lr, grad_norm)
+            if bar is not None:
+                bar.update(1)
+                if self.last:  # the latest logged averages: no device sync per iteration
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in self.last.items()}, refresh=False)
+            saved = self.d.main and (done % ckpt_every == 0 or done == self.total)
+            if saved:
+                save_checkpoint(self.ckpt_path, self.snapshot(done))
+                plot_losses(self.records, self.out / "loss.png")
+            if stop.requested:
+                break
+        stop.restore()
         if bar is not None:
-            bar.update(1)
-            if last:  # the latest logged averages: no device sync per iteration
-                bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()}, refresh=False)
-        saved = d.main and (done % ckpt_every == 0 or done == total)
-        if saved:
-            save_checkpoint(ckpt_path, snapshot(done))
-            plot_losses(records, out / "loss.png")
-        if stop.requested:
-            break
-    stop.restore()
-    if bar is not None:
-        bar.close()
-    if stop.requested and done < total:
-        if d.main and not saved:
-            save_checkpoint(ckpt_path, snapshot(done))
-        print(f"train: interrupted after iteration {done} of {total}; saved {ckpt_path}\n"
-              f"resume with: nasfcos train {cfg.model} --out {out} --resume", file=sys.stderr,
-              flush=True)
-        raise KeyboardInterrupt
-    elapsed = time.time() - t0
-    # cpu_s: CPU time of this process (all threads) in the loop; on a shared machine
-    # cpu_s / threads is what the loop costs on idle cores, time_s what it took here
-    summary: dict[str, Any] = {"iters": total, "start_iter": start, "time_s": round(elapsed, 2),
-                               "cpu_s": round(time.process_time() - c0, 2),
-                               "threads": torch.get_num_threads(),
-                               "final": last, "skipped_steps": skipped, "backbone_weights": backbone_info,
-                               "out": str(out), "world": d.world}
-    if d.main:
-        meta = {"model": model.state_dict(), "num_classes": ds.num_classes, "cat_ids": ds.cat_ids,
-                "class_names": ds.class_names, "model_sha256": model_sha,
-                "model_kwargs": cfg.model_kwargs, "min_size": cfg.min_size,
-                "max_size": cfg.max_size, "eval_batch": cfg.eval_batch}
-        _save(out / "final.pt", meta)
+            bar.close()
+        if stop.requested and done < self.total:
+            if self.d.main and not saved:
+                save_checkpoint(self.ckpt_path, self.snapshot(done))
+            print(f"train: interrupted after iteration {done} of {self.total}; saved "
+                  f"{self.ckpt_path}\nresume with: nasfcos train {cfg.model} --out {self.out} "
+                  "--resume", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
+        return done
+
+    # -- finish ---------------------------------------------------------------------------
+    def _save_final(self) -> None:
+        cfg, ds = self.cfg, self.ds
+        _save(self.out / "final.pt", {
+            "model": self.model.state_dict(), "num_classes": ds.num_classes,
+            "cat_ids": ds.cat_ids, "class_names": ds.class_names, "model_sha256": self.model_sha,
+            "model_kwargs": cfg.model_kwargs, "min_size": cfg.min_size,
+            "max_size": cfg.max_size, "eval_batch": cfg.eval_batch})
         if cfg.save_backbone:
-            _save(out / "backbone.pt", backbone_state_dict(model))
-            atomic_write_json(out / "backbone.json", {
-                "backbone": info.backbone, "sha256": sha256_file(out / "backbone.pt"),
-                "model": Path(cfg.model).name, "model_sha256": model_sha, "data": cfg.data,
-                "data_manifest": _data_manifest(cfg.data), "iters": total, "config": asdict(cfg)})
+            _save(self.out / "backbone.pt", backbone_state_dict(self.model))
+            atomic_write_json(self.out / "backbone.json", {
+                "backbone": self.info.backbone, "sha256": sha256_file(self.out / "backbone.pt"),
+                "model": Path(cfg.model).name, "model_sha256": self.model_sha, "data": cfg.data,
+                "data_manifest": _data_manifest(cfg.data), "iters": self.total,
+                "config": asdict(cfg)})
+
+    def _evaluate(self, summary: dict[str, Any]) -> None:
+        cfg = self.cfg
         if cfg.val_ann is not None:
-            val = {"ann": cfg.val_ann, "images": cfg.val_images or cfg.images}
+            val: dict[str, Any] | None = {"ann": cfg.val_ann, "images": cfg.val_images or cfg.images}
         elif cfg.data is not None and has_split(cfg.data, "val"):
             val = {"data": cfg.data}
         else:
             val = None
         if cfg.eval and val is None:
             warnings.warn("no validation split (give --val-ann with --ann, or a data folder "
-                          "with a val split): the final evaluation is skipped", stacklevel=2)
+                          "with a val split): the final evaluation is skipped", stacklevel=4)
             summary["eval_skipped"] = "no validation split"
         if cfg.eval and val is not None:
-            ecfg = EvalConfig(min_size=cfg.min_size, max_size=cfg.max_size, batch_size=cfg.eval_batch)
-            model.eval()
-            metrics = evaluate(module_detections(model), split="val", cfg=ecfg,
-                               progress=progress, model_cat_ids=ds.cat_ids, **val)
-            model.train()
-            atomic_write_json(out / "eval.json", metrics)
+            ecfg = EvalConfig(min_size=cfg.min_size, max_size=cfg.max_size,
+                              batch_size=cfg.eval_batch)
+            self.model.eval()
+            metrics = evaluate(module_detections(self.model), split="val", cfg=ecfg,
+                               progress=self.progress, model_cat_ids=self.ds.cat_ids, **val)
+            self.model.train()
+            atomic_write_json(self.out / "eval.json", metrics)
             summary["eval"] = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
-        summary["total_time_s"] = round(time.time() - t0, 2)  # loop + final evaluation
-        summary["total_cpu_s"] = round(time.process_time() - c0, 2)
-        atomic_write_json(out / "summary.json", summary)
-    if d.world > 1:
-        import torch.distributed as dist
 
-        dist.barrier()
-    return summary
+    def finish(self) -> dict[str, Any]:
+        """Final weights, the evaluation on the val split and summary.json (main process)."""
+        # cpu_s: CPU time of this process (all threads) in the loop; on a shared machine
+        # cpu_s / threads is what the loop costs on idle cores, time_s what it took here
+        summary: dict[str, Any] = {
+            "iters": self.total, "start_iter": self.start,
+            "time_s": round(time.time() - self.t0, 2),
+            "cpu_s": round(time.process_time() - self.c0, 2), "threads": torch.get_num_threads(),
+            "final": self.last, "skipped_steps": self.skipped,
+            "backbone_weights": self.backbone_info, "out": str(self.out), "world": self.d.world}
+        if self.d.main:
+            self._save_final()
+            self._evaluate(summary)
+            summary["total_time_s"] = round(time.time() - self.t0, 2)  # loop + final evaluation
+            summary["total_cpu_s"] = round(time.process_time() - self.c0, 2)
+            atomic_write_json(self.out / "summary.json", summary)
+        if self.d.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return summary
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; returns the summary (also ``summary.json``)."""
+    if (cfg.epochs is None) == (cfg.iters is None):
+        raise NasfcosError("give exactly one of --epochs or --iters")
+    trainer = _Trainer(cfg.validate(), progress)
+    trainer.run()
+    return trainer.finish()

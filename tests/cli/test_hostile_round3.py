@@ -38,7 +38,6 @@ def _one_line(err: str, verb: str) -> str:
 
 @pytest.mark.parametrize("argv", [
     ["data", "synth", "-o", "{out}", "--images", "2", "--size", "32"],
-    ["train", "--out", "{out}", "{ckpt}", "--data", "d", "--iters", "1"],
     ["import-release", "{ckpt}", "--config", "Mobile_NAS_head", "-o", "{out}"],
     ["search", "--preset", "toy", "--trials", "2", "--out", "{out}"],
 ])
@@ -212,3 +211,19 @@ def test_a_latency_unit_that_cannot_run_fails_before_the_timing(monkeypatch: pyt
     with pytest.raises(NasfcosError, match=r"latency unit head_op/gn/s64 cannot run at 64x64") as info:
         lat.build_table(lat.TableSpec(size=(64, 64), head_channels=32))
     assert "\n" not in str(info.value)
+
+
+def test_data_synth_on_a_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import nasfcos.fcos.synth as synth
+
+    def full(path: object, *a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(synth, "atomic_write_json", full)  # images written, then the disk fills
+    assert main(["data", "synth", "-o", str(tmp_path / "d"), "--images", "3", "--size", "32", "-q"]) == 2
+    err = _one_line(capsys.readouterr().err, "data")
+    assert "No space left" in err and f"{tmp_path / 'd'}/" in err, err
+    assert list(tmp_path.iterdir()) == []  # so a retry is not refused as "holds a set"

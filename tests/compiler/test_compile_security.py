@@ -22,7 +22,7 @@ def no_render(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom() -> Any:
         raise AssertionError("a hostile genotype reached the template engine")
 
-    monkeypatch.setattr(codegen, "_environment", boom)
+    monkeypatch.setattr(codegen, "template_environment", boom)
 
 
 def _doc(**changes: Any) -> dict[str, Any]:

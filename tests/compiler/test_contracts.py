@@ -65,7 +65,7 @@ def test_model_info_reads_a_compiled_file() -> None:
 
 def test_model_info_refuses_malformed_constants() -> None:
     bad = module_from_source("class Decoder: pass\nFPN_CHANNELS = '64'\n", "bad_model")
-    with pytest.raises(NasfcosError, match="FPN_CHANNELS = '64' is not a int"):
+    with pytest.raises(NasfcosError, match="FPN_CHANNELS = '64' is not int"):
         ModelInfo.from_module(bad)
     units = module_from_source("class Decoder: pass\nBOX_REGRESSION = 'furlongs'\n", "bad_units")
     with pytest.raises(NasfcosError, match="box units: 'furlongs'"):
@@ -85,6 +85,9 @@ def test_compile_options_own_their_rules(field: str, value: int, match: str) -> 
 
 
 def test_cli_width_and_class_flags_call_the_same_rules() -> None:
+    from nasfcos.weights import METADATA_RULES
+
+    assert METADATA_RULES["num_classes"][2] == MAX_CLASSES  # a weights file's classes: the same limit
     assert A.num_classes(str(MAX_CLASSES)) == MAX_CLASSES and A.width(str(MAX_CHANNELS)) == MAX_CHANNELS
     with pytest.raises(argparse.ArgumentTypeError, match=r"^10001 is out of range \(1..10000\)$"):
         A.num_classes(str(MAX_CLASSES + 1))

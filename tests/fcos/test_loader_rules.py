@@ -43,13 +43,6 @@ def test_weights_metadata_types_are_checked(meta: dict[str, Any], message: str, 
     assert message in _err(capsys, verb)
 
 
-def test_deep_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    deep = tmp_path / "deep.yaml"
-    deep.write_text("[" * 5000 + "]" * 5000 + "\n")
-    assert cli(["compile", str(deep), "-o", str(tmp_path / "m.py")]) == 2
-    assert "nested too deeply" in _err(capsys, "compile")
-
-
 def test_deep_search_settings_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "s"
     out.mkdir()

@@ -78,7 +78,7 @@ def paper_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, paper_decoder: 
     """Static ONNX export of ``paper_decoder`` at 160x160 (shared by several tests)."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
-    out = tmp_path_factory.mktemp("paper_onnx") / "decoder.onnx"
+    out = paper_decoder.parent / "decoder.onnx"  # beside its model.py: check finds it there
     export_onnx(paper_decoder, out, ExportOptions(size=(160, 160)))
     return out
 
@@ -89,7 +89,7 @@ def tiny_detector_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_detector: 
     precision tests lower it)."""
     from nasfcos.runtime.export import ExportOptions, export_onnx
 
-    out = tmp_path_factory.mktemp("tiny_onnx") / "det.onnx"
+    out = tiny_detector.parent / "det.onnx"  # beside its model.py: check finds it there
     export_onnx(tiny_detector, out, ExportOptions(size=(160, 160)))
     return out
 

@@ -134,3 +134,90 @@ def test_precision_table_rows(tiny_detector, tiny_detector_onnx, synth_data, tmp
     assert ok[2]["bytes"] < 0.7 * ok[1]["bytes"]  # fp16 weights: half the file
     md = precision_markdown(report)
     assert "| onnxruntime | int8 (cpu) |" in md and "| tensorrt | fp16 | skipped" in md
+
+
+def _quick(**kw) -> BenchConfig:
+    return BenchConfig(**{"warmup": 0, "runs": 2, "threads": 1, "matmul_peak": False, **kw})
+
+
+def test_bench_on_a_static_export_uses_its_size(paper_decoder_onnx, tmp_path, capsys) -> None:
+    """Issue 26 item 3: a static export runs at its own size; other sizes are refused in one
+    line before any work; the time estimate is said after the first run."""
+    from nasfcos.cli.main import main
+
+    lines: list[str] = []
+    report = run_benchmark(paper_decoder_onnx, _quick(), log=lines.append)
+    assert [r["size"] for r in report["results"]] == [[160, 160]]  # not 600,800,1000
+    assert report["results"][0]["status"] == "ok" and report["estimate_s"] > 0
+    assert any("about" in line and "first run" in line for line in lines)
+    code = main(["bench", str(paper_decoder_onnx), "--sizes", "160,200", "--runs", "1",
+                 "--no-matmul-peak", "-o", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("nasfcos bench: error: --sizes:") and "\n" not in err
+    assert "static export at 160x160" in err and not (tmp_path / "r.json").exists()
+
+
+def test_bench_on_a_changed_onnx_says_so(paper_decoder_onnx, tmp_path) -> None:
+    """Issue 25: an ONNX changed after export is benchmarked with a warning, and the report
+    records the file's own sha256 (not the manifest's) and the differences."""
+    import hashlib
+    import shutil
+
+    import onnx
+
+    from nasfcos.runtime.manifest import load_manifest, manifest_path_for
+
+    art = tmp_path / "m.onnx"
+    shutil.copy(paper_decoder_onnx, art)
+    shutil.copy(manifest_path_for(paper_decoder_onnx), manifest_path_for(art))
+    recorded = load_manifest(art).sha256
+    model = onnx.load(str(art))
+    model.doc_string = "edited after export"
+    onnx.save(model, str(art))
+    with pytest.warns(UserWarning, match="changed since its export"):
+        report = run_benchmark(art, _quick(sizes=[(160, 160)]))
+    actual = hashlib.sha256(art.read_bytes()).hexdigest()
+    assert report["model"]["sha256"] == actual != recorded
+    assert any("sha256 differs" in p for p in report["model"]["changed_since_export"])
+
+
+def test_bench_ctrl_c_keeps_the_rows_done(paper_decoder_onnx, tmp_path, monkeypatch,
+                                         capsys) -> None:
+    """Issue 26 item 3: Ctrl-C writes a partial report with the rows done so far (exit 130)."""
+    from nasfcos.cli.main import main
+    from nasfcos.runtime import bench
+
+    real, calls = bench._time_cell, []
+
+    def interrupt_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench, "_time_cell", interrupt_second)
+    code = main(["bench", str(paper_decoder_onnx), "--backends", "onnxruntime,onnxruntime",
+                 "--runs", "1", "--warmup", "0", "--no-matmul-peak", "-q", "-o",
+                 str(tmp_path / "r")])
+    assert code == 130 and "report keeps the rows done" in capsys.readouterr().err
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert len(data["results"]) == 1 and data["results"][0]["status"] == "ok"
+    assert data["interrupted"].startswith("interrupted after 1 of 2")
+
+
+def test_bench_model_py_loads_and_exports_once(paper_decoder, monkeypatch) -> None:
+    """Issue 22: bench model.py imports the file once and exports it once, up front."""
+    from nasfcos.runtime import export, models
+
+    loads, exports = [], []
+    real_load, real_export = models.load_model_file, export.export_onnx
+    monkeypatch.setattr(models, "load_model_file",
+                        lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(export, "export_onnx",
+                        lambda *a, **k: exports.append(1) or real_export(*a, **k))
+    lines: list[str] = []
+    report = run_benchmark(paper_decoder, _quick(backends=["torch", "onnxruntime"],
+                                                 sizes=[(96, 96), (128, 128)]), log=lines.append)
+    assert [r["status"] for r in report["results"]] == ["ok"] * 4
+    assert len(loads) == 1 and len(exports) == 1
+    assert any(line.startswith("bench: exporting model.py to ONNX") for line in lines)

@@ -23,8 +23,10 @@ def test_export_then_check_cli(paper_decoder, tmp_path, capsys) -> None:
     summary = json.loads(captured.out)
     assert summary["dynamic"] is True and summary["deform_convs"] >= 1
 
-    code = main(["check", str(onnx_path), "--sizes", "96x128,128x96",
-                 "-o", str(tmp_path / "parity.json")])
+    code = main(["check", str(onnx_path), "--sizes", "96x128,128x96"])
+    assert code == 2 and "--against:" in capsys.readouterr().err  # its model.py is elsewhere
+    code = main(["check", str(onnx_path), "--sizes", "96x128,128x96", "--against",
+                 str(paper_decoder), "-o", str(tmp_path / "parity.json")])
     out = capsys.readouterr().out
     assert code == 0 and "parity: ok" in out and "cls_p3@96x128" in out
     report = json.loads((tmp_path / "parity.json").read_text())

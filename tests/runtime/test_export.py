@@ -34,7 +34,7 @@ def test_paper_decoder_export_and_parity(paper_decoder_onnx) -> None:
 
 
 def test_manifest_matches_file(paper_decoder_onnx, paper_decoder) -> None:
-    man = load_manifest(paper_decoder_onnx)
+    man = load_manifest(paper_decoder_onnx).raw
     assert verify_manifest(paper_decoder_onnx) == []
     assert not man["source"]["model"].startswith("/")  # relative to the manifest
     assert (paper_decoder_onnx.parent / man["source"]["model"]).resolve() == paper_decoder.resolve()
@@ -63,7 +63,7 @@ def test_random_genotypes_with_deform_convs(tmp_path, compile_tiny, deform_genot
                                             deform_detector_onnx) -> None:
     # the first genotype as a Detector (session export, shared with the precision tests),
     # the second as a Decoder
-    assert load_manifest(deform_detector_onnx)["export"]["ops"].get("DeformConv", 0) >= 1
+    assert load_manifest(deform_detector_onnx).raw["export"]["ops"].get("DeformConv", 0) >= 1
     report = check_artifact(deform_detector_onnx)
     assert report.ok, report.table()
     src = compile_tiny(tmp_path / "model.py", deform_genotype_list[1])
@@ -81,14 +81,15 @@ def test_dynamic_decoder_two_sizes(paper_decoder, tmp_path) -> None:
     assert isinstance(shape[0], str) and isinstance(shape[2], str)  # batch and height symbolic
     ranges = res.manifest["export"]["dynamic_ranges"]["c2"]
     assert ranges["2"][1] is None and ranges["3"][1] is None  # no upper bound on H, W
-    report = check_artifact(res.onnx_path, sizes=[(128, 128), (96, 160), (256, 256)], batch=1)
+    report = check_artifact(res.onnx_path, paper_decoder, sizes=[(128, 128), (96, 160), (256, 256)],
+                            batch=1)
     assert report.ok, report.table()
     assert {tuple(s) for s in report.sizes} == {(128, 128), (96, 160), (256, 256)}
 
 
 @pytest.mark.slow
 def test_detector_static_and_dynamic(tiny_detector, tiny_detector_onnx, tmp_path) -> None:
-    static = load_manifest(tiny_detector_onnx)  # static 160x160 export (session fixture)
+    static = load_manifest(tiny_detector_onnx).raw  # static 160x160 export (session fixture)
     assert [o["name"] for o in static["outputs"]] == list(DETECTOR_OUTPUTS)
     assert static["outputs"][2]["dtype"] == "int64"
     assert static["export"]["ops"].get("DeformConv", 0) >= 1
@@ -96,10 +97,10 @@ def test_detector_static_and_dynamic(tiny_detector, tiny_detector_onnx, tmp_path
     dyn = export_onnx(tiny_detector, tmp_path / "det_dyn.onnx",
                       ExportOptions(size=(160, 160), dynamic=True))
     assert isinstance(dyn.manifest["inputs"][0]["shape"][0], str)  # batch is dynamic too
-    report = check_artifact(dyn.onnx_path, sizes=[(160, 160), (192, 224)])
+    report = check_artifact(dyn.onnx_path, tiny_detector, sizes=[(160, 160), (192, 224)])
     assert report.ok, report.table()
     for batch in (1, 3):
-        report = check_artifact(dyn.onnx_path, sizes=[(192, 160)], batch=batch)
+        report = check_artifact(dyn.onnx_path, tiny_detector, sizes=[(192, 160)], batch=batch)
         assert report.ok, report.table()
 
 
@@ -155,5 +156,5 @@ def test_dynamic_ranges_reject_out_of_range_inputs(tmp_path, tiny_detector) -> N
     man["export"]["dynamic_ranges"]["images"]["2"] = [0, 128]  # a bounded export
     res.manifest_path.write_text(json.dumps(man))
     with pytest.raises(NasfcosError, match="outside the range"):
-        check_artifact(res.onnx_path, sizes=[(256, 256)])
+        check_artifact(res.onnx_path, tiny_detector, sizes=[(256, 256)])
     json.dumps(res.manifest)  # manifest is plain JSON

@@ -62,11 +62,12 @@ def stand_ins(monkeypatch, tmp_path):
         say("compiled (stand-in)")
         return cfg.out / "model.py"
 
-    def fake_export(cfg, model_py, say):
+    def fake_export(cfg, model_py, say, weights=None):
         (cfg.out / "model.onnx").write_bytes(b"onnx")
         return SimpleNamespace(onnx_path=cfg.out / "model.onnx", manifest={})
 
     monkeypatch.setattr(P, "compile_step", fake_compile)
+    monkeypatch.setattr(P, "detection_weights", lambda model_py, out: out)
     monkeypatch.setattr(P, "export_step", fake_export)
     monkeypatch.setattr(P, "_lower", lambda cfg, fp32, say: {
         "fp32": fp32, "fp16": cfg.out / "model.fp16.onnx", "int8": cfg.out / "model.int8.onnx"})
@@ -170,3 +171,23 @@ def test_markdown_of_a_partial_state() -> None:
     assert "| paper, V100 (Wang et al. 2020) | fp32 | 37 | 50 |" in md
     assert G.cell_text(state["cells"][0]) == ("TensorRT int8 @1000x1000: 2.50 ms median "
                                               "(p90 2.75, 5 runs); paper V100: 50 ms")
+
+
+def test_detection_weights_give_a_random_detector_detections(tiny_detector, tmp_path) -> None:
+    """Parity of an engine needs detections: cls biases at 0, every other weight the seed's."""
+    import torch
+
+    from nasfcos.runtime.models import load_model, make_inputs
+
+    w = P.detection_weights(tiny_detector, tmp_path / "w.pt")
+    plain = load_model(tiny_detector, "detector", seed=0)
+    loaded = load_model(tiny_detector, "detector", weights=w)
+    a, b = plain.net.detector.state_dict(), loaded.net.detector.state_dict()
+    changed = [k for k in a if not torch.equal(a[k], b[k])]
+    assert changed and all(k.endswith("cls_logits.bias") for k in changed)
+    assert all(float(b[k].abs().max()) == 0.0 for k in changed)
+    x = [torch.from_numpy(v) for v in make_inputs("detector", (160, 160))]
+    with torch.inference_mode():
+        scores_plain = plain.net(*x)[1]
+        scores = loaded.net(*x)[1]
+    assert int((scores_plain > 0).sum()) == 0 and int((scores > 0).sum()) > 0

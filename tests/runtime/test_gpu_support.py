@@ -88,11 +88,19 @@ def test_trt_extras_install_what_the_matrix_allows() -> None:
     assert trt.contains(Version("11.9")) and not trt.contains(Version("12.0"))
 
 
-def test_gpu_extra_and_torch_pins() -> None:
-    gpu = _extra("gpu")
-    assert gpu.name == "onnxruntime-gpu" and {"cuda", "cudnn"} <= gpu.extras
-    assert gpu.specifier.contains(Version(".".join(map(str, M.ORT_GPU_MIN))))
-    assert not gpu.specifier.contains(Version("1.20"))
+def test_gpu_extras_and_torch_pins() -> None:
+    for gen in M.GENERATIONS:
+        gpu = _extra(gen.ort_extra)
+        assert gpu.name == "onnxruntime-gpu" and {"cuda", "cudnn"} <= gpu.extras
+        assert gpu.specifier.contains(Version(".".join(map(str, M.ORT_GPU_MIN))))
+        assert not gpu.specifier.contains(Version("1.20"))
+        for minor in range(21, 40):  # every version the extra allows has kernels there
+            v = Version(f"1.{minor}")
+            if gpu.specifier.contains(v):
+                assert M.ort_supports((1, minor), gen.caps[0]) is None, (gen.name, v)
+    volta = _extra("gpu-volta").specifier
+    assert volta.contains(Version("1.26.0")) and not volta.contains(Version("1.27.0"))
+    assert _extra("gpu").specifier.contains(Version("1.31.1"))
     deps = {Requirement(d).name: Requirement(d) for d in PYPROJECT["project"]["dependencies"]}
     pins = {Requirement(line).name: Requirement(line) for line in
             (ROOT / "constraints.txt").read_text().splitlines()
@@ -114,7 +122,7 @@ def test_makefile_installs_with_the_constraints() -> None:
     assert "$(PIP) -e '.[$(EXTRAS)]'" in stamp and "-c $(CONSTRAINTS)" in text
     assert re.search(r"^CONSTRAINTS := constraints.txt$", text, re.M)
     gpu = re.search(r"^gpu-check:.*?(?=^\S|\Z)", text, re.S | re.M).group(0)
-    assert "nasfcos doctor --trt-extra" in gpu and "nasfcos demo --gpu" in gpu
+    assert "nasfcos doctor --extras" in gpu and "nasfcos demo --gpu" in gpu
     assert "-m nasfcos.runtime.gpu_check" not in gpu  # no runner of its own
 
 
@@ -150,8 +158,9 @@ def test_doctor_verdict_for_every_combination(cap, arch_name, trt) -> None:
     assert found["torch-cuda"].ok is torch_ok
     trt_ok = torch_ok and cap not in TRT_REFUSES[trt]
     assert found["tensorrt"].ok is trt_ok
-    assert found["onnxruntime-cuda"].ok and found["torch-cpu"].ok
-    assert D.verdict(list(found.values())) is (torch_ok and trt_ok)
+    ort_ok = cap != (7, 0)  # the stand-in's onnxruntime-gpu 1.32 is a CUDA 13 build
+    assert found["onnxruntime-cuda"].ok is ort_ok and found["torch-cpu"].ok
+    assert D.verdict(list(found.values())) is (torch_ok and trt_ok and ort_ok)
     sm = f"sm_{cap[0]}{cap[1]}"
     for f in found.values():
         assert "\n" not in f.line()
@@ -186,15 +195,40 @@ def test_doctor_cpu_build_old_driver_missing_packages() -> None:
     f = _by(D.diagnose(_facts((8, 0), [], None, torch_cuda=None, ort_cuda=False)))
     assert not f["torch-cuda"].ok and "CPU-only build" in f["torch-cuda"].message
     assert not f["tensorrt"].found and not f["onnxruntime-cuda"].found  # notes, not failures
-    assert f["onnxruntime-cuda"].fix == D.ORT_GPU_FIX
+    assert f["onnxruntime-cuda"].fix == D.ort_gpu_fix((8, 0)) == (
+        "make ort-gpu (installs onnxruntime-gpu in place of onnxruntime)")
     f = _by(D.diagnose(_facts((9, 0), CU132, "10.8.0", driver="12.4")))
     assert not f["torch-cuda"].ok and "driver runs CUDA 12.4" in f["torch-cuda"].message
-    assert "CUDA 12.6 build" in f["torch-cuda"].fix and f["onnxruntime-cuda"].ok
+    assert "CUDA 12.6 build" in f["torch-cuda"].fix and not f["onnxruntime-cuda"].ok
     f = _by(D.diagnose(_facts((9, 0), CU132, "10.0.1")))
     assert "cannot import DeformConv" in f["tensorrt"].message
     broken = _facts((9, 0), CU132, "10.8.0")
     broken.tensorrt_error = "libnvinfer.so.10: cannot open shared object file"
     assert "cannot be imported" in _by(D.diagnose(broken))["tensorrt"].message
+
+
+def test_onnxruntime_cuda_13_build_on_a_v100() -> None:
+    f = _by(D.diagnose(_facts((7, 0), CU126, "10.3.0", torch_cuda="12.6")))
+    assert f["onnxruntime-cuda"].line() == (
+        "FAIL  V100-SXM2-16GB (sm_70): ONNX Runtime 1.32 is a CUDA 13 build, without Volta "
+        "kernels: make ort-gpu ORT_EXTRA=gpu-volta (installs onnxruntime-gpu in place of "
+        "onnxruntime)")
+    v100 = _facts((7, 0), CU126, "10.3.0", torch_cuda="12.6", driver="12.4")
+    v100.onnxruntime = "1.26.0"
+    assert D.verdict(D.diagnose(v100))  # torch cu126, TensorRT 10.3, ORT 1.26: all run
+    assert D.extras(v100) == ("trt-volta", "gpu-volta")
+    assert D.extras(_facts((9, 0), CU132, None)) == ("trt", "gpu")
+    old_driver = _facts((9, 0), CU132, "10.8.0", driver="12.8")
+    assert "needs CUDA 13" in _by(D.diagnose(old_driver))["onnxruntime-cuda"].message
+
+
+def test_tensorrt_without_a_gpu_cannot_run() -> None:
+    f = D.diagnose(D.Facts(torch="2.14.1+cpu", tensorrt="10.8.0", onnxruntime="1.32.0"))
+    assert not D.verdict(f)
+    assert _by(f)["tensorrt"].line() == (
+        "FAIL  TensorRT 10.8.0 is installed but there is no NVIDIA GPU: run TensorRT on a "
+        "machine with one (pip uninstall tensorrt here if it is not needed)")
+    assert D.verdict(D.diagnose(D.Facts(torch="2.14.1+cpu", onnxruntime="1.32.0")))
 
 
 def test_preflight_stops_in_one_line_before_any_work() -> None:
@@ -228,7 +262,7 @@ def test_doctor_on_this_machine(capsys) -> None:
     assert "verdict: every backend found can run" in out and "no NVIDIA GPU found" in out
     if "avx512_vnni" in flags and "avx512_bf16" in flags:
         assert "AVX-512, VNNI, BF16" in out
-    assert main(["doctor", "--trt-extra"]) == 0 and capsys.readouterr().out == "trt\n"
+    assert main(["doctor", "--extras"]) == 0 and capsys.readouterr().out == "trt gpu\n"
 
 
 @pytest.mark.parametrize("argv", [

@@ -46,13 +46,13 @@ def test_a_tampered_manifest_never_runs_the_file_it_names(
         capsys: pytest.CaptureFixture[str]) -> None:
     art = _copy(paper_decoder_onnx, paper_decoder, tmp_path / "a")
     marker = tmp_path / "ran"
-    _edit(art, model=str(_evil(tmp_path / "evil.py", marker)))  # absolute path, old hash
+    _evil(art.parent / "evil.py", marker)
+    _edit(art, model="evil.py")  # inside the folder, old hash
     assert main(["check", str(art)]) == 2
     err = capsys.readouterr().err.strip()
     assert "sha256" in err and "\n" not in err
     assert not marker.exists()
     _edit(art, model="evil.py", model_sha256=None)  # no hash recorded: refused too
-    shutil.copy(tmp_path / "evil.py", art.parent / "evil.py")
     with pytest.raises(NasfcosError, match="model_sha256"):
         check_artifact(art)
     assert not marker.exists()
@@ -125,10 +125,76 @@ def test_classes_go_into_the_manifest_and_the_onnx_metadata(paper_decoder: Path,
 
 
 def test_a_copied_source_section_is_rebased(tmp_path: Path) -> None:
-    from nasfcos.runtime.export import manifest_file, rebase_source
+    from nasfcos.runtime.manifest import Manifest
 
-    src = {"model": "model.py", "weights": "../w/final.pt", "seed": 0, "kind": "decoder"}
-    out = rebase_source(src, tmp_path / "a", tmp_path / "b" / "c")
+    raw = {"format": "nasfcos-export/1", "source": {"model": "model.py", "seed": 0,
+                                                     "weights": "../w/final.pt", "kind": "decoder"},
+           "artifact": {"file": "m.onnx", "type": "onnx", "sha256": "0" * 64, "bytes": 1}}
+    man = Manifest.from_json(raw, tmp_path / "a" / "m.onnx.json")
+    out = man.rebased_source(tmp_path / "b" / "c")
     assert out["model"] == "../../a/model.py" and out["weights"] == "../../w/final.pt"
-    assert manifest_file(tmp_path / "b" / "c", out["model"]).resolve() == (tmp_path / "a" / "model.py")
-    assert out["seed"] == 0 and src["model"] == "model.py"
+    assert out["seed"] == 0 and raw["source"]["model"] == "model.py"
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
+def test_a_manifest_never_names_code_outside_its_folder(
+        paper_decoder_onnx: Path, paper_decoder: Path, tmp_path: Path, how: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 25: a model file outside the manifest's folder is refused before it is read,
+    even when its sha256 matches (a hash proves integrity, not that the user chose it)."""
+    art = _copy(paper_decoder_onnx, paper_decoder, tmp_path / "a")
+    marker = tmp_path / "ran"
+    evil = _evil(tmp_path / "evil.py", marker)
+    name = {"absolute": str(evil), "dotdot": "../evil.py", "symlink": "link.py"}[how]
+    if how == "symlink":
+        (art.parent / "link.py").symlink_to(evil)
+    _edit(art, model=name, model_sha256=_sha(evil))
+    assert main(["check", str(art)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "refusing the model file" in err and "\n" not in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("section,key,value,word", [
+    ("export", "size", [1000000, 1000000], "export.size"),
+    ("export", "batch", 1000000000, "export.batch"),
+    ("export", "batch", -2, "export.batch"),
+    ("export", "batch", "2", "export.batch"),
+    ("widths", "in_channels", [1, 2, 3, "x"], "widths.in_channels"),
+    ("source", "seed", -1, "source.seed"),
+    ("source", "kind", "backbone", "source.kind"),
+    ("artifact", "file", "../m.onnx", "artifact.file"),
+    ("precision", "precision", "int4", "precision.precision"),
+    ("classes", "names", [1, 2], "classes.names"),
+])
+def test_hostile_manifest_fields_are_refused_in_one_line(
+        paper_decoder_onnx: Path, paper_decoder: Path, tmp_path: Path, section: str, key: str,
+        value: object, word: str) -> None:
+    """Types and bounds are checked when the manifest is read, before anything is built from
+    it (a declared size of 1e6 or batch of 1e9 never reaches an allocation)."""
+    from nasfcos.runtime.manifest import Manifest
+
+    art = _copy(paper_decoder_onnx, paper_decoder, tmp_path / "a")
+    mpath = manifest_path_for(art)
+    man = json.loads(mpath.read_text())
+    man[section] = {**(man.get(section) or {}), key: value}
+    with pytest.raises(NasfcosError, match=f"field {word} ") as err:
+        Manifest.from_json(man, mpath)
+    assert "\n" not in str(err.value)
+
+
+def test_deep_manifest_refused(tmp_path: Path) -> None:
+    from nasfcos.runtime.manifest import Manifest
+
+    deep: object = 1
+    for _ in range(200):
+        deep = [deep]
+    raw = {"format": "nasfcos-export/1", "tools": deep}
+    with pytest.raises(NasfcosError, match="nested deeper"):
+        Manifest.from_json(raw, tmp_path / "m.onnx.json")

@@ -12,19 +12,22 @@ from nasfcos.runtime.models import (
     input_shapes,
     load_model,
     make_inputs,
-    parse_size,
-    parse_sizes,
 )
 
 
-def test_parse_size_forms() -> None:
-    assert parse_size("800") == (800, 800)
-    assert parse_size("800x608") == (800, 608)
-    assert parse_size(640) == (640, 640)
-    assert parse_sizes("600,800x1000") == [(600, 600), (800, 1000)]
+def test_one_size_parser() -> None:
+    """Sizes are parsed by the command line's type function only (no second parser)."""
+    import argparse
+
+    from nasfcos.cli.args import size_hw, size_list
+    from nasfcos.runtime import models
+
+    assert size_hw("800") == (800, 800) and size_hw("800x608") == (800, 608)
+    assert size_list("600,800x1000") == [(600, 600), (800, 1000)]
     for bad in ("", "abc", "800x", "16", "8x800"):
-        with pytest.raises(NasfcosError):
-            parse_size(bad)
+        with pytest.raises(argparse.ArgumentTypeError):
+            size_hw(bad)
+    assert not hasattr(models, "parse_size") and not hasattr(models, "parse_sizes")
 
 
 def test_feature_sizes_follow_resnet_rounding() -> None:

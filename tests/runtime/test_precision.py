@@ -10,11 +10,16 @@ import pytest
 
 from nasfcos.errors import NasfcosError
 from nasfcos.runtime.check import TOLERANCES, check_artifact, detection_agreement
-from nasfcos.runtime.export import ExportOptions, export_onnx, load_manifest, verify_manifest
+from nasfcos.runtime.export import (
+    ExportOptions,
+    convert_onnx,
+    export_onnx,
+    load_manifest,
+    verify_manifest,
+)
 from nasfcos.runtime.precision import (
     FP16_BLOCK_OPS,
     PrecisionOptions,
-    convert_onnx,
     file_list_sha256,
     qdq_summary,
 )
@@ -43,14 +48,14 @@ def _assert_fp16_graph(path) -> None:
 @pytest.mark.parametrize("which", ["tiny_detector_onnx", "deform_detector_onnx"])
 def test_fp16_and_int8_exports_pass_check(which, request, synth_data, tmp_path) -> None:
     src = request.getfixturevalue(which)
-    assert "DeformConv" in load_manifest(src)["export"]["ops"]
+    assert "DeformConv" in load_manifest(src).raw["export"]["ops"]
     fp16 = tmp_path / "m.fp16.onnx"
     man = convert_onnx(src, fp16, PrecisionOptions("fp16"))
     assert man["precision"]["precision"] == "fp16"
     assert man["precision"]["blocked_ops"] == list(FP16_BLOCK_OPS)
     assert verify_manifest(fp16) == []
     _assert_fp16_graph(fp16)
-    rep = check_artifact(fp16)
+    rep = check_artifact(fp16, src.parent / "model.py")
     assert rep.precision == "fp16" and rep.ok, rep.table()
     assert rep.outputs[0].atol == TOLERANCES["fp16"].atol
     agree = rep.agreement[0]
@@ -74,7 +79,7 @@ def test_fp16_and_int8_exports_pass_check(which, request, synth_data, tmp_path) 
                       for o in m.output}
             assert not any(n.op_type == "DeformConv" and set(n.input) & dq_out
                            for n in model.graph.node)
-        rep = check_artifact(q)
+        rep = check_artifact(q, src.parent / "model.py")
         assert rep.precision == "int8" and rep.ok, rep.table()
         assert rep.agreement[0]["match_rate"] >= 0.8, rep.table()
 
@@ -95,7 +100,7 @@ def test_export_writes_precision_and_calibration_from_a_folder(tiny_detector, sy
     assert prec["calibration"]["files_sha256"] == file_list_sha256(files)
     assert verify_manifest(out) == []
     assert qdq_summary(onnx.load(str(out)))["quantized_convs"] > 0
-    rep = check_artifact(out)
+    rep = check_artifact(out, tiny_detector)
     assert rep.precision == "int8" and rep.ok, rep.table()
 
 
@@ -116,7 +121,7 @@ def test_bad_precision_inputs(tiny_detector, tiny_detector_onnx, synth_data, tmp
          "cannot read calibration image"),
         (["--precision", "int8", "--calib", str(synth_data / "images"), "--calib-images", "99"],
          "too few for --calib-images 99"),
-        (["--precision", "int8"], "give --calib DIR or --data DIR"),
+        (["--precision", "int8"], "--calib: int8 needs calibration images"),
         (["--precision", "fp16", "--calib", str(empty)], "calibrate int8 only"),
         (["--precision", "int8", "--int8-target", "cpu", "--data", str(synth_data),
           "--trt", str(tmp_path / "x.engine")], "TensorRT cannot build --int8-target cpu"),

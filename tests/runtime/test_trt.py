@@ -62,7 +62,7 @@ def test_trt_build_run_parity(tiny_detector, paper_decoder, tmp_path) -> None:
     man = build_engine(res.onnx_path, engine, TrtBuildOptions(shapes=shapes, timing_cache=cache))
     assert engine.is_file() and cache.is_file() and man["build"]["precision"] == "fp32"
     assert man["build"]["strongly_typed"] is True
-    assert load_manifest(engine)["artifact"]["sha256"] == man["artifact"]["sha256"]
+    assert load_manifest(engine).raw["artifact"]["sha256"] == man["artifact"]["sha256"]
     report = check_artifact(engine, paper_decoder, sizes=[(160, 160), (96, 160)], batch=1,
                             device="cuda", tol=TOLERANCES["fp32"])
     assert report.ok, report.table()

@@ -212,3 +212,29 @@ def test_settings_validation() -> None:
     with pytest.raises(NasfcosError, match="backbone"):
         ProxySettings(backbone="vgg").validate()
     PRESETS["paper"].validate()
+
+
+def test_machine_verification_hashes_once_per_cache_state(built: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify="machine": the first open on this machine hashes every array, later opens (other
+    workers) check sizes only, until a file changes."""
+    import shutil
+
+    import nasfcos.search.cache as cache_mod
+
+    copy = tmp_path / "c"
+    shutil.copytree(built, copy)
+    hashed: list[str] = []
+    real = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(str(p)) or real(p))
+    open_cache(copy, verify="machine")
+    first = len(hashed)
+    assert first > 0
+    open_cache(copy, verify="machine")
+    assert len(hashed) == first  # stamped: no hashing
+    arr = next((copy / "arrays").glob("train_c5.npy"))
+    data = bytearray(arr.read_bytes())
+    data[-1] ^= 0xFF
+    arr.write_bytes(bytes(data))  # changed: verified again, and the corruption is found
+    with pytest.raises(CacheError, match="sha256|checksum|corrupt"):
+        open_cache(copy, verify="machine")

@@ -288,3 +288,12 @@ def test_top_writes_and_removes_only_its_own_files(tmp_path: Path) -> None:
     assert (other / "top.json").read_text() == '{"mine": 1}'
     with pytest.raises(NasfcosError, match="need --compile"):
         search_main(["top", str(tmp_path / "s"), "-o", str(other), "--detector"])
+
+
+@pytest.mark.parametrize(("changes", "field"), [({"trials": "two"}, "trials"), ({"batch_size": 2.0}, "batch_size"),
+                                                ({"seed": True}, "seed"), ({"toy_delay": "1"}, "toy_delay"),
+                                                ({"cache": 3}, "cache")])
+def test_search_config_rules_name_the_field(changes: dict, field: str) -> None:
+    """A hand-edited search.json (or API call) gets a one-line error naming the field, not a TypeError."""
+    with pytest.raises(NasfcosError, match=f"search setting {field} must be"):
+        dataclasses.replace(_cfg(), **changes).validate()

@@ -1,3 +1,13 @@
+"""Detector backbones (torchvision trunks and the release's): an ordinary module whose code below the marker the
+compiler pastes into model files (:func:`nasfcos.compiler.backbones.pasted`)."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+# --- pasted into model.py below this line ---
 
 
 # ---------------------------------------------------------------------------

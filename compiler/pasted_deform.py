@@ -1,3 +1,16 @@
+"""The DCNv2 layer ``DeformConv3x3`` (``torchvision.ops.deform_conv2d``): an ordinary module whose code below the marker the
+compiler pastes into model files (:func:`nasfcos.compiler.backbones.pasted`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+# --- pasted into model.py below this line ---
 #: Below this many input elements per image (C * H * W) the fixed cost of the sampled DCN
 #: formulation's small ops outweighs its gain: ``deform_conv2d`` runs instead.
 DCN_SMALL_MAP = 1024
@@ -41,6 +54,8 @@ class DeformConv3x3(nn.Module):
         offset = torch.cat((o1, o2), dim=1)
         mask = torch.sigmoid(mask)
         if torch.jit.is_scripting() or not use_sampled(x):
+            if x.dtype in (torch.float16, torch.bfloat16):  # autocast: the CPU kernel is float
+                x, offset, mask = x.float(), offset.float(), mask.float()
             return torchvision.ops.deform_conv2d(
                 x, offset, self.weight, self.bias, padding=(1, 1), mask=mask
             )
@@ -68,17 +83,20 @@ def deform_conv_sampled(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor,
     """
     n, c, h, w = x.shape
     ng = n * groups
-    rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, 1, h, 1)
-    cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, 1, w)
-    taps = torch.arange(9, dtype=x.dtype, device=x.device)
+    # sampling coordinates in float32 at least, whatever the autocast dtype: bf16 has a
+    # resolution of 0.5 px near 100 px (the map is sampled in that dtype too)
+    dt = torch.promote_types(x.dtype, torch.float32)
+    rows = torch.arange(h, dtype=dt, device=x.device).view(1, 1, h, 1)
+    cols = torch.arange(w, dtype=dt, device=x.device).view(1, 1, 1, w)
+    taps = torch.arange(9, dtype=dt, device=x.device)
     tap_y = (torch.div(taps, 3, rounding_mode="floor") - 1.0).view(1, 9, 1, 1)
     tap_x = (torch.remainder(taps, 3) - 1.0).view(1, 9, 1, 1)
-    off = offset.reshape(ng, 9, 2, h, w)
+    off = offset.to(dt).reshape(ng, 9, 2, h, w)
     # sample positions -> grid_sample's normalised coordinates (align_corners=False)
     gy = (rows + tap_y + off[:, :, 0]) * (2.0 / h) + (1.0 / h - 1.0)
     gx = (cols + tap_x + off[:, :, 1]) * (2.0 / w) + (1.0 / w - 1.0)
     grid = torch.stack((gx, gy), dim=-1).reshape(ng, 9 * h, w, 2)
-    sampled = F.grid_sample(x.reshape(ng, c // groups, h, w), grid, mode="bilinear",
+    sampled = F.grid_sample(x.to(dt).reshape(ng, c // groups, h, w), grid, mode="bilinear",
                             padding_mode="zeros", align_corners=False)
     sampled = sampled.reshape(ng, c // groups, 9, h * w)
     mask = mask.reshape(ng, 1, 9, h * w)

@@ -1,0 +1,88 @@
+"""The runner interface every backend implements (numpy arrays in, numpy arrays out); see
+:mod:`nasfcos.runtime.runners` for the backends.  Kept apart so that optional backends
+(:mod:`nasfcos.runtime.trt`) build on it without importing the other backends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nasfcos.errors import NasfcosError
+from nasfcos.runtime.models import DECODER_INPUTS, DETECTOR_INPUTS
+
+
+def kind_from_inputs(names: Sequence[str]) -> str | None:
+    """Model kind from tensor names: ``images`` -> detector, ``c2..c5`` -> decoder, else None."""
+    if tuple(names) == DETECTOR_INPUTS:
+        return "detector"
+    if tuple(names) == DECODER_INPUTS:
+        return "decoder"
+    return None
+
+
+class Runner:
+    """Base class: see the module docstring.  Subclasses implement bind/run/fetch."""
+
+    backend: str = ""
+
+    def __init__(self) -> None:
+        self.device = "cpu"
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+        #: a fixed input (H, W) / batch of a static export, else None (see nasfcos.fcos.evaluate)
+        self.input_size: tuple[int, int] | None = None
+        self.batch_size: int | None = None
+        #: ``decoder`` / ``detector`` when the tensor names say so, else None.
+        self.kind: str | None = None
+        #: Channels of c2..c5 for decoders, when known.
+        self.in_channels: tuple[int, ...] | None = None
+        #: Seconds spent preparing (export, session or engine creation).
+        self.setup_seconds = 0.0
+
+    # -- the simple interface -------------------------------------------------------------
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Run once on ``arrays`` (one per input, in ``input_names`` order); outputs as numpy."""
+        self.bind(*arrays)
+        self.run()
+        self.synchronize()
+        return self.fetch()
+
+    # -- the split interface used by the benchmark ----------------------------------------
+    def bind(self, *arrays: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for the device (no-op on CPU)."""
+
+    def fetch(self) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory."""
+
+    def cuda_stream(self) -> Any:
+        """The torch CUDA stream the work runs on (CUDA-event timing), or None (wall clock)."""
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """Backend details for reports (provider, threads, precision, ...)."""
+        return {"backend": self.backend, "device": self.device}
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_arity(self, arrays: Sequence[np.ndarray]) -> None:
+        if len(arrays) != len(self.input_names):
+            raise NasfcosError(f"{self.backend}: expected {len(self.input_names)} inputs "
+                               f"({', '.join(self.input_names)}), got {len(arrays)}")
+
+
+__all__ = ["Runner", "kind_from_inputs"]

@@ -1,0 +1,48 @@
+"""Rules live with the values (issue 22): an object refuses a bad field by name, and the
+command line's type function calls that same rule, so a bad flag fails while parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nasfcos.cli.main import main
+from nasfcos.errors import FieldError
+
+
+def test_momentum_is_refused_at_parse_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from nasfcos.fcos import train
+
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("train() was reached"))
+    model = tmp_path / "model.py"
+    model.write_text("build = Decoder = None\n")
+    for value in ("1.0", "-0.1", "nan"):
+        code = main(["train", str(model), "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                     "--momentum", value])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "--momentum" in err and "\n" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_config_names_the_field() -> None:
+    from nasfcos.fcos.train import TrainConfig
+
+    with pytest.raises(FieldError) as err:
+        TrainConfig(model="m.py", out="r", momentum=1.0).validate()
+    assert err.value.field == "momentum" and "[0, 1)" in str(err.value)
+    assert "--" not in str(err.value)  # library errors name fields, the CLI names flags
+    with pytest.raises(FieldError, match="max_size"):
+        TrainConfig(model="m.py", out="r", min_size=256, max_size=128).validate()
+
+
+def test_precision_options_are_valid_once_made(tmp_path: Path) -> None:
+    from nasfcos.runtime.precision import PrecisionOptions
+
+    with pytest.raises(FieldError) as err:
+        PrecisionOptions("int8", calib=tmp_path, calib_images=0)
+    assert err.value.field == "calib_images" and "--" not in str(err.value)
+    with pytest.raises(FieldError, match="precision"):
+        PrecisionOptions("int4")
+    assert PrecisionOptions("int8", data=tmp_path).calib_images == 32
