@@ -29,6 +29,7 @@ NOT_HERE: dict[str, str] = {
     "torch,onnxruntime,tensorrt": "TensorRT",
     "model.engine": "a TensorRT engine",
     "--gpu": "an NVIDIA GPU",
+    "openvino": "the [openvino] extra (not installed in the test environment)",
     "nasfcos search": "a search (minutes: tests/search runs it)",
     "nasfcos demo": "the full demo (tests/cli/test_demo.py runs it)",
     "VOCdevkit": "a PASCAL VOC download (tests/fcos covers voc2coco)",
