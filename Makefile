@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,dist
+EXTRAS ?= dev,dist,openvino
 PYTEST_ARGS ?=
 # The exact torch/torchvision builds (pyproject.toml allows the tested range).
 CONSTRAINTS := constraints.txt
