@@ -116,11 +116,22 @@ def _size(v: Any) -> str | None:
 
 def _ranges(v: Any) -> str | None:
     bound = _int(0, 1 << 31)
-    ok = isinstance(v, dict) and all(
-        isinstance(axes, dict) and all(
-            isinstance(r, list) and len(r) == 2 and all(x is None or not bound(x) for x in r)
-            for r in axes.values()) for axes in v.values())
-    return None if ok else "must map inputs to {axis: [low, high]}"
+    shape = "must map inputs to {axis: [low, high]}"
+    if not isinstance(v, dict):
+        return shape
+    for name, axes in v.items():
+        if not isinstance(axes, dict):
+            return shape
+        for axis, r in axes.items():
+            if not (isinstance(axis, str) and axis.isdecimal() and axis.isascii()
+                    and len(axis) == 1 and int(axis) <= 7):
+                return f"input {name!s:.40}: axis {axis!r:.40} must be a decimal axis 0..7"
+            if not (isinstance(r, list) and len(r) == 2
+                    and all(x is None or not bound(x) for x in r)):
+                return shape
+            if r[0] is not None and r[1] is not None and r[0] > r[1]:
+                return f"input {name!s:.40} axis {axis}: low {r[0]} > high {r[1]}"
+    return None
 
 
 def _tensors(v: Any) -> str | None:

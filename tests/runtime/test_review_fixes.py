@@ -1,0 +1,35 @@
+"""Reviewer findings F2-F7 and doctor: hostile or odd input gets a one-line error (or a
+note), never a traceback or a huge allocation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nasfcos.errors import NasfcosError
+
+
+def _raw(**export: object) -> dict:
+    return {"format": "nasfcos-export/1", "source": {"model": "model.py"},
+            "artifact": {"file": "m.onnx", "type": "onnx", "sha256": "0" * 64, "bytes": 1},
+            "export": export}
+
+
+@pytest.mark.parametrize("ranges,word", [
+    ({"images": {"h": [0, 1]}}, "axis"),
+    ({"images": {"8": [0, 1]}}, "axis"),
+    ({"images": {"-1": [0, 1]}}, "axis"),
+    ({"images": {"2": [64, 32]}}, "low 64 > high 32"),
+])
+def test_dynamic_range_axes_are_checked(tmp_path: Path, ranges: dict, word: str) -> None:
+    """F3: an axis key must be a decimal axis 0..7 and low <= high (was a ValueError in
+    the runner's range check)."""
+    from nasfcos.runtime.manifest import Manifest
+
+    with pytest.raises(NasfcosError, match="field export.dynamic_ranges ") as err:
+        Manifest.from_json(_raw(dynamic_ranges=ranges), tmp_path / "m.onnx.json")
+    assert word in str(err.value) and "\n" not in str(err.value)
+    ok = Manifest.from_json(_raw(dynamic_ranges={"images": {"2": [32, None]}}),
+                            tmp_path / "m.onnx.json")
+    assert ok.dynamic_ranges == {"images": {"2": [32, None]}}
