@@ -35,7 +35,7 @@ import numpy as np
 
 from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
 from nasfcos.runtime.artifact import form_of
-from nasfcos.runtime.runner_base import Runner, kind_from_inputs
+from nasfcos.runtime.runner_base import Runner, image_dims, kind_from_inputs
 
 OV_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 INSTALL_HINT = "pip install 'nasfcos[openvino]'"
@@ -267,7 +267,8 @@ class OvRunner(Runner):
         self.kind = kind_from_inputs(self.input_names)
         shape = ov_model.inputs[0].get_partial_shape()
         if self.kind == "detector" and shape.rank.is_static:
-            dims = [d.get_length() if d.is_static else None for d in shape]
+            dims = image_dims([d.get_length() if d.is_static else None for d in shape],
+                              path)
             self.batch_size = dims[0]
             if dims[2] is not None and dims[3] is not None:
                 self.input_size = (int(dims[2]), int(dims[3]))

@@ -22,6 +22,16 @@ def kind_from_inputs(names: Sequence[str]) -> str | None:
     return None
 
 
+def image_dims(dims: Sequence[Any], where: object) -> list[Any]:
+    """The 'images' input's dims, refused in one line unless it is rank 4 (N, 3, H, W)."""
+    dims = list(dims)
+    if len(dims) != 4:
+        shown = ", ".join("?" if d is None else str(d) for d in dims)
+        raise NasfcosError(f"{where}: input images has shape [{shown}]; a detector's images "
+                           "input must be rank 4 (batch, 3, height, width)")
+    return dims
+
+
 class Runner:
     """Base class: see the module docstring.  Subclasses implement bind/run/fetch."""
 

@@ -32,7 +32,7 @@ from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
 from nasfcos.runtime.artifact import FORM_BACKENDS, Artifact, form_of, open_artifact
 from nasfcos.runtime.manifest import Manifest
 from nasfcos.runtime.models import LoadedModel, load_model
-from nasfcos.runtime.runner_base import Runner, kind_from_inputs
+from nasfcos.runtime.runner_base import Runner, image_dims, kind_from_inputs
 
 BACKENDS: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime", "openvino", "tensorrt")
 #: Run-time precisions a backend takes as ``BACKEND:PRECISION`` (its default first); other
@@ -323,7 +323,7 @@ class OrtRunner(Runner):
         self._binding: Any = None
         self._ranges = manifest.dynamic_ranges if manifest is not None else {}
         if self.kind == "detector":  # a static export fixes the batch and/or the image size
-            shape = list(self.session.get_inputs()[0].shape)
+            shape = image_dims(self.session.get_inputs()[0].shape, path)
             if isinstance(shape[0], int):
                 self.batch_size = int(shape[0])
             if all(isinstance(d, int) for d in shape[2:4]):

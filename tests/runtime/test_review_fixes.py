@@ -33,3 +33,29 @@ def test_dynamic_range_axes_are_checked(tmp_path: Path, ranges: dict, word: str)
     ok = Manifest.from_json(_raw(dynamic_ranges={"images": {"2": [32, None]}}),
                             tmp_path / "m.onnx.json")
     assert ok.dynamic_ranges == {"images": {"2": [32, None]}}
+
+
+def _identity_images(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_images_input_must_be_rank_4(tmp_path: Path, backend: str) -> None:
+    """F4: an 'images' input of rank 2 was an IndexError in the runner's constructor."""
+    path = _identity_images(tmp_path / "id.onnx")
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+        from nasfcos.runtime.openvino_rt import OvRunner as Cls
+    else:
+        from nasfcos.runtime.runners import OrtRunner as Cls
+    with pytest.raises(NasfcosError, match=r"input images has shape \[1, 3\].*rank 4") as err:
+        Cls(path)
+    assert "\n" not in str(err.value)
