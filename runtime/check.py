@@ -15,6 +15,7 @@ the tail of the list (where a 1e-6 score change moves it past the cut-off).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nasfcos.errors import FieldError, NasfcosError
+from nasfcos.errors import NasfcosError
 from nasfcos.io import regular_file
 from nasfcos.runtime.artifact import Artifact, form_of, open_artifact
 from nasfcos.runtime.models import DETECTOR_OUTPUTS, make_inputs
@@ -359,6 +360,19 @@ def compare_raw_heads(runner: Any, ref: Any, images: np.ndarray, tol: Tolerance)
     return checks
 
 
+def _shown_model_path(man: Any) -> str:
+    """The model file a manifest names, resolved relative to its folder, quoted for a shell
+    (shown in an error only; never read or imported)."""
+    import shlex
+
+    name = man._from_source_dir(man.source.model)
+    try:
+        full = str((man.folder / name).resolve())
+    except (OSError, RuntimeError):
+        full = os.path.abspath(man.folder / name)
+    return shlex.quote(full)
+
+
 def _reference(art: Artifact, against: str | Path | None, kind: str | None,
                threads: int | None) -> tuple[Any, Path]:
     """The reference runner and its file: ``against`` when given, else the model.py the
@@ -375,7 +389,8 @@ def _reference(art: Artifact, against: str | Path | None, kind: str | None,
         try:
             model = regular_file(man.model_file(), "model file")
         except NasfcosError as exc:
-            raise FieldError("against", f"{exc}; name the reference model.py yourself") from None
+            raise NasfcosError(f"{exc}; if you trust that file, pass --against "
+                               f"{_shown_model_path(man)}") from None
         lm = load_model(model, kind, seed=man.source.seed, weights=man.weights_file(),
                         sha256=man.source.model_sha256)
         return TorchRunner(lm, "cpu", threads=threads, optimize=False), model

@@ -59,3 +59,25 @@ def test_images_input_must_be_rank_4(tmp_path: Path, backend: str) -> None:
     with pytest.raises(NasfcosError, match=r"input images has shape \[1, 3\].*rank 4") as err:
         Cls(path)
     assert "\n" not in str(err.value)
+
+
+def test_refused_model_file_names_the_fix_not_a_flag(tmp_path: Path) -> None:
+    """F6: the refusal no longer starts with '--against:' (never passed); it names the
+    manifest and the refused file and ends with the exact fix, the resolved path (which
+    is never read)."""
+    from types import SimpleNamespace
+
+    from nasfcos.runtime.check import _reference
+    from nasfcos.runtime.manifest import Manifest
+
+    raw = _raw()
+    raw["source"] = {"model": "../evil.py", "model_sha256": "0" * 64}
+    mpath = tmp_path / "a" / "m.onnx.json"
+    man = Manifest.from_json(raw, mpath)
+    art = SimpleNamespace(manifest=man, path=tmp_path / "a" / "m.onnx")
+    with pytest.raises(NasfcosError) as err:
+        _reference(art, None, None, 1)  # type: ignore[arg-type]
+    msg = str(err.value)
+    assert "\n" not in msg and not msg.startswith("--against")
+    assert str(mpath) in msg and "'../evil.py'" in msg
+    assert msg.endswith(f"pass --against {(tmp_path / 'evil.py').resolve()}")
