@@ -12,3 +12,7 @@ MIN_SIDE = 32
 MAX_SIDE = 8192
 #: Largest batch a flag or a manifest may declare.
 MAX_BATCH = 4096
+#: Most float32 input elements one run may allocate (batch x channels x H x W, all inputs
+#: together): 2**28 is 1 GiB.  A batch or size within the bounds above can still exceed it
+#: together (4096 x 3 x 8192 x 8192 is 3 TiB), so it is checked before inputs are made.
+MAX_INPUT_ELEMENTS = 1 << 28

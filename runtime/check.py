@@ -26,7 +26,7 @@ import numpy as np
 from nasfcos.errors import NasfcosError
 from nasfcos.io import regular_file
 from nasfcos.runtime.artifact import Artifact, form_of, open_artifact
-from nasfcos.runtime.models import DETECTOR_OUTPUTS, make_inputs
+from nasfcos.runtime.models import DETECTOR_OUTPUTS, check_input_budget, make_inputs
 
 
 @dataclass(frozen=True)
@@ -429,6 +429,23 @@ def _default_sizes(art: Artifact) -> list[tuple[int, int]]:
     return sizes
 
 
+def _check_shapes(art: Artifact, sizes: Sequence[tuple[int, int]], batch: int,
+                  kind: str | None) -> None:
+    """One-line errors, before any work: a static graph runs only its own batch and size,
+    and no run allocates more than ``MAX_INPUT_ELEMENTS`` input values."""
+    if art.batch is not None and batch != art.batch:
+        raise NasfcosError(f"{art.path}: a static export for batch {art.batch}, not {batch}: "
+                           f"use --batch {art.batch} or export with --dynamic")
+    if art.size is not None and not (art.manifest is not None and art.manifest.dynamic):
+        other = [s for s in sizes if tuple(s) != tuple(art.size)]
+        if other:
+            h, w = art.size
+            raise NasfcosError(f"{art.path}: a static export for {h}x{w}, not "
+                               f"{other[0][0]}x{other[0][1]}: use --sizes {h}x{w} or export "
+                               "with --dynamic")
+    check_input_budget(kind or art.kind or "detector", sizes, batch, art.in_channels)
+
+
 def _compare(report: CheckReport, runner: Any, ref: Any, sizes: Sequence[tuple[int, int]],
              batch: int, in_channels: Sequence[int] | None, tol: Tolerance) -> None:
     """Both sides on the same seeded inputs per size; the checks go into ``report``."""
@@ -474,6 +491,9 @@ def check_artifact(artifact: str | Path | Artifact, against: str | Path | None =
         from nasfcos.runtime.runners import split_backend
 
         precision = split_backend(backend)[1] or precision
+    sizes = list(sizes or _default_sizes(art))
+    batch = batch or (art.manifest.batch if art.manifest else 1)
+    _check_shapes(art, sizes, batch, kind)
     runner = make_runner(art, backend, device, threads=threads)
     try:
         actual = runner.kind or art.kind
@@ -491,9 +511,7 @@ def check_artifact(artifact: str | Path | Artifact, against: str | Path | None =
             report = CheckReport(artifact=str(art.path), reference=str(reference),
                                  backend=runner.backend, reference_backend=ref.backend,
                                  kind=kind, sizes=[], seed=seed, precision=precision)
-            sizes = list(sizes or _default_sizes(art))
             report.sizes = [list(s) for s in sizes]
-            batch = batch or (art.manifest.batch if art.manifest else 1)
             _compare(report, runner, ref, sizes, batch, ref.in_channels or runner.in_channels,
                      tol or TOLERANCES[precision])
             return report

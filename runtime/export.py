@@ -502,7 +502,25 @@ def verify_manifest(path: str | Path, digest: str | None = None) -> list[str]:
             problems.append("inputs differ from the manifest")
         if outs != man.outputs:
             problems.append("outputs differ from the manifest")
+        problems += _static_dims_problems(man, ins)
     return problems
+
+
+def _static_dims_problems(man: Manifest, ins: list[dict[str, Any]]) -> list[str]:
+    """Where the manifest's export batch/size disagree with the graph's static input dims
+    (compared only where the graph's dims are fixed numbers)."""
+    shape = list(ins[0]["shape"]) if ins else []
+    if len(shape) != 4:
+        return []
+    out = []
+    if isinstance(shape[0], int) and shape[0] > 0 and man.batch != shape[0]:
+        out.append(f"export.batch {man.batch} but the graph's batch is {shape[0]}")
+    if (ins[0]["name"] == "images" and man.size is not None
+            and all(isinstance(d, int) for d in shape[2:])
+            and tuple(man.size) != (shape[2], shape[3])):
+        out.append(f"export.size {man.size[0]}x{man.size[1]} but the graph's images are "
+                   f"{shape[2]}x{shape[3]}")
+    return out
 
 
 def verified_manifest(path: str | Path) -> Manifest:

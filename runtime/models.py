@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
 from nasfcos.genotypes.space import BACKBONE_STRIDES
+from nasfcos.limits import MAX_INPUT_ELEMENTS
 from nasfcos.modelfile import ModelInfo, load_model_file, model_code_guard
 from nasfcos.weights import load_state_dict_strict, load_weights_file
 
@@ -79,13 +80,32 @@ def input_shapes(kind: str, size: tuple[int, int], batch: int = 1,
     raise NasfcosError(f"unknown model kind {kind!r}")
 
 
+def check_input_budget(model_kind: str, sizes: Sequence[tuple[int, int]], batch: int = 1,
+                       in_channels: Sequence[int] | None = None) -> None:
+    """One-line error, before anything is allocated, when the inputs for any of ``sizes``
+    at ``batch`` would exceed :data:`nasfcos.limits.MAX_INPUT_ELEMENTS`."""
+    for size in sizes:
+        if model_kind == "decoder" and in_channels is None:
+            shapes = input_shapes("detector", size, batch)  # a lower bound's stand-in
+        else:
+            shapes = input_shapes(model_kind, size, batch, in_channels)
+        total = sum(math.prod(s) for s in shapes)
+        if total > MAX_INPUT_ELEMENTS:
+            raise NasfcosError(
+                f"batch {batch} at {size[0]}x{size[1]} needs {total} input values, over the "
+                f"limit of {MAX_INPUT_ELEMENTS} (nasfcos.limits.MAX_INPUT_ELEMENTS); use a "
+                "smaller --batch or --size")
+
+
 def make_inputs(model_kind: str, size: tuple[int, int], batch: int = 1, seed: int = 0,
                 in_channels: Sequence[int] | None = None) -> list[np.ndarray]:
     """Seeded float32 inputs for a model kind; every backend is fed exactly these arrays.
 
     Detector: images uniform in [0, 1).  Decoder: features ``relu(N(0, 1))`` (backbone
-    features are post-ReLU), one array per level c2..c5.
+    features are post-ReLU), one array per level c2..c5.  Inputs over
+    :data:`nasfcos.limits.MAX_INPUT_ELEMENTS` are refused before anything is allocated.
     """
+    check_input_budget(model_kind, [size], batch, in_channels)
     rng = np.random.default_rng(seed)
     arrays = []
     for shape in input_shapes(model_kind, size, batch, in_channels):

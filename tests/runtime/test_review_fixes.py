@@ -81,3 +81,49 @@ def test_refused_model_file_names_the_fix_not_a_flag(tmp_path: Path) -> None:
     assert "\n" not in msg and not msg.startswith("--against")
     assert str(mpath) in msg and "'../evil.py'" in msg
     assert msg.endswith(f"pass --against {(tmp_path / 'evil.py').resolve()}")
+
+
+def _copied(onnx_path: Path, where: Path, **export: object) -> Path:
+    import json
+    import shutil
+
+    from nasfcos.runtime.export import manifest_path_for
+
+    where.mkdir(parents=True, exist_ok=True)
+    dst = where / onnx_path.name
+    shutil.copy(onnx_path, dst)
+    shutil.copy(onnx_path.parent / "model.py", where / "model.py")
+    man = json.loads(manifest_path_for(onnx_path).read_text())
+    man["export"].update(export)
+    manifest_path_for(dst).write_text(json.dumps(man))
+    return dst
+
+
+def test_input_budget_is_checked_before_allocation() -> None:
+    """F2(c): 4096 x 3 x 8192 x 8192 (3 TiB) is refused in one line, nothing allocated."""
+    from nasfcos.limits import MAX_INPUT_ELEMENTS
+    from nasfcos.runtime.models import check_input_budget, make_inputs
+
+    with pytest.raises(NasfcosError, match="MAX_INPUT_ELEMENTS") as err:
+        make_inputs("detector", (8192, 8192), 4096)
+    assert "\n" not in str(err.value)
+    check_input_budget("detector", [(8192, 8192)], 1)  # 2e8 values: within the bound
+    assert 3 * 8192 * 8192 <= MAX_INPUT_ELEMENTS < 2 * 3 * 8192 * 8192
+
+
+def test_check_refuses_manifest_or_flags_at_odds_with_a_static_graph(
+        tiny_detector_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """F2(a, b): a manifest whose batch/size differ from the static graph is refused as
+    changed; flags asking a static graph for another batch/size are one-line errors."""
+    from nasfcos.cli.main import main
+
+    art = _copied(tiny_detector_onnx, tmp_path / "a", batch=4096, size=[8192, 8192])
+    assert main(["check", str(art)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "export.batch 4096" in err and "export.size 8192x8192" in err and "\n" not in err
+    art = _copied(tiny_detector_onnx, tmp_path / "b")
+    for flags, word in ((["--batch", "4096", "--sizes", "8192x8192"], "batch 1, not 4096"),
+                        (["--sizes", "8192x8192"], "160x160, not 8192x8192")):
+        assert main(["check", str(art), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert word in err and "\n" not in err
