@@ -22,12 +22,14 @@ to the suffix default.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import NasfcosError, first_line
+from nasfcos.io import regular_file
 
 TABLE_FILE = Path(__file__).with_name("cpu_engines.json")
 #: Accuracy budget of the automatic choice (AP points; share of reference detections).
@@ -54,18 +56,52 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+#: Largest engine table read (bytes); a real one is a few KiB.
+MAX_TABLE_BYTES = 1 << 20
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _row_problem(row: Any) -> str | None:
+    """Why an engine row is malformed, or None."""
+    if not isinstance(row, dict):
+        return "is not an object"
+    if not (_num(row.get("x_ort_fp32")) and row["x_ort_fp32"] > 0):
+        return "x_ort_fp32 must be a positive finite number"
+    if ("dAP_points" in row) != ("agree50" in row):
+        return "dAP_points and agree50 go together"
+    if "dAP_points" in row and not (_num(row["dAP_points"]) and _num(row["agree50"])):
+        return "dAP_points and agree50 must be finite numbers"
+    ci = row.get("x_ort_fp32_95ci")
+    if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(map(_num, ci))):
+        return "x_ort_fp32_95ci must be [low, high] finite numbers"
+    return None
+
+
 def load_table(path: str | Path | None = None) -> dict[str, Any]:
-    """The engine table (``{"engines": {engine: {...}}, ...}``); one-line error if malformed."""
+    """The engine table (``{"engines": {engine: {...}}, ...}``); one-line error naming the
+    file if it is not a regular file, too large, or malformed (rows checked)."""
     path = Path(path or os.environ.get("NASFCOS_CPU_ENGINES") or TABLE_FILE)
+    what = "CPU engine table"
+    regular_file(path, what)  # a FIFO or device is refused without opening it
+    size = path.stat().st_size
+    if size > MAX_TABLE_BYTES:
+        raise NasfcosError(f"{path}: {size} bytes is too large for a {what} "
+                           f"(at most {MAX_TABLE_BYTES})")
     try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise NasfcosError(f"{path}: cannot read the CPU engine table ({exc})") from exc
+        table = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else first_line(exc, 120)
+        raise NasfcosError(f"{path}: cannot read the {what} ({why})") from None
     engines = table.get("engines") if isinstance(table, dict) else None
-    if not isinstance(engines, dict) or not all(
-            isinstance(v, dict) and isinstance(v.get("x_ort_fp32"), int | float)
-            for v in engines.values()):
-        raise NasfcosError(f"{path}: not a CPU engine table (engines with x_ort_fp32)")
+    if not isinstance(engines, dict):
+        raise NasfcosError(f"{path}: not a {what} (engines with x_ort_fp32)")
+    for engine, row in engines.items():
+        why = _row_problem(row)
+        if why:
+            raise NasfcosError(f"{path}: not a {what}: engine {str(engine)[:40]!r}: {why}")
     return table
 
 

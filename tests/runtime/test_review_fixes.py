@@ -127,3 +127,32 @@ def test_check_refuses_manifest_or_flags_at_odds_with_a_static_graph(
         assert main(["check", str(art), *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert word in err and "\n" not in err
+
+
+@pytest.mark.parametrize("content,word", [
+    ("fifo", "not a regular file"),
+    ("big", "too large"),
+    ("[" * 100000 + "]" * 100000, "cannot read"),
+    ('{"engines": {"onnxruntime": {"x_ort_fp32": 1, "dAP_points": 0.1}}}', "go together"),
+    ('{"engines": {"onnxruntime": {"x_ort_fp32": 1, "dAP_points": NaN, "agree50": 1}}}',
+     "finite"),
+    ('{"engines": {"onnxruntime": {"x_ort_fp32": "1"}}}', "x_ort_fp32"),
+    ('{"engines": {"openvino": {"x_ort_fp32": 1, "x_ort_fp32_95ci": [1]}}}', "95ci"),
+])
+def test_cpu_engine_table_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     content: str, word: str) -> None:
+    """F7: NASFCOS_CPU_ENGINES names a regular JSON file of bounded size with well-formed
+    rows; anything else is a one-line error naming the file (a FIFO never hangs)."""
+    import os
+
+    from nasfcos.runtime.cpu_default import MAX_TABLE_BYTES, load_table
+
+    path = tmp_path / "engines.json"
+    if content == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text(" " * (MAX_TABLE_BYTES + 1) if content == "big" else content)
+    monkeypatch.setenv("NASFCOS_CPU_ENGINES", str(path))
+    with pytest.raises(NasfcosError, match=word) as err:
+        load_table()
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
