@@ -61,6 +61,7 @@ class Facts:
     tensorrt_error: str | None = None     # why ``import tensorrt`` failed, if it is installed
     onnxruntime: str | None = None
     ort_providers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the probe could not read
 
 
 @dataclass
@@ -111,26 +112,38 @@ def _gpus_from_torch(torch: Any) -> list[Gpu]:
     return out
 
 
-def _gpus_from_nvidia_smi() -> list[Gpu]:
-    """GPUs as nvidia-smi lists them (a CPU-only torch build cannot see them)."""
+def parse_nvidia_smi(out: bytes | str) -> tuple[list[Gpu], list[str]]:
+    """GPUs from ``nvidia-smi --query-gpu=index,name,compute_cap,memory.total`` CSV output
+    (bytes decoded with replacement), and a note for each row that does not parse
+    (``[N/A]`` fields, odd bytes): such rows are skipped, never a traceback."""
+    text = out.decode("utf-8", errors="replace") if isinstance(out, bytes) else out
+    gpus, notes = [], []
+    for row in text.strip().splitlines():
+        parts = [p.strip() for p in row.split(",")]
+        cap = M.parse_version(parts[2] if len(parts) > 2 else "")
+        if len(parts) < 4 or cap is None or not parts[0].isdecimal() or not parts[0].isascii():
+            notes.append(f"nvidia-smi row skipped, not index,name,compute_cap,memory: "
+                         f"{row.strip()[:80]!r}")
+            continue
+        mem = M.parse_version(parts[3], 1)
+        gpus.append(Gpu(int(parts[0]), parts[1], (cap[0], cap[1]),
+                        round(mem[0] / 1024, 1) if mem else None))
+    return gpus, notes
+
+
+def _gpus_from_nvidia_smi() -> tuple[list[Gpu], list[str]]:
+    """GPUs as nvidia-smi lists them (a CPU-only torch build cannot see them), and notes on
+    rows it could not read."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
-        return []
+        return [], []
     try:
         out = subprocess.run([exe, "--query-gpu=index,name,compute_cap,memory.total",
                               "--format=csv,noheader,nounits"], capture_output=True,
-                             text=True, timeout=20, check=True).stdout
+                             timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for row in out.strip().splitlines():
-        parts = [p.strip() for p in row.split(",")]
-        cap = M.parse_version(parts[2] if len(parts) > 2 else "")
-        if len(parts) >= 4 and cap is not None:
-            mem = M.parse_version(parts[3], 1)
-            gpus.append(Gpu(int(parts[0]), parts[1], (cap[0], cap[1]),
-                            round(mem[0] / 1024, 1) if mem else None))
-    return gpus
+        return [], []
+    return parse_nvidia_smi(out)
 
 
 def probe() -> Facts:
@@ -148,7 +161,7 @@ def probe() -> Facts:
         except Exception:  # a driver problem: fall back to nvidia-smi below
             f.gpus = []
     if not f.gpus:
-        f.gpus = _gpus_from_nvidia_smi()
+        f.gpus, f.notes = _gpus_from_nvidia_smi()
     try:
         import tensorrt
 
@@ -242,6 +255,7 @@ def _ort_cuda(f: Facts, g: Gpu) -> Finding:
 def diagnose(f: Facts) -> list[Finding]:
     """One finding per backend and device, from the facts alone."""
     out = [Finding("torch-cpu", "cpu", True, True, f"CPU: torch {f.torch} runs")]
+    out += [Finding("gpu", "cuda", False, False, note) for note in f.notes]
     if f.onnxruntime is None:
         out.append(Finding("onnxruntime-cpu", "cpu", True, False, "ONNX Runtime: not installed",
                            "pip install -e ."))

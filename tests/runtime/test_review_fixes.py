@@ -156,3 +156,21 @@ def test_cpu_engine_table_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(NasfcosError, match=word) as err:
         load_table()
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_doctor_skips_odd_nvidia_smi_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doctor: '[N/A]' fields and non-UTF-8 bytes from nvidia-smi were ValueError /
+    UnicodeDecodeError tracebacks; such rows are skipped with a note line."""
+    from nasfcos.runtime import doctor as D
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_bytes(b"#!/bin/sh\nprintf '[N/A], H100, 9.0, 81920\\n0, H\\377\\376, 9.0, 81920\\n"
+                     b"1, H100, 9.0, 81920\\n\\200\\201\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    gpus, notes = D._gpus_from_nvidia_smi()
+    assert [(g.index, g.name, g.capability) for g in gpus] == [(0, "H\ufffd\ufffd", (9, 0)),
+                                                          (1, "H100", (9, 0))]
+    assert len(notes) == 2 and all("nvidia-smi row skipped" in n for n in notes)
+    lines = [x.line() for x in D.diagnose(D.Facts(torch="2", notes=notes))]
+    assert sum(ln.startswith("note  nvidia-smi row skipped") for ln in lines) == 2
