@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -287,10 +288,18 @@ def _held_lock(folder: Path, lock: Path, verb: str) -> Iterator[None]:
     host = socket.gethostname()
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666 & ~_umask())
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                         | getattr(os, "O_CLOEXEC", 0), 0o666 & ~_umask())
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # never write through a link planted at the lock path
+                raise NasfcosError(f"{folder}: the lock file {lock} is a symbolic link, not one "
+                                   "of ours: remove it") from None
             raise NasfcosError(f"{folder}: cannot create the lock file {lock} "
                                f"({exc.strerror or exc})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NasfcosError(f"{folder}: the lock file {lock} is not a regular file: "
+                               "remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -336,6 +345,10 @@ def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
     from nasfcos.errors import NasfcosError
 
     folder = Path(folder)
+    if folder.is_symlink():  # a link to a folder: the result goes where it points
+        folder = folder.resolve()
+        if folder.exists() and not folder.is_dir():
+            raise NasfcosError(f"{folder}: exists and is not a folder")
     parent = folder.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=parent))

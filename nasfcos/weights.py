@@ -26,6 +26,9 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if "weights only" in str(exc).lower():  # not torch's advice to load it unsafely
+            raise NasfcosError(f"{path}: refused: it holds objects other than tensors and plain "
+                               "data (read with torch.load(weights_only=True))") from None
         line = first_line(exc)
         raise NasfcosError(f"{path}: not a readable PyTorch weights file ({line})") from exc
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):

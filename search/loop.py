@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from nasfcos.errors import CacheError, NasfcosError
+from nasfcos.errors import CacheError, NasfcosError, first_line
 from nasfcos.genotypes import Genotype, parse_genotype
 from nasfcos.io import atomic_write_json, atomic_write_text
 from nasfcos.search.archive import (
@@ -634,8 +634,8 @@ def _indexed_files(out_dir: Path) -> set[str]:
             names = [Path(str(e["path"])).name for e in doc["top"]]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError("files is not a list of names")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise NasfcosError(f"{index}: exists and is not a nasfcos top index ({exc}); "
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise NasfcosError(f"{index}: exists and is not a nasfcos top index ({first_line(exc)}); "
                            "choose another output folder") from None
     return {n for n in names if _TOP_FILE.fullmatch(n)}
 
