@@ -304,7 +304,7 @@ def test_cpu_only_install_path() -> None:
     """``make venv TORCH_INDEX=...`` installs torch/torchvision from that index first (same
     pins), then the project as usual; without it, one install with the constraints."""
     plain = _make_n()
-    assert len(plain) == 1 and "-c constraints.txt -e '.[dev,dist]'" in plain[0]
+    assert len(plain) == 1 and "-c constraints.txt -e '.[dev,dist,openvino]'" in plain[0]
     cpu = _make_n("TORCH_INDEX=INDEX")
     assert len(cpu) == 2 and cpu[1] == plain[0]
     assert cpu[0].endswith("-c constraints.txt --index-url 'INDEX' torch torchvision")
