@@ -61,6 +61,10 @@ class OutputCheck:
     note: str = ""
 
 
+#: The row of a check whose raw head outputs could not be read (nothing was compared).
+RAW_UNREAD = "raw head outputs"
+
+
 @dataclass
 class CheckReport:
     """Result of :func:`check_artifact`; ``ok`` is True when every output passed."""
@@ -85,7 +89,13 @@ class CheckReport:
         return [o for o in self.outputs if not o.ok]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: a difference that could not be measured (a shape mismatch, nothing to
+        compare) is ``null`` with its note, never a non-JSON ``Infinity``."""
         d = asdict(self)
+        for o in d["outputs"]:
+            for key in ("max_abs", "max_rel"):
+                if not math.isfinite(o[key]):
+                    o[key] = None
         d["ok"] = self.ok
         return d
 
@@ -100,9 +110,13 @@ class CheckReport:
         for a in self.agreement:
             where = f"detections @{a['size'][0]}x{a['size'][1]}"
             if a.get("raw_heads_compared"):
+                unread = any(o.name.startswith(RAW_UNREAD) for o in self.outputs)
                 rows.append(f"{where}: none on either side (no score above the model's threshold):"
-                            " the boxes, scores and labels compare nothing, so the raw head "
-                            "outputs (cls/reg/ctr logits) were compared instead (rows 'raw ...')")
+                            " the boxes, scores and labels compare nothing, "
+                            + ("and the raw head outputs could not be read either (see the row "
+                               "above): this check compared nothing" if unread else
+                               "so the raw head outputs (cls/reg/ctr logits) were compared "
+                               "instead (rows 'raw ...')"))
                 continue
             rows.append(f"{where}: {a['matched']}/{a['reference']}"
                         f" matched (IoU >= {a['iou_threshold']}: {100 * a['match_rate']:.1f}%), "
@@ -346,7 +360,7 @@ def compare_raw_heads(runner: Any, ref: Any, images: np.ndarray, tol: Tolerance)
     if want is None or got is None:
         why = ("the reference is not a PyTorch detector" if want is None
                else f"the {runner.backend} artifact's intermediate tensors cannot be read")
-        return [OutputCheck("raw head outputs", [], math.inf, math.inf, tol.atol, tol.rtol, False,
+        return [OutputCheck(RAW_UNREAD, [], math.inf, math.inf, tol.atol, tol.rtol, False,
                             "no detection on either side and " + why + ": nothing was compared "
                             "(check with trained weights, or the decoder export)")]
     checks = []

@@ -52,3 +52,20 @@ def test_a_refused_pickle_gives_no_unsafe_advice(tmp_path) -> None:
         load_weights_file(evil)
     text = str(info.value)
     assert "\n" not in text and "weights_only set to False" not in text and "Re-running" not in text
+
+
+def test_a_check_that_compared_nothing_writes_valid_json_and_says_so() -> None:
+    import json
+    import math
+
+    from nasfcos.runtime.check import RAW_UNREAD, CheckReport, OutputCheck
+
+    report = CheckReport(artifact="m.onnx", reference="model.py", backend="openvino",
+                         reference_backend="torch", kind="detector", sizes=[[96, 96]], seed=0)
+    report.outputs.append(OutputCheck(RAW_UNREAD, [], math.inf, math.inf, 1e-4, 1e-4, False,
+                                      "nothing was compared"))
+    report.agreement.append({"size": [96, 96], "raw_heads_compared": True})
+    doc = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert doc["ok"] is False and doc["outputs"][0]["max_abs"] is None
+    table = report.table()
+    assert "compared nothing" in table and "were compared instead" not in table
