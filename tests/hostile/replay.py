@@ -460,12 +460,17 @@ def replay(cases: list[Case], verbose: bool = False) -> tuple[int, list[tuple[Ca
                     p = _HOLDERS.pop()
                     p.send_signal(signal.SIGKILL)
                     p.wait()
-        if problem is not None:
-            bad.append((case, problem))
-        if verbose:
-            print(f"{'MISHANDLED' if problem else 'ok        '} [{case.round}] {case.cls}: {case.name}"
-                  + (f"\n    {problem}" if problem else ""), flush=True)
+        _record(bad, case, problem, verbose)
     return len(cases), bad
+
+
+def _record(bad: list[tuple[Case, str]], case: Case, problem: str | None, verbose: bool) -> None:
+    """Note one case's outcome (a mishandled case joins ``bad``), printing it with -v."""
+    if problem is not None:
+        bad.append((case, problem))
+    if verbose:
+        print(f"{'MISHANDLED' if problem else 'ok        '} [{case.round}] {case.cls}: {case.name}"
+              + (f"\n    {problem}" if problem else ""), flush=True)
 
 
 def replay_isolated(cases: list[Case], limit_s: float | None, verbose: bool) -> tuple[int, list[tuple[Case, str]]]:
@@ -479,11 +484,7 @@ def replay_isolated(cases: list[Case], limit_s: float | None, verbose: bool) -> 
             problem = None if r.returncode == 0 else (r.stdout.strip().splitlines() or [r.stderr[-200:]])[-1]
         except subprocess.TimeoutExpired:
             problem = f"hang: still running after {limit:.0f} s"
-        if problem is not None:
-            bad.append((case, problem))
-        if verbose:
-            print(f"{'MISHANDLED' if problem else 'ok        '} [{case.round}] {case.cls}: {case.name}"
-                  + (f"\n    {problem}" if problem else ""), flush=True)
+        _record(bad, case, problem, verbose)
     return len(cases), bad
 
 
