@@ -35,6 +35,7 @@ from nasfcos.runtime.manifest import MANIFEST_FORMAT, Manifest, load_manifest, m
 from nasfcos.runtime.models import LoadedModel, load_model
 from nasfcos.runtime.optimize import optimize_onnx
 from nasfcos.runtime.precision import PrecisionOptions, calibration_files, lower_precision
+from nasfcos.runtime.trt_onnx import tensorrt_parser_record
 
 #: ONNX opset: 19 is the first with ``DeformConv``.
 MIN_OPSET = 19
@@ -339,8 +340,6 @@ def _write(out: Path, proto: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         raise NasfcosError("the ONNX model is over 2 GB, which needs external data (unsupported)")
     ins, outs = graph_io(proto)
     ops = Counter(n.op_type for n in proto.graph.node)
-    from nasfcos.runtime.trt import tensorrt_parser_record
-
     manifest = {**manifest, "format": MANIFEST_FORMAT, "inputs": ins, "outputs": outs,
                 "artifact": {"file": out.name, "type": "onnx", "sha256": sha256_bytes(data),
                              "bytes": len(data)},

@@ -46,7 +46,9 @@ import numpy as np
 
 from nasfcos.errors import BackendUnavailable, NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from nasfcos.runtime.manifest import Manifest, manifest_path_for
 from nasfcos.runtime.runner_base import Runner, kind_from_inputs
+from nasfcos.runtime.trt_onnx import deformconv_problems
 
 MIN_TRT_VERSION = (10, 1)
 #: First major version not supported (its API is unknown today).
@@ -111,107 +113,6 @@ def network_flags(trt: ModuleType) -> int:
     if check_version(trt)[0] >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-
-
-# -- what TensorRT's ONNX parser takes for DeformConv -------------------------------------------
-# src: onnx-tensorrt, DEFINE_BUILTIN_OP_IMPORTER(DeformConv) (importers) and
-# modulatedDeformableConvPluginHelper (importerUtils), and docs/operators.md ("DeformConv: FP32,
-# FP16; input must have 1D or 2D spatial dimensions; pads for the beginning and end along each
-# spatial axis must be the same").  The node becomes the ModulatedDeformConv2d plugin: group,
-# offset_group, strides and dilations are passed through unrestricted; a missing mask becomes
-# ones, a missing bias is left out.
-
-#: ONNX element types the parser accepts for DeformConv (TensorProto.FLOAT, FLOAT16).
-_TRT_DEFORM_DTYPES = {1: "float32", 10: "float16"}
-_DEFORM_INPUTS = ("X", "W", "offset", "B", "mask")
-
-
-def _value_facts(model: Any) -> tuple[dict[str, int], dict[str, int]]:
-    """(element type, rank) of every named value the graph declares: inputs, initializers,
-    value_info after shape inference, outputs, Constant nodes."""
-    import onnx
-
-    try:
-        g = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
-    except Exception:  # inference is only a help here: declared types still count
-        g = model.graph
-    types = {t.name: t.data_type for t in g.initializer}
-    ranks = {t.name: len(t.dims) for t in g.initializer}
-    for vi in (*g.input, *g.value_info, *g.output):
-        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
-        if tt is not None and tt.elem_type:
-            types[vi.name] = tt.elem_type
-        if tt is not None and tt.HasField("shape"):
-            ranks[vi.name] = len(tt.shape.dim)
-    for n in g.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    types[n.output[0]] = a.t.data_type
-                    ranks[n.output[0]] = len(a.t.dims)
-    return types, ranks
-
-
-def deformconv_problems(model: Any) -> list[str]:
-    """One line per ``DeformConv`` node TensorRT's ONNX parser would refuse, naming the node
-    and the rule (empty when every node passes).  ``model``: an ``onnx.ModelProto``."""
-    nodes = [n for n in model.graph.node if n.op_type == "DeformConv"]
-    if not nodes:
-        return []
-    types, ranks = _value_facts(model)
-    dtype_name = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 3: "int8",
-                  2: "uint8", 6: "int32", 7: "int64"}
-    problems = []
-    for i, n in enumerate(nodes):
-        name = f"DeformConv node '{n.name or f'#{i}'}'"
-        attrs = {a.name: a for a in n.attribute}
-        present = [(slot, v) for slot, v in zip(_DEFORM_INPUTS, n.input, strict=False) if v]
-        x_type = types.get(n.input[0]) if n.input else None
-        if x_type is not None and x_type not in _TRT_DEFORM_DTYPES:
-            problems.append(f"{name}: input X is {dtype_name.get(x_type, x_type)}; TensorRT "
-                            "takes float32 or float16")
-        elif x_type is not None:
-            for slot, value in present[1:]:
-                t = types.get(value)
-                if t is not None and t != x_type:
-                    problems.append(f"{name}: input {slot} is {dtype_name.get(t, t)} but X is "
-                                    f"{_TRT_DEFORM_DTYPES[x_type]}; TensorRT needs them all the "
-                                    "same (float32 or float16)")
-                    break
-        rank = ranks.get(n.input[0]) if n.input else None
-        if rank is None and len(n.input) > 1:
-            rank = ranks.get(n.input[1])  # W has the rank of X
-        if rank is not None and rank not in (3, 4):
-            problems.append(f"{name}: {rank - 2} spatial dimensions; TensorRT takes 1 or 2")
-            continue
-        spatial = (rank - 2) if rank is not None else None
-        if "kernel_shape" in attrs and spatial is not None and \
-                len(attrs["kernel_shape"].ints) != spatial:
-            problems.append(f"{name}: kernel_shape {list(attrs['kernel_shape'].ints)} does not "
-                            f"match {spatial} spatial dimension(s)")
-        if "pads" in attrs:
-            pads = list(attrs["pads"].ints)
-            half = len(pads) // 2
-            if len(pads) % 2 or (spatial is not None and half != spatial):
-                problems.append(f"{name}: pads {pads} do not match the spatial dimensions")
-            elif pads[:half] != pads[half:]:
-                problems.append(f"{name}: pads {pads} differ at the beginning and the end of an "
-                                "axis; TensorRT takes symmetric pads only")
-    return problems
-
-
-def tensorrt_parser_record(model: Any) -> dict[str, Any]:
-    """The manifest's record of the TensorRT check at export time (``export.tensorrt``);
-    warns once, naming the first refused node, when TensorRT could not import the graph."""
-    import warnings
-
-    problems = deformconv_problems(model)
-    if problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        warnings.warn(f"TensorRT's ONNX parser would refuse this graph: {problems[0]}{more}; "
-                      "ONNX Runtime runs it", stacklevel=2)
-    return {"deformconv": sum(n.op_type == "DeformConv" for n in model.graph.node),
-            "parser_ok": not problems, "problems": problems}
 
 
 class _TorchCuda:
@@ -349,8 +250,6 @@ def _parser_errors(parser: Any) -> list[str]:
 
 def _onnx_precision(onnx_path: Path) -> tuple[str, dict[str, Any] | None]:
     """(precision, manifest or None) of an ONNX file, from its manifest."""
-    from nasfcos.runtime.manifest import Manifest
-
     try:
         man = Manifest.load(onnx_path)
     except NasfcosError:
@@ -403,22 +302,53 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path,
         return _build(trt, source, engine_path, opts, origin=onnx_path)
 
 
+def _first_few(items: Sequence[str], n: int) -> str:
+    """The first ``n`` items joined by "; ", and how many more there are."""
+    return "; ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
 def _refuse_unparsable(onnx_path: Path) -> None:
     """Raise, naming the nodes, for a graph TensorRT's parser would refuse (DeformConv rules)."""
     import onnx
 
     problems = deformconv_problems(onnx.load(str(onnx_path), load_external_data=False))
     if problems:
-        raise NasfcosError(f"TensorRT cannot import {onnx_path.name}: " + "; ".join(problems[:3])
-                           + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
+        raise NasfcosError(f"TensorRT cannot import {onnx_path.name}: "
+                           + _first_few(problems, 3))
+
+
+def _profile(builder: Any, config: Any, network: Any, opts: TrtBuildOptions,
+             name: str) -> dict[str, list[list[int]]]:
+    """Add the optimisation profile of ``opts.shapes`` to ``config``; returns it per input
+    (empty for a static network built without shapes)."""
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    if not opts.shapes:
+        if any(d < 0 for t in inputs for d in tuple(t.shape)):
+            raise NasfcosError(f"{name} has dynamic dimensions: give min/opt/max "
+                               "shapes for the optimisation profile")
+        return {}
+    missing = [t.name for t in inputs if t.name not in opts.shapes]
+    if missing:
+        raise NasfcosError(f"no profile shapes for input(s) {', '.join(missing)}")
+    profile = builder.create_optimization_profile()
+    desc: dict[str, list[list[int]]] = {}
+    for t in inputs:
+        triple, declared = opts.shapes[t.name], tuple(t.shape)
+        for shp in triple:
+            if len(shp) != len(declared) or any(d >= 0 and d != s
+                                                for d, s in zip(declared, shp, strict=True)):
+                raise NasfcosError(f"profile shape {shp} does not fit input {t.name} "
+                                   f"{declared}")
+        profile.set_shape(t.name, *(tuple(s) for s in triple))
+        desc[t.name] = [list(s) for s in triple]
+    config.add_optimization_profile(profile)
+    return desc
 
 
 def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
            opts: TrtBuildOptions, origin: Path) -> dict[str, Any]:
     """Build ``onnx_path`` (``origin`` itself, or its lowered copy in a temporary folder);
     the manifest names ``origin`` and carries its source, precision from ``onnx_path``."""
-    precision, lowered_manifest = _onnx_precision(onnx_path)
-    _, onnx_manifest = _onnx_precision(origin)
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -426,59 +356,44 @@ def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = _parser_errors(parser)
         raise NasfcosError(f"TensorRT cannot import {onnx_path.name}: "
-                           + ("; ".join(errors[:5]) or "unknown parser error")
-                           + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""))
+                           + (_first_few(_parser_errors(parser), 5) or "unknown parser error"))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
     if opts.optimization_level is not None:
         config.builder_optimization_level = int(opts.optimization_level)
-
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    input_names = [t.name for t in inputs]
-    dynamic = any(d < 0 for t in inputs for d in tuple(t.shape))
-    profile_desc: dict[str, list[list[int]]] = {}
-    if dynamic or opts.shapes:
-        if not opts.shapes:
-            raise NasfcosError(f"{onnx_path.name} has dynamic dimensions: give min/opt/max "
-                               "shapes for the optimisation profile")
-        missing = [n for n in input_names if n not in opts.shapes]
-        if missing:
-            raise NasfcosError(f"no profile shapes for input(s) {', '.join(missing)}")
-        profile = builder.create_optimization_profile()
-        for t in inputs:
-            mn, op, mx = opts.shapes[t.name]
-            declared = tuple(t.shape)
-            for shp in (mn, op, mx):
-                if len(shp) != len(declared) or any(d >= 0 and d != s
-                                                    for d, s in zip(declared, shp, strict=True)):
-                    raise NasfcosError(f"profile shape {shp} does not fit input {t.name} "
-                                       f"{declared}")
-            profile.set_shape(t.name, tuple(mn), tuple(op), tuple(mx))
-            profile_desc[t.name] = [list(mn), list(op), list(mx)]
-        config.add_optimization_profile(profile)
-
-    cache_bytes = b""
-    if opts.timing_cache is not None and Path(opts.timing_cache).is_file():
-        cache_bytes = Path(opts.timing_cache).read_bytes()
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
+    profile = _profile(builder, config, network, opts, onnx_path.name)
+    cache = opts.timing_cache
+    config.set_timing_cache(config.create_timing_cache(
+        Path(cache).read_bytes() if cache is not None and Path(cache).is_file() else b""),
+        ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise NasfcosError(f"TensorRT failed to build an engine from {onnx_path.name} "
                            "(see the TensorRT log above)")
     data = bytes(serialized)
-    build_seconds = time.perf_counter() - t0
-
-    from nasfcos.runtime.export import tool_versions
-    from nasfcos.runtime.manifest import manifest_path_for
-
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(data)
+    build = {"strongly_typed": True, "network_flags": flags, "workspace_gb": opts.workspace_gb,
+             "profile": profile, "timing_cache": str(cache) if cache else None,
+             "seconds": round(time.perf_counter() - t0, 1)}
+    engine = trt.Runtime(logger).deserialize_cuda_engine(data)
     if engine is None:
         raise NasfcosError(f"TensorRT cannot deserialize the engine it built from {onnx_path.name}")
+    manifest = _engine_manifest(trt, engine, data, build, onnx_path, origin, engine_path)
+    atomic_write_bytes(engine_path, data)
+    if cache is not None:
+        atomic_write_bytes(cache, bytes(config.get_timing_cache().serialize()))
+    atomic_write_json(manifest_path_for(engine_path), manifest)
+    return manifest
+
+
+def _engine_manifest(trt: ModuleType, engine: Any, data: bytes, build: dict[str, Any],
+                     onnx_path: Path, origin: Path, engine_path: Path) -> dict[str, Any]:
+    """The engine's manifest: its I/O and build record, the source ``origin`` (genotype,
+    widths, classes, export from its manifest) and the precision of the built ``onnx_path``."""
+    from nasfcos.runtime.export import tool_versions
+
+    precision, lowered_manifest = _onnx_precision(onnx_path)
+    _, onnx_manifest = _onnx_precision(origin)
     io = _engine_io(trt, engine)
     manifest: dict[str, Any] = {
         "format": "nasfcos-export/1",
@@ -489,10 +404,7 @@ def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
         "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io if is_in],
         "outputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d, is_in in io
                     if not is_in],
-        "build": {"precision": precision, "strongly_typed": True, "network_flags": flags,
-                  "workspace_gb": opts.workspace_gb, "profile": profile_desc,
-                  "timing_cache": str(opts.timing_cache) if opts.timing_cache else None,
-                  "seconds": round(build_seconds, 1),
+        "build": {"precision": precision, **build,
                   "device_memory_bytes": int(engine.device_memory_size_v2)},
         "device": cuda.device_info(),
         "tools": {**tool_versions(), "tensorrt": trt.__version__},
@@ -505,10 +417,6 @@ def _build(trt: ModuleType, onnx_path: Path, engine_path: Path,
         manifest["source"]["model"] = onnx_manifest.get("source", {})
     if lowered_manifest is not None and "precision" in lowered_manifest:
         manifest["precision"] = lowered_manifest["precision"]
-    atomic_write_bytes(engine_path, data)
-    if opts.timing_cache is not None:
-        atomic_write_bytes(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
-    atomic_write_json(manifest_path_for(engine_path), manifest)
     return manifest
 
 
@@ -691,8 +599,6 @@ class TrtRunner(Runner):
 
 
 def _engine_precision(path: Path) -> str:
-    from nasfcos.runtime.manifest import Manifest
-
     try:
         return Manifest.load(path).precision
     except NasfcosError:
@@ -700,5 +606,5 @@ def _engine_precision(path: Path) -> str:
 
 
 __all__ = ["MAX_TRT_MAJOR", "MIN_TRT_VERSION", "TRT_API", "TRT_MISSING", "TrtBuildOptions",
-           "TrtRunner", "build_engine", "check_version", "deformconv_problems", "lower_for_trt", "network_flags", "profile_shapes",
-           "require_tensorrt", "tensorrt_parser_record", "tensorrt_status", "trt_version"]
+           "TrtRunner", "build_engine", "check_version", "lower_for_trt", "network_flags",
+           "profile_shapes", "require_tensorrt", "tensorrt_status", "trt_version"]
