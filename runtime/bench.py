@@ -16,7 +16,7 @@ import datetime as _dt
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -686,15 +686,21 @@ class _Recorder:
         return out
 
 
+def _rate(a: Any) -> float | None:
+    """The match rate of an Agreement, None where the reference had nothing to match."""
+    return round(a.match_rate, 4) if a.reference else None
+
+
 def _agreement(ref: list[list[np.ndarray]], got: list[list[np.ndarray]],
                iou: float = 0.95) -> dict[str, Any]:
-    """Detection agreement over all evaluated images (see check.detection_agreement)."""
+    """Detection agreement over all evaluated images (see check.detection_agreement);
+    ``match_rate`` is None (not measured) when the reference has no detection."""
     from nasfcos.runtime.check import detection_agreement
 
     cat = [np.concatenate([b[k] for b in ref]) for k in range(3)]
     gat = [np.concatenate([b[k] for b in got]) for k in range(3)]
     a = detection_agreement(cat, gat, iou_threshold=iou)
-    return {"match_rate": round(a.match_rate, 4), "matched": a.matched,
+    return {"match_rate": _rate(a), "matched": a.matched,
             "reference": a.reference, "mean_iou": round(a.mean_iou, 4),
             "mean_score_diff": round(a.mean_score_diff, 5),
             "max_score_diff": round(a.max_score_diff, 5)}
@@ -754,15 +760,27 @@ def _precision_check(path: Path, cfg: PrecisionTableConfig) -> None:
                          f"{', '.join(TABLE_PRECISIONS)}, not {', '.join(unknown)}")
 
 
-def _variant_runner(backend: str, onnx_path: Path, cfg: PrecisionTableConfig) -> tuple[Runner, Path]:
-    """A runner on one precision variant: its ONNX file, or an engine built from it."""
+def _variant_runner(backend: str, onnx_path: Path, cfg: PrecisionTableConfig) -> tuple[Path, Runner]:
+    """(artifact, runner) of one precision variant: its ONNX file, or an engine built from it."""
     if backend == "tensorrt":
         from nasfcos.runtime.trt import TrtBuildOptions, build_engine
 
         artifact = onnx_path.with_suffix(".engine")
         build_engine(onnx_path, artifact, TrtBuildOptions())
-        return make_runner(artifact, "tensorrt", cfg.device), artifact
-    return make_runner(onnx_path, "onnxruntime", cfg.device, threads=cfg.threads), onnx_path
+        return artifact, make_runner(artifact, "tensorrt", cfg.device)
+    return onnx_path, make_runner(onnx_path, "onnxruntime", cfg.device, threads=cfg.threads)
+
+
+def _table_cells(backends: Sequence[str], variants: Sequence[tuple[str, str | None, Path]]
+                 ) -> Iterator[tuple[str, str, str | None, Path]]:
+    """(backend, precision, int8 target, ONNX file) of every cell of the precision table."""
+    for backend in backends:
+        for prec, target, onnx_path in variants:
+            if backend == "tensorrt" and target == "cpu":
+                continue  # TensorRT builds the symmetric (tensorrt-target) file only
+            if prec == "int8" and (backend in ("openvino", "torch")) == (target is not None):
+                continue  # ORT/TensorRT run the lowered files, openvino quantizes itself
+            yield backend, prec, target, onnx_path
 
 
 def int8_sensitivity(fp32: str | Path, calib: Any, images: Sequence[np.ndarray],
@@ -788,9 +806,8 @@ def int8_sensitivity(fp32: str | Path, calib: Any, images: Sequence[np.ndarray],
                       keep_float=keep) as q:
             got = outputs(q)
         rows.append({"kept_float": name, "layers": keep,
-                     "agree50": round(detection_agreement(ref, got, iou_threshold=0.5
-                                                          ).match_rate, 4),
-                     "agree95": round(detection_agreement(ref, got).match_rate, 4)})
+                     "agree50": _rate(detection_agreement(ref, got, iou_threshold=0.5)),
+                     "agree95": _rate(detection_agreement(ref, got))})
     return rows
 
 
@@ -878,8 +895,11 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
                        threads=cfg.threads, device=cfg.device, seed=cfg.seed, kind="detector")
     ecfg = EvalConfig(batch_size=1, input_size=tuple(cfg.size))
     image = make_inputs("detector", tuple(cfg.size), 1, cfg.seed)
+    rows: list[dict[str, Any]] = []
 
-    def measure(runner: Runner) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
+    def measure(runner: Runner, base: dict[str, Any], file: Path, n_bytes: int,
+                ref: list[list[np.ndarray]] | None = None) -> list[list[np.ndarray]]:
+        """Add the row of ``runner`` (agreement with ``ref``, or itself); its outputs."""
         rec = _Recorder(runner)
         try:
             metrics = evaluate(rec, data=cfg.data, split=cfg.split, cfg=ecfg,
@@ -887,47 +907,38 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
             times, notes = _time_cell(runner, image, bcfg)
         finally:
             runner.close()
-        stats = latency_stats(times)
-        return ({"AP": round(metrics["AP"], 4), "AP50": round(metrics["AP50"], 4),
-                 "images": metrics["images"], "runs": len(times),
-                 "median_ms": round(stats["median_ms"], 3), "p90_ms": round(stats["p90_ms"], 3),
-                 "timer": notes["timer"]}, rec.outputs)
+        stats, ref = latency_stats(times), rec.outputs if ref is None else ref
+        rows.append({**base, "status": "ok", "file": str(file), "bytes": int(n_bytes),
+                     "AP": round(metrics["AP"], 4), "AP50": round(metrics["AP50"], 4),
+                     "images": metrics["images"], "runs": len(times),
+                     "median_ms": round(stats["median_ms"], 3),
+                     "p90_ms": round(stats["p90_ms"], 3), "timer": notes["timer"],
+                     "agreement": _agreement(ref, rec.outputs),
+                     "agreement50": _agreement(ref, rec.outputs, 0.5)})
+        return rec.outputs
 
     ref_runner = make_runner(path, "torch", cfg.device, kind="detector", seed=cfg.seed,
                              weights=weights, threads=cfg.threads)
     ref_bytes = ref_runner.param_bytes  # the model as written, not the folded copy
-    row, ref_out = measure(ref_runner)
-    rows: list[dict[str, Any]] = [{"backend": "torch", "precision": "fp32", "target": None,
-                                   "status": "ok", "file": str(path), "bytes": int(ref_bytes),
-                                   **row, "agreement": _agreement(ref_out, ref_out),
-                                   "agreement50": _agreement(ref_out, ref_out, 0.5)}]
-    for backend in cfg.backends:
-        for prec, target, onnx_path in variants:
-            base = {"backend": backend, "precision": prec, "target": target}
-            if backend == "tensorrt" and target == "cpu":
-                continue  # TensorRT builds the symmetric (tensorrt-target) file only
-            if prec == "int8" and (backend in ("openvino", "torch")) == (target is not None):
-                continue  # ORT/TensorRT run the lowered files, openvino quantizes itself
-            reason = _engine_skip(backend, prec)
-            if reason:
-                rows.append({**base, "status": "skipped", "reason": reason})
-                continue
-            try:
-                if backend in ("openvino", "torch"):
-                    artifact, runner = _engine_runner(backend, prec, path, onnx_path, cfg,
-                                                      weights)
-                else:
-                    runner, artifact = _variant_runner(backend, onnx_path, cfg)
-            except BackendUnavailable as exc:
-                rows.append({**base, "status": "skipped", "reason": str(exc)})
-                continue
-            row, out = measure(runner)
-            n_bytes = (artifact.stat().st_size + artifact.with_suffix(".bin").stat().st_size
-                       if artifact.suffix == ".xml" else
-                       ref_bytes if artifact.suffix == ".py" else artifact.stat().st_size)
-            rows.append({**base, "status": "ok", "file": str(artifact), "bytes": int(n_bytes),
-                         **row, "agreement": _agreement(ref_out, out),
-                         "agreement50": _agreement(ref_out, out, 0.5)})
+    ref_out = measure(ref_runner, {"backend": "torch", "precision": "fp32", "target": None},
+                      path, ref_bytes)
+    for backend, prec, target, onnx_path in _table_cells(cfg.backends, variants):
+        base = {"backend": backend, "precision": prec, "target": target}
+        reason = _engine_skip(backend, prec)
+        try:
+            if reason is None and backend in ("openvino", "torch"):
+                artifact, runner = _engine_runner(backend, prec, path, onnx_path, cfg, weights)
+            elif reason is None:
+                artifact, runner = _variant_runner(backend, onnx_path, cfg)
+        except BackendUnavailable as exc:
+            reason = str(exc)
+        if reason:
+            rows.append({**base, "status": "skipped", "reason": reason})
+            continue
+        n_bytes = (artifact.stat().st_size + artifact.with_suffix(".bin").stat().st_size
+                   if artifact.suffix == ".xml" else
+                   ref_bytes if artifact.suffix == ".py" else artifact.stat().st_size)
+        measure(runner, base, artifact, n_bytes, ref_out)
     _relative_columns(rows)
     return {"format": PRECISION_REPORT_FORMAT, "model": str(path),
             "weights": str(weights) if weights else None, "data": str(cfg.data),
@@ -937,6 +948,11 @@ def run_precision_table(model: str | Path, cfg: PrecisionTableConfig, out_dir: s
             "machine": machine_info(),
             "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "rows": rows}
+
+
+def _percent(rate: float | None) -> str:
+    """A match rate in the table: n/a where it was not measured (no reference detection)."""
+    return "n/a" if rate is None else f"{100 * rate:.1f}%"
 
 
 def precision_markdown(report: dict[str, Any]) -> str:
@@ -962,8 +978,8 @@ def precision_markdown(report: dict[str, Any]) -> str:
         a, a50 = r["agreement"], r.get("agreement50") or r["agreement"]
         lines.append(
             f"| {r['backend']} | {name} | {100 * r['AP']:.2f} | {100 * r['AP50']:.2f} | "
-            f"{100 * r.get('dAP', 0.0):+.2f} | {100 * a50['match_rate']:.1f}% | "
-            f"{100 * a['match_rate']:.1f}% ({a['matched']}/{a['reference']}) | "
+            f"{100 * r.get('dAP', 0.0):+.2f} | {_percent(a50['match_rate'])} | "
+            f"{_percent(a['match_rate'])} ({a['matched']}/{a['reference']}) | "
             f"{a['mean_score_diff']:.4f}/{a['max_score_diff']:.4f} | "
             f"{r['median_ms']:.1f} ({r['p90_ms']:.1f}) | {r.get('latency_vs_fp32', '')} | "
             f"{r.get('latency_vs_ort_fp32', '')} | {r['bytes'] / 1e6:.2f} |")
@@ -1103,7 +1119,7 @@ def plot_precision(report: dict[str, Any]) -> bytes:
     ax.set_xlabel("latency, ms (median, one image)")
     ax.set_ylabel("AP (%)")
     ax.grid(True, alpha=0.3)
-    bx.bar(labels, [100 * r["agreement"]["match_rate"] for r in rows],
+    bx.bar(labels, [100 * (r["agreement"]["match_rate"] or 0) for r in rows],
            color=[f"C{i}" for i in range(len(rows))])
     bx.set_ylabel("detections matching PyTorch fp32 (IoU >= 0.95, %)")
     bx.set_ylim(0, 105)

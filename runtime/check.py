@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError
 from nasfcos.io import regular_file
 from nasfcos.runtime.artifact import Artifact, form_of, open_artifact
 from nasfcos.runtime.models import DETECTOR_OUTPUTS, check_input_budget, make_inputs
@@ -448,15 +448,14 @@ def _check_shapes(art: Artifact, sizes: Sequence[tuple[int, int]], batch: int,
     """One-line errors, before any work: a static graph runs only its own batch and size,
     and no run allocates more than ``MAX_INPUT_ELEMENTS`` input values."""
     if art.batch is not None and batch != art.batch:
-        raise NasfcosError(f"{art.path}: a static export for batch {art.batch}, not {batch}: "
-                           f"use --batch {art.batch} or export with --dynamic")
+        raise FieldError("batch", f"{art.path}: a static export for batch {art.batch}, not "
+                         f"{batch}: give {art.batch}, or export it dynamic")
     if art.size is not None and not (art.manifest is not None and art.manifest.dynamic):
         other = [s for s in sizes if tuple(s) != tuple(art.size)]
         if other:
             h, w = art.size
-            raise NasfcosError(f"{art.path}: a static export for {h}x{w}, not "
-                               f"{other[0][0]}x{other[0][1]}: use --sizes {h}x{w} or export "
-                               "with --dynamic")
+            raise FieldError("sizes", f"{art.path}: a static export for {h}x{w}, not "
+                             f"{other[0][0]}x{other[0][1]}: give {h}x{w}, or export it dynamic")
     check_input_budget(kind or art.kind or "detector", sizes, batch, art.in_channels)
 
 

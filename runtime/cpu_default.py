@@ -188,10 +188,10 @@ def table_from_reports(speed: dict[str, Any], precision: dict[str, Any]) -> dict
         if r.get("status") != "ok":
             continue
         eng = r["backend"] + ("" if r["precision"] == "fp32" else f":{r['precision']}")
-        if r.get("target") == "tensorrt":
-            continue  # the cpu target is what ONNX Runtime runs fast
-        acc[eng] = {"dAP_points": round(100 * r.get("dAP", 0.0), 2),
-                    "agree50": (r.get("agreement50") or r["agreement"])["match_rate"],
+        agree50 = (r.get("agreement50") or r["agreement"])["match_rate"]
+        if r.get("target") == "tensorrt" or agree50 is None:
+            continue  # the cpu target is what ONNX Runtime runs fast; no detection: not measured
+        acc[eng] = {"dAP_points": round(100 * r.get("dAP", 0.0), 2), "agree50": agree50,
                     "agree95": r["agreement"]["match_rate"]}
     engines = {}
     for eng, s in speed.get("engines", {}).items():

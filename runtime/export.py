@@ -307,8 +307,8 @@ def _torch_export(lm: LoadedModel, opts: ExportOptions, trace: _Trace) -> _Trace
                 trace.dynamic_batch, trace.batch = False, opts.batch
                 trace.program = run(trace.batch, _dynamic_shapes(lm, batch=False))
         except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            detail = next((m for m in msg if "Error" in m or "error" in m), msg[0] if msg else "")
+            detail = next((m for m in str(exc).strip().splitlines() if "Error" in m or "error" in m),
+                          first_line(exc, None))
             raise NasfcosError(f"torch.onnx.export failed for {lm.path}: {type(exc).__name__}: "
                                f"{detail[:300]} (set NASFCOS_DEBUG=1 for the traceback)") from exc
     if opts.dynamic and not trace.dynamic_batch:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
+from nasfcos.errors import BackendUnavailable, FieldError, NasfcosError, first_line
 from nasfcos.runtime.artifact import form_of
 from nasfcos.runtime.runner_base import Runner, image_dims, kind_from_inputs
 
@@ -246,8 +246,8 @@ class OvRunner(Runner):
                                f"{', '.join(OV_PRECISIONS)})")
         if precision == "int8":
             if calib is None:
-                raise NasfcosError("openvino int8 needs calibration images: give --calib DIR "
-                                   "or --data DIR")
+                raise FieldError("calib", "openvino int8 needs calibration images: a folder of "
+                                 "images (calib) or a COCO data folder (data)")
             calib.check_inputs(["images"])
         t0 = time.perf_counter()
         path = Path(model)
@@ -262,32 +262,10 @@ class OvRunner(Runner):
             raise BackendUnavailable("openvino bf16: this CPU reports no native bf16 "
                                      "(AVX512_BF16 or AMX)")
         self.path, self.threads, self.precision = path, threads, precision
-        self.input_names = [i.get_any_name() for i in ov_model.inputs]
-        self.output_names = [o.get_any_name() for o in ov_model.outputs]
-        self.kind = kind_from_inputs(self.input_names)
-        shape = ov_model.inputs[0].get_partial_shape()
-        if self.kind == "detector" and shape.rank.is_static:
-            dims = image_dims([d.get_length() if d.is_static else None for d in shape],
-                              path)
-            self.batch_size = dims[0]
-            if dims[2] is not None and dims[3] is not None:
-                self.input_size = (int(dims[2]), int(dims[3]))
-        elif self.kind == "decoder":
-            chans = [i.get_partial_shape()[1] for i in ov_model.inputs]
-            if all(c.is_static for c in chans):
-                self.in_channels = tuple(c.get_length() for c in chans)
+        self._read_io(ov_model)
         self.quant: dict[str, Any] = {}
         if precision == "int8":
-            from nasfcos.runtime.precision import calibration_files
-
-            files = calibration_files(calib)
-            if self.input_size is None:
-                raise NasfcosError("openvino int8 calibrates a static export: export with "
-                                   "--size HxW (not --dynamic)")
-            ov_model, self.quant = quantize_nncf(ov_model, files, self.input_size,
-                                                 self.batch_size or 1, keep_float)
-            self.quant["calibration"] = {"count": len(files),
-                                         "source": str(calib.data or calib.calib)}
+            ov_model = self._quantize(ov_model, calib, keep_float)
         self.ov_model = ov_model
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
                   "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
@@ -302,6 +280,36 @@ class OvRunner(Runner):
         self._ranges = manifest.dynamic_ranges if manifest is not None else {}
         self._feed: list[np.ndarray] = []
         self.setup_seconds = time.perf_counter() - t0
+
+    def _read_io(self, ov_model: Any) -> None:
+        """Input and output names, kind, and the static batch, size or widths of the inputs."""
+        self.input_names = [i.get_any_name() for i in ov_model.inputs]
+        self.output_names = [o.get_any_name() for o in ov_model.outputs]
+        self.kind = kind_from_inputs(self.input_names)
+        shape = ov_model.inputs[0].get_partial_shape()
+        if self.kind == "detector" and shape.rank.is_static:
+            dims = image_dims([d.get_length() if d.is_static else None for d in shape],
+                              self.path)
+            self.batch_size = dims[0]
+            if dims[2] is not None and dims[3] is not None:
+                self.input_size = (int(dims[2]), int(dims[3]))
+        elif self.kind == "decoder":
+            chans = [i.get_partial_shape()[1] for i in ov_model.inputs]
+            if all(c.is_static for c in chans):
+                self.in_channels = tuple(c.get_length() for c in chans)
+
+    def _quantize(self, ov_model: Any, calib: Any, keep_float: Sequence[str]) -> Any:
+        """``ov_model`` quantized to int8 by NNCF on ``calib``'s images (recorded in ``quant``)."""
+        from nasfcos.runtime.precision import calibration_files
+
+        files = calibration_files(calib)
+        if self.input_size is None:
+            raise NasfcosError("openvino int8 calibrates a static export: export with "
+                               "--size HxW (not --dynamic)")
+        ov_model, self.quant = quantize_nncf(ov_model, files, self.input_size,
+                                             self.batch_size or 1, keep_float)
+        self.quant["calibration"] = {"count": len(files), "source": str(calib.data or calib.calib)}
+        return ov_model
 
     def bind(self, *arrays: np.ndarray) -> None:
         self._check_arity(arrays)

@@ -126,8 +126,8 @@ def calibration_files(opts: PrecisionOptions) -> list[Path]:
     if not files:
         raise NasfcosError(f"{source}: no calibration images ({', '.join(IMAGE_SUFFIXES)})")
     if len(files) < opts.calib_images:
-        raise NasfcosError(f"{source}: {len(files)} image(s), too few for --calib-images "
-                           f"{opts.calib_images} (add images or lower --calib-images)")
+        raise FieldError("calib_images", f"{source}: {len(files)} image(s), too few for "
+                         f"{opts.calib_images} (add images or lower it)")
     files = files[:opts.calib_images]
     for f in files:
         read_image(f, what="calibration image")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError
 from nasfcos.images import IMAGE_SUFFIXES, read_image
 
 #: Resize when neither the caller nor the model's records say (the release's test sizes).
@@ -50,7 +50,7 @@ def model_meta(path: str | Path, weights: str | Path | None = None) -> dict[str,
     meta: dict[str, Any] = {}
     if form_of(path) != "model.py":
         if weights is not None:
-            raise NasfcosError("--weights is for model.py; an exported model carries its weights")
+            raise FieldError("weights", "for model.py only; an exported model carries its weights")
         try:
             manifest = Manifest.find(path)
         except NasfcosError:  # not a nasfcos export: nothing to read
@@ -188,6 +188,35 @@ def draw_detections(img: Any, dets: Sequence[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+def _detect(runner: Any, img: Any, sizes: tuple[int, int], score_thresh: float,
+            names: Sequence[str], cat_ids: Sequence[int]) -> tuple[list[dict[str, Any]], float]:
+    """(detections at or above ``score_thresh`` in image pixels, top score) of one image,
+    resized to ``sizes`` (min, max) and padded as the runner takes it."""
+    import torch
+
+    from nasfcos.fcos.data import pad_batch, resize_image
+
+    arr, scale = resize_image(img, *sizes)
+    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    batch = [t] + [torch.zeros_like(t)] * ((getattr(runner, "batch_size", None) or 1) - 1)
+    size = getattr(runner, "input_size", None)
+    boxes, scores, labels = (np.asarray(a) for a in runner(pad_batch(batch, 32, size=size).numpy()))
+    valid = labels[0] >= 0
+    keep = (scores[0] >= score_thresh) & valid
+    top = float(scores[0][valid].max()) if valid.any() else 0.0
+    w0, h0 = img.size
+    dets = []
+    for box, score, label in zip(boxes[0][keep], scores[0][keep], labels[0][keep], strict=True):
+        x0, y0, x1, y1 = (float(v) / scale for v in box)
+        lab = int(label)
+        dets.append({"box": [round(min(max(x0, 0), w0), 2), round(min(max(y0, 0), h0), 2),
+                             round(min(max(x1, 0), w0), 2), round(min(max(y1, 0), h0), 2)],
+                     "score": round(float(score), 4), "label": lab,
+                     "class_name": names[lab] if lab < len(names) else str(lab),
+                     **({"category_id": cat_ids[lab]} if lab < len(cat_ids) else {})})
+    return dets, top
+
+
 def predict(model: str | Path, images: Sequence[str | Path], out: str | Path | None = None, *,
             weights: str | Path | None = None, score_thresh: float = 0.3,
             min_size: int | None = None, max_size: int | None = None,
@@ -200,9 +229,6 @@ def predict(model: str | Path, images: Sequence[str | Path], out: str | Path | N
     ``log`` gets one line per image (default: stdout); an unreadable image is skipped with
     a one-line warning (on stderr) and listed under ``skipped``.
     """
-    import torch
-
-    from nasfcos.fcos.data import pad_batch, resize_image
     from nasfcos.io import atomic_write_bytes, atomic_write_json
     from nasfcos.runtime.runners import make_runner
 
@@ -225,10 +251,8 @@ def predict(model: str | Path, images: Sequence[str | Path], out: str | Path | N
                                "with --detector)")
         names = [str(n) for n in meta.get("class_names") or []]
         cat_ids = [int(c) for c in meta.get("cat_ids") or []]
-        input_size = getattr(runner, "input_size", None)
-        fixed_batch = getattr(runner, "batch_size", None)
-        if input_size is not None:
-            min_size = max_size = min(input_size)
+        if getattr(runner, "input_size", None) is not None:
+            min_size = max_size = min(runner.input_size)
         drawn_as = drawn_names(files)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,24 +264,8 @@ def predict(model: str | Path, images: Sequence[str | Path], out: str | Path | N
                 print(f"warning: skipped {exc}", file=sys.stderr, flush=True)
                 skipped.append(str(p))
                 continue
-            arr, scale = resize_image(img, min_size, max_size)
-            t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-            batch = [t] + [torch.zeros_like(t)] * ((fixed_batch or 1) - 1)
-            boxes, scores, labels = (np.asarray(a) for a in
-                                     runner(pad_batch(batch, 32, size=input_size).numpy()))
-            valid = labels[0] >= 0
-            keep = (scores[0] >= score_thresh) & valid
-            top = float(scores[0][valid].max()) if valid.any() else 0.0
+            dets, top = _detect(runner, img, (min_size, max_size), score_thresh, names, cat_ids)
             w0, h0 = img.size
-            dets = []
-            for box, score, label in zip(boxes[0][keep], scores[0][keep], labels[0][keep], strict=True):
-                x0, y0, x1, y1 = (float(v) / scale for v in box)
-                lab = int(label)
-                dets.append({"box": [round(min(max(x0, 0), w0), 2), round(min(max(y0, 0), h0), 2),
-                                     round(min(max(x1, 0), w0), 2), round(min(max(y1, 0), h0), 2)],
-                             "score": round(float(score), 4), "label": lab,
-                             "class_name": names[lab] if lab < len(names) else str(lab),
-                             **({"category_id": cat_ids[lab]} if lab < len(cat_ids) else {})})
             rec: dict[str, Any] = {"image": str(p), "width": w0, "height": h0,
                                    "top_score": round(top, 4), "detections": dets}
             if out_dir is not None and draw:

@@ -66,16 +66,6 @@ def _cuda_or_raise(backend: str) -> None:
                                  "is False)")
 
 
-def _group_norm_error(exc: BaseException) -> NasfcosError | None:
-    """The one-line error for torch's GroupNorm on a map with one value per group (else None)."""
-    if "more than 1 value per channel" not in str(exc):
-        return None
-    return NasfcosError(
-        "PyTorch's GroupNorm refuses a map with one value per group: with a 32-wide head "
-        "(GroupNorm(32, 32)) the 1x1 p7 map of an image of 128 px or less needs a batch of "
-        "at least 2; use larger images, a larger batch or a wider head")
-
-
 #: Input size (HxW) of the seeded example on which the eager inference copy is parity-checked
 #: (above 128 px, so that p7 is not 1 x 1).
 EAGER_CHECK_SIZE = (160, 160)
@@ -160,10 +150,7 @@ class TorchRunner(Runner):
         import torch
 
         with torch.inference_mode():
-            try:
-                self._outputs = self._forward()
-            except ValueError as exc:
-                raise _group_norm_error(exc) or exc from None
+            self._outputs = self._forward()
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
@@ -218,9 +205,6 @@ class TorchCompileRunner(TorchRunner):
             with inductor_config.patch(freezing=True):
                 out = self.compiled(*self._inputs)
         except Exception as exc:
-            gn = _group_norm_error(exc)
-            if gn is not None:
-                raise gn from None
             if not first:
                 raise
             line = first_line(exc)
@@ -433,7 +417,38 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
     form = art.form if art else form_of(path)
     if art is None and form != "model.py":
         art = open_artifact(path, strict=False)  # its manifest: dynamic ranges
-    backend, prec = split_backend(backend or FORM_BACKENDS[form])
+    backend, opts = _backend_options(backend or FORM_BACKENDS[form], opts)
+    if backend in ("torch", "torch-compile"):
+        if form != "model.py":
+            raise NasfcosError(f"{path}: the {backend} backend needs a compiled model.py")
+        cls = TorchRunner if backend == "torch" else TorchCompileRunner
+        fresh = {"kind", "seed", "weights", "overrides"} & set(opts)
+        return cls(art.model if art and art.model is not None and not fresh else path, device,
+                   **opts)
+    if backend == "tensorrt":
+        from nasfcos.runtime.trt import TrtRunner  # lazy: tensorrt is an optional extra
+
+        # TensorRT only runs on GPUs; 'cpu' is the generic default
+        return TrtRunner(path, "cuda" if device == "cpu" else device, **opts)
+    if backend == "openvino":
+        from nasfcos.runtime.openvino_rt import OvRunner, require_openvino
+
+        require_openvino(nncf=opts.get("precision") == "int8")  # before any export
+    if form == "engine":
+        raise NasfcosError(f"{path}: the {backend} backend needs a .onnx (or model.py)")
+    manifest = art.manifest if art else None
+    if backend == "onnxruntime":
+        return OrtRunner(path, device, manifest=manifest, **opts)
+    if form == "model.py":  # exported on the fly, into a folder the runner owns
+        path, tmp = _export_temp(path, opts.pop("export", None) or {})
+        manifest, opts["export"] = Manifest.load(path), {"_tmp": tmp}
+    return OvRunner(path, device, manifest=manifest, **opts)
+
+
+def _backend_options(backend: str, opts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(backend, the options it takes) from ``BACKEND[:PRECISION]`` and the given options;
+    raises for a precision that disagrees and for an option the backend does not take."""
+    backend, prec = split_backend(backend)
     if prec is not None:
         if opts.get("precision") not in (None, prec):
             raise NasfcosError(f"{backend}:{prec} and precision={opts['precision']!r} disagree")
@@ -441,37 +456,7 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
     extra = {k for k, v in opts.items() if v is not None} - _OPTS[backend]
     if extra:
         raise NasfcosError(f"{backend}: unknown option(s) {', '.join(sorted(extra))}")
-    opts = {k: v for k, v in opts.items() if v is not None and k in _OPTS[backend]}
-    if backend in ("torch", "torch-compile"):
-        if form != "model.py":
-            raise NasfcosError(f"{path}: the {backend} backend needs a compiled model.py")
-        cls = TorchRunner if backend == "torch" else TorchCompileRunner
-        if art is not None and art.model is not None and not {"kind", "seed", "weights",
-                                                              "overrides"} & set(opts):
-            return cls(art.model, device, **opts)
-        return cls(path, device, **opts)
-    if backend == "onnxruntime":
-        if form == "engine":
-            raise NasfcosError(f"{path}: the onnxruntime backend needs a .onnx (or model.py)")
-        return OrtRunner(path, device, manifest=art.manifest if art else None, **opts)
-    if backend == "openvino":
-        from nasfcos.runtime.openvino_rt import OvRunner, require_openvino
-
-        require_openvino(nncf=opts.get("precision") == "int8")  # before any export
-        if form == "engine":
-            raise NasfcosError(f"{path}: the openvino backend needs a .onnx (or model.py)")
-        manifest = art.manifest if art else None
-        if form == "model.py":  # exported on the fly, into a folder the runner owns
-            from nasfcos.runtime.manifest import Manifest
-
-            path, tmp = _export_temp(path, opts.pop("export", None) or {})
-            manifest, opts["export"] = Manifest.load(path), {"_tmp": tmp}
-        return OvRunner(path, device, manifest=manifest, **opts)
-    from nasfcos.runtime.trt import TrtRunner  # lazy: tensorrt is an optional extra
-
-    if device == "cpu":
-        device = "cuda"  # TensorRT only runs on GPUs; 'cpu' is the generic default
-    return TrtRunner(path, device, **opts)
+    return backend, {k: v for k, v in opts.items() if v is not None}
 
 
 __all__ = ["BACKENDS", "RUNTIME_PRECISIONS", "OrtRunner", "split_backend", "Runner", "TorchCompileRunner", "TorchRunner",

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, staged_folder
 
 CLASSES: tuple[str, ...] = ("rectangle", "ellipse", "triangle", "cross", "ring")
@@ -54,17 +54,17 @@ class SynthConfig:
 
     def validate(self) -> None:
         if self.images < 2:
-            raise NasfcosError("--images must be at least 2 (one train, one val)")
+            raise FieldError("images", "must be at least 2 (one train, one val)")
         if not 32 <= self.size <= 4096:
-            raise NasfcosError("--size must be between 32 and 4096 pixels")
+            raise FieldError("size", "must be between 32 and 4096 pixels")
         if not 0.0 < self.val_fraction < 1.0:
-            raise NasfcosError("val fraction must be in (0, 1)")
+            raise FieldError("val_fraction", "must be in (0, 1)")
         if not 1 <= self.min_objects <= self.max_objects:
-            raise NasfcosError("need 1 <= --min-objects <= --max-objects")
+            raise FieldError("min_objects", "need 1 <= min objects <= max objects")
         if not (0.0 < self.min_scale <= self.max_scale <= 1.0):
-            raise NasfcosError("need 0 < --min-scale <= --max-scale <= 1")
+            raise FieldError("min_scale", "need 0 < min scale <= max scale <= 1")
         if not 0.0 <= self.min_visible <= 1.0:
-            raise NasfcosError("min_visible must be in [0, 1]")
+            raise FieldError("min_visible", "must be in [0, 1]")
 
 
 #: Named option sets of ``nasfcos data synth --preset`` (other flags given override them).

@@ -574,7 +574,7 @@ class _Trainer:
     def _schedule(self) -> None:
         cfg, d = self.cfg, self.d
         if cfg.batch % d.world:
-            raise NasfcosError(f"--batch {cfg.batch} is not divisible by {d.world} processes")
+            raise FieldError("batch", f"{cfg.batch} is not divisible by {d.world} processes")
         self.per_rank = cfg.batch // d.world
         self.per_epoch = (len(self.ds) // d.world) // self.per_rank
         self.total = cfg.iters if cfg.iters is not None else cfg.epochs * self.per_epoch  # type: ignore[operator]
@@ -803,7 +803,7 @@ class _Trainer:
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the summary (also ``summary.json``)."""
     if (cfg.epochs is None) == (cfg.iters is None):
-        raise NasfcosError("give exactly one of --epochs or --iters")
+        raise FieldError("iters", "give exactly one of epochs and iters")
     trainer = _Trainer(cfg.validate(), progress)
     trainer.run()
     return trainer.finish()

@@ -120,7 +120,7 @@ def test_bad_precision_inputs(tiny_detector, tiny_detector_onnx, synth_data, tmp
         (["--precision", "int8", "--calib", str(broken), "--calib-images", "2"],
          "cannot read calibration image"),
         (["--precision", "int8", "--calib", str(synth_data / "images"), "--calib-images", "99"],
-         "too few for --calib-images 99"),
+         "too few for 99 (add images or lower it)"),
         (["--precision", "int8"], "--calib: int8 needs calibration images"),
         (["--precision", "fp16", "--calib", str(empty)], "calibrate int8 only"),
         (["--precision", "int8", "--int8-target", "cpu", "--data", str(synth_data),
