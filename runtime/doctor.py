@@ -329,20 +329,22 @@ def preflight(backends: list[str] | tuple[str, ...], device: str = "cuda",
     want = [b for b in backends if b in GPU_BACKENDS]
     if not want:
         return facts or Facts()
+    f = facts or probe()
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if not f.gpus:  # the first problem to name: no GPU at all, whatever is installed
+        raise BackendUnavailable(f"no CUDA GPU found: {', '.join(want)} need one (nasfcos "
+                                 "doctor says more)")
+    if not any(g.index == index for g in f.gpus):
+        found = ", ".join(f"cuda:{g.index}" for g in f.gpus)
+        raise BackendUnavailable(f"{device}: no such NVIDIA GPU (found: {found}); "
+                                 f"{', '.join(want)} need one (nasfcos doctor says more)")
     if "tensorrt" in want:
         from nasfcos.runtime.trt import TRT_MISSING, require_tensorrt
 
         if facts is None:  # installed, and a version in [10.1, 12): trt's one-line reasons
             require_tensorrt(need_gpu=False)
-        elif facts.tensorrt is None:
+        elif f.tensorrt is None:
             raise BackendUnavailable(TRT_MISSING)
-    f = facts or probe()
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    gpu = next((g for g in f.gpus if g.index == index), None)
-    if gpu is None:
-        found = ", ".join(f"cuda:{g.index}" for g in f.gpus) or "none"
-        raise BackendUnavailable(f"{device}: no such NVIDIA GPU (found: {found}); "
-                                 f"{', '.join(want)} need one (nasfcos doctor says more)")
     for x in diagnose(f):
         if x.backend in want and x.device == f"cuda:{index}" and not x.ok:
             raise BackendUnavailable(f"{x.message}: {x.fix}")

@@ -302,9 +302,10 @@ def _gpu_plan(cfg: PipelineConfig, say: Say) -> dict[str, Any]:
     from nasfcos.runtime.runners import make_runner
 
     facts = doctor.probe()
+    doctor.preflight(["torch-cuda", "tensorrt"], cfg.device, facts)  # one line, before any file
     rep = doctor.report(facts)
+    cfg.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.out / "doctor.json", rep)
-    doctor.preflight(["torch-cuda", "tensorrt"], cfg.device, facts)  # one line, before any work
     state = G.new_report(cfg, rep)
     say(f"[gpu] {G.describe_machine(rep)}")
 
@@ -369,8 +370,10 @@ def _gpu_plan(cfg: PipelineConfig, say: Say) -> dict[str, Any]:
 def run_pipeline(cfg: PipelineConfig, say: Say = print) -> dict[str, Any]:
     """Run the CPU or the GPU plan (see the module docstring); returns its summary."""
     cfg.out = Path(cfg.out)
+    if cfg.gpu:
+        return _gpu_plan(cfg, say)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    return _gpu_plan(cfg, say) if cfg.gpu else _cpu_plan(cfg, say)
+    return _cpu_plan(cfg, say)
 
 
 __all__ = ["GPU_ROWS", "PipelineConfig", "TorchFp16Runner", "compile_step", "detection_weights",

@@ -243,7 +243,7 @@ def test_preflight_stops_in_one_line_before_any_work() -> None:
     ok = _facts((9, 0), CU132, "11.1.0")
     assert D.preflight(["torch-cuda", "onnxruntime-cuda", "tensorrt"], "cuda", ok) is ok
     assert D.preflight(["onnxruntime"], "cpu", D.Facts()) == D.Facts()  # CPU: nothing to check
-    with pytest.raises(BackendUnavailable, match="no such NVIDIA GPU"):
+    with pytest.raises(BackendUnavailable, match="^no CUDA GPU found: torch-cuda need one"):
         D.preflight(["torch-cuda"], "cuda", D.Facts(gpus=[]))
 
 
@@ -272,12 +272,15 @@ def test_doctor_on_this_machine(capsys) -> None:
     ["eval", "{py}", "--backend", "tensorrt", "--data", "{d}"],
 ])
 def test_gpu_verbs_stop_in_one_line_before_any_work(argv, tmp_path, capsys, monkeypatch) -> None:
-    """No TensorRT here: every GPU verb stops before exporting, benchmarking or evaluating."""
+    """No TensorRT here: every GPU verb stops before exporting, benchmarking or evaluating;
+    on a machine with no GPU at all, that is the problem named first (review finding)."""
     import sys
 
     from nasfcos.cli.main import main
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    gpu = _facts((9, 0), CU132, None).gpus
+    monkeypatch.setattr(D, "probe", lambda: D.Facts(gpus=list(gpu)))
     py, engine = tmp_path / "model.py", tmp_path / "model.engine"
     py.write_text("raise SystemExit('imported: work started')\n")
     engine.write_bytes(b"not an engine")
@@ -287,6 +290,22 @@ def test_gpu_verbs_stop_in_one_line_before_any_work(argv, tmp_path, capsys, monk
     assert code == 2 and len(err) == 1, err
     assert "tensorrt: the TensorRT Python package is not installed" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    gpu.clear()
+    assert main([a.format(py=py, engine=engine, d=tmp_path) for a in argv]) == 2
+    assert capsys.readouterr().err.strip().endswith("error: no CUDA GPU found: torch-cuda, "
+                                                    "tensorrt need one (nasfcos doctor says more)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_demo_gpu_without_a_gpu_leaves_nothing(tmp_path, monkeypatch) -> None:
+    """Review finding: ``demo --gpu`` on a machine without a GPU says so first and writes no
+    doctor.json (nor its output folder)."""
+    from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
+
+    monkeypatch.setattr(D, "probe", lambda: D.Facts())
+    with pytest.raises(BackendUnavailable, match="^no CUDA GPU found"):
+        run_pipeline(PipelineConfig(out=tmp_path / "demo", gpu=True))
+    assert not (tmp_path / "demo").exists()
 
 
 def _make_n(*args: str) -> list[str]:

@@ -39,6 +39,10 @@ def test_missing_tensorrt_one_line(monkeypatch, tmp_path) -> None:
 def test_missing_tensorrt_cli(monkeypatch, paper_decoder_onnx, tmp_path, capsys) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     from nasfcos.cli.main import main
+    from nasfcos.runtime import doctor
+
+    gpu = doctor.Gpu(index=0, name="H100", capability=(9, 0), memory_gb=80.0)
+    monkeypatch.setattr(doctor, "probe", lambda: doctor.Facts(gpus=[gpu]))
 
     code = main(["export", str(paper_decoder_onnx), "--trt", str(tmp_path / "m.engine")])
     err = capsys.readouterr().err.strip().splitlines()
