@@ -18,6 +18,7 @@ augmentation is seeded by ``(seed, epoch, index)``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -530,6 +531,10 @@ class _Trainer:
         self.start = self._resume()
         self.metrics_path = self.out / "metrics.jsonl"
         self.records: list[dict[str, Any]] = []
+        #: what the folder held before this run wrote to it, put back by undo()
+        self.before = {n: (self.out / n).read_bytes() if (self.out / n).is_file() else None
+                       for n in ("config.json", "metrics.jsonl")}
+        self.made_out, self.checkpointed = not self.out.exists(), False
         if self.d.main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.records = ([r for r in read_metrics(self.metrics_path) if r["iter"] <= self.start]
@@ -724,6 +729,7 @@ class _Trainer:
             saved = self.d.main and (done % ckpt_every == 0 or done == self.total)
             if saved:
                 save_checkpoint(self.ckpt_path, self.snapshot(done))
+                self.checkpointed = True
                 plot_losses(self.records, self.out / "loss.png")
             if stop.requested:
                 break
@@ -733,11 +739,24 @@ class _Trainer:
         if stop.requested and done < self.total:
             if self.d.main and not saved:
                 save_checkpoint(self.ckpt_path, self.snapshot(done))
+                self.checkpointed = True
             print(f"train: interrupted after iteration {done} of {self.total}; saved "
                   f"{self.ckpt_path}\nresume with: nasfcos train {cfg.model} --out {self.out} "
                   "--resume", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
         return done
+
+    def undo(self) -> None:
+        """Put the run folder back as it was before this run (a run that failed before its
+        first checkpoint leaves nothing behind)."""
+        for name, data in self.before.items():
+            if data is None:
+                (self.out / name).unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(self.out / name, data)
+        if self.made_out:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
 
     # -- finish ---------------------------------------------------------------------------
     def _save_final(self) -> None:
@@ -805,5 +824,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if (cfg.epochs is None) == (cfg.iters is None):
         raise FieldError("iters", "give exactly one of epochs and iters")
     trainer = _Trainer(cfg.validate(), progress)
-    trainer.run()
+    try:
+        trainer.run()
+    except BaseException:
+        if trainer.d.main and not trainer.checkpointed:
+            trainer.undo()
+        raise
     return trainer.finish()

@@ -251,9 +251,10 @@ def test_divergence_stops_before_deform_conv_sees_nan(
 
     cfg = TrainConfig(model=str(tiny_model), data=str(synth64), out=str(tmp_path / "r"), iters=3,
                       batch=2, lr=1e6, clip_grad=None, optimizer="sgd", min_size=64, max_size=64,
-                      workers=0, eval=False, log_every=1)
+                      workers=0, eval=False, log_every=1, checkpoint_every=3)
     with pytest.raises(NasfcosError, match="non-finite|loss became"):
         train(cfg, progress=False)
+    assert not (tmp_path / "r").exists()  # failed before its first checkpoint: nothing left
 
 
 def test_ann_without_val_split_warns(tiny_model: Path, synth64: Path, tmp_path: Path) -> None:
