@@ -131,15 +131,17 @@ def _fits(engine: str, path: Path, file_precision: str) -> bool:
     return backend in ("onnxruntime", "openvino")
 
 
-def choose_cpu_engine(path: str | Path, *, table: str | Path | None = None) -> EngineChoice:
-    """The fastest eligible engine for ``path`` on this CPU (see the module docstring)."""
+def choose_cpu_engine(path: str | Path, *, table: str | Path | None = None,
+                      precision: str | None = None) -> EngineChoice:
+    """The fastest eligible engine for ``path`` on this CPU (see the module docstring);
+    ``precision``: the file's, instead of reading its manifest (``nasfcos doctor``)."""
     from nasfcos.runtime.artifact import FORM_BACKENDS, form_of
     from nasfcos.runtime.manifest import Manifest
 
     path = Path(path)
     fallback = FORM_BACKENDS.get(form_of(path), "onnxruntime")
-    file_precision = "fp32"
-    if path.suffix == ".onnx":
+    file_precision = precision or "fp32"
+    if path.suffix == ".onnx" and precision is None:
         try:
             man = Manifest.load(path)
             file_precision = man.precision

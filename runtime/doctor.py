@@ -10,7 +10,9 @@ pure function of those facts (the tests feed it stand-ins for every GPU generati
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import importlib.metadata as md
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nasfcos import gpu_matrix as M
-from nasfcos.errors import BackendUnavailable, first_line
+from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
 
 #: Backends a GPU verb can ask :func:`preflight` for.
 GPU_BACKENDS = ("torch-cuda", "onnxruntime-cuda", "tensorrt")
@@ -61,6 +63,8 @@ class Facts:
     tensorrt_error: str | None = None     # why ``import tensorrt`` failed, if it is installed
     onnxruntime: str | None = None
     ort_providers: list[str] = field(default_factory=list)
+    openvino: str | None = None           # version of the [openvino] extra's packages, None
+    nncf: str | None = None               # when not installed
     notes: list[str] = field(default_factory=list)  # what the probe could not read
 
 
@@ -177,6 +181,9 @@ def probe() -> Facts:
         f.ort_providers = list(onnxruntime.get_available_providers())
     except ImportError:
         pass
+    for dist in ("openvino", "nncf"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            setattr(f, dist, md.version(dist))
     return f
 
 
@@ -262,6 +269,11 @@ def diagnose(f: Facts) -> list[Finding]:
     else:
         out.append(Finding("onnxruntime-cpu", "cpu", True, True,
                            f"CPU: ONNX Runtime {f.onnxruntime} runs"))
+    out.append(Finding("openvino-cpu", "cpu", True, True, f"CPU: OpenVINO {f.openvino} runs ("
+                       + (f"int8 through NNCF {f.nncf})" if f.nncf else "no int8: nncf is not "
+                          "installed)")) if f.openvino else
+               Finding("openvino-cpu", "cpu", False, False, "OpenVINO: not installed (an optional "
+                       "CPU engine)", "pip install -e '.[openvino]'"))
     if not f.gpus:
         out.append(Finding("gpu", "cuda", False, False, "no NVIDIA GPU found",
                            "the GPU backends (torch CUDA, ONNX Runtime CUDA, TensorRT) need one"))
@@ -289,7 +301,22 @@ def report(f: Facts | None = None) -> dict[str, Any]:
     facts = asdict(f)
     facts["cpu_extensions"] = cpu_extensions(f.cpu_flags)
     return {"facts": facts, "findings": [asdict(x) for x in findings],
-            "ok": verdict(findings)}
+            "cpu_default": cpu_default(), "ok": verdict(findings)}
+
+
+def cpu_default() -> dict[str, dict[str, str]]:
+    """The CPU engine (``BACKEND[:PRECISION]``) that ``bench`` and ``predict`` would pick here
+    for an fp32 ``.onnx`` and for a ``model.py``, and why (:mod:`nasfcos.runtime.cpu_default`)."""
+    from nasfcos.runtime.cpu_default import choose_cpu_engine
+
+    out = {}
+    for label, name, precision in (("fp32 .onnx", "m.onnx", "fp32"), ("model.py", "m.py", None)):
+        try:
+            choice = choose_cpu_engine(name, precision=precision)
+            out[label] = {"engine": choice.engine, "reason": choice.reason}
+        except NasfcosError as exc:  # an unreadable NASFCOS_CPU_ENGINES table
+            out[label] = {"engine": "?", "reason": str(exc)}
+    return out
 
 
 def text(rep: dict[str, Any]) -> str:
@@ -313,6 +340,10 @@ def text(rep: dict[str, Any]) -> str:
     lines.append(f"TensorRT      {f['tensorrt'] or 'not installed'}")
     lines.append(f"ONNX Runtime  {f['onnxruntime'] or 'not installed'} "
                  f"({', '.join(f['ort_providers']) or 'no providers'})")
+    lines.append(f"OpenVINO      {f.get('openvino') or 'not installed'} (NNCF "
+                 f"{f.get('nncf') or 'not installed'})")
+    for label, c in rep.get("cpu_default", {}).items():
+        lines.append(f"CPU default   {label}: {c['engine']} ({c['reason']})")
     lines.append("")
     lines += [Finding(**x).line() for x in rep["findings"]]
     bad = [x for x in rep["findings"] if x["found"] and not x["ok"]]
