@@ -35,7 +35,7 @@ import numpy as np
 
 from nasfcos.errors import BackendUnavailable, FieldError, NasfcosError, first_line
 from nasfcos.runtime.artifact import form_of
-from nasfcos.runtime.runner_base import Runner, image_dims, kind_from_inputs
+from nasfcos.runtime.runner_base import Runner
 
 OV_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 INSTALL_HINT = "pip install 'nasfcos[openvino]'"
@@ -262,7 +262,11 @@ class OvRunner(Runner):
             raise BackendUnavailable("openvino bf16: this CPU reports no native bf16 "
                                      "(AVX512_BF16 or AMX)")
         self.path, self.threads, self.precision = path, threads, precision
-        self._read_io(ov_model)
+        shapes = [i.get_partial_shape() for i in ov_model.inputs]
+        self._set_io([i.get_any_name() for i in ov_model.inputs],
+                     [o.get_any_name() for o in ov_model.outputs],
+                     [[d.get_length() if d.is_static else None for d in s]
+                      if s.rank.is_static else None for s in shapes], path)
         self.quant: dict[str, Any] = {}
         if precision == "int8":
             ov_model = self._quantize(ov_model, calib, keep_float)
@@ -280,23 +284,6 @@ class OvRunner(Runner):
         self._ranges = manifest.dynamic_ranges if manifest is not None else {}
         self._feed: list[np.ndarray] = []
         self.setup_seconds = time.perf_counter() - t0
-
-    def _read_io(self, ov_model: Any) -> None:
-        """Input and output names, kind, and the static batch, size or widths of the inputs."""
-        self.input_names = [i.get_any_name() for i in ov_model.inputs]
-        self.output_names = [o.get_any_name() for o in ov_model.outputs]
-        self.kind = kind_from_inputs(self.input_names)
-        shape = ov_model.inputs[0].get_partial_shape()
-        if self.kind == "detector" and shape.rank.is_static:
-            dims = image_dims([d.get_length() if d.is_static else None for d in shape],
-                              self.path)
-            self.batch_size = dims[0]
-            if dims[2] is not None and dims[3] is not None:
-                self.input_size = (int(dims[2]), int(dims[3]))
-        elif self.kind == "decoder":
-            chans = [i.get_partial_shape()[1] for i in ov_model.inputs]
-            if all(c.is_static for c in chans):
-                self.in_channels = tuple(c.get_length() for c in chans)
 
     def _quantize(self, ov_model: Any, calib: Any, keep_float: Sequence[str]) -> Any:
         """``ov_model`` quantized to int8 by NNCF on ``calib``'s images (recorded in ``quant``)."""

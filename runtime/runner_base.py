@@ -89,6 +89,23 @@ class Runner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _set_io(self, inputs: Sequence[str], outputs: Sequence[str],
+                dims: Sequence[Sequence[int | None] | None], where: object) -> None:
+        """Names and kind, and what static dims fix: a detector's batch and (H, W), a decoder's
+        c2..c5 widths (``dims``: per input, None for a dynamic dim or an unknown rank)."""
+        self.input_names, self.output_names = list(inputs), list(outputs)
+        self.kind = kind_from_inputs(self.input_names)
+        if self.kind == "detector" and dims[0] is not None:
+            shape = image_dims(dims[0], where)
+            if isinstance(shape[0], int):
+                self.batch_size = shape[0]
+            if isinstance(shape[2], int) and isinstance(shape[3], int):
+                self.input_size = (shape[2], shape[3])
+        elif self.kind == "decoder":
+            chans = [d[1] if d is not None else None for d in dims]
+            if all(isinstance(c, int) for c in chans):
+                self.in_channels = tuple(chans)  # type: ignore[arg-type]
+
     def _check_arity(self, arrays: Sequence[np.ndarray]) -> None:
         if len(arrays) != len(self.input_names):
             raise NasfcosError(f"{self.backend}: expected {len(self.input_names)} inputs "

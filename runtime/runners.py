@@ -32,7 +32,7 @@ from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
 from nasfcos.runtime.artifact import FORM_BACKENDS, Artifact, form_of, open_artifact
 from nasfcos.runtime.manifest import Manifest
 from nasfcos.runtime.models import LoadedModel, load_model
-from nasfcos.runtime.runner_base import Runner, image_dims, kind_from_inputs
+from nasfcos.runtime.runner_base import Runner, kind_from_inputs
 
 BACKENDS: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime", "openvino", "tensorrt")
 #: Run-time precisions a backend takes as ``BACKEND:PRECISION`` (its default first); other
@@ -56,14 +56,6 @@ def split_backend(spec: str) -> tuple[str, str | None]:
                            + (f" (have {', '.join(have)})" if have else
                               " (build it into the file: nasfcos export --precision)"))
     return backend, prec
-
-
-def _cuda_or_raise(backend: str) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendUnavailable(f"{backend}: no CUDA GPU available (torch.cuda.is_available() "
-                                 "is False)")
 
 
 #: Input size (HxW) of the seeded example on which the eager inference copy is parity-checked
@@ -101,9 +93,10 @@ class TorchRunner(Runner):
         #: (the compiled model keeps DeformConv sampling coordinates and post-processing in
         #: float32); outputs are returned as float32.
         self.precision = precision
-        if device.startswith("cuda"):
-            _cuda_or_raise(self.backend)
-        elif device != "cpu":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable(f"{self.backend}: no CUDA GPU available "
+                                     "(torch.cuda.is_available() is False)")
+        if not device.startswith("cuda") and device != "cpu":
             raise NasfcosError(f"unknown device {device!r} (expected cpu or cuda)")
         self.device = device
         if threads:
@@ -295,23 +288,13 @@ class OrtRunner(Runner):
         except Exception as exc:
             line = first_line(exc, 300)
             raise NasfcosError(f"{path}: ONNX Runtime cannot load it ({line})") from exc
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.kind = kind_from_inputs(self.input_names)
-        if self.kind == "decoder":
-            chans = [i.shape[1] for i in self.session.get_inputs()]
-            if all(isinstance(c, int) for c in chans):
-                self.in_channels = tuple(chans)
+        ins = self.session.get_inputs()
+        self._set_io([i.name for i in ins], [o.name for o in self.session.get_outputs()],
+                     [[d if isinstance(d, int) else None for d in i.shape] for i in ins], path)
         self._feed: dict[str, Any] = {}
         self._outputs: list[Any] = []
         self._binding: Any = None
         self._ranges = manifest.dynamic_ranges if manifest is not None else {}
-        if self.kind == "detector":  # a static export fixes the batch and/or the image size
-            shape = image_dims(self.session.get_inputs()[0].shape, path)
-            if isinstance(shape[0], int):
-                self.batch_size = int(shape[0])
-            if all(isinstance(d, int) for d in shape[2:4]):
-                self.input_size = (int(shape[2]), int(shape[3]))
         self.setup_seconds = time.perf_counter() - t0
 
     def bind(self, *arrays: np.ndarray) -> None:

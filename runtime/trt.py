@@ -47,7 +47,7 @@ import numpy as np
 from nasfcos.errors import BackendUnavailable, NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from nasfcos.runtime.manifest import Manifest, manifest_path_for
-from nasfcos.runtime.runner_base import Runner, kind_from_inputs
+from nasfcos.runtime.runner_base import Runner
 from nasfcos.runtime.trt_onnx import deformconv_problems
 
 MIN_TRT_VERSION = (10, 1)
@@ -248,12 +248,13 @@ def _parser_errors(parser: Any) -> list[str]:
     return lines
 
 
-def _onnx_precision(onnx_path: Path) -> tuple[str, dict[str, Any] | None]:
-    """(precision, manifest or None) of an ONNX file, from its manifest."""
+def _onnx_precision(path: Path, unknown: str = "fp32") -> tuple[str, dict[str, Any] | None]:
+    """(precision, manifest or None) of an ONNX file or engine, from its manifest
+    (``unknown`` without one)."""
     try:
-        man = Manifest.load(onnx_path)
+        man = Manifest.load(path)
     except NasfcosError:
-        return "fp32", None
+        return unknown, None
     return man.precision, man.raw
 
 
@@ -511,7 +512,7 @@ class TrtRunner(Runner):
         if not path.is_file():
             raise NasfcosError(f"{path}: no such engine file")
         self.path = path
-        self.precision = _engine_precision(path)
+        self.precision = _onnx_precision(path, "unknown")[0]
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
@@ -521,14 +522,9 @@ class TrtRunner(Runner):
         self.context = self.engine.create_execution_context()
         self._trt = trt
         io = _engine_io(trt, self.engine)
-        self.input_names = [n for n, _, _, is_in in io if is_in]
-        self.output_names = [n for n, _, _, is_in in io if not is_in]
+        self._set_io([n for n, _, _, is_in in io if is_in], [n for n, _, _, is_in in io if not is_in],
+                     [[d if d >= 0 else None for d in s] for _, s, _, is_in in io if is_in], path)
         self._dtypes = {n: cuda.dtype(d) for n, _, d, _ in io}
-        self.kind = kind_from_inputs(self.input_names)
-        if self.kind == "decoder":
-            chans = [s[1] for n, s, _, is_in in io if is_in]
-            if all(c > 0 for c in chans):
-                self.in_channels = tuple(chans)
         self.stream = cuda.stream(device)
         self._inputs: list[Any] = []
         self._outputs: dict[str, Any] = {}
@@ -596,13 +592,6 @@ class TrtRunner(Runner):
         return {**super().info(), "tensorrt": self._trt.__version__,
                 "precision": self.precision, "device_memory_bytes": mem,
                 **cuda.device_info(self.device)}
-
-
-def _engine_precision(path: Path) -> str:
-    try:
-        return Manifest.load(path).precision
-    except NasfcosError:
-        return "unknown"
 
 
 __all__ = ["MAX_TRT_MAJOR", "MIN_TRT_VERSION", "TRT_API", "TRT_MISSING", "TrtBuildOptions",

@@ -1,13 +1,7 @@
-"""What TensorRT's ONNX parser takes, checked without TensorRT: at export time (the manifest's
-``export.tensorrt`` record) and by :mod:`nasfcos.runtime.trt` before a build.
-
-src: onnx-tensorrt, DEFINE_BUILTIN_OP_IMPORTER(DeformConv) (importers) and
-modulatedDeformableConvPluginHelper (importerUtils), and docs/operators.md ("DeformConv: FP32,
-FP16; input must have 1D or 2D spatial dimensions; pads for the beginning and end along each
-spatial axis must be the same").  The node becomes the ModulatedDeformConv2d plugin: group,
-offset_group, strides and dilations are passed through unrestricted; a missing mask becomes
-ones, a missing bias is left out.
-"""
+"""What TensorRT's ONNX parser takes for DeformConv, checked without TensorRT (at export and
+before a build).  src: onnx-tensorrt's DeformConv importer and docs/operators.md ("FP32, FP16;
+1D or 2D spatial dimensions; pads at the beginning and end of each axis the same"); group,
+offset_group, strides and dilations pass unrestricted, a missing mask becomes ones."""
 
 from __future__ import annotations
 

@@ -173,8 +173,12 @@ def test_version_outside_the_supported_range(monkeypatch, version, msg, capsys,
     import nasfcos.runtime.trt as trt_mod
     from nasfcos.cli.main import main
 
+    from nasfcos.runtime import doctor
+
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(version))
     monkeypatch.setattr(trt_mod, "cuda", CpuCuda)
+    gpu = doctor.Gpu(0, "H100", (9, 0), 80.0)  # the CLI's preflight names a missing GPU first
+    monkeypatch.setattr(doctor, "probe", lambda: doctor.Facts(gpus=[gpu]))
     with pytest.raises(BackendUnavailable, match=msg):
         trt_mod.require_tensorrt()
     code = main(["export", str(paper_decoder_onnx), "--trt", str(tmp_path / "m.engine")])
