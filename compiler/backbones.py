@@ -29,6 +29,7 @@ downloaded.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import jinja2
@@ -40,6 +41,9 @@ from nasfcos.errors import NasfcosError
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 #: The line of a ``pasted_*`` module below which its code goes into compiled files.
 PASTE_MARKER = "# --- pasted into model.py below this line ---\n"
+#: A name in pasted code that stands for a compiled option: a compiled file has the option's
+#: Python literal in its place (:func:`paste`); the ordinary module defines it above the marker.
+FILL_IN = re.compile(r"\bCOMPILED_[A-Z_]+\b")
 
 
 @functools.cache
@@ -50,10 +54,21 @@ def pasted(name: str) -> str:
     return text.split(PASTE_MARKER, 1)[1]
 
 
+def paste(name: str, **values: str) -> str:
+    """:func:`pasted` code of ``name`` with each :data:`FILL_IN` name in it replaced by its value
+    in ``values`` (Python literal text).  Raises when a name is left without a value or a value
+    names nothing: the compiled file would not run or would ignore an option."""
+    code = pasted(name)
+    names = set(FILL_IN.findall(code))
+    if names != set(values):
+        raise NasfcosError(f"pasted_{name}: fill-ins {sorted(names)} but values for {sorted(values)}")
+    return FILL_IN.sub(lambda m: values[m.group(0)], code)
+
+
 @functools.cache
 def template_environment() -> jinja2.Environment:
     """The Jinja2 environment of ``compiler/templates`` (strict: undefined names raise);
-    ``{{ paste("name") }}`` on a line of its own puts :func:`pasted` code there."""
+    ``{{ paste("name", **values) }}`` on a line of its own puts :func:`paste` code there."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
@@ -62,7 +77,7 @@ def template_environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.globals["paste"] = lambda name: pasted(name).removesuffix("\n")  # the line's own newline ends it
+    env.globals["paste"] = lambda name, **values: paste(name, **values).removesuffix("\n")  # the line's own newline ends it
     return env
 
 
