@@ -357,18 +357,8 @@ def format_table(profiles: Iterable[Profile]) -> str:
     return "\n".join(lines)
 
 
-def gmacs(profile: Profile) -> float:
-    """Total multiply-adds in billions (convenience for reports)."""
-    return profile.macs["total"] / 1e9
-
-
-def mparams(profile: Profile) -> float:
-    """Total parameters in millions (convenience for reports)."""
-    return profile.params["total"] / 1e6
-
-
 __all__ = [
     "COMPONENTS", "FPN_PREFIXES", "HEAD_PREFIXES", "PAPER_SIZE", "Profile", "component_of",
-    "count_macs", "deform_conv2d_flop", "format_table", "gmacs", "mparams", "profile_detector",
+    "count_macs", "deform_conv2d_flop", "format_table", "profile_detector",
     "register_deform_conv_flops",
 ]

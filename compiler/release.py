@@ -100,8 +100,6 @@ IGNORED_REASONS: dict[str, str] = {
     r"encoder\.body\..*num_batches_tracked": "BN step counter of the backbone (the compiled trunk "
                                              "uses frozen BN, which has none; not used at inference)",
 }
-#: Top-level entries of a release checkpoint besides ``model`` (training state, not weights).
-TRAINING_STATE = ("optimizer", "scheduler", "iteration")
 
 
 @dataclass(frozen=True)
