@@ -5,23 +5,8 @@ compiler pastes that ordinary module's code into the file (:func:`pasted`, also 
 template environment's ``paste``); this module exposes it to the toolkit (profile, tests,
 the compiler's choice of ``in_channels``).
 
-Names (``BACKBONE_NAMES``) and the widths of ``[c2, c3, c4, c5]`` (strides 4, 8, 16, 32):
-
-==================  ======================  =================================================
-name                widths                  notes
-==================  ======================  =================================================
-resnet18, resnet34  64, 128, 256, 512       torchvision, frozen BN
-resnet50, resnet101 256, 512, 1024, 2048    torchvision, frozen BN
-resnext101_32x4d    256, 512, 1024, 2048    ``ResNet(Bottleneck, [3,4,23,3], groups=32, width_per_group=4)``
-resnext101_32x8d    256, 512, 1024, 2048    torchvision's X-101 32x8d, frozen BN
-resnet50_c2         256, 512, 1024, 2048    the release's R-50: stride in the first 1x1, frozen BN
-resnet101_c2                                without eps, Caffe2 BGR input (``preprocess=caffe2``)
-resnext101_32x8d_c2 256, 512, 1024, 2048    the release's X-101 32x8d: stride in the 3x3, no eps
-mobilenet_v2        24, 32, 96, 320         ``features`` blocks 3, 6, 13, 17 (FCOS's MNV2 taps)
-mobilenet_v3_large  24, 40, 112, 160        ``features`` blocks 3, 6, 12, 15
-tiny                16, 24, 32, 48          test-only: ten 3x3 convs + ReLU, random weights
-==================  ======================  =================================================
-
+Names (``BACKBONE_NAMES``), the widths of ``[c2, c3, c4, c5]`` (strides 4, 8, 16, 32) and what
+each trunk is: the one table, ``BACKBONE_CHANNELS`` and its comment in that module.
 Weights are random unless a torchvision-format state_dict file is given; nothing is ever
 downloaded.
 """
