@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from nasfcos.compiler.options import CompileOptions
 from nasfcos.compiler.pasted_backbone import (
     BACKBONE_CHANNELS,
     CAFFE2_MEAN,
@@ -23,18 +24,17 @@ from nasfcos.compiler.pasted_backbone import (
     build_backbone,
     load_backbone_weights,
 )
+from nasfcos.genotypes import OUTPUT_STRIDES
+from nasfcos.modelfile import DEFAULT_BOX_UNITS
 
 # the compiled file's Decoder and constants (its own, above this code)
 Decoder: type[nn.Module] = nn.Module
-FPN_CHANNELS = 256
-NUM_CLASSES = 80
-STRIDES = (8, 16, 32, 64, 128)
-BOX_REGRESSION = "pixels"
-# the compiled options, printed as literals in their place (CompileOptions' defaults here)
-COMPILED_BACKBONE = "resnet50"
-COMPILED_PREPROCESS = "imagenet"
-COMPILED_SCORING = "product"
-COMPILED_HEAD_CHANNELS: int | None = None
+FPN_CHANNELS, NUM_CLASSES = CompileOptions().fpn_channels, CompileOptions().num_classes
+STRIDES, BOX_REGRESSION = OUTPUT_STRIDES, DEFAULT_BOX_UNITS
+# the compiled options, printed as literals in their place (their defaults here)
+COMPILED_BACKBONE, COMPILED_SCORING = CompileOptions().backbone, CompileOptions().scoring
+COMPILED_PREPROCESS = CompileOptions().resolved_preprocess
+COMPILED_HEAD_CHANNELS = CompileOptions().head_channels
 
 # --- pasted into model.py below this line ---
 
