@@ -32,6 +32,7 @@ from nasfcos.genotypes.genotype import (
     Genotype,
     decode_json,
     load_genotype,
+    parse_at,
     parse_genotype,
     read_limited,
 )
@@ -165,14 +166,9 @@ def read_release_config(path: str | Path) -> ReleaseConfig:
 
 def _load_json_file(p: Path) -> Genotype:
     doc = decode_json(read_limited(p), source=str(p))
-    try:
-        if isinstance(doc, list):
-            return from_paper_list(doc, name=_name_from(p))
-        return parse_genotype(doc)
-    except GenotypeError as exc:
-        raise GenotypeError(f"{p}: {exc}") from None
-    except RecursionError:
-        raise GenotypeError(f"{p}: JSON nested too deeply") from None
+    if isinstance(doc, list):
+        return parse_at(str(p), lambda d: from_paper_list(d, name=_name_from(p)), doc)
+    return parse_at(str(p), parse_genotype, doc)
 
 
 def resolve_genotype(arg: str | Path) -> Genotype:
