@@ -88,6 +88,10 @@ def test_cli_width_and_class_flags_call_the_same_rules() -> None:
     from nasfcos.weights import METADATA_RULES
 
     assert METADATA_RULES["num_classes"][2] == MAX_CLASSES  # a weights file's classes: the same limit
+    from nasfcos.weights import check_metadata
+
+    with pytest.raises(NasfcosError, match="metadata 'cat_ids' must be"):  # one id per class
+        check_metadata({"cat_ids": list(range(MAX_CLASSES + 1))}, "w.pt")
     assert A.num_classes(str(MAX_CLASSES)) == MAX_CLASSES and A.width(str(MAX_CHANNELS)) == MAX_CHANNELS
     with pytest.raises(argparse.ArgumentTypeError, match=r"^10001 is out of range \(1..10000\)$"):
         A.num_classes(str(MAX_CLASSES + 1))
