@@ -346,7 +346,7 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[Group[ModuleDef]], list[Grou
     groups = [
         Group("backbone adapters (only the levels the genotype reads)", tuple(adapters)),
         Group("FPN blocks: pool entry 4 + k is block k's output (skip ops hold no module)",
-                    tuple(blocks)),
+              tuple(blocks)),
     ]
     return groups, sections
 
