@@ -53,7 +53,6 @@ HEAD_PREFIXES: tuple[str, ...] = ("cls_", "reg_", "bbox_", "centerness", "ctr", 
 #: Decoder children (first name component) that belong to the FPN.
 FPN_PREFIXES: tuple[str, ...] = ("adapt", "fpn", "p6", "p7", "lateral")
 COMPONENTS: tuple[str, ...] = ("backbone", "fpn", "head", "other")
-DEFAULT_BACKBONE = "resnet50"
 
 
 def deform_conv2d_flop(
@@ -225,7 +224,7 @@ class ProfileRequest:
     ``model``: a compiled ``model.py``, a genotype ``.json`` (or list-form JSON, or a release
     config ``.yaml``), a shipped genotype name
     (``nas_fcos_fpn``, ``nas_fcos_fpn_head``) or ``fpn-fcos`` (the FPN-FCOS baseline).
-    ``backbone=None``: a model file's compiled ``BACKBONE``, else resnet50.  Widths left
+    ``backbone=None``: a model file's compiled ``BACKBONE``, else ``CompileOptions``' default.  Widths left
     ``None`` keep the model file's compiled values; genotypes and the baseline default to 256.
     ``head_channels=None`` means the FPN width (for a model file:
     its compiled head width).  ``size`` is (height, width) in pixels.
@@ -293,7 +292,7 @@ def build_for_profile(req: ProfileRequest) -> tuple[nn.Module, str, tuple[int, i
         backbone_channels(req.backbone)  # validates the name before any compiling
     module, label, overrides = _load_source(req)
     info = ModelInfo.from_module(module)
-    backbone = req.backbone or info.backbone or DEFAULT_BACKBONE
+    backbone = req.backbone or info.backbone or CompileOptions.backbone
     widths = backbone_channels(backbone)
     try:
         with torch.device(req.device):
