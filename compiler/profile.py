@@ -234,7 +234,7 @@ class ProfileRequest:
     backbone: str | None = None
     fpn_channels: int | None = None
     head_channels: int | None = None
-    num_classes: int = 80
+    num_classes: int = CompileOptions.num_classes
     size: tuple[int, int] = PAPER_SIZE
     device: str = "meta"
 
