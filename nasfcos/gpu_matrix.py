@@ -232,7 +232,7 @@ def _range(lo: tuple[int, int], hi: tuple[int, int]) -> str:
 
 def markdown_table(rows: Sequence[Generation] = GENERATIONS) -> str:
     """The README's GPU table, generated from the matrix."""
-    lines = ["| GPU generation (compute capability) | e.g. | torch 2.14.1 build with kernels "
+    lines = [f"| GPU generation (compute capability) | e.g. | torch {TORCH_VERSION} build with kernels "
              "| TensorRT (extra) | onnxruntime-gpu (extra) | DeformConv | fast precisions |",
              "|---|---|---|---|---|---|---|"]
     for g in rows:
