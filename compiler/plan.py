@@ -19,10 +19,12 @@ from nasfcos.genotypes import (
     BACKBONE_STRIDES,
     OUTPUT_LEVELS,
     OUTPUT_STRIDES,
+    PAPER_GENOTYPES,
     Genotype,
     fpn_graph,
     head_live,
     head_pool_names,
+    load_paper_genotype,
 )
 
 #: Version of the code generator, printed in every generated file's header.
@@ -249,8 +251,6 @@ def _literal(g: Genotype) -> str:
 def genotype_source(g: Genotype) -> str:
     """How ``nasfcos compile`` is given ``g``: its shipped name when it is a shipped genotype
     (same name and hash), else a placeholder for the user's genotype JSON file."""
-    from nasfcos.genotypes import PAPER_GENOTYPES, load_paper_genotype
-
     for shipped in PAPER_GENOTYPES:
         paper = load_paper_genotype(shipped)
         if paper.name == g.name and paper.hash() == g.hash():

@@ -19,6 +19,7 @@ over a shipped name of the same spelling.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -192,8 +193,6 @@ def resolve_genotype(arg: str | Path) -> Genotype:
 def unknown_genotype_message(text: str) -> str:
     """One line for a genotype argument that is neither a file nor a shipped name: the
     closest shipped name ("did you mean") and all of them."""
-    import difflib
-
     stem = Path(text).name.removesuffix(".json").replace("-", "_").lower()
     close = difflib.get_close_matches(stem, PAPER_GENOTYPES, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
