@@ -66,11 +66,6 @@ def template_environment() -> jinja2.Environment:
     return env
 
 
-def backbone_names() -> tuple[str, ...]:
-    """Every backbone name a detector accepts, in table order."""
-    return tuple(pasted_backbone.BACKBONE_CHANNELS)
-
-
 def backbone_channels(name: str) -> tuple[int, int, int, int]:
     """Widths of ``[c2, c3, c4, c5]`` of backbone ``name`` (the Decoder's ``in_channels``)."""
     table = pasted_backbone.BACKBONE_CHANNELS
@@ -100,4 +95,5 @@ def image_normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(pasted_backbone.IMAGE_MEAN), tuple(pasted_backbone.IMAGE_STD)
 
 
-BACKBONE_NAMES: tuple[str, ...] = backbone_names()
+#: Every backbone name a detector accepts, in table order.
+BACKBONE_NAMES: tuple[str, ...] = tuple(pasted_backbone.BACKBONE_CHANNELS)

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from nasfcos.compiler.backbones import backbone_names
+from nasfcos.compiler.backbones import BACKBONE_NAMES
 from nasfcos.errors import FieldError, NasfcosError
 from nasfcos.modelfile import BOX_UNITS, DEFAULT_BOX_UNITS, MAX_CLASSES
 
 #: Backbones a ``--detector`` build may name: every trunk of :mod:`~nasfcos.compiler.pasted_backbone`
 #: (``tiny`` is a small random-weight trunk for tests and smoke runs).
-BACKBONES: tuple[str, ...] = backbone_names()
+BACKBONES = BACKBONE_NAMES
 #: Bounds (inclusive) of the width options (also every CLI width flag's, through
 #: :func:`check_width`).
 MIN_CHANNELS = 2
