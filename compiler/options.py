@@ -174,7 +174,7 @@ def option_flags(options: CompileOptions) -> list[str]:
     flags = []
     if options.box_regression != DEFAULT_BOX_UNITS:
         flags.append(f"--box-regression {options.box_regression}")
-    if options.detector and options.scoring != "product":
+    if options.detector and options.scoring != CompileOptions.scoring:
         flags.append(f"--scoring {options.scoring}")
     if options.detector and options.preprocess is not None:
         flags.append(f"--preprocess {options.preprocess}")
