@@ -312,8 +312,7 @@ def cpu_default() -> dict[str, dict[str, str]]:
     out = {}
     for label, name, precision in (("fp32 .onnx", "m.onnx", "fp32"), ("model.py", "m.py", None)):
         try:
-            choice = choose_cpu_engine(name, precision=precision)
-            out[label] = {"engine": choice.engine, "reason": choice.reason}
+            out[label] = asdict(choose_cpu_engine(name, precision=precision))
         except NasfcosError as exc:  # an unreadable NASFCOS_CPU_ENGINES table
             out[label] = {"engine": "?", "reason": str(exc)}
     return out

@@ -48,7 +48,6 @@ from nasfcos.errors import BackendUnavailable, NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from nasfcos.runtime.manifest import Manifest, manifest_path_for
 from nasfcos.runtime.runner_base import Runner
-from nasfcos.runtime.trt_onnx import deformconv_problems
 
 MIN_TRT_VERSION = (10, 1)
 #: First major version not supported (its API is unknown today).
@@ -311,6 +310,8 @@ def _first_few(items: Sequence[str], n: int) -> str:
 def _refuse_unparsable(onnx_path: Path) -> None:
     """Raise, naming the nodes, for a graph TensorRT's parser would refuse (DeformConv rules)."""
     import onnx
+
+    from nasfcos.runtime.export import deformconv_problems
 
     problems = deformconv_problems(onnx.load(str(onnx_path), load_external_data=False))
     if problems:

@@ -172,7 +172,6 @@ def test_version_outside_the_supported_range(monkeypatch, version, msg, capsys,
                                              paper_decoder_onnx, tmp_path) -> None:
     import nasfcos.runtime.trt as trt_mod
     from nasfcos.cli.main import main
-
     from nasfcos.runtime import doctor
 
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(version))

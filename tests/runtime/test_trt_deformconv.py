@@ -11,8 +11,8 @@ from onnx import TensorProto as T
 from onnx import helper as h
 
 from nasfcos.errors import NasfcosError
+from nasfcos.runtime.export import deformconv_problems
 from nasfcos.runtime.trt import _refuse_unparsable
-from nasfcos.runtime.trt_onnx import deformconv_problems
 
 
 def _graph(*, x=T.FLOAT, w=None, off=None, b=None, mask=None, rank=4, pads=(1, 1, 1, 1),
