@@ -368,8 +368,7 @@ class Search:
             raise NasfcosError(f"--data {self.cfg.data}: no such folder")
         self._say(f"feature cache {self.cache_dir} ({self.cfg.preset} preset"
                   f"{', synthetic data' if self.cfg.data is None else ', data ' + self.cfg.data})")
-        build_cache(self.cfg.data, self.cache_dir, settings, progress=self.progress, log=self._say,
-                    overwrite_hint="give another --cache DIR, or delete this folder to rebuild it")
+        build_cache(self.cfg.data, self.cache_dir, settings, progress=self.progress, log=self._say)
         cache = open_verified(self.cache_dir, settings, checked=True)
         self._say(f"feature cache ready: {len(cache.train)} meta-train, {len(cache.val)} meta-val crops")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nasfcos.cli import args as A
+from nasfcos.errors import CacheError
 from nasfcos.io import atomic_write_json
 
 
@@ -23,6 +24,7 @@ def _parser(prog: str, description: str, example: str) -> argparse.ArgumentParse
 
 def cache_main(argv: list[str]) -> int:
     """``nasfcos search cache``: run the frozen backbone once and store features + targets."""
+    from nasfcos.search.cache import CacheConflict
     from nasfcos.search.proxy import PRESETS, build_cache, get_preset, open_cache
 
     p = _parser("nasfcos search cache",
@@ -66,9 +68,11 @@ def cache_main(argv: list[str]) -> int:
 
         torch.set_num_threads(a.threads)
     log = (lambda msg: None) if a.json else (lambda msg: print(msg, file=sys.stderr))
-    path = build_cache(a.data, a.out, settings, resume=not a.no_resume,
-                       overwrite=a.overwrite, progress=not a.quiet, log=log,
-                       overwrite_hint="use --overwrite or another --out")
+    try:
+        path = build_cache(a.data, a.out, settings, resume=not a.no_resume,
+                           overwrite=a.overwrite, progress=not a.quiet, log=log)
+    except CacheConflict as exc:
+        raise CacheError(f"{exc.problem}; use --overwrite or another --out") from None
     cache = open_cache(path, settings, verify="size")
     m = cache.manifest
     summary = {

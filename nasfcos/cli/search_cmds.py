@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nasfcos.cli import args as A
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import CacheError, NasfcosError
 
 SEARCH_EPILOG = """\
 examples:
@@ -154,6 +154,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 def search_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from nasfcos.search.cache import CacheConflict
     from nasfcos.search.loop import Search
 
     cfg = _config(args)
@@ -174,7 +175,10 @@ def search_main(argv: list[str]) -> int:
     search = Search(args.out, cfg, resume=args.resume, executor_kind=args.executor, workers=workers,
                     address=args.address, cpus_per_trial=args.cpus_per_trial,
                     gpus_per_trial=args.gpus_per_trial, top_k=args.top_k, progress=not args.quiet, latency_check=check)
-    summary = search.run()
+    try:
+        summary = search.run()
+    except CacheConflict as exc:  # 'search' has no --overwrite: another cache folder, or none
+        raise CacheError(f"{exc.problem}; give another --cache DIR, or delete this folder to rebuild it") from None
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return 0
