@@ -421,11 +421,8 @@ def meta_val_losses(model: nn.Module, cache: FeatureCache, settings: ProxySettin
     cls_den = 0.0
     per_image = cfg.cls_norm == "positives+images"
     n_val = len(cache.val)
-    bounds = list(range(0, n_val, settings.eval_batch_size)) + [n_val]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        del bounds[-2]  # no batch of one image: GroupNorm on a 1x1 map (p7) needs two values per group
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        idx = np.arange(start, stop)
+    for start in range(0, n_val, settings.eval_batch_size):
+        idx = np.arange(start, min(n_val, start + settings.eval_batch_size))
         feats, targets = cache.val.batch(idx, device)
         cls, reg, ctr = model(feats)
         _check_sizes(cls, targets)
