@@ -590,7 +590,7 @@ def _all_failed_message(step: int, rows: list[dict[str, Any]], out: Path) -> str
     errors = [str(e) for r in rows for e in (r.get("errors") or [])]
     common = max(set(errors), key=errors.count) if errors else "no error recorded"
     return (f"every trial of step {step} failed ({len(rows)} of {len(rows)}); most frequent error: "
-            f"{common.splitlines()[0][:300]} -- fix the cause, then 'nasfcos search --out {out} --resume'")
+            f"{first_line(NasfcosError(common), 300)} -- fix the cause, then 'nasfcos search --out {out} --resume'")
 
 
 # ------------------------------------------------------------------------------------------
