@@ -31,6 +31,8 @@ examples:
 a proxy search without --cache builds its feature cache (and, without --data, the preset's
 synthetic data set) in --out/cache first, or reuses the one there.  A search whose every
 trial of a step fails stops with exit status 2 and the reason; fix it and add --resume.
+--trials is rounded up to whole batches of --batch-size (8; a note says so), except that
+fewer trials than one batch run as one step of that many (--trials 2: two evaluations).
 
 outputs in --out: archive.jsonl (one row per sampled architecture), top/rankNN-HASH.json
 (genotypes 'nasfcos compile' takes), search.png (reward curve), best.png (best genotype),
@@ -66,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluation: 'toy' (no training, reward = deformable ops), or the proxy "
                         "task presets 'tiny' / 'paper' (default: tiny)")
     p.add_argument("--trials", type=A.positive_int, default=None,
-                   help="architectures to sample in total, rounded up to whole batches "
-                        "(required for a new search; on --resume defaults to the stored target)")
+                   help="architectures to sample in total, rounded up to whole batches; fewer than "
+                        "one batch: one step of that many (required for a new search; on --resume "
+                        "defaults to the stored target)")
     p.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, required=True,
                    metavar="DIR", help="search folder")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
@@ -93,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(torchvision format; default: the preset's)")
     p.add_argument("--seed", type=A.seed, default=None, metavar="S", help="search seed (default 0)")
     p.add_argument("--batch-size", type=A.positive_int, default=None, metavar="B",
-                   help="architectures per controller update (default 8)")
+                   help="architectures per controller update (default 8, or --trials when smaller)")
     p.add_argument("--head", choices=("dag", "sequential", "fcos"), default=None,
                    help="head search space (default dag: the paper's)")
     p.add_argument("-k", "--top-k", type=A.positive_int, default=5, metavar="K",
@@ -127,7 +130,8 @@ def _config(args: argparse.Namespace) -> Any:
     stored = Path(args.out) / CONFIG_NAME
     if args.resume and not Path(args.out).is_dir():
         raise NasfcosError(f"{args.out}: no such search folder to resume")
-    if args.resume and stored.exists():
+    stored_used = args.resume and stored.exists()
+    if stored_used:
         base = SearchConfig.read(stored)
     else:
         if args.trials is None:
@@ -144,6 +148,8 @@ def _config(args: argparse.Namespace) -> Any:
             changes[name] = v
     if args.head is not None:
         changes["controller"] = dataclasses.replace(base.controller or ControllerConfig(), head_kind=args.head)
+    if not stored_used and args.batch_size is None and args.trials < base.batch_size:
+        changes["batch_size"] = args.trials  # a short run is honoured: one step of --trials samples
     cfg = dataclasses.replace(base, **changes)
     for name in ("data", "cache", "latency_table", "backbone_weights"):
         v = getattr(cfg, name)

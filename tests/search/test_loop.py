@@ -255,6 +255,18 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         search_main(["--preset", "nope", "--trials", "8", "--out", str(tmp_path / "y")])
 
 
+def test_fewer_trials_than_a_batch_run_as_one_step(tmp_path: Path) -> None:
+    """review finding: '--trials 2' ran 8 trials (one default batch); now one step of 2."""
+    from nasfcos.cli.search_cmds import _config, _parser
+
+    cfg = _config(_parser().parse_args(["--preset", "toy", "--trials", "2", "--out", str(tmp_path / "a")]))
+    assert (cfg.trials, cfg.batch_size, cfg.steps) == (2, 2, 1)
+    cfg = _config(_parser().parse_args(["--trials", "10", "--out", str(tmp_path / "a")]))
+    assert (cfg.batch_size, cfg.steps) == (8, 2)  # more than a batch: whole batches (and a note)
+    Search(tmp_path / "a", _cfg(trials=2, batch_size=2), workers=0, progress=False, plot_every_s=None).run()
+    assert len(read_rows(tmp_path / "a" / "archive.jsonl")) == 2
+
+
 def test_top_writes_and_removes_only_its_own_files(tmp_path: Path) -> None:
     """issue 25: `search top -o DIR` removed every rank*-*.json in DIR, the user's too."""
     Search(tmp_path / "s", _cfg(trials=16), workers=0, progress=False, plot_every_s=None).run()
