@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import importlib
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -260,10 +259,6 @@ def top_main(argv: list[str]) -> int:
     top = best_rows(rows, args.k)
     if not top:
         raise NasfcosError(f"{src / ARCHIVE_NAME}: no evaluated architecture yet")
-    for r in top:  # the hash names a file: only 64 hex digits may reach it
-        if not isinstance(r.get("hash"), str) or not re.fullmatch(r"[0-9a-f]{64}", r["hash"]):
-            raise NasfcosError(f"{src / ARCHIVE_NAME}: row {r.get('index')!r} of step "
-                               f"{r.get('step')!r} has a malformed hash")
     out = Path(args.out) if args.out else src / "top"
     write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
               owned=args.out is None)  # DIR/top is the search's own folder

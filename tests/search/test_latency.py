@@ -115,11 +115,11 @@ def test_latency_aware_toy_search(small_table: Path, tmp_path: Path, capsys: pyt
     summary = Search(tmp_path / "s", cfg, workers=0, progress=False, plot_every_s=1e9).run()
     table = load_table(small_table)
     for row in read_rows(tmp_path / "s" / "archive.jsonl"):
-        if row["status"] != "ok":
+        if row.status != "ok":
             continue
-        lat = predict_ms(parse_genotype(row["genotype"]), table)
-        assert row["extra"]["latency_ms"] == pytest.approx(lat, abs=1e-4)
-        assert row["reward"] == pytest.approx(row["extra"]["proxy_reward"] - 0.5 * math.log(lat / 1.0), abs=1e-4)
+        lat = predict_ms(parse_genotype(row.genotype), table)
+        assert row.extra["latency_ms"] == pytest.approx(lat, abs=1e-4)
+        assert row.reward == pytest.approx(row.extra["proxy_reward"] - 0.5 * math.log(lat / 1.0), abs=1e-4)
     front = summary["pareto"]["front"]
     assert front and all(a["latency_ms"] <= b["latency_ms"] and a["proxy_reward"] < b["proxy_reward"]
                          for a, b in zip(front, front[1:], strict=False))

@@ -74,7 +74,7 @@ def test_toy_search_clearly_improves(tmp_path: Path) -> None:
 def test_rows_carry_seeds_choices_and_matching_log_probs(tmp_path: Path) -> None:
     s = Search(tmp_path, _cfg(trials=8), workers=0, progress=False, plot_every_s=None)
     s.run()
-    rows = read_rows(tmp_path / "archive.jsonl")
+    rows = [r.to_json() for r in read_rows(tmp_path / "archive.jsonl")]
     assert [(r["step"], r["index"], r["trial"]) for r in rows] == [(0, i, i) for i in range(8)]
     for r in rows:
         assert r["seed"] == eval_seed(3, r["step"], r["index"])
@@ -96,7 +96,7 @@ def test_a_genotype_seen_before_is_not_retrained(tmp_path: Path) -> None:
             lin.bias.fill_(-30.0)
             lin.bias[0] = 30.0
     s.run()
-    rows = read_rows(tmp_path / "archive.jsonl")
+    rows = [r.to_json() for r in read_rows(tmp_path / "archive.jsonl")]
     assert len(ev.calls) == 1
     assert [r["status"] for r in rows] == ["ok"] + ["reused"] * 15
     assert all(r["reward"] == rows[0]["reward"] and r["reused_from"] == [0, 0] for r in rows[1:])
@@ -107,7 +107,7 @@ def test_failed_evaluations_are_retried_once_or_skipped(tmp_path: Path) -> None:
     ev = FlakyEvaluator(str(tmp_path), flaky_seeds=seeds, always_fail_op="skip")
     s = Search(tmp_path / "s", _cfg(trials=24), evaluator=ev, workers=0, progress=False, plot_every_s=None)
     s.run()
-    rows = read_rows(tmp_path / "s" / "archive.jsonl")
+    rows = [r.to_json() for r in read_rows(tmp_path / "s" / "archive.jsonl")]
     assert len(rows) == 24 and s.step == 3
     by = {(r["step"], r["index"]): r for r in rows}
     for i in (1, 4):
@@ -209,7 +209,7 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "NO-RAY 0"
     after = read_rows(archive)
-    keys = [(r["step"], r["index"]) for r in after]
+    keys = [r.key for r in after]
     assert keys == [(s, i) for s in range(6) for i in range(8)]  # none lost, none repeated
     assert [strip_volatile(r) for r in after[:len(before)]] == [strip_volatile(r) for r in before]
     # identical to an uninterrupted run of the same search
