@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
+from nasfcos.errors import BackendUnavailable, FieldError, NasfcosError, first_line
 from nasfcos.search.evaluators import Evaluator, check_result
 
 
@@ -187,7 +187,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, evaluator: Evaluator, workers: int = 1, *, threads: int | None = None) -> None:
         if workers < 1:
-            raise NasfcosError(f"--workers must be at least 1 for the local pool, got {workers}")
+            raise FieldError("workers", f"must be at least 1 for the local pool, got {workers}")
         self.evaluator = evaluator
         self.workers = workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)

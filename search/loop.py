@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from nasfcos.errors import CacheError, NasfcosError, first_line
+from nasfcos.errors import CacheError, FieldError, NasfcosError, first_line
 from nasfcos.genotypes import Genotype, parse_genotype
 from nasfcos.io import atomic_write_json, atomic_write_text
 from nasfcos.search.archive import (
@@ -168,22 +168,22 @@ class SearchConfig:
         if self.preset not in PRESETS:
             raise NasfcosError(f"unknown preset {self.preset!r} (expected one of: {', '.join(PRESETS)})")
         if self.trials < 1:
-            raise NasfcosError(f"--trials must be at least 1, got {self.trials}")
+            raise FieldError("trials", f"must be at least 1, got {self.trials}")
         if self.batch_size < 1:
-            raise NasfcosError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise FieldError("batch_size", f"must be at least 1, got {self.batch_size}")
         if self.retries < 0:
             raise NasfcosError(f"retries must be >= 0, got {self.retries}")
         for name in ("toy_noise", "toy_delay", "latency_weight"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+                raise FieldError(name, f"must be a finite number >= 0, got {v}")
         t = self.latency_target
         if t is not None:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
-                raise NasfcosError(f"--latency-target must be a positive number of milliseconds, got {t}")
+                raise FieldError("latency_target", f"must be a positive number of milliseconds, got {t}")
             if self.latency_table is None:
-                raise NasfcosError("--latency-target needs --latency-table FILE "
-                                   "(build one with 'nasfcos search latency-table')")
+                raise FieldError("latency_table", "is needed with a latency target (build one with 'nasfcos "
+                                 "search latency-table')")
 
 
 def eval_seed(seed: int, step: int, index: int) -> int:
@@ -367,7 +367,7 @@ class Search:
 
         settings = proxy_settings(self.cfg)
         if self.cfg.data is not None and not Path(self.cfg.data).is_dir():
-            raise NasfcosError(f"--data {self.cfg.data}: no such folder")
+            raise FieldError("data", f"{self.cfg.data}: no such folder")
         self._say(f"feature cache {self.cache_dir} ({self.cfg.preset} preset"
                   f"{', synthetic data' if self.cfg.data is None else ', data ' + self.cfg.data})")
         build_cache(self.cfg.data, self.cache_dir, settings, progress=self.progress, log=self._say)
@@ -752,8 +752,3 @@ def summarize(rows: list[ArchiveRow], cfg: SearchConfig | None = None, *, wall_s
         d["out"] = str(out)
         d["top_dir"] = str(out / TOP_DIR)
     return d
-
-
-def run_search(out: str | Path, cfg: SearchConfig, **kwargs: Any) -> dict[str, Any]:
-    """Convenience: ``Search(out, cfg, **kwargs).run()``."""
-    return Search(out, cfg, **kwargs).run()

@@ -50,10 +50,13 @@ TOP_EPILOG = """\
 example:
   nasfcos search top runs/tiny --top-k 5 -o best/
   nasfcos search top runs/tiny --top-k 3 -o best/ --compile --detector --num-classes 20
+  nasfcos search top runs/tiny --top-k 2 -o best/ --export --fpn-channels 128 --sizes 512,800
 writes best/rank01-HASH.json ... (the K best distinct genotypes, reward and provenance in
 "meta"), with --compile best/rank01-HASH.py ... (compiled models: 'nasfcos export', 'check',
-'bench' take them), and best/top.json (machine-readable list and the index of the files
-written: a later run replaces or removes only those, never other files in the folder)."""
+'bench' take them), with --export best/rank01-HASH/ (model.py, model.onnx, parity.json,
+report.md, summary.json: the pipeline of 'nasfcos demo'; exit status 1 if a parity check
+fails), and best/top.json (machine-readable list and the index of the files written: a later
+run replaces or removes only those, never other files in the folder)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -230,7 +233,17 @@ def _top_parser() -> argparse.ArgumentParser:
                  head_help="head width (default: the FPN width)")
     A.add_num_classes(g, "classes (default 80)")
     g.add_argument("--detector", action="store_true", help="emit class Detector too (backbone + post-processing)")
-    g.add_argument("--backbone", default=None, help="detector backbone (with --detector; default resnet50)")
+    g.add_argument("--backbone", default=None, help="detector backbone (with --detector or --export; default resnet50)")
+    e = p.add_argument_group("search to deployment: ONNX export, parity check and benchmark of each")
+    e.add_argument("--export", action="store_true",
+                   help="run the pipeline of 'nasfcos demo' for each genotype in OUTDIR/rankNN-HASH/: a "
+                        "Detector of --fpn-channels with --backbone (random weights) -> model.onnx -> "
+                        "parity against PyTorch -> CPU benchmark (report.md, summary.json)")
+    e.add_argument("--sizes", type=A.size_list, default=None, metavar="HxW,...",
+                   help="benchmark sizes (default 800x800; the export is traced at the middle one)")
+    A.add_timing(e, runs=None, runs_help="timed runs per backend and size (default 3)",
+                 warmup=None, warmup_help="untimed runs first (default 1)")
+    A.add_threads(e)
     A.add_json(p, "print the machine-readable list on stdout instead of a table")
     return p
 
@@ -241,11 +254,14 @@ def top_main(argv: list[str]) -> int:
     from nasfcos.search.loop import TOP_INDEX, write_top
 
     options = None
-    compile_flags = (args.fpn_channels, args.head_channels, args.backbone)
-    if not args.compile and (any(v is not None for v in compile_flags) or args.detector or args.num_classes != 80):
-        raise NasfcosError("--fpn-channels/--head-channels/--num-classes/--detector/--backbone need --compile")
-    if args.backbone is not None and not args.detector:
-        raise NasfcosError("--backbone only applies with --detector")
+    if not args.compile and (args.head_channels is not None or args.detector or args.num_classes != 80
+                             or (not args.export and (args.fpn_channels, args.backbone) != (None, None))):
+        raise NasfcosError("--fpn-channels/--head-channels/--num-classes/--detector/--backbone need --compile"
+                           + (" (--export takes --fpn-channels and --backbone only)" if args.export else ""))
+    if args.backbone is not None and not args.detector and not args.export:
+        raise NasfcosError("--backbone only applies with --detector or --export")
+    if not args.export and (args.sizes, args.runs, args.warmup, args.threads) != (None,) * 4:
+        raise NasfcosError("--sizes/--runs/--warmup/--threads need --export")
     if args.compile:
         from nasfcos.compiler import CompileOptions
 
@@ -263,17 +279,55 @@ def top_main(argv: list[str]) -> int:
     write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
               owned=args.out is None)  # DIR/top is the search's own folder
     listing = json.loads((out / TOP_INDEX).read_text())["top"]
+    failed = _export_top(listing, out, args) if args.export else []
     if args.json:
         print(json.dumps(listing, indent=2))
     else:
         print(f"{'rank':>4}  {'reward':>12}  {'hash':<12}  {'step':>5}  file")
         for e in listing:
             print(f"{e['rank']:>4}  {e['reward']:>12.6g}  {e['hash'][:12]:<12}  {e['step']:>5}  {e['path']}"
-                  + (f"  {e['model']}" if "model" in e else ""))
+                  + (f"  {e['model']}" if "model" in e else "") + _export_text(e.get("export")))
         if len(top) < args.k:
             print(f"(only {len(top)} distinct evaluated genotypes in the archive)")
         print(f"list: {out / 'top.json'}")
-    return 0
+    if failed:
+        print(f"nasfcos search top: parity FAILED for {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _export_text(export: dict[str, Any] | None) -> str:
+    """The table's note on an export: parity and each measured latency."""
+    if export is None:
+        return ""
+    times = ", ".join(f"{r['backend']} {r['median_ms']:.3g} ms" for r in export["results"] if r.get("median_ms"))
+    return f"  onnx {export['onnx']} (parity {'ok' if export['parity_ok'] else 'FAILED'}; {times})"
+
+
+def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> list[str]:
+    """Export, check and benchmark each listed genotype with the one library pipeline
+    (:func:`nasfcos.runtime.pipeline.run_pipeline`, as 'nasfcos demo'); each entry gains
+    ``export`` (its folder, ONNX file, parity and latencies).  Returns the ranks whose
+    parity check failed.  Progress goes to stderr (stdout holds the table or the JSON)."""
+    from nasfcos.io import atomic_write_json
+    from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
+
+    failed = []
+    for e in listing:
+        folder = out / Path(e["path"]).stem
+        print(f"nasfcos search top: rank {e['rank']}: export, check and benchmark in {folder}", file=sys.stderr)
+        summary = run_pipeline(PipelineConfig(
+            out=folder, genotype=e["path"], fpn_channels=args.fpn_channels or 256,
+            backbone=args.backbone or "resnet50", sizes=args.sizes or [(800, 800)],
+            runs=3 if args.runs is None else args.runs, warmup=1 if args.warmup is None else args.warmup,
+            threads=args.threads), lambda msg: print(msg, file=sys.stderr, flush=True))
+        summary.pop("_report", None)
+        paths = summary.pop("_paths", {})
+        atomic_write_json(folder / "summary.json", summary)
+        e["export"] = {"folder": str(folder), "onnx": str(paths.get("onnx", "")), "parity_ok": summary["parity"]["ok"],
+                       "summary": str(folder / "summary.json"), "results": summary["results"]}
+        if not summary["parity"]["ok"]:
+            failed.append(f"rank {e['rank']}")
+    return failed
 
 
 LATENCY_EPILOG = """\

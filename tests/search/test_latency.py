@@ -134,7 +134,7 @@ def test_latency_aware_toy_search(small_table: Path, tmp_path: Path, capsys: pyt
         assert "error:" in capsys.readouterr().err
     assert cli_main(["search", "--preset", "toy", "--trials", "8", "--out", out, "--quiet",
                      "--latency-target", "5"]) == 2
-    assert "needs --latency-table" in capsys.readouterr().err
+    assert "--latency-table: is needed with a latency target" in capsys.readouterr().err
     other = tmp_path / "other.json"
     other.write_text(json.dumps(dict(json.loads(small_table.read_text()), size=[128, 128])))
     assert cli_main(["search", "--out", str(tmp_path / "s"), "--resume", "--trials", "24", "--quiet",

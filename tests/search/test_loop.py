@@ -302,6 +302,44 @@ def test_top_writes_and_removes_only_its_own_files(tmp_path: Path) -> None:
         search_main(["top", str(tmp_path / "s"), "-o", str(other), "--detector"])
 
 
+def test_top_export_runs_the_one_pipeline_per_genotype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 23 item 5: 'search top --export' hands each rankNN-HASH.json to runtime.pipeline.run_pipeline
+    (a stand-in here: the real pipeline is tested in tests/runtime and by 'demo'; an export takes minutes)."""
+    import nasfcos.runtime.pipeline as pipeline
+
+    Search(tmp_path / "s", _cfg(trials=16), workers=0, progress=False, plot_every_s=None).run()
+    seen: list[pipeline.PipelineConfig] = []
+
+    def fake(cfg: pipeline.PipelineConfig, say: Any) -> dict[str, Any]:
+        seen.append(cfg)
+        say("[1/4] compiled ...")
+        ok = len(seen) == 1  # the second genotype "disagrees"
+        return {"out": str(cfg.out), "steps": {}, "parity": {"ok": ok, "failures": [] if ok else ["boxes"]},
+                "results": [{"backend": "onnxruntime", "size": [64, 64], "status": "ok", "median_ms": 1.5}],
+                "_report": object(), "_paths": {"model": cfg.out / "model.py", "onnx": cfg.out / "model.onnx"}}
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake)
+    best = tmp_path / "best"
+    argv = ["top", str(tmp_path / "s"), "-k", "2", "-o", str(best), "--export", "--fpn-channels", "32",
+            "--backbone", "tiny", "--sizes", "64", "--runs", "1", "--warmup", "0", "--threads", "1"]
+    assert search_main(argv) == 1  # a parity failure is the exit status
+    out, err = capsys.readouterr()
+    index = json.loads((best / "top.json").read_text())["top"]
+    assert [c.genotype for c in seen] == [e["path"] for e in index]
+    assert [c.out for c in seen] == [best / Path(e["path"]).stem for e in index]
+    c = seen[0]
+    assert (c.fpn_channels, c.backbone, c.sizes, c.runs, c.warmup, c.threads, c.gpu) == (32, "tiny", [(64, 64)], 1, 0,
+                                                                                         1, False)
+    assert "onnxruntime 1.5 ms" in out and "parity ok" in out and "[1/4] compiled" in err
+    assert "parity FAILED for rank 2" in err
+    assert json.loads((c.out / "summary.json").read_text())["parity"]["ok"] is True
+    with pytest.raises(NasfcosError, match="need --export"):
+        search_main(["top", str(tmp_path / "s"), "-o", str(best), "--runs", "2"])
+    with pytest.raises(NasfcosError, match="--export takes --fpn-channels and --backbone only"):
+        search_main(["top", str(tmp_path / "s"), "-o", str(best), "--export", "--num-classes", "3"])
+
+
 @pytest.mark.parametrize(("changes", "field"), [({"trials": "two"}, "trials"), ({"batch_size": 2.0}, "batch_size"),
                                                 ({"seed": True}, "seed"), ({"toy_delay": "1"}, "toy_delay"),
                                                 ({"cache": 3}, "cache")])
