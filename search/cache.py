@@ -31,7 +31,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -407,8 +407,6 @@ def _ensure_data(data_dir: str | Path | None, out: Path, settings: ProxySettings
         return Path(data_dir)
     if settings.synth_images <= 0:
         raise FieldError("data", "no data folder given and the preset has no synthetic default")
-    from dataclasses import asdict
-
     from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
     from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
@@ -505,20 +503,10 @@ def _plan(data_dir: str | Path | None, out: Path, settings: ProxySettings, *, pr
                   scaled_size_ranges(settings.size_range_scale), build_id)
 
 
-def _resume_point(b: _Build, *, resume: bool, overwrite: bool, say: Callable[[str], None]
-                  ) -> dict[str, int] | None:
-    """Rows already stored per split (all 0: start afresh, whatever was there wiped), or
-    ``None`` when a complete cache of this very build is there and verifies."""
-    if (b.out / MANIFEST).exists():
-        return _check_complete(b, resume=resume, overwrite=overwrite, say=say)
-    if (b.out / PROGRESS).exists():
-        return _check_partial(b, resume=resume, overwrite=overwrite, say=say)
-    return {s: 0 for s in SPLITS}
-
-
 def _check_complete(b: _Build, *, resume: bool, overwrite: bool, say: Callable[[str], None]
                     ) -> dict[str, int] | None:
-    """A folder with a manifest: keep it if it is this build's and verifies, else start afresh."""
+    """A folder with a manifest: ``None`` (keep it) if it is this build's and verifies, else
+    wiped (0 rows stored per split)."""
     try:
         manifest = _read_manifest(b.out)
         old = {"cache_key": manifest["cache_key"], "dataset_sha256": manifest.get("dataset_sha256"),
@@ -543,7 +531,8 @@ def _check_complete(b: _Build, *, resume: bool, overwrite: bool, say: Callable[[
 
 
 def _check_partial(b: _Build, *, resume: bool, overwrite: bool, say: Callable[[str], None]) -> dict[str, int]:
-    """A folder with a progress file: resume it if it is this build's, else start afresh."""
+    """A folder with a progress file: the rows stored per split if it is this build's, else
+    wiped (0 rows)."""
     try:
         prog = json.loads((b.out / PROGRESS).read_text("utf-8"))
     except (OSError, ValueError):
@@ -701,8 +690,8 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
     ``on_chunk(split, start, stop)`` is called after every stored chunk (progress hooks,
     tests).  Returns ``out_dir``.
 
-    Stages: :func:`_check_folder` (before any work), :func:`_plan`, :func:`_resume_point`,
-    :func:`_open_arrays`, :func:`_fill`, :func:`_write_manifest` (last).
+    Stages: :func:`_check_folder` (before any work), :func:`_plan`, :func:`_check_complete` or
+    :func:`_check_partial`, :func:`_open_arrays`, :func:`_fill`, :func:`_write_manifest` (last).
     """
     say = log or (lambda msg: None)
     if backbone_weights is not None:
@@ -710,7 +699,11 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
     out = Path(out_dir)
     _check_folder(out, settings, overwrite)
     b = _plan(data_dir, out, settings, progress=progress, overwrite=overwrite, say=say)
-    done = _resume_point(b, resume=resume, overwrite=overwrite, say=say)
+    done: dict[str, int] | None = {s: 0 for s in SPLITS}  # rows stored per split; None: complete
+    if (out / MANIFEST).exists():
+        done = _check_complete(b, resume=resume, overwrite=overwrite, say=say)
+    elif (out / PROGRESS).exists():
+        done = _check_partial(b, resume=resume, overwrite=overwrite, say=say)
     if done is None:
         return out
     arrays = _open_arrays(b, done, say)

@@ -291,14 +291,10 @@ class Search:
             raise CacheError(f"{path}: is not a regular file")
         has_state = (self.out / ARCHIVE_NAME).exists() and (self.out / ARCHIVE_NAME).stat().st_size > 0
         has_state = has_state or (self.out / CHECKPOINT_NAME).exists()
-        if not self.resume:
-            if has_state:
-                raise NasfcosError(f"{self.out} already holds a search; pass --resume to continue it "
-                                   "or choose another --out")
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, cfg.to_dict())
-            return cfg
-        if not path.exists():
+        if has_state and not self.resume:
+            raise NasfcosError(f"{self.out} already holds a search; pass --resume to continue it "
+                               "or choose another --out")
+        if not self.resume or not path.exists():
             if has_state:
                 raise CacheError(f"{path}: missing; cannot resume this search")
             self.out.mkdir(parents=True, exist_ok=True)
