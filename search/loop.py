@@ -437,23 +437,10 @@ class Search:
         step, n = self.step, self.cfg.batch_size
         with torch_threads(1):
             samples = self.controller.sample(n, self.sample_gen)
-        existing = archive.keyed()
         cache = archive.rewarded()
         choices = [list(map(int, c)) for c in samples.choices.tolist()]
         log_probs = [float(x) for x in samples.log_probs.tolist()]
-        rows: dict[int, ArchiveRow] = {}
-        genos: dict[int, tuple[Genotype, str]] = {}
-        for i in range(n):
-            old = existing.get((step, i))
-            if old is not None:  # resumed: keep what was recorded (and its sample, if it differs)
-                if old.choices is None or old.log_prob is None:
-                    raise CacheError(f"{archive.path}: row (step {step}, index {i}) lacks its sample "
-                                     "('choices', 'log_prob'); it cannot be resumed")
-                rows[i] = old
-                choices[i], log_probs[i] = list(old.choices), old.log_prob
-                continue
-            g = self.controller.genotype(choices[i], name=f"search-s{step}-i{i}")
-            genos[i] = (g, g.hash())
+        rows, genos = self._recorded_or_new(archive, step, choices, log_probs)
         # evaluate each new hash once; later samples of it reuse the reward
         first_of: dict[str, int] = {}
         for i, (_, h) in genos.items():
@@ -494,21 +481,41 @@ class Search:
             rows[i] = archive.append(row)
             bar.update(1)
         archive.sort()
-        use = [i for i in range(n) if rows[i].status in ("ok", "reused")]
+        use = [i for i in range(n) if rows[i].reward is not None]  # ok or reused
         if not use:
             raise SearchFailed(_all_failed_message(step, [rows[i] for i in range(n)], self.out))
+        rewards = [float(rows[i].reward) for i in use]  # type: ignore[arg-type]
         with torch_threads(1):
-            stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use],
-                                    [float(rows[i].reward or 0.0) for i in use])
+            stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use], rewards)
         self._postfix(bar, archive, t_start)
         return StepLog(
             step=step,
-            rewards=[float(rows[i].reward or 0.0) for i in use],
+            rewards=rewards,
             evaluated=sum(rows[i].status == "ok" for i in range(n)),
             reused=sum(rows[i].status == "reused" for i in range(n)),
             failed=sum(rows[i].status == "failed" for i in range(n)),
             ppo=stats.to_dict(),
         )
+
+    def _recorded_or_new(self, archive: Archive, step: int, choices: list[list[int]], log_probs: list[float]
+                         ) -> tuple[dict[int, ArchiveRow], dict[int, tuple[Genotype, str]]]:
+        """The rows of this step already recorded (a resume: their samples replace the fresh
+        ones in ``choices`` / ``log_probs``), and the genotype and hash of every other sample."""
+        existing = archive.keyed()
+        rows: dict[int, ArchiveRow] = {}
+        genos: dict[int, tuple[Genotype, str]] = {}
+        for i in range(len(choices)):
+            old = existing.get((step, i))
+            if old is None:
+                g = self.controller.genotype(choices[i], name=f"search-s{step}-i{i}")
+                genos[i] = (g, g.hash())
+            elif old.choices is None or old.log_prob is None:
+                raise CacheError(f"{archive.path}: row (step {step}, index {i}) lacks its sample "
+                                 "('choices', 'log_prob'); it cannot be resumed")
+            else:
+                rows[i] = old
+                choices[i], log_probs[i] = list(old.choices), old.log_prob
+        return rows, genos
 
     def _reused_row(self, step: int, i: int, g: Genotype, h: str, choices: list[int], log_prob: float,
                     src: ArchiveRow) -> dict[str, Any]:
