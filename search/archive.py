@@ -167,15 +167,16 @@ def _parse_lines(data: bytes, path: Path) -> tuple[list[ArchiveRow], int]:
     return rows, end
 
 
-def _read_archive_bytes(p: Path) -> bytes:
+def _read_bytes(p: Path, what: str) -> bytes:
+    """A state file's bytes (``what``: archive, checkpoint); one-line :class:`CacheError` if unreadable."""
     if p.exists() and not p.is_file():
         raise CacheError(f"{p}: is not a regular file")
     try:
         return p.read_bytes()
     except FileNotFoundError:
-        raise CacheError(f"{p}: no such archive") from None
+        raise CacheError(f"{p}: no such {what}") from None
     except OSError as exc:
-        raise CacheError(f"{p}: cannot read the archive ({exc.strerror or type(exc).__name__})") from None
+        raise CacheError(f"{p}: cannot read the {what} ({exc.strerror or type(exc).__name__})") from None
 
 
 def check_progress(rows: list[ArchiveRow], steps_done: int, batch_size: int, path: Path) -> None:
@@ -206,7 +207,7 @@ def check_progress(rows: list[ArchiveRow], steps_done: int, batch_size: int, pat
 def read_rows(path: str | os.PathLike[str]) -> list[ArchiveRow]:
     """Read an archive without modifying it (torn tail ignored), sorted by (step, index)."""
     p = Path(path)
-    rows, _ = _parse_lines(_read_archive_bytes(p), p)
+    rows, _ = _parse_lines(_read_bytes(p, "archive"), p)
     return sort_rows(rows)
 
 
@@ -234,7 +235,7 @@ class Archive:
         a = cls(path)
         a.path.parent.mkdir(parents=True, exist_ok=True)
         if a.path.exists() or a.path.is_symlink():
-            data = _read_archive_bytes(a.path)
+            data = _read_bytes(a.path, "archive")
             rows, valid = _parse_lines(data, a.path)
             if check is not None:
                 check(rows)
@@ -363,15 +364,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; :class:`CacheError` if unreadable."""
     import torch
 
-    p = Path(path)
-    if p.exists() and not p.is_file():
-        raise CacheError(f"{p}: is not a regular file")
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise CacheError(f"{path}: no such checkpoint") from None
-    except OSError as exc:
-        raise CacheError(f"{path}: cannot read the checkpoint ({exc.strerror or type(exc).__name__})") from None
+    data = _read_bytes(Path(path), "checkpoint")
     head, sep, payload = data.partition(b"\n")
     magic, _, digest = head.partition(b" ")
     if magic != CHECKPOINT_MAGIC or not sep:
