@@ -51,17 +51,9 @@ def cache_main(argv: list[str]) -> int:
     A.add_json(p, "print the summary as JSON")
     a = p.parse_args(argv)
     settings = get_preset(a.preset)
-    changes: dict[str, Any] = {}
-    if a.split:
-        changes["source_split"] = a.split
-    if a.short_side is not None:
-        changes["short_side"] = a.short_side
-    if a.crop is not None:
-        changes["crop"] = a.crop
-    if a.images is not None:
-        changes["synth_images"] = a.images
-    if a.backbone_weights:
-        changes["backbone_weights"] = a.backbone_weights
+    changes = {name: v for v, name in ((a.split, "source_split"), (a.short_side, "short_side"), (a.crop, "crop"),
+                                       (a.images, "synth_images"), (a.backbone_weights, "backbone_weights"))
+               if v not in (None, "")}
     settings = settings.replace(**changes).validate()
     if a.threads is not None:
         import torch
