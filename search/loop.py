@@ -260,7 +260,7 @@ class Search:
             elif cfg.proxy != current:
                 fields = sorted(k for k in current if cfg.proxy.get(k) != current[k]) or ["proxy"]
                 raise NasfcosError(f"the {cfg.preset} proxy preset changed ({', '.join(fields[:4])}) since this "
-                                   "search began (its rewards would mix two proxies); start a new --out")
+                                   "search began (its rewards would mix two proxies); start a new search folder")
         self.out = Path(out)
         self.resume = resume
         self.top_k = top_k
@@ -274,7 +274,7 @@ class Search:
         self.evaluator = evaluator or make_evaluator(self.cfg, self.cache_dir)
         self._executor = executor
         if executor_kind != "ray" and (cpus_per_trial != 1 or gpus_per_trial):
-            raise NasfcosError("--cpus-per-trial/--gpus-per-trial are Ray task resources: add --executor ray")
+            raise FieldError("executor", "CPUs and GPUs per trial are Ray task resources: use the ray executor")
         self._executor_args = (executor_kind, workers, address, cpus_per_trial, gpus_per_trial)
         self.controller = Controller(self.cfg.controller, seed=self.cfg.seed)
         self.ppo = PPO(self.controller, self.cfg.ppo, seed=self.cfg.seed + 1)
@@ -286,14 +286,13 @@ class Search:
     def _settle_config(self, cfg: SearchConfig) -> SearchConfig:
         path = self.out / CONFIG_NAME
         if self.out.exists() and not self.out.is_dir():
-            raise NasfcosError(f"{self.out}: exists and is not a folder (--out names the search folder)")
+            raise FieldError("out", f"{self.out}: exists and is not a folder")
         if path.exists() and not path.is_file():
             raise CacheError(f"{path}: is not a regular file")
         has_state = (self.out / ARCHIVE_NAME).exists() and (self.out / ARCHIVE_NAME).stat().st_size > 0
         has_state = has_state or (self.out / CHECKPOINT_NAME).exists()
         if has_state and not self.resume:
-            raise NasfcosError(f"{self.out} already holds a search; pass --resume to continue it "
-                               "or choose another --out")
+            raise FieldError("resume", f"{self.out} already holds a search: resume it, or choose another folder")
         if not self.resume or not path.exists():
             if has_state:
                 raise CacheError(f"{path}: missing; cannot resume this search")
@@ -304,8 +303,7 @@ class Search:
         if stored.identity() != cfg.identity():
             a, b = stored.identity(), cfg.identity()
             diff = sorted(k for k in a if a[k] != b.get(k))
-            raise NasfcosError(f"--resume: settings differ from the stored search ({', '.join(diff)}); "
-                               f"see {path}")
+            raise FieldError("resume", f"settings differ from the stored search ({', '.join(diff)}); see {path}")
         merged = dataclasses.replace(stored, trials=cfg.trials, retries=cfg.retries)
         atomic_write_json(path, merged.to_dict())
         return merged

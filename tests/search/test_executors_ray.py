@@ -41,13 +41,13 @@ def test_the_proxy_evaluator_under_local_workers_and_ray(ray_local, tmp_path: Pa
     Search(tmp_path / "local", cfg, evaluator=evaluator, workers=1, progress=False, plot_every_s=None).run()
     Search(tmp_path / "ray", cfg, evaluator=evaluator, executor_kind="ray", progress=False,
            plot_every_s=None).run()
-    local = [r.to_json() for r in read_rows(tmp_path / "local" / "archive.jsonl")]
-    remote = [r.to_json() for r in read_rows(tmp_path / "ray" / "archive.jsonl")]
-    assert {r["status"] for r in local} <= {"ok", "reused"} and any(r["status"] == "ok" for r in local)
+    local = read_rows(tmp_path / "local" / "archive.jsonl")
+    remote = read_rows(tmp_path / "ray" / "archive.jsonl")
+    assert {r.status for r in local} <= {"ok", "reused"} and any(r.status == "ok" for r in local)
     for rows in (local, remote):
-        assert all(r["extra"]["cache_verifications"] == 1 for r in rows if r["status"] == "ok")
+        assert all(r.extra["cache_verifications"] == 1 for r in rows if r.status == "ok")
     volatile = ("extra", "time_s")
     assert [{k: v for k, v in strip_volatile(r).items() if k not in volatile} for r in remote] == [
         {k: v for k, v in strip_volatile(r).items() if k not in volatile} for r in local]
     # the file itself is in sample order
-    assert [(r["step"], r["index"]) for r in remote] == sorted((r["step"], r["index"]) for r in remote)
+    assert [r.key for r in remote] == sorted(r.key for r in remote)

@@ -160,8 +160,11 @@ def test_resume_continues_at_the_right_step(tmp_path: Path, crash_after: int) ->
 
 def test_resume_checks_settings_and_new_search_refuses_old_dir(tmp_path: Path) -> None:
     Search(tmp_path, _cfg(trials=8), workers=0, progress=False, plot_every_s=None).run()
-    with pytest.raises(NasfcosError, match="--resume"):
+    with pytest.raises(NasfcosError, match="already holds a search") as err:
         Search(tmp_path, _cfg(trials=8), workers=0, progress=False)
+    from nasfcos.cli.main import flag_message
+
+    assert flag_message(err.value).startswith("--resume: ")  # the library names the field, the CLI its flag
     with pytest.raises(NasfcosError, match="seed"):
         Search(tmp_path, _cfg(trials=8, seed=4), resume=True, workers=0, progress=False)
     # more trials on resume is allowed and continues from step 1
