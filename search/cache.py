@@ -187,10 +187,6 @@ class FeatureCache:
         return dict(self.manifest["cache_key"])
 
     @property
-    def preset(self) -> str:
-        return str(self.manifest["settings"].get("name", "custom"))
-
-    @property
     def in_channels(self) -> tuple[int, ...]:
         return tuple(int(c) for c in self.manifest["in_channels"])
 
@@ -202,10 +198,9 @@ class FeatureCache:
     def level_sizes(self) -> tuple[tuple[int, int], ...]:
         return self.train.level_sizes
 
-    def split(self, name: str) -> CacheSplit:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}")
-        return self.train if name == "train" else self.val
+    def require(self, settings: ProxySettings) -> None:
+        """Refuse ``settings`` whose cache fields differ from those the cache was built with."""
+        require_key(self.path, settings, self.key)
 
 
 def _cache_file(cache: Path, split: str, name: str) -> Path:
@@ -248,6 +243,13 @@ def key_difference(want: dict[str, Any], have: dict[str, Any]) -> str | None:
         if json.dumps(want.get(k)) != json.dumps(have.get(k)):
             return f"{k}: cache has {json.dumps(have.get(k))}, wanted {json.dumps(want.get(k))}"
     return None
+
+
+def require_key(path: Path, settings: ProxySettings, key: dict[str, Any]) -> None:
+    """:class:`CacheError` naming the first field where ``settings.cache_key()`` differs from ``key``."""
+    diff = key_difference(settings.cache_key(), key)
+    if diff is not None:
+        raise CacheError(f"{path}: cache was built with other settings ({diff})")
 
 
 def _open_array(fpath: Path, mmap: bool) -> np.ndarray:
@@ -300,9 +302,7 @@ def open_cache(path: str | Path, settings: ProxySettings | None = None, *,
         raise ValueError(f"verify must be 'full', 'size' or 'machine', not {verify!r}")
     manifest = _read_manifest(path)
     if settings is not None:
-        diff = key_difference(settings.cache_key(), manifest["cache_key"])
-        if diff is not None:
-            raise CacheError(f"{path}: cache was built with other settings ({diff})")
+        require_key(path, settings, manifest["cache_key"])
     stamp = machine_verified(path, manifest) if verify == "machine" else None
     full = verify == "full" or (stamp is not None and not stamp.exists())
     verify_files(path, manifest, full=full)

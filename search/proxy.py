@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nasfcos.errors import CacheError, NasfcosError
+from nasfcos.errors import NasfcosError
 from nasfcos.fcos.losses import FcosConfig, FcosTargets, losses_from_targets
 from nasfcos.genotypes import Genotype, parse_genotype
-from nasfcos.search.cache import FeatureCache, build_cache, key_difference, open_cache
+from nasfcos.search.cache import FeatureCache, build_cache, open_cache
 
 __all__ = [
     "PRESETS", "CACHE_KEY_FIELDS", "DecoderFactory", "EvalResult", "PolyakAverage", "ProxyEvaluator",
@@ -496,9 +496,7 @@ def evaluate(genotype: Genotype | dict[str, Any], cache: FeatureCache, settings:
     g = _as_genotype(genotype)
     settings = (settings or settings_from_cache(cache)).validate()
     seed = settings.seed if seed is None else int(seed)
-    diff = [k for k, v in settings.cache_key().items() if json.dumps(v) != json.dumps(cache.key.get(k))]
-    if diff:
-        raise CacheError(f"{cache.path}: cache was built with other settings (field {diff[0]})")
+    cache.require(settings)
     factory = decoder_factory or compiled_decoder
     timings: dict[str, float] = {}
     with deterministic(seed, settings.num_threads):
@@ -546,9 +544,7 @@ def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "ma
         _OPENED.clear()  # one cache per worker is the normal case; do not hoard memory
         _OPENED[key] = cache
     elif settings is not None:
-        diff = key_difference(settings.cache_key(), cache.key)  # same check as open_cache's
-        if diff is not None:
-            raise CacheError(f"{path}: cache was built with other settings ({diff})")
+        cache.require(settings)
     return cache
 
 
