@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,6 +203,17 @@ class FeatureCache:
         require_key(self.path, settings, self.key)
 
 
+def array_specs(feature_shapes: Iterable[Iterable[int]], level_sizes: Iterable[tuple[int, int]]
+                ) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Per-row shape and dtype of every array of a split (levels c2..c5, then the targets)."""
+    n_loc = sum(h * w for h, w in level_sizes)
+    specs: dict[str, tuple[tuple[int, ...], Any]] = {
+        lvl: (tuple(shape), np.float16) for lvl, shape in zip(LEVELS, feature_shapes, strict=True)}
+    specs.update({"labels": ((n_loc,), np.int16), "reg": ((n_loc, 4), np.float32),
+                  "ctr": ((n_loc,), np.float32), "source": ((2,), np.int64)})
+    return specs
+
+
 def _cache_file(cache: Path, split: str, name: str) -> Path:
     return cache / ARRAYS / f"{split}_{name}.npy"
 
@@ -312,18 +323,15 @@ def open_cache(path: str | Path, settings: ProxySettings | None = None, *,
     mmap = not (in_memory if in_memory is not None else total <= IN_MEMORY_BYTES)
     level_sizes = tuple((int(h), int(w)) for h, w in manifest["level_sizes"])
     strides = location_strides(level_sizes)
-    n_loc = int(strides.shape[0])
+    specs = array_specs(manifest["feature_shapes"], level_sizes)
     splits: dict[str, CacheSplit] = {}
     for split in SPLITS:
         n = int(manifest["splits"][split]["rows"])
         arrays = {name: _open_array(_cache_file(path, split, name), mmap) for name in (*LEVELS, *TARGET_ARRAYS)}
-        expect = {"labels": ((n, n_loc), np.int16), "reg": ((n, n_loc, 4), np.float32),
-                  "ctr": ((n, n_loc), np.float32), "source": ((n, 2), np.int64)}
-        for lvl, shape in zip(LEVELS, manifest["feature_shapes"], strict=True):
-            expect[lvl] = ((n, *shape), np.float16)
-        for name, (shape, dtype) in expect.items():
+        for name, (row_shape, dtype) in specs.items():
+            shape = (n, *row_shape)
             a = arrays[name]
-            if tuple(a.shape) != tuple(shape) or a.dtype != dtype:
+            if tuple(a.shape) != shape or a.dtype != dtype:
                 raise CacheError(f"{path}: {split}_{name}.npy has shape {tuple(a.shape)} {a.dtype}, "
                                  f"manifest says {tuple(shape)} {np.dtype(dtype)}; rebuild the cache")
         splits[split] = CacheSplit(split, [arrays[lvl] for lvl in LEVELS], arrays["labels"], arrays["reg"],
@@ -443,15 +451,6 @@ class _Build:
     ranges: tuple[tuple[float, float], ...]
     build_id: dict[str, Any]  # what a partial build must match to be resumed
 
-    def specs(self) -> dict[str, tuple[tuple[int, ...], Any]]:
-        """Per-row shape and dtype of every array of a split."""
-        n_loc = sum(h * w for h, w in self.level_sizes)
-        specs: dict[str, tuple[tuple[int, ...], Any]] = {
-            lvl: (shape, np.float16) for lvl, shape in zip(LEVELS, self.feature_shapes, strict=True)}
-        specs.update({"labels": ((n_loc,), np.int16), "reg": ((n_loc, 4), np.float32),
-                      "ctr": ((n_loc,), np.float32), "source": ((2,), np.int64)})
-        return specs
-
 
 def _check_folder(out: Path, settings: ProxySettings, overwrite: bool) -> None:
     """Refuse, before any work (the synthetic set included), a path that is not a folder, a
@@ -560,7 +559,7 @@ def _open_arrays(b: _Build, done: dict[str, int], say: Callable[[str], None]) ->
     are (each must have its specified shape and dtype, else that split starts over), the
     others created."""
     (b.out / ARRAYS).mkdir(exist_ok=True)
-    specs = b.specs()
+    specs = array_specs(b.feature_shapes, b.level_sizes)
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for split in SPLITS:
         n_rows = len(b.rows[split])
