@@ -106,9 +106,9 @@ def test_no_import_cycle_at_module_level() -> None:
             visit(m, [m])
 
 
-#: Modules in cycles through function-local imports that other work owns (search.cache /
-#: proxy); remove them once broken.  genotypes, compiler and runtime have none.
-KNOWN_IN_LOCAL_CYCLES = frozenset({"nasfcos.search.cache", "nasfcos.search.proxy"})
+#: Modules allowed in cycles through function-local imports: none (genotypes, compiler,
+#: runtime and search have none left).
+KNOWN_IN_LOCAL_CYCLES: frozenset[str] = frozenset()
 
 
 
