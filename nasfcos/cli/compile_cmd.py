@@ -41,7 +41,6 @@ def _parser() -> argparse.ArgumentParser:
         prog="nasfcos compile",
         description="Compile a genotype into a standalone, readable PyTorch model.py.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("genotype", nargs="?", type=A.genotype_arg, metavar="GENOTYPE",
                    help="genotype file (JSON, list-form JSON, release config .yaml) or shipped "
@@ -117,8 +116,6 @@ def main(argv: list[str]) -> int:
         written = "-"
     else:
         out = Path(args.output)
-        if out.is_dir():
-            raise NasfcosError(f"{out}: is a directory (give a file name such as {out / 'model.py'})")
         try:
             atomic_write_text(out, source)
         except OSError as exc:

@@ -49,7 +49,6 @@ def _parser() -> argparse.ArgumentParser:
         prog="nasfcos profile",
         description="Parameters (total, backbone, FPN, head) and FLOPs (multiply-adds) of detectors.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("models", nargs="+", metavar="MODEL", type=_model_arg,
                    help="model.py, genotype .json, shipped genotype name, or fpn-fcos")
