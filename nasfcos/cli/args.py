@@ -12,6 +12,7 @@ A bad value becomes argparse's one-line ``nasfcos VERB: error: argument --flag: 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -304,6 +305,11 @@ def add_output(p: argparse.ArgumentParser, help: str, *, default: str | None = N
                    help=help)
 
 
+def print_json(obj: Any, file: Any = None) -> None:
+    """A verb's ``--json`` result: indented, keys sorted, other types as their ``str``."""
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str), file=file)
+
+
 def add_json(p: argparse.ArgumentParser, help: str = "print the result as JSON on stdout") -> None:
     """``--json``: JSON on stdout (never a file name)."""
     p.add_argument("--json", action="store_true", help=help)
@@ -394,5 +400,5 @@ __all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "a
            "add_detector_model", "add_num_classes", "add_output", "add_quiet", "add_resize", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "name_list", "non_negative_float", "non_negative_int", "num_classes",
-           "opset", "output_dir", "output_file", "positive_float", "positive_int", "rule", "seed",
+           "opset", "output_dir", "output_file", "positive_float", "positive_int", "print_json", "rule", "seed",
            "seed_range", "size_hw", "size_list", "threads", "width"]

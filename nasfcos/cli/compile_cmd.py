@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -141,7 +140,7 @@ def main(argv: list[str]) -> int:
         },
     }
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True), file=sys.stderr if written == "-" else sys.stdout)
+        A.print_json(summary, sys.stderr if written == "-" else sys.stdout)
     elif written != "-" and not args.quiet:
         print(f"wrote {written}: genotype {genotype.name} (sha256 {genotype.short_hash()}), "
               f"fpn {options.fpn_channels}, head {options.resolved_head_channels}, "

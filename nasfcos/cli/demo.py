@@ -14,7 +14,6 @@ Both plans are one library pipeline (nasfcos.runtime.pipeline).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -106,7 +105,7 @@ def main(argv: list[str]) -> int:
         say(f"report:   {out / 'gpu_check.md'}, {out / 'gpu_check.json'}, doctor "
             f"{out / 'doctor.json'} (total {summary.get('seconds')} s)")
         if args.json:
-            print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+            A.print_json(summary)
         return 0 if summary["ok"] else 1
 
     report, paths = summary.pop("_report"), summary.pop("_paths")
@@ -129,5 +128,5 @@ def main(argv: list[str]) -> int:
         say(f"report:   {v}")
     say(f"summary:  {out / 'demo.json'}  (total {summary['seconds']} s)")
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        A.print_json(summary)
     return 0 if summary["parity"]["ok"] else 1

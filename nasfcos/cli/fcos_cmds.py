@@ -20,10 +20,6 @@ def _parser(verb: str, description: str, example: str) -> argparse.ArgumentParse
                                    epilog=f"example:\n  {example}")
 
 
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -74,15 +70,14 @@ def data_main(argv: list[str]) -> int:
         from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
         cfg = replace(SynthConfig(seed=args.seed), **SYNTH_PRESETS[args.preset])
-        given = {"images": args.images, "size": args.size, "val_fraction": args.val_fraction,
-                 "min_objects": args.min_objects, "max_objects": args.max_objects,
-                 "min_scale": args.min_scale, "max_scale": args.max_scale,
-                 "clutter": False if args.no_clutter else None}
+        given = {k: getattr(args, k) for k in ("images", "size", "val_fraction", "min_objects",
+                                               "max_objects", "min_scale", "max_scale")}
+        given["clutter"] = False if args.no_clutter else None
         cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
         manifest = write_synthetic(args.out, cfg, progress=not args.quiet,
                                    force=args.force)
         if args.json:
-            _print_json(manifest)
+            A.print_json(manifest)
             return 0
         if args.quiet:
             return 0
@@ -285,7 +280,7 @@ def train_main(argv: list[str]) -> int:
         if dist.get_rank() != 0:
             return 0
     if args.json:
-        _print_json(summary)
+        A.print_json(summary)
         return 0
     f = summary["final"]
     print(f"trained {summary['iters']} iterations in {summary['time_s']:.1f} s: loss {f.get('loss', 0):.4f} "
@@ -363,7 +358,7 @@ def eval_main(argv: list[str]) -> int:
     if args.output:
         atomic_write_json(args.output, metrics)
     if args.json:
-        _print_json(metrics)
+        A.print_json(metrics)
     else:
         print(metrics["summary"])
         print("  ".join(f"{m} {metrics[m]:.4f}" for m in METRIC_NAMES)

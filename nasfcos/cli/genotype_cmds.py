@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def validate_main(argv: list[str]) -> int:
         if not args.json and not args.quiet:
             print(f"{f}: ok  name={g.name} head={g.head.kind} hash={g.short_hash()}")
     if args.json:
-        print(json.dumps({"valid": bad == 0, "files": results}, indent=2))
+        A.print_json({"valid": bad == 0, "files": results})
     return 1 if bad else 0
 
 
@@ -86,7 +85,7 @@ def draw_main(argv: list[str]) -> int:
 
     draw_genotype(g, out)
     if args.json:
-        print(json.dumps({"output": str(out), **_summary(g)}, indent=2))
+        A.print_json({"output": str(out), **_summary(g)})
     else:
         print(f"wrote {out}")
     return 0

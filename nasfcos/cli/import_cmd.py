@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def main(argv: list[str]) -> int:
     print(f"importing {args.checkpoint} as {args.config} ...", file=sys.stderr, flush=True)
     doc = import_release(args.checkpoint, args.config, args.output)
     if args.json:
-        print(json.dumps(doc, indent=2))
+        A.print_json(doc)
         return 0
     out = Path(args.output)
     m = doc["mapping"]

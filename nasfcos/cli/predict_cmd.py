@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def main(argv: list[str]) -> int:
                   backend=backend, device=args.device, draw=not args.no_draw,
                   log=(lambda _line: None) if args.json else None)
     if args.json:
-        print(json.dumps(doc, indent=2))
+        A.print_json(doc)
     else:
         n = len(doc["images"])
         print(f"wrote {out / 'predictions.json'}" + ("" if args.no_draw else f" and {n} drawn images")

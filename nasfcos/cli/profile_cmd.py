@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +110,7 @@ def main(argv: list[str]) -> int:
     if args.output:
         atomic_write_json(args.output, doc)
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        A.print_json(doc)
     else:
         print(format_table(results))
         if args.output:

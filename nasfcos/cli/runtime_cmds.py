@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -60,16 +59,15 @@ def _precision_options(args: argparse.Namespace) -> Any:
     return opts
 
 
-def _emit_json(args: argparse.Namespace, obj: Any) -> None:
-    """``--json``: the result on stdout; ``-o`` (check) also writes it to a file."""
-    path = getattr(args, "output", None) if args.verb_writes_json else None
+def _emit_json(args: argparse.Namespace, obj: Any, path: str | None = None) -> None:
+    """``--json``: the result on stdout; ``path`` (check's ``-o``) also gets it."""
     if path:
         from nasfcos.io import atomic_write_json
 
         atomic_write_json(path, obj)
         _say(args, f"json: {path}")
     if args.json:
-        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        A.print_json(obj)
 
 
 def _say(args: argparse.Namespace, *parts: Any) -> None:
@@ -136,7 +134,6 @@ def export_main(argv: list[str]) -> int:
     from nasfcos.runtime.export import DEFAULT_OPSET, ExportOptions, export_onnx, export_summary
 
     args = _export_parser().parse_args(argv)
-    args.verb_writes_json = False
     src = Path(args.model)
     form = FORMS.get(src.suffix.lower())
     if form not in ("model.py", "onnx"):
@@ -244,7 +241,6 @@ def check_main(argv: list[str]) -> int:
     A.add_output(p, "also write the full report as JSON to FILE")
     A.add_json(p, "print the full report as JSON on stdout")
     args = p.parse_args(argv)
-    args.verb_writes_json = True
     from nasfcos.runtime.doctor import preflight_verb
 
     preflight_verb(args.artifact, [args.backend] if args.backend else None, args.device)
@@ -272,7 +268,7 @@ def check_main(argv: list[str]) -> int:
          f"({report.reference}), sizes {', '.join('x'.join(map(str, s)) for s in report.sizes)}"
          f", seed {report.seed}, {report.precision} tolerances")
     _say(args, report.table())
-    _emit_json(args, report.to_dict())
+    _emit_json(args, report.to_dict(), args.output)
     if not report.ok:
         bad = report.failures()
         names = ", ".join(f"{o.name} ({o.note})" if o.note and not math.isfinite(o.max_abs)
@@ -379,8 +375,7 @@ def bench_main(argv: list[str]) -> int:
     _say(args, markdown_table(report))
     for k, v in paths.items():
         _say(args, f"{k}: {v}")
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    _emit_json(args, report)
     skipped = [r for r in report["results"] if r["status"] != "ok"]
     for r in skipped:
         _say(args, f"note: {r['backend']} {r['size'][0]}x{r['size'][1]} {r['status']}: {r['reason']}")
@@ -417,6 +412,5 @@ def _precision_table(args: argparse.Namespace) -> int:
     _say(args, table)
     _say(args, f"json: {out.with_name(out.name + '.json')}\nmd: {out.with_name(out.name + '.md')}"
                f"\npng: {png}")
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    _emit_json(args, report)
     return 0 if any(r["status"] == "ok" for r in report["rows"]) else 1
