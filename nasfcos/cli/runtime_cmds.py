@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -247,23 +248,20 @@ def check_main(argv: list[str]) -> int:
     if str(args.device).startswith("cuda"):  # the PyTorch reference runs there too
         preflight_verb(None, ["torch"], args.device)
 
-    from nasfcos.runtime.check import TOLERANCES, Tolerance, check_artifact
+    from nasfcos.runtime.artifact import open_artifact
+    from nasfcos.runtime.check import TOLERANCES, check_artifact
+    from nasfcos.runtime.runners import split_backend
 
+    art = open_artifact(args.artifact)  # once: check_artifact takes it as opened
     tol = None
-    if args.atol is not None or args.rtol is not None:
-        from nasfcos.runtime.manifest import Manifest
-
-        try:  # the flag not given keeps the artifact's precision default
-            base = TOLERANCES[Manifest.load(args.artifact).precision]
-        except NasfcosError:
-            base = TOLERANCES["fp32"]
-        tol = Tolerance(args.atol if args.atol is not None else base.atol,
-                        args.rtol if args.rtol is not None else base.rtol)
-    report = check_artifact(args.artifact, args.against, backend=args.backend,
-                            device=args.device,
-                            sizes=args.sizes,
-                            batch=args.batch, seed=args.seed, tol=tol, kind=args.kind,
-                            threads=args.threads)
+    if args.atol is not None or args.rtol is not None:  # the other keeps its precision's default
+        precision = (split_backend(args.backend)[1] if args.backend else None) or (
+            art.manifest.precision if art.manifest else "fp32")
+        tol = replace(TOLERANCES[precision], **{k: v for k in ("atol", "rtol")
+                                                 if (v := getattr(args, k)) is not None})
+    report = check_artifact(art, args.against, backend=args.backend, device=args.device,
+                            sizes=args.sizes, batch=args.batch, seed=args.seed, tol=tol,
+                            kind=args.kind, threads=args.threads)
     _say(args, f"{report.backend} ({report.artifact}) vs {report.reference_backend} "
          f"({report.reference}), sizes {', '.join('x'.join(map(str, s)) for s in report.sizes)}"
          f", seed {report.seed}, {report.precision} tolerances")
