@@ -16,8 +16,7 @@ from nasfcos.io import atomic_write_json
 
 
 def _parser(verb: str, description: str, example: str) -> argparse.ArgumentParser:
-    return A.Parser(prog=f"nasfcos {verb}", description=description,
-                                   epilog=f"example:\n  {example}")
+    return A.Parser(prog=f"nasfcos {verb}", description=description, epilog=f"example:\n  {example}")
 
 
 # --------------------------------------------------------------------------- data
