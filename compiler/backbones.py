@@ -5,23 +5,8 @@ compiler pastes that ordinary module's code into the file (:func:`pasted`, also 
 template environment's ``paste``); this module exposes it to the toolkit (profile, tests,
 the compiler's choice of ``in_channels``).
 
-Names (``BACKBONE_NAMES``) and the widths of ``[c2, c3, c4, c5]`` (strides 4, 8, 16, 32):
-
-==================  ======================  =================================================
-name                widths                  notes
-==================  ======================  =================================================
-resnet18, resnet34  64, 128, 256, 512       torchvision, frozen BN
-resnet50, resnet101 256, 512, 1024, 2048    torchvision, frozen BN
-resnext101_32x4d    256, 512, 1024, 2048    ``ResNet(Bottleneck, [3,4,23,3], groups=32, width_per_group=4)``
-resnext101_32x8d    256, 512, 1024, 2048    torchvision's X-101 32x8d, frozen BN
-resnet50_c2         256, 512, 1024, 2048    the release's R-50: stride in the first 1x1, frozen BN
-resnet101_c2                                without eps, Caffe2 BGR input (``preprocess=caffe2``)
-resnext101_32x8d_c2 256, 512, 1024, 2048    the release's X-101 32x8d: stride in the 3x3, no eps
-mobilenet_v2        24, 32, 96, 320         ``features`` blocks 3, 6, 13, 17 (FCOS's MNV2 taps)
-mobilenet_v3_large  24, 40, 112, 160        ``features`` blocks 3, 6, 12, 15
-tiny                16, 24, 32, 48          test-only: ten 3x3 convs + ReLU, random weights
-==================  ======================  =================================================
-
+Names (``BACKBONE_NAMES``), the widths of ``[c2, c3, c4, c5]`` (strides 4, 8, 16, 32) and what
+each trunk is: the one table, ``BACKBONE_CHANNELS`` and its comment in that module.
 Weights are random unless a torchvision-format state_dict file is given; nothing is ever
 downloaded.
 """
@@ -29,6 +14,7 @@ downloaded.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import jinja2
@@ -40,6 +26,9 @@ from nasfcos.errors import NasfcosError
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 #: The line of a ``pasted_*`` module below which its code goes into compiled files.
 PASTE_MARKER = "# --- pasted into model.py below this line ---\n"
+#: A name in pasted code that stands for a compiled option: a compiled file has the option's
+#: Python literal in its place (:func:`paste`); the ordinary module defines it above the marker.
+FILL_IN = re.compile(r"\bCOMPILED_[A-Z_]+\b")
 
 
 @functools.cache
@@ -50,10 +39,21 @@ def pasted(name: str) -> str:
     return text.split(PASTE_MARKER, 1)[1]
 
 
+def paste(name: str, **values: str) -> str:
+    """:func:`pasted` code of ``name`` with each :data:`FILL_IN` name in it replaced by its value
+    in ``values`` (Python literal text).  Raises when a name is left without a value or a value
+    names nothing: the compiled file would not run or would ignore an option."""
+    code = pasted(name)
+    names = set(FILL_IN.findall(code))
+    if names != set(values):
+        raise NasfcosError(f"pasted_{name}: fill-ins {sorted(names)} but values for {sorted(values)}")
+    return FILL_IN.sub(lambda m: values[m.group(0)], code)
+
+
 @functools.cache
 def template_environment() -> jinja2.Environment:
     """The Jinja2 environment of ``compiler/templates`` (strict: undefined names raise);
-    ``{{ paste("name") }}`` on a line of its own puts :func:`pasted` code there."""
+    ``{{ paste("name", **values) }}`` on a line of its own puts :func:`paste` code there."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
@@ -62,13 +62,8 @@ def template_environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.globals["paste"] = lambda name: pasted(name).removesuffix("\n")  # the line's own newline ends it
+    env.globals["paste"] = lambda name, **values: paste(name, **values).removesuffix("\n")  # the line's own newline ends it
     return env
-
-
-def backbone_names() -> tuple[str, ...]:
-    """Every backbone name a detector accepts, in table order."""
-    return tuple(pasted_backbone.BACKBONE_CHANNELS)
 
 
 def backbone_channels(name: str) -> tuple[int, int, int, int]:
@@ -100,4 +95,5 @@ def image_normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(pasted_backbone.IMAGE_MEAN), tuple(pasted_backbone.IMAGE_STD)
 
 
-BACKBONE_NAMES: tuple[str, ...] = backbone_names()
+#: Every backbone name a detector accepts, in table order.
+BACKBONE_NAMES: tuple[str, ...] = tuple(pasted_backbone.BACKBONE_CHANNELS)

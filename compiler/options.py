@@ -6,17 +6,18 @@ within sane bounds (or a name from :data:`BACKBONES`) before any template sees i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from nasfcos.compiler.backbones import backbone_names
+from nasfcos.compiler.backbones import BACKBONE_NAMES
 from nasfcos.errors import FieldError, NasfcosError
 from nasfcos.modelfile import BOX_UNITS, DEFAULT_BOX_UNITS, MAX_CLASSES
 
 #: Backbones a ``--detector`` build may name: every trunk of :mod:`~nasfcos.compiler.pasted_backbone`
 #: (``tiny`` is a small random-weight trunk for tests and smoke runs).
-BACKBONES: tuple[str, ...] = backbone_names()
+BACKBONES = BACKBONE_NAMES
 #: Bounds (inclusive) of the width options (also every CLI width flag's, through
 #: :func:`check_width`).
 MIN_CHANNELS = 2
@@ -146,17 +147,25 @@ class CompileOptions:
 def options_context(options: CompileOptions) -> dict[str, Any]:
     """Template values of the behaviour options (validated names only), for every template."""
     preprocess = options.resolved_preprocess
+    head_default = "None" if options.head_channels is None else str(options.head_channels)
     line = f"box regression in {options.box_regression}"
     if options.detector:
         line += f", scoring {options.scoring}, preprocess {preprocess}"
     return {
-        "head_default": "None" if options.head_channels is None else str(options.head_channels),
+        "head_default": head_default,
         "box_regression": options.box_regression,
         "box_units_text": ("in pixels of the input image" if options.box_regression == DEFAULT_BOX_UNITS
                            else "in units of the level's stride"),
         "scoring": options.scoring,
         "preprocess": preprocess,
         "options_line": line,
+        # the compiled options in the Detector's code (pasted_detector's COMPILED_* names)
+        "detector_values": {
+            "COMPILED_BACKBONE": json.dumps(options.backbone),
+            "COMPILED_PREPROCESS": json.dumps(preprocess),
+            "COMPILED_SCORING": json.dumps(options.scoring),
+            "COMPILED_HEAD_CHANNELS": head_default,
+        },
     }
 
 
@@ -165,7 +174,7 @@ def option_flags(options: CompileOptions) -> list[str]:
     flags = []
     if options.box_regression != DEFAULT_BOX_UNITS:
         flags.append(f"--box-regression {options.box_regression}")
-    if options.detector and options.scoring != "product":
+    if options.detector and options.scoring != CompileOptions.scoring:
         flags.append(f"--scoring {options.scoring}")
     if options.detector and options.preprocess is not None:
         flags.append(f"--preprocess {options.preprocess}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from nasfcos.compiler.options import CompileOptions, option_flags, options_context
 from nasfcos.genotypes import (
@@ -19,10 +19,12 @@ from nasfcos.genotypes import (
     BACKBONE_STRIDES,
     OUTPUT_LEVELS,
     OUTPUT_STRIDES,
+    PAPER_GENOTYPES,
     Genotype,
     fpn_graph,
     head_live,
     head_pool_names,
+    load_paper_genotype,
 )
 
 #: Version of the code generator, printed in every generated file's header.
@@ -100,6 +102,9 @@ BRANCHES: tuple[str, str] = ("cls", "reg")
 
 
 # --- records ------------------------------------------------------------------------------
+Item = TypeVar("Item")
+
+
 @dataclass(frozen=True)
 class Part:
     """One keyword of a ``Block(...)`` container: ``key=expr``."""
@@ -119,12 +124,6 @@ class ModuleDef:
 
 
 @dataclass(frozen=True)
-class ModuleGroup:
-    comment: str
-    modules: tuple[ModuleDef, ...]
-
-
-@dataclass(frozen=True)
 class Stmt:
     """``<target> = <expr>  # <comment>``; ``units``: the latency-table units it runs
     (:mod:`nasfcos.search.latency`; head units without their level's stride)."""
@@ -136,11 +135,12 @@ class Stmt:
 
 
 @dataclass(frozen=True)
-class Section:
-    """A commented group of statements in ``Decoder.forward``."""
+class Group(Generic[Item]):
+    """A commented group of records: module definitions (``Decoder.__init__``) or statements
+    (``Decoder.forward``)."""
 
     comment: str
-    stmts: tuple[Stmt, ...]
+    items: tuple[Item, ...]
 
 
 @dataclass(frozen=True)
@@ -182,16 +182,16 @@ class Plan:
     backbone: str
     options: dict[str, Any]
     uses: frozenset[str]
-    module_groups: tuple[ModuleGroup, ...]
+    module_groups: tuple[Group[ModuleDef], ...]
     fcos_tower_convs: tuple[str, ...]
-    fpn_sections: tuple[Section, ...]
+    fpn_sections: tuple[Group[Stmt], ...]
     towers: tuple[TowerMethod, ...]
     levels: tuple[LevelHead, ...]
 
     def units(self) -> Counter[str]:
         """How many times each latency-table unit runs for one image (see
         :mod:`nasfcos.search.latency`): read from the statements this plan prints."""
-        units: Counter[str] = Counter(u for sec in self.fpn_sections for st in sec.stmts for u in st.units)
+        units: Counter[str] = Counter(u for sec in self.fpn_sections for st in sec.items for u in st.units)
         units["p6p7"] += 1
         towers = {t.name: t for t in self.towers}
         for lv in self.levels:
@@ -251,8 +251,6 @@ def _literal(g: Genotype) -> str:
 def genotype_source(g: Genotype) -> str:
     """How ``nasfcos compile`` is given ``g``: its shipped name when it is a shipped genotype
     (same name and hash), else a placeholder for the user's genotype JSON file."""
-    from nasfcos.genotypes import PAPER_GENOTYPES, load_paper_genotype
-
     for shipped in PAPER_GENOTYPES:
         paper = load_paper_genotype(shipped)
         if paper.name == g.name and paper.hash() == g.hash():
@@ -275,7 +273,7 @@ def regenerate_command(source: str, options: CompileOptions) -> str:
 
 
 # --- the FPN -------------------------------------------------------------------------------
-def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]:
+def _fpn(g: Genotype, uses: set[str]) -> tuple[list[Group[ModuleDef]], list[Group[Stmt]]]:
     graph = fpn_graph(g.fpn)
     strides = graph.strides
     adapters: list[ModuleDef] = []
@@ -287,7 +285,7 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
         adapt_stmts.append(Stmt(f"x{lvl}", f"self.adapt_{name}(features[{lvl}])",
                                 f"pool {lvl}: {name}, stride {BACKBONE_STRIDES[lvl]}", (f"adapter/{name}",)))
     uses.add("Adapter")
-    sections = [Section("backbone adapters: 1x1 conv + BN + ReLU to the FPN width", tuple(adapt_stmts))]
+    sections = [Group("backbone adapters: 1x1 conv + BN + ReLU to the FPN width", tuple(adapt_stmts))]
     blocks: list[ModuleDef] = []
     for k, blk in enumerate(g.fpn):
         out = len(BACKBONE_LEVELS) + k
@@ -318,7 +316,7 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
                           units=(f"fpn_agg/{blk.agg}/s{s_out}",)))
         desc = f"{blk.agg}({blk.ops[0]}(x{ins[0]}), {blk.ops[1]}(x{ins[1]}))"
         blocks.append(ModuleDef(f"fpn_block{k}", f"x{out} = {desc}", parts=tuple(parts)))
-        sections.append(Section(f"block {k} -> x{out}, stride {s_out}: {desc}", tuple(stmts)))
+        sections.append(Group(f"block {k} -> x{out}, stride {s_out}: {desc}", tuple(stmts)))
 
     # outputs (Contract 1): p5, p4, p3 from the chosen entries, dangling added (paper eq. 1)
     out_stmts: list[Stmt] = []
@@ -344,11 +342,11 @@ def _fpn(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[Section]]
     comment = f"outputs: p5 <- x{graph.p5}, p4 <- x{graph.p4}, p3 <- x{graph.p3}"
     if dangling:
         comment += f"; dangling {dangling} added to each (paper eq. 1)"
-    sections.append(Section(comment, tuple(out_stmts)))
+    sections.append(Group(comment, tuple(out_stmts)))
     groups = [
-        ModuleGroup("backbone adapters (only the levels the genotype reads)", tuple(adapters)),
-        ModuleGroup("FPN blocks: pool entry 4 + k is block k's output (skip ops hold no module)",
-                    tuple(blocks)),
+        Group("backbone adapters (only the levels the genotype reads)", tuple(adapters)),
+        Group("FPN blocks: pool entry 4 + k is block k's output (skip ops hold no module)",
+              tuple(blocks)),
     ]
     return groups, sections
 
@@ -441,10 +439,10 @@ def _tower_body(g: Genotype, layers: list[_Layer], live: frozenset[int], branch:
     return "p", stmts, var[4 + 3 * (len(head.blocks) - 1)]
 
 
-def _head(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[TowerMethod], list[LevelHead], list[str]]:
+def _head(g: Genotype, uses: set[str]) -> tuple[list[Group[ModuleDef]], list[TowerMethod], list[LevelHead], list[str]]:
     layers, live = _head_layers(g)
     share = g.share
-    groups: list[ModuleGroup] = []
+    groups: list[Group[ModuleDef]] = []
     fcos_convs: list[str] = []
     for branch in BRANCHES:
         mods: list[ModuleDef] = []
@@ -465,7 +463,7 @@ def _head(g: Genotype, uses: set[str]) -> tuple[list[ModuleGroup], list[TowerMet
                     mods.append(ModuleDef(name, comment, parts=tuple(
                         Part(key, _ctor(emitted, uses)) for key, emitted in layer.parts)))
         what = "classification" if branch == "cls" else "box regression"
-        groups.append(ModuleGroup(
+        groups.append(Group(
             f"{what} tower ({g.head.kind} head): layers before share[l] are per level",
             tuple(mods)))
     towers: dict[str, TowerMethod] = {}

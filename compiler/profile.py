@@ -53,7 +53,6 @@ HEAD_PREFIXES: tuple[str, ...] = ("cls_", "reg_", "bbox_", "centerness", "ctr", 
 #: Decoder children (first name component) that belong to the FPN.
 FPN_PREFIXES: tuple[str, ...] = ("adapt", "fpn", "p6", "p7", "lateral")
 COMPONENTS: tuple[str, ...] = ("backbone", "fpn", "head", "other")
-DEFAULT_BACKBONE = "resnet50"
 
 
 def deform_conv2d_flop(
@@ -225,7 +224,7 @@ class ProfileRequest:
     ``model``: a compiled ``model.py``, a genotype ``.json`` (or list-form JSON, or a release
     config ``.yaml``), a shipped genotype name
     (``nas_fcos_fpn``, ``nas_fcos_fpn_head``) or ``fpn-fcos`` (the FPN-FCOS baseline).
-    ``backbone=None``: a model file's compiled ``BACKBONE``, else resnet50.  Widths left
+    ``backbone=None``: a model file's compiled ``BACKBONE``, else ``CompileOptions``' default.  Widths left
     ``None`` keep the model file's compiled values; genotypes and the baseline default to 256.
     ``head_channels=None`` means the FPN width (for a model file:
     its compiled head width).  ``size`` is (height, width) in pixels.
@@ -235,7 +234,7 @@ class ProfileRequest:
     backbone: str | None = None
     fpn_channels: int | None = None
     head_channels: int | None = None
-    num_classes: int = 80
+    num_classes: int = CompileOptions.num_classes
     size: tuple[int, int] = PAPER_SIZE
     device: str = "meta"
 
@@ -293,7 +292,7 @@ def build_for_profile(req: ProfileRequest) -> tuple[nn.Module, str, tuple[int, i
         backbone_channels(req.backbone)  # validates the name before any compiling
     module, label, overrides = _load_source(req)
     info = ModelInfo.from_module(module)
-    backbone = req.backbone or info.backbone or DEFAULT_BACKBONE
+    backbone = req.backbone or info.backbone or CompileOptions.backbone
     widths = backbone_channels(backbone)
     try:
         with torch.device(req.device):
@@ -357,18 +356,8 @@ def format_table(profiles: Iterable[Profile]) -> str:
     return "\n".join(lines)
 
 
-def gmacs(profile: Profile) -> float:
-    """Total multiply-adds in billions (convenience for reports)."""
-    return profile.macs["total"] / 1e9
-
-
-def mparams(profile: Profile) -> float:
-    """Total parameters in millions (convenience for reports)."""
-    return profile.params["total"] / 1e6
-
-
 __all__ = [
     "COMPONENTS", "FPN_PREFIXES", "HEAD_PREFIXES", "PAPER_SIZE", "Profile", "component_of",
-    "count_macs", "deform_conv2d_flop", "format_table", "gmacs", "mparams", "profile_detector",
+    "count_macs", "deform_conv2d_flop", "format_table", "profile_detector",
     "register_deform_conv_flops",
 ]

@@ -162,8 +162,9 @@ class ReferenceDecoder(nn.Module):
     """Dynamic decoder for ``genotype``: same constructor semantics and state_dict keys as the
     compiled ``Decoder`` (features [c2..c5] -> (cls_logits, bbox_reg, centerness) over p3..p7)."""
 
-    def __init__(self, genotype: Genotype, fpn_channels: int = 256, head_channels: int | None = None,
-                 num_classes: int = 80, in_channels: Sequence[int] = (256, 512, 1024, 2048)) -> None:
+    def __init__(self, genotype: Genotype, fpn_channels: int = CompileOptions.fpn_channels,
+                 head_channels: int | None = None, num_classes: int = CompileOptions.num_classes,
+                 in_channels: Sequence[int] = CompileOptions.in_channels) -> None:
         super().__init__()
         g = validated_genotype(genotype)
         self.genotype = g

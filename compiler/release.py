@@ -100,8 +100,6 @@ IGNORED_REASONS: dict[str, str] = {
     r"encoder\.body\..*num_batches_tracked": "BN step counter of the backbone (the compiled trunk "
                                              "uses frozen BN, which has none; not used at inference)",
 }
-#: Top-level entries of a release checkpoint besides ``model`` (training state, not weights).
-TRAINING_STATE = ("optimizer", "scheduler", "iteration")
 
 
 @dataclass(frozen=True)
@@ -202,14 +200,9 @@ def release_key(key: str, module_kinds: dict[str, str], share: tuple[int, ...], 
             sub, _, leaf = tail.partition(".")
             return f"decoder.fpn._ops.{k}.2.conv1x1.{0 if sub == 'norm' else 2}.{leaf}"
         return _op_key(tail, f"decoder.fpn._ops.{k}.{part[-1]}", module_kinds.get(f"decoder.fpn_block{k}.{part}", ""))
-    m = re.fullmatch(r"(p6|p7)\.(weight|bias)", rest)
-    if m:
+    if re.fullmatch(r"(p6|p7)\.(weight|bias)", rest):
         return f"decoder.fpn.top_blocks.{rest}"
-    m = re.fullmatch(r"(cls_logits|bbox_pred|centerness)\.(weight|bias)", rest)
-    if m:
-        return f"decoder.rpn.head.{rest}"
-    m = re.fullmatch(r"scales\.(\d)\.scale", rest)
-    if m:
+    if re.fullmatch(r"(cls_logits|bbox_pred|centerness)\.(weight|bias)|scales\.\d\.scale", rest):
         return f"decoder.rpn.head.{rest}"
     m = re.fullmatch(r"(cls|reg)_tower_(shared|p[3-7])_(\d)\.(.+)", rest)
     if m:

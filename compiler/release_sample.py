@@ -12,6 +12,7 @@ a real checkpoint.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import zlib
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from nasfcos.errors import NasfcosError
+from nasfcos.io import atomic_write_bytes
 
 #: Release configs with a shipped key list (their checkpoints' layouts).
 SAMPLE_CONFIGS: tuple[str, ...] = ("Mobile_NAS_head", "R_50_NAS_head", "R_50_NAS_densebox")
@@ -61,10 +63,6 @@ def sample_checkpoint(config: str) -> dict[str, Any]:
 
 def write_sample_checkpoint(config: str, path: str | Path) -> Path:
     """:func:`sample_checkpoint` saved (``torch.save``, atomically) to ``path``."""
-    import io
-
-    from nasfcos.io import atomic_write_bytes
-
     buf = io.BytesIO()
     torch.save(sample_checkpoint(config), buf)
     atomic_write_bytes(Path(path), buf.getvalue())

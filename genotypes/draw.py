@@ -10,6 +10,7 @@ sharing index per level.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from nasfcos.genotypes.analysis import fpn_graph, head_live
 from nasfcos.genotypes.genotype import Genotype
 from nasfcos.genotypes.space import BACKBONE_LEVELS, FCOS_HEAD_LAYERS, OUTPUT_LEVELS, OUTPUT_STRIDES
+from nasfcos.io import atomic_write_bytes
 
 SHORT = {
     "sep_conv_3x3": "sep3",
@@ -160,8 +162,6 @@ def draw_genotype(g: Genotype, path: str | os.PathLike[str], *, dpi: int = 130) 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from nasfcos.io import atomic_write_bytes
-
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     fig, (ax1, ax2) = plt.subplots(
@@ -170,8 +170,6 @@ def draw_genotype(g: Genotype, path: str | os.PathLike[str], *, dpi: int = 130) 
     _draw_fpn(ax1, g)
     _draw_head(ax2, g)
     fig.suptitle(f"{g.name}   sha256 {g.short_hash()}", fontsize=10)
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=dpi)
     plt.close(fig)

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,24 +197,13 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+#: How an error names the type of a JSON value (any other type: its class name).
+_JSON_TYPE_NAMES = {bool: "a boolean", type(None): "null", int: "an integer", float: "a number",
+                    str: "a string", list: "a list", dict: "an object"}
+
+
 def _type_name(value: Any) -> str:
-    if type(value) not in (bool, type(None), int, float, str, list, dict):
-        return type(value).__name__
-    if isinstance(value, bool):
-        return "a boolean"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def _int(value: Any, path: str) -> int:
@@ -385,9 +375,13 @@ def _reject_constant(name: str) -> Any:
 
 def loads_genotype(data: str | bytes, *, source: str = "<string>") -> Genotype:
     """Parse genotype JSON text (bytes must be UTF-8). Raises :class:`GenotypeError`."""
-    doc = decode_json(data, source=source)
+    return parse_at(source, parse_genotype, decode_json(data, source=source))
+
+
+def parse_at(source: str, parse: Callable[[Any], Genotype], doc: Any) -> Genotype:
+    """``parse(doc)``, its errors prefixed with ``source``. Raises :class:`GenotypeError`."""
     try:
-        return parse_genotype(doc)
+        return parse(doc)
     except GenotypeError as exc:
         raise GenotypeError(f"{source}: {exc}") from None
     except RecursionError:

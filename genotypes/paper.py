@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from nasfcos.errors import GenotypeError
-from nasfcos.genotypes.genotype import DEFAULT_NAME, Genotype, _int, parse_genotype
+from nasfcos.genotypes.genotype import DEFAULT_NAME, Block, Genotype, Head, _int, parse_genotype
 from nasfcos.genotypes.space import (
     AGGS,
     FORMAT,
@@ -97,18 +97,23 @@ def to_paper_list(g: Genotype) -> list[Any]:
     """The release's list form of ``g`` (inverse of :func:`from_paper_list`): 7 entries for
     FCOS's standard head with everything shared (as the release's ``*_densebox`` configs), else
     the 7 blocks, ``[share]`` and the head ids."""
-    out: list[Any] = [
-        [[b.inputs[0], b.inputs[1], FPN_OPS.index(b.ops[0]), FPN_OPS.index(b.ops[1]), AGGS.index(b.agg)]]
-        for b in g.fpn
-    ]
+    out: list[Any] = [[block_ids(b, FPN_OPS)] for b in g.fpn]
     if g.head.kind == "fcos" and not any(g.share):
         return out  # the release's densebox configs: the 7 FPN blocks only
     out.append([g.share[0]] if len(set(g.share)) == 1 else list(g.share))
-    if g.head.kind == "sequential":
-        out.append([HEAD_OPS.index(op) for op in g.head.layers])
-    elif g.head.kind == "dag":
-        ids = [HEAD_OPS.index(g.head.first_op or "skip")]
-        for b in g.head.blocks:
-            ids += [b.inputs[0], b.inputs[1], HEAD_OPS.index(b.ops[0]), HEAD_OPS.index(b.ops[1]), AGGS.index(b.agg)]
-        out.append(ids)
+    if g.head.kind != "fcos":
+        out.append(head_ids(g.head))
     return out
+
+
+def block_ids(b: Block, ops: tuple[str, ...]) -> list[int]:
+    """``[in1, in2, op1, op2, agg]`` of block ``b`` as ids (``ops``: its op table)."""
+    return [b.inputs[0], b.inputs[1], ops.index(b.ops[0]), ops.index(b.ops[1]), AGGS.index(b.agg)]
+
+
+def head_ids(head: Head) -> list[int]:
+    """The ids of a ``sequential`` head (its six ops) or a ``dag`` head (first op, then five
+    blocks); none for ``fcos``."""
+    if head.kind != "dag":
+        return [HEAD_OPS.index(op) for op in head.layers]
+    return [HEAD_OPS.index(head.first_op or "skip")] + [i for b in head.blocks for i in block_ids(b, HEAD_OPS)]

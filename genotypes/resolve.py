@@ -19,6 +19,7 @@ over a shipped name of the same spelling.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -32,6 +33,7 @@ from nasfcos.genotypes.genotype import (
     Genotype,
     decode_json,
     load_genotype,
+    parse_at,
     parse_genotype,
     read_limited,
 )
@@ -165,14 +167,9 @@ def read_release_config(path: str | Path) -> ReleaseConfig:
 
 def _load_json_file(p: Path) -> Genotype:
     doc = decode_json(read_limited(p), source=str(p))
-    try:
-        if isinstance(doc, list):
-            return from_paper_list(doc, name=_name_from(p))
-        return parse_genotype(doc)
-    except GenotypeError as exc:
-        raise GenotypeError(f"{p}: {exc}") from None
-    except RecursionError:
-        raise GenotypeError(f"{p}: JSON nested too deeply") from None
+    if isinstance(doc, list):
+        return parse_at(str(p), lambda d: from_paper_list(d, name=_name_from(p)), doc)
+    return parse_at(str(p), parse_genotype, doc)
 
 
 def resolve_genotype(arg: str | Path) -> Genotype:
@@ -196,8 +193,6 @@ def resolve_genotype(arg: str | Path) -> Genotype:
 def unknown_genotype_message(text: str) -> str:
     """One line for a genotype argument that is neither a file nor a shipped name: the
     closest shipped name ("did you mean") and all of them."""
-    import difflib
-
     stem = Path(text).name.removesuffix(".json").replace("-", "_").lower()
     close = difflib.get_close_matches(stem, PAPER_GENOTYPES, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""

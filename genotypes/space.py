@@ -100,6 +100,17 @@ class Decision:
     num_choices: int
 
 
+def _block_decisions(path: str, pool: int, op_kind: str, num_ops: int) -> list[Decision]:
+    """Input 1, input 2, op 1, op 2, aggregation of the block at ``path`` (FPN or DAG head)."""
+    return [
+        Decision(f"{path}.inputs[0]", "index", pool),
+        Decision(f"{path}.inputs[1]", "index", pool),
+        Decision(f"{path}.ops[0]", op_kind, num_ops),
+        Decision(f"{path}.ops[1]", op_kind, num_ops),
+        Decision(f"{path}.agg", "agg", len(AGGS)),
+    ]
+
+
 def decisions(head_kind: str = "dag") -> tuple[Decision, ...]:
     """The full decision sequence of the search space, in controller order.
 
@@ -109,25 +120,11 @@ def decisions(head_kind: str = "dag") -> tuple[Decision, ...]:
     """
     out: list[Decision] = []
     for k in range(NUM_FPN_BLOCKS):
-        n = fpn_pool_size(k)
-        out += [
-            Decision(f"fpn[{k}].inputs[0]", "index", n),
-            Decision(f"fpn[{k}].inputs[1]", "index", n),
-            Decision(f"fpn[{k}].ops[0]", "fpn_op", len(FPN_OPS)),
-            Decision(f"fpn[{k}].ops[1]", "fpn_op", len(FPN_OPS)),
-            Decision(f"fpn[{k}].agg", "agg", len(AGGS)),
-        ]
+        out += _block_decisions(f"fpn[{k}]", fpn_pool_size(k), "fpn_op", len(FPN_OPS))
     if head_kind == "dag":
         out.append(Decision("head.first_op", "head_op", len(HEAD_OPS)))
         for b in range(NUM_HEAD_BLOCKS):
-            n = head_pool_size(b)
-            out += [
-                Decision(f"head.blocks[{b}].inputs[0]", "index", n),
-                Decision(f"head.blocks[{b}].inputs[1]", "index", n),
-                Decision(f"head.blocks[{b}].ops[0]", "head_op", len(HEAD_OPS)),
-                Decision(f"head.blocks[{b}].ops[1]", "head_op", len(HEAD_OPS)),
-                Decision(f"head.blocks[{b}].agg", "agg", len(AGGS)),
-            ]
+            out += _block_decisions(f"head.blocks[{b}]", head_pool_size(b), "head_op", len(HEAD_OPS))
     elif head_kind == "sequential":
         out += [
             Decision(f"head.layers[{i}]", "head_op", len(HEAD_OPS))

@@ -95,20 +95,21 @@ class Generation:
         return tuple(f"{a}{b}" for a, b in self.caps)
 
 
+#: The TensorRT versions this project supports, [from, until).
+_TRT_ALL = (TRT_DEFORMCONV_FROM, (TRT_MAX_MAJOR, 0))
 #: One row per generation.  trt: src [TRT] (+ TRT_DEFORMCONV_FROM: this project needs the
 #: native DeformConv import, so nothing below 10.1); fast: src [TRTHW].
 GENERATIONS: tuple[Generation, ...] = (
     # Volta: 10.0-10.4 deprecated it, 10.5 removed it -> 10.1 <= v < 10.5.  V100 INT8 runs
     # (dp4a) without INT8 tensor cores [TRTHW].
-    Generation("Volta", ((7, 0),), "V100, Titan V", ((10, 1), (10, 5)), "trt-volta",
-               ("fp16", "int8"), ort_extra="gpu-volta", ort_below=ORT_GPU_CUDA13_FROM),
-    Generation("Turing", ((7, 5),), "T4, RTX 20xx", ((10, 1), (TRT_MAX_MAJOR, 0)), "trt",
-               ("fp16", "int8")),
+    Generation("Volta", ((7, 0),), "V100, Titan V", (TRT_DEFORMCONV_FROM, TRT_VOLTA_REMOVED),
+               "trt-volta", ("fp16", "int8"), ort_extra="gpu-volta", ort_below=ORT_GPU_CUDA13_FROM),
+    Generation("Turing", ((7, 5),), "T4, RTX 20xx", _TRT_ALL, "trt", ("fp16", "int8")),
     Generation("Ampere", ((8, 0), (8, 6)), "A100, A10, RTX 30xx",
-               ((10, 1), (TRT_MAX_MAJOR, 0)), "trt", ("fp16", "int8", "bf16", "tf32")),
-    Generation("Ada", ((8, 9),), "L4, L40S, RTX 40xx", ((10, 1), (TRT_MAX_MAJOR, 0)), "trt",
+               _TRT_ALL, "trt", ("fp16", "int8", "bf16", "tf32")),
+    Generation("Ada", ((8, 9),), "L4, L40S, RTX 40xx", _TRT_ALL, "trt",
                ("fp16", "int8", "bf16", "tf32", "fp8")),
-    Generation("Hopper", ((9, 0),), "H100, H200, GH200", ((10, 1), (TRT_MAX_MAJOR, 0)), "trt",
+    Generation("Hopper", ((9, 0),), "H100, H200, GH200", _TRT_ALL, "trt",
                ("fp16", "int8", "bf16", "tf32", "fp8")),
     # Blackwell: TensorRT 10.8 first supports it [TRT]; FP4 from 10.8 [TRT].
     Generation("Blackwell", ((10, 0), (12, 0)), "B200, GB200, RTX 50xx",
@@ -231,7 +232,7 @@ def _range(lo: tuple[int, int], hi: tuple[int, int]) -> str:
 
 def markdown_table(rows: Sequence[Generation] = GENERATIONS) -> str:
     """The README's GPU table, generated from the matrix."""
-    lines = ["| GPU generation (compute capability) | e.g. | torch 2.14.1 build with kernels "
+    lines = [f"| GPU generation (compute capability) | e.g. | torch {TORCH_VERSION} build with kernels "
              "| TensorRT (extra) | onnxruntime-gpu (extra) | DeformConv | fast precisions |",
              "|---|---|---|---|---|---|---|"]
     for g in rows:

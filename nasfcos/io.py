@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nasfcos.errors import NasfcosError
+
 #: Name of the lock file that marks a folder as owned by a running command.
 LOCK_SUFFIX = ".nasfcos-lock"
 
@@ -32,10 +34,6 @@ LOCK_SUFFIX = ".nasfcos-lock"
 def regular_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     """``path`` as a :class:`Path` if it names an existing regular file (checked without
     opening it, so a FIFO or device never blocks); else a one-line :class:`NasfcosError`."""
-    import stat
-
-    from nasfcos.errors import NasfcosError
-
     path = Path(path)
     try:
         mode = path.stat().st_mode
@@ -54,8 +52,6 @@ def writable_path(path: str | os.PathLike[str], *, directory: bool = False) -> P
     """Check, before any work starts, that ``path`` can be written: an output file (or, with
     ``directory``, an output folder) whose nearest existing ancestor is a writable folder.
     Raises a one-line :class:`NasfcosError` naming the problem; creates nothing."""
-    from nasfcos.errors import NasfcosError
-
     path = Path(path)
     if str(path) in ("", "."):
         if not directory:
@@ -85,8 +81,6 @@ def writable_path(path: str | os.PathLike[str], *, directory: bool = False) -> P
 def _check_name_lengths(path: Path) -> None:
     """One-line error when a component of ``path`` (or the whole path) is longer than the
     file system allows (ENAMETOOLONG), before any work starts."""
-    from nasfcos.errors import NasfcosError
-
     try:
         name_max = os.pathconf(".", "PC_NAME_MAX")
         path_max = os.pathconf(".", "PC_PATH_MAX")
@@ -104,8 +98,6 @@ def _probe_write(folder: Path, path: Path) -> None:
     """One-line error unless a probe file can be created (and removed) in ``folder``: the one
     test of writability that the kernel answers truthfully (root, read-only mounts, /proc,
     /sys, quotas)."""
-    from nasfcos.errors import NasfcosError
-
     exc = _probe(folder)
     if exc is not None:
         raise NasfcosError(f"{path}: cannot create files in {folder} ({exc.strerror or exc})")
@@ -264,8 +256,6 @@ def claim_folder(folder: str | os.PathLike[str]) -> None:
 
 def _make_parents(parent: Path) -> list[Path]:
     """Create ``parent`` and its missing ancestors; the ones made, deepest first."""
-    from nasfcos.errors import NasfcosError
-
     made: list[Path] = []
     p = parent
     while not p.exists():
@@ -282,8 +272,6 @@ def _make_parents(parent: Path) -> list[Path]:
 def _held_lock(folder: Path, lock: Path, verb: str) -> Iterator[None]:
     import fcntl
     import time
-
-    from nasfcos.errors import NasfcosError
 
     host = socket.gethostname()
     while True:
@@ -342,8 +330,6 @@ def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
     into; when the block succeeds the sibling is renamed to ``folder`` (which must be absent or
     an empty folder), when it fails the sibling is removed and ``folder`` is left as it was.
     Hold :func:`folder_lock` around it so no other run races for ``folder``."""
-    from nasfcos.errors import NasfcosError
-
     folder = Path(folder)
     if folder.is_symlink():  # a link to a folder: the result goes where it points
         folder = folder.resolve()

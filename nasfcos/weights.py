@@ -48,7 +48,7 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
 
 #: Metadata of a weights file that the toolkit reads: name -> (kind, low, high).  Sizes are
 #: bounded like the command line's (``--min-size`` ...), so a forged file cannot ask for a
-#: huge allocation.
+#: huge allocation; lists (one entry per class) have at most ``MAX_CLASSES`` entries.
 METADATA_RULES: dict[str, tuple[str, int, int]] = {
     "num_classes": ("int", 1, MAX_CLASSES),
     "min_size": ("int", 32, 8192),
@@ -72,11 +72,11 @@ def check_metadata(doc: dict[str, Any], source: str) -> None:
             ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
             want = f"an integer in {lo}..{hi}"
         elif kind == "int list":
-            ok = isinstance(v, list | tuple) and len(v) <= 100_000 and all(
+            ok = isinstance(v, list | tuple) and len(v) <= MAX_CLASSES and all(
                 isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi for x in v)
             want = f"a list of integers in {lo}..{hi}"
         elif kind == "str list":
-            ok = isinstance(v, list | tuple) and len(v) <= 100_000 and all(
+            ok = isinstance(v, list | tuple) and len(v) <= MAX_CLASSES and all(
                 isinstance(x, str) and len(x) <= hi for x in v)
             want = f"a list of names of at most {hi} characters"
         elif kind == "dict":

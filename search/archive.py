@@ -17,12 +17,14 @@ archive against it (:func:`check_progress`) before writing anything.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,38 +58,98 @@ STATUSES: tuple[str, ...] = ("ok", "reused", "failed")
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 
 
-def check_row(row: Any, where: str) -> dict[str, Any]:
-    """Refuse a row that the search could not have written (one line naming the problem):
-    ``step`` / ``index`` non-negative integers, ``hash`` a string, ``status`` one of
-    :data:`STATUSES`, ``reward`` a finite number for ``ok`` / ``reused`` and null for ``failed``."""
-    if not isinstance(row, dict):
-        raise CacheError(f"{where}: not a JSON object")
-    for key in ("step", "index"):
-        v = row.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            what = "missing" if key not in row else f"{v!r:.40} is not a non-negative integer"
-            raise CacheError(f"{where}: '{key}' {what}")
-    if "format" in row and row["format"] != ROW_FORMAT:
-        raise CacheError(f"{where}: row format {row['format']!r:.40} is not {ROW_FORMAT} "
-                         "(an archive of another nasfcos version)")
-    h = row.get("hash")
-    if not isinstance(h, str) or not _HASH_RE.fullmatch(h):
-        raise CacheError(f"{where}: 'hash' is not a sha256 hex digest")
-    status = row.get("status")
-    if status not in STATUSES:
-        raise CacheError(f"{where}: 'status' {status!r:.40} is not one of {', '.join(STATUSES)}")
-    r = row.get("reward")
-    if status == "failed":
-        if r is not None:
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+#: Optional fields: (test of a present, non-null value; what it must be; value when absent or null).
+_OPTIONAL: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
+    "genotype": (lambda v: isinstance(v, dict), "an object", None),
+    "losses": (lambda v: isinstance(v, dict) and all(x is None or _number(x) for x in v.values()),
+               "an object of finite numbers or nulls", {}),
+    "extra": (lambda v: isinstance(v, dict) and all(_number(v[k]) for k in ("latency_ms", "proxy_reward") if k in v),
+              "an object (latency_ms, proxy_reward finite numbers)", {}),
+    "errors": (lambda v: isinstance(v, list) and all(isinstance(e, str) for e in v), "a list of strings", []),
+    "time_s": (lambda v: _number(v) and v >= 0, "a finite number >= 0", 0.0),
+    "params": (_count, "a non-negative integer", None),
+    "trial": (_count, "a non-negative integer", None),
+    "choices": (lambda v: isinstance(v, list) and all(_count(c) for c in v), "a list of non-negative integers", None),
+    "log_prob": (_number, "a finite number", None),
+}
+
+
+@dataclass(frozen=True)
+class ArchiveRow:
+    """One line of ``archive.jsonl`` (:data:`ROW_KEYS`), checked once by :meth:`from_json`, the
+    only reader of those lines.  ``data`` is the JSON object itself, written back unchanged
+    (:meth:`to_json`), so the file's bytes are what the search wrote.  Fields that older
+    versions did not write may be absent (see ``_OPTIONAL`` for their values then)."""
+
+    step: int
+    index: int
+    hash: str
+    status: str  # one of STATUSES
+    reward: float | None  # finite for ok / reused, None for failed
+    genotype: dict[str, Any] | None
+    losses: dict[str, float | None]
+    extra: dict[str, Any]
+    errors: list[str]
+    time_s: float
+    params: int | None
+    trial: int | None
+    choices: list[int] | None
+    log_prob: float | None
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.step, self.index
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.data)
+
+    @classmethod
+    def from_json(cls, row: Any, where: str) -> ArchiveRow:
+        """Refuse a row that the search could not have written (one line naming the row and
+        the field): ``step`` / ``index`` non-negative integers, ``hash`` a sha256 hex digest,
+        ``status`` one of :data:`STATUSES`, ``reward`` a finite number for ``ok`` / ``reused``
+        and null for ``failed``, the optional fields of their types."""
+        if not isinstance(row, dict):
+            raise CacheError(f"{where}: not a JSON object")
+        for key in ("step", "index"):
+            if not _count(row.get(key)):
+                what = "missing" if key not in row else f"{row[key]!r:.40} is not a non-negative integer"
+                raise CacheError(f"{where}: '{key}' {what}")
+        if "format" in row and row["format"] != ROW_FORMAT:
+            raise CacheError(f"{where}: row format {row['format']!r:.40} is not {ROW_FORMAT} "
+                             "(an archive of another nasfcos version)")
+        h = row.get("hash")
+        if not isinstance(h, str) or not _HASH_RE.fullmatch(h):
+            raise CacheError(f"{where}: 'hash' is not a sha256 hex digest")
+        status = row.get("status")
+        if status not in STATUSES:
+            raise CacheError(f"{where}: 'status' {status!r:.40} is not one of {', '.join(STATUSES)}")
+        r = row.get("reward")
+        if status == "failed" and r is not None:
             raise CacheError(f"{where}: a failed row has reward {r!r:.40}")
-    elif isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
-        raise CacheError(f"{where}: 'reward' {r!r:.40} is not a finite number")
-    return row
+        if status != "failed" and not _number(r):
+            raise CacheError(f"{where}: 'reward' {r!r:.40} is not a finite number")
+        opt = {}
+        for key, (test, what, default) in _OPTIONAL.items():
+            v = row.get(key)
+            if v is not None and not test(v):
+                raise CacheError(f"{where}: '{key}' {short_repr(v, 40)} is not {what}")
+            opt[key] = copy.copy(default) if v is None else v
+        return cls(row["step"], row["index"], h, status, None if r is None else float(r), data=row, **opt)
 
 
-def _parse_lines(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int]:
+def _parse_lines(data: bytes, path: Path) -> tuple[list[ArchiveRow], int]:
     """Rows of an archive and the byte length of its valid prefix (torn tail excluded)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[ArchiveRow] = []
     end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn write
     pos = 0
     lines = data[:end].split(b"\n")[:-1]
@@ -100,23 +162,24 @@ def _parse_lines(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int]:
             if n == len(lines):  # a last line made of garbage (e.g. zero-filled block): torn
                 return rows, pos
             raise CacheError(f"{path}: line {n} is not a valid archive row") from None
-        rows.append(check_row(row, f"{path}: line {n}"))
+        rows.append(ArchiveRow.from_json(row, f"{path}: line {n}"))
         pos += len(line) + 1
     return rows, end
 
 
-def _read_archive_bytes(p: Path) -> bytes:
+def _read_bytes(p: Path, what: str) -> bytes:
+    """A state file's bytes (``what``: archive, checkpoint); one-line :class:`CacheError` if unreadable."""
     if p.exists() and not p.is_file():
         raise CacheError(f"{p}: is not a regular file")
     try:
         return p.read_bytes()
     except FileNotFoundError:
-        raise CacheError(f"{p}: no such archive") from None
+        raise CacheError(f"{p}: no such {what}") from None
     except OSError as exc:
-        raise CacheError(f"{p}: cannot read the archive ({exc.strerror or type(exc).__name__})") from None
+        raise CacheError(f"{p}: cannot read the {what} ({exc.strerror or type(exc).__name__})") from None
 
 
-def check_progress(rows: list[dict[str, Any]], steps_done: int, batch_size: int, path: Path) -> None:
+def check_progress(rows: list[ArchiveRow], steps_done: int, batch_size: int, path: Path) -> None:
     """Check an archive against the checkpoint before a resume touches anything.
 
     ``steps_done`` steps are complete (checkpointed): each has exactly ``batch_size`` rows;
@@ -125,7 +188,7 @@ def check_progress(rows: list[dict[str, Any]], steps_done: int, batch_size: int,
     """
     seen: set[tuple[int, int]] = set()
     for r in rows:
-        key = (int(r["step"]), int(r["index"]))
+        key = r.key
         if key in seen:
             raise CacheError(f"{path}: row (step {key[0]}, index {key[1]}) appears twice")
         seen.add(key)
@@ -141,15 +204,15 @@ def check_progress(rows: list[dict[str, Any]], steps_done: int, batch_size: int,
                              f"{missing[0]}); the archive lost data -- restore it from a copy")
 
 
-def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_rows(path: str | os.PathLike[str]) -> list[ArchiveRow]:
     """Read an archive without modifying it (torn tail ignored), sorted by (step, index)."""
     p = Path(path)
-    rows, _ = _parse_lines(_read_archive_bytes(p), p)
+    rows, _ = _parse_lines(_read_bytes(p, "archive"), p)
     return sort_rows(rows)
 
 
-def sort_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: (int(r.get("step", 0)), int(r.get("index", 0))))
+def sort_rows(rows: Iterable[ArchiveRow]) -> list[ArchiveRow]:
+    return sorted(rows, key=lambda r: r.key)
 
 
 class Archive:
@@ -157,14 +220,14 @@ class Archive:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[ArchiveRow] = []
         self.repaired_bytes = 0
         self._fd: int | None = None
         self._sorted = True
 
     @classmethod
     def open(cls, path: str | os.PathLike[str],
-             check: Callable[[list[dict[str, Any]]], None] | None = None) -> Archive:
+             check: Callable[[list[ArchiveRow]], None] | None = None) -> Archive:
         """Open (creating it if needed), read existing rows, repair a torn last line.
 
         ``check(rows)`` runs on the rows read before anything is written: when it raises,
@@ -172,7 +235,7 @@ class Archive:
         a = cls(path)
         a.path.parent.mkdir(parents=True, exist_ok=True)
         if a.path.exists() or a.path.is_symlink():
-            data = _read_archive_bytes(a.path)
+            data = _read_bytes(a.path, "archive")
             rows, valid = _parse_lines(data, a.path)
             if check is not None:
                 check(rows)
@@ -198,7 +261,7 @@ class Archive:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[ArchiveRow]:
         return iter(self.rows)
 
     def close(self) -> None:
@@ -206,26 +269,29 @@ class Archive:
             os.close(self._fd)
             self._fd = None
 
-    def append(self, row: dict[str, Any]) -> None:
-        """Append one row durably (single write on an O_APPEND descriptor, then fsync)."""
+    def append(self, row: dict[str, Any]) -> ArchiveRow:
+        """Append one row durably (single write on an O_APPEND descriptor, then fsync); the
+        row as read back (checked: nothing is written that a resume would refuse)."""
         if self._fd is None:
             raise CacheError(f"{self.path}: archive is closed")
+        rec = ArchiveRow.from_json(row, f"{self.path}: new row")
         data = encode_row(row)
         view = memoryview(data)
         while view:  # a regular-file write is whole unless interrupted; finish it if not
             n = os.write(self._fd, view)
             view = view[n:]
         os.fsync(self._fd)
-        if self.rows and (row["step"], row["index"]) < (self.rows[-1]["step"], self.rows[-1]["index"]):
+        if self.rows and rec.key < self.rows[-1].key:
             self._sorted = False
-        self.rows.append(row)
+        self.rows.append(rec)
+        return rec
 
     def sort(self) -> bool:
         """Rewrite the file atomically in (step, index) order if it is not; True if rewritten."""
         if self._sorted:
             return False
         self.rows = sort_rows(self.rows)
-        atomic_write_bytes(self.path, b"".join(encode_row(r) for r in self.rows))
+        atomic_write_bytes(self.path, b"".join(encode_row(r.data) for r in self.rows))
         self.close()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._sorted = True
@@ -233,7 +299,7 @@ class Archive:
 
     def drop(self, keys: set[tuple[int, int]]) -> int:
         """Remove the rows with these (step, index) keys (atomic rewrite); how many went."""
-        keep = [r for r in self.rows if (int(r["step"]), int(r["index"])) not in keys]
+        keep = [r for r in self.rows if r.key not in keys]
         gone = len(self.rows) - len(keep)
         if gone:
             self.rows = keep
@@ -241,38 +307,38 @@ class Archive:
             self.sort()
         return gone
 
-    def keyed(self) -> dict[tuple[int, int], dict[str, Any]]:
+    def keyed(self) -> dict[tuple[int, int], ArchiveRow]:
         """Rows by (step, index)."""
-        return {(int(r["step"]), int(r["index"])): r for r in self.rows}
+        return {r.key: r for r in self.rows}
 
-    def rewarded(self) -> dict[str, dict[str, Any]]:
+    def rewarded(self) -> dict[str, ArchiveRow]:
         """First evaluated (``ok``) row per genotype hash: the reward cache."""
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, ArchiveRow] = {}
         for r in sort_rows(self.rows):
-            if r.get("status") == "ok" and r["hash"] not in out:
-                out[r["hash"]] = r
+            if r.status == "ok" and r.hash not in out:
+                out[r.hash] = r
         return out
 
 
-def best_rows(rows: Iterable[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+def best_rows(rows: Iterable[ArchiveRow], k: int) -> list[ArchiveRow]:
     """The ``k`` best distinct genotypes (by hash): highest reward, earliest on ties."""
     seen: set[str] = set()
-    cand = [r for r in sort_rows(rows) if r.get("reward") is not None and r.get("status") in ("ok", "reused")]
-    cand.sort(key=lambda r: -float(r["reward"]))  # stable: earliest first among equals
+    cand = [r for r in sort_rows(rows) if r.reward is not None and r.status in ("ok", "reused")]
+    cand.sort(key=lambda r: -float(r.reward or 0.0))  # stable: earliest first among equals
     out = []
     for r in cand:
-        if r["hash"] in seen:
+        if r.hash in seen:
             continue
-        seen.add(r["hash"])
+        seen.add(r.hash)
         out.append(r)
         if len(out) >= k:
             break
     return out
 
 
-def strip_volatile(row: dict[str, Any]) -> dict[str, Any]:
+def strip_volatile(row: ArchiveRow) -> dict[str, Any]:
     """A row without the fields that depend on where/when it ran (for comparisons)."""
-    return {k: v for k, v in row.items() if k not in VOLATILE_KEYS}
+    return {k: v for k, v in row.data.items() if k not in VOLATILE_KEYS}
 
 
 # ------------------------------------------------------------------------------------------
@@ -298,15 +364,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; :class:`CacheError` if unreadable."""
     import torch
 
-    p = Path(path)
-    if p.exists() and not p.is_file():
-        raise CacheError(f"{p}: is not a regular file")
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise CacheError(f"{path}: no such checkpoint") from None
-    except OSError as exc:
-        raise CacheError(f"{path}: cannot read the checkpoint ({exc.strerror or type(exc).__name__})") from None
+    data = _read_bytes(Path(path), "checkpoint")
     head, sep, payload = data.partition(b"\n")
     magic, _, digest = head.partition(b" ")
     if magic != CHECKPOINT_MAGIC or not sep:

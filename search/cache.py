@@ -30,8 +30,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nasfcos.errors import CacheError, NasfcosError
+from nasfcos.errors import CacheError, FieldError, NasfcosError
 from nasfcos.fcos.losses import STRIDES, FcosTargets, compute_targets, default_size_ranges
 from nasfcos.io import atomic_write_json, sha256_bytes, sha256_file
 
@@ -187,10 +187,6 @@ class FeatureCache:
         return dict(self.manifest["cache_key"])
 
     @property
-    def preset(self) -> str:
-        return str(self.manifest["settings"].get("name", "custom"))
-
-    @property
     def in_channels(self) -> tuple[int, ...]:
         return tuple(int(c) for c in self.manifest["in_channels"])
 
@@ -202,10 +198,20 @@ class FeatureCache:
     def level_sizes(self) -> tuple[tuple[int, int], ...]:
         return self.train.level_sizes
 
-    def split(self, name: str) -> CacheSplit:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}")
-        return self.train if name == "train" else self.val
+    def require(self, settings: ProxySettings) -> None:
+        """Refuse ``settings`` whose cache fields differ from those the cache was built with."""
+        require_key(self.path, settings, self.key)
+
+
+def array_specs(feature_shapes: Iterable[Iterable[int]], level_sizes: Iterable[tuple[int, int]]
+                ) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Per-row shape and dtype of every array of a split (levels c2..c5, then the targets)."""
+    n_loc = sum(h * w for h, w in level_sizes)
+    specs: dict[str, tuple[tuple[int, ...], Any]] = {
+        lvl: (tuple(shape), np.float16) for lvl, shape in zip(LEVELS, feature_shapes, strict=True)}
+    specs.update({"labels": ((n_loc,), np.int16), "reg": ((n_loc, 4), np.float32),
+                  "ctr": ((n_loc,), np.float32), "source": ((2,), np.int64)})
+    return specs
 
 
 def _cache_file(cache: Path, split: str, name: str) -> Path:
@@ -248,6 +254,13 @@ def key_difference(want: dict[str, Any], have: dict[str, Any]) -> str | None:
         if json.dumps(want.get(k)) != json.dumps(have.get(k)):
             return f"{k}: cache has {json.dumps(have.get(k))}, wanted {json.dumps(want.get(k))}"
     return None
+
+
+def require_key(path: Path, settings: ProxySettings, key: dict[str, Any]) -> None:
+    """:class:`CacheError` naming the first field where ``settings.cache_key()`` differs from ``key``."""
+    diff = key_difference(settings.cache_key(), key)
+    if diff is not None:
+        raise CacheError(f"{path}: cache was built with other settings ({diff})")
 
 
 def _open_array(fpath: Path, mmap: bool) -> np.ndarray:
@@ -300,9 +313,7 @@ def open_cache(path: str | Path, settings: ProxySettings | None = None, *,
         raise ValueError(f"verify must be 'full', 'size' or 'machine', not {verify!r}")
     manifest = _read_manifest(path)
     if settings is not None:
-        diff = key_difference(settings.cache_key(), manifest["cache_key"])
-        if diff is not None:
-            raise CacheError(f"{path}: cache was built with other settings ({diff})")
+        require_key(path, settings, manifest["cache_key"])
     stamp = machine_verified(path, manifest) if verify == "machine" else None
     full = verify == "full" or (stamp is not None and not stamp.exists())
     verify_files(path, manifest, full=full)
@@ -312,18 +323,15 @@ def open_cache(path: str | Path, settings: ProxySettings | None = None, *,
     mmap = not (in_memory if in_memory is not None else total <= IN_MEMORY_BYTES)
     level_sizes = tuple((int(h), int(w)) for h, w in manifest["level_sizes"])
     strides = location_strides(level_sizes)
-    n_loc = int(strides.shape[0])
+    specs = array_specs(manifest["feature_shapes"], level_sizes)
     splits: dict[str, CacheSplit] = {}
     for split in SPLITS:
         n = int(manifest["splits"][split]["rows"])
         arrays = {name: _open_array(_cache_file(path, split, name), mmap) for name in (*LEVELS, *TARGET_ARRAYS)}
-        expect = {"labels": ((n, n_loc), np.int16), "reg": ((n, n_loc, 4), np.float32),
-                  "ctr": ((n, n_loc), np.float32), "source": ((n, 2), np.int64)}
-        for lvl, shape in zip(LEVELS, manifest["feature_shapes"], strict=True):
-            expect[lvl] = ((n, *shape), np.float16)
-        for name, (shape, dtype) in expect.items():
+        for name, (row_shape, dtype) in specs.items():
+            shape = (n, *row_shape)
             a = arrays[name]
-            if tuple(a.shape) != tuple(shape) or a.dtype != dtype:
+            if tuple(a.shape) != shape or a.dtype != dtype:
                 raise CacheError(f"{path}: {split}_{name}.npy has shape {tuple(a.shape)} {a.dtype}, "
                                  f"manifest says {tuple(shape)} {np.dtype(dtype)}; rebuild the cache")
         splits[split] = CacheSplit(split, [arrays[lvl] for lvl in LEVELS], arrays["labels"], arrays["reg"],
@@ -389,16 +397,24 @@ def _wipe(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+class CacheConflict(CacheError):
+    """The folder holds a cache (or the synthetic set of one) built with other settings.
+    ``problem`` says how, without advice: each caller names its own way out (here:
+    ``overwrite=True``; a command: its flags)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"{problem}; pass overwrite=True or use another folder")
+
+
 def _ensure_data(data_dir: str | Path | None, out: Path, settings: ProxySettings, progress: bool,
-                 keep: bool = False, hint: str = "") -> Path:
+                 keep: bool = False) -> Path:
     """The data folder to use: ``data_dir``, or the preset's synthetic set written to ``out/synth``
     (``keep``: a built cache stands on the set there, which is then never rewritten)."""
     if data_dir is not None:
         return Path(data_dir)
     if settings.synth_images <= 0:
-        raise NasfcosError("no data folder given (--data DIR) and the preset has no synthetic default")
-    from dataclasses import asdict
-
+        raise FieldError("data", "no data folder given and the preset has no synthetic default")
     from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
     from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
@@ -412,34 +428,33 @@ def _ensure_data(data_dir: str | Path | None, out: Path, settings: ProxySettings
         same = False
     if not same:
         if keep and synth.exists():
-            raise CacheError(f"{out}: its cache was built on a synthetic set with other options; {hint}")
+            raise CacheConflict(f"{out}: its cache was built on a synthetic set with other options")
         write_synthetic(synth, cfg, progress=progress)
     return synth
 
 
-def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: ProxySettings, *,
-                backbone_weights: str | Path | None = None, resume: bool = True,
-                overwrite: bool = False, progress: bool = True,
-                on_chunk: Callable[[str, int, int], None] | None = None,
-                log: Callable[[str], None] | None = None,
-                overwrite_hint: str = "pass overwrite=True or use another folder") -> Path:
-    """Build (or finish, or check) the feature cache for ``settings`` in ``out_dir``.
+@dataclass
+class _Build:
+    """What one :func:`build_cache` call builds: planned by :func:`_plan`, then resumed,
+    filled and sealed by the stages after it."""
 
-    ``data_dir``: a COCO-format data folder (``images/``, ``train.json``, ``val.json``);
-    ``None`` uses the preset's synthetic set (written to ``out_dir/synth``).
-    An existing complete cache with the same settings, data and weights is verified and
-    kept; a corrupt one is rebuilt; a partial one is resumed (``resume=False`` starts
-    over).  One built with other settings raises :class:`CacheError` unless
-    ``overwrite``; ``overwrite_hint`` ends that message with what the caller's user can do
-    (each command names its own flags).  ``on_chunk(split, start, stop)`` is called after
-    every stored chunk (progress hooks, tests).  Returns ``out_dir``.
-    """
-    from nasfcos.fcos.data import CocoDetection, TransformConfig, pad_batch, resolve_split
+    out: Path
+    settings: ProxySettings
+    dataset: Any  # nasfcos.fcos.data.CocoDetection
+    ann: Path
+    images: Path
+    backbone: FrozenBackbone
+    index: dict[str, list[int]]  # dataset indices per split
+    rows: dict[str, list[tuple[int, int]]]  # (dataset index, view) per split
+    feature_shapes: list[tuple[int, ...]]  # [C, H, W] of c2..c5
+    level_sizes: tuple[tuple[int, int], ...]  # p3..p7
+    ranges: tuple[tuple[float, float], ...]
+    build_id: dict[str, Any]  # what a partial build must match to be resumed
 
-    say = log or (lambda msg: None)
-    if backbone_weights is not None:
-        settings = settings.replace(backbone_weights=str(backbone_weights))
-    out = Path(out_dir)
+
+def _check_folder(out: Path, settings: ProxySettings, overwrite: bool) -> None:
+    """Refuse, before any work (the synthetic set included), a path that is not a folder, a
+    folder that is not a cache, and a complete cache of other settings (unless ``overwrite``)."""
     if out.exists() and not out.is_dir():
         raise CacheError(f"{out}: exists and is not a folder")
     if out.is_dir():
@@ -447,153 +462,170 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
         others = [p.name for p in out.iterdir() if p.name not in known and not p.name.startswith(".")]
         if others and not (out / MANIFEST).exists() and not (out / PROGRESS).exists():
             raise CacheError(f"{out}: folder is not empty and is not a feature cache (found {others[0]})")
-    if (out / MANIFEST).exists() and not overwrite:  # before any work (the synthetic set included)
+    if (out / MANIFEST).exists() and not overwrite:
         try:
             old_key = _read_manifest(out)["cache_key"]
         except (CacheError, KeyError, TypeError):
             old_key = None
         diff = key_difference(settings.cache_key(), old_key) if isinstance(old_key, dict) else None
         if diff:
-            raise CacheError(f"{out}: holds a cache built differently ({diff}); {overwrite_hint}")
+            raise CacheConflict(f"{out}: holds a cache built differently ({diff})")
+
+
+def _plan(data_dir: str | Path | None, out: Path, settings: ProxySettings, *, progress: bool,
+          overwrite: bool, say: Callable[[str], None]) -> _Build:
+    """Data, split, backbone and array shapes of the build (no array is touched yet)."""
+    from nasfcos.fcos.data import CocoDetection, TransformConfig, resolve_split
+
     out.mkdir(parents=True, exist_ok=True)
-    data = _ensure_data(data_dir, out, settings, progress, keep=(out / MANIFEST).exists() and not overwrite,
-                        hint=overwrite_hint)
+    data = _ensure_data(data_dir, out, settings, progress, keep=(out / MANIFEST).exists() and not overwrite)
     ann, images = resolve_split(data, settings.source_split)
     transform = TransformConfig(min_size=settings.short_side, max_size=settings.max_size,
                                 crop=(settings.crop, settings.crop), hflip=0.0, min_box_size=2.0)
     dataset = CocoDetection(ann, images, transform, train=True, seed=settings.crop_seed)
     if dataset.num_classes > np.iinfo(np.int16).max:
         raise NasfcosError(f"{ann}: too many categories ({dataset.num_classes})")
-    names = [dataset.coco.imgs[i]["file_name"] for i in dataset.ids]
-    fingerprint = dataset_fingerprint(ann, images, names)
+    fingerprint = dataset_fingerprint(ann, images, [dataset.coco.imgs[i]["file_name"] for i in dataset.ids])
     backbone = build_backbone(settings.backbone, settings.backbone_weights)
     if settings.backbone_weights is None and settings.backbone != "tiny":
         say(f"warning: no backbone weights given; {settings.backbone} has random weights "
             "(fine for speed tests, meaningless for a search)")
     index = split_indices(len(dataset), settings)
-    views = settings.crops_per_image
-    rows = {s: [(i, v) for i in index[s] for v in range(views)] for s in SPLITS}
-
+    rows = {s: [(i, v) for i in index[s] for v in range(settings.crops_per_image)] for s in SPLITS}
     with torch.no_grad():
         c_out = backbone(torch.zeros(1, 3, settings.crop, settings.crop))
     feature_shapes = [tuple(int(d) for d in f.shape[1:]) for f in c_out]
-    level_sizes = output_level_sizes([(s[1], s[2]) for s in feature_shapes])
-    n_loc = sum(h * w for h, w in level_sizes)
-    ranges = scaled_size_ranges(settings.size_range_scale)
-
-    key = settings.cache_key()
-    build_id = {"cache_key": key, "dataset_sha256": fingerprint, "weights": backbone.weights_id,
+    build_id = {"cache_key": settings.cache_key(), "dataset_sha256": fingerprint, "weights": backbone.weights_id,
                 "rows": {s: len(r) for s, r in rows.items()}, "chunk_size": settings.chunk_size}
-    done: dict[str, int] = {s: 0 for s in SPLITS}
+    return _Build(out, settings, dataset, ann, images, backbone, index, rows, feature_shapes,
+                  output_level_sizes([(s[1], s[2]) for s in feature_shapes]),
+                  scaled_size_ranges(settings.size_range_scale), build_id)
 
-    # --- what is already there ---------------------------------------------------------
-    if (out / MANIFEST).exists():
-        try:
-            manifest = _read_manifest(out)
-            old = {"cache_key": manifest["cache_key"], "dataset_sha256": manifest.get("dataset_sha256"),
-                   "weights": manifest.get("backbone_weights")}
-        except CacheError:
-            manifest, old = None, None
-        want = {k: build_id[k] for k in ("cache_key", "dataset_sha256", "weights")}
-        if old is not None and old != want and not overwrite:
-            diff = key_difference(want["cache_key"], old["cache_key"]) or (
-                "dataset changed" if old["dataset_sha256"] != want["dataset_sha256"] else "backbone weights changed")
-            raise CacheError(f"{out}: holds a cache built differently ({diff}); {overwrite_hint}")
-        if old == want and resume and manifest is not None:
-            try:
-                verify_files(out, manifest)
-                say(f"{out}: cache is complete and verified")
-                (out / PROGRESS).unlink(missing_ok=True)
-                return out
-            except CacheError as exc:
-                say(f"{exc} -> rebuilding")
-        _wipe(out)
-    elif (out / PROGRESS).exists():
-        try:
-            prog = json.loads((out / PROGRESS).read_text("utf-8"))
-        except (OSError, ValueError):
-            prog = {}
-        if not isinstance(prog, dict):
-            prog = {}
-        if prog.get("build") == build_id and resume:
-            done = {s: int(prog.get("done", {}).get(s, 0)) for s in SPLITS}
-            say(f"{out}: resuming ({done['train']}/{len(rows['train'])} train, "
-                f"{done['val']}/{len(rows['val'])} val rows done)")
-        else:
-            old_key = prog.get("build", {}).get("cache_key") if isinstance(prog.get("build"), dict) else None
-            if old_key not in (None, key) and not overwrite:
-                diff = key_difference(key, old_key)
-                raise CacheError(f"{out}: holds a partial cache built differently ({diff}); {overwrite_hint}")
-            if resume:
-                say(f"{out}: partial cache from another build (data, weights or chunking differ); restarting")
-            _wipe(out)
 
-    # --- arrays ------------------------------------------------------------------------
-    (out / ARRAYS).mkdir(exist_ok=True)
-    specs: dict[str, tuple[tuple[int, ...], Any]] = {}
-    for lvl, shape in zip(LEVELS, feature_shapes, strict=True):
-        specs[lvl] = (shape, np.float16)
-    specs.update({"labels": ((n_loc,), np.int16), "reg": ((n_loc, 4), np.float32),
-                  "ctr": ((n_loc,), np.float32), "source": ((2,), np.int64)})
+def _check_complete(b: _Build, *, resume: bool, overwrite: bool, say: Callable[[str], None]
+                    ) -> dict[str, int] | None:
+    """A folder with a manifest: ``None`` (keep it) if it is this build's and verifies, else
+    wiped (0 rows stored per split)."""
+    try:
+        manifest = _read_manifest(b.out)
+        old = {"cache_key": manifest["cache_key"], "dataset_sha256": manifest.get("dataset_sha256"),
+               "weights": manifest.get("backbone_weights")}
+    except CacheError:
+        manifest, old = None, None
+    want = {k: b.build_id[k] for k in ("cache_key", "dataset_sha256", "weights")}
+    if old is not None and old != want and not overwrite:
+        diff = key_difference(want["cache_key"], old["cache_key"]) or (
+            "dataset changed" if old["dataset_sha256"] != want["dataset_sha256"] else "backbone weights changed")
+        raise CacheConflict(f"{b.out}: holds a cache built differently ({diff})")
+    if old == want and resume and manifest is not None:
+        try:
+            verify_files(b.out, manifest)
+            say(f"{b.out}: cache is complete and verified")
+            (b.out / PROGRESS).unlink(missing_ok=True)
+            return None
+        except CacheError as exc:
+            say(f"{exc} -> rebuilding")
+    _wipe(b.out)
+    return {s: 0 for s in SPLITS}
+
+
+def _check_partial(b: _Build, *, resume: bool, overwrite: bool, say: Callable[[str], None]) -> dict[str, int]:
+    """A folder with a progress file: the rows stored per split if it is this build's, else
+    wiped (0 rows)."""
+    try:
+        prog = json.loads((b.out / PROGRESS).read_text("utf-8"))
+    except (OSError, ValueError):
+        prog = {}
+    if not isinstance(prog, dict):
+        prog = {}
+    if prog.get("build") == b.build_id and resume:
+        done = {s: int(prog.get("done", {}).get(s, 0)) for s in SPLITS}
+        say(f"{b.out}: resuming ({done['train']}/{len(b.rows['train'])} train, "
+            f"{done['val']}/{len(b.rows['val'])} val rows done)")
+        return done
+    key = b.build_id["cache_key"]
+    old_key = prog.get("build", {}).get("cache_key") if isinstance(prog.get("build"), dict) else None
+    if isinstance(old_key, dict) and old_key != key and not overwrite:
+        diff = key_difference(key, old_key)
+        raise CacheConflict(f"{b.out}: holds a partial cache built differently ({diff})")
+    if resume:
+        say(f"{b.out}: partial cache from another build (data, weights or chunking differ); restarting")
+    _wipe(b.out)
+    return {s: 0 for s in SPLITS}
+
+
+def _open_arrays(b: _Build, done: dict[str, int], say: Callable[[str], None]) -> dict[str, dict[str, np.ndarray]]:
+    """The arrays of every split, memory-mapped for writing: those of a resumed split as they
+    are (each must have its specified shape and dtype, else that split starts over), the
+    others created."""
+    (b.out / ARRAYS).mkdir(exist_ok=True)
+    specs = array_specs(b.feature_shapes, b.level_sizes)
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for split in SPLITS:
-        n_rows = len(rows[split])
+        n_rows = len(b.rows[split])
         opened: dict[str, np.ndarray] = {}
         if done[split] > 0:  # resume: every array of the split must be there, as specified
             try:
                 for name, (shape, dtype) in specs.items():
-                    mm = np.lib.format.open_memmap(_cache_file(out, split, name), mode="r+")
+                    mm = np.lib.format.open_memmap(_cache_file(b.out, split, name), mode="r+")
                     if tuple(mm.shape) != (n_rows, *shape) or mm.dtype != dtype:
                         raise ValueError(f"{name}: unexpected shape or dtype")
                     opened[name] = mm
             except (OSError, ValueError) as exc:
-                say(f"{out}: split {split} cannot be resumed ({exc}); restarting it")
+                say(f"{b.out}: split {split} cannot be resumed ({exc}); restarting it")
                 done[split], opened = 0, {}
         if done[split] == 0:
             for name, (shape, dtype) in specs.items():
-                opened[name] = np.lib.format.open_memmap(_cache_file(out, split, name), mode="w+",
+                opened[name] = np.lib.format.open_memmap(_cache_file(b.out, split, name), mode="w+",
                                                          dtype=dtype, shape=(n_rows, *shape))
         arrays[split] = opened
+    return arrays
+
+
+def _store_chunk(b: _Build, arr: dict[str, np.ndarray], split: str, start: int, stop: int) -> None:
+    """Run the backbone on rows ``start:stop`` of ``split`` and store features and targets."""
+    from nasfcos.fcos.data import pad_batch
+
+    imgs, boxes, labels, source = [], [], [], []
+    for ds_index, view in b.rows[split][start:stop]:
+        b.dataset.set_epoch(view)
+        image, target = b.dataset[ds_index]
+        imgs.append(image)
+        boxes.append(target["boxes"])
+        labels.append(target["labels"])
+        source.append((int(target["image_id"]), view))
+    feats = b.backbone(pad_batch(imgs, size=(b.settings.crop, b.settings.crop)))
+    for lvl, f in zip(LEVELS, feats, strict=True):
+        f16 = f.to(torch.float16).numpy()
+        if not np.isfinite(f16).all():
+            raise CacheError(f"backbone features overflow float16 at {lvl} (bad backbone weights?)")
+        arr[lvl][start:stop] = f16
+    t = compute_targets(boxes, labels, b.level_sizes, STRIDES, b.ranges, b.settings.center_sampling_radius)
+    arr["labels"][start:stop] = t.labels.numpy().astype(np.int16)
+    arr["reg"][start:stop] = t.reg.numpy()
+    arr["ctr"][start:stop] = t.ctr.numpy()
+    arr["source"][start:stop] = np.asarray(source, np.int64)
+    for a in arr.values():
+        a.flush()
+
+
+def _fill(b: _Build, arrays: dict[str, dict[str, np.ndarray]], done: dict[str, int], *, progress: bool,
+          on_chunk: Callable[[str, int, int], None] | None) -> None:
+    """Store every chunk not done yet, recording each in the progress file as it lands."""
 
     def save_progress() -> None:
-        atomic_write_json(out / PROGRESS, {"format": FORMAT, "build": build_id, "done": done})
+        atomic_write_json(b.out / PROGRESS, {"format": FORMAT, "build": b.build_id, "done": done})
 
     save_progress()
-    chunk = max(1, settings.chunk_size)
-    total = sum(len(r) for r in rows.values())
-    bar = _progress_bar(total, "feature cache", progress)
+    bar = _progress_bar(sum(len(r) for r in b.rows.values()), "feature cache", progress)
     if bar is not None:
         bar.update(done["train"] + done["val"])
     try:
         for split in SPLITS:
-            arr = arrays[split]
-            for start, stop in _chunks(len(rows[split]), chunk):
+            for start, stop in _chunks(len(b.rows[split]), max(1, b.settings.chunk_size)):
                 if stop <= done[split]:
                     continue
-                imgs, boxes, labels, source = [], [], [], []
-                for ds_index, view in rows[split][start:stop]:
-                    dataset.set_epoch(view)
-                    image, target = dataset[ds_index]
-                    imgs.append(image)
-                    boxes.append(target["boxes"])
-                    labels.append(target["labels"])
-                    source.append((int(target["image_id"]), view))
-                batch = pad_batch(imgs, size=(settings.crop, settings.crop))
-                feats = backbone(batch)
-                for lvl, f in zip(LEVELS, feats, strict=True):
-                    f16 = f.to(torch.float16).numpy()
-                    if not np.isfinite(f16).all():
-                        raise CacheError(f"backbone features overflow float16 at {lvl} "
-                                         "(bad backbone weights?)")
-                    arr[lvl][start:stop] = f16
-                t = compute_targets(boxes, labels, level_sizes, STRIDES, ranges,
-                                    settings.center_sampling_radius)
-                arr["labels"][start:stop] = t.labels.numpy().astype(np.int16)
-                arr["reg"][start:stop] = t.reg.numpy()
-                arr["ctr"][start:stop] = t.ctr.numpy()
-                arr["source"][start:stop] = np.asarray(source, np.int64)
-                for a in arr.values():
-                    a.flush()
+                _store_chunk(b, arrays[split], split, start, stop)
                 done[split] = stop
                 save_progress()
                 if bar is not None:
@@ -606,36 +638,76 @@ def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: Prox
     for split in SPLITS:
         for a in arrays[split].values():
             a.flush()
-    del arrays
 
-    # --- manifest (last) -------------------------------------------------------------------
+
+def _write_manifest(b: _Build) -> None:
+    """Seal the build: the manifest with every array's sha256, written atomically, last."""
     files = {}
     for split in SPLITS:
         for name in (*LEVELS, *TARGET_ARRAYS):
-            fpath = _cache_file(out, split, name)
+            fpath = _cache_file(b.out, split, name)
             files[f"{ARRAYS}/{fpath.name}"] = {"sha256": sha256_file(fpath), "bytes": fpath.stat().st_size}
+    ds, settings = b.dataset, b.settings
     manifest = {
         "format": FORMAT,
-        "cache_key": key,
+        "cache_key": b.build_id["cache_key"],
         "settings": settings.to_dict(),
         "backbone": settings.backbone,
-        "backbone_weights": backbone.weights_id,
-        "dataset": {"annotations": str(ann), "images": str(images), "num_images": len(dataset)},
-        "dataset_sha256": fingerprint,
-        "num_classes": dataset.num_classes,
-        "class_names": dataset.class_names,
-        "in_channels": [int(s[0]) for s in feature_shapes],
-        "feature_shapes": [list(s) for s in feature_shapes],
+        "backbone_weights": b.backbone.weights_id,
+        "dataset": {"annotations": str(b.ann), "images": str(b.images), "num_images": len(ds)},
+        "dataset_sha256": b.build_id["dataset_sha256"],
+        "num_classes": ds.num_classes,
+        "class_names": ds.class_names,
+        "in_channels": [int(s[0]) for s in b.feature_shapes],
+        "feature_shapes": [list(s) for s in b.feature_shapes],
         "feature_dtype": "float16",
-        "level_sizes": [list(s) for s in level_sizes],
+        "level_sizes": [list(s) for s in b.level_sizes],
         "strides": list(STRIDES),
-        "size_ranges": [[lo, hi if math.isfinite(hi) else None] for lo, hi in ranges],
-        "splits": {s: {"images": len(index[s]), "rows": len(rows[s]),
-                       "image_ids": [int(dataset.ids[i]) for i in index[s]]} for s in SPLITS},
+        "size_ranges": [[lo, hi if math.isfinite(hi) else None] for lo, hi in b.ranges],
+        "splits": {s: {"images": len(b.index[s]), "rows": len(b.rows[s]),
+                       "image_ids": [int(ds.ids[i]) for i in b.index[s]]} for s in SPLITS},
         "files": files,
         "torch_version": torch.__version__,
     }
-    atomic_write_json(out / MANIFEST, manifest, indent=1)
-    (out / PROGRESS).unlink(missing_ok=True)
-    say(f"{out}: cache complete ({len(rows['train'])} meta-train, {len(rows['val'])} meta-val rows)")
+    atomic_write_json(b.out / MANIFEST, manifest, indent=1)
+    (b.out / PROGRESS).unlink(missing_ok=True)
+
+
+def build_cache(data_dir: str | Path | None, out_dir: str | Path, settings: ProxySettings, *,
+                backbone_weights: str | Path | None = None, resume: bool = True,
+                overwrite: bool = False, progress: bool = True,
+                on_chunk: Callable[[str, int, int], None] | None = None,
+                log: Callable[[str], None] | None = None) -> Path:
+    """Build (or finish, or check) the feature cache for ``settings`` in ``out_dir``.
+
+    ``data_dir``: a COCO-format data folder (``images/``, ``train.json``, ``val.json``);
+    ``None`` uses the preset's synthetic set (written to ``out_dir/synth``).
+    An existing complete cache with the same settings, data and weights is verified and
+    kept; a corrupt one is rebuilt; a partial one is resumed (``resume=False`` starts
+    over).  One built with other settings raises :class:`CacheConflict` unless
+    ``overwrite`` (a command adds its own advice to ``CacheConflict.problem``).
+    ``on_chunk(split, start, stop)`` is called after every stored chunk (progress hooks,
+    tests).  Returns ``out_dir``.
+
+    Stages: :func:`_check_folder` (before any work), :func:`_plan`, :func:`_check_complete` or
+    :func:`_check_partial`, :func:`_open_arrays`, :func:`_fill`, :func:`_write_manifest` (last).
+    """
+    say = log or (lambda msg: None)
+    if backbone_weights is not None:
+        settings = settings.replace(backbone_weights=str(backbone_weights))
+    out = Path(out_dir)
+    _check_folder(out, settings, overwrite)
+    b = _plan(data_dir, out, settings, progress=progress, overwrite=overwrite, say=say)
+    done: dict[str, int] | None = {s: 0 for s in SPLITS}  # rows stored per split; None: complete
+    if (out / MANIFEST).exists():
+        done = _check_complete(b, resume=resume, overwrite=overwrite, say=say)
+    elif (out / PROGRESS).exists():
+        done = _check_partial(b, resume=resume, overwrite=overwrite, say=say)
+    if done is None:
+        return out
+    arrays = _open_arrays(b, done, say)
+    _fill(b, arrays, done, progress=progress, on_chunk=on_chunk)
+    del arrays
+    _write_manifest(b)
+    say(f"{out}: cache complete ({len(b.rows['train'])} meta-train, {len(b.rows['val'])} meta-val rows)")
     return out

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from nasfcos.errors import BackendUnavailable, NasfcosError
+from nasfcos.errors import BackendUnavailable, FieldError, NasfcosError, first_line
 from nasfcos.search.evaluators import Evaluator, check_result
 
 
@@ -64,6 +64,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def error_text(exc: BaseException) -> str:
+    """A failed trial's error as recorded in the archive: ``Type: first line``, at most 500
+    characters (just ``Type`` for an empty message)."""
+    name, line = type(exc).__name__, first_line(exc, None)
+    return (name if line == name else f"{name}: {line}")[:500]
+
+
 def run_task(evaluator: Evaluator, task: Task) -> TaskResult:
     """Run one task here, turning any exception (``MemoryError``, CUDA OOM, ...) into an error."""
     from nasfcos.genotypes import parse_genotype
@@ -74,8 +81,7 @@ def run_task(evaluator: Evaluator, task: Task) -> TaskResult:
         res = check_result(evaluator(g, task.seed))
         return TaskResult(task, res, None, worker_name(), time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - a failed evaluation must never end the search
-        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        return TaskResult(task, None, msg, worker_name(), time.perf_counter() - t0,
+        return TaskResult(task, None, error_text(exc), worker_name(), time.perf_counter() - t0,
                           detail=traceback.format_exc(limit=20))
 
 
@@ -181,7 +187,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, evaluator: Evaluator, workers: int = 1, *, threads: int | None = None) -> None:
         if workers < 1:
-            raise NasfcosError(f"--workers must be at least 1 for the local pool, got {workers}")
+            raise FieldError("workers", f"must be at least 1 for the local pool, got {workers}")
         self.evaluator = evaluator
         self.workers = workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
@@ -305,8 +311,7 @@ class RayExecutor(Executor):
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:  # lost worker/node, OOM kill, task error
-            msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            return TaskResult(task, None, msg[:500], "ray:lost", 0.0)
+            return TaskResult(task, None, error_text(exc), "ray:lost", 0.0)
 
     def pending(self) -> int:
         return len(self._refs)

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from nasfcos.errors import CacheError, NasfcosError, first_line
+from nasfcos.errors import CacheError, FieldError, NasfcosError, first_line
 from nasfcos.genotypes import Genotype, parse_genotype
 from nasfcos.io import atomic_write_json, atomic_write_text
 from nasfcos.search.archive import (
@@ -53,10 +53,12 @@ from nasfcos.search.archive import (
     CONFIG_NAME,
     ROW_FORMAT,
     Archive,
+    ArchiveRow,
     best_rows,
     check_progress,
     load_checkpoint,
     save_checkpoint,
+    sort_rows,
 )
 from nasfcos.search.controller import Controller, ControllerConfig, torch_threads
 from nasfcos.search.evaluators import Evaluator, ToyEvaluator
@@ -166,22 +168,22 @@ class SearchConfig:
         if self.preset not in PRESETS:
             raise NasfcosError(f"unknown preset {self.preset!r} (expected one of: {', '.join(PRESETS)})")
         if self.trials < 1:
-            raise NasfcosError(f"--trials must be at least 1, got {self.trials}")
+            raise FieldError("trials", f"must be at least 1, got {self.trials}")
         if self.batch_size < 1:
-            raise NasfcosError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise FieldError("batch_size", f"must be at least 1, got {self.batch_size}")
         if self.retries < 0:
             raise NasfcosError(f"retries must be >= 0, got {self.retries}")
         for name in ("toy_noise", "toy_delay", "latency_weight"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+                raise FieldError(name, f"must be a finite number >= 0, got {v}")
         t = self.latency_target
         if t is not None:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
-                raise NasfcosError(f"--latency-target must be a positive number of milliseconds, got {t}")
+                raise FieldError("latency_target", f"must be a positive number of milliseconds, got {t}")
             if self.latency_table is None:
-                raise NasfcosError("--latency-target needs --latency-table FILE "
-                                   "(build one with 'nasfcos search latency-table')")
+                raise FieldError("latency_table", "is needed with a latency target (build one with 'nasfcos "
+                                 "search latency-table')")
 
 
 def eval_seed(seed: int, step: int, index: int) -> int:
@@ -258,7 +260,7 @@ class Search:
             elif cfg.proxy != current:
                 fields = sorted(k for k in current if cfg.proxy.get(k) != current[k]) or ["proxy"]
                 raise NasfcosError(f"the {cfg.preset} proxy preset changed ({', '.join(fields[:4])}) since this "
-                                   "search began (its rewards would mix two proxies); start a new --out")
+                                   "search began (its rewards would mix two proxies); start a new search folder")
         self.out = Path(out)
         self.resume = resume
         self.top_k = top_k
@@ -272,7 +274,7 @@ class Search:
         self.evaluator = evaluator or make_evaluator(self.cfg, self.cache_dir)
         self._executor = executor
         if executor_kind != "ray" and (cpus_per_trial != 1 or gpus_per_trial):
-            raise NasfcosError("--cpus-per-trial/--gpus-per-trial are Ray task resources: add --executor ray")
+            raise FieldError("executor", "CPUs and GPUs per trial are Ray task resources: use the ray executor")
         self._executor_args = (executor_kind, workers, address, cpus_per_trial, gpus_per_trial)
         self.controller = Controller(self.cfg.controller, seed=self.cfg.seed)
         self.ppo = PPO(self.controller, self.cfg.ppo, seed=self.cfg.seed + 1)
@@ -284,19 +286,14 @@ class Search:
     def _settle_config(self, cfg: SearchConfig) -> SearchConfig:
         path = self.out / CONFIG_NAME
         if self.out.exists() and not self.out.is_dir():
-            raise NasfcosError(f"{self.out}: exists and is not a folder (--out names the search folder)")
+            raise FieldError("out", f"{self.out}: exists and is not a folder")
         if path.exists() and not path.is_file():
             raise CacheError(f"{path}: is not a regular file")
         has_state = (self.out / ARCHIVE_NAME).exists() and (self.out / ARCHIVE_NAME).stat().st_size > 0
         has_state = has_state or (self.out / CHECKPOINT_NAME).exists()
-        if not self.resume:
-            if has_state:
-                raise NasfcosError(f"{self.out} already holds a search; pass --resume to continue it "
-                                   "or choose another --out")
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, cfg.to_dict())
-            return cfg
-        if not path.exists():
+        if has_state and not self.resume:
+            raise FieldError("resume", f"{self.out} already holds a search: resume it, or choose another folder")
+        if not self.resume or not path.exists():
             if has_state:
                 raise CacheError(f"{path}: missing; cannot resume this search")
             self.out.mkdir(parents=True, exist_ok=True)
@@ -306,8 +303,7 @@ class Search:
         if stored.identity() != cfg.identity():
             a, b = stored.identity(), cfg.identity()
             diff = sorted(k for k in a if a[k] != b.get(k))
-            raise NasfcosError(f"--resume: settings differ from the stored search ({', '.join(diff)}); "
-                               f"see {path}")
+            raise FieldError("resume", f"settings differ from the stored search ({', '.join(diff)}); see {path}")
         merged = dataclasses.replace(stored, trials=cfg.trials, retries=cfg.retries)
         atomic_write_json(path, merged.to_dict())
         return merged
@@ -365,11 +361,10 @@ class Search:
 
         settings = proxy_settings(self.cfg)
         if self.cfg.data is not None and not Path(self.cfg.data).is_dir():
-            raise NasfcosError(f"--data {self.cfg.data}: no such folder")
+            raise FieldError("data", f"{self.cfg.data}: no such folder")
         self._say(f"feature cache {self.cache_dir} ({self.cfg.preset} preset"
                   f"{', synthetic data' if self.cfg.data is None else ', data ' + self.cfg.data})")
-        build_cache(self.cfg.data, self.cache_dir, settings, progress=self.progress, log=self._say,
-                    overwrite_hint="give another --cache DIR, or delete this folder to rebuild it")
+        build_cache(self.cfg.data, self.cache_dir, settings, progress=self.progress, log=self._say)
         cache = open_verified(self.cache_dir, settings, checked=True)
         self._say(f"feature cache ready: {len(cache.train)} meta-train, {len(cache.val)} meta-val crops")
 
@@ -379,15 +374,14 @@ class Search:
         which are evaluated again."""
         path = self.out / ARCHIVE_NAME
 
-        def check(rows: list[dict[str, Any]]) -> None:
+        def check(rows: list[ArchiveRow]) -> None:
             check_progress(rows, self.step, self.cfg.batch_size, path)
 
         archive = Archive.open(path, check=check)
         if archive.repaired_bytes:
             print(f"nasfcos search: dropped a torn last archive line ({archive.repaired_bytes} bytes)",
                   file=sys.stderr)
-        retry = {(int(r["step"]), int(r["index"])) for r in archive
-                 if int(r["step"]) >= self.step and r["status"] == "failed"}
+        retry = {r.key for r in archive if r.step >= self.step and r.status == "failed"}
         if retry and archive.drop(retry):
             self._say(f"evaluating {len(retry)} failed trial(s) of step {self.step} again")
         return archive
@@ -441,20 +435,10 @@ class Search:
         step, n = self.step, self.cfg.batch_size
         with torch_threads(1):
             samples = self.controller.sample(n, self.sample_gen)
-        existing = archive.keyed()
         cache = archive.rewarded()
         choices = [list(map(int, c)) for c in samples.choices.tolist()]
         log_probs = [float(x) for x in samples.log_probs.tolist()]
-        rows: dict[int, dict[str, Any]] = {}
-        genos: dict[int, tuple[Genotype, str]] = {}
-        for i in range(n):
-            old = existing.get((step, i))
-            if old is not None:  # resumed: keep what was recorded (and its sample, if it differs)
-                rows[i] = old
-                choices[i], log_probs[i] = list(map(int, old["choices"])), float(old["log_prob"])
-                continue
-            g = self.controller.genotype(choices[i], name=f"search-s{step}-i{i}")
-            genos[i] = (g, g.hash())
+        rows, genos = self._recorded_or_new(archive, step, choices, log_probs)
         # evaluate each new hash once; later samples of it reuse the reward
         first_of: dict[str, int] = {}
         for i, (_, h) in genos.items():
@@ -462,8 +446,7 @@ class Search:
                 first_of.setdefault(h, i)
         for i, (g, h) in sorted(genos.items()):
             if h in cache:
-                rows[i] = self._reused_row(step, i, g, h, choices[i], log_probs[i], cache[h])
-                archive.append(rows[i])
+                rows[i] = archive.append(self._reused_row(step, i, g, h, choices[i], log_probs[i], cache[h]))
                 bar.update(1)
             elif first_of[h] == i:
                 executor.submit(Task(step, i, eval_seed(self.cfg.seed, step, i), g.to_dict(with_meta=False)))
@@ -477,9 +460,9 @@ class Search:
                     executor.submit(dataclasses.replace(res.task, attempt=res.task.attempt + 1))
                     continue
             g, h = genos[i]
-            rows[i] = self._evaluated_row(step, i, g, h, choices[i], log_probs[i], res, errors.get(i, []))
-            archive.append(rows[i])
-            if rows[i]["status"] == "ok":
+            rows[i] = archive.append(self._evaluated_row(step, i, g, h, choices[i], log_probs[i], res,
+                                                         errors.get(i, [])))
+            if rows[i].status == "ok":
                 cache[h] = rows[i]
                 self._evals_session += 1
             bar.update(1)
@@ -488,37 +471,55 @@ class Search:
             if i in rows:
                 continue
             src = rows[first_of[h]]
-            if src["status"] == "ok":
-                rows[i] = self._reused_row(step, i, g, h, choices[i], log_probs[i], src)
+            if src.status == "ok":
+                row = self._reused_row(step, i, g, h, choices[i], log_probs[i], src)
             else:
-                rows[i] = self._row(step, i, g, h, choices[i], log_probs[i], status="failed",
-                                    errors=[f"same genotype as failed sample {first_of[h]}"],
-                                    worker="driver")
-            archive.append(rows[i])
+                row = self._row(step, i, g, h, choices[i], log_probs[i], status="failed",
+                                errors=[f"same genotype as failed sample {first_of[h]}"], worker="driver")
+            rows[i] = archive.append(row)
             bar.update(1)
         archive.sort()
-        use = [i for i in range(n) if rows[i]["status"] in ("ok", "reused")]
+        use = [i for i in range(n) if rows[i].reward is not None]  # ok or reused
         if not use:
             raise SearchFailed(_all_failed_message(step, [rows[i] for i in range(n)], self.out))
+        rewards = [float(rows[i].reward) for i in use]  # type: ignore[arg-type]
         with torch_threads(1):
-            stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use],
-                                    [float(rows[i]["reward"]) for i in use])
+            stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use], rewards)
         self._postfix(bar, archive, t_start)
         return StepLog(
             step=step,
-            rewards=[float(rows[i]["reward"]) for i in use],
-            evaluated=sum(rows[i]["status"] == "ok" for i in range(n)),
-            reused=sum(rows[i]["status"] == "reused" for i in range(n)),
-            failed=sum(rows[i]["status"] == "failed" for i in range(n)),
+            rewards=rewards,
+            evaluated=sum(rows[i].status == "ok" for i in range(n)),
+            reused=sum(rows[i].status == "reused" for i in range(n)),
+            failed=sum(rows[i].status == "failed" for i in range(n)),
             ppo=stats.to_dict(),
         )
 
+    def _recorded_or_new(self, archive: Archive, step: int, choices: list[list[int]], log_probs: list[float]
+                         ) -> tuple[dict[int, ArchiveRow], dict[int, tuple[Genotype, str]]]:
+        """The rows of this step already recorded (a resume: their samples replace the fresh
+        ones in ``choices`` / ``log_probs``), and the genotype and hash of every other sample."""
+        existing = archive.keyed()
+        rows: dict[int, ArchiveRow] = {}
+        genos: dict[int, tuple[Genotype, str]] = {}
+        for i in range(len(choices)):
+            old = existing.get((step, i))
+            if old is None:
+                g = self.controller.genotype(choices[i], name=f"search-s{step}-i{i}")
+                genos[i] = (g, g.hash())
+            elif old.choices is None or old.log_prob is None:
+                raise CacheError(f"{archive.path}: row (step {step}, index {i}) lacks its sample "
+                                 "('choices', 'log_prob'); it cannot be resumed")
+            else:
+                rows[i] = old
+                choices[i], log_probs[i] = list(old.choices), old.log_prob
+        return rows, genos
+
     def _reused_row(self, step: int, i: int, g: Genotype, h: str, choices: list[int], log_prob: float,
-                    src: dict[str, Any]) -> dict[str, Any]:
-        return self._row(step, i, g, h, choices, log_prob, status="reused", reward=src["reward"],
-                         losses=src.get("losses", {}), params=src.get("params"),
-                         extra=src.get("extra", {}), worker="driver",
-                         reused_from=[int(src["step"]), int(src["index"])])
+                    src: ArchiveRow) -> dict[str, Any]:
+        return self._row(step, i, g, h, choices, log_prob, status="reused", reward=src.reward,
+                         losses=src.losses, params=src.params, extra=src.extra, worker="driver",
+                         reused_from=list(src.key))
 
     def _evaluated_row(self, step: int, i: int, g: Genotype, h: str, choices: list[int], log_prob: float,
                        res: TaskResult, errors: list[str]) -> dict[str, Any]:
@@ -543,7 +544,7 @@ class Search:
                          worker=res.worker, attempts=res.task.attempt, errors=errors)
 
     def _postfix(self, bar: Any, archive: Archive, t_start: float) -> None:
-        best = max((r["reward"] for r in archive if r.get("reward") is not None), default=None)
+        best = max((r.reward for r in archive if r.reward is not None), default=None)
         hours = max(time.time() - t_start, 1e-9) / 3600.0
         bar.set_postfix(step=self.step, best=None if best is None else f"{best:.4g}",
                         evals_h=f"{self._evals_session / hours:.0f}", refresh=False)
@@ -576,34 +577,36 @@ class Search:
                     summary["pareto"]["plot"] = str(self.out / PARETO_PLOT)
                 except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
                     print(f"nasfcos search: warning: could not plot the Pareto front ({exc})", file=sys.stderr)
-            if top and top[0]["hash"] != self._best_drawn:
+            if top and top[0].hash != self._best_drawn:
                 drawn = draw_best(top[0], self.out / BEST_DRAWING)
                 if drawn is not None:
-                    self._best_drawn = top[0]["hash"]
+                    self._best_drawn = top[0].hash
         if (self.out / BEST_DRAWING).exists():
             summary["best_drawing"] = str(self.out / BEST_DRAWING)
         atomic_write_json(self.out / SUMMARY_NAME, summary)
         return summary
 
 
-def _all_failed_message(step: int, rows: list[dict[str, Any]], out: Path) -> str:
+def _all_failed_message(step: int, rows: list[ArchiveRow], out: Path) -> str:
     """One line: which step failed entirely, the most frequent error, how to go on."""
-    errors = [str(e) for r in rows for e in (r.get("errors") or [])]
+    errors = [e for r in rows for e in r.errors]
     common = max(set(errors), key=errors.count) if errors else "no error recorded"
     return (f"every trial of step {step} failed ({len(rows)} of {len(rows)}); most frequent error: "
-            f"{common.splitlines()[0][:300]} -- fix the cause, then 'nasfcos search --out {out} --resume'")
+            f"{first_line(NasfcosError(common), 300)} -- fix the cause, then 'nasfcos search --out {out} --resume'")
 
 
 # ------------------------------------------------------------------------------------------
 # outputs shared by the driver and `nasfcos search top`
 # ------------------------------------------------------------------------------------------
-def genotype_of_row(row: dict[str, Any], rank: int | None = None) -> Genotype:
+def genotype_of_row(row: ArchiveRow, rank: int | None = None) -> Genotype:
     """The genotype of an archive row, named ``search-<hash12>``, with provenance in ``meta``."""
-    doc = dict(row["genotype"])
-    doc["name"] = f"search-{row['hash'][:12]}"
+    if row.genotype is None:
+        raise CacheError(f"archive row (step {row.step}, index {row.index}) has no genotype")
+    doc = dict(row.genotype)
+    doc["name"] = f"search-{row.hash[:12]}"
     meta: dict[str, Any] = {
-        "source": "nasfcos search", "reward": row["reward"], "step": row["step"],
-        "index": row["index"], "hash": row["hash"], "losses": row.get("losses", {}),
+        "source": "nasfcos search", "reward": row.reward, "step": row.step,
+        "index": row.index, "hash": row.hash, "losses": row.losses,
     }
     if rank is not None:
         meta["rank"] = rank
@@ -640,7 +643,7 @@ def _indexed_files(out_dir: Path) -> set[str]:
     return {n for n in names if _TOP_FILE.fullmatch(n)}
 
 
-def write_top(top: list[dict[str, Any]], out_dir: Path, *, compile_options: Any = None,
+def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = None,
               listing: dict[str, Any] | None = None, owned: bool = False) -> list[Path]:
     """Write ``rankNN-<hash12>.json`` for each row (and ``rankNN-<hash12>.py``, its compiled
     model, with ``compile_options``: :class:`nasfcos.compiler.CompileOptions`) and the index
@@ -655,7 +658,7 @@ def write_top(top: list[dict[str, Any]], out_dir: Path, *, compile_options: Any 
     if owned:
         ours |= {p.name for p in out_dir.iterdir() if _TOP_FILE.fullmatch(p.name)}
     genos = [(k, row, genotype_of_row(row, rank=k)) for k, row in enumerate(top, 1)]
-    names = {k: f"rank{k:02d}-{row['hash'][:12]}" for k, row, _ in genos}
+    names = {k: f"rank{k:02d}-{row.hash[:12]}" for k, row, _ in genos}
     want = [f"{names[k]}.json" for k in names] + ([f"{names[k]}.py" for k in names] if compile_options else [])
     for name in want:
         p = out_dir / name
@@ -672,8 +675,8 @@ def write_top(top: list[dict[str, Any]], out_dir: Path, *, compile_options: Any 
         paths.append(g.save(out_dir / f"{names[k]}.json"))
         if k in sources:
             atomic_write_text(out_dir / f"{names[k]}.py", sources[k])
-    entries = [{"rank": k, "reward": row["reward"], "hash": row["hash"], "step": row["step"], "index": row["index"],
-                "losses": row.get("losses", {}), "path": str(out_dir / f"{names[k]}.json"),
+    entries = [{"rank": k, "reward": row.reward, "hash": row.hash, "step": row.step, "index": row.index,
+                "losses": row.losses, "path": str(out_dir / f"{names[k]}.json"),
                 **({"model": str(out_dir / f"{names[k]}.py")} if k in sources else {})} for k, row, _ in genos]
     stale = sorted(ours - set(want))
     doc = {"format": TOP_FORMAT, **(listing or {}), "top": entries}
@@ -686,7 +689,7 @@ def write_top(top: list[dict[str, Any]], out_dir: Path, *, compile_options: Any 
     return paths
 
 
-def draw_best(row: dict[str, Any], path: Path) -> Path | None:
+def draw_best(row: ArchiveRow, path: Path) -> Path | None:
     """Draw a row's genotype with ``nasfcos.genotypes.draw`` when that module exists."""
     try:
         from nasfcos.genotypes.draw import draw_genotype
@@ -699,41 +702,40 @@ def draw_best(row: dict[str, Any], path: Path) -> Path | None:
         return None
 
 
-def pareto_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pareto_points(rows: list[ArchiveRow]) -> list[dict[str, Any]]:
     """One point per distinct evaluated genotype that has a predicted latency: hash, step,
     index, proxy reward, predicted latency (ms) and the search's reward."""
     seen: dict[str, dict[str, Any]] = {}
-    for r in sorted(rows, key=lambda r: (int(r["step"]), int(r["index"]))):
-        extra = r.get("extra") or {}
-        if r.get("status") != "ok" or "latency_ms" not in extra or r["hash"] in seen:
+    for r in sort_rows(rows):
+        if r.status != "ok" or "latency_ms" not in r.extra or r.hash in seen:
             continue
-        seen[r["hash"]] = {"hash": r["hash"], "step": r["step"], "index": r["index"],
-                           "proxy_reward": float(extra.get("proxy_reward", r["reward"])),
-                           "latency_ms": float(extra["latency_ms"]), "reward": float(r["reward"])}
+        seen[r.hash] = {"hash": r.hash, "step": r.step, "index": r.index,
+                        "proxy_reward": float(r.extra.get("proxy_reward", r.reward)),
+                        "latency_ms": float(r.extra["latency_ms"]), "reward": float(r.reward or 0.0)}
     return list(seen.values())
 
 
-def summarize(rows: list[dict[str, Any]], cfg: SearchConfig | None = None, *, wall_s: float | None = None,
+def summarize(rows: list[ArchiveRow], cfg: SearchConfig | None = None, *, wall_s: float | None = None,
               session_s: float | None = None, session_evals: int | None = None,
               out: Path | None = None) -> dict[str, Any]:
     """Machine-readable summary of an archive."""
-    ok = [r for r in rows if r.get("status") == "ok"]
+    ok = [r for r in rows if r.status == "ok"]
     best = best_rows(rows, 1)
-    steps = sorted({int(r["step"]) for r in rows})
+    steps = sorted({r.step for r in rows})
     d: dict[str, Any] = {
         "trials": len(rows),
         "evaluated": len(ok),
-        "reused": sum(r.get("status") == "reused" for r in rows),
-        "failed": sum(r.get("status") == "failed" for r in rows),
-        "unique_genotypes": len({r["hash"] for r in rows}),
+        "reused": sum(r.status == "reused" for r in rows),
+        "failed": sum(r.status == "failed" for r in rows),
+        "unique_genotypes": len({r.hash for r in rows}),
         "steps": len(steps),
-        "eval_time_s": round(sum(float(r.get("time_s") or 0.0) for r in ok), 3),
+        "eval_time_s": round(sum(r.time_s for r in ok), 3),
         "best": None,
     }
     if best:
         b = best[0]
-        d["best"] = {"reward": b["reward"], "hash": b["hash"], "step": b["step"], "index": b["index"],
-                     "losses": b.get("losses", {})}
+        d["best"] = {"reward": b.reward, "hash": b.hash, "step": b.step, "index": b.index,
+                     "losses": b.losses}
     points = pareto_points(rows)
     if points:
         d["pareto"] = {"axes": ["proxy_reward (higher is better)", "latency_ms (predicted, lower is better)"],
@@ -751,8 +753,3 @@ def summarize(rows: list[dict[str, Any]], cfg: SearchConfig | None = None, *, wa
         d["out"] = str(out)
         d["top_dir"] = str(out / TOP_DIR)
     return d
-
-
-def run_search(out: str | Path, cfg: SearchConfig, **kwargs: Any) -> dict[str, Any]:
-    """Convenience: ``Search(out, cfg, **kwargs).run()``."""
-    return Search(out, cfg, **kwargs).run()

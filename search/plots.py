@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nasfcos.io import atomic_write_bytes
+from nasfcos.search.archive import ArchiveRow, sort_rows
 
 
 def moving_average(values: Sequence[float], window: int) -> list[float]:
@@ -26,7 +27,7 @@ def default_window(n: int) -> int:
     return max(8, min(100, n // 10))
 
 
-def plot_rewards(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
+def plot_rewards(rows: Sequence[ArchiveRow], path: str | os.PathLike[str], *,
                  window: int | None = None, title: str | None = None) -> Path:
     """Plot reward against sample number (and step) with its moving average; write a PNG atomically.
 
@@ -40,10 +41,10 @@ def plot_rewards(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    rows = sorted(rows, key=lambda r: (int(r["step"]), int(r["index"])))
-    pts = [(int(r.get("trial", i)), float(r["reward"]), r.get("status") == "reused")
-           for i, r in enumerate(rows) if r.get("reward") is not None]
-    failed = sum(r.get("status") == "failed" for r in rows)
+    rows = sort_rows(rows)
+    pts = [(i if r.trial is None else r.trial, r.reward, r.status == "reused")
+           for i, r in enumerate(rows) if r.reward is not None]
+    failed = sum(r.status == "failed" for r in rows)
     fig = Figure(figsize=(7.0, 4.0), dpi=120)
     ax = fig.add_subplot(1, 1, 1)
     if pts:
@@ -66,7 +67,7 @@ def plot_rewards(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *
         ax.text(0.5, 0.5, "no rewards yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("sampled architecture (trial)")
     ax.set_ylabel("reward")
-    n_steps = len({int(r["step"]) for r in rows})
+    n_steps = len({r.step for r in rows})
     ax.set_title(title or f"search: {len(rows)} samples, {n_steps} steps"
                  + (f", {failed} failed" if failed else ""), fontsize=10)
     ax.grid(alpha=0.3)

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nasfcos.errors import CacheError, NasfcosError
+from nasfcos.errors import NasfcosError
 from nasfcos.fcos.losses import FcosConfig, FcosTargets, losses_from_targets
 from nasfcos.genotypes import Genotype, parse_genotype
-from nasfcos.search.cache import FeatureCache, build_cache, key_difference, open_cache
+from nasfcos.search.cache import FeatureCache, build_cache, open_cache
 
 __all__ = [
     "PRESETS", "CACHE_KEY_FIELDS", "DecoderFactory", "EvalResult", "PolyakAverage", "ProxyEvaluator",
@@ -421,11 +421,8 @@ def meta_val_losses(model: nn.Module, cache: FeatureCache, settings: ProxySettin
     cls_den = 0.0
     per_image = cfg.cls_norm == "positives+images"
     n_val = len(cache.val)
-    bounds = list(range(0, n_val, settings.eval_batch_size)) + [n_val]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        del bounds[-2]  # no batch of one image: GroupNorm on a 1x1 map (p7) needs two values per group
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        idx = np.arange(start, stop)
+    for start in range(0, n_val, settings.eval_batch_size):
+        idx = np.arange(start, min(n_val, start + settings.eval_batch_size))
         feats, targets = cache.val.batch(idx, device)
         cls, reg, ctr = model(feats)
         _check_sizes(cls, targets)
@@ -499,9 +496,7 @@ def evaluate(genotype: Genotype | dict[str, Any], cache: FeatureCache, settings:
     g = _as_genotype(genotype)
     settings = (settings or settings_from_cache(cache)).validate()
     seed = settings.seed if seed is None else int(seed)
-    diff = [k for k, v in settings.cache_key().items() if json.dumps(v) != json.dumps(cache.key.get(k))]
-    if diff:
-        raise CacheError(f"{cache.path}: cache was built with other settings (field {diff[0]})")
+    cache.require(settings)
     factory = decoder_factory or compiled_decoder
     timings: dict[str, float] = {}
     with deterministic(seed, settings.num_threads):
@@ -549,9 +544,7 @@ def _open_once(cache_dir: str, settings: ProxySettings | None, verify: str = "ma
         _OPENED.clear()  # one cache per worker is the normal case; do not hoard memory
         _OPENED[key] = cache
     elif settings is not None:
-        diff = key_difference(settings.cache_key(), cache.key)  # same check as open_cache's
-        if diff is not None:
-            raise CacheError(f"{path}: cache was built with other settings ({diff})")
+        cache.require(settings)
     return cache
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nasfcos.cli import args as A
+from nasfcos.errors import CacheError
 from nasfcos.io import atomic_write_json
 
 
@@ -23,6 +24,7 @@ def _parser(prog: str, description: str, example: str) -> argparse.ArgumentParse
 
 def cache_main(argv: list[str]) -> int:
     """``nasfcos search cache``: run the frozen backbone once and store features + targets."""
+    from nasfcos.search.cache import CacheConflict
     from nasfcos.search.proxy import PRESETS, build_cache, get_preset, open_cache
 
     p = _parser("nasfcos search cache",
@@ -49,26 +51,20 @@ def cache_main(argv: list[str]) -> int:
     A.add_json(p, "print the summary as JSON")
     a = p.parse_args(argv)
     settings = get_preset(a.preset)
-    changes: dict[str, Any] = {}
-    if a.split:
-        changes["source_split"] = a.split
-    if a.short_side is not None:
-        changes["short_side"] = a.short_side
-    if a.crop is not None:
-        changes["crop"] = a.crop
-    if a.images is not None:
-        changes["synth_images"] = a.images
-    if a.backbone_weights:
-        changes["backbone_weights"] = a.backbone_weights
+    changes = {name: v for v, name in ((a.split, "source_split"), (a.short_side, "short_side"), (a.crop, "crop"),
+                                       (a.images, "synth_images"), (a.backbone_weights, "backbone_weights"))
+               if v not in (None, "")}
     settings = settings.replace(**changes).validate()
     if a.threads is not None:
         import torch
 
         torch.set_num_threads(a.threads)
     log = (lambda msg: None) if a.json else (lambda msg: print(msg, file=sys.stderr))
-    path = build_cache(a.data, a.out, settings, resume=not a.no_resume,
-                       overwrite=a.overwrite, progress=not a.quiet, log=log,
-                       overwrite_hint="use --overwrite or another --out")
+    try:
+        path = build_cache(a.data, a.out, settings, resume=not a.no_resume,
+                           overwrite=a.overwrite, progress=not a.quiet, log=log)
+    except CacheConflict as exc:
+        raise CacheError(f"{exc.problem}; use --overwrite or another --out") from None
     cache = open_cache(path, settings, verify="size")
     m = cache.manifest
     summary = {

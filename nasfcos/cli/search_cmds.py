@@ -10,13 +10,12 @@ import argparse
 import dataclasses
 import importlib
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from nasfcos.cli import args as A
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import CacheError, NasfcosError
 
 SEARCH_EPILOG = """\
 examples:
@@ -31,6 +30,8 @@ examples:
 a proxy search without --cache builds its feature cache (and, without --data, the preset's
 synthetic data set) in --out/cache first, or reuses the one there.  A search whose every
 trial of a step fails stops with exit status 2 and the reason; fix it and add --resume.
+--trials is rounded up to whole batches of --batch-size (8; a note says so), except that
+fewer trials than one batch run as one step of that many (--trials 2: two evaluations).
 
 outputs in --out: archive.jsonl (one row per sampled architecture), top/rankNN-HASH.json
 (genotypes 'nasfcos compile' takes), search.png (reward curve), best.png (best genotype),
@@ -49,10 +50,13 @@ TOP_EPILOG = """\
 example:
   nasfcos search top runs/tiny --top-k 5 -o best/
   nasfcos search top runs/tiny --top-k 3 -o best/ --compile --detector --num-classes 20
+  nasfcos search top runs/tiny --top-k 2 -o best/ --export --fpn-channels 128 --sizes 512,800
 writes best/rank01-HASH.json ... (the K best distinct genotypes, reward and provenance in
 "meta"), with --compile best/rank01-HASH.py ... (compiled models: 'nasfcos export', 'check',
-'bench' take them), and best/top.json (machine-readable list and the index of the files
-written: a later run replaces or removes only those, never other files in the folder)."""
+'bench' take them), with --export best/rank01-HASH/ (model.py, model.onnx, parity.json,
+report.md, summary.json: the pipeline of 'nasfcos demo'; exit status 1 if a parity check
+fails), and best/top.json (machine-readable list and the index of the files written: a later
+run replaces or removes only those, never other files in the folder)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,8 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluation: 'toy' (no training, reward = deformable ops), or the proxy "
                         "task presets 'tiny' / 'paper' (default: tiny)")
     p.add_argument("--trials", type=A.positive_int, default=None,
-                   help="architectures to sample in total, rounded up to whole batches "
-                        "(required for a new search; on --resume defaults to the stored target)")
+                   help="architectures to sample in total, rounded up to whole batches; fewer than "
+                        "one batch: one step of that many (required for a new search; on --resume "
+                        "defaults to the stored target)")
     p.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, required=True,
                    metavar="DIR", help="search folder")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
@@ -93,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(torchvision format; default: the preset's)")
     p.add_argument("--seed", type=A.seed, default=None, metavar="S", help="search seed (default 0)")
     p.add_argument("--batch-size", type=A.positive_int, default=None, metavar="B",
-                   help="architectures per controller update (default 8)")
+                   help="architectures per controller update (default 8, or --trials when smaller)")
     p.add_argument("--head", choices=("dag", "sequential", "fcos"), default=None,
                    help="head search space (default dag: the paper's)")
     p.add_argument("-k", "--top-k", type=A.positive_int, default=5, metavar="K",
@@ -127,7 +132,8 @@ def _config(args: argparse.Namespace) -> Any:
     stored = Path(args.out) / CONFIG_NAME
     if args.resume and not Path(args.out).is_dir():
         raise NasfcosError(f"{args.out}: no such search folder to resume")
-    if args.resume and stored.exists():
+    stored_used = args.resume and stored.exists()
+    if stored_used:
         base = SearchConfig.read(stored)
     else:
         if args.trials is None:
@@ -144,6 +150,8 @@ def _config(args: argparse.Namespace) -> Any:
             changes[name] = v
     if args.head is not None:
         changes["controller"] = dataclasses.replace(base.controller or ControllerConfig(), head_kind=args.head)
+    if not stored_used and args.batch_size is None and args.trials < base.batch_size:
+        changes["batch_size"] = args.trials  # a short run is honoured: one step of --trials samples
     cfg = dataclasses.replace(base, **changes)
     for name in ("data", "cache", "latency_table", "backbone_weights"):
         v = getattr(cfg, name)
@@ -154,6 +162,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 def search_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from nasfcos.search.cache import CacheConflict
     from nasfcos.search.loop import Search
 
     cfg = _config(args)
@@ -174,7 +183,10 @@ def search_main(argv: list[str]) -> int:
     search = Search(args.out, cfg, resume=args.resume, executor_kind=args.executor, workers=workers,
                     address=args.address, cpus_per_trial=args.cpus_per_trial,
                     gpus_per_trial=args.gpus_per_trial, top_k=args.top_k, progress=not args.quiet, latency_check=check)
-    summary = search.run()
+    try:
+        summary = search.run()
+    except CacheConflict as exc:  # 'search' has no --overwrite: another cache folder, or none
+        raise CacheError(f"{exc.problem}; give another --cache DIR, or delete this folder to rebuild it") from None
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return 0
@@ -221,7 +233,17 @@ def _top_parser() -> argparse.ArgumentParser:
                  head_help="head width (default: the FPN width)")
     A.add_num_classes(g, "classes (default 80)")
     g.add_argument("--detector", action="store_true", help="emit class Detector too (backbone + post-processing)")
-    g.add_argument("--backbone", default=None, help="detector backbone (with --detector; default resnet50)")
+    g.add_argument("--backbone", default=None, help="detector backbone (with --detector or --export; default resnet50)")
+    e = p.add_argument_group("search to deployment: ONNX export, parity check and benchmark of each")
+    e.add_argument("--export", action="store_true",
+                   help="run the pipeline of 'nasfcos demo' for each genotype in OUTDIR/rankNN-HASH/: a "
+                        "Detector of --fpn-channels with --backbone (random weights) -> model.onnx -> "
+                        "parity against PyTorch -> CPU benchmark (report.md, summary.json)")
+    e.add_argument("--sizes", type=A.size_list, default=None, metavar="HxW,...",
+                   help="benchmark sizes (default 800x800; the export is traced at the middle one)")
+    A.add_timing(e, runs=None, runs_help="timed runs per backend and size (default 3)",
+                 warmup=None, warmup_help="untimed runs first (default 1)")
+    A.add_threads(e)
     A.add_json(p, "print the machine-readable list on stdout instead of a table")
     return p
 
@@ -232,11 +254,14 @@ def top_main(argv: list[str]) -> int:
     from nasfcos.search.loop import TOP_INDEX, write_top
 
     options = None
-    compile_flags = (args.fpn_channels, args.head_channels, args.backbone)
-    if not args.compile and (any(v is not None for v in compile_flags) or args.detector or args.num_classes != 80):
-        raise NasfcosError("--fpn-channels/--head-channels/--num-classes/--detector/--backbone need --compile")
-    if args.backbone is not None and not args.detector:
-        raise NasfcosError("--backbone only applies with --detector")
+    if not args.compile and (args.head_channels is not None or args.detector or args.num_classes != 80
+                             or (not args.export and (args.fpn_channels, args.backbone) != (None, None))):
+        raise NasfcosError("--fpn-channels/--head-channels/--num-classes/--detector/--backbone need --compile"
+                           + (" (--export takes --fpn-channels and --backbone only)" if args.export else ""))
+    if args.backbone is not None and not args.detector and not args.export:
+        raise NasfcosError("--backbone only applies with --detector or --export")
+    if not args.export and (args.sizes, args.runs, args.warmup, args.threads) != (None,) * 4:
+        raise NasfcosError("--sizes/--runs/--warmup/--threads need --export")
     if args.compile:
         from nasfcos.compiler import CompileOptions
 
@@ -250,25 +275,59 @@ def top_main(argv: list[str]) -> int:
     top = best_rows(rows, args.k)
     if not top:
         raise NasfcosError(f"{src / ARCHIVE_NAME}: no evaluated architecture yet")
-    for r in top:  # the hash names a file: only 64 hex digits may reach it
-        if not isinstance(r.get("hash"), str) or not re.fullmatch(r"[0-9a-f]{64}", r["hash"]):
-            raise NasfcosError(f"{src / ARCHIVE_NAME}: row {r.get('index')!r} of step "
-                               f"{r.get('step')!r} has a malformed hash")
     out = Path(args.out) if args.out else src / "top"
     write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
               owned=args.out is None)  # DIR/top is the search's own folder
     listing = json.loads((out / TOP_INDEX).read_text())["top"]
+    failed = _export_top(listing, out, args) if args.export else []
     if args.json:
         print(json.dumps(listing, indent=2))
     else:
         print(f"{'rank':>4}  {'reward':>12}  {'hash':<12}  {'step':>5}  file")
         for e in listing:
             print(f"{e['rank']:>4}  {e['reward']:>12.6g}  {e['hash'][:12]:<12}  {e['step']:>5}  {e['path']}"
-                  + (f"  {e['model']}" if "model" in e else ""))
+                  + (f"  {e['model']}" if "model" in e else "") + _export_text(e.get("export")))
         if len(top) < args.k:
             print(f"(only {len(top)} distinct evaluated genotypes in the archive)")
         print(f"list: {out / 'top.json'}")
-    return 0
+    if failed:
+        print(f"nasfcos search top: parity FAILED for {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _export_text(export: dict[str, Any] | None) -> str:
+    """The table's note on an export: parity and each measured latency."""
+    if export is None:
+        return ""
+    times = ", ".join(f"{r['backend']} {r['median_ms']:.3g} ms" for r in export["results"] if r.get("median_ms"))
+    return f"  onnx {export['onnx']} (parity {'ok' if export['parity_ok'] else 'FAILED'}; {times})"
+
+
+def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> list[str]:
+    """Export, check and benchmark each listed genotype with the one library pipeline
+    (:func:`nasfcos.runtime.pipeline.run_pipeline`, as 'nasfcos demo'); each entry gains
+    ``export`` (its folder, ONNX file, parity and latencies).  Returns the ranks whose
+    parity check failed.  Progress goes to stderr (stdout holds the table or the JSON)."""
+    from nasfcos.io import atomic_write_json
+    from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
+
+    failed = []
+    for e in listing:
+        folder = out / Path(e["path"]).stem
+        print(f"nasfcos search top: rank {e['rank']}: export, check and benchmark in {folder}", file=sys.stderr)
+        summary = run_pipeline(PipelineConfig(
+            out=folder, genotype=e["path"], fpn_channels=args.fpn_channels or 256,
+            backbone=args.backbone or "resnet50", sizes=args.sizes or [(800, 800)],
+            runs=3 if args.runs is None else args.runs, warmup=1 if args.warmup is None else args.warmup,
+            threads=args.threads), lambda msg: print(msg, file=sys.stderr, flush=True))
+        summary.pop("_report", None)
+        paths = summary.pop("_paths", {})
+        atomic_write_json(folder / "summary.json", summary)
+        e["export"] = {"folder": str(folder), "onnx": str(paths.get("onnx", "")), "parity_ok": summary["parity"]["ok"],
+                       "summary": str(folder / "summary.json"), "results": summary["results"]}
+        if not summary["parity"]["ok"]:
+            failed.append(f"rank {e['rank']}")
+    return failed
 
 
 LATENCY_EPILOG = """\
@@ -310,14 +369,7 @@ def latency_table_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from nasfcos.search.latency import TableSpec, build_table
 
-    out = Path(a.output)
-    if out.is_dir():
-        raise NasfcosError(f"{out}: is a folder (-o names the table file)")
-    if out.parent != Path("") and out.parent.exists() and not out.parent.is_dir():
-        raise NasfcosError(f"{out.parent}: is not a folder")
-    for name in ("runs", "warmup"):
-        if getattr(a, name) < (1 if name == "runs" else 0):
-            raise NasfcosError(f"--{name} must be at least {1 if name == 'runs' else 0}, got {getattr(a, name)}")
+    out = Path(a.output)  # checked by its type: a writable file path, not a folder
     device = a.device or ("cuda" if a.backend == "tensorrt" else "cpu")
     spec = TableSpec(backend=a.backend, size=a.size, fpn_channels=a.fpn_channels,
                      head_channels=a.head_channels, num_classes=a.num_classes, backbone=a.backbone,

@@ -88,6 +88,10 @@ def test_cli_width_and_class_flags_call_the_same_rules() -> None:
     from nasfcos.weights import METADATA_RULES
 
     assert METADATA_RULES["num_classes"][2] == MAX_CLASSES  # a weights file's classes: the same limit
+    from nasfcos.weights import check_metadata
+
+    with pytest.raises(NasfcosError, match="metadata 'cat_ids' must be"):  # one id per class
+        check_metadata({"cat_ids": list(range(MAX_CLASSES + 1))}, "w.pt")
     assert A.num_classes(str(MAX_CLASSES)) == MAX_CLASSES and A.width(str(MAX_CHANNELS)) == MAX_CHANNELS
     with pytest.raises(argparse.ArgumentTypeError, match=r"^10001 is out of range \(1..10000\)$"):
         A.num_classes(str(MAX_CLASSES + 1))
@@ -153,3 +157,17 @@ def test_plan_records_hold_values() -> None:
     assert layer.conv.in_channels == 128 and type(layer).__name__ == "ConcatReduce"
     plan = build_plan(load_paper_genotype("nas_fcos_fpn_head"), CompileOptions(fpn_channels=32))
     assert plan.units()["head_op/deform_conv_3x3/s8"] == 4  # two per branch, as the file runs them
+
+
+def test_pasted_code_fills_in_every_compiled_option_and_nothing_else() -> None:
+    from nasfcos.compiler.backbones import paste
+    from nasfcos.compiler.options import options_context
+
+    values = options_context(CompileOptions(backbone="tiny", head_channels=64, scoring="sqrt"))["detector_values"]
+    code = paste("detector", **values)
+    assert "COMPILED_" not in code and 'BACKBONE = "tiny"' in code and 'SCORING = "sqrt"' in code
+    assert "head_channels: int | None = 64," in code and 'PREPROCESS = "imagenet"' in code
+    with pytest.raises(NasfcosError, match=r"pasted_detector: fill-ins \['COMPILED_BACKBONE'"):
+        paste("detector")  # a value left out would leave a name the compiled file lacks
+    with pytest.raises(NasfcosError, match="pasted_deform: fill-ins"):
+        paste("deform", COMPILED_BACKBONE='"tiny"')  # a value that names nothing

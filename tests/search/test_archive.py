@@ -13,6 +13,7 @@ import torch
 from nasfcos.errors import CacheError
 from nasfcos.search.archive import (
     Archive,
+    ArchiveRow,
     best_rows,
     encode_row,
     load_checkpoint,
@@ -48,11 +49,11 @@ def test_rows_round_trip_and_each_is_one_write(tmp_path: Path, monkeypatch: pyte
         monkeypatch.undo()
     assert len(writes) == 2 and all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in writes)
     assert path.read_bytes() == b"".join(writes)
-    assert read_rows(path) == [_row(0, 0), _row(0, 1, reward=2.5)]
+    assert [r.to_json() for r in read_rows(path)] == [_row(0, 0), _row(0, 1, reward=2.5)]
     with Archive.open(path) as b:
         assert len(b) == 2 and b.repaired_bytes == 0
         b.append(_row(1, 0))
-    assert [r["step"] for r in read_rows(path)] == [0, 0, 1]
+    assert [r.step for r in read_rows(path)] == [0, 0, 1]
 
 
 @pytest.mark.parametrize("tail", [b'{"step": 1, "ind', b"\x00\x00\x00\x00", b'{"step": 1}\x00\x00\n'])
@@ -90,10 +91,10 @@ def test_sort_rewrites_in_sample_order(tmp_path: Path) -> None:
 def test_best_rows_are_distinct_and_skip_failures() -> None:
     rows = [_row(0, 0, 1.0, "a"), _row(0, 1, 3.0, "b"), _row(0, 2, None, "c", "failed"),
             _row(1, 0, 3.0, "b", "reused"), _row(1, 1, 2.0, "d"), _row(1, 2, 3.0, "e")]
-    top = best_rows(rows, 3)
-    assert [r["hash"] for r in top] == [_hash("b"), _hash("e"), _hash("d")]  # ties: earliest first
-    assert top[0]["step"] == 0
-    assert "worker" not in strip_volatile(rows[0]) and "reward" in strip_volatile(rows[0])
+    top = best_rows([ArchiveRow.from_json(r, "test") for r in rows], 3)
+    assert [r.hash for r in top] == [_hash("b"), _hash("e"), _hash("d")]  # ties: earliest first
+    assert top[0].step == 0
+    assert "worker" not in strip_volatile(top[0]) and "reward" in strip_volatile(top[0])
 
 
 def test_checkpoint_round_trip_and_corruption(tmp_path: Path) -> None:

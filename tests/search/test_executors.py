@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nasfcos.genotypes import sample_genotype
 from nasfcos.search.evaluators import ToyEvaluator
-from nasfcos.search.executors import InlineExecutor, LocalExecutor, Task, make_executor
+from nasfcos.search.executors import InlineExecutor, LocalExecutor, Task, error_text, make_executor
 
 # fault-injecting evaluators must be importable by name in spawned workers
 sys.path.insert(0, str(Path(__file__).parent))
@@ -67,3 +67,7 @@ def test_evaluator_exceptions_become_errors(tmp_path: Path) -> None:
     assert not r.ok and r.error.startswith("MemoryError") and "Traceback" in r.detail
     ex.submit(t)
     assert ex.wait_one().ok  # transient: the retry succeeds
+    # the recorded error: 'Type: first line', never an IndexError on an empty message
+    assert error_text(MemoryError()) == "MemoryError"
+    assert error_text(ValueError("  \n bad\nmore")) == "ValueError: bad"
+    assert len(error_text(RuntimeError("x" * 900))) == 500

@@ -43,11 +43,11 @@ def test_the_proxy_evaluator_under_local_workers_and_ray(ray_local, tmp_path: Pa
            plot_every_s=None).run()
     local = read_rows(tmp_path / "local" / "archive.jsonl")
     remote = read_rows(tmp_path / "ray" / "archive.jsonl")
-    assert {r["status"] for r in local} <= {"ok", "reused"} and any(r["status"] == "ok" for r in local)
+    assert {r.status for r in local} <= {"ok", "reused"} and any(r.status == "ok" for r in local)
     for rows in (local, remote):
-        assert all(r["extra"]["cache_verifications"] == 1 for r in rows if r["status"] == "ok")
+        assert all(r.extra["cache_verifications"] == 1 for r in rows if r.status == "ok")
     volatile = ("extra", "time_s")
     assert [{k: v for k, v in strip_volatile(r).items() if k not in volatile} for r in remote] == [
         {k: v for k, v in strip_volatile(r).items() if k not in volatile} for r in local]
     # the file itself is in sample order
-    assert [(r["step"], r["index"]) for r in remote] == sorted((r["step"], r["index"]) for r in remote)
+    assert [r.key for r in remote] == sorted(r.key for r in remote)

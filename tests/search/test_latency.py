@@ -115,11 +115,11 @@ def test_latency_aware_toy_search(small_table: Path, tmp_path: Path, capsys: pyt
     summary = Search(tmp_path / "s", cfg, workers=0, progress=False, plot_every_s=1e9).run()
     table = load_table(small_table)
     for row in read_rows(tmp_path / "s" / "archive.jsonl"):
-        if row["status"] != "ok":
+        if row.status != "ok":
             continue
-        lat = predict_ms(parse_genotype(row["genotype"]), table)
-        assert row["extra"]["latency_ms"] == pytest.approx(lat, abs=1e-4)
-        assert row["reward"] == pytest.approx(row["extra"]["proxy_reward"] - 0.5 * math.log(lat / 1.0), abs=1e-4)
+        lat = predict_ms(parse_genotype(row.genotype), table)
+        assert row.extra["latency_ms"] == pytest.approx(lat, abs=1e-4)
+        assert row.reward == pytest.approx(row.extra["proxy_reward"] - 0.5 * math.log(lat / 1.0), abs=1e-4)
     front = summary["pareto"]["front"]
     assert front and all(a["latency_ms"] <= b["latency_ms"] and a["proxy_reward"] < b["proxy_reward"]
                          for a, b in zip(front, front[1:], strict=False))
@@ -134,7 +134,7 @@ def test_latency_aware_toy_search(small_table: Path, tmp_path: Path, capsys: pyt
         assert "error:" in capsys.readouterr().err
     assert cli_main(["search", "--preset", "toy", "--trials", "8", "--out", out, "--quiet",
                      "--latency-target", "5"]) == 2
-    assert "needs --latency-table" in capsys.readouterr().err
+    assert "--latency-table: is needed with a latency target" in capsys.readouterr().err
     other = tmp_path / "other.json"
     other.write_text(json.dumps(dict(json.loads(small_table.read_text()), size=[128, 128])))
     assert cli_main(["search", "--out", str(tmp_path / "s"), "--resume", "--trials", "24", "--quiet",

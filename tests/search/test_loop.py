@@ -74,7 +74,7 @@ def test_toy_search_clearly_improves(tmp_path: Path) -> None:
 def test_rows_carry_seeds_choices_and_matching_log_probs(tmp_path: Path) -> None:
     s = Search(tmp_path, _cfg(trials=8), workers=0, progress=False, plot_every_s=None)
     s.run()
-    rows = read_rows(tmp_path / "archive.jsonl")
+    rows = [r.to_json() for r in read_rows(tmp_path / "archive.jsonl")]
     assert [(r["step"], r["index"], r["trial"]) for r in rows] == [(0, i, i) for i in range(8)]
     for r in rows:
         assert r["seed"] == eval_seed(3, r["step"], r["index"])
@@ -96,7 +96,7 @@ def test_a_genotype_seen_before_is_not_retrained(tmp_path: Path) -> None:
             lin.bias.fill_(-30.0)
             lin.bias[0] = 30.0
     s.run()
-    rows = read_rows(tmp_path / "archive.jsonl")
+    rows = [r.to_json() for r in read_rows(tmp_path / "archive.jsonl")]
     assert len(ev.calls) == 1
     assert [r["status"] for r in rows] == ["ok"] + ["reused"] * 15
     assert all(r["reward"] == rows[0]["reward"] and r["reused_from"] == [0, 0] for r in rows[1:])
@@ -107,7 +107,7 @@ def test_failed_evaluations_are_retried_once_or_skipped(tmp_path: Path) -> None:
     ev = FlakyEvaluator(str(tmp_path), flaky_seeds=seeds, always_fail_op="skip")
     s = Search(tmp_path / "s", _cfg(trials=24), evaluator=ev, workers=0, progress=False, plot_every_s=None)
     s.run()
-    rows = read_rows(tmp_path / "s" / "archive.jsonl")
+    rows = [r.to_json() for r in read_rows(tmp_path / "s" / "archive.jsonl")]
     assert len(rows) == 24 and s.step == 3
     by = {(r["step"], r["index"]): r for r in rows}
     for i in (1, 4):
@@ -160,8 +160,11 @@ def test_resume_continues_at_the_right_step(tmp_path: Path, crash_after: int) ->
 
 def test_resume_checks_settings_and_new_search_refuses_old_dir(tmp_path: Path) -> None:
     Search(tmp_path, _cfg(trials=8), workers=0, progress=False, plot_every_s=None).run()
-    with pytest.raises(NasfcosError, match="--resume"):
+    with pytest.raises(NasfcosError, match="already holds a search") as err:
         Search(tmp_path, _cfg(trials=8), workers=0, progress=False)
+    from nasfcos.cli.main import flag_message
+
+    assert flag_message(err.value).startswith("--resume: ")  # the library names the field, the CLI its flag
     with pytest.raises(NasfcosError, match="seed"):
         Search(tmp_path, _cfg(trials=8, seed=4), resume=True, workers=0, progress=False)
     # more trials on resume is allowed and continues from step 1
@@ -209,7 +212,7 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "NO-RAY 0"
     after = read_rows(archive)
-    keys = [(r["step"], r["index"]) for r in after]
+    keys = [r.key for r in after]
     assert keys == [(s, i) for s in range(6) for i in range(8)]  # none lost, none repeated
     assert [strip_volatile(r) for r in after[:len(before)]] == [strip_volatile(r) for r in before]
     # identical to an uninterrupted run of the same search
@@ -255,6 +258,18 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         search_main(["--preset", "nope", "--trials", "8", "--out", str(tmp_path / "y")])
 
 
+def test_fewer_trials_than_a_batch_run_as_one_step(tmp_path: Path) -> None:
+    """review finding: '--trials 2' ran 8 trials (one default batch); now one step of 2."""
+    from nasfcos.cli.search_cmds import _config, _parser
+
+    cfg = _config(_parser().parse_args(["--preset", "toy", "--trials", "2", "--out", str(tmp_path / "a")]))
+    assert (cfg.trials, cfg.batch_size, cfg.steps) == (2, 2, 1)
+    cfg = _config(_parser().parse_args(["--trials", "10", "--out", str(tmp_path / "a")]))
+    assert (cfg.batch_size, cfg.steps) == (8, 2)  # more than a batch: whole batches (and a note)
+    Search(tmp_path / "a", _cfg(trials=2, batch_size=2), workers=0, progress=False, plot_every_s=None).run()
+    assert len(read_rows(tmp_path / "a" / "archive.jsonl")) == 2
+
+
 def test_top_writes_and_removes_only_its_own_files(tmp_path: Path) -> None:
     """issue 25: `search top -o DIR` removed every rank*-*.json in DIR, the user's too."""
     Search(tmp_path / "s", _cfg(trials=16), workers=0, progress=False, plot_every_s=None).run()
@@ -288,6 +303,44 @@ def test_top_writes_and_removes_only_its_own_files(tmp_path: Path) -> None:
     assert (other / "top.json").read_text() == '{"mine": 1}'
     with pytest.raises(NasfcosError, match="need --compile"):
         search_main(["top", str(tmp_path / "s"), "-o", str(other), "--detector"])
+
+
+def test_top_export_runs_the_one_pipeline_per_genotype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 23 item 5: 'search top --export' hands each rankNN-HASH.json to runtime.pipeline.run_pipeline
+    (a stand-in here: the real pipeline is tested in tests/runtime and by 'demo'; an export takes minutes)."""
+    import nasfcos.runtime.pipeline as pipeline
+
+    Search(tmp_path / "s", _cfg(trials=16), workers=0, progress=False, plot_every_s=None).run()
+    seen: list[pipeline.PipelineConfig] = []
+
+    def fake(cfg: pipeline.PipelineConfig, say: Any) -> dict[str, Any]:
+        seen.append(cfg)
+        say("[1/4] compiled ...")
+        ok = len(seen) == 1  # the second genotype "disagrees"
+        return {"out": str(cfg.out), "steps": {}, "parity": {"ok": ok, "failures": [] if ok else ["boxes"]},
+                "results": [{"backend": "onnxruntime", "size": [64, 64], "status": "ok", "median_ms": 1.5}],
+                "_report": object(), "_paths": {"model": cfg.out / "model.py", "onnx": cfg.out / "model.onnx"}}
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake)
+    best = tmp_path / "best"
+    argv = ["top", str(tmp_path / "s"), "-k", "2", "-o", str(best), "--export", "--fpn-channels", "32",
+            "--backbone", "tiny", "--sizes", "64", "--runs", "1", "--warmup", "0", "--threads", "1"]
+    assert search_main(argv) == 1  # a parity failure is the exit status
+    out, err = capsys.readouterr()
+    index = json.loads((best / "top.json").read_text())["top"]
+    assert [c.genotype for c in seen] == [e["path"] for e in index]
+    assert [c.out for c in seen] == [best / Path(e["path"]).stem for e in index]
+    c = seen[0]
+    assert (c.fpn_channels, c.backbone, c.sizes, c.runs, c.warmup, c.threads, c.gpu) == (32, "tiny", [(64, 64)], 1, 0,
+                                                                                         1, False)
+    assert "onnxruntime 1.5 ms" in out and "parity ok" in out and "[1/4] compiled" in err
+    assert "parity FAILED for rank 2" in err
+    assert json.loads((c.out / "summary.json").read_text())["parity"]["ok"] is True
+    with pytest.raises(NasfcosError, match="need --export"):
+        search_main(["top", str(tmp_path / "s"), "-o", str(best), "--runs", "2"])
+    with pytest.raises(NasfcosError, match="--export takes --fpn-channels and --backbone only"):
+        search_main(["top", str(tmp_path / "s"), "-o", str(best), "--export", "--num-classes", "3"])
 
 
 @pytest.mark.parametrize(("changes", "field"), [({"trials": "two"}, "trials"), ({"batch_size": 2.0}, "batch_size"),

@@ -145,7 +145,7 @@ def test_batched_meta_val_losses_equal_one_batch(cache) -> None:  # noqa: ANN001
     feats, targets = cache.val.batch(np.arange(len(cache.val)))
     with torch.no_grad():
         ref = losses_from_targets(*model(feats), targets, FcosConfig(box_loss="iou"))
-    for bs in (1, 2, 7, 100):
+    for bs in (1, 2, 7, len(cache.val) - 1, 100):  # len - 1: a last batch of one image (1x1 p7)
         got = meta_val_losses(model, cache, SMALL.replace(eval_batch_size=bs))
         assert got == pytest.approx({k: float(v) for k, v in ref.items()}, rel=1e-5)
 

@@ -160,7 +160,7 @@ def test_killed_node_trials_rerun_elsewhere(tmp_path: Path) -> None:
                 _stop(proc)
         subprocess.run(["rm", "-rf", temp], check=False)
 
-    rows = read_rows(out / "archive.jsonl")
+    rows = [r.to_json() for r in read_rows(out / "archive.jsonl")]
     keys = [(r["step"], r["index"]) for r in rows]
     assert sorted(keys) == [(s, i) for s in range(2) for i in range(4)]  # nothing lost, no duplicate
     assert all(r["status"] in ("ok", "reused") for r in rows), [(r["status"], r["errors"]) for r in rows]

@@ -55,7 +55,7 @@ def test_out_of_the_box_builds_data_and_cache_then_resumes(tmp_path: Path, monke
     err = capsys.readouterr().err
     assert "feature cache" in err and "ready" in err
     assert (out / "cache" / "manifest.json").is_file() and (out / "cache" / "synth" / "train.json").is_file()
-    rows = read_rows(out / "archive.jsonl")
+    rows = [r.to_json() for r in read_rows(out / "archive.jsonl")]
     assert [r["status"] for r in rows] == ["ok", "ok"] or {r["status"] for r in rows} <= {"ok", "reused"}
     assert all(r["extra"]["cache_verifications"] == 1 for r in rows if r["status"] == "ok")
     assert json.loads((out / "search.json").read_text())["cache"] is None  # the folder can move
@@ -130,12 +130,12 @@ class Broken:
 def test_all_failed_exits_non_zero_with_the_reason_and_resumes_after_the_fix(tmp_path: Path) -> None:
     with pytest.raises(SearchFailed, match="every trial of step 0 failed.*missing cache file.*--resume"):
         Search(tmp_path, _toy(), evaluator=Broken(), workers=0, progress=False, plot_every_s=None).run()
-    assert {r["status"] for r in read_rows(tmp_path / "archive.jsonl")} == {"failed"}
+    assert {r.status for r in read_rows(tmp_path / "archive.jsonl")} == {"failed"}
     assert not (tmp_path / CHECKPOINT_NAME).exists()
     s = Search(tmp_path, _toy(), resume=True, evaluator=ToyEvaluator(), workers=0, progress=False,
                plot_every_s=None)
     s.run()
-    rows = read_rows(tmp_path / "archive.jsonl")
+    rows = [r.to_json() for r in read_rows(tmp_path / "archive.jsonl")]
     assert [(r["step"], r["index"]) for r in rows] == [(s, i) for s in range(2) for i in range(8)]
     assert "failed" not in {r["status"] for r in rows}
     # same archive as a search that never failed
@@ -143,7 +143,7 @@ def test_all_failed_exits_non_zero_with_the_reason_and_resumes_after_the_fix(tmp
     Search(ref, _toy(), evaluator=ToyEvaluator(), workers=0, progress=False, plot_every_s=None).run()
     strip = ("time_s", "worker", "recorded_at", "attempts", "errors")
     assert [{k: v for k, v in r.items() if k not in strip} for r in rows] == [
-        {k: v for k, v in r.items() if k not in strip} for r in read_rows(ref / "archive.jsonl")]
+        {k: v for k, v in r.data.items() if k not in strip} for r in read_rows(ref / "archive.jsonl")]
 
 
 def _tamper_cases(lines: list[bytes]) -> dict[str, bytes]:
@@ -160,6 +160,10 @@ def _tamper_cases(lines: list[bytes]) -> dict[str, bytes]:
         "'reward' 'x'": b"".join(lines[:3] + [encode_row(dict(row, reward="x"))] + lines[4:]),
         "'hash' is not a sha256": b"".join(lines[:3] + [encode_row(dict(row, hash="ab\ncd"))] + lines[4:]),
         "another nasfcos version": b"".join(lines[:3] + [encode_row(dict(row, format="x/9"))] + lines[4:]),
+        "line 4: 'genotype' \\[1\\] is not an object": b"".join(lines[:3] + [encode_row(dict(row, genotype=[1]))]
+                                                               + lines[4:]),
+        "line 4: 'losses'": b"".join(lines[:3] + [encode_row(dict(row, losses={"cls": "x"}))] + lines[4:]),
+        "line 4: 'extra'": b"".join(lines[:3] + [encode_row(dict(row, extra={"latency_ms": "1"}))] + lines[4:]),
         "lacks 8 row": b"\0" * 4096,  # all zero: nothing dropped, the checkpoint says step 0 is done
     }
 

@@ -1,4 +1,42 @@
-{{ paste("backbone") }}
+"""The FCOS ``Detector`` (backbone + Decoder + the release's post-processing): an ordinary module
+whose code below the marker the compiler pastes into detector model files, after the backbone
+code (:func:`nasfcos.compiler.backbones.paste`).
+
+Above the marker stand what a compiled file defines before this code: the backbone code, the
+``Decoder`` and its constants (stand-ins here, so that this module imports and linters check
+it), and the ``COMPILED_*`` names, which the compiled file replaces with the Python literals of
+its options (:data:`nasfcos.compiler.backbones.FILL_IN`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from nasfcos.compiler.options import CompileOptions
+from nasfcos.compiler.pasted_backbone import (
+    BACKBONE_CHANNELS,
+    CAFFE2_MEAN,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    build_backbone,
+    load_backbone_weights,
+)
+from nasfcos.genotypes import OUTPUT_STRIDES
+from nasfcos.modelfile import DEFAULT_BOX_UNITS
+
+# the compiled file's Decoder and constants (its own, above this code)
+Decoder: type[nn.Module] = nn.Module
+FPN_CHANNELS, NUM_CLASSES = CompileOptions().fpn_channels, CompileOptions().num_classes
+STRIDES, BOX_REGRESSION = OUTPUT_STRIDES, DEFAULT_BOX_UNITS
+# the compiled options, printed as literals in their place (their defaults here)
+COMPILED_BACKBONE, COMPILED_SCORING = CompileOptions().backbone, CompileOptions().scoring
+COMPILED_PREPROCESS = CompileOptions().resolved_preprocess
+COMPILED_HEAD_CHANNELS = CompileOptions().head_channels
+
+# --- pasted into model.py below this line ---
 
 
 # ---------------------------------------------------------------------------
@@ -6,12 +44,12 @@
 # ---------------------------------------------------------------------------
 
 #: The backbone compiled in as the default (any key of BACKBONE_CHANNELS may be passed).
-BACKBONE = {{ backbone | tojson }}
+BACKBONE = COMPILED_BACKBONE
 #: Input normalisation inside the Detector: "caffe2" (BGR x 255 minus CAFFE2_MEAN, std 1: the
 #: release's) or "imagenet" (RGB minus IMAGE_MEAN over IMAGE_STD: torchvision's weights).
-PREPROCESS = "{{ preprocess }}"
+PREPROCESS = COMPILED_PREPROCESS
 #: Detection score: "product" sigmoid(cls) * sigmoid(ctr) (the release's) or "sqrt" of it.
-SCORING = "{{ scoring }}"
+SCORING = COMPILED_SCORING
 #: Images are zero-padded (after normalisation) at the bottom and right to a multiple of this.
 SIZE_DIVISIBILITY = 32
 
@@ -51,7 +89,7 @@ class Detector(nn.Module):
     def __init__(
         self,
         fpn_channels: int = FPN_CHANNELS,
-        head_channels: int | None = {{ head_default }},
+        head_channels: int | None = COMPILED_HEAD_CHANNELS,
         num_classes: int = NUM_CLASSES,
         in_channels: tuple[int, ...] | list[int] | None = None,
         backbone: str = BACKBONE,
