@@ -12,8 +12,10 @@ A bad value becomes argparse's one-line ``nasfcos VERB: error: argument --flag: 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,11 @@ def size_list(text: str) -> list[tuple[int, int]]:
     return [size_hw(p) for p in parts]
 
 
+def name_list(text: str) -> list[str]:
+    """``"torch, onnxruntime"`` -> ``["torch", "onnxruntime"]`` (blank items dropped)."""
+    return [p.strip() for p in str(text).split(",") if p.strip()]
+
+
 def width(text: str) -> int:
     """A decoder width (FPN or head channels): ``CompileOptions``' rule (even, 2..4096)."""
     from nasfcos.compiler.options import check_width
@@ -274,10 +281,18 @@ def genotype_arg(text: str) -> str:
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are a :class:`NasfcosError` (the dispatcher
     prints them as one line, ``nasfcos VERB: error: ...``, exit 2) instead of a usage block
-    and ``SystemExit``."""
+    and ``SystemExit``.  Descriptions and epilogs are printed as written (their examples keep
+    their lines)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{"formatter_class": argparse.RawDescriptionHelpFormatter, **kwargs})
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise NasfcosError(f"{message} (see '{self.prog} --help')")
+
+    def print_help(self, file: Any = None) -> None:
+        """The help on stdout; a failed write (a full disk) raises, where argparse drops it."""
+        (file or sys.stdout).write(self.format_help())
 
 
 # -- shared flags: the same spelling in every verb ------------------------------------------
@@ -288,6 +303,11 @@ def add_output(p: argparse.ArgumentParser, help: str, *, default: str | None = N
     p.add_argument("-o", "--output", type=output_dir if directory else output_file,
                    default=default, required=required, metavar="DIR" if directory else "FILE",
                    help=help)
+
+
+def print_json(obj: Any, file: Any = None) -> None:
+    """A verb's ``--json`` result: indented, keys sorted, other types as their ``str``."""
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str), file=file)
 
 
 def add_json(p: argparse.ArgumentParser, help: str = "print the result as JSON on stdout") -> None:
@@ -331,6 +351,24 @@ def add_num_classes(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: 
                    help=help)
 
 
+def add_resize(p: argparse.ArgumentParser, *, default: str = "") -> None:
+    """``--min-size N`` and ``--max-size N`` (32..MAX_SIDE): the short-side resize and the long-side
+    cap of training and inference; ``default`` words the default (800 / 1333)."""
+    p.add_argument("--min-size", type=int_range(32, MAX_SIDE), help=f"resize short side to (default {default}800)")
+    p.add_argument("--max-size", type=int_range(32, MAX_SIDE), help=f"cap long side at (default {default}1333)")
+
+
+def add_detector_model(p: argparse.ArgumentParser, *, weights_help: str, backend_help: str) -> None:
+    """The detector an inference verb runs: ``MODEL`` (model.py, .onnx or .engine), ``--weights``
+    (model.py only), ``--backend``, ``--device`` (default cpu) and the resize flags
+    (default: the training run's)."""
+    p.add_argument("model", type=input_file, help="model.py, model.onnx or model.engine")
+    p.add_argument("--weights", type=input_file, help=weights_help)
+    p.add_argument("--backend", help=backend_help)
+    p.add_argument("--device", type=device, default="cpu", help="cpu or cuda (default cpu)")
+    add_resize(p, default="the training run's, else ")
+
+
 def add_run_inputs(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, batch: int | None,
                    batch_help: str | None, seed_help: str, sizes: str | None = None,
                    sizes_help: str | None = None) -> None:
@@ -359,8 +397,8 @@ def add_calibration(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, ima
 
 
 __all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json", "cpu_count",
-           "add_num_classes", "add_output", "add_quiet", "add_run_inputs", "add_threads", "add_timing",
+           "add_detector_model", "add_num_classes", "add_output", "add_quiet", "add_resize", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
-           "input_dir", "input_file", "int_range", "non_negative_float", "non_negative_int", "num_classes",
-           "opset", "output_dir", "output_file", "positive_float", "positive_int", "rule", "seed",
+           "input_dir", "input_file", "int_range", "name_list", "non_negative_float", "non_negative_int", "num_classes",
+           "opset", "output_dir", "output_file", "positive_float", "positive_int", "print_json", "rule", "seed",
            "seed_range", "size_hw", "size_list", "threads", "width"]

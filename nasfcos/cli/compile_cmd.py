@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -41,7 +40,6 @@ def _parser() -> argparse.ArgumentParser:
         prog="nasfcos compile",
         description="Compile a genotype into a standalone, readable PyTorch model.py.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("genotype", nargs="?", type=A.genotype_arg, metavar="GENOTYPE",
                    help="genotype file (JSON, list-form JSON, release config .yaml) or shipped "
@@ -117,8 +115,6 @@ def main(argv: list[str]) -> int:
         written = "-"
     else:
         out = Path(args.output)
-        if out.is_dir():
-            raise NasfcosError(f"{out}: is a directory (give a file name such as {out / 'model.py'})")
         try:
             atomic_write_text(out, source)
         except OSError as exc:
@@ -144,7 +140,7 @@ def main(argv: list[str]) -> int:
         },
     }
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True), file=sys.stderr if written == "-" else sys.stdout)
+        A.print_json(summary, sys.stderr if written == "-" else sys.stdout)
     elif written != "-" and not args.quiet:
         print(f"wrote {written}: genotype {genotype.name} (sha256 {genotype.short_hash()}), "
               f"fpn {options.fpn_channels}, head {options.resolved_head_channels}, "

@@ -14,7 +14,6 @@ Both plans are one library pipeline (nasfcos.runtime.pipeline).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,12 +23,11 @@ from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of ``nasfcos demo``."""
+def _parser() -> argparse.ArgumentParser:
     from nasfcos.compiler.backbones import BACKBONE_NAMES as BACKBONES
 
     p = A.Parser(
-        prog="nasfcos demo", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="nasfcos demo",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         epilog="examples:\n  nasfcos demo -o demo_out\n"
                "  nasfcos demo -o demo_out --quick\n"
@@ -42,7 +40,7 @@ def main(argv: list[str]) -> int:
     A.add_timing(p, runs=None, runs_help="timed runs per backend and size (default 3)",
                  warmup=None, warmup_help="warm-up runs (default 1)")
     A.add_threads(p, default=A.cpu_count())
-    p.add_argument("--backends", default="torch,onnxruntime",
+    p.add_argument("--backends", type=A.name_list, default="torch,onnxruntime",
                    help="CPU backends (default torch,onnxruntime; add torch-compile to try it)")
     p.add_argument("--fpn-channels", type=A.width, default=None,
                    help="decoder width (default 256, the released models'; make demo and "
@@ -59,35 +57,44 @@ def main(argv: list[str]) -> int:
                         "defaults then: --fpn-channels 128, 20 warm-up + 100 timed runs")
     A.add_json(p, "print the summary (demo.json) as JSON on stdout")
     A.add_quiet(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The pipeline's configuration: the flags, with the defaults of --quick and --gpu."""
+    from nasfcos.runtime.pipeline import PipelineConfig
+
     if args.static and len(args.sizes or ()) != 1:
         raise NasfcosError("--static needs exactly one --sizes entry (a static graph runs at one size)")
-
     if args.gpu and args.static:
         raise NasfcosError("--gpu builds engines over several sizes: drop --static")
-
-    from nasfcos.runtime.bench import markdown_table
-    from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
-
-    out = Path(args.out)
     quick = args.quick
     sizes = args.sizes or A.size_list("320,416,512" if quick else "600,800,1000")
     runs = args.runs if args.runs is not None else (1 if quick else 100 if args.gpu else 3)
     warmup = args.warmup if args.warmup is not None else (0 if quick else 20 if args.gpu else 1)
+    ordered = sorted(sizes, key=lambda s: s[0] * s[1])
+    check_sizes = ([ordered[0]] if quick or args.static else
+                   [ordered[0], (ordered[0][0], ordered[0][1] + 64)])
+    return PipelineConfig(
+        out=Path(args.out), genotype=args.genotype, backbone=args.backbone, sizes=sizes,
+        fpn_channels=args.fpn_channels or (128 if args.gpu else 256), static=args.static,
+        check_sizes=check_sizes, backends=args.backends, runs=runs, warmup=warmup,
+        threads=args.threads, progress=not args.quiet, gpu=args.gpu)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``nasfcos demo``."""
+    from nasfcos.runtime.bench import markdown_table
+    from nasfcos.runtime.pipeline import run_pipeline
+
+    args = _parser().parse_args(argv)
+    cfg = _config(args)
+    out = cfg.out
     stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
 
     def say(*parts: Any) -> None:
         print(*parts, file=stream, flush=True)
 
-    ordered = sorted(sizes, key=lambda s: s[0] * s[1])
-    check_sizes = ([ordered[0]] if quick or args.static else
-                   [ordered[0], (ordered[0][0], ordered[0][1] + 64)])
-    fpn = args.fpn_channels or (128 if args.gpu else 256)
-    cfg = PipelineConfig(
-        out=out, genotype=args.genotype, fpn_channels=fpn, backbone=args.backbone, sizes=sizes,
-        static=args.static, check_sizes=check_sizes,
-        backends=[b.strip() for b in args.backends.split(",") if b.strip()], runs=runs,
-        warmup=warmup, threads=args.threads, progress=not args.quiet, gpu=args.gpu)
     t_all = time.perf_counter()
     summary = run_pipeline(cfg, say)
     if args.gpu:
@@ -98,7 +105,7 @@ def main(argv: list[str]) -> int:
         say(f"report:   {out / 'gpu_check.md'}, {out / 'gpu_check.json'}, doctor "
             f"{out / 'doctor.json'} (total {summary.get('seconds')} s)")
         if args.json:
-            print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+            A.print_json(summary)
         return 0 if summary["ok"] else 1
 
     report, paths = summary.pop("_report"), summary.pop("_paths")
@@ -121,5 +128,5 @@ def main(argv: list[str]) -> int:
         say(f"report:   {v}")
     say(f"summary:  {out / 'demo.json'}  (total {summary['seconds']} s)")
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        A.print_json(summary)
     return 0 if summary["parity"]["ok"] else 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from nasfcos.cli import args as A
@@ -11,7 +10,7 @@ from nasfcos.cli import args as A
 def main(argv: list[str]) -> int:
     """Entry point of ``nasfcos doctor``: exit 0 when every backend found can run, else 1."""
     p = A.Parser(
-        prog="nasfcos doctor", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="nasfcos doctor",
         description="Check this machine against the GPU support matrix: the CPU and its vector "
                     "extensions (AVX-512, VNNI, BF16, AMX), each NVIDIA GPU with its compute "
                     "capability and memory, the driver's CUDA version, the torch build and its "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
 from dataclasses import replace
@@ -15,16 +14,9 @@ from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
 from nasfcos.io import atomic_write_json
 
-_FMT = argparse.RawDescriptionHelpFormatter
-
 
 def _parser(verb: str, description: str, example: str) -> argparse.ArgumentParser:
-    return A.Parser(prog=f"nasfcos {verb}", description=description,
-                                   epilog=f"example:\n  {example}", formatter_class=_FMT)
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    return A.Parser(prog=f"nasfcos {verb}", description=description, epilog=f"example:\n  {example}")
 
 
 # --------------------------------------------------------------------------- data
@@ -39,8 +31,7 @@ def data_main(argv: list[str]) -> int:
     s = sub.add_parser("synth", help="write a deterministic synthetic detection set",
                        description="Write DIR/images/*.png, DIR/train.json, DIR/val.json (COCO) and "
                                    "DIR/manifest.json.  Same seed, same set.",
-                       epilog="example:\n  nasfcos data synth -o data/synth --images 300 --size 128",
-                       formatter_class=_FMT)
+                       epilog="example:\n  nasfcos data synth -o data/synth --images 300 --size 128")
     s.add_argument("-o", "--output", "--out", dest="out", type=A.output_dir, required=True, help="output folder")
     s.add_argument("--preset", choices=("default", "easy"), default="default",
                    help="option set: default (hard: 4-90%% scales, up to 6 objects, clutter) or "
@@ -66,7 +57,7 @@ def data_main(argv: list[str]) -> int:
                                    "ImageSets/Main/SPLIT.txt) to COCO JSON; image file names are "
                                    "relative to VOCDIR/JPEGImages.",
                        epilog="example:\n  nasfcos data voc2coco VOCdevkit/VOC2007 --split test -o "
-                              "voc07_test.json", formatter_class=_FMT)
+                              "voc07_test.json")
     v.add_argument("voc_dir", type=A.input_dir, help="VOC folder holding Annotations/")
     v.add_argument("-o", "--output", "--out", dest="out", type=A.output_file, required=True, help="output COCO JSON file")
     v.add_argument("--split", default=None, help="ImageSets/Main split name (default: all XML files)")
@@ -78,18 +69,14 @@ def data_main(argv: list[str]) -> int:
         from nasfcos.fcos.synth import SynthConfig, write_synthetic
 
         cfg = replace(SynthConfig(seed=args.seed), **SYNTH_PRESETS[args.preset])
-        given = {"images": args.images, "size": args.size, "val_fraction": args.val_fraction,
-                 "min_objects": args.min_objects, "max_objects": args.max_objects,
-                 "min_scale": args.min_scale, "max_scale": args.max_scale,
-                 "clutter": False if args.no_clutter else None}
-        for name, value in given.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise NasfcosError(f"--{name.replace('_', '-')} must be a finite number")
+        given = {k: getattr(args, k) for k in ("images", "size", "val_fraction", "min_objects",
+                                               "max_objects", "min_scale", "max_scale")}
+        given["clutter"] = False if args.no_clutter else None
         cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
         manifest = write_synthetic(args.out, cfg, progress=not args.quiet,
                                    force=args.force)
         if args.json:
-            _print_json(manifest)
+            A.print_json(manifest)
             return 0
         if args.quiet:
             return 0
@@ -173,20 +160,9 @@ def _resumed_config(flags_cfg: Any, given: set[str], args: argparse.Namespace) -
                    **{k: v for k, v in free.items() if k in given})
 
 
-def _fcos_config(args: argparse.Namespace) -> Any:
-    from nasfcos.fcos.losses import FcosConfig
-
-    try:
-        return FcosConfig(center_sampling_radius=args.center_sampling, box_loss=args.box_loss,
-                          cls_norm=args.cls_norm)
-    except ValueError as exc:
-        raise NasfcosError(str(exc).replace("center_sampling_radius", "--center-sampling")) from None
-
-
-def train_main(argv: list[str]) -> int:
-    """``nasfcos train model.py --data DIR ... --out RUN``."""
+def _train_parser() -> argparse.ArgumentParser:
     from nasfcos.fcos.losses import BOX_LOSSES, CLS_NORMS
-    from nasfcos.fcos.train import PRESETS, TrainConfig, apply_preset, train
+    from nasfcos.fcos.train import PRESETS, TrainConfig
 
     parser = _parser(
         "train",
@@ -225,8 +201,7 @@ def train_main(argv: list[str]) -> int:
                         help="iterations where lr drops x0.1 (default: 2/3 and 8/9 of the run)")
     parser.add_argument("--clip-grad", type=A.non_negative_float, help="max gradient norm, 0 = off (default 35)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 + GradScaler; CUDA only)")
-    parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE), help="resize short side to (default 800)")
-    parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE), help="cap long side at (default 1333)")
+    A.add_resize(parser)
     parser.add_argument("--crop", type=A.size_hw, help="random crop N or HxW after resizing (e.g. 384)")
     parser.add_argument("--hflip", type=rule("hflip", A.finite_float), help="horizontal flip probability (default 0.5)")
     parser.add_argument("--center-sampling", type=A.non_negative_float, default=0.0, metavar="R",
@@ -262,39 +237,37 @@ def train_main(argv: list[str]) -> int:
     A.add_json(parser, "print the run summary as JSON on stdout")
     parser.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
                         help="no progress bar")
-    args = parser.parse_args(argv)
-    for key, value in vars(args).items():  # paths as given: the run records them in config.json
-        if isinstance(value, Path):
-            setattr(args, key, str(value))
-    given = _given_dests(parser, argv)
+    return parser
 
+
+def train_main(argv: list[str]) -> int:
+    """``nasfcos train model.py --data DIR ... --out RUN``."""
+    from nasfcos.fcos.losses import FcosConfig
+    from nasfcos.fcos.train import TrainConfig, apply_preset, train
+
+    parser = _train_parser()
+    args = parser.parse_args(argv)
     cfg = TrainConfig(model=args.model, out=args.out, data=args.data, ann=args.ann, images=args.images,
                       val_ann=args.val_ann, val_images=args.val_images)
     if args.preset:
         cfg = apply_preset(cfg, args.preset)
-    overrides: dict[str, Any] = {
-        "epochs": args.epochs, "iters": args.iters, "batch": args.batch, "lr": args.lr,
-        "momentum": args.momentum, "weight_decay": args.weight_decay,
-        "warmup_iters": args.warmup_iters, "min_size": args.min_size, "max_size": args.max_size,
-        "crop": args.crop, "hflip": args.hflip, "backbone_weights": args.backbone_weights,
-        "device": args.device, "optimizer": args.optimizer,
-        "freeze_backbone": args.freeze_backbone,
-        "save_backbone": True if args.save_backbone else None,
-        "steps": tuple(args.steps) if args.steps else None,
-    }
-    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: getattr(args, k) for k in (
+        "epochs", "iters", "batch", "lr", "momentum", "weight_decay", "warmup_iters", "min_size",
+        "max_size", "crop", "hflip", "backbone_weights", "device", "optimizer", "freeze_backbone")}
+    given.update(save_backbone=args.save_backbone or None,
+                 steps=tuple(args.steps) if args.steps else None)
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     if args.epochs is not None:
         cfg = replace(cfg, iters=None)
     if args.clip_grad is not None:
         cfg = replace(cfg, clip_grad=args.clip_grad or None)
-    kwargs = {k: v for k, v in (("fpn_channels", args.fpn_channels),
-                                ("head_channels", args.head_channels)) if v is not None}
+    kwargs = {k: v for k in ("fpn_channels", "head_channels") if (v := getattr(args, k)) is not None}
     cfg = replace(cfg, amp=args.amp, workers=args.workers, seed=args.seed, log_every=args.log_every,
                   checkpoint_every=args.checkpoint_every, resume=args.resume, eval=not args.no_eval,
-                  model_kwargs=kwargs,
-                  fcos=_fcos_config(args))
+                  model_kwargs=kwargs, fcos=FcosConfig(center_sampling_radius=args.center_sampling,
+                                                      box_loss=args.box_loss, cls_norm=args.cls_norm))
     if args.resume:
-        cfg = _resumed_config(cfg, given, args)
+        cfg = _resumed_config(cfg, _given_dests(parser, argv), args)
     elif args.override:
         raise NasfcosError("--override only goes with --resume")
     if cfg.epochs is None and cfg.iters is None:
@@ -306,7 +279,7 @@ def train_main(argv: list[str]) -> int:
         if dist.get_rank() != 0:
             return 0
     if args.json:
-        _print_json(summary)
+        A.print_json(summary)
         return 0
     f = summary["final"]
     print(f"trained {summary['iters']} iterations in {summary['time_s']:.1f} s: loss {f.get('loss', 0):.4f} "
@@ -325,6 +298,8 @@ def train_main(argv: list[str]) -> int:
 def eval_main(argv: list[str]) -> int:
     """``nasfcos eval model.py|model.onnx|model.engine --data DIR [-o metrics.json]``."""
     from nasfcos.fcos.evaluate import METRIC_NAMES, EvalConfig, evaluate
+    from nasfcos.runtime.artifact import form_of
+    from nasfcos.runtime.doctor import preflight_verb
     from nasfcos.runtime.predict import model_meta
     from nasfcos.runtime.runners import make_runner
 
@@ -334,75 +309,55 @@ def eval_main(argv: list[str]) -> int:
         "backend: model.py (PyTorch, with --weights), model.onnx, model.engine.",
         "nasfcos eval model.py --weights runs/synth/final.pt --data data/synth -o metrics.json\n"
         "  nasfcos eval model.onnx --data data/synth --min-size 128 --max-size 128")
-    parser.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
+    A.add_detector_model(parser, weights_help="final.pt / last.pt from 'nasfcos train' (model.py only)",
+                         backend_help="runner backend (torch, onnxruntime, openvino, tensorrt; "
+                                      "BACKEND:PRECISION for torch:bf16, openvino:bf16; default by file)")
     parser.add_argument("--data", help="data folder (split .json + images/)")
     parser.add_argument("--split", default="val", help="split name in --data (default val)")
     parser.add_argument("--ann", help="explicit annotation JSON (instead of --data)")
     parser.add_argument("--images", help="explicit image folder (with --ann)")
-    parser.add_argument("--weights", type=A.input_file, help="final.pt / last.pt from 'nasfcos train' (model.py only)")
     A.add_num_classes(parser, "classes, when --weights has no metadata", default=None)
-    parser.add_argument("--backend", help="runner backend (torch, onnxruntime, openvino, tensorrt; BACKEND:PRECISION for torch:bf16, openvino:bf16; default by file)")
-    parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE),
-                        help="resize short side to (default: the training run's, else 800)")
-    parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE),
-                        help="cap long side at (default: the training run's, else 1333)")
     parser.add_argument("--input-size", type=A.size_hw, help="fixed input HxW (default: the model's, if static)")
     parser.add_argument("--batch", type=A.positive_int,
                         help="images per batch (default: the training run's eval batch, else 8)")
     parser.add_argument("--max-images", type=A.positive_int, help="evaluate only the first N images")
     parser.add_argument("-o", "--output", type=A.output_file, help="write the metrics as JSON here")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    A.add_json(parser, "print the metrics as JSON")
     A.add_quiet(parser)
     args = parser.parse_args(argv)
-    for flag, value, low in (("batch", args.batch, 1), ("max-images", args.max_images, 1),
-                             ("min-size", args.min_size, 32), ("max-size", args.max_size, 32),
-                             ("num-classes", args.num_classes, 1)):
-        if value is not None and value < low:
-            raise NasfcosError(f"--{flag} must be at least {low}, not {value}")
-    path = Path(args.model)
-    from nasfcos.runtime.doctor import preflight_verb
-
-    preflight_verb(path, [args.backend] if args.backend else None, args.device)
+    preflight_verb(args.model, [args.backend] if args.backend else None, args.device)
     if not args.quiet and not sys.stderr.isatty():  # no bar in logs: one line per stage
-        print(f"eval: {path} on {args.ann or args.data} ...", file=sys.stderr, flush=True)
-    if path.suffix == ".py" and args.weights is None:
+        print(f"eval: {args.model} on {args.ann or args.data} ...", file=sys.stderr, flush=True)
+    model_file = form_of(args.model) == "model.py"
+    if model_file and args.weights is None:
         warnings.warn("no --weights: evaluating an untrained model", stacklevel=1)
-    meta = model_meta(path, args.weights)
+    meta = model_meta(args.model, args.weights)
     min_size = args.min_size or int(meta.get("min_size", 800))
     max_size = args.max_size or int(meta.get("max_size", max(1333, min_size)))
     if max_size < min_size:
         raise NasfcosError(f"--max-size {max_size} is smaller than --min-size {min_size}")
     batch = args.batch or int(meta.get("eval_batch", 8))
-    from nasfcos.runtime.artifact import form_of
-
-    opts: dict[str, Any] = {}
-    if form_of(path) == "model.py":
-        opts = {"kind": "detector", "weights": args.weights}
-        if args.num_classes is not None:
-            opts["overrides"] = {"num_classes": args.num_classes}
-    runner = make_runner(path, args.backend, args.device, **opts)
+    overrides = {"num_classes": args.num_classes} if args.num_classes is not None else None
+    runner = make_runner(args.model, args.backend, args.device,
+                         **({"kind": "detector", "weights": args.weights, "overrides": overrides}
+                            if model_file else {}))
     if runner.kind != "detector":
-        raise NasfcosError(f"{path}: not a detector (inputs {', '.join(runner.input_names)}); "
+        raise NasfcosError(f"{args.model}: not a detector (inputs {', '.join(runner.input_names)}); "
                            "eval needs one: compile and export with --detector")
-    cfg = EvalConfig(min_size=min_size, max_size=max_size, batch_size=batch,
-                     input_size=args.input_size)
-    model_k = args.num_classes or meta.get("num_classes")
-    if model_k is None and path.suffix == ".py":
-        from nasfcos.modelfile import ModelInfo, load_model_file
-
-        model_k = ModelInfo.from_module(load_model_file(path)).num_classes
+    model_k = args.num_classes or meta.get("num_classes") or (
+        runner.model.info["num_classes"] if model_file else None)
     metrics = evaluate(runner, data=args.data, split=args.split, ann=args.ann, images=args.images,
-                       cfg=cfg, progress=not args.quiet,
-                       max_images=args.max_images, model_cat_ids=meta.get("cat_ids"),
+                       cfg=EvalConfig(min_size=min_size, max_size=max_size, batch_size=batch,
+                                      input_size=args.input_size),
+                       progress=not args.quiet, max_images=args.max_images,
+                       model_cat_ids=meta.get("cat_ids"),
                        model_num_classes=int(model_k) if model_k is not None else None)
-    if hasattr(runner, "close"):
-        runner.close()
-    metrics.update({"model": str(path), "min_size": min_size, "max_size": max_size, "batch": batch})
+    runner.close()
+    metrics.update({"model": args.model, "min_size": min_size, "max_size": max_size, "batch": batch})
     if args.output:
         atomic_write_json(args.output, metrics)
     if args.json:
-        _print_json(metrics)
+        A.print_json(metrics)
     else:
         print(metrics["summary"])
         print("  ".join(f"{m} {metrics[m]:.4f}" for m in METRIC_NAMES)

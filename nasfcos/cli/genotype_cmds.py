@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -42,7 +40,6 @@ def validate_main(argv: list[str]) -> int:
         prog="nasfcos validate",
         description="Validate genotype JSON files (Contract 1). Exit 0 when all are valid; one line per bad file.",
         epilog="example:\n  nasfcos validate genotypes/nas_fcos_fpn_head.json my_search/top/*.json --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("files", nargs="+", help="genotype files (JSON, list-form JSON, release config .yaml) or shipped names: {}".format(", ".join(PAPER_GENOTYPES)))
     A.add_json(parser, "print one JSON document with a result per file on stdout")
@@ -65,7 +62,7 @@ def validate_main(argv: list[str]) -> int:
         if not args.json and not args.quiet:
             print(f"{f}: ok  name={g.name} head={g.head.kind} hash={g.short_hash()}")
     if args.json:
-        print(json.dumps({"valid": bad == 0, "files": results}, indent=2))
+        A.print_json({"valid": bad == 0, "files": results})
     return 1 if bad else 0
 
 
@@ -75,7 +72,6 @@ def draw_main(argv: list[str]) -> int:
         description="Draw a genotype's FPN and head graph (pool nodes, ops on edges, aggregations, "
         "outputs p3..p7, dangling features; unused paths greyed).",
         epilog="example:\n  nasfcos draw nas_fcos_fpn_head -o arch.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("genotype", type=A.genotype_arg, help="genotype JSON file (or a shipped name)")
     A.add_output(parser, "image file (.png, .svg or .pdf; default arch.png)", default="arch.png")
@@ -89,7 +85,7 @@ def draw_main(argv: list[str]) -> int:
 
     draw_genotype(g, out)
     if args.json:
-        print(json.dumps({"output": str(out), **_summary(g)}, indent=2))
+        A.print_json({"output": str(out), **_summary(g)})
     else:
         print(f"wrote {out}")
     return 0

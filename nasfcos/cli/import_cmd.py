@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -43,7 +41,6 @@ def main(argv: list[str]) -> int:
         prog="nasfcos import-release",
         description="Import a trained NAS-FCOS checkpoint of the authors' release as a compiled model.",
         epilog=EPILOG.format(names=", ".join(RELEASE_MODELS), samples=", ".join(SAMPLE_CONFIGS)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", nargs="?", type=A.input_file, metavar="CKPT",
                    help="release checkpoint (.pth)")
@@ -71,7 +68,7 @@ def main(argv: list[str]) -> int:
     print(f"importing {args.checkpoint} as {args.config} ...", file=sys.stderr, flush=True)
     doc = import_release(args.checkpoint, args.config, args.output)
     if args.json:
-        print(json.dumps(doc, indent=2))
+        A.print_json(doc)
         return 0
     out = Path(args.output)
     m = doc["mapping"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,28 +20,24 @@ def main(argv: list[str]) -> int:
                     "export manifest or import.json); an unreadable image is skipped with a "
                     "warning.  DIR may not be, or contain, an input.",
         epilog="example:\n  nasfcos predict model.py photo.png more/ --weights runs/synth/final.pt "
-               "-o preds",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
+               "-o preds")
+    A.add_detector_model(parser, weights_help="final.pt from 'nasfcos train' (model.py only)",
+                         backend_help="runner backend, BACKEND[:PRECISION] (torch, torch:bf16, "
+                         "onnxruntime, openvino, openvino:bf16, tensorrt; default on cpu: the "
+                         "fastest measured engine within the accuracy budget, see the README)")
     parser.add_argument("images", nargs="+", help="image files or folders of images")
     parser.add_argument("-o", "--output", type=A.output_dir, required=True, help="output folder")
-    parser.add_argument("--weights", type=A.input_file, help="final.pt from 'nasfcos train' (model.py only)")
     parser.add_argument("--score-thresh", type=A.float_range(0.0, 1.0), default=0.3,
                         help="keep detections scoring at least this (default 0.3)")
-    parser.add_argument("--min-size", type=A.int_range(32, A.MAX_SIDE), help="resize short side to (default: the training run's, else 800)")
-    parser.add_argument("--max-size", type=A.int_range(32, A.MAX_SIDE), help="cap long side at (default: the training run's, else 1333)")
-    parser.add_argument("--backend", help="runner backend, BACKEND[:PRECISION] (torch, torch:bf16, "
-                        "onnxruntime, openvino, openvino:bf16, tensorrt; default on cpu: the "
-                        "fastest measured engine within the accuracy budget, see the README)")
-    parser.add_argument("--device", type=A.device, default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--no-draw", action="store_true", help="write predictions.json only")
-    parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    A.add_json(parser, "print the predictions as JSON")
     args = parser.parse_args(argv)
+    from nasfcos.runtime.artifact import form_of
     from nasfcos.runtime.predict import predict
 
     out = Path(args.output)
     backend = args.backend
-    if backend is None and args.device == "cpu" and Path(args.model).suffix in (".py", ".onnx"):
+    if backend is None and args.device == "cpu" and form_of(args.model) != "engine":
         from nasfcos.runtime.cpu_default import choose_cpu_engine
 
         choice = choose_cpu_engine(args.model)
@@ -55,7 +49,7 @@ def main(argv: list[str]) -> int:
                   backend=backend, device=args.device, draw=not args.no_draw,
                   log=(lambda _line: None) if args.json else None)
     if args.json:
-        print(json.dumps(doc, indent=2))
+        A.print_json(doc)
     else:
         n = len(doc["images"])
         print(f"wrote {out / 'predictions.json'}" + ("" if args.no_draw else f" and {n} drawn images")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,6 @@ def _parser() -> argparse.ArgumentParser:
         prog="nasfcos profile",
         description="Parameters (total, backbone, FPN, head) and FLOPs (multiply-adds) of detectors.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("models", nargs="+", metavar="MODEL", type=_model_arg,
                    help="model.py, genotype .json, shipped genotype name, or fpn-fcos")
@@ -112,7 +110,7 @@ def main(argv: list[str]) -> int:
     if args.output:
         atomic_write_json(args.output, doc)
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        A.print_json(doc)
     else:
         print(format_table(results))
         if args.output:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
-
-_FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _kind_flags(p: argparse.ArgumentParser) -> None:
@@ -62,16 +60,15 @@ def _precision_options(args: argparse.Namespace) -> Any:
     return opts
 
 
-def _emit_json(args: argparse.Namespace, obj: Any) -> None:
-    """``--json``: the result on stdout; ``-o`` (check) also writes it to a file."""
-    path = getattr(args, "output", None) if args.verb_writes_json else None
+def _emit_json(args: argparse.Namespace, obj: Any, path: str | None = None) -> None:
+    """``--json``: the result on stdout; ``path`` (check's ``-o``) also gets it."""
     if path:
         from nasfcos.io import atomic_write_json
 
         atomic_write_json(path, obj)
         _say(args, f"json: {path}")
     if args.json:
-        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        A.print_json(obj)
 
 
 def _say(args: argparse.Namespace, *parts: Any) -> None:
@@ -81,10 +78,9 @@ def _say(args: argparse.Namespace, *parts: Any) -> None:
 
 # -- export -----------------------------------------------------------------------------------
 
-def export_main(argv: list[str]) -> int:
-    """``nasfcos export``: model.py -> ONNX (+ manifest), optionally -> TensorRT engine."""
+def _export_parser() -> argparse.ArgumentParser:
     p = A.Parser(
-        prog="nasfcos export", formatter_class=_FMT,
+        prog="nasfcos export",
         description="Export a compiled model.py to ONNX (dynamo exporter, opset >= 19: deformable "
                     "convs become DeformConv), check the graph, simplify it with onnxslim and "
                     "write a manifest <file>.json (genotype hash, widths, I/O names and shapes, "
@@ -130,29 +126,39 @@ def export_main(argv: list[str]) -> int:
                    help="timing cache file (read if present, then updated)")
     A.add_json(p, "print the export summary as JSON on stdout")
     A.add_quiet(p)
-    args = p.parse_args(argv)
-    args.verb_writes_json = False
+    return p
 
+
+def export_main(argv: list[str]) -> int:
+    """``nasfcos export``: model.py -> ONNX (+ manifest), optionally -> TensorRT engine."""
+    from nasfcos.runtime.artifact import FORMS
     from nasfcos.runtime.export import DEFAULT_OPSET, ExportOptions, export_onnx, export_summary
 
+    args = _export_parser().parse_args(argv)
     src = Path(args.model)
+    form = FORMS.get(src.suffix.lower())
+    if form not in ("model.py", "onnx"):
+        raise NasfcosError(f"{src}: expected a model.py (or a .onnx with --trt)")
     prec = _precision_options(args)
+    if form == "onnx" and prec.precision == "fp32" and not args.trt:
+        raise NasfcosError(f"{src}: already ONNX; pass --trt ENGINE to build an engine "
+                           "or --precision fp16|int8 to lower its precision")
     if args.trt:  # a missing or unusable TensorRT stops here, before the ONNX export
         from nasfcos.runtime.doctor import preflight_verb
 
         preflight_verb(None, ["tensorrt"], "cuda")
     summary: dict[str, Any] = {}
-    if src.suffix == ".onnx" and prec.precision != "fp32":
+    onnx_path = src
+    if form == "onnx" and prec.precision != "fp32":
         from nasfcos.runtime.export import convert_onnx
 
-        out = Path(args.output) if args.output else src.with_name(
+        onnx_path = Path(args.output) if args.output else src.with_name(
             f"{src.stem}.{prec.precision}.onnx")
-        man = convert_onnx(src, out, prec)
-        _say(args, f"onnx: {out} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
+        man = convert_onnx(src, onnx_path, prec)
+        _say(args, f"onnx: {onnx_path} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
              f"sha256 {man['artifact']['sha256'][:12]})")
-        summary = {"onnx": str(out), "precision": man["precision"]}
-        src = out
-    if src.suffix == ".py":
+        summary = {"onnx": str(onnx_path), "precision": man["precision"]}
+    elif form == "model.py":
         out = Path(args.output) if args.output else (
             Path(args.trt).with_suffix(".onnx") if args.trt else src.with_suffix(".onnx"))
         opts = ExportOptions(kind=args.kind, size=args.size, batch=args.batch,
@@ -172,36 +178,33 @@ def export_main(argv: list[str]) -> int:
             _say(args, f"  {io}: {names}{more}")
         _say(args, f"manifest: {res.manifest_path}")
         onnx_path = res.onnx_path
-    elif src.suffix == ".onnx":
-        if not args.trt and not summary:
-            raise NasfcosError(f"{src}: already ONNX; pass --trt ENGINE to build an engine "
-                               "or --precision fp16|int8 to lower its precision")
-        onnx_path = src
-    else:
-        raise NasfcosError(f"{src}: expected a model.py (or a .onnx with --trt)")
-
     if args.trt:
-        from nasfcos.runtime.manifest import Manifest
-        from nasfcos.runtime.trt import TrtBuildOptions, build_engine, profile_shapes
-
-        shapes = None
-        sizes = [args.min_size, args.opt_size, args.max_size]
-        if any(sizes):
-            if not all(sizes):
-                raise NasfcosError("give all of --min, --opt and --max (or none)")
-            man = Manifest.load(onnx_path)
-            shapes = profile_shapes(man.kind, sizes, man.batch, man.in_channels)
-        engine = Path(args.trt)
-        _say(args, f"building TensorRT engine {engine} ...")
-        man = build_engine(onnx_path, engine, TrtBuildOptions(
-            workspace_gb=args.workspace, shapes=shapes,
-            timing_cache=Path(args.timing_cache) if args.timing_cache else None))
-        _say(args, f"engine: {engine} ({man['artifact']['bytes'] / 1e6:.1f} MB, "
-             f"{man['build']['precision']}, {man['build']['seconds']} s)")
-        summary["engine"] = {"path": str(engine), "sha256": man["artifact"]["sha256"],
-                             "precision": man["build"]["precision"]}
+        summary["engine"] = _build_engine(args, onnx_path)
     _emit_json(args, summary)
     return 0
+
+
+def _build_engine(args: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
+    """``export --trt``: the TensorRT engine of ``onnx_path``; its summary entry."""
+    from nasfcos.runtime.manifest import Manifest
+    from nasfcos.runtime.trt import TrtBuildOptions, build_engine, profile_shapes
+
+    shapes = None
+    sizes = [args.min_size, args.opt_size, args.max_size]
+    if any(sizes):
+        if not all(sizes):
+            raise NasfcosError("give all of --min, --opt and --max (or none)")
+        man = Manifest.load(onnx_path)
+        shapes = profile_shapes(man.kind, sizes, man.batch, man.in_channels)
+    engine = Path(args.trt)
+    _say(args, f"building TensorRT engine {engine} ...")
+    man = build_engine(onnx_path, engine, TrtBuildOptions(
+        workspace_gb=args.workspace, shapes=shapes,
+        timing_cache=Path(args.timing_cache) if args.timing_cache else None))
+    _say(args, f"engine: {engine} ({man['artifact']['bytes'] / 1e6:.1f} MB, "
+         f"{man['build']['precision']}, {man['build']['seconds']} s)")
+    return {"path": str(engine), "sha256": man["artifact"]["sha256"],
+            "precision": man["build"]["precision"]}
 
 
 # -- check ------------------------------------------------------------------------------------
@@ -209,7 +212,7 @@ def export_main(argv: list[str]) -> int:
 def check_main(argv: list[str]) -> int:
     """``nasfcos check``: ONNX Runtime / TensorRT vs PyTorch on the same seeded inputs."""
     p = A.Parser(
-        prog="nasfcos check", formatter_class=_FMT,
+        prog="nasfcos check",
         description="Run an exported model and its PyTorch source on the same seeded inputs and "
                     "report, per output, the max abs error and the max error relative to the "
                     "output's largest magnitude, against tolerances (pass: |d| <= atol + rtol * "
@@ -239,35 +242,31 @@ def check_main(argv: list[str]) -> int:
     A.add_output(p, "also write the full report as JSON to FILE")
     A.add_json(p, "print the full report as JSON on stdout")
     args = p.parse_args(argv)
-    args.verb_writes_json = True
     from nasfcos.runtime.doctor import preflight_verb
 
     preflight_verb(args.artifact, [args.backend] if args.backend else None, args.device)
     if str(args.device).startswith("cuda"):  # the PyTorch reference runs there too
         preflight_verb(None, ["torch"], args.device)
 
-    from nasfcos.runtime.check import TOLERANCES, Tolerance, check_artifact
+    from nasfcos.runtime.artifact import open_artifact
+    from nasfcos.runtime.check import TOLERANCES, check_artifact
+    from nasfcos.runtime.runners import split_backend
 
+    art = open_artifact(args.artifact)  # once: check_artifact takes it as opened
     tol = None
-    if args.atol is not None or args.rtol is not None:
-        from nasfcos.runtime.manifest import Manifest
-
-        try:  # the flag not given keeps the artifact's precision default
-            base = TOLERANCES[Manifest.load(args.artifact).precision]
-        except NasfcosError:
-            base = TOLERANCES["fp32"]
-        tol = Tolerance(args.atol if args.atol is not None else base.atol,
-                        args.rtol if args.rtol is not None else base.rtol)
-    report = check_artifact(args.artifact, args.against, backend=args.backend,
-                            device=args.device,
-                            sizes=args.sizes,
-                            batch=args.batch, seed=args.seed, tol=tol, kind=args.kind,
-                            threads=args.threads)
+    if args.atol is not None or args.rtol is not None:  # the other keeps its precision's default
+        precision = (split_backend(args.backend)[1] if args.backend else None) or (
+            art.manifest.precision if art.manifest else "fp32")
+        tol = replace(TOLERANCES[precision], **{k: v for k in ("atol", "rtol")
+                                                 if (v := getattr(args, k)) is not None})
+    report = check_artifact(art, args.against, backend=args.backend, device=args.device,
+                            sizes=args.sizes, batch=args.batch, seed=args.seed, tol=tol,
+                            kind=args.kind, threads=args.threads)
     _say(args, f"{report.backend} ({report.artifact}) vs {report.reference_backend} "
          f"({report.reference}), sizes {', '.join('x'.join(map(str, s)) for s in report.sizes)}"
          f", seed {report.seed}, {report.precision} tolerances")
     _say(args, report.table())
-    _emit_json(args, report.to_dict())
+    _emit_json(args, report.to_dict(), args.output)
     if not report.ok:
         bad = report.failures()
         names = ", ".join(f"{o.name} ({o.note})" if o.note and not math.isfinite(o.max_abs)
@@ -281,10 +280,9 @@ def check_main(argv: list[str]) -> int:
 
 # -- bench ------------------------------------------------------------------------------------
 
-def bench_main(argv: list[str]) -> int:
-    """``nasfcos bench``: latency across backends and sizes -> report.json/.md/.png."""
+def _bench_parser() -> argparse.ArgumentParser:
     p = A.Parser(
-        prog="nasfcos bench", formatter_class=_FMT,
+        prog="nasfcos bench",
         description="Latency benchmark: the same seeded inputs for every backend, warm-up "
                     "excluded, per-run wall clock (perf_counter_ns on CPU, CUDA events on GPU); "
                     "median, mean, p90, p99, min, std, FPS; machine, library versions, FLOPs and "
@@ -297,7 +295,7 @@ def bench_main(argv: list[str]) -> int:
                "  nasfcos bench model.py --precisions fp32,fp16,int8 --data data/synth "
                "--weights run/final.pt --sizes 128 -o precision")
     p.add_argument("model", type=A.input_file, help="model.py, model.onnx or model.engine")
-    p.add_argument("--backends", help="comma list of torch, torch-compile, onnxruntime, "
+    p.add_argument("--backends", type=A.name_list, help="comma list of torch, torch-compile, onnxruntime, "
                                       "openvino, tensorrt; a run-time precision as "
                                       "BACKEND:PRECISION (torch:bf16, openvino:bf16, "
                                       "openvino:int8 with --data or --calib) (default on cpu: "
@@ -325,7 +323,7 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--fp16", action="store_true", help="TensorRT: build with FP16")
     p.add_argument("--no-matmul-peak", action="store_true", help="skip the matmul peak")
     g = p.add_argument_group("precision table (--precisions): one row per backend x precision")
-    g.add_argument("--precisions", help="comma list of fp32, fp16, int8: write the precision "
+    g.add_argument("--precisions", type=A.name_list, help="comma list of fp32, fp16, int8: write the precision "
                                         "table (AP, AP50, agreement with PyTorch fp32, latency, "
                                         "size) for a model.py at the first --sizes entry")
     g.add_argument("--data", type=A.input_dir, help="COCO folder: AP on --split, int8 "
@@ -341,25 +339,26 @@ def bench_main(argv: list[str]) -> int:
                  default="report")
     A.add_json(p, "print the report as JSON on stdout")
     A.add_quiet(p)
-    args = p.parse_args(argv)
+    return p
 
+
+def bench_main(argv: list[str]) -> int:
+    """``nasfcos bench``: latency across backends and sizes -> report.json/.md/.png."""
     from nasfcos.runtime.doctor import preflight_verb
 
-    named = [b.strip() for b in (args.backends or "").split(",") if b.strip()]
-    preflight_verb(args.model, named, args.device)
+    args = _bench_parser().parse_args(argv)
+    preflight_verb(args.model, args.backends, args.device)
     if args.precisions:
         return _precision_table(args)
     from nasfcos.runtime.bench import BenchConfig, markdown_table, run_benchmark, write_report
 
     cfg = BenchConfig(
-        backends=[b.strip() for b in args.backends.split(",") if b.strip()] if args.backends
-        else None,
-        sizes=args.sizes, batch=args.batch, warmup=args.warmup, runs=args.runs,
-        threads=args.threads, device=args.device, seed=args.seed, kind=args.kind,
+        backends=args.backends or None, sizes=args.sizes, batch=args.batch, warmup=args.warmup,
+        runs=args.runs, threads=args.threads, device=args.device, seed=args.seed, kind=args.kind,
         max_seconds=args.max_seconds, matmul_peak=not args.no_matmul_peak,
         onnx_static=args.onnx_static, ort_opt_level=args.ort_opt_level, trt_fp16=args.fp16,
         onnx_path=Path(args.onnx) if args.onnx else None, baseline=args.baseline, auto_cpu=True)
-    if cfg.backends and any(b.strip().endswith(":int8") for b in cfg.backends):
+    if any(b.endswith(":int8") for b in args.backends or ()):
         from nasfcos.runtime.precision import PrecisionOptions
 
         cfg.calib = PrecisionOptions("int8", calib=args.calib, data=args.data,
@@ -374,8 +373,7 @@ def bench_main(argv: list[str]) -> int:
     _say(args, markdown_table(report))
     for k, v in paths.items():
         _say(args, f"{k}: {v}")
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    _emit_json(args, report)
     skipped = [r for r in report["results"] if r["status"] != "ok"]
     for r in skipped:
         _say(args, f"note: {r['backend']} {r['size'][0]}x{r['size'][1]} {r['status']}: {r['reason']}")
@@ -396,10 +394,8 @@ def _precision_table(args: argparse.Namespace) -> int:
         run_precision_table,
     )
 
-    backends = [b.strip() for b in (args.backends or "onnxruntime").split(",") if b.strip()]
     cfg = PrecisionTableConfig(
-        precisions=[q.strip() for q in args.precisions.split(",") if q.strip()],
-        backends=backends, size=tuple(args.sizes[0]), data=args.data, split=args.split,
+        precisions=args.precisions, backends=args.backends or ["onnxruntime"], size=tuple(args.sizes[0]), data=args.data, split=args.split,
         weights=args.weights, calib_images=args.calib_images, calib_method=args.calib_method,
         max_images=args.max_images, warmup=args.warmup, runs=args.runs,
         max_seconds=args.max_seconds, threads=args.threads, device=args.device, seed=args.seed)
@@ -414,14 +410,5 @@ def _precision_table(args: argparse.Namespace) -> int:
     _say(args, table)
     _say(args, f"json: {out.with_name(out.name + '.json')}\nmd: {out.with_name(out.name + '.md')}"
                f"\npng: {png}")
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    _emit_json(args, report)
     return 0 if any(r["status"] == "ok" for r in report["rows"]) else 1
-
-
-def main(argv: list[str]) -> int:  # pragma: no cover - the dispatcher calls the verbs directly
-    return export_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(export_main(sys.argv[1:]))

@@ -46,3 +46,30 @@ def test_precision_options_are_valid_once_made(tmp_path: Path) -> None:
     with pytest.raises(FieldError, match="precision"):
         PrecisionOptions("int4")
     assert PrecisionOptions("int8", data=tmp_path).calib_images == 32
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--rtol", "0.5"], (1e-2, 0.5)),                                # the file's fp16 atol
+    (["--atol", "0.3", "--backend", "openvino:bf16"], (0.3, 5e-2)),  # the run's bf16 rtol
+])
+def test_check_keeps_the_other_tolerance_of_the_checked_precision(
+        argv: list[str], expected: tuple[float, float], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One flag of --atol/--rtol: the other is the default of the precision the check runs at."""
+    from types import SimpleNamespace
+
+    from nasfcos.runtime import artifact, check, doctor
+
+    seen = {}
+
+    def fake_check(art: object, *a: object, tol: check.Tolerance, **k: object) -> None:
+        seen["tol"] = (tol.atol, tol.rtol)
+        raise FieldError("stop", "reached")
+
+    monkeypatch.setattr(artifact, "open_artifact",
+                        lambda p: SimpleNamespace(manifest=SimpleNamespace(precision="fp16")))
+    monkeypatch.setattr(check, "check_artifact", fake_check)
+    monkeypatch.setattr(doctor, "preflight_verb", lambda *a: None)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    assert main(["check", str(tmp_path / "m.onnx"), *argv]) == 2
+    assert seen["tol"] == expected
