@@ -175,7 +175,10 @@ def main() -> int:
                    "gflops_per_s": round(rate, 1),
                    "of_fp32_peak": round(rate / fp32_peak, 3),
                    "of_bf16_peak": round(rate / bf16_peak, 3),
-                   "agree50": round(a50.match_rate, 3), "agree95": round(a95.match_rate, 3),
+                   # random weights may detect nothing: then there is nothing to agree on
+                   "agree50": round(a50.match_rate, 3) if a50.reference else None,
+                   "agree95": round(a95.match_rate, 3) if a95.reference else None,
+                   "reference_detections": a50.reference,
                    "info": {k: v for k, v in runners[e].info().items()
                             if k in ("precision", "conv_runtime_precision",
                                      "deform_runtime_precision", "eager")}}
@@ -196,7 +199,9 @@ def main() -> int:
         print(f"{e:<20} {r['median_ms']:>10.1f} {r['x_ort_fp32']:>7.3f} [{ci[0]:.3f}-{ci[1]:.3f}]"
               f" {vs_default}"
               f" {r['gflops_per_s']:>8.1f} {100 * r['of_fp32_peak']:>7.0f}% "
-              f"{100 * r['of_bf16_peak']:>7.0f}% {r['agree50']:>6.2f}/{r['agree95']:.2f}")
+              f"{100 * r['of_bf16_peak']:>7.0f}% "
+              + (f"{r['agree50']:>6.2f}/{r['agree95']:.2f}" if r["agree50"] is not None
+                 else "   n/a (0 reference detections)"))
     for e, why in skipped.items():
         print(f"{e:<18} skipped: {why}")
     print(f"peaks (GFLOP/s, same run, before/after): fp32 {peaks[0]:.0f}/{peaks[2]:.0f}, "
