@@ -30,6 +30,7 @@ from nasfcos.io import (
     sha256_file,
     writable_path,
 )
+from nasfcos.modelfile import MAX_CLASSES
 from nasfcos.progress import quiet
 from nasfcos.runtime.manifest import MANIFEST_FORMAT, Manifest, load_manifest, manifest_path_for
 from nasfcos.runtime.models import LoadedModel, load_model
@@ -230,7 +231,7 @@ def _import_record_classes(weights: Path) -> tuple[list[Any] | None, list[Any] |
         ids, names = labels.get("category_ids"), labels.get("class_names")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None, None
-    ok = (all(isinstance(v, list) and len(v) <= 100_000 for v in (ids or [], names or []))
+    ok = (all(isinstance(v, list) and len(v) <= MAX_CLASSES for v in (ids or [], names or []))
           and all(isinstance(i, int) for i in ids or []) and all(isinstance(n, str) for n in names or []))
     return (ids, names) if ok else (None, None)
 

@@ -22,19 +22,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
-from nasfcos.genotypes.space import BACKBONE_STRIDES
 from nasfcos.limits import MAX_INPUT_ELEMENTS
 from nasfcos.modelfile import ModelInfo, load_model_file, model_code_guard
 from nasfcos.weights import load_state_dict_strict, load_weights_file
 
-ModelKind = Literal["decoder", "detector"]
 MODEL_KINDS: tuple[str, ...] = ("decoder", "detector")
 
 LEVELS: tuple[str, ...] = ("p3", "p4", "p5", "p6", "p7")
@@ -44,8 +42,6 @@ DECODER_OUTPUTS: tuple[str, ...] = tuple(
 )
 DETECTOR_INPUTS: tuple[str, ...] = ("images",)
 DETECTOR_OUTPUTS: tuple[str, ...] = ("boxes", "scores", "labels")
-#: Strides of the backbone features c2..c5.
-FEATURE_STRIDES: tuple[int, ...] = BACKBONE_STRIDES  # c2..c5
 
 
 def io_names(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
