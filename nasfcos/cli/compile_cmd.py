@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="also emit class Detector (backbone + decoder + FCOS post-processing)")
     p.add_argument("--backbone", default=None, choices=BACKBONES,
                    help="backbone of the detector (with --detector; default: resnet50)")
-    p.add_argument("--box-regression", choices=BOX_REGRESSION, default="pixels",
+    p.add_argument("--box-regression", choices=BOX_REGRESSION, default=CompileOptions.box_regression,
                    help="units of bbox_reg = exp(scale * x): pixels (the release's, default) or "
                         "stride (FCOS's later stride-normalised regression)")
     p.add_argument("--scoring", choices=SCORING, default="product",
