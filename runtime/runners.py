@@ -400,7 +400,14 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
     form = art.form if art else form_of(path)
     if art is None and form != "model.py":
         art = open_artifact(path, strict=False)  # its manifest: dynamic ranges
-    backend, opts = _backend_options(backend or FORM_BACKENDS[form], opts)
+    backend = backend or FORM_BACKENDS[form]
+    if form == "model.py" and split_backend(backend)[0] in ("onnxruntime", "openvino"):
+        # an ONNX engine runs a model.py through an export of it: the model's own options
+        # (kind, trained weights, seed) belong to that export, not to the engine
+        moved = {k: opts.pop(k) for k in ("kind", "seed", "weights") if opts.get(k) is not None}
+        if moved:
+            opts["export"] = {**(opts.get("export") or {}), **moved}
+    backend, opts = _backend_options(backend, opts)
     if backend in ("torch", "torch-compile"):
         if form != "model.py":
             raise NasfcosError(f"{path}: the {backend} backend needs a compiled model.py")
