@@ -534,12 +534,17 @@ class Search:
                 extra.update(latency_ms=round(lat, 5), proxy_reward=reward)
                 if self.cfg.latency_target is not None:
                     reward = latency_reward(reward, lat, self.cfg.latency_target, self.cfg.latency_weight)
-            return self._row(step, i, g, h, choices, log_prob, status="ok", reward=reward,
-                             losses={k: None if v is None else float(v)
-                                     for k, v in dict(r.get("losses") or {}).items()},
-                             time_s=float(r.get("time_s") or res.wall_s), params=r.get("params"),
-                             extra=extra, worker=res.worker,
-                             attempts=res.task.attempt, errors=errors)
+            row = self._row(step, i, g, h, choices, log_prob, status="ok", reward=reward,
+                            losses={k: None if v is None else float(v)
+                                    for k, v in dict(r.get("losses") or {}).items()},
+                            time_s=float(r.get("time_s") or res.wall_s), params=r.get("params"),
+                            extra=extra, worker=res.worker,
+                            attempts=res.task.attempt, errors=errors)
+            try:  # an unusable field fails this trial, not the search (nor its resume)
+                ArchiveRow.from_json(row, "evaluator result")
+                return row
+            except CacheError as exc:
+                errors = [*errors, first_line(exc)]
         return self._row(step, i, g, h, choices, log_prob, status="failed", time_s=res.wall_s,
                          worker=res.worker, attempts=res.task.attempt, errors=errors)
 

@@ -127,6 +127,30 @@ class Broken:
         raise CacheError("cache/arrays/train_c2.npy: missing cache file (injected)")
 
 
+class OddFields:
+    """A toy evaluator whose results carry a float parameter count, and every other one an
+    unusable ``latency_ms`` (null)."""
+
+    def __init__(self) -> None:
+        self.inner, self.calls = ToyEvaluator(), 0
+
+    def __call__(self, g: Genotype, seed: int) -> dict[str, Any]:
+        self.calls += 1
+        res = {**self.inner(g, seed), "params": 1.5e6}
+        return {**res, "latency_ms": None} if self.calls % 2 else res
+
+
+def test_an_unusable_result_field_fails_that_trial_not_the_search(tmp_path: Path) -> None:
+    """Rows are checked as they are appended; a result field the archive cannot hold made the
+    whole search (and its resume) stop.  It is a failed trial, named in its errors."""
+    Search(tmp_path, _toy(trials=8), evaluator=OddFields(), workers=0, progress=False,
+           plot_every_s=None).run()
+    rows = read_rows(tmp_path / "archive.jsonl")
+    assert {r.status for r in rows} == {"ok", "failed"}
+    assert all("'extra'" in r.errors[-1] for r in rows if r.status == "failed")
+    assert {r.params for r in rows if r.status == "ok"} == {1.5e6}  # integral float: kept
+
+
 def test_all_failed_exits_non_zero_with_the_reason_and_resumes_after_the_fix(tmp_path: Path) -> None:
     with pytest.raises(SearchFailed, match="every trial of step 0 failed.*missing cache file.*--resume"):
         Search(tmp_path, _toy(), evaluator=Broken(), workers=0, progress=False, plot_every_s=None).run()
