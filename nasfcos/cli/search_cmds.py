@@ -262,12 +262,14 @@ def top_main(argv: list[str]) -> int:
         raise NasfcosError("--backbone only applies with --detector or --export")
     if not args.export and (args.sizes, args.runs, args.warmup, args.threads) != (None,) * 4:
         raise NasfcosError("--sizes/--runs/--warmup/--threads need --export")
-    if args.compile:
-        from nasfcos.compiler import CompileOptions
+    from nasfcos.compiler import CompileOptions
 
-        options = CompileOptions(fpn_channels=args.fpn_channels or 256, head_channels=args.head_channels,
-                                 num_classes=args.num_classes, detector=args.detector,
-                                 backbone=args.backbone or "resnet50")
+    fpn, backbone = args.fpn_channels or CompileOptions.fpn_channels, args.backbone or CompileOptions.backbone
+    if args.export:  # the Detector each export compiles: refused here, before anything is written
+        CompileOptions(fpn_channels=fpn, detector=True, backbone=backbone)
+    if args.compile:
+        options = CompileOptions(fpn_channels=fpn, head_channels=args.head_channels,
+                                 num_classes=args.num_classes, detector=args.detector, backbone=backbone)
     src = Path(args.dir)
     if not src.is_dir():
         raise NasfcosError(f"{src}: no such search folder")
@@ -308,6 +310,7 @@ def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespa
     (:func:`nasfcos.runtime.pipeline.run_pipeline`, as 'nasfcos demo'); each entry gains
     ``export`` (its folder, ONNX file, parity and latencies).  Returns the ranks whose
     parity check failed.  Progress goes to stderr (stdout holds the table or the JSON)."""
+    from nasfcos.compiler import CompileOptions
     from nasfcos.io import atomic_write_json
     from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
 
@@ -316,8 +319,8 @@ def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespa
         folder = out / Path(e["path"]).stem
         print(f"nasfcos search top: rank {e['rank']}: export, check and benchmark in {folder}", file=sys.stderr)
         summary = run_pipeline(PipelineConfig(
-            out=folder, genotype=e["path"], fpn_channels=args.fpn_channels or 256,
-            backbone=args.backbone or "resnet50", sizes=args.sizes or [(800, 800)],
+            out=folder, genotype=e["path"], fpn_channels=args.fpn_channels or CompileOptions.fpn_channels,
+            backbone=args.backbone or CompileOptions.backbone, sizes=args.sizes or [(800, 800)],
             runs=3 if args.runs is None else args.runs, warmup=1 if args.warmup is None else args.warmup,
             threads=args.threads), lambda msg: print(msg, file=sys.stderr, flush=True))
         summary.pop("_report", None)

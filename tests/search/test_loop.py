@@ -341,6 +341,11 @@ def test_top_export_runs_the_one_pipeline_per_genotype(tmp_path: Path, monkeypat
         search_main(["top", str(tmp_path / "s"), "-o", str(best), "--runs", "2"])
     with pytest.raises(NasfcosError, match="--export takes --fpn-channels and --backbone only"):
         search_main(["top", str(tmp_path / "s"), "-o", str(best), "--export", "--num-classes", "3"])
+    for bad, word in ((["--backbone", "foo"], "unknown backbone"), (["--fpn-channels", "48"], "multiple of 32")):
+        fresh = tmp_path / "fresh"  # refused before top.json or any export folder is written
+        with pytest.raises(NasfcosError, match=word):
+            search_main(["top", str(tmp_path / "s"), "-o", str(fresh), "--export", *bad])
+        assert not fresh.exists()
 
 
 @pytest.mark.parametrize(("changes", "field"), [({"trials": "two"}, "trials"), ({"batch_size": 2.0}, "batch_size"),
