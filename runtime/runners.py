@@ -401,9 +401,14 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
     if art is None and form != "model.py":
         art = open_artifact(path, strict=False)  # its manifest: dynamic ranges
     backend = backend or FORM_BACKENDS[form]
-    if form == "model.py" and split_backend(backend)[0] in ("onnxruntime", "openvino"):
+    if form == "model.py" and split_backend(backend)[0] in ("onnxruntime", "openvino", "tensorrt"):
         # an ONNX engine runs a model.py through an export of it: the model's own options
         # (kind, trained weights, seed) belong to that export, not to the engine
+        if opts.get("overrides"):
+            raise NasfcosError(f"{path}: {backend} runs an export of the model as compiled; changed "
+                               f"widths or classes ({', '.join(sorted(opts['overrides']))}) need the "
+                               "torch backend (or a model.py compiled with them)")
+        opts.pop("overrides", None)
         moved = {k: opts.pop(k) for k in ("kind", "seed", "weights") if opts.get(k) is not None}
         if moved:
             opts["export"] = {**(opts.get("export") or {}), **moved}

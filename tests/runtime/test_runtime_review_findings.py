@@ -200,3 +200,14 @@ def test_onnx_engine_on_a_model_py_exports_its_trained_weights(tiny_detector_fil
     ref.close()
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-4)
+
+
+def test_onnx_engine_on_a_model_py_refuses_changed_classes_up_front(tiny_detector_file: Path) -> None:
+    """``eval model.py --num-classes N --backend onnxruntime``: the export runs the model as
+    compiled, so the override is refused in one line naming the way out (was 'unknown
+    option(s) overrides')."""
+    from nasfcos.runtime.runners import make_runner
+
+    with pytest.raises(NasfcosError, match=r"changed widths or classes \(num_classes\) need the torch"):
+        make_runner(tiny_detector_file, "onnxruntime", kind="detector",
+                    overrides={"num_classes": 3})
