@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from nasfcos.cli import args as A
 
 
@@ -32,5 +30,8 @@ def main(argv: list[str]) -> int:
         print(*doctor.extras())
         return 0
     rep = doctor.report()
-    print(json.dumps(rep, indent=2, sort_keys=True) if args.json else doctor.text(rep))
+    if args.json:
+        A.print_json(rep)
+    else:
+        print(doctor.text(rep))
     return 0 if rep["ok"] else 1

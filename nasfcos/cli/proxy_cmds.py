@@ -7,7 +7,6 @@ and :func:`eval_main` with the arguments after the sub-verb.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,7 +74,7 @@ def cache_main(argv: list[str]) -> int:
         "bytes": sum(int(f["bytes"]) for f in m["files"].values()),
     }
     if a.json:
-        print(json.dumps(summary, indent=2))
+        A.print_json(summary)
     else:
         print(f"cache {path}: {summary['meta_train']} meta-train + {summary['meta_val']} meta-val crops, "
               f"{settings.backbone} features {summary['in_channels']}, {summary['bytes'] / 2**20:.1f} MiB")
@@ -133,5 +132,5 @@ def eval_main(argv: list[str]) -> int:
     if a.out:
         atomic_write_json(a.out, doc)
     if a.json:
-        print(json.dumps(doc, indent=2))
+        A.print_json(doc)
     return 0

@@ -188,7 +188,7 @@ def search_main(argv: list[str]) -> int:
     except CacheConflict as exc:  # 'search' has no --overwrite: another cache folder, or none
         raise CacheError(f"{exc.problem}; give another --cache DIR, or delete this folder to rebuild it") from None
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        A.print_json(summary)
         return 0
     _print_summary(summary, Path(args.out))
     return 0
@@ -283,7 +283,7 @@ def top_main(argv: list[str]) -> int:
     listing = json.loads((out / TOP_INDEX).read_text())["top"]
     failed = _export_top(listing, out, args) if args.export else []
     if args.json:
-        print(json.dumps(listing, indent=2))
+        A.print_json(listing)
     else:
         print(f"{'rank':>4}  {'reward':>12}  {'hash':<12}  {'step':>5}  file")
         for e in listing:
@@ -382,7 +382,7 @@ def latency_table_main(argv: list[str]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     table.save(out)
     if a.json:
-        print(json.dumps(table.to_dict(), indent=2))
+        A.print_json(table.to_dict())
     else:
         print(f"latency table {out}: {len(table.entries)} units, {spec.backend} {spec.size[0]}x{spec.size[1]}, "
               f"fpn {spec.fpn_channels} / head {spec.head_channels}, {spec.threads} thread(s); "
