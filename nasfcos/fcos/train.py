@@ -533,7 +533,7 @@ class _Trainer:
         self.records: list[dict[str, Any]] = []
         #: what the folder held before this run wrote to it, put back by undo()
         self.before = {n: (self.out / n).read_bytes() if (self.out / n).is_file() else None
-                       for n in ("config.json", "metrics.jsonl")}
+                       for n in ("config.json", "metrics.jsonl", _checksums_path(self.ckpt_path).name)}
         self.made_out, self.checkpointed = not self.out.exists(), False
         if self.d.main:
             self.out.mkdir(parents=True, exist_ok=True)

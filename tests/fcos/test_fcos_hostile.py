@@ -3,6 +3,7 @@ traceback, a crash, a silent wrong result or lost data (issue 16; one test per c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -255,6 +256,12 @@ def test_divergence_stops_before_deform_conv_sees_nan(
     with pytest.raises(NasfcosError, match="non-finite|loss became"):
         train(cfg, progress=False)
     assert not (tmp_path / "r").exists()  # failed before its first checkpoint: nothing left
+    kept = tmp_path / "kept"  # a folder that existed is put back as it was
+    kept.mkdir()
+    (kept / "config.json").write_text("{}")
+    with pytest.raises(NasfcosError, match="non-finite|loss became"):
+        train(dataclasses.replace(cfg, out=str(kept)), progress=False)
+    assert {p.name: p.read_text() for p in kept.iterdir()} == {"config.json": "{}"}
 
 
 def test_ann_without_val_split_warns(tiny_model: Path, synth64: Path, tmp_path: Path) -> None:
