@@ -265,8 +265,8 @@ def top_main(argv: list[str]) -> int:
     from nasfcos.compiler import CompileOptions
 
     fpn, backbone = args.fpn_channels or CompileOptions.fpn_channels, args.backbone or CompileOptions.backbone
-    if args.export:  # the Detector each export compiles: refused here, before anything is written
-        CompileOptions(fpn_channels=fpn, detector=True, backbone=backbone)
+    # the Detector each export compiles: refused here, before anything is written
+    detector = CompileOptions(fpn_channels=fpn, detector=True, backbone=backbone) if args.export else None
     if args.compile:
         options = CompileOptions(fpn_channels=fpn, head_channels=args.head_channels,
                                  num_classes=args.num_classes, detector=args.detector, backbone=backbone)
@@ -281,7 +281,7 @@ def top_main(argv: list[str]) -> int:
     write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
               owned=args.out is None)  # DIR/top is the search's own folder
     listing = json.loads((out / TOP_INDEX).read_text())["top"]
-    failed = _export_top(listing, out, args) if args.export else []
+    failed = _export_top(listing, out, args, detector) if detector is not None else []
     if args.json:
         A.print_json(listing)
     else:
@@ -305,12 +305,13 @@ def _export_text(export: dict[str, Any] | None) -> str:
     return f"  onnx {export['onnx']} (parity {'ok' if export['parity_ok'] else 'FAILED'}; {times})"
 
 
-def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> list[str]:
+def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespace,
+                detector: Any) -> list[str]:
     """Export, check and benchmark each listed genotype with the one library pipeline
     (:func:`nasfcos.runtime.pipeline.run_pipeline`, as 'nasfcos demo'); each entry gains
     ``export`` (its folder, ONNX file, parity and latencies).  Returns the ranks whose
-    parity check failed.  Progress goes to stderr (stdout holds the table or the JSON)."""
-    from nasfcos.compiler import CompileOptions
+    parity check failed.  ``detector``: the checked CompileOptions (width, backbone) each
+    export compiles.  Progress goes to stderr (stdout holds the table or the JSON)."""
     from nasfcos.io import atomic_write_json
     from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
 
@@ -319,8 +320,8 @@ def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespa
         folder = out / Path(e["path"]).stem
         print(f"nasfcos search top: rank {e['rank']}: export, check and benchmark in {folder}", file=sys.stderr)
         summary = run_pipeline(PipelineConfig(
-            out=folder, genotype=e["path"], fpn_channels=args.fpn_channels or CompileOptions.fpn_channels,
-            backbone=args.backbone or CompileOptions.backbone, sizes=args.sizes or [(800, 800)],
+            out=folder, genotype=e["path"], fpn_channels=detector.fpn_channels,
+            backbone=detector.backbone, sizes=args.sizes or [(800, 800)],
             runs=3 if args.runs is None else args.runs, warmup=1 if args.warmup is None else args.warmup,
             threads=args.threads), lambda msg: print(msg, file=sys.stderr, flush=True))
         summary.pop("_report", None)
