@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nasfcos.errors import NasfcosError
 from nasfcos.limits import MAX_SIDE, MIN_SIDE
@@ -278,14 +278,55 @@ def genotype_arg(text: str) -> str:
     return text
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs wrapped to the terminal: a paragraph (unindented lines up to a
+    blank or indented line) is filled; an indented line (an example command) is kept as
+    written, so it can be copied."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        out: list[str] = []
+        para: list[str] = []
+        for line in [*text.splitlines(), ""]:
+            if line.strip() and not line[0].isspace():
+                para.append(line)
+                continue
+            if para:
+                out.append(textwrap.fill(" ".join(para), width, initial_indent=indent,
+                                         subsequent_indent=indent, break_on_hyphens=False,
+                                         break_long_words=False))
+                para = []
+            out.append(indent + line)
+        return "\n".join(out[:-1])
+
+
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are a :class:`NasfcosError` (the dispatcher
     prints them as one line, ``nasfcos VERB: error: ...``, exit 2) instead of a usage block
-    and ``SystemExit``.  Descriptions and epilogs are printed as written (their examples keep
-    their lines)."""
+    and ``SystemExit``.  Descriptions and epilogs are wrapped, their examples keep their
+    lines (:class:`_HelpFormatter`)."""
+
+    #: The parser of the command being run: the innermost one that parsed last (a verb's
+    #: subcommand parses inside the verb's).  :meth:`flag` names its fields' flags.
+    current: ClassVar[Parser | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{"formatter_class": argparse.RawDescriptionHelpFormatter, **kwargs})
+        super().__init__(*args, **{"formatter_class": _HelpFormatter, **kwargs})
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        Parser.current = self
+        return super().parse_known_args(*args, **kwargs)
+
+    def flag(self, field: str) -> str | None:
+        """The flag of this command that sets ``field`` (``--field-name`` where it is one of
+        its spellings), or None where no flag of this command does."""
+        for action in self._actions:
+            if action.dest == field and action.option_strings:
+                spelled = "--" + field.replace("_", "-")
+                longs = [s for s in action.option_strings if s.startswith("--")]
+                return spelled if spelled in longs else (longs or action.option_strings)[0]
+        return None
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise NasfcosError(f"{message} (see '{self.prog} --help')")
@@ -344,6 +385,15 @@ def add_widths(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, fpn_help
     p.add_argument("--head-channels", type=width, default=default, metavar=metavar, help=head_help)
 
 
+def add_backbone(p: argparse.ArgumentParser, help: str, **kwargs: Any) -> None:
+    """``--backbone NAME``: a detector backbone; the names are listed in the help, where they
+    wrap (in the usage line they would not)."""
+    from nasfcos.compiler.backbones import BACKBONE_NAMES
+
+    p.add_argument("--backbone", choices=BACKBONE_NAMES, metavar="NAME",
+                   help=help.format(names=", ".join(BACKBONE_NAMES)), **kwargs)
+
+
 def add_num_classes(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, *,
                     default: int | None = 80, metavar: str | None = None) -> None:
     """``--num-classes K``: foreground classes (:func:`num_classes`)."""
@@ -396,7 +446,7 @@ def add_calibration(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, ima
                    help=method_help)
 
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json", "cpu_count",
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_backbone", "add_calibration", "add_device", "add_json", "cpu_count",
            "add_detector_model", "add_num_classes", "add_output", "add_quiet", "add_resize", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "name_list", "non_negative_float", "non_negative_int", "num_classes",

@@ -7,13 +7,7 @@ import sys
 from pathlib import Path
 
 from nasfcos.cli import args as A
-from nasfcos.compiler import (
-    BACKBONES,
-    GENERATOR_VERSION,
-    CompileOptions,
-    compile_genotype,
-    parse_in_channels,
-)
+from nasfcos.compiler import GENERATOR_VERSION, CompileOptions, compile_genotype, parse_in_channels
 from nasfcos.compiler.options import BOX_REGRESSION, PREPROCESS, SCORING
 from nasfcos.compiler.release import release_target
 from nasfcos.errors import NasfcosError
@@ -56,8 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="backbone widths of c2,c3,c4,c5 (default: 256,512,1024,2048, ResNet-50)")
     p.add_argument("--detector", action="store_true",
                    help="also emit class Detector (backbone + decoder + FCOS post-processing)")
-    p.add_argument("--backbone", default=None, choices=BACKBONES,
-                   help="backbone of the detector (with --detector; default: resnet50)")
+    A.add_backbone(p, "backbone of the detector: {names} (with --detector; default: resnet50)")
     p.add_argument("--box-regression", choices=BOX_REGRESSION, default=CompileOptions.box_regression,
                    help="units of bbox_reg = exp(scale * x): pixels (the release's, default) or "
                         "stride (FCOS's later stride-normalised regression)")

@@ -24,7 +24,6 @@ from nasfcos.errors import NasfcosError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from nasfcos.compiler.backbones import BACKBONE_NAMES as BACKBONES
     from nasfcos.compiler.options import CompileOptions
 
     p = A.Parser(
@@ -46,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fpn-channels", type=A.width, default=None,
                    help="decoder width (default 256, the released models'; make demo and "
                         "--gpu use 128)")
-    p.add_argument("--backbone", default=CompileOptions.backbone, choices=BACKBONES,
-                   help="detector backbone (default resnet50)")
+    A.add_backbone(p, "detector backbone: {names} (default resnet50)",
+                   default=CompileOptions.backbone)
     p.add_argument("--genotype", type=A.genotype_arg, default="nas_fcos_fpn_head",
                    help="shipped genotype name or a genotype .json (default nas_fcos_fpn_head)")
     p.add_argument("--static", action="store_true",

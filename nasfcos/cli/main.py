@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nasfcos import __version__
+from nasfcos.cli.args import Parser
 from nasfcos.errors import FieldError, NasfcosError
 from nasfcos.io import output_claims
 
@@ -55,11 +56,16 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def flag_message(exc: NasfcosError) -> str:
-    """An error's one line, a field name (:class:`FieldError`) shown as its ``--flag``."""
-    if isinstance(exc, FieldError):
+def flag_message(exc: NasfcosError, parser: Parser | None = None) -> str:
+    """An error's one line, a field name (:class:`FieldError`) shown as its ``--flag``: the
+    flag of ``parser`` (the command the user ran) that sets the field; the field's name where
+    that command has no such flag (the field was derived, not typed)."""
+    if not isinstance(exc, FieldError):
+        return str(exc)
+    if parser is None:
         return f"--{exc.field.replace('_', '-')}: {exc.reason}"
-    return str(exc)
+    flag = parser.flag(exc.field)
+    return f"{flag}: {exc.reason}" if flag else str(exc)
 
 
 def _one_line_warning(verb: str) -> Any:
@@ -135,13 +141,14 @@ def _dispatch(args: list[str], debug: bool) -> int:
     if not debug:
         warnings.formatwarning = _one_line_warning(verb)
     func = getattr(importlib.import_module(module_name), func_name)
+    Parser.current = None
     try:
         with output_claims(verb):  # every -o DIR is this run's until it ends
             return int(func(rest) or 0)
     except NasfcosError as exc:
         if debug:
             raise
-        _say(f"nasfcos {verb}: error: {flag_message(exc)}")
+        _say(f"nasfcos {verb}: error: {flag_message(exc, Parser.current)}")
         return 2
     except KeyboardInterrupt:
         _say(f"nasfcos {verb}: interrupted")
