@@ -108,9 +108,8 @@ def threads(text: str) -> int:
     return v
 
 
-def seed(text: str) -> int:
-    """A seed: an integer in 0..2**32-1 (numpy's range)."""
-    return int_range(0, 2**32 - 1)(text)
+#: A seed: an integer in 0..2**32-1 (numpy's range).
+seed = int_range(0, 2**32 - 1)
 
 
 def rule(check: Callable[[str, Any], Any], name: str,
@@ -279,26 +278,16 @@ def genotype_arg(text: str) -> str:
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions and epilogs wrapped to the terminal: a paragraph (unindented lines up to a
-    blank or indented line) is filled; an indented line (an example command) is kept as
-    written, so it can be copied."""
+    """Descriptions and epilogs wrapped to the terminal: a paragraph (a run of unindented
+    lines) is filled; an indented line (an example command) is kept as written, to be copied."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         import textwrap
 
-        out: list[str] = []
-        para: list[str] = []
-        for line in [*text.splitlines(), ""]:
-            if line.strip() and not line[0].isspace():
-                para.append(line)
-                continue
-            if para:
-                out.append(textwrap.fill(" ".join(para), width, initial_indent=indent,
-                                         subsequent_indent=indent, break_on_hyphens=False,
-                                         break_long_words=False))
-                para = []
-            out.append(indent + line)
-        return "\n".join(out[:-1])
+        text = re.sub(r"^\S.*(?:\n\S.*)*", lambda para: textwrap.fill(
+            para.group(0), width - len(indent), break_on_hyphens=False, break_long_words=False),
+            text, flags=re.M)
+        return textwrap.indent(text, indent)
 
 
 class Parser(argparse.ArgumentParser):
@@ -319,14 +308,11 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(*args, **kwargs)
 
     def flag(self, field: str) -> str | None:
-        """The flag of this command that sets ``field`` (``--field-name`` where it is one of
-        its spellings), or None where no flag of this command does."""
-        for action in self._actions:
-            if action.dest == field and action.option_strings:
-                spelled = "--" + field.replace("_", "-")
-                longs = [s for s in action.option_strings if s.startswith("--")]
-                return spelled if spelled in longs else (longs or action.option_strings)[0]
-        return None
+        """The flag of this command that sets ``field`` (``--field-name`` where that is one of
+        its spellings, else its longest), or None where no flag of this command does."""
+        flags = [s for a in self._actions if a.dest == field for s in a.option_strings]
+        spelled = "--" + field.replace("_", "-")
+        return spelled if spelled in flags else max(flags, key=len, default=None)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise NasfcosError(f"{message} (see '{self.prog} --help')")
@@ -349,6 +335,11 @@ def add_output(p: argparse.ArgumentParser, help: str, *, default: str | None = N
 def print_json(obj: Any, file: Any = None) -> None:
     """A verb's ``--json`` result: indented, keys sorted, other types as their ``str``."""
     print(json.dumps(obj, indent=2, sort_keys=True, default=str), file=file)
+
+
+def say(args: argparse.Namespace, *parts: Any) -> None:
+    """Human-readable lines: stdout, or stderr when ``--json`` keeps stdout for the JSON."""
+    print(*parts, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 def add_json(p: argparse.ArgumentParser, help: str = "print the result as JSON on stdout") -> None:
@@ -450,5 +441,5 @@ __all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_backbone", "add_calibration", 
            "add_detector_model", "add_num_classes", "add_output", "add_quiet", "add_resize", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "name_list", "non_negative_float", "non_negative_int", "num_classes",
-           "opset", "output_dir", "output_file", "positive_float", "positive_int", "print_json", "rule", "seed",
+           "opset", "output_dir", "output_file", "positive_float", "positive_int", "print_json", "rule", "say", "seed",
            "seed_range", "size_hw", "size_list", "threads", "width"]

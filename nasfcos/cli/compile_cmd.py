@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from nasfcos.cli import args as A
@@ -113,6 +114,8 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             raise NasfcosError(f"{out}: cannot write ({exc.strerror})") from None
         written = str(out)
+    detector_options = {"backbone": options.backbone, "scoring": options.scoring,
+                        "preprocess": options.resolved_preprocess}  # None without a Detector
     summary = {
         "output": written,
         "genotype": genotype.name,
@@ -120,17 +123,8 @@ def main(argv: list[str]) -> int:
         "generator_version": GENERATOR_VERSION,
         "bytes": len(data),
         "sha256": sha256_bytes(data),
-        "options": {
-            "fpn_channels": options.fpn_channels,
-            "head_channels": options.resolved_head_channels,
-            "num_classes": options.num_classes,
-            "in_channels": list(options.in_channels),
-            "detector": options.detector,
-            "backbone": options.backbone if options.detector else None,
-            "box_regression": options.box_regression,
-            "scoring": options.scoring if options.detector else None,
-            "preprocess": options.resolved_preprocess if options.detector else None,
-        },
+        "options": {**asdict(options), "head_channels": options.resolved_head_channels,
+                    **{k: v if options.detector else None for k, v in detector_options.items()}},
     }
     if args.json:
         A.print_json(summary, sys.stderr if written == "-" else sys.stdout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +91,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     cfg = _config(args)
     out = cfg.out
-    stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
-
-    def say(*parts: Any) -> None:
-        print(*parts, file=stream, flush=True)
-
+    say = partial(A.say, args)  # --json: stdout holds only the JSON
     t_all = time.perf_counter()
     summary = run_pipeline(cfg, say)
     if args.gpu:

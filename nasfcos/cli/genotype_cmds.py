@@ -16,11 +16,6 @@ from nasfcos.genotypes import (
 )
 
 
-def load_genotype_arg(arg: str) -> Genotype:
-    """Load a genotype argument (:func:`nasfcos.genotypes.resolve_genotype`)."""
-    return resolve_genotype(arg)
-
-
 def _summary(g: Genotype) -> dict[str, object]:
     graph = fpn_graph(g.fpn)
     return {
@@ -49,7 +44,7 @@ def validate_main(argv: list[str]) -> int:
     bad = 0
     for f in args.files:
         try:
-            g = load_genotype_arg(f)
+            g = resolve_genotype(f)
         except NasfcosError as exc:
             bad += 1
             msg = str(exc)
@@ -80,7 +75,7 @@ def draw_main(argv: list[str]) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise NasfcosError(f"{out}: output must end in .png, .svg or .pdf")
-    g = load_genotype_arg(args.genotype)
+    g = resolve_genotype(args.genotype)
     from nasfcos.genotypes.draw import draw_genotype
 
     draw_genotype(g, out)

@@ -62,9 +62,7 @@ def flag_message(exc: NasfcosError, parser: Parser | None = None) -> str:
     that command has no such flag (the field was derived, not typed)."""
     if not isinstance(exc, FieldError):
         return str(exc)
-    if parser is None:
-        return f"--{exc.field.replace('_', '-')}: {exc.reason}"
-    flag = parser.flag(exc.field)
+    flag = parser.flag(exc.field) if parser else f"--{exc.field.replace('_', '-')}"
     return f"{flag}: {exc.reason}" if flag else str(exc)
 
 
