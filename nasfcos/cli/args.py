@@ -267,13 +267,12 @@ def genotype_arg(text: str) -> str:
     """A genotype: a shipped name (``nas_fcos_fpn_head``) or a regular JSON file."""
     from nasfcos.genotypes import PAPER_GENOTYPES
 
-    if not Path(text).exists() and str(text).removesuffix(".json") in PAPER_GENOTYPES:
-        return text
-    if not Path(text).exists():
+    if Path(text).exists():
+        input_file(text)
+    elif str(text).removesuffix(".json") not in PAPER_GENOTYPES:
         from nasfcos.genotypes.resolve import unknown_genotype_message
 
-        raise argparse.ArgumentTypeError(unknown_genotype_message(text))
-    input_file(text)
+        raise _ArgError(unknown_genotype_message(text))
     return text
 
 
