@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError
+from nasfcos.io import claim_folder, regular_file, writable_path
 from nasfcos.limits import MAX_SIDE, MIN_SIDE
 
 _ArgError = argparse.ArgumentTypeError
@@ -90,8 +93,6 @@ finite_float = float_range()
 
 def cpu_count() -> int:
     """CPUs this process may run on (its affinity mask, else the machine's count)."""
-    import os
-
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -117,7 +118,6 @@ def rule(check: Callable[[str, Any], Any], name: str,
     """``type=`` that parses a value and applies the rule of the object that owns field
     ``name`` (``check(name, value)``, e.g. ``TrainConfig.check_field``): one rule, checked
     while the arguments are parsed."""
-    from nasfcos.errors import FieldError
 
     def run(text: str) -> Any:
         try:
@@ -233,8 +233,6 @@ def _as_arg_error(fn: Callable[[], Path]) -> str:
 
 def input_file(text: str) -> str:
     """An existing regular file to read (a FIFO, socket, device or folder is refused)."""
-    from nasfcos.io import regular_file
-
     return _as_arg_error(lambda: regular_file(text, "file"))
 
 
@@ -247,8 +245,6 @@ def input_dir(text: str) -> str:
 
 def output_file(text: str) -> str:
     """A file to write: not a folder or special file, its folder creatable and writable."""
-    from nasfcos.io import writable_path
-
     return _as_arg_error(lambda: writable_path(text))
 
 
@@ -256,8 +252,6 @@ def output_dir(text: str) -> str:
     """A folder to write into: an existing writable folder, or one that can be created.  The
     folder is owned by this run from here on (:func:`nasfcos.io.claim_folder`): a second run
     naming it fails at once, naming the owner."""
-    from nasfcos.io import claim_folder, writable_path
-
     path = _as_arg_error(lambda: writable_path(text, directory=True))
     claim_folder(path)
     return path
@@ -281,8 +275,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     lines) is filled; an indented line (an example command) is kept as written, to be copied."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        import textwrap
-
         text = re.sub(r"^\S.*(?:\n\S.*)*", lambda para: textwrap.fill(
             para.group(0), width - len(indent), break_on_hyphens=False, break_long_words=False),
             text, flags=re.M)

@@ -22,6 +22,7 @@ from typing import Any
 
 from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
+from nasfcos.io import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,8 +111,6 @@ def main(argv: list[str]) -> int:
         print(f"nasfcos demo: parity FAILED for {', '.join(summary['parity']['failures'])}",
               file=sys.stderr)
     summary["seconds"] = round(time.perf_counter() - t_all, 1)
-    from nasfcos.io import atomic_write_json
-
     atomic_write_json(out / "demo.json", summary)
     say()
     say(markdown_table(report))

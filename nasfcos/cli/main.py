@@ -20,7 +20,7 @@ from typing import Any
 
 from nasfcos import __version__
 from nasfcos.cli.args import Parser
-from nasfcos.errors import FieldError, NasfcosError
+from nasfcos.errors import FieldError, NasfcosError, first_line
 from nasfcos.io import output_claims
 
 # verb -> (module, function, one-line help)
@@ -44,16 +44,10 @@ VERBS: dict[str, tuple[str, str, str]] = {
 
 
 def _usage() -> str:
-    lines = [
-        f"usage: nasfcos [--version] VERB [options]   (nasfcos {__version__})",
-        "",
-        "verbs:",
-    ]
     width = max(len(v) for v in VERBS)
-    for verb, (_, _, help_) in VERBS.items():
-        lines.append(f"  {verb.ljust(width)}  {help_}")
-    lines += ["", "Run 'nasfcos VERB --help' for a verb's options and an example."]
-    return "\n".join(lines)
+    verbs = [f"  {verb.ljust(width)}  {help_}" for verb, (_, _, help_) in VERBS.items()]
+    return "\n".join([f"usage: nasfcos [--version] VERB [options]   (nasfcos {__version__})", "",
+                      "verbs:", *verbs, "", "Run 'nasfcos VERB --help' for a verb's options and an example."])
 
 
 def flag_message(exc: NasfcosError, parser: Parser | None = None) -> str:
@@ -69,7 +63,6 @@ def flag_message(exc: NasfcosError, parser: Parser | None = None) -> str:
 def _one_line_warning(verb: str) -> Any:
     """``warnings.formatwarning`` for the CLI: ``nasfcos VERB: warning: MESSAGE`` on one line,
     without the source file, line and code that Python prints by default."""
-    from nasfcos.errors import first_line
 
     def fmt(message: Warning | str, category: type[Warning], filename: str, lineno: int,
             line: str | None = None) -> str:

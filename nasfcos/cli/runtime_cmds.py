@@ -11,6 +11,7 @@ from typing import Any
 
 from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
+from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def _kind_flags(p: argparse.ArgumentParser) -> None:
@@ -19,7 +20,6 @@ def _kind_flags(p: argparse.ArgumentParser) -> None:
                    help="export/run the Detector (images -> boxes, scores, labels)")
     g.add_argument("--decoder", dest="kind", action="store_const", const="decoder",
                    help="export/run the Decoder alone (c2..c5 -> 15 raw maps)")
-    p.set_defaults(kind=None)
 
 
 def _precision_flags(p: argparse.ArgumentParser) -> None:
@@ -63,8 +63,6 @@ def _precision_options(args: argparse.Namespace) -> Any:
 def _emit_json(args: argparse.Namespace, obj: Any, path: str | None = None) -> None:
     """``--json``: the result on stdout; ``path`` (check's ``-o``) also gets it."""
     if path:
-        from nasfcos.io import atomic_write_json
-
         atomic_write_json(path, obj)
         A.say(args, f"json: {path}")
     if args.json:
@@ -237,16 +235,14 @@ def check_main(argv: list[str]) -> int:
     A.add_output(p, "also write the full report as JSON to FILE")
     A.add_json(p, "print the full report as JSON on stdout")
     args = p.parse_args(argv)
+    from nasfcos.runtime.artifact import open_artifact
+    from nasfcos.runtime.check import TOLERANCES, check_artifact
     from nasfcos.runtime.doctor import preflight_verb
+    from nasfcos.runtime.runners import split_backend
 
     preflight_verb(args.artifact, [args.backend] if args.backend else None, args.device)
     if str(args.device).startswith("cuda"):  # the PyTorch reference runs there too
         preflight_verb(None, ["torch"], args.device)
-
-    from nasfcos.runtime.artifact import open_artifact
-    from nasfcos.runtime.check import TOLERANCES, check_artifact
-    from nasfcos.runtime.runners import split_backend
-
     art = open_artifact(args.artifact)  # once: check_artifact takes it as opened
     tol = None
     if args.atol is not None or args.rtol is not None:  # the other keeps its precision's default
@@ -381,7 +377,6 @@ def bench_main(argv: list[str]) -> int:
 
 def _precision_table(args: argparse.Namespace) -> int:
     """``nasfcos bench --precisions``: the backend x precision table (PREFIX.json/.md)."""
-    from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from nasfcos.runtime.bench import (
         PrecisionTableConfig,
         plot_precision,
