@@ -222,7 +222,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / MANIFEST
     if not mpath.is_file():
         if (path / PROGRESS).is_file():
-            raise CacheError(f"{path}: cache is only partly built (run 'nasfcos search cache' again to resume)")
+            raise CacheError(f"{path}: cache is only partly built (build it again to resume)")
         raise CacheError(f"{path}: not a feature cache (no {MANIFEST})")
     try:
         manifest = json.loads(mpath.read_text("utf-8"))

@@ -121,18 +121,15 @@ class TableSpec:
     device: str = "cpu"
 
     def validate(self) -> TableSpec:
-        """One-line error naming the field; the widths and classes by CompileOptions' rules."""
+        """One-line error naming the field; the widths, classes and backbone by CompileOptions' rules."""
         from nasfcos.compiler import CompileOptions
-        from nasfcos.compiler.backbones import BACKBONE_NAMES
 
         if self.backend not in BACKENDS:
             raise NasfcosError(f"unknown backend {self.backend!r} (expected one of: {', '.join(BACKENDS)})")
-        if self.backbone not in BACKBONE_NAMES:
-            raise NasfcosError(f"unknown backbone {self.backbone!r} (expected one of: {', '.join(BACKBONE_NAMES)})")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise NasfcosError(f"threads: must be a positive integer, got {self.threads!r}")
         CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels,
-                       num_classes=self.num_classes)
+                       num_classes=self.num_classes, backbone=self.backbone)
         if min(self.size) < 32:
             raise NasfcosError(f"size {self.size[0]}x{self.size[1]} too small (at least 32x32)")
         return self
@@ -165,8 +162,7 @@ class LatencyTable:
         """One-line error when the table was measured for another size or backend."""
         if size is not None and tuple(size) != tuple(self.spec.size):
             raise NasfcosError(f"{where} is for {self.spec.size[0]}x{self.spec.size[1]}, not "
-                               f"{size[0]}x{size[1]}; build one with 'nasfcos search latency-table --size "
-                               f"{size[0]}x{size[1]}'")
+                               f"{size[0]}x{size[1]}; measure a table at size {size[0]}x{size[1]}")
         if backend is not None and backend != self.spec.backend:
             raise NasfcosError(f"{where} is for backend {self.spec.backend}, not {backend}")
 

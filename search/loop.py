@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -87,7 +88,12 @@ _RESULT_FIELDS = frozenset({"reward", "losses", "time_s", "params", "extra", "ge
 
 class SearchFailed(NasfcosError):
     """Every trial of a step failed: a cause that will not go away by itself (data, cache,
-    code).  The folder stays resumable: fix the cause and run again with ``--resume``."""
+    code).  The folder stays resumable: fix the cause and run again with ``resume=True``.
+    ``problem`` says what failed, without advice (a command names its own way on)."""
+
+    def __init__(self, problem: str, out: Path) -> None:
+        self.problem = problem
+        super().__init__(f"{problem} -- fix the cause, then resume the search in {out}")
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,7 @@ class SearchConfig:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
                 raise FieldError("latency_target", f"must be a positive number of milliseconds, got {t}")
             if self.latency_table is None:
-                raise FieldError("latency_table", "is needed with a latency target (build one with 'nasfcos "
-                                 "search latency-table')")
+                raise FieldError("latency_table", "is needed with a latency target (a per-unit latency table)")
 
 
 def eval_seed(seed: int, step: int, index: int) -> int:
@@ -481,7 +486,7 @@ class Search:
         archive.sort()
         use = [i for i in range(n) if rows[i].reward is not None]  # ok or reused
         if not use:
-            raise SearchFailed(_all_failed_message(step, [rows[i] for i in range(n)], self.out))
+            raise SearchFailed(_all_failed_problem(step, [rows[i] for i in range(n)]), self.out)
         rewards = [float(rows[i].reward) for i in use]  # type: ignore[arg-type]
         with torch_threads(1):
             stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use], rewards)
@@ -592,12 +597,12 @@ class Search:
         return summary
 
 
-def _all_failed_message(step: int, rows: list[ArchiveRow], out: Path) -> str:
-    """One line: which step failed entirely, the most frequent error, how to go on."""
+def _all_failed_problem(step: int, rows: list[ArchiveRow]) -> str:
+    """One line: which step failed entirely and its most frequent error."""
     errors = [e for r in rows for e in r.errors]
     common = max(set(errors), key=errors.count) if errors else "no error recorded"
     return (f"every trial of step {step} failed ({len(rows)} of {len(rows)}); most frequent error: "
-            f"{first_line(NasfcosError(common), 300)} -- fix the cause, then 'nasfcos search --out {out} --resume'")
+            f"{first_line(NasfcosError(common), 300)}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -619,11 +624,11 @@ def genotype_of_row(row: ArchiveRow, rank: int | None = None) -> Genotype:
     return parse_genotype(doc)
 
 
-#: The index of a top folder: the files ``write_top`` wrote there (the only ones it replaces or
-#: removes; a user's own ``rank*-*.json`` beside them is left alone).
+#: The index of a top folder: the files (and export folders) ``write_top`` wrote there (the only
+#: ones it replaces or removes; a user's own ``rank*-*.json`` beside them is left alone).
 TOP_INDEX = "top.json"
 TOP_FORMAT = "nasfcos-top/1"
-_TOP_FILE = re.compile(r"rank\d{2,}-[0-9a-f]{12}\.(json|py)")
+_TOP_FILE = re.compile(r"rank\d{2,}-[0-9a-f]{12}(\.json|\.py)?")
 
 
 def _indexed_files(out_dir: Path) -> set[str]:
@@ -649,13 +654,15 @@ def _indexed_files(out_dir: Path) -> set[str]:
 
 
 def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = None,
-              listing: dict[str, Any] | None = None, owned: bool = False) -> list[Path]:
+              listing: dict[str, Any] | None = None, owned: bool = False, folders: bool = False) -> list[Path]:
     """Write ``rankNN-<hash12>.json`` for each row (and ``rankNN-<hash12>.py``, its compiled
     model, with ``compile_options``: :class:`nasfcos.compiler.CompileOptions`) and the index
-    ``top.json`` (the files, the ranking, ``listing``'s entries).  Only files of the previous
-    index are replaced or removed; a file of that name that the index does not record is
-    refused before anything is written.  ``owned``: the folder is the search's own (``OUT/top``):
-    its ``rank*-*`` files are this program's even without an index (older versions wrote none)."""
+    ``top.json`` (the files, the ranking, ``listing``'s entries).  ``folders``: the index also
+    records a folder ``rankNN-<hash12>/`` per row, which the caller fills (an export).  Only files
+    and folders of the previous index are replaced or removed; one of that name that the index
+    does not record is refused before anything is written.  ``owned``: the folder is the search's
+    own (``OUT/top``): its ``rank*-*`` files are this program's even without an index (older
+    versions wrote none)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NasfcosError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -664,7 +671,8 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
         ours |= {p.name for p in out_dir.iterdir() if _TOP_FILE.fullmatch(p.name)}
     genos = [(k, row, genotype_of_row(row, rank=k)) for k, row in enumerate(top, 1)]
     names = {k: f"rank{k:02d}-{row.hash[:12]}" for k, row, _ in genos}
-    want = [f"{names[k]}.json" for k in names] + ([f"{names[k]}.py" for k in names] if compile_options else [])
+    exts = [".json"] + [".py"] * (compile_options is not None) + [""] * folders  # "": the export folder
+    want = [f"{names[k]}{ext}" for ext in exts for k in names]
     for name in want:
         p = out_dir / name
         if (p.exists() or p.is_symlink()) and name not in ours:
@@ -688,7 +696,9 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
     atomic_write_json(out_dir / TOP_INDEX, {**doc, "files": want + stale})  # a crash below leaves them listed
     for name in stale:
         p = out_dir / name
-        if p.is_file() and not p.is_symlink():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
     atomic_write_json(out_dir / TOP_INDEX, {**doc, "files": want})
     return paths

@@ -163,7 +163,7 @@ def _config(args: argparse.Namespace) -> Any:
 def search_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from nasfcos.search.cache import CacheConflict
-    from nasfcos.search.loop import Search
+    from nasfcos.search.loop import Search, SearchFailed
 
     cfg = _config(args)
     cfg.validate()
@@ -187,6 +187,8 @@ def search_main(argv: list[str]) -> int:
         summary = search.run()
     except CacheConflict as exc:  # 'search' has no --overwrite: another cache folder, or none
         raise CacheError(f"{exc.problem}; give another --cache DIR, or delete this folder to rebuild it") from None
+    except SearchFailed as exc:
+        raise NasfcosError(f"{exc.problem} -- fix the cause, then 'nasfcos search --out {search.out} --resume'") from None
     if args.json:
         A.print_json(summary)
         return 0
@@ -253,23 +255,22 @@ def top_main(argv: list[str]) -> int:
     from nasfcos.search.archive import ARCHIVE_NAME, best_rows, read_rows
     from nasfcos.search.loop import TOP_INDEX, write_top
 
-    options = None
-    if not args.compile and (args.head_channels is not None or args.detector or args.num_classes != 80
-                             or (not args.export and (args.fpn_channels, args.backbone) != (None, None))):
-        raise NasfcosError("--fpn-channels/--head-channels/--num-classes/--detector/--backbone need --compile"
-                           + (" (--export takes --fpn-channels and --backbone only)" if args.export else ""))
+    if args.detector and not args.compile:
+        raise NasfcosError("--detector needs --compile")
+    if not (args.compile or args.export) and (args.fpn_channels, args.head_channels, args.num_classes,
+                                              args.backbone) != (None, None, 80, None):
+        raise NasfcosError("--fpn-channels/--head-channels/--num-classes/--backbone need --compile or --export")
     if args.backbone is not None and not args.detector and not args.export:
         raise NasfcosError("--backbone only applies with --detector or --export")
     if not args.export and (args.sizes, args.runs, args.warmup, args.threads) != (None,) * 4:
         raise NasfcosError("--sizes/--runs/--warmup/--threads need --export")
     from nasfcos.compiler import CompileOptions
 
-    fpn, backbone = args.fpn_channels or CompileOptions.fpn_channels, args.backbone or CompileOptions.backbone
-    # the Detector each export compiles: refused here, before anything is written
-    detector = CompileOptions(fpn_channels=fpn, detector=True, backbone=backbone) if args.export else None
-    if args.compile:
-        options = CompileOptions(fpn_channels=fpn, head_channels=args.head_channels,
-                                 num_classes=args.num_classes, detector=args.detector, backbone=backbone)
+    # what --compile writes, and the Detector each export compiles: refused here, before anything is written
+    options = CompileOptions(fpn_channels=args.fpn_channels or CompileOptions.fpn_channels,
+                             head_channels=args.head_channels, num_classes=args.num_classes,
+                             detector=args.detector, backbone=args.backbone or CompileOptions.backbone)
+    detector = dataclasses.replace(options, detector=True) if args.export else None
     src = Path(args.dir)
     if not src.is_dir():
         raise NasfcosError(f"{src}: no such search folder")
@@ -278,7 +279,8 @@ def top_main(argv: list[str]) -> int:
     if not top:
         raise NasfcosError(f"{src / ARCHIVE_NAME}: no evaluated architecture yet")
     out = Path(args.out) if args.out else src / "top"
-    write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
+    write_top(top, out, compile_options=options if args.compile else None, folders=args.export,
+              listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
               owned=args.out is None)  # DIR/top is the search's own folder
     listing = json.loads((out / TOP_INDEX).read_text())["top"]
     failed = _export_top(listing, out, args, detector) if detector is not None else []
@@ -310,8 +312,8 @@ def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespa
     """Export, check and benchmark each listed genotype with the one library pipeline
     (:func:`nasfcos.runtime.pipeline.run_pipeline`, as 'nasfcos demo'); each entry gains
     ``export`` (its folder, ONNX file, parity and latencies).  Returns the ranks whose
-    parity check failed.  ``detector``: the checked CompileOptions (width, backbone) each
-    export compiles.  Progress goes to stderr (stdout holds the table or the JSON)."""
+    parity check failed.  ``detector``: the checked CompileOptions (widths, classes, backbone)
+    each export compiles.  Progress goes to stderr (stdout holds the table or the JSON)."""
     from nasfcos.io import atomic_write_json
     from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
 
@@ -321,6 +323,7 @@ def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespa
         print(f"nasfcos search top: rank {e['rank']}: export, check and benchmark in {folder}", file=sys.stderr)
         summary = run_pipeline(PipelineConfig(
             out=folder, genotype=e["path"], fpn_channels=detector.fpn_channels,
+            head_channels=detector.head_channels, num_classes=detector.num_classes,
             backbone=detector.backbone, sizes=args.sizes or [(800, 800)],
             runs=3 if args.runs is None else args.runs, warmup=1 if args.warmup is None else args.warmup,
             threads=args.threads), lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -377,7 +380,7 @@ def latency_table_main(argv: list[str]) -> int:
     device = a.device or ("cuda" if a.backend == "tensorrt" else "cpu")
     spec = TableSpec(backend=a.backend, size=a.size, fpn_channels=a.fpn_channels,
                      head_channels=a.head_channels, num_classes=a.num_classes, backbone=a.backbone,
-                     threads=a.threads, device=device).validate()
+                     threads=a.threads, device=device)
     table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic,
                         clock=a.clock)
     out.parent.mkdir(parents=True, exist_ok=True)
