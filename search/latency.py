@@ -37,10 +37,11 @@ MnasNet's ``|w|``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import io
 import json
 import math
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -57,6 +58,7 @@ from nasfcos.genotypes import (
     Genotype,
 )
 from nasfcos.io import atomic_write_json, sha256_bytes
+from nasfcos.progress import progress_bar, quiet
 
 FORMAT = "nasfcos-latency-table/1"
 BACKENDS: tuple[str, ...] = ("onnxruntime", "torch", "tensorrt")
@@ -323,20 +325,25 @@ Timer = Callable[[Any, list[Any]], list[float]]
 CLOCKS: dict[str, Callable[[], int]] = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}
 
 
+def _repeat(run: Callable[[], Any], warmup: int, runs: int, clock: Callable[[], int]) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``run`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    out = []
+    for _ in range(runs):
+        t = clock()
+        run()
+        out.append((clock() - t) / 1e6)
+    return out
+
+
 def _torch_timer(spec: TableSpec, warmup: int, runs: int, clock: Callable[[], int]) -> Timer:
     import torch
 
     def timer(module: Any, arrays: list[Any]) -> list[float]:
         xs = [torch.from_numpy(a) for a in arrays]
         with torch.inference_mode():
-            for _ in range(warmup):
-                module(*xs)
-            out = []
-            for _ in range(runs):
-                t = clock()
-                module(*xs)
-                out.append((clock() - t) / 1e6)
-        return out
+            return _repeat(lambda: module(*xs), warmup, runs, clock)
 
     return timer
 
@@ -372,7 +379,7 @@ def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path, clock: Call
         counter[0] += 1
         path = work / f"unit{counter[0]}.onnx"
         names = [f"x{i}" for i in range(len(arrays))]
-        with torch.inference_mode(False), _quiet():
+        with torch.inference_mode(False), quiet(), contextlib.redirect_stderr(io.StringIO()):  # exporter chatter
             prog = torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), dynamo=True,
                                      opset_version=DEFAULT_OPSET, input_names=names, optimize=True,
                                      external_data=False, verbose=False)
@@ -383,36 +390,12 @@ def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path, clock: Call
             runner = OrtRunner(path, spec.device, threads=spec.threads)
         try:
             runner.bind(*arrays)
-            for _ in range(warmup):
-                runner.run()
-                runner.synchronize()
-            out = []
-            for _ in range(runs):
-                t = clock()
-                runner.run()
-                runner.synchronize()
-                out.append((clock() - t) / 1e6)
-            return out
+            return _repeat(lambda: (runner.run(), runner.synchronize()), warmup, runs, clock)
         finally:
             runner.close()
             path.unlink(missing_ok=True)
 
     return timer
-
-
-class _quiet:
-    """Silence the exporter's prints (stdout and stderr) for the duration."""
-
-    def __enter__(self) -> None:
-        import contextlib
-        import io
-
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        self._stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
 
 
 #: Statistics a table may summarise the runs of a unit with.
@@ -449,24 +432,13 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
         keys = list(units) if only is None else [k for k in units if k in set(only)]
         _preflight(units, keys, spec)
         rng = np.random.default_rng(0)
-        from torch import nn
-
-        class Tiny(nn.Module):
-            def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                return x + y
-
         with tempfile.TemporaryDirectory(prefix="nasfcos-latency-") as tmp:
             tick = CLOCKS[clock]
             timer = (_torch_timer(spec, warmup, runs, tick) if spec.backend == "torch"
                      else _onnx_timer(spec, warmup, runs, Path(tmp), tick))
-            tiny = [np.zeros((1,), np.float32)] * 2
-            overhead = float(summarise(timer(Tiny().eval(), tiny)))
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(keys), desc=f"latency table ({spec.backend})", unit="unit",
-                           file=sys.stderr, disable=None)
+            add = units[f"add/s{BACKBONE_STRIDES[0]}"][0]  # x + y: on two 1-element tensors, the call's overhead
+            overhead = float(summarise(timer(add, [np.zeros((1,), np.float32)] * 2)))
+            bar = progress_bar(len(keys), desc=f"latency table ({spec.backend})", unit="unit", enabled=progress)
             entries: dict[str, float] = {}
             for key in keys:
                 module, shapes = units[key]
@@ -476,8 +448,6 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
                     bar.update(1)
             if bar is not None:
                 bar.close()
-    except (BackendUnavailable, NasfcosError):
-        raise
     except ImportError as exc:
         raise BackendUnavailable(f"{spec.backend}: {exc}") from None
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from nasfcos.cli import args as A
 from nasfcos.errors import CacheError
@@ -17,8 +16,7 @@ from nasfcos.io import atomic_write_json
 
 
 def _parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
-    return A.Parser(prog=prog, description=description, epilog=f"example:\n  {example}",
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    return A.Parser(prog=prog, description=description, epilog=f"example:\n  {example}")
 
 
 def cache_main(argv: list[str]) -> int:
@@ -108,11 +106,8 @@ def eval_main(argv: list[str]) -> int:
     genotype = resolve_genotype(a.genotype)
     cache = open_cache(a.cache)
     settings = get_preset(a.preset) if a.preset else settings_from_cache(cache)
-    changes: dict[str, Any] = {}
-    for flag, name in ((a.steps, "max_steps"), (a.epochs, "epochs"), (a.batch_size, "batch_size"),
-                       (a.threads, "num_threads"), (a.device, "device")):
-        if flag is not None:
-            changes[name] = flag
+    changes = {name: v for v, name in ((a.steps, "max_steps"), (a.epochs, "epochs"), (a.batch_size, "batch_size"),
+                                       (a.threads, "num_threads"), (a.device, "device")) if v is not None}
     settings = settings.replace(**changes).validate()
     seeds = a.seeds or [settings.seed if a.seed is None else a.seed]
     results = []

@@ -60,12 +60,8 @@ run replaces or removes only those, never other files in the folder)."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = A.Parser(
-        prog="nasfcos search",
-        description="Search FCOS decoders (FPN + head) with an LSTM controller trained by PPO.",
-        epilog=SEARCH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = A.Parser(prog="nasfcos search", epilog=SEARCH_EPILOG,
+                 description="Search FCOS decoders (FPN + head) with an LSTM controller trained by PPO.")
     p.add_argument("--preset", choices=("toy", "tiny", "paper"), default=None,
                    help="evaluation: 'toy' (no training, reward = deformable ops), or the proxy "
                         "task presets 'tiny' / 'paper' (default: tiny)")
@@ -139,15 +135,9 @@ def _config(args: argparse.Namespace) -> Any:
         if args.trials is None:
             raise NasfcosError("--trials is required for a new search")
         base = SearchConfig(preset="tiny")
-    changes: dict[str, Any] = {}
-    for flag, name in (("preset", "preset"), ("trials", "trials"), ("seed", "seed"),
-                       ("batch_size", "batch_size"), ("data", "data"), ("cache", "cache"),
-                       ("toy_noise", "toy_noise"), ("toy_delay", "toy_delay"),
-                       ("latency_table", "latency_table"), ("latency_target", "latency_target"),
-                       ("latency_weight", "latency_weight"), ("backbone_weights", "backbone_weights")):
-        v = getattr(args, flag)
-        if v is not None:
-            changes[name] = v
+    changes: dict[str, Any] = {name: getattr(args, name) for name in (
+        "preset", "trials", "seed", "batch_size", "data", "cache", "toy_noise", "toy_delay", "latency_table",
+        "latency_target", "latency_weight", "backbone_weights") if getattr(args, name) is not None}
     if args.head is not None:
         changes["controller"] = dataclasses.replace(base.controller or ControllerConfig(), head_kind=args.head)
     if not stored_used and args.batch_size is None and args.trials < base.batch_size:
@@ -166,23 +156,18 @@ def search_main(argv: list[str]) -> int:
     from nasfcos.search.loop import Search, SearchFailed
 
     cfg = _config(args)
-    cfg.validate()
     workers = args.workers
     if workers is None and args.executor == "local":
         workers = 0 if cfg.preset == "toy" else 1
-    if cfg.trials % cfg.batch_size:
-        print(f"nasfcos search: note: --trials {cfg.trials} rounded up to {cfg.steps * cfg.batch_size} "
-              f"(whole batches of {cfg.batch_size})", file=sys.stderr)
-    check: dict[str, Any] = {}
-    if args.latency_size is not None:
-        check["size"] = args.latency_size
-    if args.latency_backend is not None:
-        check["backend"] = args.latency_backend
+    check = {k: v for k, v in (("size", args.latency_size), ("backend", args.latency_backend)) if v is not None}
     if check and cfg.latency_table is None:
         raise NasfcosError("--latency-size/--latency-backend need --latency-table FILE")
     search = Search(args.out, cfg, resume=args.resume, executor_kind=args.executor, workers=workers,
                     address=args.address, cpus_per_trial=args.cpus_per_trial,
                     gpus_per_trial=args.gpus_per_trial, top_k=args.top_k, progress=not args.quiet, latency_check=check)
+    if cfg.trials % cfg.batch_size:  # (checked by Search: both at least 1)
+        print(f"nasfcos search: note: --trials {cfg.trials} rounded up to {cfg.steps * cfg.batch_size} "
+              f"(whole batches of {cfg.batch_size})", file=sys.stderr)
     try:
         summary = search.run()
     except CacheConflict as exc:  # 'search' has no --overwrite: another cache folder, or none
@@ -191,8 +176,8 @@ def search_main(argv: list[str]) -> int:
         raise NasfcosError(f"{exc.problem} -- fix the cause, then 'nasfcos search --out {search.out} --resume'") from None
     if args.json:
         A.print_json(summary)
-        return 0
-    _print_summary(summary, Path(args.out))
+    else:
+        _print_summary(summary, Path(args.out))
     return 0
 
 
@@ -216,12 +201,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    p = A.Parser(
-        prog="nasfcos search top",
-        description="Export the K best distinct genotypes of a search as genotype JSON files.",
-        epilog=TOP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = A.Parser(prog="nasfcos search top", epilog=TOP_EPILOG,
+                 description="Export the K best distinct genotypes of a search as genotype JSON files.")
     p.add_argument("dir", metavar="DIR", help="search folder (holds archive.jsonl)")
     p.add_argument("-k", "--top-k", dest="k", type=A.positive_int, default=5, metavar="K",
                    help="how many (default 5)")
@@ -350,9 +331,8 @@ and widths, median of --runs after --warmup, minus the per-call overhead (stored
 
 def latency_table_main(argv: list[str]) -> int:
     """``nasfcos search latency-table``: measure the per-unit latency table."""
-    p = A.Parser(prog="nasfcos search latency-table",
-                                description="Measure a per-unit decoder latency table for latency-aware search.",
-                                epilog=LATENCY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = A.Parser(prog="nasfcos search latency-table", epilog=LATENCY_EPILOG,
+                 description="Measure a per-unit decoder latency table for latency-aware search.")
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
     p.add_argument("--size", type=A.size_hw, default="800x800", metavar="HxW", help="image size (default 800x800)")
     p.add_argument("-o", "--output", type=A.output_file, required=True, metavar="FILE",
