@@ -173,16 +173,12 @@ class SearchConfig:
                 raise NasfcosError(f"search setting {name} must be a path or null, got {getattr(self, name)!r}")
         if self.preset not in PRESETS:
             raise NasfcosError(f"unknown preset {self.preset!r} (expected one of: {', '.join(PRESETS)})")
-        if self.trials < 1:
-            raise FieldError("trials", f"must be at least 1, got {self.trials}")
-        if self.batch_size < 1:
-            raise FieldError("batch_size", f"must be at least 1, got {self.batch_size}")
-        if self.retries < 0:
-            raise NasfcosError(f"retries must be >= 0, got {self.retries}")
-        for name in ("toy_noise", "toy_delay", "latency_weight"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise FieldError(name, f"must be a finite number >= 0, got {v}")
+        for name, low in (("trials", 1), ("batch_size", 1), ("retries", 0)):
+            if getattr(self, name) < low:
+                raise FieldError(name, f"must be at least {low}, got {getattr(self, name)}")
+        for name in ("toy_noise", "toy_delay", "latency_weight"):  # numbers (checked above)
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise FieldError(name, f"must be a finite number >= 0, got {getattr(self, name)}")
         t = self.latency_target
         if t is not None:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
@@ -378,11 +374,7 @@ class Search:
         written when it does not match) and drop the failed rows of the unfinished step,
         which are evaluated again."""
         path = self.out / ARCHIVE_NAME
-
-        def check(rows: list[ArchiveRow]) -> None:
-            check_progress(rows, self.step, self.cfg.batch_size, path)
-
-        archive = Archive.open(path, check=check)
+        archive = Archive.open(path, check=lambda rows: check_progress(rows, self.step, self.cfg.batch_size, path))
         if archive.repaired_bytes:
             print(f"nasfcos search: dropped a torn last archive line ({archive.repaired_bytes} bytes)",
                   file=sys.stderr)
@@ -571,26 +563,18 @@ class Search:
         every = self.plot_every_s
         if every is not None and (final or now - self._last_plot >= every):
             self._last_plot = now
-            from nasfcos.search.plots import plot_rewards
+            from nasfcos.genotypes.draw import draw_genotype
+            from nasfcos.search.plots import plot_pareto, plot_rewards
 
-            try:
-                plot_rewards(rows, self.out / PLOT_NAME)
+            if _convenience("plot", lambda: plot_rewards(rows, self.out / PLOT_NAME)):
                 summary["plot"] = str(self.out / PLOT_NAME)
-            except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
-                print(f"nasfcos search: warning: could not plot ({exc})", file=sys.stderr)
-            if "pareto" in summary:
-                from nasfcos.search.plots import plot_pareto
-
-                try:
-                    plot_pareto(pareto_points(rows), summary["pareto"]["front"], self.out / PARETO_PLOT,
-                                target_ms=self.cfg.latency_target)
-                    summary["pareto"]["plot"] = str(self.out / PARETO_PLOT)
-                except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
-                    print(f"nasfcos search: warning: could not plot the Pareto front ({exc})", file=sys.stderr)
-            if top and top[0].hash != self._best_drawn:
-                drawn = draw_best(top[0], self.out / BEST_DRAWING)
-                if drawn is not None:
-                    self._best_drawn = top[0].hash
+            if "pareto" in summary and _convenience("plot the Pareto front", lambda: plot_pareto(
+                    pareto_points(rows), summary["pareto"]["front"], self.out / PARETO_PLOT,
+                    target_ms=self.cfg.latency_target)):
+                summary["pareto"]["plot"] = str(self.out / PARETO_PLOT)
+            if top and top[0].hash != self._best_drawn and _convenience(
+                    "draw the best genotype", lambda: draw_genotype(genotype_of_row(top[0]), self.out / BEST_DRAWING)):
+                self._best_drawn = top[0].hash
         if (self.out / BEST_DRAWING).exists():
             summary["best_drawing"] = str(self.out / BEST_DRAWING)
         atomic_write_json(self.out / SUMMARY_NAME, summary)
@@ -654,7 +638,8 @@ def _indexed_files(out_dir: Path) -> set[str]:
 
 
 def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = None,
-              listing: dict[str, Any] | None = None, owned: bool = False, folders: bool = False) -> list[Path]:
+              listing: dict[str, Any] | None = None, owned: bool = False,
+              folders: bool = False) -> list[dict[str, Any]]:
     """Write ``rankNN-<hash12>.json`` for each row (and ``rankNN-<hash12>.py``, its compiled
     model, with ``compile_options``: :class:`nasfcos.compiler.CompileOptions`) and the index
     ``top.json`` (the files, the ranking, ``listing``'s entries).  ``folders``: the index also
@@ -662,7 +647,7 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
     and folders of the previous index are replaced or removed; one of that name that the index
     does not record is refused before anything is written.  ``owned``: the folder is the search's
     own (``OUT/top``): its ``rank*-*`` files are this program's even without an index (older
-    versions wrote none)."""
+    versions wrote none).  Returns the index's ranking (``top``)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NasfcosError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -683,9 +668,8 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
         from nasfcos.compiler import compile_genotype
 
         sources = {k: compile_genotype(g, compile_options) for k, _, g in genos}
-    paths = []
     for k, _, g in genos:
-        paths.append(g.save(out_dir / f"{names[k]}.json"))
+        g.save(out_dir / f"{names[k]}.json")
         if k in sources:
             atomic_write_text(out_dir / f"{names[k]}.py", sources[k])
     entries = [{"rank": k, "reward": row.reward, "hash": row.hash, "step": row.step, "index": row.index,
@@ -701,19 +685,16 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
         elif p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
     atomic_write_json(out_dir / TOP_INDEX, {**doc, "files": want})
-    return paths
+    return entries
 
 
-def draw_best(row: ArchiveRow, path: Path) -> Path | None:
-    """Draw a row's genotype with ``nasfcos.genotypes.draw`` when that module exists."""
+def _convenience(what: str, make: Callable[[], Path]) -> Path | None:
+    """``make()`` (a plot or a drawing), or ``None`` after a one-line warning: a convenience
+    must not stop the search."""
     try:
-        from nasfcos.genotypes.draw import draw_genotype
-    except ImportError:
-        return None
-    try:
-        return Path(draw_genotype(genotype_of_row(row), path))
-    except Exception as exc:  # noqa: BLE001 - drawing is a convenience
-        print(f"nasfcos search: warning: could not draw the best genotype ({exc})", file=sys.stderr)
+        return make()
+    except Exception as exc:  # noqa: BLE001 - any failure of a plot is only a warning
+        print(f"nasfcos search: warning: could not {what} ({exc})", file=sys.stderr)
         return None
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -234,7 +233,7 @@ def _top_parser() -> argparse.ArgumentParser:
 def top_main(argv: list[str]) -> int:
     args = _top_parser().parse_args(argv)
     from nasfcos.search.archive import ARCHIVE_NAME, best_rows, read_rows
-    from nasfcos.search.loop import TOP_INDEX, write_top
+    from nasfcos.search.loop import write_top
 
     if args.detector and not args.compile:
         raise NasfcosError("--detector needs --compile")
@@ -260,10 +259,9 @@ def top_main(argv: list[str]) -> int:
     if not top:
         raise NasfcosError(f"{src / ARCHIVE_NAME}: no evaluated architecture yet")
     out = Path(args.out) if args.out else src / "top"
-    write_top(top, out, compile_options=options if args.compile else None, folders=args.export,
-              listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
-              owned=args.out is None)  # DIR/top is the search's own folder
-    listing = json.loads((out / TOP_INDEX).read_text())["top"]
+    listing = write_top(top, out, compile_options=options if args.compile else None, folders=args.export,
+                        listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
+                        owned=args.out is None)  # DIR/top is the search's own folder
     failed = _export_top(listing, out, args, detector) if detector is not None else []
     if args.json:
         A.print_json(listing)
