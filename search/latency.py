@@ -46,7 +46,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +137,7 @@ class TableSpec:
         return self
 
     def key(self) -> dict[str, Any]:
-        return {"backend": self.backend, "size": list(self.size), "fpn_channels": self.fpn_channels,
-                "head_channels": self.head_channels, "num_classes": self.num_classes,
-                "backbone": self.backbone, "threads": self.threads, "device": self.device}
+        return {**asdict(self), "size": list(self.size)}
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> Any:
     from nasfcos.search.archive import CONFIG_NAME
-    from nasfcos.search.controller import ControllerConfig
     from nasfcos.search.loop import SearchConfig
 
     stored = Path(args.out) / CONFIG_NAME
@@ -138,7 +137,7 @@ def _config(args: argparse.Namespace) -> Any:
         "preset", "trials", "seed", "batch_size", "data", "cache", "toy_noise", "toy_delay", "latency_table",
         "latency_target", "latency_weight", "backbone_weights") if getattr(args, name) is not None}
     if args.head is not None:
-        changes["controller"] = dataclasses.replace(base.controller or ControllerConfig(), head_kind=args.head)
+        changes["controller"] = dataclasses.replace(base.controller, head_kind=args.head)
     if not stored_used and args.batch_size is None and args.trials < base.batch_size:
         changes["batch_size"] = args.trials  # a short run is honoured: one step of --trials samples
     cfg = dataclasses.replace(base, **changes)
