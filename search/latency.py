@@ -271,6 +271,7 @@ def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]
     )
     from nasfcos.genotypes import parse_genotype
     from nasfcos.runtime.models import feature_sizes
+    from nasfcos.search.cache import output_level_sizes
 
     c, h = spec.fpn_channels, spec.head_channels
     widths = {"c": c, "h": h}
@@ -279,9 +280,9 @@ def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]
     mod = compile_to_module(parse_genotype(_CATALOG), opts)
     dec = mod.Decoder(fpn_channels=c, head_channels=h, num_classes=spec.num_classes, in_channels=in_ch)
     glue = _glue(mod, dec)
-    sizes = dict(zip(BACKBONE_STRIDES, feature_sizes(spec.size), strict=True))
-    for s in OUTPUT_STRIDES[3:]:
-        sizes[s] = (math.ceil(sizes[s // 2][0] / 2), math.ceil(sizes[s // 2][1] / 2))
+    c_sizes = feature_sizes(spec.size)
+    sizes = {**dict(zip(BACKBONE_STRIDES, c_sizes, strict=True)),
+             **dict(zip(OUTPUT_STRIDES, output_level_sizes(c_sizes), strict=True))}
 
     def shape(s: int, width: int) -> tuple[int, ...]:
         return (1, width, *sizes[s])

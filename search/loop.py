@@ -31,6 +31,7 @@ compile`` takes), ``search.png`` (reward per step + moving average), ``best.png`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -129,10 +130,7 @@ class SearchConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields a resume must not change."""
-        d = asdict(self)
-        for k in ("trials", "retries"):
-            d.pop(k)
-        return d
+        return {k: v for k, v in asdict(self).items() if k not in ("trials", "retries")}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,8 +140,7 @@ class SearchConfig:
         d = dict(d)
         d["controller"] = ControllerConfig(**d.get("controller", {}))
         d["ppo"] = PPOConfig(**d.get("ppo", {}))
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise CacheError(f"{CONFIG_NAME}: unknown settings {sorted(unknown)}")
         return cls(**d)
@@ -279,7 +276,8 @@ class Search:
         self._executor = executor
         if executor_kind != "ray" and (cpus_per_trial != 1 or gpus_per_trial):
             raise FieldError("executor", "CPUs and GPUs per trial are Ray task resources: use the ray executor")
-        self._executor_args = (executor_kind, workers, address, cpus_per_trial, gpus_per_trial)
+        self._new_executor = functools.partial(make_executor, executor_kind, workers=workers, address=address,
+                                               cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
         self.controller = Controller(self.cfg.controller, seed=self.cfg.seed)
         self.ppo = PPO(self.controller, self.cfg.ppo, seed=self.cfg.seed + 1)
         self.sample_gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -401,9 +399,7 @@ class Search:
         try:
             self.prepare()
             if executor is None:
-                kind, workers, address, cpus, gpus = self._executor_args
-                executor = make_executor(kind, self.evaluator, workers=workers, address=address,
-                                         cpus_per_trial=cpus, gpus_per_trial=gpus)
+                executor = self._new_executor(self.evaluator)
             bar = self._progress_bar(len(archive))
             while self.step < self.cfg.steps:
                 log = self._run_step(archive, executor, bar, t_start)
@@ -439,16 +435,12 @@ class Search:
         choices = [list(map(int, c)) for c in samples.choices.tolist()]
         log_probs = [float(x) for x in samples.log_probs.tolist()]
         rows, genos = self._recorded_or_new(archive, step, choices, log_probs)
-        # evaluate each new hash once; later samples of it reuse the reward
-        first_of: dict[str, int] = {}
-        for i, (_, h) in genos.items():
-            if h not in cache:
-                first_of.setdefault(h, i)
+        first_of: dict[str, int] = {}  # evaluate each new hash once; later samples of it reuse the reward
         for i, (g, h) in sorted(genos.items()):
             if h in cache:
                 rows[i] = archive.append(self._reused_row(step, i, g, h, choices[i], log_probs[i], cache[h]))
                 bar.update(1)
-            elif first_of[h] == i:
+            elif first_of.setdefault(h, i) == i:
                 executor.submit(Task(step, i, eval_seed(self.cfg.seed, step, i), g.to_dict(with_meta=False)))
         errors: dict[int, list[str]] = {}
         while executor.pending():
@@ -486,14 +478,9 @@ class Search:
         with torch_threads(1):
             stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use], rewards)
         self._postfix(bar, archive, t_start)
-        return StepLog(
-            step=step,
-            rewards=rewards,
-            evaluated=sum(rows[i].status == "ok" for i in range(n)),
-            reused=sum(rows[i].status == "reused" for i in range(n)),
-            failed=sum(rows[i].status == "failed" for i in range(n)),
-            ppo=stats.to_dict(),
-        )
+        status = [rows[i].status for i in range(n)]
+        return StepLog(step=step, rewards=rewards, evaluated=status.count("ok"), reused=status.count("reused"),
+                       failed=status.count("failed"), ppo=stats.to_dict())
 
     def _recorded_or_new(self, archive: Archive, step: int, choices: list[list[int]], log_probs: list[float]
                          ) -> tuple[dict[int, ArchiveRow], dict[int, tuple[Genotype, str]]]:
