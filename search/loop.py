@@ -701,41 +701,27 @@ def pareto_points(rows: list[ArchiveRow]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def summarize(rows: list[ArchiveRow], cfg: SearchConfig | None = None, *, wall_s: float | None = None,
-              session_s: float | None = None, session_evals: int | None = None,
-              out: Path | None = None) -> dict[str, Any]:
-    """Machine-readable summary of an archive."""
+def summarize(rows: list[ArchiveRow], cfg: SearchConfig, *, wall_s: float, session_s: float, session_evals: int,
+              out: Path) -> dict[str, Any]:
+    """Machine-readable summary of a search (``summary.json``)."""
     ok = [r for r in rows if r.status == "ok"]
-    best = best_rows(rows, 1)
-    steps = sorted({r.step for r in rows})
     d: dict[str, Any] = {
         "trials": len(rows),
         "evaluated": len(ok),
         "reused": sum(r.status == "reused" for r in rows),
         "failed": sum(r.status == "failed" for r in rows),
         "unique_genotypes": len({r.hash for r in rows}),
-        "steps": len(steps),
+        "steps": len({r.step for r in rows}),
         "eval_time_s": round(sum(r.time_s for r in ok), 3),
-        "best": None,
+        "best": next(({"reward": b.reward, "hash": b.hash, "step": b.step, "index": b.index, "losses": b.losses}
+                      for b in best_rows(rows, 1)), None),
     }
-    if best:
-        b = best[0]
-        d["best"] = {"reward": b.reward, "hash": b.hash, "step": b.step, "index": b.index,
-                     "losses": b.losses}
     points = pareto_points(rows)
     if points:
         d["pareto"] = {"axes": ["proxy_reward (higher is better)", "latency_ms (predicted, lower is better)"],
-                       "points": len(points), "front": pareto_front(points),
-                       "target_ms": cfg.latency_target if cfg is not None else None}
-    if cfg is not None:
-        d["config"] = cfg.to_dict()
-    if wall_s is not None:
-        d["wall_s"] = round(wall_s, 3)
-    if session_s is not None and session_evals is not None:
-        d["session_wall_s"] = round(session_s, 3)
-        d["session_evaluations"] = session_evals
-        d["evaluations_per_hour"] = round(session_evals / max(session_s, 1e-9) * 3600.0, 1)
-    if out is not None:
-        d["out"] = str(out)
-        d["top_dir"] = str(out / TOP_DIR)
+                       "points": len(points), "front": pareto_front(points), "target_ms": cfg.latency_target}
+    d.update(config=cfg.to_dict(), wall_s=round(wall_s, 3), session_wall_s=round(session_s, 3),
+             session_evaluations=session_evals,
+             evaluations_per_hour=round(session_evals / max(session_s, 1e-9) * 3600.0, 1),
+             out=str(out), top_dir=str(out / TOP_DIR))
     return d
