@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 from dataclasses import replace
+from functools import partial
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -183,9 +184,7 @@ def _train_parser() -> argparse.ArgumentParser:
     g.add_argument("--iters", type=A.positive_int, help="train for N iterations")
     parser.add_argument("--batch", type=A.positive_int, help="total batch size over processes (default 16)")
 
-    def rule(name: str, parse: Any) -> Any:  # the flag keeps TrainConfig's own rule
-        return A.rule(TrainConfig.check_field, name, parse)
-
+    rule = partial(A.rule, TrainConfig.check_field)  # the flag keeps TrainConfig's own rule
     parser.add_argument("--lr", type=rule("lr", A.float_range(0.0, 10.0)), help="base learning rate (default 0.01 * batch / 16)")
     parser.add_argument("--momentum", type=rule("momentum", A.finite_float), help="SGD momentum (default 0.9)")
     parser.add_argument("--weight-decay", type=rule("weight_decay", A.finite_float), help="weight decay (default 1e-4)")
