@@ -58,6 +58,11 @@ def split_backend(spec: str) -> tuple[str, str | None]:
     return backend, prec
 
 
+#: The torch runner's autocast precisions: (device type, dtype name).  bf16 on the CPU
+#: (``torch:bf16``), fp16 on a CUDA GPU (the GPU plan's "PyTorch fp16" row; weights stay fp32).
+TORCH_AUTOCAST: dict[str, tuple[str, str]] = {"bf16": ("cpu", "bfloat16"),
+                                              "fp16": ("cuda", "float16")}
+
 #: Input size (HxW) of the seeded example on which the eager inference copy is parity-checked
 #: (above 128 px, so that p7 is not 1 x 1).
 EAGER_CHECK_SIZE = (160, 160)
@@ -84,14 +89,15 @@ class TorchRunner(Runner):
         import torch
 
         t0 = time.perf_counter()
-        if precision not in RUNTIME_PRECISIONS["torch"]:
+        if precision != "fp32" and precision not in TORCH_AUTOCAST:
             raise NasfcosError(f"{self.backend}: unknown precision {precision!r} (have "
-                               f"{', '.join(RUNTIME_PRECISIONS['torch'])})")
-        if precision == "bf16" and device != "cpu":
-            raise NasfcosError(f"{self.backend}: bf16 autocast is a cpu option here")
-        #: ``bf16``: convolutions and matmuls under ``torch.autocast("cpu", torch.bfloat16)``
-        #: (the compiled model keeps DeformConv sampling coordinates and post-processing in
-        #: float32); outputs are returned as float32.
+                               f"fp32, {', '.join(TORCH_AUTOCAST)})")
+        if precision in TORCH_AUTOCAST and not device.startswith(TORCH_AUTOCAST[precision][0]):
+            raise NasfcosError(f"{self.backend}: {precision} autocast is a "
+                               f"{TORCH_AUTOCAST[precision][0]} option here")
+        #: ``bf16``/``fp16``: convolutions and matmuls under ``torch.autocast`` (the compiled
+        #: model keeps DeformConv sampling coordinates and post-processing in float32);
+        #: outputs are returned as float32.
         self.precision = precision
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable(f"{self.backend}: no CUDA GPU available "
@@ -132,10 +138,11 @@ class TorchRunner(Runner):
         self._inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
 
     def _forward(self) -> Sequence[Any]:
-        if self.precision == "bf16":
+        if self.precision in TORCH_AUTOCAST:
             import torch
 
-            with torch.autocast("cpu", torch.bfloat16):
+            device_type, dtype = TORCH_AUTOCAST[self.precision]
+            with torch.autocast(device_type, getattr(torch, dtype)):
                 return self.net(*self._inputs)
         return self.net(*self._inputs)
 
