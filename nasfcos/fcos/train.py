@@ -45,6 +45,7 @@ from nasfcos.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    figure_bytes,
     sha256_bytes,
     sha256_file,
 )
@@ -461,12 +462,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     """Loss terms and total against iteration, written atomically as PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     its = [r["iter"] for r in records]
     for key in ("loss",) + LOSS_KEYS:
         ax.plot(its, [r[key] for r in records], label=key, lw=2 if key == "loss" else 1)
@@ -476,10 +475,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, figure_bytes(fig))
 
 
 class _StopOnInterrupt:
