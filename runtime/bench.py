@@ -1138,8 +1138,7 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["DEFAULT_SIZES", "int8_sensitivity", "PrecisionTableConfig", "precision_markdown", "run_precision_table",
-           "BenchConfig", "count_flops", "default_backends", "latency_stats",
-           "markdown_table", "matmul_peak_gflops", "median_ratio_interval", "plot_precision",
-           "plot_report",
-           "run_benchmark", "write_report"]
+__all__ = ["BenchConfig", "DEFAULT_SIZES", "PrecisionTableConfig", "count_flops",
+           "default_backends", "int8_sensitivity", "latency_stats", "markdown_table",
+           "matmul_peak_gflops", "median_ratio_interval", "plot_precision", "plot_report",
+           "precision_markdown", "run_benchmark", "run_precision_table", "write_report"]

@@ -20,7 +20,6 @@ backends), ``run`` (launch on the staged inputs; asynchronous on GPU), ``synchro
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -266,9 +265,8 @@ class OrtRunner(Runner):
 
         t0 = time.perf_counter()
         path = Path(model)
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if form_of(path) == "model.py":
-            path, self._tmp = _export_temp(path, export or {})
+            path = self._export(path, export).onnx_path
             manifest = Manifest.load(path)
         if not path.is_file():
             raise NasfcosError(f"{path}: no such ONNX file")
@@ -322,16 +320,13 @@ class OrtRunner(Runner):
             self._feed = dict(zip(self.input_names, arrays, strict=True))
 
     def run(self) -> None:
-        if self._binding is not None:
-            try:
+        try:
+            if self._binding is not None:
                 self.session.run_with_iobinding(self._binding)
-            except Exception as exc:
-                raise NasfcosError(f"onnxruntime: {_ort_message(exc)}") from exc
-        else:
-            try:
+            else:
                 self._outputs = self.session.run(self.output_names, self._feed)
-            except Exception as exc:
-                raise NasfcosError(f"onnxruntime: {_ort_message(exc)}") from exc
+        except Exception as exc:
+            raise NasfcosError(f"onnxruntime: {_ort_message(exc)}") from exc
 
     def synchronize(self) -> None:
         if self._binding is not None:
@@ -345,9 +340,7 @@ class OrtRunner(Runner):
     def close(self) -> None:
         self._feed, self._outputs, self._binding = {}, [], None
         self.session = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        super().close()
 
     def info(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -364,17 +357,6 @@ def _ort_message(exc: Exception) -> str:
         node = text.split("while running ", 1)[-1].split(" Status Message:", 1)[0]
         text = node + ": " + text.split("Status Message:", 1)[1].split(" : ", 2)[-1]
     return text[:300]
-
-
-def _export_temp(path: Path, export: dict[str, Any]) -> tuple[Path, tempfile.TemporaryDirectory[str]]:
-    """Export a model.py to a temporary dynamic-shape ONNX file (for runners given a .py)."""
-    from nasfcos.runtime.export import ExportOptions, export_onnx
-
-    tmp = tempfile.TemporaryDirectory(prefix="nasfcos-onnx-")
-    opts = ExportOptions(**{"dynamic": True, "size": (256, 256), **export})
-    out = Path(tmp.name) / (path.stem + ".onnx")
-    export_onnx(path, out, opts)
-    return out, tmp
 
 
 _OPTS: dict[str, set[str]] = {
@@ -441,10 +423,7 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
     manifest = art.manifest if art else None
     if backend == "onnxruntime":
         return OrtRunner(path, device, manifest=manifest, **opts)
-    if form == "model.py":  # exported on the fly, into a folder the runner owns
-        path, tmp = _export_temp(path, opts.pop("export", None) or {})
-        manifest, opts["export"] = Manifest.load(path), {"_tmp": tmp}
-    return OvRunner(path, device, manifest=manifest, **opts)
+    return OvRunner(path, device, manifest=manifest, **opts)  # a model.py: exported by it
 
 
 def _backend_options(backend: str, opts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
