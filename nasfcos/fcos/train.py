@@ -395,10 +395,10 @@ def _data_manifest(data: str | None) -> dict[str, Any] | None:
         return None
 
 
-def _save(path: Path, obj: dict[str, Any]) -> None:
+def _torch_bytes(obj: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -427,9 +427,7 @@ def _checksums_path(ckpt: Path) -> Path:
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     """Write ``obj`` atomically with its sha256 in ``PATH.sha256`` (written first, keeping the
     previous hash too, so a kill between the two writes still resumes)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    data = buf.getvalue()
+    data = _torch_bytes(obj)
     side = _checksums_path(path)
     previous = sha256_file(path) if path.is_file() else None
     hashes = [sha256_bytes(data)] + ([previous] if previous else [])
@@ -757,13 +755,14 @@ class _Trainer:
     # -- finish ---------------------------------------------------------------------------
     def _save_final(self) -> None:
         cfg, ds = self.cfg, self.ds
-        _save(self.out / "final.pt", {
+        atomic_write_bytes(self.out / "final.pt", _torch_bytes({
             "model": self.model.state_dict(), "num_classes": ds.num_classes,
             "cat_ids": ds.cat_ids, "class_names": ds.class_names, "model_sha256": self.model_sha,
             "model_kwargs": cfg.model_kwargs, "min_size": cfg.min_size,
-            "max_size": cfg.max_size, "eval_batch": cfg.eval_batch})
+            "max_size": cfg.max_size, "eval_batch": cfg.eval_batch}))
         if cfg.save_backbone:
-            _save(self.out / "backbone.pt", backbone_state_dict(self.model))
+            atomic_write_bytes(self.out / "backbone.pt",
+                               _torch_bytes(backbone_state_dict(self.model)))
             atomic_write_json(self.out / "backbone.json", {
                 "backbone": self.info.backbone, "sha256": sha256_file(self.out / "backbone.pt"),
                 "model": Path(cfg.model).name, "model_sha256": self.model_sha, "data": cfg.data,
