@@ -48,7 +48,7 @@ def _context(options: CompileOptions) -> dict[str, Any]:
         "name": BASELINE_NAME,
         "generator_version": GENERATOR_VERSION,
         "regenerate": regenerate,
-        "model_hash": baseline_hash(),
+        "genotype_hash": baseline_hash(),
         "fpn_channels": int(options.fpn_channels),
         "head_channels": options.resolved_head_channels,
         "num_classes": int(options.num_classes),

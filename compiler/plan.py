@@ -206,9 +206,7 @@ class Plan:
     def context(self) -> dict[str, Any]:
         """The template context (plain values and records)."""
         plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("options", "uses")}
-        return {**plain, **self.options, "name_literal": json.dumps(self.name),
-                "in_channels_literal": repr(self.in_channels), "strides": OUTPUT_STRIDES,
-                "uses": {n: (n in self.uses) for n in _ALL_USES}}
+        return {**plain, **self.options, "uses": {n: (n in self.uses) for n in _ALL_USES}}
 
 
 _ALL_USES = (

@@ -42,7 +42,7 @@ CASES = {
     "fpn-fcos detector": (
         lambda: compile_baseline(CompileOptions(fpn_channels=64, head_channels=32, detector=True,
                                                 backbone="tiny")),
-        "3af50e63d13a5765a8bad4a613cc9372712b189b27076040ed1b79bc751dc9b2"),
+        "403ab9c7e5cfea53dbd449611fe4d0ed3beaa31248a3bd2a66c082c6d97eb293"),
 }
 
 
