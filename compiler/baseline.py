@@ -49,12 +49,12 @@ def _context(options: CompileOptions) -> dict[str, Any]:
         "generator_version": GENERATOR_VERSION,
         "regenerate": regenerate,
         "genotype_hash": baseline_hash(),
-        "fpn_channels": int(options.fpn_channels),
+        "fpn_channels": options.fpn_channels,
         "head_channels": options.resolved_head_channels,
-        "num_classes": int(options.num_classes),
-        "in_channels": [int(c) for c in in_channels],
-        "detector": bool(options.detector),
-        "backbone": str(options.backbone),
+        "num_classes": options.num_classes,
+        "in_channels": in_channels,
+        "detector": options.detector,
+        "backbone": options.backbone,
         **options_context(options),
     }
 
