@@ -368,14 +368,9 @@ def _head_layers(g: Genotype) -> tuple[list[_Layer], frozenset[int]]:
     if head.kind == "fcos":
         return [_Layer(op=FCOS_TOWER_EMITTER)] * 4, frozenset()
     if head.kind == "sequential":
-        return [
-            _Layer(op=HEAD_OP_EMITTERS[op]) for op in head.layers
-        ], frozenset()
+        return [_Layer(op=HEAD_OP_EMITTERS[op]) for op in head.layers], frozenset()
     live = head_live(head)
-    layers = [
-        _Layer(op=HEAD_OP_EMITTERS[head.first_op] if 1 in live else None,
-               desc="first op")
-    ]
+    layers = [_Layer(op=HEAD_OP_EMITTERS[head.first_op] if 1 in live else None, desc="first op")]
     for b, blk in enumerate(head.blocks):
         parts: list[tuple[str, Call]] = []
         for j in (0, 1):
