@@ -46,6 +46,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -66,9 +67,11 @@ from nasfcos.io import atomic_write_text
 from nasfcos.search.metrics import kendall_tau, kendall_tau_stats
 from nasfcos.search.proxy import PRESETS, ProxySettings, build_cache, evaluate, open_cache
 
-#: Reward forms ranked from the kept meta-val losses (the search uses "total").
-REWARDS: dict[str, tuple[str, ...]] = {"total": ("cls", "box", "ctr"), "cls+box": ("cls", "box"),
-                                       "cls": ("cls",)}
+#: Reward forms ranked from the kept meta-val losses: every non-empty subset of the three
+#: (ProxySettings.reward takes any of them).  Pre-registered choice rule: the shipped preset uses
+#: the form with the highest tau against AP on the tuning set (ties: the longer form, then the
+#: preset's current one); the test set is reported after that choice, not used for it.
+FORMS: tuple[str, ...] = ("cls+box+ctr", "cls+box", "cls+ctr", "box+ctr", "cls", "box", "ctr")
 
 
 def weak_genotypes() -> list[Genotype]:
@@ -216,16 +219,24 @@ def proxy_settings(a: argparse.Namespace) -> ProxySettings:
     return settings.replace(**changes).validate() if changes else settings
 
 
-def taus(rows: list[dict[str, Any]], target: str) -> dict[str, dict[str, Any]]:
+def form_score(row: dict[str, Any], form: str, failure_reward: float) -> float:
+    """Mean over seeds of minus the sum of ``form``'s meta-val losses (a seed whose losses are
+    not all finite scores ``failure_reward``, as in the search)."""
+    per_seed = [-sum(lo[t] for t in form.split("+")) if all(math.isfinite(v) for v in lo.values())
+                else failure_reward for lo in row["losses"]]
+    return statistics.mean(per_seed)
+
+
+def taus(rows: list[dict[str, Any]], target: str, failure_reward: float) -> dict[str, dict[str, Any]]:
     """Per reward form: Kendall tau of the proxy's score against ``target`` with its bootstrap
     interval and permutation p-value (:func:`kendall_tau_stats`)."""
-    out = {}
-    for form, parts in REWARDS.items():
-        # "total" is the search's own reward (failure_reward for a diverged decoder)
-        scores = [statistics.mean(r["proxy"]) if form == "total" else
-                  -statistics.mean(sum(lo[p] for p in parts) for lo in r["losses"]) for r in rows]
-        out[form] = kendall_tau_stats(scores, [r[target] for r in rows])
-    return out
+    return {form: kendall_tau_stats([form_score(r, form, failure_reward) for r in rows], [r[target] for r in rows])
+            for form in FORMS}
+
+
+def choose_form(tuning: dict[str, dict[str, Any]], current: str) -> str:
+    """The pre-registered rule (see :data:`FORMS`) applied to the tuning set's taus against AP."""
+    return max(FORMS, key=lambda f: (tuning[f]["tau"], len(f.split("+")), f == current))
 
 
 def _tau_text(st: dict[str, Any]) -> str:
@@ -295,7 +306,8 @@ def main() -> int:
     archs = [g for name in SETS if name in sets for g in by_set[name]]
     set_of = {g.hash(): name for name in SETS for g in by_set[name]}
     t_key = recipe(a)
-    p_key = {"settings": settings.to_dict(), "seeds": seeds}
+    # the reward form only combines the kept losses: rows of every form share one key
+    p_key = {"settings": {k: v for k, v in settings.to_dict().items() if k != "reward"}, "seeds": seeds}
     p_tag = hashlib.sha256(json.dumps(p_key, sort_keys=True).encode()).hexdigest()[:10]
     p_path = work / f"proxy-{p_tag}.jsonl"
     t_path = work / f"train-{k}of{n}.jsonl"
@@ -332,7 +344,7 @@ def main() -> int:
             trained[row["hash"]] = row
             print(f"train {g.name:<28} AP {_num(row, 'AP')}  AP50 {_num(row, 'AP50')}  ({row['train_s']} s)",
                   file=sys.stderr, flush=True)
-    return report(archs, set_of, scored, trained, seeds, a, changed)
+    return report(archs, set_of, scored, trained, seeds, a, changed, settings)
 
 
 def _num(row: dict[str, Any], key: str) -> str:
@@ -341,7 +353,7 @@ def _num(row: dict[str, Any], key: str) -> str:
 
 def report(archs: list[Genotype], set_of: dict[str, str], scored: dict[str, dict[str, Any]],
            trained: dict[str, dict[str, Any]], seeds: list[int], a: argparse.Namespace,
-           changed: dict[str, Any]) -> int:
+           changed: dict[str, Any], settings: ProxySettings) -> int:
     rows = [{k: v for k, v in {**scored.get(g.hash(), {}), **trained.get(g.hash(), {})}.items() if k != "key"}
             | {"name": g.name, "set": set_of[g.hash()]} for g in archs]
     prox = [r for r in rows if "proxy" in r]
@@ -357,7 +369,7 @@ def report(archs: list[Genotype], set_of: dict[str, str], scored: dict[str, dict
         if prox else None,
         "train_s_per_arch": round(statistics.mean(r["train_s"] for r in rows if "train_s" in r), 1)
         if any("train_s" in r for r in rows) else None,
-        "sets": {},
+        "reward": settings.reward, "sets": {},
     }
     for name in groups:
         members = [r for r in rows if name in ("both", r["set"])]
@@ -365,8 +377,8 @@ def report(archs: list[Genotype], set_of: dict[str, str], scored: dict[str, dict
         entry: dict[str, Any] = {"architectures": len(members), "done": len(done),
                                  "remaining": [r["name"] for r in members if r not in done]}
         if len(done) > 1:
-            entry["tau_proxy_AP"] = taus(done, "AP")
-            entry["tau_proxy_AP50"] = taus(done, "AP50")
+            entry["tau_proxy_AP"] = taus(done, "AP", settings.failure_reward)
+            entry["tau_proxy_AP50"] = taus(done, "AP50", settings.failure_reward)
         result["sets"][name] = entry
     result["rows"] = rows
     print(f"\n{'architecture':<28} {'set':<7} {'proxy per seed':<20} {'cls':>6} {'box':>6} {'ctr':>6} {'AP':>7} "
@@ -378,13 +390,23 @@ def report(archs: list[Genotype], set_of: dict[str, str], scored: dict[str, dict
               + " ".join(f"{mean_l[p]:>6.3f}" if mean_l else f"{'-':>6}" for p in ("cls", "box", "ctr"))
               + f" {_num(r, 'AP'):>7} {_num(r, 'AP50'):>7} {r.get('proxy_s_per_seed', 0) * len(seeds):>8.1f} "
               f"{r.get('train_s', 0):>8.1f}")
-    print("\nKendall tau of the search's reward (total) vs AP / AP50, 95% bootstrap interval, one-sided "
+    form = settings.reward
+    print(f"\nKendall tau of the search's reward -({form}) vs AP / AP50, 95% bootstrap interval, one-sided "
           "permutation p:")
     for name, entry in result["sets"].items():
         st = entry.get("tau_proxy_AP")
         print(f"  {name:<7} {entry['done']:>2}/{entry['architectures']:<2} done: "
-              + (f"AP {_tau_text(st['total'])};  AP50 {_tau_text(entry['tau_proxy_AP50']['total'])}" if st
+              + (f"AP {_tau_text(st[form])};  AP50 {_tau_text(entry['tau_proxy_AP50'][form])}" if st
                  else "too few architectures done"))
+    tuning = result["sets"].get("tuning", {})
+    if tuning.get("tau_proxy_AP") and not tuning["remaining"]:
+        result["chosen_on_tuning"] = choose_form(tuning["tau_proxy_AP"], form)
+        print("  tau vs AP per reward form (tuning | test): " + "; ".join(
+            f"{f} {tuning['tau_proxy_AP'][f]['tau']:.3f} | "
+            + (f"{result['sets']['test']['tau_proxy_AP'][f]['tau']:.3f}"
+               if result["sets"].get("test", {}).get("tau_proxy_AP") else "-") for f in FORMS))
+        print(f"  chosen on the tuning set (highest tau vs AP): -({result['chosen_on_tuning']})"
+              + ("" if result["chosen_on_tuning"] == form else f"; the search's reward is -({form})"))
     print(f"  seed-to-seed (proxy) {result['tau_seed_to_seed']}")
     line = json.dumps(result)
     print(line)

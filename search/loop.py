@@ -254,11 +254,14 @@ class Search:
                 raise NasfcosError(f"latency table {cfg.latency_table} was measured for {diff} "
                                    f"{have[diff]}, this search for {cfg.latency_spec.get(diff)}")
         if cfg.preset != "toy":
-            current = proxy_settings(cfg).to_dict()
+            settings = proxy_settings(cfg)
+            current = settings.to_dict()
             if cfg.proxy is None:
                 cfg = dataclasses.replace(cfg, proxy=current)
-            elif cfg.proxy != current:
-                fields = sorted(k for k in current if cfg.proxy.get(k) != current[k]) or ["proxy"]
+            # a field added since the search began counts at its default (a new field's default
+            # is the behaviour from before it existed)
+            elif (stored := type(settings)().to_dict() | cfg.proxy) != current:
+                fields = sorted(k for k in current if stored.get(k) != current[k]) or ["proxy"]
                 raise NasfcosError(f"the {cfg.preset} proxy preset changed ({', '.join(fields[:4])}) since this "
                                    "search began (its rewards would mix two proxies); start a new search folder")
         self.out = Path(out)

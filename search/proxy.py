@@ -106,6 +106,7 @@ class ProxySettings:
     num_threads: int = 1
     device: str = "cpu"  # "cpu", "cuda[:N]" or "auto" (cuda when this process sees a GPU: a Ray task
     # given --gpus-per-trial sees its own; one without sees none and runs on the CPU)
+    reward: str = "cls+box+ctr"  # the reward is minus the sum of these meta-val losses ('+'-joined LOSS_TERMS)
     failure_reward: float = -100.0  # reward of a decoder whose meta-val loss is not finite
     seed: int = 0  # evaluation seed used when evaluate() is given none
 
@@ -161,6 +162,9 @@ class ProxySettings:
             raise fail("grad_clip", "positive or None")
         if self.box_loss not in ("iou", "giou"):
             raise fail("box_loss", "'iou' or 'giou'")
+        terms = self.reward.split("+")
+        if not set(terms) <= set(LOSS_TERMS) or len(set(terms)) != len(terms):
+            raise fail("reward", f"a '+'-joined subset of {', '.join(LOSS_TERMS)} (e.g. cls+box+ctr)")
         if self.device not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", self.device):
             raise fail("device", "cpu, cuda, cuda:N or auto")
         from nasfcos.fcos.synth import PRESETS as SYNTH_PRESETS
@@ -510,9 +514,8 @@ def evaluate(genotype: Genotype | dict[str, Any], cache: FeatureCache, settings:
         t = time.perf_counter()
         losses = meta_val_losses(outcome.averaged, cache, settings)
         timings["val_s"] = time.perf_counter() - t
-    total = sum(losses.values())
-    status = "ok" if math.isfinite(total) else "diverged"
-    reward = -total if status == "ok" else settings.failure_reward
+    status = "ok" if math.isfinite(sum(losses.values())) else "diverged"
+    reward = -sum(losses[t] for t in settings.reward.split("+")) if status == "ok" else settings.failure_reward
     return EvalResult(reward=reward, losses=losses, time_s=time.perf_counter() - t0, params=params,
                       genotype_hash=g.hash(), steps=outcome.steps, seed=seed, preset=settings.name,
                       train_loss=outcome.train_loss, skipped_steps=outcome.skipped_steps, status=status,

@@ -49,3 +49,19 @@ def test_test_set_is_held_out() -> None:
     assert not {g.hash() for g in sets["tuning"]} & {g.hash() for g in sets["test"]}
     with pytest.raises(ValueError, match="seed 1 is in both"):
         bench.architecture_sets([0, 1], [1, 2])
+
+
+def test_reward_forms_and_the_preregistered_choice() -> None:
+    bench = _bench()
+    row = {"losses": [{"cls": 0.3, "box": 0.8, "ctr": 0.6}, {"cls": 0.5, "box": 1.0, "ctr": 0.6}]}
+    assert bench.form_score(row, "box+ctr", -100.0) == pytest.approx(-1.5)
+    assert bench.form_score(row, "cls+box+ctr", -100.0) == pytest.approx(-1.9)
+    diverged = {"losses": [{"cls": math.nan, "box": 0.8, "ctr": 0.6}, {"cls": 0.5, "box": 1.0, "ctr": 0.6}]}
+    assert bench.form_score(diverged, "ctr", -100.0) == pytest.approx((-100.0 - 0.6) / 2)  # like the search
+    assert set(bench.FORMS) == {"cls+box+ctr", "cls+box", "cls+ctr", "box+ctr", "cls", "box", "ctr"}
+    taus = {f: {"tau": 0.5} for f in bench.FORMS}
+    assert bench.choose_form(taus, "cls+box+ctr") == "cls+box+ctr"  # a tie keeps the longer form
+    taus["ctr"] = {"tau": 0.6}
+    assert bench.choose_form(taus, "cls+box+ctr") == "ctr"
+    taus["box"] = {"tau": 0.6}
+    assert bench.choose_form(taus, "box") == "box"  # a tie between equals keeps the current form

@@ -136,6 +136,10 @@ def test_reward_is_minus_meta_val_loss_sum_of_averaged_model(cache) -> None:  # 
     for k in ("cls", "box", "ctr"):
         assert result.losses[k] == pytest.approx(float(avg_losses[k]), rel=1e-5)
     assert abs(-sum(float(v) for v in online.values()) - expected) > 1e-4  # averaging matters
+    # another reward form sums only its losses, of the same training
+    other = evaluate(g, cache, settings.replace(reward="box+ctr"), seed=2)
+    assert other.losses == result.losses
+    assert other.reward == pytest.approx(-(result.losses["box"] + result.losses["ctr"]), rel=1e-6)
 
 
 def test_batched_meta_val_losses_equal_one_batch(cache) -> None:  # noqa: ANN001

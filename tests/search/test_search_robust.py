@@ -70,11 +70,17 @@ def test_out_of_the_box_builds_data_and_cache_then_resumes(tmp_path: Path, monke
 def test_resume_after_the_proxy_preset_changed_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """A search records its proxy preset's values; a resume under other values (a new version of
-    the preset) is a one-line error naming the changed fields, and nothing is evaluated."""
+    the preset) is a one-line error naming the changed fields, and nothing is evaluated.  A setting
+    added since the search began counts at its default (the behaviour from before it existed)."""
     monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY)
     out = tmp_path / "run"
-    assert cli_main(["search", "--trials", "2", "--batch-size", "2", "--workers", "0", "--out", str(out),
-                     "--quiet"]) == 0
+    to_dict = proxy.ProxySettings.to_dict
+    with monkeypatch.context() as old_version:  # a version without the reward setting
+        old_version.setattr(proxy.ProxySettings, "to_dict", lambda s: {k: v for k, v in to_dict(s).items()
+                                                                       if k != "reward"})
+        assert cli_main(["search", "--trials", "2", "--batch-size", "2", "--workers", "0", "--out", str(out),
+                         "--quiet"]) == 0
+    assert "reward" not in json.loads((out / "search.json").read_text())["proxy"]
     assert json.loads((out / "search.json").read_text())["proxy"]["epochs"] == SMALL_TINY.epochs
     rows = (out / "archive.jsonl").read_bytes()
     monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY.replace(epochs=SMALL_TINY.epochs + 1))
@@ -82,6 +88,12 @@ def test_resume_after_the_proxy_preset_changed_is_refused(tmp_path: Path, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tiny proxy preset changed (epochs)" in err[0]
     assert (out / "archive.jsonl").read_bytes() == rows
+    monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY.replace(reward="ctr"))
+    assert cli_main(["search", "--trials", "4", "--out", str(out), "--resume", "--workers", "0", "--quiet"]) == 2
+    assert "tiny proxy preset changed (reward)" in capsys.readouterr().err
+    monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY)
+    assert cli_main(["search", "--trials", "4", "--out", str(out), "--resume", "--workers", "0", "--quiet"]) == 0
+    assert len(read_rows(out / "archive.jsonl")) == 4
 
 
 def test_configuration_errors_stop_before_the_first_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
