@@ -37,15 +37,7 @@ BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
 }
 #: Keys of a torchvision state_dict that the trunk does not use (classifier, last conv).
 BACKBONE_UNUSED_KEYS: dict[str, tuple[str, ...]] = {
-    "resnet18": ("fc.",),
-    "resnet34": ("fc.",),
-    "resnet50": ("fc.",),
-    "resnet101": ("fc.",),
-    "resnext101_32x4d": ("fc.",),
-    "resnext101_32x8d": ("fc.",),
-    "resnet50_c2": ("fc.",),
-    "resnet101_c2": ("fc.",),
-    "resnext101_32x8d_c2": ("fc.",),
+    **{name: ("fc.",) for name in BACKBONE_CHANNELS if name.startswith("res")},  # ResNets, ResNeXts
     "mobilenet_v2": ("classifier.", "features.18."),
     "mobilenet_v3_large": ("classifier.", "features.16."),
     "tiny": ("norm.",),
