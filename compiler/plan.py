@@ -179,7 +179,6 @@ class Plan:
     num_classes: int
     in_channels: tuple[int, int, int, int]
     detector: bool
-    backbone: str
     options: dict[str, Any]
     uses: frozenset[str]
     module_groups: tuple[Group[ModuleDef], ...]
@@ -501,7 +500,6 @@ def build_plan(g: Genotype, options: CompileOptions) -> Plan:
         num_classes=options.num_classes,
         in_channels=options.in_channels,
         detector=options.detector,
-        backbone=options.backbone,
         options=options_context(options),
         uses=frozenset(uses),
         module_groups=tuple(fpn_groups + head_groups),
