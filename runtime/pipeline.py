@@ -39,6 +39,8 @@ class PipelineConfig:
     out: Path
     genotype: str = "nas_fcos_fpn_head"
     fpn_channels: int = 256
+    head_channels: int | None = None  # None: the FPN width
+    num_classes: int = 80
     backbone: str = "resnet50"
     sizes: list[tuple[int, int]] = field(default_factory=lambda: [(600, 600), (800, 800),
                                                                   (1000, 1000)])
@@ -78,7 +80,8 @@ def compile_step(cfg: PipelineConfig, say: Say) -> Path:
     from nasfcos.io import atomic_write_text
 
     genotype = resolve_genotype(cfg.genotype)
-    opts = CompileOptions(fpn_channels=cfg.fpn_channels, detector=True, backbone=cfg.backbone)
+    opts = CompileOptions(fpn_channels=cfg.fpn_channels, head_channels=cfg.head_channels,
+                          num_classes=cfg.num_classes, detector=True, backbone=cfg.backbone)
     model_py = cfg.out / "model.py"
     atomic_write_text(model_py, compile_genotype(genotype, opts))
     say(f"compiled {genotype.name} @{cfg.fpn_channels} with {cfg.backbone} -> {model_py}")

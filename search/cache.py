@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from torch import Tensor
 from nasfcos.errors import CacheError, FieldError, NasfcosError
 from nasfcos.fcos.losses import STRIDES, FcosTargets, compute_targets, default_size_ranges
 from nasfcos.io import atomic_write_json, sha256_bytes, sha256_file
+from nasfcos.progress import progress_bar
 
 if TYPE_CHECKING:
     from nasfcos.search.proxy import ProxySettings
@@ -81,24 +82,16 @@ class FrozenBackbone:
         return [f.float() for f in self.module((images - self.mean) / self.std)]
 
 
-def resolve_weights(weights: str | Path | None) -> Path | None:
-    """A backbone weights setting as a file: a name of :mod:`nasfcos.fcos.weights` (checked
-    against its sha256), a path, or ``None`` (random weights)."""
-    if weights is None:
-        return None
-    from nasfcos.fcos.weights import shipped_weights
-
-    shipped = shipped_weights(str(weights))
-    return shipped if shipped is not None else Path(weights)
-
-
 def build_backbone(name: str, weights: str | Path | None = None) -> FrozenBackbone:
     """The compiler's backbone ``name`` in eval mode without gradients: weights from a
-    torchvision-format state_dict file, or random from :data:`RANDOM_INIT_SEED`."""
+    torchvision-format state_dict file (a path, or a name of :mod:`nasfcos.fcos.weights`,
+    checked against its sha256), or random from :data:`RANDOM_INIT_SEED` (``None``)."""
     from nasfcos.compiler.backbones import build_backbone as compiler_backbone
     from nasfcos.compiler.backbones import image_normalization
+    from nasfcos.fcos.weights import shipped_weights
 
-    weights = resolve_weights(weights)
+    if weights is not None:
+        weights = shipped_weights(str(weights)) or Path(weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         module = compiler_backbone(name, weights)
@@ -222,7 +215,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / MANIFEST
     if not mpath.is_file():
         if (path / PROGRESS).is_file():
-            raise CacheError(f"{path}: cache is only partly built (run 'nasfcos search cache' again to resume)")
+            raise CacheError(f"{path}: cache is only partly built (build it again to resume)")
         raise CacheError(f"{path}: not a feature cache (no {MANIFEST})")
     try:
         manifest = json.loads(mpath.read_text("utf-8"))
@@ -377,17 +370,6 @@ def split_indices(n: int, settings: ProxySettings) -> dict[str, list[int]]:
     val = sorted(int(i) for i in perm[:n_val])
     train = sorted(int(i) for i in perm[n_val : n_val + n_train])
     return {"train": train, "val": val}
-
-
-def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    from nasfcos.progress import progress_bar  # a bar on a TTY, one line per stage in a log
-
-    return progress_bar(total, desc=desc, unit="img", enabled=enabled)
-
-
-def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, size):
-        yield start, min(n, start + size)
 
 
 def _wipe(out: Path) -> None:
@@ -617,12 +599,12 @@ def _fill(b: _Build, arrays: dict[str, dict[str, np.ndarray]], done: dict[str, i
         atomic_write_json(b.out / PROGRESS, {"format": FORMAT, "build": b.build_id, "done": done})
 
     save_progress()
-    bar = _progress_bar(sum(len(r) for r in b.rows.values()), "feature cache", progress)
-    if bar is not None:
-        bar.update(done["train"] + done["val"])
+    bar = progress_bar(sum(len(r) for r in b.rows.values()), desc="feature cache", unit="img", enabled=progress,
+                       initial=done["train"] + done["val"])
     try:
         for split in SPLITS:
-            for start, stop in _chunks(len(b.rows[split]), max(1, b.settings.chunk_size)):
+            n, size = len(b.rows[split]), max(1, b.settings.chunk_size)
+            for start, stop in ((i, min(n, i + size)) for i in range(0, n, size)):
                 if stop <= done[split]:
                     continue
                 _store_chunk(b, arrays[split], split, start, stop)

@@ -88,7 +88,6 @@ def run_task(evaluator: Evaluator, task: Task) -> TaskResult:
 class Executor:
     """Interface; see the module docstring."""
 
-    name = "base"
     workers = 1
 
     def submit(self, task: Task) -> None:
@@ -114,7 +113,6 @@ class Executor:
 class InlineExecutor(Executor):
     """Runs each task in this process when its result is asked for (``--workers 0``)."""
 
-    name = "inline"
     workers = 0
 
     def __init__(self, evaluator: Evaluator) -> None:
@@ -161,12 +159,9 @@ def _init_worker(evaluator: Evaluator, threads: int, parent_pid: int) -> None:
     _WORKER_EVALUATOR = evaluator
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
-    try:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover
-        pass
+    torch.set_num_threads(threads)
 
 
 def _pool_task(task: Task) -> TaskResult:
@@ -182,8 +177,6 @@ class LocalExecutor(Executor):
     next submission.  ``threads`` is the torch thread count per worker (default: CPU cores
     divided by workers).
     """
-
-    name = "local"
 
     def __init__(self, evaluator: Evaluator, workers: int = 1, *, threads: int | None = None) -> None:
         if workers < 1:
@@ -272,8 +265,6 @@ class RayExecutor(Executor):
     feature-cache path (shared storage) and have nasfcos installed.  Ray's own retries are
     disabled (``max_retries=0``); the search retries failed evaluations itself.
     """
-
-    name = "ray"
 
     def __init__(self, evaluator: Evaluator, address: str | None = None, *, num_cpus: float = 1,
                  num_gpus: float = 0, workers: int | None = None) -> None:

@@ -37,15 +37,16 @@ MnasNet's ``|w|``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import io
 import json
 import math
-import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ from nasfcos.genotypes import (
     Genotype,
 )
 from nasfcos.io import atomic_write_json, sha256_bytes
+from nasfcos.progress import progress_bar, quiet
 
 FORMAT = "nasfcos-latency-table/1"
 BACKENDS: tuple[str, ...] = ("onnxruntime", "torch", "tensorrt")
@@ -121,26 +123,21 @@ class TableSpec:
     device: str = "cpu"
 
     def validate(self) -> TableSpec:
-        """One-line error naming the field; the widths and classes by CompileOptions' rules."""
+        """One-line error naming the field; the widths, classes and backbone by CompileOptions' rules."""
         from nasfcos.compiler import CompileOptions
-        from nasfcos.compiler.backbones import BACKBONE_NAMES
 
         if self.backend not in BACKENDS:
             raise NasfcosError(f"unknown backend {self.backend!r} (expected one of: {', '.join(BACKENDS)})")
-        if self.backbone not in BACKBONE_NAMES:
-            raise NasfcosError(f"unknown backbone {self.backbone!r} (expected one of: {', '.join(BACKBONE_NAMES)})")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise NasfcosError(f"threads: must be a positive integer, got {self.threads!r}")
         CompileOptions(fpn_channels=self.fpn_channels, head_channels=self.head_channels,
-                       num_classes=self.num_classes)
+                       num_classes=self.num_classes, backbone=self.backbone)
         if min(self.size) < 32:
             raise NasfcosError(f"size {self.size[0]}x{self.size[1]} too small (at least 32x32)")
         return self
 
     def key(self) -> dict[str, Any]:
-        return {"backend": self.backend, "size": list(self.size), "fpn_channels": self.fpn_channels,
-                "head_channels": self.head_channels, "num_classes": self.num_classes,
-                "backbone": self.backbone, "threads": self.threads, "device": self.device}
+        return {**asdict(self), "size": list(self.size)}
 
 
 @dataclass(frozen=True)
@@ -165,8 +162,7 @@ class LatencyTable:
         """One-line error when the table was measured for another size or backend."""
         if size is not None and tuple(size) != tuple(self.spec.size):
             raise NasfcosError(f"{where} is for {self.spec.size[0]}x{self.spec.size[1]}, not "
-                               f"{size[0]}x{size[1]}; build one with 'nasfcos search latency-table --size "
-                               f"{size[0]}x{size[1]}'")
+                               f"{size[0]}x{size[1]}; measure a table at size {size[0]}x{size[1]}")
         if backend is not None and backend != self.spec.backend:
             raise NasfcosError(f"{where} is for backend {self.spec.backend}, not {backend}")
 
@@ -275,6 +271,7 @@ def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]
     )
     from nasfcos.genotypes import parse_genotype
     from nasfcos.runtime.models import feature_sizes
+    from nasfcos.search.cache import output_level_sizes
 
     c, h = spec.fpn_channels, spec.head_channels
     widths = {"c": c, "h": h}
@@ -283,9 +280,9 @@ def unit_modules(spec: TableSpec) -> dict[str, tuple[Any, list[tuple[int, ...]]]
     mod = compile_to_module(parse_genotype(_CATALOG), opts)
     dec = mod.Decoder(fpn_channels=c, head_channels=h, num_classes=spec.num_classes, in_channels=in_ch)
     glue = _glue(mod, dec)
-    sizes = dict(zip(BACKBONE_STRIDES, feature_sizes(spec.size), strict=True))
-    for s in OUTPUT_STRIDES[3:]:
-        sizes[s] = (math.ceil(sizes[s // 2][0] / 2), math.ceil(sizes[s // 2][1] / 2))
+    c_sizes = feature_sizes(spec.size)
+    sizes = {**dict(zip(BACKBONE_STRIDES, c_sizes, strict=True)),
+             **dict(zip(OUTPUT_STRIDES, output_level_sizes(c_sizes), strict=True))}
 
     def shape(s: int, width: int) -> tuple[int, ...]:
         return (1, width, *sizes[s])
@@ -327,20 +324,25 @@ Timer = Callable[[Any, list[Any]], list[float]]
 CLOCKS: dict[str, Callable[[], int]] = {"wall": time.perf_counter_ns, "cpu": time.thread_time_ns}
 
 
+def _repeat(run: Callable[[], Any], warmup: int, runs: int, clock: Callable[[], int]) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``run`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    out = []
+    for _ in range(runs):
+        t = clock()
+        run()
+        out.append((clock() - t) / 1e6)
+    return out
+
+
 def _torch_timer(spec: TableSpec, warmup: int, runs: int, clock: Callable[[], int]) -> Timer:
     import torch
 
     def timer(module: Any, arrays: list[Any]) -> list[float]:
         xs = [torch.from_numpy(a) for a in arrays]
         with torch.inference_mode():
-            for _ in range(warmup):
-                module(*xs)
-            out = []
-            for _ in range(runs):
-                t = clock()
-                module(*xs)
-                out.append((clock() - t) / 1e6)
-        return out
+            return _repeat(lambda: module(*xs), warmup, runs, clock)
 
     return timer
 
@@ -376,7 +378,7 @@ def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path, clock: Call
         counter[0] += 1
         path = work / f"unit{counter[0]}.onnx"
         names = [f"x{i}" for i in range(len(arrays))]
-        with torch.inference_mode(False), _quiet():
+        with torch.inference_mode(False), quiet(), contextlib.redirect_stderr(io.StringIO()):  # exporter chatter
             prog = torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), dynamo=True,
                                      opset_version=DEFAULT_OPSET, input_names=names, optimize=True,
                                      external_data=False, verbose=False)
@@ -387,36 +389,12 @@ def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path, clock: Call
             runner = OrtRunner(path, spec.device, threads=spec.threads)
         try:
             runner.bind(*arrays)
-            for _ in range(warmup):
-                runner.run()
-                runner.synchronize()
-            out = []
-            for _ in range(runs):
-                t = clock()
-                runner.run()
-                runner.synchronize()
-                out.append((clock() - t) / 1e6)
-            return out
+            return _repeat(lambda: (runner.run(), runner.synchronize()), warmup, runs, clock)
         finally:
             runner.close()
             path.unlink(missing_ok=True)
 
     return timer
-
-
-class _quiet:
-    """Silence the exporter's prints (stdout and stderr) for the duration."""
-
-    def __enter__(self) -> None:
-        import contextlib
-        import io
-
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        self._stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
 
 
 #: Statistics a table may summarise the runs of a unit with.
@@ -453,24 +431,13 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
         keys = list(units) if only is None else [k for k in units if k in set(only)]
         _preflight(units, keys, spec)
         rng = np.random.default_rng(0)
-        from torch import nn
-
-        class Tiny(nn.Module):
-            def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                return x + y
-
         with tempfile.TemporaryDirectory(prefix="nasfcos-latency-") as tmp:
             tick = CLOCKS[clock]
             timer = (_torch_timer(spec, warmup, runs, tick) if spec.backend == "torch"
                      else _onnx_timer(spec, warmup, runs, Path(tmp), tick))
-            tiny = [np.zeros((1,), np.float32)] * 2
-            overhead = float(summarise(timer(Tiny().eval(), tiny)))
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(keys), desc=f"latency table ({spec.backend})", unit="unit",
-                           file=sys.stderr, disable=None)
+            add = units[f"add/s{BACKBONE_STRIDES[0]}"][0]  # x + y: on two 1-element tensors, the call's overhead
+            overhead = float(summarise(timer(add, [np.zeros((1,), np.float32)] * 2)))
+            bar = progress_bar(len(keys), desc=f"latency table ({spec.backend})", unit="unit", enabled=progress)
             entries: dict[str, float] = {}
             for key in keys:
                 module, shapes = units[key]
@@ -480,8 +447,6 @@ def build_table(spec: TableSpec, *, warmup: int = 5, runs: int = 30, progress: b
                     bar.update(1)
             if bar is not None:
                 bar.close()
-    except (BackendUnavailable, NasfcosError):
-        raise
     except ImportError as exc:
         raise BackendUnavailable(f"{spec.backend}: {exc}") from None
     finally:

@@ -31,10 +31,12 @@ compile`` takes), ``search.png`` (reward per step + moving average), ``best.png`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -87,7 +89,12 @@ _RESULT_FIELDS = frozenset({"reward", "losses", "time_s", "params", "extra", "ge
 
 class SearchFailed(NasfcosError):
     """Every trial of a step failed: a cause that will not go away by itself (data, cache,
-    code).  The folder stays resumable: fix the cause and run again with ``--resume``."""
+    code).  The folder stays resumable: fix the cause and run again with ``resume=True``.
+    ``problem`` says what failed, without advice (a command names its own way on)."""
+
+    def __init__(self, problem: str, out: Path) -> None:
+        self.problem = problem
+        super().__init__(f"{problem} -- fix the cause, then resume the search in {out}")
 
 
 @dataclass(frozen=True)
@@ -123,10 +130,7 @@ class SearchConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields a resume must not change."""
-        d = asdict(self)
-        for k in ("trials", "retries"):
-            d.pop(k)
-        return d
+        return {k: v for k, v in asdict(self).items() if k not in ("trials", "retries")}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,8 +140,7 @@ class SearchConfig:
         d = dict(d)
         d["controller"] = ControllerConfig(**d.get("controller", {}))
         d["ppo"] = PPOConfig(**d.get("ppo", {}))
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise CacheError(f"{CONFIG_NAME}: unknown settings {sorted(unknown)}")
         return cls(**d)
@@ -167,23 +170,18 @@ class SearchConfig:
                 raise NasfcosError(f"search setting {name} must be a path or null, got {getattr(self, name)!r}")
         if self.preset not in PRESETS:
             raise NasfcosError(f"unknown preset {self.preset!r} (expected one of: {', '.join(PRESETS)})")
-        if self.trials < 1:
-            raise FieldError("trials", f"must be at least 1, got {self.trials}")
-        if self.batch_size < 1:
-            raise FieldError("batch_size", f"must be at least 1, got {self.batch_size}")
-        if self.retries < 0:
-            raise NasfcosError(f"retries must be >= 0, got {self.retries}")
-        for name in ("toy_noise", "toy_delay", "latency_weight"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise FieldError(name, f"must be a finite number >= 0, got {v}")
+        for name, low in (("trials", 1), ("batch_size", 1), ("retries", 0)):
+            if getattr(self, name) < low:
+                raise FieldError(name, f"must be at least {low}, got {getattr(self, name)}")
+        for name in ("toy_noise", "toy_delay", "latency_weight"):  # numbers (checked above)
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise FieldError(name, f"must be a finite number >= 0, got {getattr(self, name)}")
         t = self.latency_target
         if t is not None:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
                 raise FieldError("latency_target", f"must be a positive number of milliseconds, got {t}")
             if self.latency_table is None:
-                raise FieldError("latency_table", "is needed with a latency target (build one with 'nasfcos "
-                                 "search latency-table')")
+                raise FieldError("latency_table", "is needed with a latency target (a per-unit latency table)")
 
 
 def eval_seed(seed: int, step: int, index: int) -> int:
@@ -278,7 +276,8 @@ class Search:
         self._executor = executor
         if executor_kind != "ray" and (cpus_per_trial != 1 or gpus_per_trial):
             raise FieldError("executor", "CPUs and GPUs per trial are Ray task resources: use the ray executor")
-        self._executor_args = (executor_kind, workers, address, cpus_per_trial, gpus_per_trial)
+        self._new_executor = functools.partial(make_executor, executor_kind, workers=workers, address=address,
+                                               cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
         self.controller = Controller(self.cfg.controller, seed=self.cfg.seed)
         self.ppo = PPO(self.controller, self.cfg.ppo, seed=self.cfg.seed + 1)
         self.sample_gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -376,11 +375,7 @@ class Search:
         written when it does not match) and drop the failed rows of the unfinished step,
         which are evaluated again."""
         path = self.out / ARCHIVE_NAME
-
-        def check(rows: list[ArchiveRow]) -> None:
-            check_progress(rows, self.step, self.cfg.batch_size, path)
-
-        archive = Archive.open(path, check=check)
+        archive = Archive.open(path, check=lambda rows: check_progress(rows, self.step, self.cfg.batch_size, path))
         if archive.repaired_bytes:
             print(f"nasfcos search: dropped a torn last archive line ({archive.repaired_bytes} bytes)",
                   file=sys.stderr)
@@ -404,9 +399,7 @@ class Search:
         try:
             self.prepare()
             if executor is None:
-                kind, workers, address, cpus, gpus = self._executor_args
-                executor = make_executor(kind, self.evaluator, workers=workers, address=address,
-                                         cpus_per_trial=cpus, gpus_per_trial=gpus)
+                executor = self._new_executor(self.evaluator)
             bar = self._progress_bar(len(archive))
             while self.step < self.cfg.steps:
                 log = self._run_step(archive, executor, bar, t_start)
@@ -442,16 +435,12 @@ class Search:
         choices = [list(map(int, c)) for c in samples.choices.tolist()]
         log_probs = [float(x) for x in samples.log_probs.tolist()]
         rows, genos = self._recorded_or_new(archive, step, choices, log_probs)
-        # evaluate each new hash once; later samples of it reuse the reward
-        first_of: dict[str, int] = {}
-        for i, (_, h) in genos.items():
-            if h not in cache:
-                first_of.setdefault(h, i)
+        first_of: dict[str, int] = {}  # evaluate each new hash once; later samples of it reuse the reward
         for i, (g, h) in sorted(genos.items()):
             if h in cache:
                 rows[i] = archive.append(self._reused_row(step, i, g, h, choices[i], log_probs[i], cache[h]))
                 bar.update(1)
-            elif first_of[h] == i:
+            elif first_of.setdefault(h, i) == i:
                 executor.submit(Task(step, i, eval_seed(self.cfg.seed, step, i), g.to_dict(with_meta=False)))
         errors: dict[int, list[str]] = {}
         while executor.pending():
@@ -484,19 +473,14 @@ class Search:
         archive.sort()
         use = [i for i in range(n) if rows[i].reward is not None]  # ok or reused
         if not use:
-            raise SearchFailed(_all_failed_message(step, [rows[i] for i in range(n)], self.out))
+            raise SearchFailed(_all_failed_problem(step, [rows[i] for i in range(n)]), self.out)
         rewards = [float(rows[i].reward) for i in use]  # type: ignore[arg-type]
         with torch_threads(1):
             stats = self.ppo.update([choices[i] for i in use], [log_probs[i] for i in use], rewards)
         self._postfix(bar, archive, t_start)
-        return StepLog(
-            step=step,
-            rewards=rewards,
-            evaluated=sum(rows[i].status == "ok" for i in range(n)),
-            reused=sum(rows[i].status == "reused" for i in range(n)),
-            failed=sum(rows[i].status == "failed" for i in range(n)),
-            ppo=stats.to_dict(),
-        )
+        status = [rows[i].status for i in range(n)]
+        return StepLog(step=step, rewards=rewards, evaluated=status.count("ok"), reused=status.count("reused"),
+                       failed=status.count("failed"), ppo=stats.to_dict())
 
     def _recorded_or_new(self, archive: Archive, step: int, choices: list[list[int]], log_probs: list[float]
                          ) -> tuple[dict[int, ArchiveRow], dict[int, tuple[Genotype, str]]]:
@@ -569,38 +553,30 @@ class Search:
         every = self.plot_every_s
         if every is not None and (final or now - self._last_plot >= every):
             self._last_plot = now
-            from nasfcos.search.plots import plot_rewards
+            from nasfcos.genotypes.draw import draw_genotype
+            from nasfcos.search.plots import plot_pareto, plot_rewards
 
-            try:
-                plot_rewards(rows, self.out / PLOT_NAME)
+            if _convenience("plot", lambda: plot_rewards(rows, self.out / PLOT_NAME)):
                 summary["plot"] = str(self.out / PLOT_NAME)
-            except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
-                print(f"nasfcos search: warning: could not plot ({exc})", file=sys.stderr)
-            if "pareto" in summary:
-                from nasfcos.search.plots import plot_pareto
-
-                try:
-                    plot_pareto(pareto_points(rows), summary["pareto"]["front"], self.out / PARETO_PLOT,
-                                target_ms=self.cfg.latency_target)
-                    summary["pareto"]["plot"] = str(self.out / PARETO_PLOT)
-                except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop the search
-                    print(f"nasfcos search: warning: could not plot the Pareto front ({exc})", file=sys.stderr)
-            if top and top[0].hash != self._best_drawn:
-                drawn = draw_best(top[0], self.out / BEST_DRAWING)
-                if drawn is not None:
-                    self._best_drawn = top[0].hash
+            if "pareto" in summary and _convenience("plot the Pareto front", lambda: plot_pareto(
+                    pareto_points(rows), summary["pareto"]["front"], self.out / PARETO_PLOT,
+                    target_ms=self.cfg.latency_target)):
+                summary["pareto"]["plot"] = str(self.out / PARETO_PLOT)
+            if top and top[0].hash != self._best_drawn and _convenience(
+                    "draw the best genotype", lambda: draw_genotype(genotype_of_row(top[0]), self.out / BEST_DRAWING)):
+                self._best_drawn = top[0].hash
         if (self.out / BEST_DRAWING).exists():
             summary["best_drawing"] = str(self.out / BEST_DRAWING)
         atomic_write_json(self.out / SUMMARY_NAME, summary)
         return summary
 
 
-def _all_failed_message(step: int, rows: list[ArchiveRow], out: Path) -> str:
-    """One line: which step failed entirely, the most frequent error, how to go on."""
+def _all_failed_problem(step: int, rows: list[ArchiveRow]) -> str:
+    """One line: which step failed entirely and its most frequent error."""
     errors = [e for r in rows for e in r.errors]
     common = max(set(errors), key=errors.count) if errors else "no error recorded"
     return (f"every trial of step {step} failed ({len(rows)} of {len(rows)}); most frequent error: "
-            f"{first_line(NasfcosError(common), 300)} -- fix the cause, then 'nasfcos search --out {out} --resume'")
+            f"{first_line(NasfcosError(common), 300)}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -622,11 +598,11 @@ def genotype_of_row(row: ArchiveRow, rank: int | None = None) -> Genotype:
     return parse_genotype(doc)
 
 
-#: The index of a top folder: the files ``write_top`` wrote there (the only ones it replaces or
-#: removes; a user's own ``rank*-*.json`` beside them is left alone).
+#: The index of a top folder: the files (and export folders) ``write_top`` wrote there (the only
+#: ones it replaces or removes; a user's own ``rank*-*.json`` beside them is left alone).
 TOP_INDEX = "top.json"
 TOP_FORMAT = "nasfcos-top/1"
-_TOP_FILE = re.compile(r"rank\d{2,}-[0-9a-f]{12}\.(json|py)")
+_TOP_FILE = re.compile(r"rank\d{2,}-[0-9a-f]{12}(\.json|\.py)?")
 
 
 def _indexed_files(out_dir: Path) -> set[str]:
@@ -652,13 +628,16 @@ def _indexed_files(out_dir: Path) -> set[str]:
 
 
 def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = None,
-              listing: dict[str, Any] | None = None, owned: bool = False) -> list[Path]:
+              listing: dict[str, Any] | None = None, owned: bool = False,
+              folders: bool = False) -> list[dict[str, Any]]:
     """Write ``rankNN-<hash12>.json`` for each row (and ``rankNN-<hash12>.py``, its compiled
     model, with ``compile_options``: :class:`nasfcos.compiler.CompileOptions`) and the index
-    ``top.json`` (the files, the ranking, ``listing``'s entries).  Only files of the previous
-    index are replaced or removed; a file of that name that the index does not record is
-    refused before anything is written.  ``owned``: the folder is the search's own (``OUT/top``):
-    its ``rank*-*`` files are this program's even without an index (older versions wrote none)."""
+    ``top.json`` (the files, the ranking, ``listing``'s entries).  ``folders``: the index also
+    records a folder ``rankNN-<hash12>/`` per row, which the caller fills (an export).  Only files
+    and folders of the previous index are replaced or removed; one of that name that the index
+    does not record is refused before anything is written.  ``owned``: the folder is the search's
+    own (``OUT/top``): its ``rank*-*`` files are this program's even without an index (older
+    versions wrote none).  Returns the index's ranking (``top``)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NasfcosError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -667,7 +646,8 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
         ours |= {p.name for p in out_dir.iterdir() if _TOP_FILE.fullmatch(p.name)}
     genos = [(k, row, genotype_of_row(row, rank=k)) for k, row in enumerate(top, 1)]
     names = {k: f"rank{k:02d}-{row.hash[:12]}" for k, row, _ in genos}
-    want = [f"{names[k]}.json" for k in names] + ([f"{names[k]}.py" for k in names] if compile_options else [])
+    exts = [".json"] + [".py"] * (compile_options is not None) + [""] * folders  # "": the export folder
+    want = [f"{names[k]}{ext}" for ext in exts for k in names]
     for name in want:
         p = out_dir / name
         if (p.exists() or p.is_symlink()) and name not in ours:
@@ -678,9 +658,8 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
         from nasfcos.compiler import compile_genotype
 
         sources = {k: compile_genotype(g, compile_options) for k, _, g in genos}
-    paths = []
     for k, _, g in genos:
-        paths.append(g.save(out_dir / f"{names[k]}.json"))
+        g.save(out_dir / f"{names[k]}.json")
         if k in sources:
             atomic_write_text(out_dir / f"{names[k]}.py", sources[k])
     entries = [{"rank": k, "reward": row.reward, "hash": row.hash, "step": row.step, "index": row.index,
@@ -691,22 +670,21 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
     atomic_write_json(out_dir / TOP_INDEX, {**doc, "files": want + stale})  # a crash below leaves them listed
     for name in stale:
         p = out_dir / name
-        if p.is_file() and not p.is_symlink():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)
     atomic_write_json(out_dir / TOP_INDEX, {**doc, "files": want})
-    return paths
+    return entries
 
 
-def draw_best(row: ArchiveRow, path: Path) -> Path | None:
-    """Draw a row's genotype with ``nasfcos.genotypes.draw`` when that module exists."""
+def _convenience(what: str, make: Callable[[], Path]) -> Path | None:
+    """``make()`` (a plot or a drawing), or ``None`` after a one-line warning: a convenience
+    must not stop the search."""
     try:
-        from nasfcos.genotypes.draw import draw_genotype
-    except ImportError:
-        return None
-    try:
-        return Path(draw_genotype(genotype_of_row(row), path))
-    except Exception as exc:  # noqa: BLE001 - drawing is a convenience
-        print(f"nasfcos search: warning: could not draw the best genotype ({exc})", file=sys.stderr)
+        return make()
+    except Exception as exc:  # noqa: BLE001 - any failure of a plot is only a warning
+        print(f"nasfcos search: warning: could not {what} ({exc})", file=sys.stderr)
         return None
 
 
@@ -723,41 +701,27 @@ def pareto_points(rows: list[ArchiveRow]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def summarize(rows: list[ArchiveRow], cfg: SearchConfig | None = None, *, wall_s: float | None = None,
-              session_s: float | None = None, session_evals: int | None = None,
-              out: Path | None = None) -> dict[str, Any]:
-    """Machine-readable summary of an archive."""
+def summarize(rows: list[ArchiveRow], cfg: SearchConfig, *, wall_s: float, session_s: float, session_evals: int,
+              out: Path) -> dict[str, Any]:
+    """Machine-readable summary of a search (``summary.json``)."""
     ok = [r for r in rows if r.status == "ok"]
-    best = best_rows(rows, 1)
-    steps = sorted({r.step for r in rows})
     d: dict[str, Any] = {
         "trials": len(rows),
         "evaluated": len(ok),
         "reused": sum(r.status == "reused" for r in rows),
         "failed": sum(r.status == "failed" for r in rows),
         "unique_genotypes": len({r.hash for r in rows}),
-        "steps": len(steps),
+        "steps": len({r.step for r in rows}),
         "eval_time_s": round(sum(r.time_s for r in ok), 3),
-        "best": None,
+        "best": next(({"reward": b.reward, "hash": b.hash, "step": b.step, "index": b.index, "losses": b.losses}
+                      for b in best_rows(rows, 1)), None),
     }
-    if best:
-        b = best[0]
-        d["best"] = {"reward": b.reward, "hash": b.hash, "step": b.step, "index": b.index,
-                     "losses": b.losses}
     points = pareto_points(rows)
     if points:
         d["pareto"] = {"axes": ["proxy_reward (higher is better)", "latency_ms (predicted, lower is better)"],
-                       "points": len(points), "front": pareto_front(points),
-                       "target_ms": cfg.latency_target if cfg is not None else None}
-    if cfg is not None:
-        d["config"] = cfg.to_dict()
-    if wall_s is not None:
-        d["wall_s"] = round(wall_s, 3)
-    if session_s is not None and session_evals is not None:
-        d["session_wall_s"] = round(session_s, 3)
-        d["session_evaluations"] = session_evals
-        d["evaluations_per_hour"] = round(session_evals / max(session_s, 1e-9) * 3600.0, 1)
-    if out is not None:
-        d["out"] = str(out)
-        d["top_dir"] = str(out / TOP_DIR)
+                       "points": len(points), "front": pareto_front(points), "target_ms": cfg.latency_target}
+    d.update(config=cfg.to_dict(), wall_s=round(wall_s, 3), session_wall_s=round(session_s, 3),
+             session_evaluations=session_evals,
+             evaluations_per_hour=round(session_evals / max(session_s, 1e-9) * 3600.0, 1),
+             out=str(out), top_dir=str(out / TOP_DIR))
     return d

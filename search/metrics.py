@@ -13,24 +13,7 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     discordant, with the tau-b normalisation); NaN when either has no two distinct values."""
     if len(a) != len(b):
         raise ValueError("kendall_tau needs paired samples of the same length")
-    conc = disc = ties_a = ties_b = 0
-    n = len(a)
-    for i in range(n):
-        for j in range(i + 1, n):
-            da = (a[i] > a[j]) - (a[i] < a[j])
-            db = (b[i] > b[j]) - (b[i] < b[j])
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif da == db:
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
-    return (conc - disc) / denom if denom else float("nan")
+    return float(_tau_rows(np.asarray([a], dtype=np.float64), np.asarray([b], dtype=np.float64))[0])
 
 
 def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
@@ -42,7 +25,8 @@ def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
 
 def _tau_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Kendall's tau-b of each row pair of ``a`` and ``b`` (shape (R, n)); NaN where a row has
-    no two distinct values.  Same definition as :func:`kendall_tau`."""
+    no two distinct values (sign products over ordered pairs: each pair counts twice, above
+    and below, which cancels)."""
     sa = np.sign(a[:, :, None] - a[:, None, :])
     sb = np.sign(b[:, :, None] - b[:, None, :])
     num = (sa * sb).sum(axis=(1, 2))

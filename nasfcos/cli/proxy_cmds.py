@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from nasfcos.cli import args as A
 from nasfcos.errors import CacheError
@@ -17,8 +16,7 @@ from nasfcos.io import atomic_write_json
 
 
 def _parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
-    return A.Parser(prog=prog, description=description, epilog=f"example:\n  {example}",
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    return A.Parser(prog=prog, description=description, epilog=f"example:\n  {example}")
 
 
 def cache_main(argv: list[str]) -> int:
@@ -49,11 +47,10 @@ def cache_main(argv: list[str]) -> int:
     A.add_quiet(p)
     A.add_json(p, "print the summary as JSON")
     a = p.parse_args(argv)
-    settings = get_preset(a.preset)
     changes = {name: v for v, name in ((a.split, "source_split"), (a.short_side, "short_side"), (a.crop, "crop"),
                                        (a.images, "synth_images"), (a.backbone_weights, "backbone_weights"))
                if v not in (None, "")}
-    settings = settings.replace(**changes).validate()
+    settings = get_preset(a.preset).replace(**changes).validate()
     if a.threads is not None:
         import torch
 
@@ -107,13 +104,9 @@ def eval_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     genotype = resolve_genotype(a.genotype)
     cache = open_cache(a.cache)
-    settings = get_preset(a.preset) if a.preset else settings_from_cache(cache)
-    changes: dict[str, Any] = {}
-    for flag, name in ((a.steps, "max_steps"), (a.epochs, "epochs"), (a.batch_size, "batch_size"),
-                       (a.threads, "num_threads"), (a.device, "device")):
-        if flag is not None:
-            changes[name] = flag
-    settings = settings.replace(**changes).validate()
+    changes = {name: v for v, name in ((a.steps, "max_steps"), (a.epochs, "epochs"), (a.batch_size, "batch_size"),
+                                       (a.threads, "num_threads"), (a.device, "device")) if v is not None}
+    settings = (get_preset(a.preset) if a.preset else settings_from_cache(cache)).replace(**changes).validate()
     seeds = a.seeds or [settings.seed if a.seed is None else a.seed]
     results = []
     for s in seeds:

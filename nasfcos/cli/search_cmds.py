@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,12 +59,8 @@ run replaces or removes only those, never other files in the folder)."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = A.Parser(
-        prog="nasfcos search",
-        description="Search FCOS decoders (FPN + head) with an LSTM controller trained by PPO.",
-        epilog=SEARCH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = A.Parser(prog="nasfcos search", epilog=SEARCH_EPILOG,
+                 description="Search FCOS decoders (FPN + head) with an LSTM controller trained by PPO.")
     p.add_argument("--preset", choices=("toy", "tiny", "paper"), default=None,
                    help="evaluation: 'toy' (no training, reward = deformable ops), or the proxy "
                         "task presets 'tiny' / 'paper' (default: tiny)")
@@ -126,7 +121,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> Any:
     from nasfcos.search.archive import CONFIG_NAME
-    from nasfcos.search.controller import ControllerConfig
     from nasfcos.search.loop import SearchConfig
 
     stored = Path(args.out) / CONFIG_NAME
@@ -139,17 +133,11 @@ def _config(args: argparse.Namespace) -> Any:
         if args.trials is None:
             raise NasfcosError("--trials is required for a new search")
         base = SearchConfig(preset="tiny")
-    changes: dict[str, Any] = {}
-    for flag, name in (("preset", "preset"), ("trials", "trials"), ("seed", "seed"),
-                       ("batch_size", "batch_size"), ("data", "data"), ("cache", "cache"),
-                       ("toy_noise", "toy_noise"), ("toy_delay", "toy_delay"),
-                       ("latency_table", "latency_table"), ("latency_target", "latency_target"),
-                       ("latency_weight", "latency_weight"), ("backbone_weights", "backbone_weights")):
-        v = getattr(args, flag)
-        if v is not None:
-            changes[name] = v
+    changes: dict[str, Any] = {name: getattr(args, name) for name in (
+        "preset", "trials", "seed", "batch_size", "data", "cache", "toy_noise", "toy_delay", "latency_table",
+        "latency_target", "latency_weight", "backbone_weights") if getattr(args, name) is not None}
     if args.head is not None:
-        changes["controller"] = dataclasses.replace(base.controller or ControllerConfig(), head_kind=args.head)
+        changes["controller"] = dataclasses.replace(base.controller, head_kind=args.head)
     if not stored_used and args.batch_size is None and args.trials < base.batch_size:
         changes["batch_size"] = args.trials  # a short run is honoured: one step of --trials samples
     cfg = dataclasses.replace(base, **changes)
@@ -163,34 +151,31 @@ def _config(args: argparse.Namespace) -> Any:
 def search_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from nasfcos.search.cache import CacheConflict
-    from nasfcos.search.loop import Search
+    from nasfcos.search.loop import Search, SearchFailed
 
     cfg = _config(args)
-    cfg.validate()
     workers = args.workers
     if workers is None and args.executor == "local":
         workers = 0 if cfg.preset == "toy" else 1
-    if cfg.trials % cfg.batch_size:
-        print(f"nasfcos search: note: --trials {cfg.trials} rounded up to {cfg.steps * cfg.batch_size} "
-              f"(whole batches of {cfg.batch_size})", file=sys.stderr)
-    check: dict[str, Any] = {}
-    if args.latency_size is not None:
-        check["size"] = args.latency_size
-    if args.latency_backend is not None:
-        check["backend"] = args.latency_backend
+    check = {k: v for k, v in (("size", args.latency_size), ("backend", args.latency_backend)) if v is not None}
     if check and cfg.latency_table is None:
         raise NasfcosError("--latency-size/--latency-backend need --latency-table FILE")
     search = Search(args.out, cfg, resume=args.resume, executor_kind=args.executor, workers=workers,
                     address=args.address, cpus_per_trial=args.cpus_per_trial,
                     gpus_per_trial=args.gpus_per_trial, top_k=args.top_k, progress=not args.quiet, latency_check=check)
+    if cfg.trials % cfg.batch_size:  # (checked by Search: both at least 1)
+        print(f"nasfcos search: note: --trials {cfg.trials} rounded up to {cfg.steps * cfg.batch_size} "
+              f"(whole batches of {cfg.batch_size})", file=sys.stderr)
     try:
         summary = search.run()
     except CacheConflict as exc:  # 'search' has no --overwrite: another cache folder, or none
         raise CacheError(f"{exc.problem}; give another --cache DIR, or delete this folder to rebuild it") from None
+    except SearchFailed as exc:
+        raise NasfcosError(f"{exc.problem} -- fix the cause, then 'nasfcos search --out {search.out} --resume'") from None
     if args.json:
         A.print_json(summary)
-        return 0
-    _print_summary(summary, Path(args.out))
+    else:
+        _print_summary(summary, Path(args.out))
     return 0
 
 
@@ -214,12 +199,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    p = A.Parser(
-        prog="nasfcos search top",
-        description="Export the K best distinct genotypes of a search as genotype JSON files.",
-        epilog=TOP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = A.Parser(prog="nasfcos search top", epilog=TOP_EPILOG,
+                 description="Export the K best distinct genotypes of a search as genotype JSON files.")
     p.add_argument("dir", metavar="DIR", help="search folder (holds archive.jsonl)")
     p.add_argument("-k", "--top-k", dest="k", type=A.positive_int, default=5, metavar="K",
                    help="how many (default 5)")
@@ -251,25 +232,24 @@ def _top_parser() -> argparse.ArgumentParser:
 def top_main(argv: list[str]) -> int:
     args = _top_parser().parse_args(argv)
     from nasfcos.search.archive import ARCHIVE_NAME, best_rows, read_rows
-    from nasfcos.search.loop import TOP_INDEX, write_top
+    from nasfcos.search.loop import write_top
 
-    options = None
-    if not args.compile and (args.head_channels is not None or args.detector or args.num_classes != 80
-                             or (not args.export and (args.fpn_channels, args.backbone) != (None, None))):
-        raise NasfcosError("--fpn-channels/--head-channels/--num-classes/--detector/--backbone need --compile"
-                           + (" (--export takes --fpn-channels and --backbone only)" if args.export else ""))
+    if args.detector and not args.compile:
+        raise NasfcosError("--detector needs --compile")
+    if not (args.compile or args.export) and (args.fpn_channels, args.head_channels, args.num_classes,
+                                              args.backbone) != (None, None, 80, None):
+        raise NasfcosError("--fpn-channels/--head-channels/--num-classes/--backbone need --compile or --export")
     if args.backbone is not None and not args.detector and not args.export:
         raise NasfcosError("--backbone only applies with --detector or --export")
     if not args.export and (args.sizes, args.runs, args.warmup, args.threads) != (None,) * 4:
         raise NasfcosError("--sizes/--runs/--warmup/--threads need --export")
     from nasfcos.compiler import CompileOptions
 
-    fpn, backbone = args.fpn_channels or CompileOptions.fpn_channels, args.backbone or CompileOptions.backbone
-    # the Detector each export compiles: refused here, before anything is written
-    detector = CompileOptions(fpn_channels=fpn, detector=True, backbone=backbone) if args.export else None
-    if args.compile:
-        options = CompileOptions(fpn_channels=fpn, head_channels=args.head_channels,
-                                 num_classes=args.num_classes, detector=args.detector, backbone=backbone)
+    # what --compile writes, and the Detector each export compiles: refused here, before anything is written
+    options = CompileOptions(fpn_channels=args.fpn_channels or CompileOptions.fpn_channels,
+                             head_channels=args.head_channels, num_classes=args.num_classes,
+                             detector=args.detector, backbone=args.backbone or CompileOptions.backbone)
+    detector = dataclasses.replace(options, detector=True) if args.export else None
     src = Path(args.dir)
     if not src.is_dir():
         raise NasfcosError(f"{src}: no such search folder")
@@ -278,9 +258,9 @@ def top_main(argv: list[str]) -> int:
     if not top:
         raise NasfcosError(f"{src / ARCHIVE_NAME}: no evaluated architecture yet")
     out = Path(args.out) if args.out else src / "top"
-    write_top(top, out, compile_options=options, listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
-              owned=args.out is None)  # DIR/top is the search's own folder
-    listing = json.loads((out / TOP_INDEX).read_text())["top"]
+    listing = write_top(top, out, compile_options=options if args.compile else None, folders=args.export,
+                        listing={"archive": str(src / ARCHIVE_NAME), "rows": len(rows)},
+                        owned=args.out is None)  # DIR/top is the search's own folder
     failed = _export_top(listing, out, args, detector) if detector is not None else []
     if args.json:
         A.print_json(listing)
@@ -310,8 +290,8 @@ def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespa
     """Export, check and benchmark each listed genotype with the one library pipeline
     (:func:`nasfcos.runtime.pipeline.run_pipeline`, as 'nasfcos demo'); each entry gains
     ``export`` (its folder, ONNX file, parity and latencies).  Returns the ranks whose
-    parity check failed.  ``detector``: the checked CompileOptions (width, backbone) each
-    export compiles.  Progress goes to stderr (stdout holds the table or the JSON)."""
+    parity check failed.  ``detector``: the checked CompileOptions (widths, classes, backbone)
+    each export compiles.  Progress goes to stderr (stdout holds the table or the JSON)."""
     from nasfcos.io import atomic_write_json
     from nasfcos.runtime.pipeline import PipelineConfig, run_pipeline
 
@@ -321,6 +301,7 @@ def _export_top(listing: list[dict[str, Any]], out: Path, args: argparse.Namespa
         print(f"nasfcos search top: rank {e['rank']}: export, check and benchmark in {folder}", file=sys.stderr)
         summary = run_pipeline(PipelineConfig(
             out=folder, genotype=e["path"], fpn_channels=detector.fpn_channels,
+            head_channels=detector.head_channels, num_classes=detector.num_classes,
             backbone=detector.backbone, sizes=args.sizes or [(800, 800)],
             runs=3 if args.runs is None else args.runs, warmup=1 if args.warmup is None else args.warmup,
             threads=args.threads), lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -347,9 +328,8 @@ and widths, median of --runs after --warmup, minus the per-call overhead (stored
 
 def latency_table_main(argv: list[str]) -> int:
     """``nasfcos search latency-table``: measure the per-unit latency table."""
-    p = A.Parser(prog="nasfcos search latency-table",
-                                description="Measure a per-unit decoder latency table for latency-aware search.",
-                                epilog=LATENCY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = A.Parser(prog="nasfcos search latency-table", epilog=LATENCY_EPILOG,
+                 description="Measure a per-unit decoder latency table for latency-aware search.")
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
     p.add_argument("--size", type=A.size_hw, default="800x800", metavar="HxW", help="image size (default 800x800)")
     p.add_argument("-o", "--output", type=A.output_file, required=True, metavar="FILE",
@@ -377,7 +357,7 @@ def latency_table_main(argv: list[str]) -> int:
     device = a.device or ("cuda" if a.backend == "tensorrt" else "cpu")
     spec = TableSpec(backend=a.backend, size=a.size, fpn_channels=a.fpn_channels,
                      head_channels=a.head_channels, num_classes=a.num_classes, backbone=a.backbone,
-                     threads=a.threads, device=device).validate()
+                     threads=a.threads, device=device)
     table = build_table(spec, warmup=a.warmup, runs=a.runs, progress=not a.quiet, statistic=a.statistic,
                         clock=a.clock)
     out.parent.mkdir(parents=True, exist_ok=True)

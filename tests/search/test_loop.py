@@ -301,7 +301,7 @@ def test_top_writes_and_removes_only_its_own_files(tmp_path: Path) -> None:
     with pytest.raises(NasfcosError, match="not a nasfcos top index"):
         search_main(["top", str(tmp_path / "s"), "-o", str(other)])
     assert (other / "top.json").read_text() == '{"mine": 1}'
-    with pytest.raises(NasfcosError, match="need --compile"):
+    with pytest.raises(NasfcosError, match="--detector needs --compile"):
         search_main(["top", str(tmp_path / "s"), "-o", str(other), "--detector"])
 
 
@@ -325,22 +325,30 @@ def test_top_export_runs_the_one_pipeline_per_genotype(tmp_path: Path, monkeypat
     monkeypatch.setattr(pipeline, "run_pipeline", fake)
     best = tmp_path / "best"
     argv = ["top", str(tmp_path / "s"), "-k", "2", "-o", str(best), "--export", "--fpn-channels", "32",
-            "--backbone", "tiny", "--sizes", "64", "--runs", "1", "--warmup", "0", "--threads", "1"]
+            "--head-channels", "64", "--num-classes", "3", "--backbone", "tiny", "--sizes", "64", "--runs", "1",
+            "--warmup", "0", "--threads", "1"]
     assert search_main(argv) == 1  # a parity failure is the exit status
     out, err = capsys.readouterr()
-    index = json.loads((best / "top.json").read_text())["top"]
-    assert [c.genotype for c in seen] == [e["path"] for e in index]
-    assert [c.out for c in seen] == [best / Path(e["path"]).stem for e in index]
+    index = json.loads((best / "top.json").read_text())
+    assert [c.genotype for c in seen] == [e["path"] for e in index["top"]]
+    assert [c.out for c in seen] == [best / Path(e["path"]).stem for e in index["top"]]
+    assert {c.out.name for c in seen} < set(index["files"])  # the export folders are ours
     c = seen[0]
-    assert (c.fpn_channels, c.backbone, c.sizes, c.runs, c.warmup, c.threads, c.gpu) == (32, "tiny", [(64, 64)], 1, 0,
-                                                                                         1, False)
+    assert (c.fpn_channels, c.head_channels, c.num_classes, c.backbone, c.sizes, c.runs, c.warmup, c.threads,
+            c.gpu) == (32, 64, 3, "tiny", [(64, 64)], 1, 0, 1, False)
     assert "onnxruntime 1.5 ms" in out and "parity ok" in out and "[1/4] compiled" in err
     assert "parity FAILED for rank 2" in err
     assert json.loads((c.out / "summary.json").read_text())["parity"]["ok"] is True
+    # once more with fewer: our stale export folder goes; a folder of that name we did not write is refused
+    search_main(["top", str(tmp_path / "s"), "-k", "1", "-o", str(best), "--export", "--sizes", "64"])
+    assert not seen[1].out.exists() and seen[0].out.is_dir()
+    (best / "top.json").write_text(json.dumps({"format": "nasfcos-top/1", "files": [], "top": []}))
+    with pytest.raises(NasfcosError, match="rank01-.*not written by nasfcos"):
+        search_main(["top", str(tmp_path / "s"), "-k", "1", "-o", str(best), "--export"])
     with pytest.raises(NasfcosError, match="need --export"):
         search_main(["top", str(tmp_path / "s"), "-o", str(best), "--runs", "2"])
-    with pytest.raises(NasfcosError, match="--export takes --fpn-channels and --backbone only"):
-        search_main(["top", str(tmp_path / "s"), "-o", str(best), "--export", "--num-classes", "3"])
+    with pytest.raises(NasfcosError, match="need --compile or --export"):
+        search_main(["top", str(tmp_path / "s"), "-o", str(best), "--num-classes", "3"])
     for bad, word in ((["--backbone", "foo"], "unknown backbone"), (["--fpn-channels", "48"], "multiple of 32")):
         fresh = tmp_path / "fresh"  # refused before top.json or any export folder is written
         with pytest.raises(NasfcosError, match=word):

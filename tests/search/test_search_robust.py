@@ -163,9 +163,16 @@ def test_an_unusable_result_field_fails_that_trial_not_the_search(tmp_path: Path
     assert {r.params for r in rows if r.status == "ok"} == {1.5e6}  # integral float: kept
 
 
-def test_all_failed_exits_non_zero_with_the_reason_and_resumes_after_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(SearchFailed, match="every trial of step 0 failed.*missing cache file.*--resume"):
+def test_all_failed_exits_non_zero_with_the_reason_and_resumes_after_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SearchFailed, match=f"every trial of step 0 failed.*missing cache file.*-- fix the cause, "
+                                           f"then resume the search in {tmp_path}$"):
         Search(tmp_path, _toy(), evaluator=Broken(), workers=0, progress=False, plot_every_s=None).run()
+    # the command names its flags (the library names none)
+    monkeypatch.setattr("nasfcos.search.loop.make_evaluator", lambda cfg, cache_dir: Broken())
+    cli_out = tmp_path / "cli"
+    assert cli_main(["search", "--preset", "toy", "--trials", "8", "--out", str(cli_out), "--quiet"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(f"then 'nasfcos search --out {cli_out} --resume'")
     assert {r.status for r in read_rows(tmp_path / "archive.jsonl")} == {"failed"}
     assert not (tmp_path / CHECKPOINT_NAME).exists()
     s = Search(tmp_path, _toy(), resume=True, evaluator=ToyEvaluator(), workers=0, progress=False,
