@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from nasfcos.errors import NasfcosError
+from nasfcos.errors import FieldError, NasfcosError
+from nasfcos.io import claim_folder, regular_file, writable_path
 from nasfcos.limits import MAX_SIDE, MIN_SIDE
 
 _ArgError = argparse.ArgumentTypeError
@@ -90,8 +93,6 @@ finite_float = float_range()
 
 def cpu_count() -> int:
     """CPUs this process may run on (its affinity mask, else the machine's count)."""
-    import os
-
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -108,9 +109,8 @@ def threads(text: str) -> int:
     return v
 
 
-def seed(text: str) -> int:
-    """A seed: an integer in 0..2**32-1 (numpy's range)."""
-    return int_range(0, 2**32 - 1)(text)
+#: A seed: an integer in 0..2**32-1 (numpy's range).
+seed = int_range(0, 2**32 - 1)
 
 
 def rule(check: Callable[[str, Any], Any], name: str,
@@ -118,7 +118,6 @@ def rule(check: Callable[[str, Any], Any], name: str,
     """``type=`` that parses a value and applies the rule of the object that owns field
     ``name`` (``check(name, value)``, e.g. ``TrainConfig.check_field``): one rule, checked
     while the arguments are parsed."""
-    from nasfcos.errors import FieldError
 
     def run(text: str) -> Any:
         try:
@@ -234,8 +233,6 @@ def _as_arg_error(fn: Callable[[], Path]) -> str:
 
 def input_file(text: str) -> str:
     """An existing regular file to read (a FIFO, socket, device or folder is refused)."""
-    from nasfcos.io import regular_file
-
     return _as_arg_error(lambda: regular_file(text, "file"))
 
 
@@ -248,8 +245,6 @@ def input_dir(text: str) -> str:
 
 def output_file(text: str) -> str:
     """A file to write: not a folder or special file, its folder creatable and writable."""
-    from nasfcos.io import writable_path
-
     return _as_arg_error(lambda: writable_path(text))
 
 
@@ -257,8 +252,6 @@ def output_dir(text: str) -> str:
     """A folder to write into: an existing writable folder, or one that can be created.  The
     folder is owned by this run from here on (:func:`nasfcos.io.claim_folder`): a second run
     naming it fails at once, naming the owner."""
-    from nasfcos.io import claim_folder, writable_path
-
     path = _as_arg_error(lambda: writable_path(text, directory=True))
     claim_folder(path)
     return path
@@ -268,24 +261,49 @@ def genotype_arg(text: str) -> str:
     """A genotype: a shipped name (``nas_fcos_fpn_head``) or a regular JSON file."""
     from nasfcos.genotypes import PAPER_GENOTYPES
 
-    if not Path(text).exists() and str(text).removesuffix(".json") in PAPER_GENOTYPES:
-        return text
-    if not Path(text).exists():
+    if Path(text).exists():
+        input_file(text)
+    elif str(text).removesuffix(".json") not in PAPER_GENOTYPES:
         from nasfcos.genotypes.resolve import unknown_genotype_message
 
-        raise argparse.ArgumentTypeError(unknown_genotype_message(text))
-    input_file(text)
+        raise _ArgError(unknown_genotype_message(text))
     return text
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs wrapped to the terminal: a paragraph (a run of unindented
+    lines) is filled; an indented line (an example command) is kept as written, to be copied."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = re.sub(r"^\S.*(?:\n\S.*)*", lambda para: textwrap.fill(
+            para.group(0), width - len(indent), break_on_hyphens=False, break_long_words=False),
+            text, flags=re.M)
+        return textwrap.indent(text, indent)
 
 
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are a :class:`NasfcosError` (the dispatcher
     prints them as one line, ``nasfcos VERB: error: ...``, exit 2) instead of a usage block
-    and ``SystemExit``.  Descriptions and epilogs are printed as written (their examples keep
-    their lines)."""
+    and ``SystemExit``.  Descriptions and epilogs are wrapped, their examples keep their
+    lines (:class:`_HelpFormatter`)."""
+
+    #: The parser of the command being run: the innermost one that parsed last (a verb's
+    #: subcommand parses inside the verb's).  :meth:`flag` names its fields' flags.
+    current: ClassVar[Parser | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{"formatter_class": argparse.RawDescriptionHelpFormatter, **kwargs})
+        super().__init__(*args, **{"formatter_class": _HelpFormatter, **kwargs})
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        Parser.current = self
+        return super().parse_known_args(*args, **kwargs)
+
+    def flag(self, field: str) -> str | None:
+        """The flag of this command that sets ``field`` (``--field-name`` where that is one of
+        its spellings, else its longest), or None where no flag of this command does."""
+        flags = [s for a in self._actions if a.dest == field for s in a.option_strings]
+        spelled = "--" + field.replace("_", "-")
+        return spelled if spelled in flags else max(flags, key=len, default=None)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise NasfcosError(f"{message} (see '{self.prog} --help')")
@@ -308,6 +326,11 @@ def add_output(p: argparse.ArgumentParser, help: str, *, default: str | None = N
 def print_json(obj: Any, file: Any = None) -> None:
     """A verb's ``--json`` result: indented, keys sorted, other types as their ``str``."""
     print(json.dumps(obj, indent=2, sort_keys=True, default=str), file=file)
+
+
+def say(args: argparse.Namespace, *parts: Any) -> None:
+    """Human-readable lines: stdout, or stderr when ``--json`` keeps stdout for the JSON."""
+    print(*parts, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 def add_json(p: argparse.ArgumentParser, help: str = "print the result as JSON on stdout") -> None:
@@ -342,6 +365,15 @@ def add_widths(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, fpn_help
     even, 2..4096), both with ``default`` (None: the verb works it out)."""
     p.add_argument("--fpn-channels", type=width, default=default, metavar=metavar, help=fpn_help)
     p.add_argument("--head-channels", type=width, default=default, metavar=metavar, help=head_help)
+
+
+def add_backbone(p: argparse.ArgumentParser, help: str, **kwargs: Any) -> None:
+    """``--backbone NAME``: a detector backbone; the names are listed in the help, where they
+    wrap (in the usage line they would not)."""
+    from nasfcos.compiler.backbones import BACKBONE_NAMES
+
+    p.add_argument("--backbone", choices=BACKBONE_NAMES, metavar="NAME",
+                   help=help.format(names=", ".join(BACKBONE_NAMES)), **kwargs)
 
 
 def add_num_classes(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, *,
@@ -396,9 +428,9 @@ def add_calibration(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, ima
                    help=method_help)
 
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_calibration", "add_device", "add_json", "cpu_count",
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_backbone", "add_calibration", "add_device", "add_json", "cpu_count",
            "add_detector_model", "add_num_classes", "add_output", "add_quiet", "add_resize", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "name_list", "non_negative_float", "non_negative_int", "num_classes",
-           "opset", "output_dir", "output_file", "positive_float", "positive_int", "print_json", "rule", "seed",
+           "opset", "output_dir", "output_file", "positive_float", "positive_int", "print_json", "rule", "say", "seed",
            "seed_range", "size_hw", "size_list", "threads", "width"]

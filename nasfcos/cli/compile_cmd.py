@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from nasfcos.cli import args as A
-from nasfcos.compiler import (
-    BACKBONES,
-    GENERATOR_VERSION,
-    CompileOptions,
-    compile_genotype,
-    parse_in_channels,
-)
+from nasfcos.compiler import GENERATOR_VERSION, CompileOptions, compile_genotype, parse_in_channels
 from nasfcos.compiler.options import BOX_REGRESSION, PREPROCESS, SCORING
 from nasfcos.compiler.release import release_target
 from nasfcos.errors import NasfcosError
@@ -56,8 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="backbone widths of c2,c3,c4,c5 (default: 256,512,1024,2048, ResNet-50)")
     p.add_argument("--detector", action="store_true",
                    help="also emit class Detector (backbone + decoder + FCOS post-processing)")
-    p.add_argument("--backbone", default=None, choices=BACKBONES,
-                   help="backbone of the detector (with --detector; default: resnet50)")
+    A.add_backbone(p, "backbone of the detector: {names} (with --detector; default: resnet50)")
     p.add_argument("--box-regression", choices=BOX_REGRESSION, default=CompileOptions.box_regression,
                    help="units of bbox_reg = exp(scale * x): pixels (the release's, default) or "
                         "stride (FCOS's later stride-normalised regression)")
@@ -120,6 +114,8 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             raise NasfcosError(f"{out}: cannot write ({exc.strerror})") from None
         written = str(out)
+    detector_options = {"backbone": options.backbone, "scoring": options.scoring,
+                        "preprocess": options.resolved_preprocess}  # None without a Detector
     summary = {
         "output": written,
         "genotype": genotype.name,
@@ -127,17 +123,8 @@ def main(argv: list[str]) -> int:
         "generator_version": GENERATOR_VERSION,
         "bytes": len(data),
         "sha256": sha256_bytes(data),
-        "options": {
-            "fpn_channels": options.fpn_channels,
-            "head_channels": options.resolved_head_channels,
-            "num_classes": options.num_classes,
-            "in_channels": list(options.in_channels),
-            "detector": options.detector,
-            "backbone": options.backbone if options.detector else None,
-            "box_regression": options.box_regression,
-            "scoring": options.scoring if options.detector else None,
-            "preprocess": options.resolved_preprocess if options.detector else None,
-        },
+        "options": {**asdict(options), "head_channels": options.resolved_head_channels,
+                    **{k: v if options.detector else None for k, v in detector_options.items()}},
     }
     if args.json:
         A.print_json(summary, sys.stderr if written == "-" else sys.stdout)

@@ -16,15 +16,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
+from nasfcos.io import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
-    from nasfcos.compiler.backbones import BACKBONE_NAMES as BACKBONES
     from nasfcos.compiler.options import CompileOptions
 
     p = A.Parser(
@@ -46,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fpn-channels", type=A.width, default=None,
                    help="decoder width (default 256, the released models'; make demo and "
                         "--gpu use 128)")
-    p.add_argument("--backbone", default=CompileOptions.backbone, choices=BACKBONES,
-                   help="detector backbone (default resnet50)")
+    A.add_backbone(p, "detector backbone: {names} (default resnet50)",
+                   default=CompileOptions.backbone)
     p.add_argument("--genotype", type=A.genotype_arg, default="nas_fcos_fpn_head",
                    help="shipped genotype name or a genotype .json (default nas_fcos_fpn_head)")
     p.add_argument("--static", action="store_true",
@@ -91,11 +92,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     cfg = _config(args)
     out = cfg.out
-    stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
-
-    def say(*parts: Any) -> None:
-        print(*parts, file=stream, flush=True)
-
+    say = partial(A.say, args)  # --json: stdout holds only the JSON
     t_all = time.perf_counter()
     summary = run_pipeline(cfg, say)
     if args.gpu:
@@ -114,8 +111,6 @@ def main(argv: list[str]) -> int:
         print(f"nasfcos demo: parity FAILED for {', '.join(summary['parity']['failures'])}",
               file=sys.stderr)
     summary["seconds"] = round(time.perf_counter() - t_all, 1)
-    from nasfcos.io import atomic_write_json
-
     atomic_write_json(out / "demo.json", summary)
     say()
     say(markdown_table(report))

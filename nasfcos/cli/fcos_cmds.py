@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 from dataclasses import replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +78,11 @@ def data_main(argv: list[str]) -> int:
                                    force=args.force)
         if args.json:
             A.print_json(manifest)
-            return 0
-        if args.quiet:
-            return 0
-        c = manifest["counts"]
-        print(f"wrote {args.out}: {c['train']['images']} train / {c['val']['images']} val images, "
-              f"{c['train']['annotations'] + c['val']['annotations']} boxes, "
-              f"{len(manifest['classes'])} classes (manifest.json)")
+        elif not args.quiet:
+            c = manifest["counts"]
+            print(f"wrote {args.out}: {c['train']['images']} train / {c['val']['images']} val "
+                  f"images, {c['train']['annotations'] + c['val']['annotations']} boxes, "
+                  f"{len(manifest['classes'])} classes (manifest.json)")
         return 0
     from nasfcos.fcos.voc import convert_voc
 
@@ -120,12 +119,6 @@ _FLAG_FIELDS: dict[str, tuple[str, ...]] = {
 _FREE_ON_RESUME = {"model", "out", "resume", "override", "no_progress", "workers", "device"}
 
 
-def _field(cfg: Any, name: str) -> Any:
-    for part in name.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
 def _resumed_config(flags_cfg: Any, given: set[str], args: argparse.Namespace) -> Any:
     """The run's stored config.json with the flags given now: a flag that changes a stored
     setting is an error unless ``--override``."""
@@ -145,14 +138,14 @@ def _resumed_config(flags_cfg: Any, given: set[str], args: argparse.Namespace) -
             touched += [k for k in PRESETS[args.preset]]
         else:
             touched += list(_FLAG_FIELDS.get(dest, (dest,)))
-    differ = [f for f in dict.fromkeys(touched) if _field(flags_cfg, f) != _field(stored, f)]
+    differ = [f for f in dict.fromkeys(touched) if attrgetter(f)(flags_cfg) != attrgetter(f)(stored)]
     if differ and not args.override:
-        shown = ", ".join(f"{f} {_field(stored, f)!r} -> {_field(flags_cfg, f)!r}" for f in differ[:3])
+        shown = ", ".join(f"{f} {attrgetter(f)(stored)!r} -> {attrgetter(f)(flags_cfg)!r}" for f in differ[:3])
         raise NasfcosError(f"--resume: flags differ from {path} ({shown}); drop them, or add "
                            "--override")
     top = {f.split(".")[0] for f in differ if "." not in f}
     cfg = replace(stored, **{f: getattr(flags_cfg, f) for f in top})
-    fcos_changes = {f.split(".")[1]: _field(flags_cfg, f) for f in differ if f.startswith("fcos.")}
+    fcos_changes = {f.split(".")[1]: attrgetter(f)(flags_cfg) for f in differ if f.startswith("fcos.")}
     if fcos_changes:
         cfg = replace(cfg, fcos=replace(cfg.fcos, **fcos_changes))
     free = {"workers": flags_cfg.workers, "device": flags_cfg.device}

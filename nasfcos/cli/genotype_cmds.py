@@ -16,11 +16,6 @@ from nasfcos.genotypes import (
 )
 
 
-def load_genotype_arg(arg: str) -> Genotype:
-    """Load a genotype argument (:func:`nasfcos.genotypes.resolve_genotype`)."""
-    return resolve_genotype(arg)
-
-
 def _summary(g: Genotype) -> dict[str, object]:
     graph = fpn_graph(g.fpn)
     return {
@@ -46,21 +41,18 @@ def validate_main(argv: list[str]) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     args = parser.parse_args(argv)
     results = []
-    bad = 0
     for f in args.files:
         try:
-            g = load_genotype_arg(f)
+            g = resolve_genotype(f)
         except NasfcosError as exc:
-            bad += 1
-            msg = str(exc)
-            results.append({"file": f, "valid": False, "error": msg})
+            results.append({"file": f, "valid": False, "error": str(exc)})
             if not args.json:
-                print(f"{f}: invalid: {msg.removeprefix(f + ': ')}", file=sys.stderr)
+                print(f"{f}: invalid: {str(exc).removeprefix(f + ': ')}", file=sys.stderr)
             continue
-        info = _summary(g)
-        results.append({"file": f, "valid": True, **info})
+        results.append({"file": f, "valid": True, **_summary(g)})
         if not args.json and not args.quiet:
             print(f"{f}: ok  name={g.name} head={g.head.kind} hash={g.short_hash()}")
+    bad = sum(not r["valid"] for r in results)
     if args.json:
         A.print_json({"valid": bad == 0, "files": results})
     return 1 if bad else 0
@@ -80,7 +72,7 @@ def draw_main(argv: list[str]) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise NasfcosError(f"{out}: output must end in .png, .svg or .pdf")
-    g = load_genotype_arg(args.genotype)
+    g = resolve_genotype(args.genotype)
     from nasfcos.genotypes.draw import draw_genotype
 
     draw_genotype(g, out)

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from nasfcos import __version__
-from nasfcos.errors import FieldError, NasfcosError
+from nasfcos.cli.args import Parser
+from nasfcos.errors import FieldError, NasfcosError, first_line
 from nasfcos.io import output_claims
 
 # verb -> (module, function, one-line help)
@@ -43,29 +44,25 @@ VERBS: dict[str, tuple[str, str, str]] = {
 
 
 def _usage() -> str:
-    lines = [
-        f"usage: nasfcos [--version] VERB [options]   (nasfcos {__version__})",
-        "",
-        "verbs:",
-    ]
     width = max(len(v) for v in VERBS)
-    for verb, (_, _, help_) in VERBS.items():
-        lines.append(f"  {verb.ljust(width)}  {help_}")
-    lines += ["", "Run 'nasfcos VERB --help' for a verb's options and an example."]
-    return "\n".join(lines)
+    verbs = [f"  {verb.ljust(width)}  {help_}" for verb, (_, _, help_) in VERBS.items()]
+    return "\n".join([f"usage: nasfcos [--version] VERB [options]   (nasfcos {__version__})", "",
+                      "verbs:", *verbs, "", "Run 'nasfcos VERB --help' for a verb's options and an example."])
 
 
-def flag_message(exc: NasfcosError) -> str:
-    """An error's one line, a field name (:class:`FieldError`) shown as its ``--flag``."""
-    if isinstance(exc, FieldError):
-        return f"--{exc.field.replace('_', '-')}: {exc.reason}"
-    return str(exc)
+def flag_message(exc: NasfcosError, parser: Parser | None = None) -> str:
+    """An error's one line, a field name (:class:`FieldError`) shown as its ``--flag``: the
+    flag of ``parser`` (the command the user ran) that sets the field; the field's name where
+    that command has no such flag (the field was derived, not typed)."""
+    if not isinstance(exc, FieldError):
+        return str(exc)
+    flag = parser.flag(exc.field) if parser else f"--{exc.field.replace('_', '-')}"
+    return f"{flag}: {exc.reason}" if flag else str(exc)
 
 
 def _one_line_warning(verb: str) -> Any:
     """``warnings.formatwarning`` for the CLI: ``nasfcos VERB: warning: MESSAGE`` on one line,
     without the source file, line and code that Python prints by default."""
-    from nasfcos.errors import first_line
 
     def fmt(message: Warning | str, category: type[Warning], filename: str, lineno: int,
             line: str | None = None) -> str:
@@ -135,13 +132,14 @@ def _dispatch(args: list[str], debug: bool) -> int:
     if not debug:
         warnings.formatwarning = _one_line_warning(verb)
     func = getattr(importlib.import_module(module_name), func_name)
+    Parser.current = None
     try:
         with output_claims(verb):  # every -o DIR is this run's until it ends
             return int(func(rest) or 0)
     except NasfcosError as exc:
         if debug:
             raise
-        _say(f"nasfcos {verb}: error: {flag_message(exc)}")
+        _say(f"nasfcos {verb}: error: {flag_message(exc, Parser.current)}")
         return 2
     except KeyboardInterrupt:
         _say(f"nasfcos {verb}: interrupted")

@@ -42,8 +42,6 @@ def _widths(text: str) -> tuple[int, int | None]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from nasfcos.compiler.backbones import BACKBONE_NAMES
-
     p = A.Parser(
         prog="nasfcos profile",
         description="Parameters (total, backbone, FPN, head) and FLOPs (multiply-adds) of detectors.",
@@ -51,9 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("models", nargs="+", metavar="MODEL", type=_model_arg,
                    help="model.py, genotype .json, shipped genotype name, or fpn-fcos")
-    p.add_argument("--backbone", nargs="+", default=[None], choices=BACKBONE_NAMES, metavar="NAME",
-                   help=f"backbone(s): {', '.join(BACKBONE_NAMES)} "
-                        "(default: a model file's compiled backbone, else resnet50)")
+    A.add_backbone(p, "backbone(s): {names} (default: a model file's compiled backbone, else "
+                      "resnet50)", nargs="+", default=[None])
     A.add_widths(p, fpn_help="FPN width (default: the model file's; 256 for genotypes and fpn-fcos)",
                  head_help="head width (default: the FPN width)")
     p.add_argument("--widths", nargs="+", type=_widths, default=None, metavar="F[-H]",

@@ -11,6 +11,7 @@ from typing import Any
 
 from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
+from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def _kind_flags(p: argparse.ArgumentParser) -> None:
@@ -19,7 +20,6 @@ def _kind_flags(p: argparse.ArgumentParser) -> None:
                    help="export/run the Detector (images -> boxes, scores, labels)")
     g.add_argument("--decoder", dest="kind", action="store_const", const="decoder",
                    help="export/run the Decoder alone (c2..c5 -> 15 raw maps)")
-    p.set_defaults(kind=None)
 
 
 def _precision_flags(p: argparse.ArgumentParser) -> None:
@@ -63,17 +63,10 @@ def _precision_options(args: argparse.Namespace) -> Any:
 def _emit_json(args: argparse.Namespace, obj: Any, path: str | None = None) -> None:
     """``--json``: the result on stdout; ``path`` (check's ``-o``) also gets it."""
     if path:
-        from nasfcos.io import atomic_write_json
-
         atomic_write_json(path, obj)
-        _say(args, f"json: {path}")
+        A.say(args, f"json: {path}")
     if args.json:
         A.print_json(obj)
-
-
-def _say(args: argparse.Namespace, *parts: Any) -> None:
-    """Human-readable lines: stdout, or stderr when --json keeps stdout for the JSON."""
-    print(*parts, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -155,7 +148,7 @@ def export_main(argv: list[str]) -> int:
         onnx_path = Path(args.output) if args.output else src.with_name(
             f"{src.stem}.{prec.precision}.onnx")
         man = convert_onnx(src, onnx_path, prec)
-        _say(args, f"onnx: {onnx_path} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
+        A.say(args, f"onnx: {onnx_path} ({prec.precision}, {man['artifact']['bytes'] / 1e6:.1f} MB, "
              f"sha256 {man['artifact']['sha256'][:12]})")
         summary = {"onnx": str(onnx_path), "precision": man["precision"]}
     elif form == "model.py":
@@ -166,17 +159,17 @@ def export_main(argv: list[str]) -> int:
                              simplify=not args.no_simplify, seed=args.seed,
                              weights=Path(args.weights) if args.weights else None,
                              precision=prec)
-        _say(args, f"exporting {src} -> {out} ({'dynamic' if opts.dynamic else 'static'} "
+        A.say(args, f"exporting {src} -> {out} ({'dynamic' if opts.dynamic else 'static'} "
              f"{opts.size[0]}x{opts.size[1]}, opset {opts.opset}) ...")
         res = export_onnx(src, out, opts, progress=not args.quiet)
         summary = export_summary(res)
-        _say(args, f"onnx: {res.onnx_path} ({summary['bytes'] / 1e6:.1f} MB, "
+        A.say(args, f"onnx: {res.onnx_path} ({summary['bytes'] / 1e6:.1f} MB, "
               f"{summary['deform_convs']} DeformConv, sha256 {summary['sha256'][:12]})")
         for io in ("inputs", "outputs"):
             names = ", ".join(f"{t['name']}{t['shape']}" for t in summary[io][:4])
             more = f" (+{len(summary[io]) - 4} more)" if len(summary[io]) > 4 else ""
-            _say(args, f"  {io}: {names}{more}")
-        _say(args, f"manifest: {res.manifest_path}")
+            A.say(args, f"  {io}: {names}{more}")
+        A.say(args, f"manifest: {res.manifest_path}")
         onnx_path = res.onnx_path
     if args.trt:
         summary["engine"] = _build_engine(args, onnx_path)
@@ -197,11 +190,11 @@ def _build_engine(args: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
         man = Manifest.load(onnx_path)
         shapes = profile_shapes(man.kind, sizes, man.batch, man.in_channels)
     engine = Path(args.trt)
-    _say(args, f"building TensorRT engine {engine} ...")
+    A.say(args, f"building TensorRT engine {engine} ...")
     man = build_engine(onnx_path, engine, TrtBuildOptions(
         workspace_gb=args.workspace, shapes=shapes,
         timing_cache=Path(args.timing_cache) if args.timing_cache else None))
-    _say(args, f"engine: {engine} ({man['artifact']['bytes'] / 1e6:.1f} MB, "
+    A.say(args, f"engine: {engine} ({man['artifact']['bytes'] / 1e6:.1f} MB, "
          f"{man['build']['precision']}, {man['build']['seconds']} s)")
     return {"path": str(engine), "sha256": man["artifact"]["sha256"],
             "precision": man["build"]["precision"]}
@@ -242,16 +235,14 @@ def check_main(argv: list[str]) -> int:
     A.add_output(p, "also write the full report as JSON to FILE")
     A.add_json(p, "print the full report as JSON on stdout")
     args = p.parse_args(argv)
+    from nasfcos.runtime.artifact import open_artifact
+    from nasfcos.runtime.check import TOLERANCES, check_artifact
     from nasfcos.runtime.doctor import preflight_verb
+    from nasfcos.runtime.runners import split_backend
 
     preflight_verb(args.artifact, [args.backend] if args.backend else None, args.device)
     if str(args.device).startswith("cuda"):  # the PyTorch reference runs there too
         preflight_verb(None, ["torch"], args.device)
-
-    from nasfcos.runtime.artifact import open_artifact
-    from nasfcos.runtime.check import TOLERANCES, check_artifact
-    from nasfcos.runtime.runners import split_backend
-
     art = open_artifact(args.artifact)  # once: check_artifact takes it as opened
     tol = None
     if args.atol is not None or args.rtol is not None:  # the other keeps its precision's default
@@ -262,10 +253,10 @@ def check_main(argv: list[str]) -> int:
     report = check_artifact(art, args.against, backend=args.backend, device=args.device,
                             sizes=args.sizes, batch=args.batch, seed=args.seed, tol=tol,
                             kind=args.kind, threads=args.threads)
-    _say(args, f"{report.backend} ({report.artifact}) vs {report.reference_backend} "
+    A.say(args, f"{report.backend} ({report.artifact}) vs {report.reference_backend} "
          f"({report.reference}), sizes {', '.join('x'.join(map(str, s)) for s in report.sizes)}"
          f", seed {report.seed}, {report.precision} tolerances")
-    _say(args, report.table())
+    A.say(args, report.table())
     _emit_json(args, report.to_dict(), args.output)
     if not report.ok:
         bad = report.failures()
@@ -274,7 +265,7 @@ def check_main(argv: list[str]) -> int:
                           for o in bad[:5])
         print(f"nasfcos check: FAILED: {len(bad)} output(s) failed: {names}", file=sys.stderr)
         return 1
-    _say(args, "parity: ok")
+    A.say(args, "parity: ok")
     return 0
 
 
@@ -370,13 +361,13 @@ def bench_main(argv: list[str]) -> int:
     if not report["results"] and report.get("interrupted"):
         raise KeyboardInterrupt
     paths = write_report(report, args.output)
-    _say(args, markdown_table(report))
+    A.say(args, markdown_table(report))
     for k, v in paths.items():
-        _say(args, f"{k}: {v}")
+        A.say(args, f"{k}: {v}")
     _emit_json(args, report)
     skipped = [r for r in report["results"] if r["status"] != "ok"]
     for r in skipped:
-        _say(args, f"note: {r['backend']} {r['size'][0]}x{r['size'][1]} {r['status']}: {r['reason']}")
+        A.say(args, f"note: {r['backend']} {r['size'][0]}x{r['size'][1]} {r['status']}: {r['reason']}")
     if report.get("interrupted"):
         print(f"nasfcos bench: {report['interrupted']}; the report keeps the rows done",
               file=sys.stderr)
@@ -386,7 +377,6 @@ def bench_main(argv: list[str]) -> int:
 
 def _precision_table(args: argparse.Namespace) -> int:
     """``nasfcos bench --precisions``: the backend x precision table (PREFIX.json/.md)."""
-    from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from nasfcos.runtime.bench import (
         PrecisionTableConfig,
         plot_precision,
@@ -403,12 +393,11 @@ def _precision_table(args: argparse.Namespace) -> int:
     report = run_precision_table(args.model, cfg, out.with_name(out.name + "_artifacts"),
                                  progress=not args.quiet and sys.stderr.isatty())
     table = precision_markdown(report)
-    atomic_write_json(out.with_name(out.name + ".json"), report)
-    atomic_write_text(out.with_name(out.name + ".md"), table)
-    png = out.with_name(out.name + ".png")
-    atomic_write_bytes(png, plot_precision(report))
-    _say(args, table)
-    _say(args, f"json: {out.with_name(out.name + '.json')}\nmd: {out.with_name(out.name + '.md')}"
-               f"\npng: {png}")
+    paths = {ext: out.with_name(f"{out.name}.{ext}") for ext in ("json", "md", "png")}
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["md"], table)
+    atomic_write_bytes(paths["png"], plot_precision(report))
+    A.say(args, table)
+    A.say(args, "\n".join(f"{k}: {v}" for k, v in paths.items()))
     _emit_json(args, report)
     return 0 if any(r["status"] == "ok" for r in report["rows"]) else 1

@@ -14,14 +14,13 @@ from nasfcos.cli.main import _one_line_warning
 
 def test_progress_off_a_tty_is_lines_not_bars(tmp_path: Path, capsys) -> None:
     from nasfcos.fcos.synth import SynthConfig, write_synthetic
-    from nasfcos.progress import LineProgress, progress_iter
-    from nasfcos.search.cache import _progress_bar
+    from nasfcos.progress import LineProgress, progress_bar, progress_iter
 
     write_synthetic(tmp_path / "s", SynthConfig(images=4, size=32, seed=0), progress=True)
     assert list(progress_iter(range(3), desc="eval", unit="batch")) == [0, 1, 2]
     err = capsys.readouterr().err
     assert "\r" not in err and "synth: 4/4 img" in err and "eval: 3/3 batch" in err
-    assert isinstance(_progress_bar(10, "feature cache", True), LineProgress)
+    assert isinstance(progress_bar(10, desc="feature cache", unit="img"), LineProgress)  # the cache's
 
 
 def test_warnings_are_one_line_without_source() -> None:

@@ -73,3 +73,32 @@ def test_check_keeps_the_other_tolerance_of_the_checked_precision(
     (tmp_path / "m.onnx").write_bytes(b"x")
     assert main(["check", str(tmp_path / "m.onnx"), *argv]) == 2
     assert seen["tol"] == expected
+
+
+@pytest.mark.parametrize(("argv", "shown"), [
+    (["bench", "MODEL"], "--batch: "),          # bench has --batch: the error names it
+    (["demo", "-o", "OUT", "--quick"], "batch: "),  # demo has none: the field, not a foreign flag
+])
+def test_a_field_error_names_the_flag_of_the_command_run(
+        argv: list[str], shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from nasfcos.runtime import bench, doctor, pipeline
+
+    def static(*a: object, **k: object) -> None:
+        raise FieldError("batch", "m.onnx is a static export with batch 1, not 2")
+
+    monkeypatch.setattr(bench, "run_benchmark", static)
+    monkeypatch.setattr(pipeline, "run_pipeline", static)
+    monkeypatch.setattr(doctor, "preflight_verb", lambda *a: None)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    argv = [{"MODEL": str(tmp_path / "m.onnx"), "OUT": str(tmp_path / "out")}.get(a, a) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"nasfcos {argv[0]}: error: {shown}m.onnx is a static export with batch 1, not 2"
+
+
+def test_a_subcommand_field_error_names_the_subcommand_flag(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "synth", "-o", str(tmp_path / "d"), "--images", "1", "-q"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "nasfcos data: error: --images: must be at least 2 (one train, one val)")
