@@ -363,7 +363,9 @@ def report(archs: list[Genotype], set_of: dict[str, str], scored: dict[str, dict
     result: dict[str, Any] = {
         "benchmark": "proxy_fidelity", "architectures": len(archs), "scored": len(prox), "trained":
         sum(r.get("AP") is not None for r in rows), "seeds": seeds, "iters": a.iters, "proxy_changes": changed,
-        "tau_seed_to_seed": round(kendall_tau([r["proxy"][0] for r in prox], [r["proxy"][1] for r in prox]), 3)
+        "tau_seed_to_seed": round(kendall_tau(*([form_score({"losses": r["losses"][i:i + 1]}, settings.reward,
+                                                              settings.failure_reward) for r in prox]
+                                                for i in (0, 1))), 3)
         if len(seeds) > 1 and len(prox) > 1 else None,
         "proxy_s_per_arch": round(statistics.mean(r["proxy_s_per_seed"] * len(seeds) for r in prox), 2)
         if prox else None,
@@ -407,7 +409,7 @@ def report(archs: list[Genotype], set_of: dict[str, str], scored: dict[str, dict
                if result["sets"].get("test", {}).get("tau_proxy_AP") else "-") for f in FORMS))
         print(f"  chosen on the tuning set (highest tau vs AP): -({result['chosen_on_tuning']})"
               + ("" if result["chosen_on_tuning"] == form else f"; the search's reward is -({form})"))
-    print(f"  seed-to-seed (proxy) {result['tau_seed_to_seed']}")
+    print(f"  seed-to-seed (proxy, -({form})) {result['tau_seed_to_seed']}")
     line = json.dumps(result)
     print(line)
     if a.json:

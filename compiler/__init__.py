@@ -9,10 +9,11 @@ True
 Pieces: :mod:`~nasfcos.compiler.options` (validated :class:`CompileOptions`),
 :mod:`~nasfcos.compiler.plan` (graph analysis, dead-path elimination and naming, producing
 plain records), ``templates/*.j2`` (Jinja2; they only print the records: ``model.py.j2``,
-``baseline_fpn_fcos.py.j2``), ``pasted_*.py`` (ordinary modules whose code the templates paste:
-the DCNv2 layer, GroupNorm, the backbones, the Detector), :mod:`~nasfcos.compiler.codegen`
-(rendering, in-memory compilation) and :mod:`~nasfcos.compiler.reference` (the dynamic
-reference interpreter, the test oracle).
+``baseline_fpn_fcos.py.j2``, both including ``constants.py.j2``, the model file's constants),
+``pasted_*.py`` (ordinary modules whose code the templates paste: the DCNv2 layer, GroupNorm,
+the backbones, the Detector), :mod:`~nasfcos.compiler.codegen` (rendering, in-memory
+compilation) and :mod:`~nasfcos.compiler.reference` (the dynamic reference interpreter, the
+test oracle).
 
 Layers (as the authors' release defines them; widths C = fpn_channels, H = head_channels):
 

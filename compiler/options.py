@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from nasfcos.compiler.backbones import BACKBONE_NAMES
@@ -40,15 +40,17 @@ PREPROCESS = ("caffe2", "imagenet")
 def _check_int(value: Any, what: str, upper: int, lower: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise FieldError(what, f"expected an integer, got {type(value).__name__} {str(value)[:40]!r}")
+    value = int.__int__(value)  # a plain int: a subclass's own __str__ never reaches a template
     if not lower <= value <= upper:
         raise FieldError(what, f"{value} is out of range ({lower}..{upper})")
-    return int(value)
+    return value
 
 
 def _check_choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
+    """``value`` as the table's own (plain) string."""
     if not isinstance(value, str) or value not in choices:
         raise NasfcosError(f"{what}: {str(value)[:40]!r} is not one of: {', '.join(choices)}")
-    return value
+    return choices[choices.index(value)]
 
 
 def check_width(what: str, value: Any) -> int:
@@ -110,26 +112,32 @@ class CompileOptions:
     preprocess: str | None = None
 
     def __post_init__(self) -> None:
-        check_width("fpn_channels", self.fpn_channels)
+        # every field is stored as the plain value its check returns: all of them are printed
+        # into generated code
+        def plain(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        plain("fpn_channels", check_width("fpn_channels", self.fpn_channels))
         if self.head_channels is not None:
-            check_width("head_channels", self.head_channels)
-        check_num_classes("num_classes", self.num_classes)
-        object.__setattr__(self, "in_channels", parse_in_channels(self.in_channels))
+            plain("head_channels", check_width("head_channels", self.head_channels))
+        plain("num_classes", check_num_classes("num_classes", self.num_classes))
+        plain("in_channels", parse_in_channels(self.in_channels))
         if not isinstance(self.detector, bool):
             raise NasfcosError(f"detector: expected a boolean, got {type(self.detector).__name__}")
         if not isinstance(self.backbone, str) or self.backbone not in BACKBONES:
             raise NasfcosError(
                 f"backbone: unknown backbone {self.backbone!r:.40} (expected one of: {', '.join(BACKBONES)})"
             )
+        plain("backbone", BACKBONES[BACKBONES.index(self.backbone)])
         head = self.resolved_head_channels
         if head % GN_GROUPS:
             what = "head_channels" if self.head_channels is not None else "fpn_channels (= the head width)"
             raise NasfcosError(f"{what}: {head} is not a multiple of {GN_GROUPS} (the head's GroupNorm "
                                f"has {GN_GROUPS} groups, as the release; e.g. 32, 64, 128, 256)")
-        _check_choice(self.box_regression, "box_regression", BOX_REGRESSION)
-        _check_choice(self.scoring, "scoring", SCORING)
+        plain("box_regression", _check_choice(self.box_regression, "box_regression", BOX_REGRESSION))
+        plain("scoring", _check_choice(self.scoring, "scoring", SCORING))
         if self.preprocess is not None:
-            _check_choice(self.preprocess, "preprocess", PREPROCESS)
+            plain("preprocess", _check_choice(self.preprocess, "preprocess", PREPROCESS))
 
     @property
     def resolved_preprocess(self) -> str:
@@ -191,8 +199,4 @@ def resolve_options(options: CompileOptions | None = None, **kw: Any) -> Compile
         return CompileOptions(**kw)
     if not isinstance(options, CompileOptions):
         raise NasfcosError(f"options: expected CompileOptions, got {type(options).__name__}")
-    if not kw:
-        return options
-    current = {f.name: getattr(options, f.name) for f in fields(CompileOptions)}
-    current.update(kw)
-    return CompileOptions(**current)
+    return replace(options, **kw) if kw else options

@@ -37,15 +37,7 @@ BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
 }
 #: Keys of a torchvision state_dict that the trunk does not use (classifier, last conv).
 BACKBONE_UNUSED_KEYS: dict[str, tuple[str, ...]] = {
-    "resnet18": ("fc.",),
-    "resnet34": ("fc.",),
-    "resnet50": ("fc.",),
-    "resnet101": ("fc.",),
-    "resnext101_32x4d": ("fc.",),
-    "resnext101_32x8d": ("fc.",),
-    "resnet50_c2": ("fc.",),
-    "resnet101_c2": ("fc.",),
-    "resnext101_32x8d_c2": ("fc.",),
+    **{name: ("fc.",) for name in BACKBONE_CHANNELS if name.startswith("res")},  # ResNets, ResNeXts
     "mobilenet_v2": ("classifier.", "features.18."),
     "mobilenet_v3_large": ("classifier.", "features.16."),
     "tiny": ("norm.",),
@@ -200,31 +192,41 @@ def build_backbone(name: str) -> nn.Module:
     return ResNetBackbone(name)
 
 
+def load_state_file(module: nn.Module, path: str, what: str, misfit: str,
+                    wrappers: tuple[str, str] = ("model", "state_dict"),
+                    ignored: tuple[str, ...] = ()) -> None:
+    """Load the state_dict file ``path`` (plain, or under the key ``wrappers[0]``, else
+    ``wrappers[1]``) into ``module``; keys that start or end with an entry of ``ignored`` are left
+    out on both sides.  A file that cannot be read (``what``) or does not fit (``misfit``) raises
+    a ``ValueError`` with a one-line message."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a user file: one line, not a traceback
+        raise ValueError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and not any(isinstance(v, Tensor) for v in state.values()):
+        state = state.get(wrappers[0], state.get(wrappers[1], state))
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state_dict")
+    state, own = ({k: v for k, v in d.items() if not (k.startswith(ignored) or k.endswith(ignored))}
+                  for d in (state, module.state_dict()))
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise ValueError(f"{path}: {misfit} ({len(missing)} missing, {len(unexpected)} unexpected keys, "
+                         f"e.g. {example!r})")
+    bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"{path}: {misfit} (shape mismatch at {bad[0]!r}: "
+                         f"{tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})")
+    module.load_state_dict(state)
+
+
 def load_backbone_weights(backbone: nn.Module, name: str, path: str) -> None:
     """Load a torchvision-format state_dict file into ``backbone.body``.
 
     Keys the trunk does not use (classifier, ...) are ignored; any other mismatch raises a
     ``ValueError`` with a one-line message.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a user file: one line, not a traceback
-        raise ValueError(f"{path}: cannot read backbone weights ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and not any(isinstance(v, Tensor) for v in state.values()):
-        state = state.get("state_dict", state.get("model", state))
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state_dict")
-    unused = BACKBONE_UNUSED_KEYS[name]
-    state = {k: v for k, v in state.items() if not k.startswith(unused) and not k.endswith("num_batches_tracked")}
-    own = {k: v for k, v in backbone.body.state_dict().items() if not k.endswith("num_batches_tracked")}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        example = (missing or unexpected)[0]
-        raise ValueError(f"{path}: not a torchvision {name} state_dict "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {example!r})")
-    bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
-    if bad:
-        raise ValueError(f"{path}: not a torchvision {name} state_dict (shape mismatch at {bad[0]!r}: "
-                         f"{tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})")
-    backbone.body.load_state_dict(state)
+    load_state_file(backbone.body, path, "backbone weights", f"not a torchvision {name} state_dict",
+                    ("state_dict", "model"), (*BACKBONE_UNUSED_KEYS[name], "num_batches_tracked"))

@@ -23,6 +23,7 @@ from nasfcos.compiler.pasted_backbone import (
     IMAGE_STD,
     build_backbone,
     load_backbone_weights,
+    load_state_file,
 )
 from nasfcos.genotypes import OUTPUT_STRIDES
 from nasfcos.modelfile import DEFAULT_BOX_UNITS
@@ -136,26 +137,7 @@ class Detector(nn.Module):
 
     def load_checkpoint(self, path: str) -> None:
         """Load a full Detector state_dict file (plain, or under ``"model"``/``"state_dict"``)."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a user file: one line, not a traceback
-            raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-        if isinstance(state, dict) and not any(isinstance(v, Tensor) for v in state.values()):
-            state = state.get("model", state.get("state_dict", state))
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: not a state_dict")
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            example = (missing or unexpected)[0]
-            raise ValueError(f"{path}: checkpoint does not fit this Detector "
-                             f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {example!r})")
-        bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
-        if bad:
-            raise ValueError(f"{path}: checkpoint does not fit this Detector (shape mismatch at {bad[0]!r}: "
-                             f"{tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})")
-        self.load_state_dict(state)
+        load_state_file(self, path, "checkpoint", "checkpoint does not fit this Detector")
 
     def normalize(self, images: Tensor) -> Tensor:
         """``[N, 3, H, W]`` RGB in [0, 1] -> the backbone's input ``[N, 3, H', W']``: normalised

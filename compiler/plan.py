@@ -179,7 +179,6 @@ class Plan:
     num_classes: int
     in_channels: tuple[int, int, int, int]
     detector: bool
-    backbone: str
     options: dict[str, Any]
     uses: frozenset[str]
     module_groups: tuple[Group[ModuleDef], ...]
@@ -206,9 +205,7 @@ class Plan:
     def context(self) -> dict[str, Any]:
         """The template context (plain values and records)."""
         plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("options", "uses")}
-        return {**plain, **self.options, "name_literal": json.dumps(self.name),
-                "in_channels_literal": repr(self.in_channels), "strides": OUTPUT_STRIDES,
-                "uses": {n: (n in self.uses) for n in _ALL_USES}}
+        return {**plain, **self.options, "uses": {n: (n in self.uses) for n in _ALL_USES}}
 
 
 _ALL_USES = (
@@ -370,14 +367,9 @@ def _head_layers(g: Genotype) -> tuple[list[_Layer], frozenset[int]]:
     if head.kind == "fcos":
         return [_Layer(op=FCOS_TOWER_EMITTER)] * 4, frozenset()
     if head.kind == "sequential":
-        return [
-            _Layer(op=HEAD_OP_EMITTERS[op]) for op in head.layers
-        ], frozenset()
+        return [_Layer(op=HEAD_OP_EMITTERS[op]) for op in head.layers], frozenset()
     live = head_live(head)
-    layers = [
-        _Layer(op=HEAD_OP_EMITTERS[head.first_op] if 1 in live else None,
-               desc="first op")
-    ]
+    layers = [_Layer(op=HEAD_OP_EMITTERS[head.first_op] if 1 in live else None, desc="first op")]
     for b, blk in enumerate(head.blocks):
         parts: list[tuple[str, Call]] = []
         for j in (0, 1):
@@ -508,7 +500,6 @@ def build_plan(g: Genotype, options: CompileOptions) -> Plan:
         num_classes=options.num_classes,
         in_channels=options.in_channels,
         detector=options.detector,
-        backbone=options.backbone,
         options=options_context(options),
         uses=frozenset(uses),
         module_groups=tuple(fpn_groups + head_groups),

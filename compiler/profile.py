@@ -84,14 +84,8 @@ def deform_conv2d_flop(
     return 2 * n * c_out * h_out * w_out * c_in_per_group * kh * kw
 
 
-def register_deform_conv_flops() -> None:
-    """Register :func:`deform_conv2d_flop` with FlopCounterMode (once per process)."""
-    op = torch.ops.torchvision.deform_conv2d
-    if op not in flop_registry:
-        register_flop_formula(op)(deform_conv2d_flop)
-
-
-register_deform_conv_flops()
+if torch.ops.torchvision.deform_conv2d not in flop_registry:  # once per process
+    register_flop_formula(torch.ops.torchvision.deform_conv2d)(deform_conv2d_flop)
 
 
 def component_of(decoder_child: str) -> str:
@@ -359,5 +353,4 @@ def format_table(profiles: Iterable[Profile]) -> str:
 __all__ = [
     "COMPONENTS", "FPN_PREFIXES", "HEAD_PREFIXES", "PAPER_SIZE", "Profile", "component_of",
     "count_macs", "deform_conv2d_flop", "format_table", "profile_detector",
-    "register_deform_conv_flops",
 ]

@@ -267,10 +267,9 @@ def map_checkpoint(ckpt: dict[str, torch.Tensor], target_state: dict[str, torch.
     out: dict[str, torch.Tensor] = {}
     used: dict[str, str] = {}
     reshaped: list[str] = []
-    share = tuple(int(s) for s in genotype.share)
     for key, want in target_state.items():
         try:
-            rkey = release_key(key, module_kinds, share, genotype.head.kind)
+            rkey = release_key(key, module_kinds, genotype.share, genotype.head.kind)
         except KeyError:
             raise NasfcosError(f"model entry {key!r} has no counterpart in the release's layout") from None
         if rkey not in ckpt:

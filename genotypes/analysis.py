@@ -118,12 +118,8 @@ def _canonical_head(head: Head) -> Head:
     if head.kind != "dag":
         return head
     live = head_live(head)
-    referenced: dict[int, int] = {}
-    for b, blk in enumerate(head.blocks):
-        for j in (0, 1):
-            if 2 + 3 * b + j in live:
-                for src in (blk.inputs[j],):
-                    referenced[src] = referenced.get(src, 0) + 1
+    referenced = {blk.inputs[j] for b, blk in enumerate(head.blocks) for j in (0, 1)
+                  if 2 + 3 * b + j in live}  # the pool entries some live op reads
     blocks: list[Block] = []
     for b, blk in enumerate(head.blocks):
         op_live = [2 + 3 * b + j in live for j in (0, 1)]

@@ -224,8 +224,7 @@ def _index(value: Any, path: str, pool: int, where: str) -> int:
 
 
 def _short_int(v: int) -> str:
-    s = str(v) if abs(v) < 10**30 else f"{'-' if v < 0 else ''}<{len(str(abs(v)))}-digit number>"
-    return s
+    return str(v) if abs(v) < 10**30 else f"{'-' if v < 0 else ''}<{len(str(abs(v)))}-digit number>"
 
 
 def _name(value: Any, path: str, table: tuple[str, ...], what: str) -> str:

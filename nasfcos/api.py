@@ -44,18 +44,12 @@ def compile(genotype: Any, out: str | Path | None = None, **options: Any) -> str
     ``out`` when given.  ``options``: :class:`~nasfcos.compiler.CompileOptions` fields
     (``detector``, ``backbone``, ``fpn_channels``, ``head_channels``, ``num_classes``,
     ``in_channels``, ...)."""
-    from nasfcos.compiler import CompileOptions, compile_genotype
+    from nasfcos.compiler import compile_genotype, resolve_options
     from nasfcos.genotypes import Genotype, resolve_genotype
     from nasfcos.io import atomic_write_text
 
     g = genotype if isinstance(genotype, Genotype) else resolve_genotype(genotype)
-    try:
-        opts = CompileOptions(**options)
-    except TypeError as exc:
-        from nasfcos.errors import NasfcosError
-
-        raise NasfcosError(f"compile: {exc}") from None
-    source = compile_genotype(g, opts)
+    source = compile_genotype(g, resolve_options(**options))  # unknown names: one line naming them
     if out is not None:
         atomic_write_text(Path(out), source)
     return source

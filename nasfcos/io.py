@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes, output checks, folder locks and content hashes.
+"""Small file helpers: atomic writes, output checks, folder locks, content hashes and a
+figure's bytes.
 
 Writes go to a temporary file in the destination folder, are flushed and
 fsync'ed, then renamed over the target, so a crash never leaves a half-written
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -152,6 +154,15 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     """Write ``obj`` as JSON (sorted keys, trailing newline) to ``path`` atomically."""
     text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False, allow_nan=False)
     return atomic_write_text(path, text + "\n")
+
+
+def figure_bytes(fig: Any, fmt: str = "png", **savefig: Any) -> bytes:
+    """A matplotlib figure rendered as ``fmt`` (png, svg, pdf) bytes; write them with
+    :func:`atomic_write_bytes`.  Build the figure as ``matplotlib.figure.Figure(...)``: off
+    pyplot it needs no GUI backend and leaves nothing open to close."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, **savefig)
+    return buf.getvalue()
 
 
 def sha256_bytes(data: bytes) -> str:

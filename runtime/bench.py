@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from nasfcos.errors import BackendUnavailable, FieldError, NasfcosError
-from nasfcos.io import atomic_write_bytes, atomic_write_json, atomic_write_text, regular_file
+from nasfcos.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    figure_bytes,
+    regular_file,
+)
 from nasfcos.modelfile import ModelInfo
 from nasfcos.progress import quiet
 from nasfcos.runtime.artifact import Artifact, form_of, open_artifact
@@ -1048,14 +1054,10 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 def plot_report(report: dict[str, Any]) -> bytes:
     """PNG bytes: median latency vs input size per backend (bars: min..p90)."""
-    import io
+    from matplotlib.figure import Figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    fig = Figure(figsize=(6.4, 4.2), dpi=100)
+    ax = fig.subplots()
     backends = list(dict.fromkeys(r["backend"] for r in report["results"]))
     ok = [r for r in report["results"] if r["status"] == "ok"]
     if ok and len({tuple(r["size"]) for r in ok}) == 1:  # one size: bars, not lone dots
@@ -1078,10 +1080,7 @@ def plot_report(report: dict[str, Any]) -> bytes:
     if ax.get_legend_handles_labels()[0]:  # nothing to label when every cell failed
         ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_bytes(fig)
 
 
 def _latency_bars(ax: Any, rows: list[dict[str, Any]]) -> None:
@@ -1102,15 +1101,11 @@ def _latency_bars(ax: Any, rows: list[dict[str, Any]]) -> None:
 def plot_precision(report: dict[str, Any]) -> bytes:
     """PNG bytes of the precision table: AP against median latency, one labelled point per
     backend x precision (marker size: artifact size), and agreement with PyTorch fp32 as bars."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = [r for r in report["rows"] if r["status"] == "ok"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+    fig = Figure(figsize=(10, 4.2), dpi=100)
+    ax, bx = fig.subplots(1, 2)
     labels = [f"{r['backend']} {r['precision']}" for r in rows]
     for i, (r, name) in enumerate(zip(rows, labels, strict=True)):
         ax.scatter(r["median_ms"], 100 * r["AP"], s=30 + 10 * r["bytes"] / 1e6, color=f"C{i}")
@@ -1127,10 +1122,7 @@ def plot_precision(report: dict[str, Any]) -> bytes:
     c = report["config"]
     fig.suptitle(f"{Path(report['model']).name} @ {c['size'][0]}x{c['size'][1]}: precision")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_bytes(fig)
 
 
 def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
@@ -1146,8 +1138,7 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["DEFAULT_SIZES", "int8_sensitivity", "PrecisionTableConfig", "precision_markdown", "run_precision_table",
-           "BenchConfig", "count_flops", "default_backends", "latency_stats",
-           "markdown_table", "matmul_peak_gflops", "median_ratio_interval", "plot_precision",
-           "plot_report",
-           "run_benchmark", "write_report"]
+__all__ = ["BenchConfig", "DEFAULT_SIZES", "PrecisionTableConfig", "count_flops",
+           "default_backends", "int8_sensitivity", "latency_stats", "markdown_table",
+           "matmul_peak_gflops", "median_ratio_interval", "plot_precision", "plot_report",
+           "precision_markdown", "run_benchmark", "run_precision_table", "write_report"]

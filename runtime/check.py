@@ -523,8 +523,8 @@ def check_artifact(artifact: str | Path | Artifact, against: str | Path | None =
                 raise NasfcosError("cannot tell the model kind from the tensor names")
             report = CheckReport(artifact=str(art.path), reference=str(reference),
                                  backend=runner.backend, reference_backend=ref.backend,
-                                 kind=kind, sizes=[], seed=seed, precision=precision)
-            report.sizes = [list(s) for s in sizes]
+                                 kind=kind, sizes=[list(s) for s in sizes], seed=seed,
+                                 precision=precision)
             _compare(report, runner, ref, sizes, batch, ref.in_channels or runner.in_channels,
                      tol or TOLERANCES[precision])
             return report

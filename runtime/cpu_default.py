@@ -119,12 +119,13 @@ def _runs_here(engine: str) -> str | None:
     return None
 
 
-def _fits(engine: str, path: Path, file_precision: str) -> bool:
-    """Whether ``engine`` runs ``path`` as it is (no export on the fly, no calibration)."""
+def _fits(engine: str, form: str, file_precision: str) -> bool:
+    """Whether ``engine`` runs a file of ``form`` as it is (no export on the fly, no
+    calibration)."""
     backend, _, prec = engine.partition(":")
-    if path.suffix == ".py":
+    if form == "model.py":
         return backend == "torch"
-    if path.suffix != ".onnx" or prec == "int8":
+    if form != "onnx" or prec == "int8":
         return False
     if file_precision != "fp32":
         return engine == "onnxruntime"
@@ -139,9 +140,10 @@ def choose_cpu_engine(path: str | Path, *, table: str | Path | None = None,
     from nasfcos.runtime.manifest import Manifest
 
     path = Path(path)
-    fallback = FORM_BACKENDS.get(form_of(path), "onnxruntime")
+    form = form_of(path)
+    fallback = FORM_BACKENDS[form]
     file_precision = precision or "fp32"
-    if path.suffix == ".onnx" and precision is None:
+    if form == "onnx" and precision is None:
         try:
             man = Manifest.load(path)
             file_precision = man.precision
@@ -151,7 +153,7 @@ def choose_cpu_engine(path: str | Path, *, table: str | Path | None = None,
     best: tuple[float, str] | None = None
     best_fp32: tuple[float, str] | None = None
     for engine, row in data["engines"].items():
-        if not _fits(engine, path, file_precision):
+        if not _fits(engine, form, file_precision):
             continue
         dap, agree = row.get("dAP_points"), row.get("agree50")
         measured = isinstance(dap, int | float) and isinstance(agree, int | float)

@@ -381,10 +381,6 @@ def preflight(backends: list[str] | tuple[str, ...], device: str = "cuda",
     return f
 
 
-#: The backend a file runs on when none is named (as runners.make_runner picks it).
-_BY_SUFFIX = {".py": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
-
-
 def gpu_needs(backends: Iterable[str | None], device: str) -> list[str]:
     """The :data:`GPU_BACKENDS` that running ``backends`` on ``device`` needs (TensorRT runs on
     a CUDA GPU whatever ``device`` says, with torch CUDA for its buffers)."""
@@ -406,7 +402,9 @@ def preflight_verb(path: str | Path | None, backends: Iterable[str | None] | Non
     on ``device``; stops in one line before any work when one of them cannot run."""
     names = [b for b in (backends or []) if b]
     if not names and path is not None:
-        names = [_BY_SUFFIX.get(Path(path).suffix, "")]
+        from nasfcos.runtime.artifact import FORM_BACKENDS, FORMS
+
+        names = [FORM_BACKENDS.get(FORMS.get(Path(path).suffix.lower(), ""), "")]
     device = device or "cpu"
     needs = gpu_needs(names, device)
     if needs:

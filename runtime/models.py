@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from nasfcos.errors import NasfcosError
+from nasfcos.io import sha256_file
 from nasfcos.limits import MAX_INPUT_ELEMENTS
 from nasfcos.modelfile import ModelInfo, load_model_file, model_code_guard
 from nasfcos.weights import load_state_dict_strict, load_weights_file
@@ -159,9 +160,8 @@ class LoadedModel:
         return make_inputs(self.kind, size, batch, seed, self.in_channels)
 
 
-def detect_kind(module: ModuleType, requested: str | None = None) -> str:
-    """The model kind to use: ``requested`` if given (checked), else detector if the file has one."""
-    own = ModelInfo.from_module(module).kind
+def detect_kind(own: str, requested: str | None = None) -> str:
+    """The model kind to use: ``requested`` if given (checked against the file's ``own``)."""
     if requested is not None:
         if requested not in MODEL_KINDS:
             raise NasfcosError(f"unknown model kind {requested!r} (expected decoder or detector)")
@@ -195,7 +195,8 @@ def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
     """
     path = Path(path)
     module = load_model_file(path, sha256=sha256)
-    kind = detect_kind(module, kind)
+    mi = ModelInfo.from_module(module)
+    kind = detect_kind(mi.kind, kind)
     weights_path = Path(weights) if weights is not None else None
     ckpt = load_weights_file(weights_path) if weights_path is not None else None
     if ckpt is not None and kind == "detector":
@@ -218,7 +219,6 @@ def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
     net = (DetectorIO(inner) if kind == "detector" else DecoderIO(inner)).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    mi = ModelInfo.from_module(module)
     in_channels = overrides.get("in_channels", mi.in_channels)
     in_names, out_names = io_names(kind)
     info = {
@@ -229,7 +229,7 @@ def load_model(path: str | Path, kind: str | None = None, *, seed: int = 0,
         "num_classes": overrides.get("num_classes", mi.num_classes),
         "in_channels": list(in_channels) if in_channels is not None else None,
         "backbone": mi.backbone,
-        "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "model_sha256": sha256_file(path),
         "state_dict_sha256": state_dict_hash(inner),
         "options": mi.options(),  # the compiled behaviour options
     }

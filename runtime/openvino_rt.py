@@ -35,6 +35,7 @@ import numpy as np
 
 from nasfcos.errors import BackendUnavailable, FieldError, NasfcosError, first_line
 from nasfcos.runtime.artifact import form_of
+from nasfcos.runtime.manifest import Manifest
 from nasfcos.runtime.runner_base import Runner
 
 OV_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
@@ -251,10 +252,9 @@ class OvRunner(Runner):
             calib.check_inputs(["images"])
         t0 = time.perf_counter()
         path = Path(model)
-        #: a temporary export folder the runner owns (make_runner exports a model.py)
-        self._tmp: Any = export.pop("_tmp", None) if export else None
         if form_of(path) == "model.py":
-            raise NasfcosError(f"{path}: OvRunner reads ONNX; make_runner exports a model.py")
+            path = self._export(path, export).onnx_path
+            manifest = Manifest.load(path)
         if not path.is_file():
             raise NasfcosError(f"{path}: no such ONNX file")
         core, ov_model = read_onnx(path)
@@ -323,9 +323,7 @@ class OvRunner(Runner):
     def close(self) -> None:
         self._feed = []
         self.request = self.compiled = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        super().close()
 
     def info(self) -> dict[str, Any]:
         ov = require_openvino()

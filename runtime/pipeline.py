@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from nasfcos.errors import BackendUnavailable, NasfcosError, first_line
-from nasfcos.runtime.runners import TorchRunner
 
 Say = Callable[[str], None]
 
@@ -56,19 +55,6 @@ class PipelineConfig:
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     calib_images: int = 16
     workspace_gb: float = 4.0
-
-
-class TorchFp16Runner(TorchRunner):
-    """PyTorch eager under ``torch.autocast(float16)`` on a CUDA device (the paper table's
-    "PyTorch fp16" row): the weights stay fp32, convolutions run in fp16."""
-
-    backend = "torch-fp16"
-
-    def _forward(self) -> Any:
-        import torch
-
-        with torch.autocast("cuda", dtype=torch.float16):
-            return self.net(*self._inputs)
 
 
 # -- steps shared by both plans -----------------------------------------------------------------
@@ -341,8 +327,8 @@ def _gpu_plan(cfg: PipelineConfig, say: Say) -> dict[str, Any]:
     makers: dict[str, Callable[[], Any]] = {
         "torch/fp32": lambda: make_runner(model_py, "torch", cfg.device, kind="detector",
                                           weights=weights),
-        "torch-fp16/fp16": lambda: TorchFp16Runner(model_py, cfg.device, kind="detector",
-                                                   weights=weights),
+        "torch-fp16/fp16": lambda: make_runner(model_py, "torch", cfg.device, kind="detector",
+                                               weights=weights, precision="fp16"),
         "onnxruntime/fp32": lambda: make_runner(onnx["fp32"], "onnxruntime", cfg.device),
     }
     for prec, eng in engines.items():
@@ -379,6 +365,5 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> dict[str, Any]:
     return _cpu_plan(cfg, say)
 
 
-__all__ = ["GPU_ROWS", "PipelineConfig", "TorchFp16Runner", "compile_step", "detection_weights",
-           "export_step",
+__all__ = ["GPU_ROWS", "PipelineConfig", "compile_step", "detection_weights", "export_step",
            "measure_cell", "run_pipeline"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,7 @@ def drawn_names(images: Sequence[Path]) -> list[str]:
     level = [0] * len(images)
     for _ in range(3):
         names = [key(p, lv) for p, lv in zip(images, level, strict=True)]
-        counts: dict[str, int] = {}
-        for n in names:
-            counts[n] = counts.get(n, 0) + 1
+        counts = Counter(names)
         if all(counts[n] == 1 for n in names):
             return names
         level = [min(lv + 1, 2) if counts[n] > 1 else lv for n, lv in zip(names, level, strict=True)]
@@ -230,6 +229,7 @@ def predict(model: str | Path, images: Sequence[str | Path], out: str | Path | N
     a one-line warning (on stderr) and listed under ``skipped``.
     """
     from nasfcos.io import atomic_write_bytes, atomic_write_json
+    from nasfcos.runtime.artifact import form_of
     from nasfcos.runtime.runners import make_runner
 
     say = log or print
@@ -243,7 +243,8 @@ def predict(model: str | Path, images: Sequence[str | Path], out: str | Path | N
     max_size = max_size or int(meta.get("max_size", max(DEFAULT_MAX_SIZE, min_size)))
     if max_size < min_size:
         raise NasfcosError(f"max size {max_size} is smaller than min size {min_size}")
-    opts: dict[str, Any] = {"kind": "detector", "weights": weights} if path.suffix == ".py" else {}
+    opts: dict[str, Any] = ({"kind": "detector", "weights": weights}
+                            if form_of(path) == "model.py" else {})
     runner = make_runner(path, backend, device, **opts)
     try:
         if runner.kind != "detector":

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,8 @@ class Runner:
         self.in_channels: tuple[int, ...] | None = None
         #: Seconds spent preparing (export, session or engine creation).
         self.setup_seconds = 0.0
+        #: A temporary folder the runner owns until :meth:`close` (see :meth:`_export`).
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     # -- the simple interface -------------------------------------------------------------
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -73,7 +77,21 @@ class Runner:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release sessions, engines and device memory."""
+        """Release sessions, engines and device memory (subclasses call this last)."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _export(self, model: Path, export: dict[str, Any] | None,
+                size: tuple[int, int] = (256, 256)) -> Any:
+        """A model.py given to an ONNX engine, exported into a temporary folder this runner
+        owns: dynamic shapes traced at ``size`` unless ``export`` (ExportOptions fields) says
+        otherwise; the :class:`~nasfcos.runtime.export.ExportResult`."""
+        from nasfcos.runtime.export import ExportOptions, export_onnx
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="nasfcos-onnx-")
+        opts = ExportOptions(**{"dynamic": True, "size": size, **(export or {})})
+        return export_onnx(model, Path(self._tmp.name) / (model.stem + ".onnx"), opts)
 
     def cuda_stream(self) -> Any:
         """The torch CUDA stream the work runs on (CUDA-event timing), or None (wall clock)."""

@@ -20,7 +20,6 @@ backends), ``run`` (launch on the staged inputs; asynchronous on GPU), ``synchro
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +57,11 @@ def split_backend(spec: str) -> tuple[str, str | None]:
     return backend, prec
 
 
+#: The torch runner's autocast precisions: (device type, dtype name).  bf16 on the CPU
+#: (``torch:bf16``), fp16 on a CUDA GPU (the GPU plan's "PyTorch fp16" row; weights stay fp32).
+TORCH_AUTOCAST: dict[str, tuple[str, str]] = {"bf16": ("cpu", "bfloat16"),
+                                              "fp16": ("cuda", "float16")}
+
 #: Input size (HxW) of the seeded example on which the eager inference copy is parity-checked
 #: (above 128 px, so that p7 is not 1 x 1).
 EAGER_CHECK_SIZE = (160, 160)
@@ -84,14 +88,15 @@ class TorchRunner(Runner):
         import torch
 
         t0 = time.perf_counter()
-        if precision not in RUNTIME_PRECISIONS["torch"]:
+        if precision != "fp32" and precision not in TORCH_AUTOCAST:
             raise NasfcosError(f"{self.backend}: unknown precision {precision!r} (have "
-                               f"{', '.join(RUNTIME_PRECISIONS['torch'])})")
-        if precision == "bf16" and device != "cpu":
-            raise NasfcosError(f"{self.backend}: bf16 autocast is a cpu option here")
-        #: ``bf16``: convolutions and matmuls under ``torch.autocast("cpu", torch.bfloat16)``
-        #: (the compiled model keeps DeformConv sampling coordinates and post-processing in
-        #: float32); outputs are returned as float32.
+                               f"fp32, {', '.join(TORCH_AUTOCAST)})")
+        if precision in TORCH_AUTOCAST and not device.startswith(TORCH_AUTOCAST[precision][0]):
+            raise NasfcosError(f"{self.backend}: {precision} autocast is a "
+                               f"{TORCH_AUTOCAST[precision][0]} option here")
+        #: ``bf16``/``fp16``: convolutions and matmuls under ``torch.autocast`` (the compiled
+        #: model keeps DeformConv sampling coordinates and post-processing in float32);
+        #: outputs are returned as float32.
         self.precision = precision
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable(f"{self.backend}: no CUDA GPU available "
@@ -132,10 +137,11 @@ class TorchRunner(Runner):
         self._inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
 
     def _forward(self) -> Sequence[Any]:
-        if self.precision == "bf16":
+        if self.precision in TORCH_AUTOCAST:
             import torch
 
-            with torch.autocast("cpu", torch.bfloat16):
+            device_type, dtype = TORCH_AUTOCAST[self.precision]
+            with torch.autocast(device_type, getattr(torch, dtype)):
                 return self.net(*self._inputs)
         return self.net(*self._inputs)
 
@@ -259,9 +265,8 @@ class OrtRunner(Runner):
 
         t0 = time.perf_counter()
         path = Path(model)
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if form_of(path) == "model.py":
-            path, self._tmp = _export_temp(path, export or {})
+            path = self._export(path, export).onnx_path
             manifest = Manifest.load(path)
         if not path.is_file():
             raise NasfcosError(f"{path}: no such ONNX file")
@@ -315,16 +320,13 @@ class OrtRunner(Runner):
             self._feed = dict(zip(self.input_names, arrays, strict=True))
 
     def run(self) -> None:
-        if self._binding is not None:
-            try:
+        try:
+            if self._binding is not None:
                 self.session.run_with_iobinding(self._binding)
-            except Exception as exc:
-                raise NasfcosError(f"onnxruntime: {_ort_message(exc)}") from exc
-        else:
-            try:
+            else:
                 self._outputs = self.session.run(self.output_names, self._feed)
-            except Exception as exc:
-                raise NasfcosError(f"onnxruntime: {_ort_message(exc)}") from exc
+        except Exception as exc:
+            raise NasfcosError(f"onnxruntime: {_ort_message(exc)}") from exc
 
     def synchronize(self) -> None:
         if self._binding is not None:
@@ -338,9 +340,7 @@ class OrtRunner(Runner):
     def close(self) -> None:
         self._feed, self._outputs, self._binding = {}, [], None
         self.session = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        super().close()
 
     def info(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -357,17 +357,6 @@ def _ort_message(exc: Exception) -> str:
         node = text.split("while running ", 1)[-1].split(" Status Message:", 1)[0]
         text = node + ": " + text.split("Status Message:", 1)[1].split(" : ", 2)[-1]
     return text[:300]
-
-
-def _export_temp(path: Path, export: dict[str, Any]) -> tuple[Path, tempfile.TemporaryDirectory[str]]:
-    """Export a model.py to a temporary dynamic-shape ONNX file (for runners given a .py)."""
-    from nasfcos.runtime.export import ExportOptions, export_onnx
-
-    tmp = tempfile.TemporaryDirectory(prefix="nasfcos-onnx-")
-    opts = ExportOptions(**{"dynamic": True, "size": (256, 256), **export})
-    out = Path(tmp.name) / (path.stem + ".onnx")
-    export_onnx(path, out, opts)
-    return out, tmp
 
 
 _OPTS: dict[str, set[str]] = {
@@ -434,10 +423,7 @@ def make_runner(artifact: str | Path | Artifact, backend: str | None = None,
     manifest = art.manifest if art else None
     if backend == "onnxruntime":
         return OrtRunner(path, device, manifest=manifest, **opts)
-    if form == "model.py":  # exported on the fly, into a folder the runner owns
-        path, tmp = _export_temp(path, opts.pop("export", None) or {})
-        manifest, opts["export"] = Manifest.load(path), {"_tmp": tmp}
-    return OvRunner(path, device, manifest=manifest, **opts)
+    return OvRunner(path, device, manifest=manifest, **opts)  # a model.py: exported by it
 
 
 def _backend_options(backend: str, opts: dict[str, Any]) -> tuple[str, dict[str, Any]]:

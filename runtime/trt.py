@@ -46,6 +46,7 @@ import numpy as np
 
 from nasfcos.errors import BackendUnavailable, NasfcosError
 from nasfcos.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from nasfcos.runtime.artifact import FORMS
 from nasfcos.runtime.manifest import Manifest, manifest_path_for
 from nasfcos.runtime.runner_base import Runner
 
@@ -166,16 +167,16 @@ cuda: Any = _TorchCuda
 
 
 def require_tensorrt(*, need_gpu: bool = True) -> ModuleType:
-    """Import ``tensorrt`` (10.1 <= version < 12) and check for a CUDA GPU; else
-    BackendUnavailable with a one-line reason."""
+    """Check for a CUDA GPU and import ``tensorrt`` (10.1 <= version < 12), in the order of
+    the CLI's preflight; else BackendUnavailable with a one-line reason."""
+    if need_gpu and not cuda.available():
+        raise BackendUnavailable("tensorrt: no CUDA GPU available "
+                                 "(torch.cuda.is_available() is False)")
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailable(TRT_MISSING) from exc
     check_version(trt)
-    if need_gpu and not cuda.available():
-        raise BackendUnavailable("tensorrt: no CUDA GPU available "
-                                 "(torch.cuda.is_available() is False)")
     return trt
 
 
@@ -488,23 +489,18 @@ class TrtRunner(Runner):
             raise NasfcosError(f"tensorrt runs on a CUDA device, not {device!r}")
         self.device = device
         path = Path(model)
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if path.suffix in (".py", ".onnx"):
-            self._tmp = tempfile.TemporaryDirectory(prefix="nasfcos-trt-")
-            work = Path(engine_dir) if engine_dir else Path(self._tmp.name)
-            if path.suffix == ".py":
-                from nasfcos.runtime.export import ExportOptions, export_onnx
-
-                eopts = ExportOptions(**{"dynamic": True, "size": (800, 800), **(export or {})})
-                res = export_onnx(path, work / (path.stem + ".onnx"), eopts)
-                path = res.onnx_path
-                if shapes is None and eopts.dynamic:
-                    lm_kind = res.manifest["source"]["kind"]
-                    chans = res.manifest["widths"].get("in_channels")
-                    shapes = profile_shapes(lm_kind, [(320, 320), (800, 800), (1344, 1344)],
-                                            eopts.batch if lm_kind == "detector" else 1, chans)
+        if FORMS.get(path.suffix.lower()) == "model.py":
+            res = self._export(path, export, size=(800, 800))
+            path, man = res.onnx_path, res.manifest
+            if shapes is None and man["export"]["dynamic"]:
+                kind = man["source"]["kind"]
+                shapes = profile_shapes(kind, [(320, 320), (800, 800), (1344, 1344)],
+                                        (export or {}).get("batch", 1) if kind == "detector"
+                                        else 1, man["widths"].get("in_channels"))
+        if FORMS.get(path.suffix.lower()) == "onnx":
+            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="nasfcos-trt-")
             tag = ".fp16" if fp16 else ".int8" if int8_calib else ""
-            engine_path = work / (path.stem + tag + ".engine")
+            engine_path = Path(engine_dir or self._tmp.name) / (path.stem + tag + ".engine")
             build_engine(path, engine_path, TrtBuildOptions(
                 fp16=fp16, int8_calib=Path(int8_calib) if int8_calib else None,
                 workspace_gb=workspace_gb, shapes=shapes,
@@ -584,9 +580,7 @@ class TrtRunner(Runner):
         self._inputs, self._outputs = [], {}
         self.context = None
         self.engine = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        super().close()
 
     def info(self) -> dict[str, Any]:
         mem = int(self.engine.device_memory_size_v2) if self.engine is not None else None

@@ -323,18 +323,11 @@ class Archive:
 
 def best_rows(rows: Iterable[ArchiveRow], k: int) -> list[ArchiveRow]:
     """The ``k`` best distinct genotypes (by hash): highest reward, earliest on ties."""
-    seen: set[str] = set()
-    cand = [r for r in sort_rows(rows) if r.reward is not None and r.status in ("ok", "reused")]
-    cand.sort(key=lambda r: -float(r.reward or 0.0))  # stable: earliest first among equals
-    out = []
-    for r in cand:
-        if r.hash in seen:
-            continue
-        seen.add(r.hash)
-        out.append(r)
-        if len(out) >= k:
-            break
-    return out
+    rewarded = [r for r in sort_rows(rows) if r.reward is not None]  # ok or reused (failed rows have none)
+    first: dict[str, ArchiveRow] = {}
+    for r in sorted(rewarded, key=lambda r: -float(r.reward or 0.0)):  # stable: earliest first among equals
+        first.setdefault(r.hash, r)
+    return list(first.values())[:k]
 
 
 def strip_volatile(row: ArchiveRow) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import io
+import itertools
 import json
 import math
 import tempfile
@@ -372,11 +373,10 @@ def _onnx_timer(spec: TableSpec, warmup: int, runs: int, work: Path, clock: Call
         from nasfcos.runtime.trt import TrtRunner, require_tensorrt
 
         require_tensorrt()
-    counter = [0]
+    ids = itertools.count(1)
 
     def timer(module: Any, arrays: list[Any]) -> list[float]:
-        counter[0] += 1
-        path = work / f"unit{counter[0]}.onnx"
+        path = work / f"unit{next(ids)}.onnx"
         names = [f"x{i}" for i in range(len(arrays))]
         with torch.inference_mode(False), quiet(), contextlib.redirect_stderr(io.StringIO()):  # exporter chatter
             prog = torch.onnx.export(module, tuple(torch.from_numpy(a) for a in arrays), dynamo=True,

@@ -302,8 +302,8 @@ class Search:
             atomic_write_json(path, cfg.to_dict())
             return cfg
         stored = SearchConfig.read(path)
-        if stored.identity() != cfg.identity():
-            a, b = stored.identity(), cfg.identity()
+        a, b = stored.identity(), cfg.identity()
+        if a != b:
             diff = sorted(k for k in a if a[k] != b.get(k))
             raise FieldError("resume", f"settings differ from the stored search ({', '.join(diff)}); see {path}")
         merged = dataclasses.replace(stored, trials=cfg.trials, retries=cfg.retries)

@@ -42,8 +42,8 @@ def kendall_tau_stats(a: Sequence[float], b: Sequence[float], *, level: float = 
     ``interval``: percentile bootstrap over the pairs (architectures resampled with
     replacement; replicates whose resample has no two distinct values are dropped) at
     confidence ``level``; ``p``: one-sided permutation p-value, the share of ``resamples``
-    random pairings whose tau is at least the observed one (how often chance alone ranks this
-    well).  Fixed ``seed``: repeatable.  Fewer than 3 pairs: no interval and no p.
+    random pairings whose tau is at least the observed one, counting the observed pairing
+    itself ((hits + 1) / (resamples + 1): how often chance alone ranks this well, never 0).  Fixed ``seed``: repeatable.  Fewer than 3 pairs: no interval and no p.
     """
     if len(a) != len(b):
         raise ValueError("kendall_tau_stats needs paired samples of the same length")
@@ -66,5 +66,6 @@ def kendall_tau_stats(a: Sequence[float], b: Sequence[float], *, level: float = 
         out["lo"], out["hi"] = round(float(lo), 3), round(float(hi), 3)
     perm = np.argsort(rng.random((resamples, x.size)), axis=1)
     null = _tau_rows(np.broadcast_to(x, (resamples, x.size)), y[perm])
-    out["p"] = round(float((np.nan_to_num(null, nan=-2.0) >= tau - 1e-12).mean()), 4)
+    hits = int((np.nan_to_num(null, nan=-2.0) >= tau - 1e-12).sum())
+    out["p"] = round((hits + 1) / (resamples + 1), 4)  # the observed pairing counts as one: never 0
     return out

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nasfcos.io import atomic_write_bytes
+from nasfcos.io import atomic_write_bytes, figure_bytes
 from nasfcos.search.archive import ArchiveRow, sort_rows
 
 
@@ -34,11 +34,6 @@ def plot_rewards(rows: Sequence[ArchiveRow], path: str | os.PathLike[str], *,
     Samples are taken in archive order (step, index); failed ones are skipped and counted in
     the title; reused rewards are plotted like evaluated ones (hollow markers).
     """
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
     rows = sort_rows(rows)
@@ -72,20 +67,13 @@ def plot_rewards(rows: Sequence[ArchiveRow], path: str | os.PathLike[str], *,
                  + (f", {failed} failed" if failed else ""), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, figure_bytes(fig))
 
 
 def plot_pareto(points: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], path: str | os.PathLike[str],
                 *, target_ms: float | None = None, title: str | None = None) -> Path:
     """``pareto.png``: proxy reward against predicted latency (ms) of every distinct evaluated
     genotype, the Pareto front (higher reward, lower latency) joined, the target as a line."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.0, 4.2), dpi=120)
@@ -105,6 +93,4 @@ def plot_pareto(points: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]
     ax.set_title(title or "reward vs predicted latency", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, figure_bytes(fig))

@@ -86,7 +86,7 @@ def eval_main(argv: list[str]) -> int:
 
     p = _parser("nasfcos search eval",
                 "Compile a genotype, train its decoder on the cached features (Adam, Polyak averaging)\n"
-                "and print the reward: minus the sum of the FCOS losses on meta-val.",
+                "and print the reward: minus the meta-val FCOS losses the preset names (tiny: centerness).",
                 "nasfcos search eval genotypes/nas_fcos_fpn_head.json --cache cache_tiny --seeds 0,1,2")
     p.add_argument("genotype", metavar="GENOTYPE.json", help="genotype file (or a shipped name)")
     p.add_argument("--cache", metavar="CACHE", required=True, help="feature cache (nasfcos search cache)")

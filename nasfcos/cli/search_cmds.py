@@ -218,8 +218,8 @@ def _top_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("search to deployment: ONNX export, parity check and benchmark of each")
     e.add_argument("--export", action="store_true",
                    help="run the pipeline of 'nasfcos demo' for each genotype in OUTDIR/rankNN-HASH/: a "
-                        "Detector of --fpn-channels with --backbone (random weights) -> model.onnx -> "
-                        "parity against PyTorch -> CPU benchmark (report.md, summary.json)")
+                        "Detector of the widths and classes above with --backbone (random weights) -> "
+                        "model.onnx -> parity against PyTorch -> CPU benchmark (report.md, summary.json)")
     e.add_argument("--sizes", type=A.size_list, default=None, metavar="HxW,...",
                    help="benchmark sizes (default 800x800; the export is traced at the middle one)")
     A.add_timing(e, runs=None, runs_help="timed runs per backend and size (default 3)",

@@ -45,6 +45,7 @@ from nasfcos.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    figure_bytes,
     sha256_bytes,
     sha256_file,
 )
@@ -394,10 +395,10 @@ def _data_manifest(data: str | None) -> dict[str, Any] | None:
         return None
 
 
-def _save(path: Path, obj: dict[str, Any]) -> None:
+def _torch_bytes(obj: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -426,9 +427,7 @@ def _checksums_path(ckpt: Path) -> Path:
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     """Write ``obj`` atomically with its sha256 in ``PATH.sha256`` (written first, keeping the
     previous hash too, so a kill between the two writes still resumes)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    data = buf.getvalue()
+    data = _torch_bytes(obj)
     side = _checksums_path(path)
     previous = sha256_file(path) if path.is_file() else None
     hashes = [sha256_bytes(data)] + ([previous] if previous else [])
@@ -461,12 +460,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     """Loss terms and total against iteration, written atomically as PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     its = [r["iter"] for r in records]
     for key in ("loss",) + LOSS_KEYS:
         ax.plot(its, [r[key] for r in records], label=key, lw=2 if key == "loss" else 1)
@@ -476,10 +473,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, figure_bytes(fig))
 
 
 class _StopOnInterrupt:
@@ -761,13 +755,14 @@ class _Trainer:
     # -- finish ---------------------------------------------------------------------------
     def _save_final(self) -> None:
         cfg, ds = self.cfg, self.ds
-        _save(self.out / "final.pt", {
+        atomic_write_bytes(self.out / "final.pt", _torch_bytes({
             "model": self.model.state_dict(), "num_classes": ds.num_classes,
             "cat_ids": ds.cat_ids, "class_names": ds.class_names, "model_sha256": self.model_sha,
             "model_kwargs": cfg.model_kwargs, "min_size": cfg.min_size,
-            "max_size": cfg.max_size, "eval_batch": cfg.eval_batch})
+            "max_size": cfg.max_size, "eval_batch": cfg.eval_batch}))
         if cfg.save_backbone:
-            _save(self.out / "backbone.pt", backbone_state_dict(self.model))
+            atomic_write_bytes(self.out / "backbone.pt",
+                               _torch_bytes(backbone_state_dict(self.model)))
             atomic_write_json(self.out / "backbone.json", {
                 "backbone": self.info.backbone, "sha256": sha256_file(self.out / "backbone.pt"),
                 "model": Path(cfg.model).name, "model_sha256": self.model_sha, "data": cfg.data,

@@ -117,6 +117,28 @@ def test_str_subclasses_are_reduced_to_plain_data() -> None:
     assert src == compile_genotype(PAPER)
 
 
+class _SneakyInt(int):
+    def __str__(self) -> str:
+        return "64\nimport os  # injected"
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
+
+
+def test_option_subclasses_are_stored_as_plain_values() -> None:
+    """CompileOptions keeps the plain int / whitelisted str its checks return, so an int or
+    str subclass's own __str__ / __format__ never reaches a model file or its header."""
+    sneaky = CompileOptions(fpn_channels=_SneakyInt(64), head_channels=_SneakyInt(64),
+                            num_classes=_SneakyInt(3), detector=True, backbone=_Sneaky("tiny"),
+                            scoring=_Sneaky("sqrt"), preprocess=_Sneaky("caffe2"))
+    plain = CompileOptions(fpn_channels=64, head_channels=64, num_classes=3, detector=True,
+                           backbone="tiny", scoring="sqrt", preprocess="caffe2")
+    assert all(type(getattr(sneaky, f)) is type(getattr(plain, f)) for f in ("fpn_channels", "backbone"))
+    assert compile_genotype(PAPER, sneaky) == compile_genotype(PAPER, plain)
+
+
 @pytest.mark.parametrize(
     "kw",
     [

@@ -84,7 +84,6 @@ def stand_ins(monkeypatch, tmp_path):
         return FakeRunner()
 
     monkeypatch.setattr(runners, "make_runner", fake_make_runner)
-    monkeypatch.setattr(P, "TorchFp16Runner", FakeRunner)
     return tmp_path / "gpu_check"
 
 
@@ -124,7 +123,10 @@ def test_a_cut_run_keeps_the_cells_measured_so_far(stand_ins, monkeypatch) -> No
             if calls["n"] > 1 + 3:  # the first cell (1 warm-up + 3 runs) finishes, then Ctrl-C
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(P, "TorchFp16Runner", Cut)
+    import nasfcos.runtime.runners as runners
+
+    monkeypatch.setattr(runners, "make_runner", lambda *a, precision=None, **kw:
+                        Cut() if precision == "fp16" else FakeRunner())
     with pytest.raises(KeyboardInterrupt):
         P.run_pipeline(_cfg(stand_ins), lambda s: None)
     saved = json.loads((stand_ins / "gpu_check.json").read_text())

@@ -195,6 +195,9 @@ def test_torch_bf16_runner_outputs_float32_detections(tiny_detector) -> None:
         assert r.info()["precision"] == "bf16"
         boxes, scores, labels = r(*make_inputs("detector", (160, 160), 1, 0))
     assert boxes.dtype == np.float32 and scores.dtype == np.float32 and labels.dtype == np.int64
+    # fp16 autocast (the GPU plan's "PyTorch fp16" row) is the same runner, on CUDA only
+    with pytest.raises(NasfcosError, match="fp16 autocast is a cuda option"):
+        make_runner(tiny_detector, "torch", kind="detector", precision="fp16")
 
 
 def test_cpu_default_picks_the_fastest_engine_within_budget(tmp_path, monkeypatch,

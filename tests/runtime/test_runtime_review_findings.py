@@ -182,18 +182,18 @@ def test_onnx_engine_on_a_model_py_exports_its_trained_weights(
     kind, weights'; the model's own options now go to the export the engine runs (the export
     itself is stood in: what reaches it is the point; ``eval`` then gives the torch backend's
     AP on the trained yardstick)."""
-    from nasfcos.runtime import runners
+    from nasfcos.runtime import export, runners
 
     class Exported(Exception):
         pass
 
     seen: dict[str, object] = {}
 
-    def export_temp(path: Path, export: dict[str, object]) -> None:
-        seen.update(export)
+    def export_onnx(path: Path, out: Path, opts: export.ExportOptions) -> None:
+        seen.update(kind=opts.kind, weights=opts.weights, seed=opts.seed)
         raise Exported
 
-    monkeypatch.setattr(runners, "_export_temp", export_temp)
+    monkeypatch.setattr(export, "export_onnx", export_onnx)
     weights = tmp_path / "w.pt"
     import importlib.util
 

@@ -21,17 +21,23 @@ needs_trt = pytest.mark.skipif(_trt_available() is not None,
 
 
 def test_missing_tensorrt_one_line(monkeypatch, tmp_path) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    """A missing GPU is named first (as the CLI's preflight does), then a missing package."""
+    import nasfcos.runtime.trt as trt_mod
     from nasfcos.runtime.runners import make_runner
     from nasfcos.runtime.trt import require_tensorrt, tensorrt_status
 
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not an engine")
+    monkeypatch.setattr(trt_mod.cuda, "available", staticmethod(lambda: False))
+    with pytest.raises(BackendUnavailable, match=r"^tensorrt: no CUDA GPU available"):
+        make_runner(engine)
+    monkeypatch.setattr(trt_mod.cuda, "available", staticmethod(lambda: True))
     with pytest.raises(BackendUnavailable) as info:
         require_tensorrt()
     msg = str(info.value)
     assert msg.startswith("tensorrt:") and "\n" not in msg and "not installed" in msg
     assert tensorrt_status() == msg
-    engine = tmp_path / "m.engine"
-    engine.write_bytes(b"not an engine")
     with pytest.raises(BackendUnavailable, match="not installed"):
         make_runner(engine)
 

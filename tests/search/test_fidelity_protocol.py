@@ -29,7 +29,7 @@ def test_tau_stats_matches_tau_and_is_honest_about_few_points() -> None:
     # 4 points: a perfect-looking ranking is consistent with chance (issue 23: p = 0.17)
     assert 0.1 < st["p"] < 0.25 and st["lo"] <= 0 < st["hi"]
     strong = kendall_tau_stats(list(range(20)), [x + (3 if x % 4 == 0 else 0) for x in range(20)])
-    assert strong["tau"] > 0.8 and strong["p"] < 0.01 and 0.5 < strong["lo"] <= strong["tau"] <= strong["hi"]
+    assert strong["tau"] > 0.8 and 0 < strong["p"] < 0.01 and 0.5 < strong["lo"] <= strong["tau"] <= strong["hi"]
     # ties in both (duplicated architectures in a resample) do not break it; constant input: no tau
     ties = kendall_tau_stats([1, 1, 2, 2, 3], [1, 2, 2, 3, 3])
     assert -1 <= ties["lo"] <= ties["tau"] <= ties["hi"] <= 1

@@ -120,7 +120,7 @@ def test_evaluate_is_deterministic_per_seed(cache) -> None:  # noqa: ANN001
 
 def test_reward_is_minus_meta_val_loss_sum_of_averaged_model(cache) -> None:  # noqa: ANN001
     g = load_paper_genotype("nas_fcos_fpn")
-    settings = SMALL.replace(max_steps=3)
+    settings = SMALL.replace(max_steps=3, reward="cls+box+ctr")
     result = evaluate(g, cache, settings, seed=2)
     # redo the same training, then score the averaged weights on meta-val in ONE batch
     with deterministic(2, settings.num_threads):

@@ -72,7 +72,8 @@ def test_resume_after_the_proxy_preset_changed_is_refused(tmp_path: Path, monkey
     """A search records its proxy preset's values; a resume under other values (a new version of
     the preset) is a one-line error naming the changed fields, and nothing is evaluated.  A setting
     added since the search began counts at its default (the behaviour from before it existed)."""
-    monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY)
+    old = SMALL_TINY.replace(reward=proxy.ProxySettings().reward)  # the reward before the setting existed
+    monkeypatch.setitem(proxy.PRESETS, "tiny", old)
     out = tmp_path / "run"
     to_dict = proxy.ProxySettings.to_dict
     with monkeypatch.context() as old_version:  # a version without the reward setting
@@ -83,15 +84,15 @@ def test_resume_after_the_proxy_preset_changed_is_refused(tmp_path: Path, monkey
     assert "reward" not in json.loads((out / "search.json").read_text())["proxy"]
     assert json.loads((out / "search.json").read_text())["proxy"]["epochs"] == SMALL_TINY.epochs
     rows = (out / "archive.jsonl").read_bytes()
-    monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY.replace(epochs=SMALL_TINY.epochs + 1))
+    monkeypatch.setitem(proxy.PRESETS, "tiny", old.replace(epochs=old.epochs + 1))
     assert cli_main(["search", "--trials", "4", "--out", str(out), "--resume", "--workers", "0", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tiny proxy preset changed (epochs)" in err[0]
     assert (out / "archive.jsonl").read_bytes() == rows
-    monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY.replace(reward="ctr"))
+    monkeypatch.setitem(proxy.PRESETS, "tiny", old.replace(reward="ctr"))
     assert cli_main(["search", "--trials", "4", "--out", str(out), "--resume", "--workers", "0", "--quiet"]) == 2
     assert "tiny proxy preset changed (reward)" in capsys.readouterr().err
-    monkeypatch.setitem(proxy.PRESETS, "tiny", SMALL_TINY)
+    monkeypatch.setitem(proxy.PRESETS, "tiny", old)
     assert cli_main(["search", "--trials", "4", "--out", str(out), "--resume", "--workers", "0", "--quiet"]) == 0
     assert len(read_rows(out / "archive.jsonl")) == 4
 
