@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from nasfcos.limits import usable_cpus
+
 
 def _cpu_model() -> str:
     try:
@@ -47,16 +49,12 @@ def machine_info() -> dict[str, Any]:
 
     from nasfcos.runtime.export import tool_versions
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        usable = os.cpu_count() or 1
     info: dict[str, Any] = {
         "os": f"{platform.system()} {platform.release()}",
         "cpu": _cpu_model(),
         "cpu_flags": _cpu_flags(),
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
+        "usable_cpus": usable_cpus(),
         "memory_gb": _memory_gb(),
         "torch_threads": torch.get_num_threads(),
         "torch_mkldnn": bool(torch.backends.mkldnn.is_available()),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import textwrap
@@ -24,7 +23,7 @@ from typing import Any, ClassVar
 
 from nasfcos.errors import FieldError, NasfcosError
 from nasfcos.io import claim_folder, regular_file, writable_path
-from nasfcos.limits import MAX_SIDE, MIN_SIDE
+from nasfcos.limits import MAX_SIDE, MIN_SIDE, usable_cpus
 
 _ArgError = argparse.ArgumentTypeError
 
@@ -91,18 +90,10 @@ non_negative_float = float_range(0.0)
 finite_float = float_range()
 
 
-def cpu_count() -> int:
-    """CPUs this process may run on (its affinity mask, else the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def threads(text: str) -> int:
     """A thread count: 1 up to the CPUs this process may use (more only oversubscribes the
     machine; 10000 threads left a bench running for minutes at a load in the thousands)."""
-    n = cpu_count()
+    n = usable_cpus()
     v = _int(text)
     if not 1 <= v <= n:
         raise _ArgError(f"expected 1..{n} threads (this machine lets the process use {n} CPUs), got {v}")
@@ -428,7 +419,7 @@ def add_calibration(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, ima
                    help=method_help)
 
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_backbone", "add_calibration", "add_device", "add_json", "cpu_count",
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Parser", "add_backbone", "add_calibration", "add_device", "add_json",
            "add_detector_model", "add_num_classes", "add_output", "add_quiet", "add_resize", "add_run_inputs", "add_threads", "add_timing",
            "add_widths", "device", "finite_float", "float_range", "genotype_arg",
            "input_dir", "input_file", "int_range", "name_list", "non_negative_float", "non_negative_int", "num_classes",

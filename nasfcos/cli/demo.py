@@ -23,6 +23,7 @@ from typing import Any
 from nasfcos.cli import args as A
 from nasfcos.errors import NasfcosError
 from nasfcos.io import atomic_write_json
+from nasfcos.limits import usable_cpus
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=A.size_list, help="benchmark sizes HxW,... (default 600,800,1000)")
     A.add_timing(p, runs=None, runs_help="timed runs per backend and size (default 3)",
                  warmup=None, warmup_help="warm-up runs (default 1)")
-    A.add_threads(p, default=A.cpu_count())
+    A.add_threads(p, default=usable_cpus())
     p.add_argument("--backends", type=A.name_list, default="torch,onnxruntime",
                    help="CPU backends (default torch,onnxruntime; add torch-compile to try it)")
     p.add_argument("--fpn-channels", type=A.width, default=None,

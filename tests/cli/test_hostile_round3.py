@@ -172,7 +172,7 @@ def test_lock_errors_are_nasfcos_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("verb", [["bench"], ["check"], ["search", "latency-table"], ["demo"]])
 def test_threads_are_bounded_by_the_cpu_count(verb: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    from nasfcos.cli.args import cpu_count
+    from nasfcos.limits import usable_cpus as cpu_count
 
     assert main([*verb, "--threads", "10000", "m.py"]) == 2
     err = _one_line(capsys.readouterr().err, verb[0])
