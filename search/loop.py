@@ -642,8 +642,12 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
         raise NasfcosError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     ours = _indexed_files(out_dir)
+    # export folders are replaced or removed only by a run that writes them (``folders``); any
+    # other run keeps them, listed; an unlisted folder is never taken as ours
+    kept = set() if folders else {n for n in ours if not Path(n).suffix}
+    ours -= kept
     if owned:
-        ours |= {p.name for p in out_dir.iterdir() if _TOP_FILE.fullmatch(p.name)}
+        ours |= {p.name for p in out_dir.iterdir() if _TOP_FILE.fullmatch(p.name) and p.suffix}
     genos = [(k, row, genotype_of_row(row, rank=k)) for k, row in enumerate(top, 1)]
     names = {k: f"rank{k:02d}-{row.hash[:12]}" for k, row, _ in genos}
     exts = [".json"] + [".py"] * (compile_options is not None) + [""] * folders  # "": the export folder
@@ -667,6 +671,7 @@ def write_top(top: list[ArchiveRow], out_dir: Path, *, compile_options: Any = No
                 **({"model": str(out_dir / f"{names[k]}.py")} if k in sources else {})} for k, row, _ in genos]
     stale = sorted(ours - set(want))
     doc = {"format": TOP_FORMAT, **(listing or {}), "top": entries}
+    want += sorted(kept)
     atomic_write_json(out_dir / TOP_INDEX, {**doc, "files": want + stale})  # a crash below leaves them listed
     for name in stale:
         p = out_dir / name

@@ -20,7 +20,7 @@ from nasfcos.errors import NasfcosError
 from nasfcos.genotypes import Genotype, load_genotype
 from nasfcos.search.archive import read_rows, strip_volatile
 from nasfcos.search.evaluators import ToyEvaluator
-from nasfcos.search.loop import Search, SearchConfig, eval_seed
+from nasfcos.search.loop import Search, SearchConfig, eval_seed, write_top
 from nasfcos.search.ppo import PPOConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -342,6 +342,13 @@ def test_top_export_runs_the_one_pipeline_per_genotype(tmp_path: Path, monkeypat
     # once more with fewer: our stale export folder goes; a folder of that name we did not write is refused
     search_main(["top", str(tmp_path / "s"), "-k", "1", "-o", str(best), "--export", "--sizes", "64"])
     assert not seen[1].out.exists() and seen[0].out.is_dir()
+    # a run that does not export (top without --export, the search's own per-step top) keeps the
+    # export folders and the user's files in them, still listed as ours
+    (seen[0].out / "my_notes.txt").write_text("keep")
+    search_main(["top", str(tmp_path / "s"), "-k", "2", "-o", str(best)])
+    write_top([], best, owned=True)
+    assert (seen[0].out / "my_notes.txt").read_text() == "keep"
+    assert seen[0].out.name in json.loads((best / "top.json").read_text())["files"]
     (best / "top.json").write_text(json.dumps({"format": "nasfcos-top/1", "files": [], "top": []}))
     with pytest.raises(NasfcosError, match="rank01-.*not written by nasfcos"):
         search_main(["top", str(tmp_path / "s"), "-k", "1", "-o", str(best), "--export"])
