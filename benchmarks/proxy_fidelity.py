@@ -306,8 +306,9 @@ def main() -> int:
     archs = [g for name in SETS if name in sets for g in by_set[name]]
     set_of = {g.hash(): name for name in SETS for g in by_set[name]}
     t_key = recipe(a)
-    # the reward form only combines the kept losses: rows of every form share one key
-    p_key = {"settings": {k: v for k, v in settings.to_dict().items() if k != "reward"}, "seeds": seeds}
+    # the reward form and scale only combine the kept losses: rows of every form share one key
+    p_key = {"settings": {k: v for k, v in settings.to_dict().items() if k not in ("reward", "reward_scale")},
+             "seeds": seeds}
     p_tag = hashlib.sha256(json.dumps(p_key, sort_keys=True).encode()).hexdigest()[:10]
     p_path = work / f"proxy-{p_tag}.jsonl"
     t_path = work / f"train-{k}of{n}.jsonl"

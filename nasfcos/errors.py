@@ -39,6 +39,9 @@ class FieldError(NasfcosError, ValueError):
         self.field, self.reason = field, message
         super().__init__(f"{field}: {message}")
 
+    def __reduce__(self) -> tuple[object, ...]:  # picklable (a process pool or Ray task re-raises it)
+        return (type(self), (self.field, self.reason))
+
 
 def short_repr(value: object, limit: int = 60) -> str:
     """``repr(value)`` on one line, cut to ``limit`` characters: a value quoted in a one-line

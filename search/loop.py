@@ -93,8 +93,11 @@ class SearchFailed(NasfcosError):
     ``problem`` says what failed, without advice (a command names its own way on)."""
 
     def __init__(self, problem: str, out: Path) -> None:
-        self.problem = problem
+        self.problem, self.out = problem, out
         super().__init__(f"{problem} -- fix the cause, then resume the search in {out}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (a process pool or Ray task re-raises it)
+        return (type(self), (self.problem, self.out))
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,10 @@ class SearchConfig:
         return math.ceil(self.trials / self.batch_size)
 
     def identity(self) -> dict[str, Any]:
-        """The fields a resume must not change."""
-        return {k: v for k, v in asdict(self).items() if k not in ("trials", "retries")}
+        """The fields a resume must not change (``proxy`` with the settings added since it was
+        recorded at their defaults, :func:`filled_proxy`)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("trials", "retries")}
+        return d | {"proxy": filled_proxy(self.proxy)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +170,8 @@ class SearchConfig:
             if isinstance(v, bool) or not isinstance(v, kinds):
                 raise NasfcosError(f"search setting {name} must be {'a number' if float in kinds else kinds[0].__name__}"
                                    f", got {v!r}")
+        if self.proxy is not None and not (isinstance(self.proxy, dict) and all(isinstance(k, str) for k in self.proxy)):
+            raise NasfcosError(f"search setting proxy must be an object of proxy settings or null, got {self.proxy!r}"[:200])
         for name in ("data", "cache", "backbone_weights", "latency_table"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise NasfcosError(f"search setting {name} must be a path or null, got {getattr(self, name)!r}")
@@ -188,6 +195,16 @@ def eval_seed(seed: int, step: int, index: int) -> int:
     """Evaluation seed of sample ``index`` of ``step`` (31-bit, stable across platforms)."""
     h = hashlib.sha256(f"nasfcos-search:{seed}:{step}:{index}".encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def filled_proxy(proxy: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Recorded proxy settings with any setting added since at its default (a new setting's
+    default is the behaviour from before it existed)."""
+    if proxy is None:
+        return None
+    from nasfcos.search.proxy import ProxySettings
+
+    return ProxySettings().to_dict() | proxy
 
 
 def proxy_settings(cfg: SearchConfig) -> Any:
@@ -252,13 +269,10 @@ class Search:
                 raise NasfcosError(f"latency table {cfg.latency_table} was measured for {diff} "
                                    f"{have[diff]}, this search for {cfg.latency_spec.get(diff)}")
         if cfg.preset != "toy":
-            settings = proxy_settings(cfg)
-            current = settings.to_dict()
+            current = proxy_settings(cfg).to_dict()
             if cfg.proxy is None:
                 cfg = dataclasses.replace(cfg, proxy=current)
-            # a field added since the search began counts at its default (a new field's default
-            # is the behaviour from before it existed)
-            elif (stored := type(settings)().to_dict() | cfg.proxy) != current:
+            elif (stored := filled_proxy(cfg.proxy)) != current:
                 fields = sorted(k for k in current if stored.get(k) != current[k]) or ["proxy"]
                 raise NasfcosError(f"the {cfg.preset} proxy preset changed ({', '.join(fields[:4])}) since this "
                                    "search began (its rewards would mix two proxies); start a new search folder")

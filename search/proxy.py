@@ -107,6 +107,8 @@ class ProxySettings:
     device: str = "cpu"  # "cpu", "cuda[:N]" or "auto" (cuda when this process sees a GPU: a Ray task
     # given --gpus-per-trial sees its own; one without sees none and runs on the CPU)
     reward: str = "cls+box+ctr"  # the reward is minus the sum of these meta-val losses ('+'-joined LOSS_TERMS)
+    reward_scale: float = 1.0  # ... times this (> 0): keeps the reward's spread at the scale the latency
+    # weight and PPO's entropy bonus were chosen for (a positive factor does not change the ranking)
     failure_reward: float = -100.0  # reward of a decoder whose meta-val loss is not finite
     seed: int = 0  # evaluation seed used when evaluate() is given none
 
@@ -140,7 +142,7 @@ class ProxySettings:
             raise fail("meta_val_fraction", "in (0, 1)")
         if not 0.0 <= self.polyak_decay < 1.0:
             raise fail("polyak_decay", "in [0, 1)")
-        for name in ("lr", "size_range_scale"):
+        for name in ("lr", "size_range_scale", "reward_scale"):
             if not getattr(self, name) > 0:
                 raise fail(name, "positive")
         for name in ("weight_decay", "center_sampling_radius"):
@@ -227,12 +229,14 @@ PRESETS: dict[str, ProxySettings] = {
     # not how well it ends).  One evaluation of the paper's genotype takes ~10-25 CPU-seconds.
     # Reward: minus the centerness loss alone, the form with the highest tau against the trained
     # AP on the tuning set (0.78, vs 0.73 for the sum of all three), chosen by the benchmark's
-    # pre-registered rule before the held-out test set was scored with it.
+    # pre-registered rule before the held-out test set was scored with it.  It spreads 11x less
+    # than the sum over the tuning set's random decoders (std 0.0088 vs 0.098), hence
+    # reward_scale 11: the latency weight and the entropy bonus keep their meaning.
     "tiny": ProxySettings(
         name="tiny", backbone="tiny", backbone_weights="tiny_synth_1500", short_side=96, max_size=96,
         crop=96, meta_val_fraction=0.3, size_range_scale=0.75, chunk_size=64, synth_images=600,
         synth_size=128, synth_preset="easy", fpn_channels=16, head_channels=32, batch_size=16, epochs=6,
-        lr=8e-4, polyak_decay=0.9, eval_batch_size=64, num_threads=1, reward="ctr",
+        lr=8e-4, polyak_decay=0.9, eval_batch_size=64, num_threads=1, reward="ctr", reward_scale=11.0,
     ),
     # The paper's numbers (NAS-FCOS 4.1): PASCAL VOC split 4000 meta-train / 1715 meta-val
     # (``data voc2coco``, or any COCO-format set: a smaller one is split in the same 4000:1715
@@ -263,8 +267,13 @@ def get_preset(name: str | ProxySettings) -> ProxySettings:
 
 
 def settings_from_cache(cache: FeatureCache) -> ProxySettings:
-    """The settings recorded in a cache's manifest (the ones it was built with)."""
-    return ProxySettings.from_dict(dict(cache.manifest["settings"]))
+    """The settings recorded in a cache's manifest (the ones it was built with); a setting
+    added since the cache was built takes its preset's current value (the reward of a cache
+    built before the ``tiny`` preset's reward changed is the preset's reward)."""
+    recorded = dict(cache.manifest["settings"])
+    name = recorded.get("name")
+    base = PRESETS[name].to_dict() if isinstance(name, str) and name in PRESETS else {}
+    return ProxySettings.from_dict(base | recorded)
 
 
 # ------------------------------------------------------------------------------------------
@@ -455,7 +464,8 @@ def meta_val_losses(model: nn.Module, cache: FeatureCache, settings: ProxySettin
 
 @dataclass
 class EvalResult:
-    """One proxy evaluation.  ``reward = -(cls + box + ctr)`` on meta-val (averaged weights)."""
+    """One proxy evaluation.  ``reward``: minus ``reward_scale`` times the sum of the meta-val
+    losses ``ProxySettings.reward`` names (averaged weights); ``losses`` holds all three."""
 
     reward: float
     losses: dict[str, float]
@@ -522,7 +532,8 @@ def evaluate(genotype: Genotype | dict[str, Any], cache: FeatureCache, settings:
         losses = meta_val_losses(outcome.averaged, cache, settings)
         timings["val_s"] = time.perf_counter() - t
     status = "ok" if math.isfinite(sum(losses.values())) else "diverged"
-    reward = -sum(losses[t] for t in settings.reward.split("+")) if status == "ok" else settings.failure_reward
+    reward = (-settings.reward_scale * sum(losses[t] for t in settings.reward.split("+")) if status == "ok"
+              else settings.failure_reward)
     return EvalResult(reward=reward, losses=losses, time_s=time.perf_counter() - t0, params=params,
                       genotype_hash=g.hash(), steps=outcome.steps, seed=seed, preset=settings.name,
                       train_loss=outcome.train_loss, skipped_steps=outcome.skipped_steps, status=status,

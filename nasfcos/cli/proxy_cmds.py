@@ -114,8 +114,8 @@ def eval_main(argv: list[str]) -> int:
         results.append(r.to_dict())
         if not a.json:
             loss = ", ".join(f"{k} {v:.4f}" for k, v in r.losses.items())
-            print(f"seed {s}: reward {r.reward:.4f} ({loss}) [{r.status}] "
-                  f"{r.steps} steps, {r.params} params, {r.time_s:.1f} s")
+            print(f"seed {s}: reward {r.reward:.4f} = -{settings.reward_scale:g} x ({settings.reward}) ({loss}) "
+                  f"[{r.status}] {r.steps} steps, {r.params} params, {r.time_s:.1f} s")
     rewards = [float(r["reward"]) for r in results]
     doc = {"genotype": genotype.name, "genotype_hash": genotype.hash(), "cache": str(a.cache),
            "preset": settings.name, "settings": settings.to_dict(), "seeds": seeds,

@@ -365,7 +365,8 @@ def test_top_export_runs_the_one_pipeline_per_genotype(tmp_path: Path, monkeypat
 
 @pytest.mark.parametrize(("changes", "field"), [({"trials": "two"}, "trials"), ({"batch_size": 2.0}, "batch_size"),
                                                 ({"seed": True}, "seed"), ({"toy_delay": "1"}, "toy_delay"),
-                                                ({"cache": 3}, "cache")])
+                                                ({"cache": 3}, "cache"), ({"proxy": [1]}, "proxy"),
+                                                ({"proxy": "tiny"}, "proxy")])
 def test_search_config_rules_name_the_field(changes: dict, field: str) -> None:
     """A hand-edited search.json (or API call) gets a one-line error naming the field, not a TypeError."""
     with pytest.raises(NasfcosError, match=f"search setting {field} must be"):

@@ -59,7 +59,7 @@ def test_paper_preset_runs_on_a_small_coco_set(tmp_path: Path) -> None:
     ({"failure_reward": float("inf")}, "failure_reward"), ({"grad_clip": 0.0}, "grad_clip"),
     ({"meta_train_images": 0}, "meta_train_images"), ({"name": 3}, "name"), ({"crop": 100}, "crop"),
     ({"size_range_scale": float("nan")}, "size_range_scale"), ({"max_steps": "5"}, "max_steps"),
-    ({"reward": "ctr+ctr"}, "reward"), ({"reward": "iou"}, "reward"), ({"reward": ""}, "reward"),
+    ({"reward": "ctr+ctr"}, "reward"), ({"reward": "iou"}, "reward"), ({"reward": ""}, "reward"), ({"reward_scale": 0.0}, "reward_scale"),
 ])
 def test_settings_rules_name_the_field(changes: dict, field: str) -> None:
     with pytest.raises(NasfcosError, match=f"proxy setting {field} must be"):

@@ -28,6 +28,7 @@ from nasfcos.search.proxy import (
     make_evaluator,
     meta_val_losses,
     open_cache,
+    settings_from_cache,
     train_decoder,
 )
 
@@ -120,7 +121,7 @@ def test_evaluate_is_deterministic_per_seed(cache) -> None:  # noqa: ANN001
 
 def test_reward_is_minus_meta_val_loss_sum_of_averaged_model(cache) -> None:  # noqa: ANN001
     g = load_paper_genotype("nas_fcos_fpn")
-    settings = SMALL.replace(max_steps=3, reward="cls+box+ctr")
+    settings = SMALL.replace(max_steps=3, reward="cls+box+ctr", reward_scale=1.0)
     result = evaluate(g, cache, settings, seed=2)
     # redo the same training, then score the averaged weights on meta-val in ONE batch
     with deterministic(2, settings.num_threads):
@@ -136,10 +137,10 @@ def test_reward_is_minus_meta_val_loss_sum_of_averaged_model(cache) -> None:  # 
     for k in ("cls", "box", "ctr"):
         assert result.losses[k] == pytest.approx(float(avg_losses[k]), rel=1e-5)
     assert abs(-sum(float(v) for v in online.values()) - expected) > 1e-4  # averaging matters
-    # another reward form sums only its losses, of the same training
-    other = evaluate(g, cache, settings.replace(reward="box+ctr"), seed=2)
+    # another reward form sums only its losses, of the same training, times its scale
+    other = evaluate(g, cache, settings.replace(reward="box+ctr", reward_scale=2.0), seed=2)
     assert other.losses == result.losses
-    assert other.reward == pytest.approx(-(result.losses["box"] + result.losses["ctr"]), rel=1e-6)
+    assert other.reward == pytest.approx(-2.0 * (result.losses["box"] + result.losses["ctr"]), rel=1e-6)
 
 
 def test_batched_meta_val_losses_equal_one_batch(cache) -> None:  # noqa: ANN001
@@ -209,3 +210,15 @@ def test_cli_cache_and_eval(data_dir: Path, tmp_path: Path, capsys: pytest.Captu
                          (["--steps", "0"], "--steps: expected an integer >= 1")):
         with pytest.raises(NasfcosError, match=message):
             eval_main(["nas_fcos_fpn", "--cache", str(out), *bad])
+
+
+def test_settings_of_a_cache_built_before_a_setting_existed() -> None:
+    """A setting added since the cache was built takes its preset's current value (a tiny cache
+    built before the reward changed scores with the tiny preset's reward); the rest as recorded."""
+    import types
+
+    recorded = {k: v for k, v in PRESETS["tiny"].to_dict().items() if k not in ("reward", "reward_scale")}
+    got = settings_from_cache(types.SimpleNamespace(manifest={"settings": recorded | {"epochs": 3}}))
+    assert (got.reward, got.reward_scale, got.epochs) == (PRESETS["tiny"].reward, PRESETS["tiny"].reward_scale, 3)
+    custom = settings_from_cache(types.SimpleNamespace(manifest={"settings": recorded | {"name": "custom"}}))
+    assert (custom.reward, custom.reward_scale) == ("cls+box+ctr", 1.0)  # no preset: the class defaults

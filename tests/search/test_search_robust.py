@@ -3,6 +3,7 @@ workers dying with the driver, and the proxy's own evaluator under local workers
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -95,6 +96,10 @@ def test_resume_after_the_proxy_preset_changed_is_refused(tmp_path: Path, monkey
     monkeypatch.setitem(proxy.PRESETS, "tiny", old)
     assert cli_main(["search", "--trials", "4", "--out", str(out), "--resume", "--workers", "0", "--quiet"]) == 0
     assert len(read_rows(out / "archive.jsonl")) == 4
+    # the Python API's resume (a config without the recorded proxy values) is not refused either
+    cfg = dataclasses.replace(SearchConfig.read(out / "search.json"), proxy=None)
+    assert "reward" not in SearchConfig.read(out / "search.json").proxy
+    assert Search(out, cfg, resume=True, workers=0, progress=False, plot_every_s=None).cfg.proxy is not None
 
 
 def test_configuration_errors_stop_before_the_first_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
