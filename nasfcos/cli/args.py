@@ -12,6 +12,7 @@ A bad value becomes argparse's one-line ``nasfcos VERB: error: argument --flag: 
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import math
 import re
@@ -278,15 +279,17 @@ class Parser(argparse.ArgumentParser):
     and ``SystemExit``.  Descriptions and epilogs are wrapped, their examples keep their
     lines (:class:`_HelpFormatter`)."""
 
-    #: The parser of the command being run: the innermost one that parsed last (a verb's
-    #: subcommand parses inside the verb's).  :meth:`flag` names its fields' flags.
-    current: ClassVar[Parser | None] = None
+    #: The parser of the command being run in this thread (a context variable: two commands
+    #: run in threads of one process do not see each other's): the innermost one that parsed
+    #: last (a verb's subcommand parses inside the verb's).  :meth:`flag` names its fields' flags.
+    current: ClassVar[contextvars.ContextVar[Parser | None]] = contextvars.ContextVar("nasfcos_parser",
+                                                                                      default=None)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **{"formatter_class": _HelpFormatter, **kwargs})
 
     def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        Parser.current = self
+        Parser.current.set(self)
         return super().parse_known_args(*args, **kwargs)
 
     def flag(self, field: str) -> str | None:

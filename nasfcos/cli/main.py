@@ -132,14 +132,14 @@ def _dispatch(args: list[str], debug: bool) -> int:
     if not debug:
         warnings.formatwarning = _one_line_warning(verb)
     func = getattr(importlib.import_module(module_name), func_name)
-    Parser.current = None
+    Parser.current.set(None)
     try:
         with output_claims(verb):  # every -o DIR is this run's until it ends
             return int(func(rest) or 0)
     except NasfcosError as exc:
         if debug:
             raise
-        _say(f"nasfcos {verb}: error: {flag_message(exc, Parser.current)}")
+        _say(f"nasfcos {verb}: error: {flag_message(exc, Parser.current.get())}")
         return 2
     except KeyboardInterrupt:
         _say(f"nasfcos {verb}: interrupted")

@@ -102,3 +102,18 @@ def test_a_subcommand_field_error_names_the_subcommand_flag(
     assert main(["data", "synth", "-o", str(tmp_path / "d"), "--images", "1", "-q"]) == 2
     assert capsys.readouterr().err.strip() == (
         "nasfcos data: error: --images: must be at least 2 (one train, one val)")
+
+
+def test_the_current_parser_is_per_thread() -> None:
+    """Two commands run in threads of one process name the flags of their own command."""
+    import threading
+
+    from nasfcos.cli.args import Parser
+
+    mine, other = Parser(prog="mine"), Parser(prog="other")
+    mine.add_argument("--batch-size", dest="batch")
+    mine.parse_known_args([])
+    t = threading.Thread(target=lambda: other.parse_known_args([]))
+    t.start()
+    t.join()
+    assert Parser.current.get() is mine and mine.flag("batch") == "--batch-size"
